@@ -1,0 +1,143 @@
+"""`WaveNetConfig`: every shape of a model in one dataclass, validated once, serialized as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from .errors import FastWaveNetError
+
+# Rough ceiling on parameters (float32): a config above it would exhaust memory before it trained a step.
+MAX_PARAMETERS = 500_000_000
+
+
+@dataclass(frozen=True)
+class WaveNetConfig:
+    """The shape of a WaveNet.
+
+    Layer order: a causal convolution of `input_kernel_size` taps maps the one-hot input (`classes` channels) to
+    `residual_channels`; then `stacks` stacks of `layers_per_stack` gated residual blocks whose dilations are
+    1, 2, 4, ..., 2**(layers_per_stack - 1) in each stack; then the head: sum of skips -> ReLU -> 1x1 to
+    `head_channels` -> ReLU -> 1x1 to `classes` logits.
+
+    `bias` switches the biases of the blocks (dilated, residual and skip convolutions); the input convolution and
+    the two head convolutions always have biases.
+    """
+
+    sample_rate: int = 16000
+    classes: int = 256
+    residual_channels: int = 64
+    gate_channels: int = 64
+    skip_channels: int = 256
+    head_channels: int = 256
+    kernel_size: int = 2
+    input_kernel_size: int = 2
+    layers_per_stack: int = 10
+    stacks: int = 2
+    bias: bool = True
+
+    def __post_init__(self):
+        ints = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.type in ("int", int)}
+        for name, value in ints.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise FastWaveNetError(f"config: {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.bias, bool):
+            raise FastWaveNetError(f"config: bias must be true or false, got {self.bias!r}")
+        if self.classes < 2:
+            raise FastWaveNetError(f"config: classes must be at least 2, got {self.classes}")
+        if self.kernel_size < 2:
+            raise FastWaveNetError(f"config: kernel_size must be at least 2 (1 would see no past), got {self.kernel_size}")
+        if self.layers_per_stack > 24:
+            raise FastWaveNetError(f"config: layers_per_stack {self.layers_per_stack} gives dilations beyond 2**23")
+        if self.sample_rate > 384_000:
+            raise FastWaveNetError(f"config: sample_rate {self.sample_rate} Hz is beyond any audio format")
+        if self.parameter_count() > MAX_PARAMETERS:
+            raise FastWaveNetError(
+                f"config: {self.parameter_count():,} parameters would exhaust memory (limit {MAX_PARAMETERS:,})")
+
+    @property
+    def dilations(self) -> list[int]:
+        """Dilation of every block, in order: 1, 2, ..., 2**(layers_per_stack-1), repeated `stacks` times."""
+        return [2 ** i for i in range(self.layers_per_stack)] * self.stacks
+
+    @property
+    def layers(self) -> int:
+        return self.layers_per_stack * self.stacks
+
+    @property
+    def receptive_field(self) -> int:
+        """Number of input samples (the current one included) that one output logit depends on.
+
+        receptive_field = (input_kernel_size - 1) + (kernel_size - 1) * sum(dilations) + 1
+
+        Each causal convolution of k taps and dilation d reaches (k - 1) * d samples further into the past; the
+        reaches add up along the chain, and the final +1 is the current sample. For `standard` this is
+        1 + 2 * 1023 + 1 = 2048 samples. tests/test_model.py measures it by perturbing inputs.
+        """
+        return (self.input_kernel_size - 1) + (self.kernel_size - 1) * sum(self.dilations) + 1
+
+    @property
+    def queue_length(self) -> int:
+        """Past activations the incremental generator keeps per stream, all layers together."""
+        return (self.kernel_size - 1) * sum(self.dilations)
+
+    def parameter_count(self) -> int:
+        r, g, s, h, c, k = (self.residual_channels, self.gate_channels, self.skip_channels, self.head_channels,
+                            self.classes, self.kernel_size)
+        b = 1 if self.bias else 0
+        per_layer = k * r * 2 * g + b * 2 * g + g * s + b * s + g * r + b * r
+        last_residual = g * r + b * r  # the last block's residual output feeds nothing, so it has no weights
+        return (self.input_kernel_size * c * r + r + self.layers * per_layer - last_residual
+                + s * h + h + h * c + c)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WaveNetConfig":
+        if not isinstance(data, dict):
+            raise FastWaveNetError("config: expected a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise FastWaveNetError(f"config: unknown field(s) {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "WaveNetConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FastWaveNetError(f"config: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str) -> "WaveNetConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_json(f.read())
+        except OSError as exc:
+            raise FastWaveNetError(f"cannot read config {path}: {exc.strerror}") from None
+
+    def replace(self, **changes) -> "WaveNetConfig":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, WaveNetConfig] = {
+    "tiny": WaveNetConfig(sample_rate=4410, classes=256, residual_channels=8, gate_channels=8, skip_channels=16,
+                          head_channels=16, layers_per_stack=4, stacks=2),
+    "small": WaveNetConfig(sample_rate=16000, residual_channels=32, gate_channels=32, skip_channels=128,
+                           head_channels=128, layers_per_stack=10, stacks=2),
+    "standard": WaveNetConfig(sample_rate=16000, residual_channels=64, gate_channels=64, skip_channels=256,
+                              head_channels=256, layers_per_stack=10, stacks=2),
+    "large": WaveNetConfig(sample_rate=16000, residual_channels=128, gate_channels=128, skip_channels=256,
+                           head_channels=256, layers_per_stack=10, stacks=3),
+}
+
+
+def preset(name: str) -> WaveNetConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise FastWaveNetError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,79 @@
+"""The training WaveNet: full-sequence forward over mu-law codes. It is the specification every generator backend
+must reproduce (tests/test_exactness.py)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import WaveNetConfig
+
+
+class CausalConv1d(nn.Conv1d):
+    """Conv1d that pads on the left only, so output t sees inputs t - (k-1)*d .. t and nothing later."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, dilation=1, bias=True):
+        super().__init__(in_channels, out_channels, kernel_size, dilation=dilation, bias=bias)
+        self.left_pad = (kernel_size - 1) * dilation
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (self.left_pad, 0)))
+
+
+class ResidualBlock(nn.Module):
+    """Gated block: z = dilated_conv(x); g = tanh(z[:G]) * sigmoid(z[G:]); x + residual(g), skip(g).
+
+    The last block has no residual convolution: its residual output would feed nothing.
+    """
+
+    def __init__(self, config: WaveNetConfig, dilation: int, last: bool):
+        super().__init__()
+        r, g = config.residual_channels, config.gate_channels
+        self.dilated = CausalConv1d(r, 2 * g, config.kernel_size, dilation, bias=config.bias)
+        self.residual = None if last else nn.Conv1d(g, r, 1, bias=config.bias)
+        self.skip = nn.Conv1d(g, config.skip_channels, 1, bias=config.bias)
+
+    def forward(self, x):
+        z = self.dilated(x)
+        a, b = z.chunk(2, dim=1)
+        gated = torch.tanh(a) * torch.sigmoid(b)
+        out = None if self.residual is None else x + self.residual(gated)
+        return out, self.skip(gated)
+
+
+class WaveNet(nn.Module):
+    """codes (B, T) int64 in [0, classes) -> logits (B, classes, T) float32.
+
+    logits[:, :, t] is the distribution of sample t + 1 given samples 0..t (and zeros before the start).
+    """
+
+    def __init__(self, config: WaveNetConfig):
+        super().__init__()
+        self.config = config
+        self.input = CausalConv1d(config.classes, config.residual_channels, config.input_kernel_size)
+        n = config.layers
+        self.blocks = nn.ModuleList(ResidualBlock(config, d, last=i == n - 1) for i, d in enumerate(config.dilations))
+        self.head1 = nn.Conv1d(config.skip_channels, config.head_channels, 1)
+        self.head2 = nn.Conv1d(config.head_channels, config.classes, 1)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        x = F.one_hot(codes, self.config.classes).transpose(1, 2).to(self.head1.weight.dtype)
+        x = self.input(x)
+        skips = 0
+        for block in self.blocks:
+            x, skip = block(x)
+            skips = skips + skip
+        return self.head2(F.relu(self.head1(F.relu(skips))))
+
+
+def loss_bits(logits: torch.Tensor, codes: torch.Tensor, start: int) -> torch.Tensor:
+    """Mean negative log-likelihood in bits per sample of codes[:, start+1:] under logits[:, :, start:-1].
+
+    `start` is the first position whose prediction counts; training uses receptive_field - 1, where the full
+    context is real audio.
+    """
+    nats = F.cross_entropy(logits[:, :, start:-1], codes[:, start + 1:])
+    return nats / math.log(2)

@@ -1,0 +1,262 @@
+"""Training: the loop, validation in bits per sample, atomic versioned checkpoints, resume, and DDP via torchrun.
+
+A run directory holds:
+    config.json       the model config
+    train.json        the training options and data paths (what --resume reuses)
+    checkpoint.pt     the latest checkpoint (model, optimizer, step, RNG state), replaced atomically
+    log.jsonl         one JSON line per step ({"step", "loss_bits"}) and per validation ({"step", "val_bits"})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from .config import WaveNetConfig
+from .data import CropDataset, load_corpus, split_by_file, validation_crops
+from .errors import FastWaveNetError
+from .model import WaveNet, loss_bits
+
+CHECKPOINT_FORMAT = "fastwavenet-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainOptions:
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-3
+    seed: int = 0
+    target_length: int = 1024
+    validate_every: int = 200
+    checkpoint_every: int = 200
+    validation_files: list[str] | int = 1
+    validation_crops: int = 16
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "target_length", "validate_every", "checkpoint_every",
+                     "validation_crops"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise FastWaveNetError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise FastWaveNetError(f"--lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise FastWaveNetError(f"grad_clip must be positive, got {self.grad_clip}")
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, model: WaveNet, optimizer, step: int):
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "config": model.config.to_json(),
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, config: WaveNetConfig | None = None) -> dict:
+    """Load and check a checkpoint file or run directory. Refuses other formats, versions and configs."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise FastWaveNetError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise FastWaveNetError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise FastWaveNetError(f"{path} is not a fastwavenet checkpoint")
+    if payload.get("format_version") != CHECKPOINT_VERSION:
+        raise FastWaveNetError(f"{path} has checkpoint format version {payload.get('format_version')}; "
+                               f"this fastwavenet reads version {CHECKPOINT_VERSION}")
+    saved = WaveNetConfig.from_json(payload["config"])
+    if config is not None and saved != config:
+        raise FastWaveNetError(f"{path} was trained with a different config than the one given")
+    payload["config"] = saved
+    return payload
+
+
+def model_from_checkpoint(path) -> WaveNet:
+    payload = load_checkpoint(path)
+    model = WaveNet(payload["config"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError:
+        raise FastWaveNetError(f"{path}: the weights do not match the config stored with them") from None
+    return model.eval()
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------------
+
+def _world():
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+
+def _write_json_atomic(path: Path, data):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_log(run_dir: Path, up_to_step: int) -> list[dict]:
+    path = run_dir / "log.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= up_to_step]
+
+
+def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetConfig | None = None,
+          options: TrainOptions | None = None, resume: bool = False, progress: bool = True) -> WaveNet:
+    """Train (or, with resume=True, continue training) a WaveNet on the audio in `data`, into `run_dir`.
+
+    Under torchrun (WORLD_SIZE > 1) each rank trains on its shard of the crops with DistributedDataParallel
+    (NCCL on CUDA, gloo on CPU); rank 0 writes the run directory. Returns the trained (unwrapped) model.
+    """
+    run_dir = Path(run_dir)
+    world, rank = _world()
+    if resume:
+        payload = load_checkpoint(run_dir)
+        saved = json.loads((run_dir / "train.json").read_text())
+        config = payload["config"]
+        data = data or saved["data"]
+        base = {k: v for k, v in saved["options"].items()}
+        if options is not None:
+            base["steps"] = options.steps
+        options = TrainOptions(**base)
+    else:
+        if config is None or options is None or not data:
+            raise FastWaveNetError("train needs data, a config and options")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise FastWaveNetError(f"{run_dir} already holds files; pass --resume {run_dir} to continue it")
+        payload = None
+
+    crop = config.receptive_field + options.target_length
+    corpus = load_corpus(data, config.sample_rate, config.classes, min_samples=crop)
+    train_set, val_set = split_by_file(corpus, options.validation_files)
+    val_codes = validation_crops(val_set, crop, options.validation_crops) if val_set else None
+
+    torch.manual_seed(options.seed)
+    model = WaveNet(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+    step = 0
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        torch.set_rng_state(payload["rng"])
+        step = payload["step"]
+    if step >= options.steps:
+        raise FastWaveNetError(f"{run_dir} is already at step {step}; pass --steps above it to train further")
+
+    device = torch.device("cpu")
+    ddp_model = model
+    if world > 1:
+        use_cuda = torch.cuda.is_available()
+        if use_cuda:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        model.to(device)
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if use_cuda else None)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+        model.to(device)
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                state[k] = v.to(device)
+
+    per_step = options.batch_size * world
+    dataset = CropDataset(train_set, crop, items=(options.steps - step) * per_step, seed=options.seed,
+                          first=step * per_step)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+    loader = DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, shuffle=False)
+
+    is_main = rank == 0
+    log_rows = _read_log(run_dir, step) if resume else []
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
+        _write_json_atomic(run_dir / "train.json",
+                           {"data": [str(d) for d in data], "options": dataclasses.asdict(options)})
+        log = open(run_dir / "log.jsonl", "w")
+        for row in log_rows:
+            log.write(json.dumps(row) + "\n")
+        log.flush()
+
+    start = config.receptive_field - 1
+    bar = None
+    if progress and is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=options.steps, initial=step, unit="step", dynamic_ncols=True)
+    ddp_model.train()
+    try:
+        for batch in loader:
+            t0 = time.perf_counter()
+            batch = batch.to(device)
+            loss = loss_bits(ddp_model(batch), batch, start)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            optimizer.step()
+            step += 1
+            value = loss.item()
+            if is_main:
+                log.write(json.dumps({"step": step, "loss_bits": value}) + "\n")
+                rate = per_step * options.target_length / (time.perf_counter() - t0)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{value:.3f} bits", samples_s=f"{rate:,.0f}")
+                    bar.update(1)
+                if val_codes is not None and (step % options.validate_every == 0 or step == options.steps):
+                    val = evaluate(model, val_codes.to(device), start)
+                    log.write(json.dumps({"step": step, "val_bits": val}) + "\n")
+                    if bar is not None:
+                        bar.write(f"step {step}: validation {val:.4f} bits/sample")
+                    model.train()
+                if step % options.checkpoint_every == 0 or step == options.steps:
+                    log.flush()
+                    save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, step)
+    except KeyboardInterrupt:
+        # Keep what was finished: the last checkpoint stays, and --resume continues from it.
+        if bar is not None:
+            bar.write(f"interrupted at step {step}; the last checkpoint is kept in {run_dir}")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if is_main:
+            log.close()
+    return model.cpu().eval()
+
+
+@torch.no_grad()
+def evaluate(model: WaveNet, codes: torch.Tensor, start: int, batch_size: int = 8) -> float:
+    """Mean bits per sample over `codes` (N, T), counting predictions from position `start`."""
+    model.eval()
+    total, count = 0.0, 0
+    for chunk in codes.split(batch_size):
+        total += loss_bits(model(chunk), chunk, start).item() * len(chunk)
+        count += len(chunk)
+    return total / count

@@ -1,0 +1,35 @@
+from pathlib import Path
+
+from setuptools import setup
+
+version = next(line.split('"')[1] for line in Path("fastwavenet/__init__.py").read_text().splitlines()
+               if line.startswith("__version__"))
+
+setup(
+    name="fastwavenet",
+    version=version,
+    description="Fast WaveNet generation: per-layer activation queues, fused numba and Triton kernels",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["fastwavenet", "fastwavenet.kernels"],
+    package_dir={"fastwavenet": "fastwavenet", "fastwavenet.kernels": "kernels"},
+    package_data={"fastwavenet": ["models/*.safetensors"]},
+    install_requires=[
+        "torch>=2.1,<2.14",
+        "numpy>=1.24",
+        "soundfile>=0.12",
+        "librosa>=0.10",
+        "numba>=0.58",
+        "safetensors>=0.4",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "h5py>=3.8", "matplotlib>=3.7"],
+        "gpu": ["triton>=3.0"],
+        "import": ["h5py>=3.8"],
+        "plot": ["matplotlib>=3.7"],
+    },
+    entry_points={"console_scripts": ["fastwavenet=fastwavenet.cli:main"]},
+)

@@ -1,0 +1,36 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+PIANO = SHARED / "data" / "chopin-piano-4410"
+KERAS = SHARED / "models" / "basveeling-wavenet-vctk-4k"
+
+
+@pytest.fixture
+def sine_folder(tmp_path):
+    """Three short WAV files of tones with a little noise, 4410 Hz mono, and one 8 kHz stereo file."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for i, freq in enumerate((220.0, 330.0, 440.0)):
+        t = np.arange(6000) / 4410
+        x = 0.5 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)
+        soundfile.write(folder / f"tone{i}.wav", x.astype(np.float32), 4410)
+    t = np.arange(8000) / 8000
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 300 * t), 0.3 * np.sin(2 * np.pi * 500 * t)], axis=1)
+    soundfile.write(folder / "stereo.flac", stereo.astype(np.float32), 8000)
+    return folder
+
+
+def run_cli(*args, env=None):
+    """Run `python -m fastwavenet ARGS` in a subprocess; returns CompletedProcess with text output."""
+    import subprocess
+
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "fastwavenet", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=600)

@@ -1,0 +1,48 @@
+import json
+
+import pytest
+
+from fastwavenet import FastWaveNetError, WaveNetConfig, preset
+from fastwavenet.config import PRESETS
+
+
+def test_presets_and_standard_shape():
+    std = preset("standard")
+    assert (std.residual_channels, std.skip_channels, std.classes, std.layers, std.kernel_size) == (64, 256, 256, 20, 2)
+    assert std.dilations == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] * 2
+    assert std.receptive_field == 1 + 2 * 1023 + 1
+    assert preset("large").layers == 30 and preset("large").residual_channels == 128
+    assert set(PRESETS) == {"tiny", "small", "standard", "large"}
+
+
+def test_json_round_trip():
+    config = WaveNetConfig(kernel_size=3, bias=False, gate_channels=24, stacks=1, layers_per_stack=3)
+    assert WaveNetConfig.from_json(config.to_json()) == config
+    assert json.loads(config.to_json())["kernel_size"] == 3
+
+
+def test_receptive_field_formula_for_kernel_3():
+    config = WaveNetConfig(kernel_size=3, input_kernel_size=1, layers_per_stack=3, stacks=2)
+    assert config.receptive_field == 2 * (1 + 2 + 4) * 2 + 1
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"residual_channels": 0}, "residual_channels"),
+    ({"kernel_size": 1}, "kernel_size"),
+    ({"stacks": -1}, "stacks"),
+    ({"residual_channels": 100_000, "gate_channels": 100_000}, "exhaust memory"),
+    ({"layers_per_stack": 40}, "dilations"),
+    ({"bias": "yes"}, "bias"),
+])
+def test_impossible_values_are_refused(changes, words):
+    with pytest.raises(FastWaveNetError, match=words):
+        WaveNetConfig(**changes)
+
+
+def test_unknown_fields_and_bad_json():
+    with pytest.raises(FastWaveNetError, match="unknown field"):
+        WaveNetConfig.from_dict({"channels": 3})
+    with pytest.raises(FastWaveNetError, match="not valid JSON"):
+        WaveNetConfig.from_json("{")
+    with pytest.raises(FastWaveNetError, match="unknown preset"):
+        preset("huge")

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import soundfile
+import torch
+from torch.utils.data import DataLoader
+
+from fastwavenet import FastWaveNetError, audio
+from fastwavenet.data import CropDataset, load_corpus, split_by_file, validation_crops
+
+from conftest import PIANO
+
+
+def test_reads_mixes_and_resamples(sine_folder):
+    x = audio.read(sine_folder / "stereo.flac", 4410)
+    assert x.dtype == np.float32 and x.ndim == 1
+    assert abs(len(x) - 4410) <= 2  # one second, resampled from 8 kHz
+
+
+def test_corpus_skips_unreadable_files_with_a_warning(sine_folder):
+    (sine_folder / "broken.wav").write_bytes(b"RIFF not really")
+    (sine_folder / "empty.wav").write_bytes(b"")
+    with pytest.warns(UserWarning) as record:
+        corpus = load_corpus([sine_folder], 4410, 256)
+    messages = " ".join(str(w.message) for w in record)
+    assert "broken.wav" in messages and "empty.wav" in messages
+    assert len(corpus.names) == 4
+    assert all(c.dtype == np.int64 and c.min() >= 0 and c.max() < 256 for c in corpus.codes)
+
+
+def test_no_usable_audio_is_an_error(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"junk")
+    with pytest.warns(UserWarning), pytest.raises(FastWaveNetError, match="no usable audio"):
+        load_corpus([tmp_path], 4410, 256)
+    with pytest.raises(FastWaveNetError, match="no such file"):
+        load_corpus([tmp_path / "missing"], 4410, 256)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FastWaveNetError, match="no usable audio"):
+        load_corpus([empty], 4410, 256)
+
+
+def test_split_by_file_and_crops(sine_folder):
+    corpus = load_corpus([sine_folder], 4410, 256)
+    train, val = split_by_file(corpus, ["tone2.wav"])
+    assert [n.endswith("tone2.wav") for n in val.names] == [True]
+    assert len(train.names) == 3
+    with pytest.raises(FastWaveNetError, match="not in the data"):
+        split_by_file(corpus, ["nope.wav"])
+    dataset = CropDataset(train, length=100, items=10, seed=3)
+    batch = next(iter(DataLoader(dataset, batch_size=5)))
+    assert batch.shape == (5, 100) and batch.dtype == torch.int64
+    # The index alone fixes the crop: a dataset that starts later sees the same items.
+    later = CropDataset(train, length=100, items=5, seed=3, first=5)
+    assert torch.equal(dataset[7], later[2])
+    crops = validation_crops(val, 100, 4)
+    assert crops.shape == (4, 100)
+    assert torch.equal(crops, validation_crops(val, 100, 4))
+
+
+@pytest.mark.skipif(not PIANO.is_dir(), reason="shared piano corpus not present")
+def test_piano_corpus_loads():
+    corpus = load_corpus([PIANO], 4410, 256)
+    assert len(corpus.names) == 6
+    assert corpus.samples == 2_883_689

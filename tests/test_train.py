@@ -1,0 +1,102 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastwavenet import FastWaveNetError, preset
+from fastwavenet.train import TrainOptions, load_checkpoint, model_from_checkpoint, train
+
+from conftest import run_cli
+
+OPTIONS = dict(batch_size=2, target_length=64, validate_every=2, checkpoint_every=2, seed=7, validation_files=1)
+
+
+def _losses(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+    return [(r["step"], r.get("loss_bits"), r.get("val_bits")) for r in rows]
+
+
+def test_resume_gives_the_same_loss_curve(sine_folder, tmp_path):
+    straight = tmp_path / "straight"
+    train([sine_folder], straight, preset("tiny"), TrainOptions(steps=6, **OPTIONS), progress=False)
+    stopped = tmp_path / "stopped"
+    train([sine_folder], stopped, preset("tiny"), TrainOptions(steps=4, **OPTIONS), progress=False)
+    assert load_checkpoint(stopped)["step"] == 4
+    train(None, stopped, options=TrainOptions(steps=6), resume=True, progress=False)
+    assert _losses(straight) == _losses(stopped)
+    assert len([r for r in _losses(straight) if r[2] is not None]) == 3  # validation at steps 2, 4, 6
+    a, b = model_from_checkpoint(straight), model_from_checkpoint(stopped)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_checkpoint_refuses_wrong_version_and_config(sine_folder, tmp_path):
+    run = tmp_path / "run"
+    train([sine_folder], run, preset("tiny"), TrainOptions(steps=1, **OPTIONS), progress=False)
+    with pytest.raises(FastWaveNetError, match="different config"):
+        load_checkpoint(run, preset("tiny").replace(residual_channels=4))
+    payload = torch.load(run / "checkpoint.pt", weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(FastWaveNetError, match="version 99"):
+        load_checkpoint(tmp_path / "future.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00" * 100)
+    with pytest.raises(FastWaveNetError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(FastWaveNetError, match="already holds files"):
+        train([sine_folder], run, preset("tiny"), TrainOptions(steps=1, **OPTIONS), progress=False)
+
+
+def test_cli_train_and_resume(sine_folder, tmp_path):
+    run = tmp_path / "cli-run"
+    result = run_cli("train", sine_folder, "--preset", "tiny", "--out", run, "--steps", "2", "--batch-size", "2",
+                     "--target-length", "32", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(run)["step"] == 2
+    result = run_cli("train", "--resume", run, "--steps", "3", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(run)["step"] == 3
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "/nonexistent/folder", "--preset", "tiny", "--out", "{tmp}/r"], "no such file or folder"),
+    (["train", "{empty}", "--preset", "tiny", "--out", "{tmp}/r"], "no usable audio"),
+    (["train", "{audio}", "--preset", "tiny", "--out", "{tmp}/r", "--steps", "0"], "positive integer"),
+    (["train", "{audio}", "--preset", "tiny", "--out", "{tmp}/r", "--steps", "-3"], "positive integer"),
+    (["train", "{audio}", "--preset", "tiny", "--out", "{tmp}/r", "--lr", "0"], "positive number"),
+    (["train", "{audio}", "--preset", "tiny", "--out", "{tmp}/r", "--lr", "nan"], "positive number"),
+    (["train", "{audio}", "--config", "{badconfig}", "--out", "{tmp}/r"], "kernel_size"),
+    (["train", "{audio}", "--preset", "huge", "--out", "{tmp}/r"], "unknown preset"),
+    (["train", "--resume", "{tmp}/nothing"], "no checkpoint"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(args, words, sine_folder, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"kernel_size": 1}))
+    filled = [a.format(tmp=tmp_path, empty=empty, audio=sine_folder, badconfig=bad) for a in args]
+    result = run_cli(*filled)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists(), "a failed run left files behind"
+
+
+def test_ddp_two_cpu_ranks_end_with_identical_weights(sine_folder, tmp_path):
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "29517", str(worker), str(sine_folder), str(tmp_path / "run")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
