@@ -3,6 +3,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+# Without CUDA, Triton kernels run under Triton's interpreter on the CPU. It is read when kernels are decorated,
+# so it must be set before anything imports triton.
+try:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:
+    pass
+
 import pytest
 import soundfile
 

@@ -1,0 +1,151 @@
+"""`Generator`: folded weights + a backend + sampling; the per-stream state it advances; priming and streaming.
+
+Stepping, for every backend: consuming code x[t] of each stream yields the logits of x[t + 1]. `forward` consumes a
+given sequence (teacher forcing) and returns all its logits. Generation starts from `state.last`, the newest code
+not yet consumed (silence for a new state; the final code of a prime; the final generated code afterwards), so
+priming and generating can alternate freely.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import mulaw
+from .backends import make_backend
+from .config import WaveNetConfig
+from .errors import FastWaveNetError
+from .export import ModelFile, load_model
+from .sampling import Sampling
+from .state import HistoryState, QueueState  # noqa: F401  (re-exported)
+
+
+def silence_code(config: WaveNetConfig) -> int:
+    return int(mulaw.encode(np.zeros(1), config.classes)[0])
+
+
+class Generator:
+    """Generates audio from a model file with a chosen backend on a chosen device.
+
+    >>> gen = Generator("model.safetensors", backend="auto", device="cpu")
+    >>> audio = gen.generate(seconds=2.0, seed=0)            # (1, samples) float32 in [-1, 1]
+    >>> for chunk in gen.stream(seconds=10.0, chunk=4096):   # (1, <= 4096) arrays, as they are made
+    ...     play(chunk)
+    """
+
+    def __init__(self, model: str | os.PathLike | ModelFile | None = None, backend: str = "auto",
+                 device: str = "cpu", batch_hint: int = 1):
+        if model is None:
+            from .demo import demo_model_path
+
+            model = demo_model_path()
+        self.model = model if isinstance(model, ModelFile) else load_model(model)
+        self.config = self.model.config
+        self.device = _device(device)
+        self.backend = make_backend(backend, self.config, self.model.weights, self.device, batch_hint)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    def new_state(self, batch: int = 1):
+        if not isinstance(batch, int) or batch < 1:
+            raise FastWaveNetError(f"batch must be a positive integer, got {batch}")
+        state = self.backend.new_state(batch)
+        state.reset(silence_code(self.config))
+        return state
+
+    def forward(self, state, codes) -> torch.Tensor:
+        """Teacher forcing: consume codes (B, T) and return the logits after each, (B, T, classes) float32."""
+        codes = self._codes(codes, state.batch)
+        if codes.shape[1] == 0:
+            return torch.empty(state.batch, 0, self.config.classes)
+        return self.backend.forward(state, codes)
+
+    def prime(self, state, codes):
+        """Continue from codes (B, P) or (P,): consume all but the last, which generation consumes first.
+
+        Afterwards the state equals that of stepping through codes[:, :-1] with `forward`."""
+        codes = self._codes(codes, state.batch)
+        if codes.shape[1] == 0:
+            raise FastWaveNetError("cannot prime with an empty sequence")
+        if codes.shape[1] > 1:
+            self.backend.forward(state, codes[:, :-1])
+        state.last = codes[:, -1].to(state.last.device).clone()
+
+    def prime_audio(self, state, audio: np.ndarray):
+        """Prime every stream with the same mono audio (float, at the model's rate)."""
+        codes = mulaw.encode(np.asarray(audio, dtype=np.float64), self.config.classes)
+        self.prime(state, np.broadcast_to(codes, (state.batch, len(codes))))
+
+    def generate_codes(self, state, steps: int, sampling: Sampling = Sampling(),
+                       rng: np.random.Generator | None = None) -> torch.Tensor:
+        """Generate `steps` codes for every stream: (B, steps) int64 on the CPU."""
+        rng = rng if rng is not None else np.random.default_rng()
+        u = rng.random((steps, state.batch), dtype=np.float32)
+        return self.backend.generate(state, steps, u, sampling).cpu()
+
+    def stream(self, seconds: float | None = None, samples: int | None = None, batch: int = 1, chunk: int = 4096,
+               sampling: Sampling = Sampling(), seed: int | None = None, prime: np.ndarray | None = None,
+               state=None) -> Iterator[np.ndarray]:
+        """Yield audio chunks (B, <= chunk) float32 as they are generated, `seconds` or `samples` in total."""
+        total = self._length(seconds, samples)
+        if not isinstance(chunk, int) or chunk < 1:
+            raise FastWaveNetError(f"chunk must be a positive integer, got {chunk}")
+        if state is None:
+            state = self.new_state(batch)
+            if prime is not None:
+                self.prime_audio(state, prime)
+        rng = np.random.default_rng(seed)
+        done = 0
+        while done < total:
+            n = min(chunk, total - done)
+            codes = self.generate_codes(state, n, sampling, rng)
+            done += n
+            yield mulaw.decode(codes.numpy(), self.config.classes).astype(np.float32)
+
+    def generate(self, seconds: float | None = None, samples: int | None = None, batch: int = 1,
+                 sampling: Sampling = Sampling(), seed: int | None = None,
+                 prime: np.ndarray | None = None) -> np.ndarray:
+        """Generate audio: (batch, samples) float32 in [-1, 1] at `sample_rate`."""
+        chunks = list(self.stream(seconds, samples, batch, chunk=1 << 16, sampling=sampling, seed=seed,
+                                  prime=prime))
+        return np.concatenate(chunks, axis=1) if chunks else np.zeros((batch, 0), np.float32)
+
+    def _length(self, seconds, samples) -> int:
+        if (seconds is None) == (samples is None):
+            raise FastWaveNetError("give seconds or samples, not both")
+        if samples is None:
+            if not (isinstance(seconds, (int, float)) and np.isfinite(seconds) and seconds > 0):
+                raise FastWaveNetError(f"seconds must be a positive number, got {seconds}")
+            samples = int(round(seconds * self.config.sample_rate))
+        if not isinstance(samples, int) or samples < 1:
+            raise FastWaveNetError(f"samples must be a positive integer, got {samples}")
+        return samples
+
+    def _codes(self, codes, batch: int) -> torch.Tensor:
+        codes = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
+        if codes.ndim == 1:
+            codes = codes.unsqueeze(0).expand(batch, -1)
+        if codes.ndim != 2 or codes.shape[0] != batch:
+            raise FastWaveNetError(f"codes must be (batch={batch}, T), got shape {tuple(codes.shape)}")
+        codes = codes.to(torch.int64)
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.classes):
+            raise FastWaveNetError(f"codes must lie in [0, {self.config.classes - 1}]")
+        return codes.contiguous()
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FastWaveNetError(f"unknown device {name!r}; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FastWaveNetError("--device cuda asked for, but CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise FastWaveNetError(f"unsupported device {name!r}; use cpu or cuda")
+    return device
+

@@ -1,0 +1,70 @@
+"""Choosing the next code from logits with host-supplied uniforms, so a seed fixes the output.
+
+The rule (every backend implements exactly this, in its own arithmetic):
+1. argmax: the largest logit (lowest index on ties); no uniform is used.
+2. otherwise p = softmax(logits / temperature);
+3. top_k > 0 keeps the k most probable classes; top_p < 1 keeps the smallest set of most probable classes whose
+   probability reaches top_p (always at least one);
+4. the code is the first class c, in class order, whose cumulative kept probability exceeds u * (total kept).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import FastWaveNetError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    argmax: bool = False
+
+    def __post_init__(self):
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature > 0):
+            raise FastWaveNetError(f"temperature must be a positive number, got {self.temperature}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise FastWaveNetError(f"top-k must be 0 (off) or a positive integer, got {self.top_k}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise FastWaveNetError(f"top-p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def truncates(self) -> bool:
+        return self.top_k > 0 or self.top_p < 1
+
+
+def uniforms(seed: int | None, steps: int, batch: int) -> np.ndarray:
+    """(steps, batch) float32 uniforms in [0, 1) for `steps` samples of `batch` streams."""
+    return np.random.default_rng(seed).random((steps, batch), dtype=np.float32)
+
+
+def sample(logits: torch.Tensor, u: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """logits (B, C) float32, u (B,) in [0, 1) -> codes (B,) int64, by the rule above (torch, any device)."""
+    if sampling.argmax:
+        return logits.argmax(dim=1)
+    p = torch.softmax(logits / sampling.temperature, dim=1)
+    if sampling.truncates:
+        p = _truncate(p, sampling)
+    cdf = p.cumsum(dim=1)
+    target = (u.to(p.dtype) * cdf[:, -1]).unsqueeze(1)
+    codes = (cdf <= target).sum(dim=1)
+    return codes.clamp_(max=logits.shape[1] - 1)
+
+
+def _truncate(p: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    sorted_p, order = p.sort(dim=1, descending=True, stable=True)
+    keep = torch.ones_like(sorted_p, dtype=torch.bool)
+    if sampling.top_k > 0:
+        keep[:, sampling.top_k:] = False
+    if sampling.top_p < 1:
+        before = sorted_p.cumsum(dim=1) - sorted_p  # probability of the classes ranked above each one
+        keep &= before < sampling.top_p
+    mask = torch.zeros_like(keep).scatter_(1, order, keep)
+    return torch.where(mask, p, torch.zeros_like(p))

@@ -1,0 +1,57 @@
+"""Generation state, owned by the caller: what one backend advances, step by step, for B streams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class QueueState:
+    """Per-stream generation state of the queue backends (the caller owns it; several may share one Generator).
+
+    queues: (B, queue_length, R) float32, layer l's ring of (k - 1) * d_l past inputs at its offset;
+    inputs: (B, k_in - 1) int64, the last codes seen by the input convolution, oldest first, -1 before the start;
+    last:   (B,) int64, the newest code not yet consumed;
+    t:      steps consumed so far (the same for every stream).
+    """
+
+    queues: torch.Tensor
+    inputs: torch.Tensor
+    last: torch.Tensor
+    t: int = 0
+
+    @property
+    def batch(self) -> int:
+        return self.last.shape[0]
+
+    def copy(self) -> "QueueState":
+        return QueueState(self.queues.clone(), self.inputs.clone(), self.last.clone(), self.t)
+
+    def reset(self, silence: int):
+        self.queues.zero_()
+        self.inputs.fill_(-1)
+        self.last.fill_(silence)
+        self.t = 0
+
+
+@dataclass
+class HistoryState:
+    """State of the `naive` backend: the last receptive-field codes of each stream, (B, <= receptive_field)."""
+
+    history: torch.Tensor
+    last: torch.Tensor
+    t: int = 0
+
+    @property
+    def batch(self) -> int:
+        return self.last.shape[0]
+
+    def copy(self) -> "HistoryState":
+        return HistoryState(self.history.clone(), self.last.clone(), self.t)
+
+    def reset(self, silence: int):
+        self.history = self.history[:, :0]
+        self.last.fill_(silence)
+        self.t = 0

@@ -1,0 +1,237 @@
+"""The CPU kernel: the whole generation loop in numba, sampling included. Arrays in, arrays out.
+
+Weights arrive in the folded layout (fastwavenet/export.py), input-major, so every matrix-vector product is a sum of
+weight rows scaled by one input value: the inner loop runs over contiguous outputs and vectorizes. Streams are
+processed in tiles of `tile` streams that share each weight row while it sits in L1, and tiles run in parallel
+(numba prange), each through all its steps, so one call opens one parallel region however many steps it makes.
+
+Shapes (B streams, T or n steps, L layers, R/G/S/H/C channels, k taps, k_in input taps, Q queue slots):
+    embed (k_in, C, R), dilated_w (L, k*R, 2G), dilated_b (L, 2G), out_w (L, G, R+S), out_b (L, R+S),
+    head1_w (S, H), head1_b (H), head2_w (H, C), head2_b (C), dilations (L,) int64, offsets (L,) int64,
+    queues (B, Q, R) float32, inputs (B, k_in-1) int64 (-1: before the start).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+# Eigen's rational approximation of tanh for float32 (max abs error 3.4e-7 against float64 tanh). libm's tanh is
+# not vectorized and cost more than the matrix work at these sizes.
+_CLAMP = np.float32(7.90531110763549805)
+_A1, _A3, _A5, _A7 = (np.float32(4.89352455891786e-03), np.float32(6.37261928875436e-04),
+                      np.float32(1.48572235717979e-05), np.float32(5.12229709037114e-08))
+_A9, _A11, _A13 = np.float32(-8.60467152213735e-11), np.float32(2.00018790482477e-13), np.float32(-2.76076847742355e-16)
+_B0, _B2, _B4, _B6 = (np.float32(4.89352518554385e-03), np.float32(2.26843463243900e-03),
+                      np.float32(1.18534705686654e-04), np.float32(1.19825839466702e-06))
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def fast_tanh(x):
+    x = min(max(x, -_CLAMP), _CLAMP)
+    x2 = x * x
+    p = x * (_A1 + x2 * (_A3 + x2 * (_A5 + x2 * (_A7 + x2 * (_A9 + x2 * (_A11 + x2 * _A13))))))
+    q = _B0 + x2 * (_B2 + x2 * (_B4 + x2 * _B6))
+    return p / q
+
+
+@njit(fastmath=True, cache=True)
+def _tile_step(b0, nb, codes, t, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b, head2_w, head2_b,
+               dilations, offsets, queues, inputs, xs, taps, z, gated, o, skip, hidden, logits):
+    """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb]; logits[0:nb] receive the result."""
+    k_in = embed.shape[0]
+    R = embed.shape[2]
+    L = dilated_w.shape[0]
+    KR = dilated_w.shape[1]
+    k = KR // R
+    G2 = dilated_w.shape[2]
+    G = G2 // 2
+    RS = out_w.shape[2]
+    S = RS - R
+    H = head1_w.shape[1]
+    C = head2_w.shape[1]
+
+    for bb in range(nb):
+        b = b0 + bb
+        code = codes[bb]
+        for c in range(R):
+            xs[bb, c] = embed[k_in - 1, code, c]
+        for j in range(k_in - 1):
+            past = inputs[b, j]
+            if past >= 0:
+                for c in range(R):
+                    xs[bb, c] += embed[j, past, c]
+        for j in range(k_in - 2):
+            inputs[b, j] = inputs[b, j + 1]
+        if k_in > 1:
+            inputs[b, k_in - 2] = code
+        for c in range(S):
+            skip[bb, c] = 0.0
+
+    for layer in range(L):
+        d = dilations[layer]
+        n = (k - 1) * d
+        off = offsets[layer]
+        write = off + t % n
+        for bb in range(nb):
+            b = b0 + bb
+            for j in range(k - 1):
+                slot = off + (t - (k - 1 - j) * d) % n
+                for c in range(R):
+                    taps[bb, j * R + c] = queues[b, slot, c]
+            for c in range(R):
+                taps[bb, (k - 1) * R + c] = xs[bb, c]
+                queues[b, write, c] = xs[bb, c]
+            for c in range(G2):
+                z[bb, c] = dilated_b[layer, c]
+        for i in range(KR):
+            for bb in range(nb):
+                v = taps[bb, i]
+                for c in range(G2):
+                    z[bb, c] += v * dilated_w[layer, i, c]
+        for bb in range(nb):
+            for c in range(G):
+                gated[bb, c] = fast_tanh(z[bb, c]) * (np.float32(0.5) + np.float32(0.5) * fast_tanh(np.float32(0.5) * z[bb, G + c]))
+        # The last layer's residual output feeds nothing: compute its skip columns only.
+        first = R if layer == L - 1 else 0
+        for bb in range(nb):
+            for c in range(first, RS):
+                o[bb, c] = out_b[layer, c]
+        for i in range(G):
+            for bb in range(nb):
+                v = gated[bb, i]
+                for c in range(first, RS):
+                    o[bb, c] += v * out_w[layer, i, c]
+        for bb in range(nb):
+            if first == 0:
+                for c in range(R):
+                    xs[bb, c] += o[bb, c]
+            for c in range(S):
+                skip[bb, c] += o[bb, R + c]
+
+    for bb in range(nb):
+        for c in range(S):
+            skip[bb, c] = max(skip[bb, c], np.float32(0.0))
+        for c in range(H):
+            hidden[bb, c] = head1_b[c]
+        for c in range(C):
+            logits[bb, c] = head2_b[c]
+    for i in range(S):
+        for bb in range(nb):
+            v = skip[bb, i]
+            if v != 0.0:
+                for c in range(H):
+                    hidden[bb, c] += v * head1_w[i, c]
+    for bb in range(nb):
+        for c in range(H):
+            hidden[bb, c] = max(hidden[bb, c], np.float32(0.0))
+    for i in range(H):
+        for bb in range(nb):
+            v = hidden[bb, i]
+            if v != 0.0:
+                for c in range(C):
+                    logits[bb, c] += v * head2_w[i, c]
+
+
+@njit(cache=True)
+def _scratch(tile, R, KR, G2, RS, S, H, C):
+    f = np.float32
+    return (np.zeros((tile, R), f), np.zeros((tile, KR), f), np.zeros((tile, G2), f), np.zeros((tile, G2 // 2), f),
+            np.zeros((tile, RS), f), np.zeros((tile, S), f), np.zeros((tile, H), f), np.zeros((tile, C), f))
+
+
+@njit(fastmath=True, cache=True)
+def sample_one(logits, u, temperature, top_k, top_p, argmax, p, order):
+    """The sampling rule of fastwavenet/sampling.py for one stream. p and order are (C,) scratch arrays."""
+    C = logits.shape[0]
+    best = 0
+    for c in range(1, C):
+        if logits[c] > logits[best]:
+            best = c
+    if argmax:
+        return best
+    top = logits[best]
+    for c in range(C):
+        p[c] = math.exp((logits[c] - top) / temperature)
+    if top_k > 0 or top_p < 1.0:
+        total = np.float32(0.0)
+        for c in range(C):
+            total += p[c]
+        order[:] = np.argsort(-p, kind="mergesort")
+        before = np.float32(0.0)
+        for rank in range(C):
+            c = order[rank]
+            keep = (top_k == 0 or rank < top_k) and (before < top_p * total)
+            before += p[c]
+            if not keep:
+                p[c] = 0.0
+    total = np.float32(0.0)
+    for c in range(C):
+        total += p[c]
+    target = u * total
+    acc = np.float32(0.0)
+    for c in range(C):
+        acc += p[c]
+        if acc > target:
+            return c
+    return C - 1
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def teacher_forced(codes, t0, tile, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b, head2_w, head2_b,
+                   dilations, offsets, queues, inputs, out_logits):
+    """Consume codes (B, T) from time t0; out_logits (B, T, C) receives the logits after each step."""
+    B, T = codes.shape
+    R = embed.shape[2]
+    tiles = (B + tile - 1) // tile
+    for ti in prange(tiles):
+        b0 = ti * tile
+        nb = min(tile, B - b0)
+        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, R, dilated_w.shape[1], dilated_w.shape[2],
+                                                               out_w.shape[2], head1_w.shape[0], head1_w.shape[1],
+                                                               head2_w.shape[1])
+        step_codes = np.empty(tile, np.int64)
+        for s in range(T):
+            for bb in range(nb):
+                step_codes[bb] = codes[b0 + bb, s]
+            _tile_step(b0, nb, step_codes, t0 + s, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b,
+                       head2_w, head2_b, dilations, offsets, queues, inputs, xs, taps, z, gated, o, skip, hidden,
+                       logits)
+            for bb in range(nb):
+                out_logits[b0 + bb, s, :] = logits[bb, :]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, embed, dilated_w, dilated_b, out_w, out_b,
+             head1_w, head1_b, head2_w, head2_b, dilations, offsets, queues, inputs, out_codes):
+    """Generate n = u.shape[0] codes per stream: consume last (B,) first, then each sampled code in turn.
+
+    u (n, B) float32 uniforms; out_codes (B, n) receives the codes; last is updated to the final code.
+    """
+    n, B = u.shape
+    R = embed.shape[2]
+    C = head2_w.shape[1]
+    tiles = (B + tile - 1) // tile
+    for ti in prange(tiles):
+        b0 = ti * tile
+        nb = min(tile, B - b0)
+        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, R, dilated_w.shape[1], dilated_w.shape[2],
+                                                               out_w.shape[2], head1_w.shape[0], head1_w.shape[1],
+                                                               C)
+        p = np.empty(C, np.float32)
+        order = np.empty(C, np.int64)
+        step_codes = np.empty(tile, np.int64)
+        for bb in range(nb):
+            step_codes[bb] = last[b0 + bb]
+        for s in range(n):
+            _tile_step(b0, nb, step_codes, t0 + s, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b,
+                       head2_w, head2_b, dilations, offsets, queues, inputs, xs, taps, z, gated, o, skip, hidden,
+                       logits)
+            for bb in range(nb):
+                code = sample_one(logits[bb], u[s, b0 + bb], temperature, top_k, top_p, argmax, p, order)
+                step_codes[bb] = code
+                out_codes[b0 + bb, s] = code
+        for bb in range(nb):
+            last[b0 + bb] = step_codes[bb]

@@ -1,0 +1,172 @@
+"""The GPU kernel: one Triton launch generates (or teacher-forces) a whole chunk of steps for a batch of streams.
+
+One program per stream runs the time loop inside the kernel. Its per-layer queues live in GPU memory (the `queues`
+tensor of the state), weights are read through L2 (they fit: 3.5 MB for `standard`), and each vector that feeds a
+matrix-vector product is staged in a small per-stream scratch row so the product can walk the weight matrix in row
+blocks without holding it in registers. Sampling happens inside, from uniforms the host supplies, so a seed fixes the
+output. Values written to memory and read back by other threads of the same program are separated by barriers:
+Triton's interpreter (TRITON_INTERPRET=1, which the tests use on the CPU) runs a program as one thread and hides
+missing barriers, so a GPU run is the final word on them.
+
+Arrays (B streams, T steps): codes (B, T) int64 (teacher forcing) or (B, 1) (the first input when generating),
+u (T, B) float32, queues (B, Q, R) float32, inputs (B, k_in - 1) int64, logits_out (B, T, C) float32 (teacher),
+codes_out (B, T) int64; weights in the folded layout with dilated_w as (L, k*R, 2G).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def unsupported_reason(config) -> str | None:
+    if config.input_kernel_size > 2:
+        return "the Triton kernel supports input convolutions of 1 or 2 taps"
+    return None
+
+
+@triton.jit
+def _matvec(vec_ptr, w_ptr, w_stride, n_in, col0, n_out, IN_BLOCK: tl.constexpr, OUT_P: tl.constexpr):
+    """sum_i vec[i] * W[i, col0 + o] for o < n_out, walking W in blocks of IN_BLOCK rows: (OUT_P,) float32."""
+    o = tl.arange(0, OUT_P)
+    acc = tl.zeros((OUT_P,), tl.float32)
+    for i0 in range(0, n_in, IN_BLOCK):
+        i = i0 + tl.arange(0, IN_BLOCK)
+        v = tl.load(vec_ptr + i, mask=i < n_in, other=0.0)
+        w = tl.load(w_ptr + i[:, None] * w_stride + col0 + o[None, :],
+                    mask=(i[:, None] < n_in) & (o[None, :] < n_out), other=0.0)
+        acc += tl.sum(v[:, None] * w, axis=0)
+    return acc
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, logits_ptr, out_ptr, scratch_ptr,
+                    embed_ptr, dw_ptr, db_ptr, ow_ptr, ob_ptr, h1w_ptr, h1b_ptr, h2w_ptr, h2b_ptr,
+                    dil_ptr, off_ptr, t0, steps, B, L, Q, SCR, inv_temperature,
+                    C: tl.constexpr, R: tl.constexpr, G: tl.constexpr, S: tl.constexpr, H: tl.constexpr,
+                    K: tl.constexpr, K_IN: tl.constexpr, C_P: tl.constexpr, R_P: tl.constexpr,
+                    G_P: tl.constexpr, S_P: tl.constexpr, H_P: tl.constexpr,
+                    IN_R: tl.constexpr, IN_G: tl.constexpr, IN_S: tl.constexpr, IN_H: tl.constexpr,
+                    TEACHER: tl.constexpr, ARGMAX: tl.constexpr):
+    b = tl.program_id(0)
+    r = tl.arange(0, R_P)
+    g = tl.arange(0, G_P)
+    s_idx = tl.arange(0, S_P)
+    h_idx = tl.arange(0, H_P)
+    c = tl.arange(0, C_P)
+    rmask = r < R
+    KR: tl.constexpr = K * R
+    G2: tl.constexpr = 2 * G
+    RS: tl.constexpr = R + S
+    # Scratch row of this stream: x (R) | gated (G) | relu(skip) (S) | head hidden (H).
+    x_buf = scratch_ptr + b * SCR
+    g_buf = x_buf + R
+    s_buf = g_buf + G
+    h_buf = s_buf + S
+    q_base = queues_ptr + b * Q * R
+
+    code = tl.load(codes_ptr + b * codes_stride)
+    prev = -1
+    if K_IN == 2:
+        prev = tl.load(inputs_ptr + b)
+    for step in range(steps):
+        t = t0 + step
+        # Input convolution: one table row per tap; before the start a tap contributes nothing.
+        x = tl.load(embed_ptr + ((K_IN - 1) * C + code) * R + r, mask=rmask, other=0.0)
+        if K_IN == 2:
+            tap = tl.load(embed_ptr + tl.maximum(prev, 0) * R + r, mask=rmask, other=0.0)
+            x += tl.where(prev >= 0, tap, 0.0)
+            prev = code
+        skip = tl.zeros((S_P,), tl.float32)
+        tl.debug_barrier()
+        tl.store(x_buf + r, x, mask=rmask)
+        tl.debug_barrier()
+        for layer in range(L):
+            d = tl.load(dil_ptr + layer)
+            off = tl.load(off_ptr + layer)
+            n = (K - 1) * d
+            w_layer = dw_ptr + layer * KR * G2
+            za = tl.load(db_ptr + layer * G2 + g, mask=g < G, other=0.0)
+            zb = tl.load(db_ptr + layer * G2 + G + g, mask=g < G, other=0.0)
+            for j in tl.static_range(K - 1):
+                slot = off + (t - (K - 1 - j) * d + n) % n
+                row = q_base + slot * R
+                za += _matvec(row, w_layer + j * R * G2, G2, R, 0, G, IN_R, G_P)
+                zb += _matvec(row, w_layer + j * R * G2, G2, R, G, G, IN_R, G_P)
+            za += _matvec(x_buf, w_layer + (K - 1) * R * G2, G2, R, 0, G, IN_R, G_P)
+            zb += _matvec(x_buf, w_layer + (K - 1) * R * G2, G2, R, G, G, IN_R, G_P)
+            tl.debug_barrier()  # every thread has read the oldest tap before it is overwritten
+            x = tl.load(x_buf + r, mask=rmask, other=0.0)
+            tl.store(q_base + (off + t % n) * R + r, x, mask=rmask)
+            gated = _tanh(za) * tl.sigmoid(zb)
+            tl.store(g_buf + g, gated, mask=g < G)
+            tl.debug_barrier()
+            skip += _matvec(g_buf, ow_ptr + layer * G * RS, RS, G, R, S, IN_G, S_P)
+            skip += tl.load(ob_ptr + layer * RS + R + s_idx, mask=s_idx < S, other=0.0)
+            if layer < L - 1:  # the last layer's residual output feeds nothing
+                res = _matvec(g_buf, ow_ptr + layer * G * RS, RS, G, 0, R, IN_G, R_P)
+                res += tl.load(ob_ptr + layer * RS + r, mask=rmask, other=0.0)
+                x = tl.load(x_buf + r, mask=rmask, other=0.0)
+                tl.debug_barrier()
+                tl.store(x_buf + r, x + res, mask=rmask)
+            tl.debug_barrier()
+        tl.store(s_buf + s_idx, tl.maximum(skip, 0.0), mask=s_idx < S)
+        tl.debug_barrier()
+        hidden = _matvec(s_buf, h1w_ptr, H, S, 0, H, IN_S, H_P)
+        hidden += tl.load(h1b_ptr + h_idx, mask=h_idx < H, other=0.0)
+        tl.store(h_buf + h_idx, tl.maximum(hidden, 0.0), mask=h_idx < H)
+        tl.debug_barrier()
+        logits = _matvec(h_buf, h2w_ptr, C, H, 0, C, IN_H, C_P)
+        logits += tl.load(h2b_ptr + c, mask=c < C, other=0.0)
+        if TEACHER:
+            tl.store(logits_ptr + (b * steps + step) * C + c, logits, mask=c < C)
+            code = tl.load(codes_ptr + b * codes_stride + tl.minimum(step + 1, steps - 1))
+        else:
+            logits = tl.where(c < C, logits, float("-inf"))
+            if ARGMAX:
+                code = tl.argmax(logits, axis=0).to(tl.int64)
+            else:
+                top = tl.max(logits, axis=0)
+                p = tl.exp((logits - top) * inv_temperature)
+                cdf = tl.cumsum(p, axis=0)
+                u = tl.load(u_ptr + step * B + b)
+                target = u * tl.sum(p, axis=0)
+                code = tl.minimum(tl.sum((cdf <= target).to(tl.int64), axis=0), C - 1)
+            tl.store(out_ptr + b * steps + step, code)
+    if K_IN == 2:
+        tl.store(inputs_ptr + b, prev)
+
+
+def _block(n_out_p: int, budget: int = 4096) -> int:
+    """Rows per block of a matrix-vector product, so a block holds about `budget` weights."""
+    return max(1, min(64, budget // n_out_p))
+
+
+def run(codes, t0, u, sampling, teacher, weights, dilations, offsets, queues, inputs, logits_out, codes_out,
+        config):
+    """Launch one chunk: T = codes.shape[1] steps (teacher) or u.shape[0] steps (generate)."""
+    B = queues.shape[0]
+    steps = codes.shape[1] if teacher else u.shape[0]
+    R, G, S, H, C = (config.residual_channels, config.gate_channels, config.skip_channels, config.head_channels,
+                     config.classes)
+    p2 = triton.next_power_of_2
+    R_P, G_P, S_P, H_P, C_P = p2(R), p2(G), p2(S), p2(H), p2(C)
+    scratch = torch.empty(B, R + G + S + H, device=queues.device, dtype=torch.float32)
+    inputs_arg = inputs if inputs.numel() else torch.empty(B, dtype=torch.int64, device=queues.device)
+    argmax = bool(sampling is not None and sampling.argmax)
+    inv_temperature = 1.0 / sampling.temperature if sampling is not None else 1.0
+    _wavenet_kernel[(B,)](
+        codes, codes.stride(0), u, queues, inputs_arg, logits_out if teacher else queues, codes_out, scratch,
+        weights["embed"], weights["dilated_w"], weights["dilated_b"], weights["out_w"], weights["out_b"],
+        weights["head1_w"], weights["head1_b"], weights["head2_w"], weights["head2_b"],
+        dilations, offsets, t0, steps, B, config.layers, queues.shape[1], scratch.shape[1], inv_temperature,
+        C=C, R=R, G=G, S=S, H=H, K=config.kernel_size, K_IN=config.input_kernel_size,
+        C_P=C_P, R_P=R_P, G_P=G_P, S_P=S_P, H_P=H_P,
+        IN_R=_block(G_P), IN_G=_block(max(R_P, S_P)), IN_S=_block(H_P), IN_H=_block(C_P),
+        TEACHER=teacher, ARGMAX=argmax, num_warps=4)
