@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 
@@ -34,6 +35,26 @@ def _positive_float(text):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _nonnegative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _probability(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
     return value
 
 
@@ -71,6 +92,51 @@ def cmd_train(args):
     train(args.data, args.out, config, options, progress=not args.quiet)
 
 
+def cmd_export(args):
+    from .export import export
+
+    export(args.checkpoint, args.output)
+    print(f"wrote {args.output}")
+
+
+def cmd_info(args):
+    from .export import model_info
+
+    info = model_info(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    config = info["config"]
+    print(f"model: {info['path']} ({info['file_bytes'] / 1e6:.2f} MB)")
+    print(f"parameters: {info['parameters']:,}")
+    print(f"receptive field: {info['receptive_field_samples']} samples "
+          f"({info['receptive_field_ms']:.1f} ms at {config['sample_rate']} Hz)")
+    for key in sorted(config):
+        print(f"  {key}: {config[key]}")
+
+
+def cmd_generate(args):
+    from . import audio
+    from .generator import Generator, generate_to_wav, output_paths
+    from .sampling import Sampling
+
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, argmax=args.argmax)
+    for path in output_paths(args.output, args.batch):
+        audio.check_writable(path)
+    generator = Generator(args.model, backend=args.backend, device=args.device, batch_hint=args.batch)
+    prime = None
+    if args.prime:
+        rate = audio.source_rate(args.prime)
+        prime = audio.read(args.prime, generator.sample_rate)
+        if rate is not None and rate != generator.sample_rate:
+            print(f"fastwavenet: resampled the prime from {rate} Hz to the model's {generator.sample_rate} Hz",
+                  file=sys.stderr)
+    paths = generate_to_wav(generator, args.output, args.seconds, batch=args.batch, sampling=sampling,
+                            seed=args.seed, prime=prime, progress=not args.quiet)
+    where = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
+    print(f"wrote {where} ({args.seconds:g} s at {generator.sample_rate} Hz, backend {generator.backend.name})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastwavenet", description="Train WaveNets and generate audio from them, fast.")
     parser.add_argument("--version", action="version", version=f"fastwavenet {__version__}")
@@ -95,6 +161,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-count", type=int, default=1, help="hold out this many files (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="fold a training checkpoint into a model file for generation")
+    p.add_argument("checkpoint", help="run directory or checkpoint.pt")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("info", help="describe a model file")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("generate", help="generate audio into WAV files")
+    p.add_argument("--model", help="model file (default: the bundled piano demo)")
+    p.add_argument("--seconds", type=_positive_float, default=4.0, help="length of each file (default 4)")
+    p.add_argument("-o", "--output", default="out.wav", help="WAV path; with --batch N, N files NAME-i.wav")
+    p.add_argument("--batch", type=_positive_int, default=1, help="independent streams (files) at once")
+    p.add_argument("--temperature", type=_positive_float, default=1.0)
+    p.add_argument("--top-k", type=_nonnegative_int, default=0, help="keep the k likeliest classes (0: off)")
+    p.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--argmax", action="store_true", help="always take the likeliest class")
+    p.add_argument("--seed", type=int, help="fixes the output, bit for bit on the same backend")
+    p.add_argument("--prime", help="audio to continue (resampled to the model's rate)")
+    p.add_argument("--backend", default="auto", help="auto, naive, torch, numba or triton")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 

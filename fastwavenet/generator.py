@@ -8,13 +8,16 @@ priming and generating can alternate freely.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from . import mulaw
+from . import audio, mulaw
 from .backends import make_backend
 from .config import WaveNetConfig
 from .errors import FastWaveNetError
@@ -127,7 +130,7 @@ class Generator:
         return samples
 
     def _codes(self, codes, batch: int) -> torch.Tensor:
-        codes = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
+        codes = codes if isinstance(codes, torch.Tensor) else torch.from_numpy(np.array(codes))
         if codes.ndim == 1:
             codes = codes.unsqueeze(0).expand(batch, -1)
         if codes.ndim != 2 or codes.shape[0] != batch:
@@ -149,3 +152,44 @@ def _device(name: str) -> torch.device:
         raise FastWaveNetError(f"unsupported device {name!r}; use cpu or cuda")
     return device
 
+
+def output_paths(path: str | os.PathLike, batch: int) -> list[Path]:
+    """out.wav for one stream; out-0.wav, out-1.wav, ... for several."""
+    path = Path(path)
+    if batch == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix or '.wav'}") for i in range(batch)]
+
+
+def generate_to_wav(generator: Generator, out: str | os.PathLike, seconds: float, batch: int = 1,
+                    sampling: Sampling = Sampling(), seed: int | None = None, prime: np.ndarray | None = None,
+                    chunk: int | None = None, progress: bool = False) -> list[Path]:
+    """Generate `batch` streams of `seconds` each into WAV files, written as they are generated.
+
+    Files are written under temporary names and renamed when done; on Ctrl-C (KeyboardInterrupt) each file keeps
+    what was generated so far and is renamed into place, then the interrupt propagates. Returns the paths.
+    """
+    total = generator._length(seconds, None)
+    paths = output_paths(out, batch)
+    chunk = chunk or max(256, generator.sample_rate // 10)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="sample", unit_scale=True, dynamic_ncols=True)
+    with contextlib.ExitStack() as stack:
+        streams = [stack.enter_context(audio.WavStream(p, generator.sample_rate)) for p in paths]
+        start = time.perf_counter()
+        done = 0
+        for block in generator.stream(samples=total, batch=batch, chunk=chunk, sampling=sampling, seed=seed,
+                                      prime=prime):
+            for stream, samples in zip(streams, block):
+                stream.write(samples)
+            done += block.shape[1]
+            if bar is not None:
+                rate = done / (time.perf_counter() - start)
+                bar.set_postfix(samples_s=f"{rate * batch:,.0f}", rtf=f"{rate / generator.sample_rate:.2f}x")
+                bar.update(block.shape[1])
+    if bar is not None:
+        bar.close()
+    return paths

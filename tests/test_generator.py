@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import torch
+
+from fastwavenet import FastWaveNetError, Generator, Sampling, preset
+from fastwavenet.export import ModelFile, fold, load_model, save_model, unfold
+from fastwavenet.model import WaveNet
+from fastwavenet.sampling import sample
+
+from test_exactness import CONFIGS, random_model
+
+CPU_BACKENDS = ["naive", "torch", "numba"]
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    config = preset("tiny")
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(path, config, fold(random_model(config, 4)))
+    return path
+
+
+def test_model_file_round_trip_and_unfold(tiny_file):
+    loaded = load_model(tiny_file)
+    model = random_model(preset("tiny"), 4)
+    for name, tensor in fold(model).tensors().items():
+        assert torch.equal(tensor, getattr(loaded.weights, name)), name
+    codes = torch.randint(0, 256, (2, 70))
+    with torch.no_grad():
+        assert torch.allclose(unfold(loaded.weights, loaded.config)(codes), model(codes), atol=1e-5)
+
+
+def test_sampling_rule_by_hand():
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]]))
+    pick = lambda u, **kw: sample(logits, torch.tensor([u]), Sampling(**kw)).item()  # noqa: E731
+    assert [pick(u) for u in (0.05, 0.15, 0.45, 0.95)] == [0, 1, 2, 3]  # inverse CDF in class order
+    assert pick(0.0, argmax=True) == 3
+    assert [pick(u, top_k=2) for u in (0.0, 0.42, 0.43, 0.99)] == [2, 2, 3, 3]  # keeps 0.3 and 0.4
+    assert [pick(u, top_p=0.65) for u in (0.0, 0.42, 0.43)] == [2, 2, 3]  # 0.4 + 0.3 reaches 0.65
+    assert pick(0.99, top_p=0.3) == 3  # the likeliest class always stays
+    low = [pick(u, temperature=0.01) for u in np.linspace(0.001, 0.999, 7)]
+    assert low == [3] * 7
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=0.0), dict(temperature=-1), dict(top_k=-1), dict(top_p=0),
+                                    dict(top_p=1.5), dict(temperature=float("nan"))])
+def test_sampling_refuses_nonsense(kwargs):
+    with pytest.raises(FastWaveNetError):
+        Sampling(**kwargs)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_seed_reproduces_bit_for_bit_and_chunking_does_not_matter(tiny_file, backend):
+    gen = Generator(tiny_file, backend=backend)
+    n = 150 if backend == "naive" else 600
+    a = gen.generate(samples=n, batch=2, seed=3, sampling=Sampling(top_k=20, temperature=0.9))
+    b = np.concatenate(list(gen.stream(samples=n, batch=2, chunk=77, seed=3,
+                                       sampling=Sampling(top_k=20, temperature=0.9))), axis=1)
+    assert a.shape == (2, n) and a.dtype == np.float32
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a[0], a[1]), "streams of a batch should differ"
+    c = gen.generate(samples=n, batch=2, seed=4, sampling=Sampling(top_k=20, temperature=0.9))
+    assert not np.array_equal(a, c)
+
+
+def test_backends_agree_on_argmax_generation(tiny_file):
+    # Argmax is deterministic, and the logits agree to 1e-4, so the codes agree unless two logits tie that closely.
+    runs = [Generator(tiny_file, backend=b).generate(samples=120, sampling=Sampling(argmax=True))
+            for b in CPU_BACKENDS]
+    for other in runs[1:]:
+        assert np.array_equal(runs[0], other)
+
+
+def test_state_copy_and_reset(tiny_file):
+    gen = Generator(tiny_file, backend="numba")
+    state = gen.new_state(1)
+    gen.prime(state, np.arange(50) % 256)
+    fork = state.copy()
+    a = gen.generate_codes(state, 40, rng=np.random.default_rng(0))
+    b = gen.generate_codes(fork, 40, rng=np.random.default_rng(0))
+    assert torch.equal(a, b)
+    state.reset(127)
+    fresh = gen.new_state(1)
+    assert torch.equal(state.queues, fresh.queues) and state.t == 0 and state.last.item() == 127
+
+
+def test_prime_audio_and_stream_with_prime(tiny_file):
+    gen = Generator(tiny_file, backend="torch")
+    prime = 0.3 * np.sin(np.arange(400) / 10.0)
+    chunks = list(gen.stream(samples=100, chunk=40, prime=prime, seed=1))
+    assert [c.shape for c in chunks] == [(1, 40), (1, 40), (1, 20)]
+    assert all(np.isfinite(c).all() and np.abs(c).max() <= 1 for c in chunks)
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda g: g.generate(seconds=0), "seconds"),
+    (lambda g: g.generate(seconds=-1.0), "seconds"),
+    (lambda g: g.generate(samples=10, batch=0), "batch"),
+    (lambda g: g.forward(g.new_state(1), np.array([[300]])), "codes must lie"),
+    (lambda g: g.forward(g.new_state(2), np.zeros((3, 4), np.int64)), "batch=2"),
+    (lambda g: g.prime(g.new_state(1), np.zeros(0, np.int64)), "empty"),
+])
+def test_bad_generator_calls(tiny_file, call, words):
+    with pytest.raises(FastWaveNetError, match=words):
+        call(Generator(tiny_file, backend="torch"))
+
+
+def test_backend_choice_errors(tiny_file):
+    with pytest.raises(FastWaveNetError, match="unknown backend"):
+        Generator(tiny_file, backend="fortran")
+    if not torch.cuda.is_available():
+        with pytest.raises(FastWaveNetError, match="CUDA is not available"):
+            Generator(tiny_file, device="cuda")
+    assert Generator(tiny_file).backend.name == "numba"
