@@ -13,10 +13,13 @@ from .backends import Backend
 from .state import QueueState
 
 
-def _weights_numpy(weights, config):
-    w = {name: t.detach().cpu().contiguous().numpy() for name, t in weights.tensors().items()}
+def _weights_out_major(weights, config):
+    """The folded weights as NumPy arrays with every matrix transposed to (out, in), for the numba kernel."""
+    w = {name: t.detach().cpu().numpy() for name, t in weights.tensors().items()}
     w["dilated_w"] = w["dilated_w"].reshape(config.layers, config.kernel_size * config.residual_channels, -1)
-    return w
+    for name in ("dilated_w", "out_w", "head1_w", "head2_w"):
+        w[name] = np.ascontiguousarray(np.swapaxes(w[name], -1, -2))
+    return {name: np.ascontiguousarray(a) for name, a in w.items()}
 
 
 def _layer_offsets(config) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +46,7 @@ class NumbaBackend(Backend):
         from .kernels import cpu
 
         self.kernels = cpu
-        w = _weights_numpy(weights, config)
+        w = _weights_out_major(weights, config)
         dilations, offsets = _layer_offsets(config)
         self.args = (w["embed"], w["dilated_w"], w["dilated_b"], w["out_w"], w["out_b"], w["head1_w"],
                      w["head1_b"], w["head2_w"], w["head2_b"], dilations, offsets)

@@ -1,13 +1,14 @@
 """The CPU kernel: the whole generation loop in numba, sampling included. Arrays in, arrays out.
 
-Weights arrive in the folded layout (fastwavenet/export.py), input-major, so every matrix-vector product is a sum of
-weight rows scaled by one input value: the inner loop runs over contiguous outputs and vectorizes. Streams are
-processed in tiles of `tile` streams that share each weight row while it sits in L1, and tiles run in parallel
-(numba prange), each through all its steps, so one call opens one parallel region however many steps it makes.
+The matrices arrive out-major, the transpose of the folded layout of fastwavenet/export.py (the adapter in
+fastwavenet/kernel_backends.py transposes once), so every output is one contiguous dot product that vectorizes.
+Streams are processed in tiles of `tile` streams that reuse each weight row while it sits in L1, and tiles run in
+parallel (numba prange), each through all its steps, so one call opens one parallel region however many steps it
+makes.
 
 Shapes (B streams, T or n steps, L layers, R/G/S/H/C channels, k taps, k_in input taps, Q queue slots):
-    embed (k_in, C, R), dilated_w (L, k*R, 2G), dilated_b (L, 2G), out_w (L, G, R+S), out_b (L, R+S),
-    head1_w (S, H), head1_b (H), head2_w (H, C), head2_b (C), dilations (L,) int64, offsets (L,) int64,
+    embed (k_in, C, R), dilated_w (L, 2G, k*R), dilated_b (L, 2G), out_w (L, R+S, G), out_b (L, R+S),
+    head1_w (H, S), head1_b (H), head2_w (C, H), head2_b (C), dilations (L,) int64, offsets (L,) int64,
     queues (B, Q, R) float32, inputs (B, k_in-1) int64 (-1: before the start).
 """
 
@@ -37,21 +38,35 @@ def fast_tanh(x):
     return p / q
 
 
+@njit(fastmath=True, cache=True, inline="always")
+def _matvec_tile(w, bias, x, nb, y, first, last):
+    """y[bb, o] = bias[o] + sum_i w[o, i] * x[bb, i] for o in [first, last), streams bb < nb.
+
+    Out-major weights make each output a contiguous dot product (vectorized, reduction reassociated under
+    fastmath); the streams of a tile reuse each weight row while it is in L1."""
+    n_in = w.shape[1]
+    for o in range(first, last):
+        for bb in range(nb):
+            acc = bias[o]
+            for i in range(n_in):
+                acc += w[o, i] * x[bb, i]
+            y[bb, o] = acc
+
+
 @njit(fastmath=True, cache=True)
 def _tile_step(b0, nb, codes, t, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b, head2_w, head2_b,
                dilations, offsets, queues, inputs, xs, taps, z, gated, o, skip, hidden, logits):
-    """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb]; logits[0:nb] receive the result."""
+    """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb]; logits[0:nb] receive the result.
+
+    Weights here are out-major: dilated_w (L, 2G, k*R), out_w (L, R+S, G), head1_w (H, S), head2_w (C, H)."""
     k_in = embed.shape[0]
     R = embed.shape[2]
     L = dilated_w.shape[0]
-    KR = dilated_w.shape[1]
-    k = KR // R
-    G2 = dilated_w.shape[2]
+    G2 = dilated_w.shape[1]
+    k = dilated_w.shape[2] // R
     G = G2 // 2
-    RS = out_w.shape[2]
+    RS = out_w.shape[1]
     S = RS - R
-    H = head1_w.shape[1]
-    C = head2_w.shape[1]
 
     for bb in range(nb):
         b = b0 + bb
@@ -84,26 +99,15 @@ def _tile_step(b0, nb, codes, t, embed, dilated_w, dilated_b, out_w, out_b, head
             for c in range(R):
                 taps[bb, (k - 1) * R + c] = xs[bb, c]
                 queues[b, write, c] = xs[bb, c]
-            for c in range(G2):
-                z[bb, c] = dilated_b[layer, c]
-        for i in range(KR):
-            for bb in range(nb):
-                v = taps[bb, i]
-                for c in range(G2):
-                    z[bb, c] += v * dilated_w[layer, i, c]
+        _matvec_tile(dilated_w[layer], dilated_b[layer], taps, nb, z, 0, G2)
         for bb in range(nb):
             for c in range(G):
-                gated[bb, c] = fast_tanh(z[bb, c]) * (np.float32(0.5) + np.float32(0.5) * fast_tanh(np.float32(0.5) * z[bb, G + c]))
-        # The last layer's residual output feeds nothing: compute its skip columns only.
+                a = fast_tanh(z[bb, c])
+                gate = np.float32(0.5) + np.float32(0.5) * fast_tanh(np.float32(0.5) * z[bb, G + c])
+                gated[bb, c] = a * gate
+        # The last layer's residual output feeds nothing: compute its skip rows only.
         first = R if layer == L - 1 else 0
-        for bb in range(nb):
-            for c in range(first, RS):
-                o[bb, c] = out_b[layer, c]
-        for i in range(G):
-            for bb in range(nb):
-                v = gated[bb, i]
-                for c in range(first, RS):
-                    o[bb, c] += v * out_w[layer, i, c]
+        _matvec_tile(out_w[layer], out_b[layer], gated, nb, o, first, RS)
         for bb in range(nb):
             if first == 0:
                 for c in range(R):
@@ -114,25 +118,11 @@ def _tile_step(b0, nb, codes, t, embed, dilated_w, dilated_b, out_w, out_b, head
     for bb in range(nb):
         for c in range(S):
             skip[bb, c] = max(skip[bb, c], np.float32(0.0))
-        for c in range(H):
-            hidden[bb, c] = head1_b[c]
-        for c in range(C):
-            logits[bb, c] = head2_b[c]
-    for i in range(S):
-        for bb in range(nb):
-            v = skip[bb, i]
-            if v != 0.0:
-                for c in range(H):
-                    hidden[bb, c] += v * head1_w[i, c]
+    _matvec_tile(head1_w, head1_b, skip, nb, hidden, 0, head1_w.shape[0])
     for bb in range(nb):
-        for c in range(H):
+        for c in range(hidden.shape[1]):
             hidden[bb, c] = max(hidden[bb, c], np.float32(0.0))
-    for i in range(H):
-        for bb in range(nb):
-            v = hidden[bb, i]
-            if v != 0.0:
-                for c in range(C):
-                    logits[bb, c] += v * head2_w[i, c]
+    _matvec_tile(head2_w, head2_b, hidden, nb, logits, 0, head2_w.shape[0])
 
 
 @njit(cache=True)
@@ -189,9 +179,9 @@ def teacher_forced(codes, t0, tile, embed, dilated_w, dilated_b, out_w, out_b, h
     for ti in prange(tiles):
         b0 = ti * tile
         nb = min(tile, B - b0)
-        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, R, dilated_w.shape[1], dilated_w.shape[2],
-                                                               out_w.shape[2], head1_w.shape[0], head1_w.shape[1],
-                                                               head2_w.shape[1])
+        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, R, dilated_w.shape[2], dilated_w.shape[1],
+                                                               out_w.shape[1], head1_w.shape[1], head1_w.shape[0],
+                                                               head2_w.shape[0])
         step_codes = np.empty(tile, np.int64)
         for s in range(T):
             for bb in range(nb):
@@ -212,13 +202,13 @@ def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, embed, dilate
     """
     n, B = u.shape
     R = embed.shape[2]
-    C = head2_w.shape[1]
+    C = head2_w.shape[0]
     tiles = (B + tile - 1) // tile
     for ti in prange(tiles):
         b0 = ti * tile
         nb = min(tile, B - b0)
-        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, R, dilated_w.shape[1], dilated_w.shape[2],
-                                                               out_w.shape[2], head1_w.shape[0], head1_w.shape[1],
+        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, R, dilated_w.shape[2], dilated_w.shape[1],
+                                                               out_w.shape[1], head1_w.shape[1], head1_w.shape[0],
                                                                C)
         p = np.empty(C, np.float32)
         order = np.empty(C, np.int64)
