@@ -137,6 +137,29 @@ def cmd_generate(args):
     print(f"wrote {where} ({args.seconds:g} s at {generator.sample_rate} Hz, backend {generator.backend.name})")
 
 
+def cmd_bench(args):
+    from . import bench
+    from .config import preset
+    from .export import load_model
+    from .generator import _device
+
+    _device(args.device)
+    model = load_model(args.model) if args.model else bench.random_model(preset(args.preset))
+    backends = bench.resolve_backends(args.backend.split(","), args.device)
+    info = bench.machine()
+    print(bench.table([], model.config, info))
+    results = bench.run(model, backends, args.batch, args.device, min_seconds=args.min_seconds,
+                        progress=lambda r: print(bench.table([r], model.config, info).splitlines()[-1], flush=True))
+    print()
+    print(bench.table(results, model.config, info))
+    if args.json:
+        bench.write_json(args.json, results, model.config, info)
+        print(f"wrote {args.json}")
+    if args.plot:
+        bench.plot(args.plot, results, f"{args.model or args.preset} on {info.get('gpu', info['cpu'])}")
+        print(f"wrote {args.plot}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastwavenet", description="Train WaveNets and generate audio from them, fast.")
     parser.add_argument("--version", action="version", version=f"fastwavenet {__version__}")
@@ -187,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("bench", help="samples per second of every backend, beside naive, in one run")
+    p.add_argument("--preset", default="standard", help="model shape, randomly initialized (default standard)")
+    p.add_argument("--model", help="a model file instead of a preset")
+    p.add_argument("--backend", default="all", help="all, or a comma-separated list (naive is always included)")
+    p.add_argument("--batch", type=_int_list, default=[1, 8, 64], help="comma-separated batch sizes (default 1,8,64)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--min-seconds", type=_positive_float, default=1.0, help="shortest timed run (default 1)")
+    p.add_argument("--json", help="write the results as JSON")
+    p.add_argument("--plot", help="write a PNG plot of samples/s against batch size")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
