@@ -73,6 +73,13 @@ def list_audio(paths) -> list[Path]:
     return found
 
 
+def give_default_permissions(path: Path):
+    """mkstemp creates files readable by the owner only; give the mode a plain open() would (0666 less umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail early, with a clear message, if a file cannot be created at `path`."""
     path = Path(path)
@@ -98,6 +105,7 @@ class WavStream:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent or ".")
         os.close(fd)
         self._tmp = Path(tmp)
+        give_default_permissions(self._tmp)
         self._file = soundfile.SoundFile(tmp, mode="w", samplerate=sample_rate, channels=1, subtype="PCM_16",
                                          format="WAV")
         self.frames = 0

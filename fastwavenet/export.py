@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .audio import give_default_permissions
 from .config import WaveNetConfig
 from .errors import FastWaveNetError
 from .model import WaveNet
@@ -149,6 +150,7 @@ def save_model(path: str | os.PathLike, config: WaveNetConfig, weights: FoldedWe
     metadata = {"format": MODEL_FORMAT, "format_version": MODEL_VERSION, "config": config.to_json()}
     try:
         save_file({k: v.contiguous().cpu() for k, v in weights.tensors().items()}, str(tmp), metadata=metadata)
+        give_default_permissions(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
