@@ -160,6 +160,25 @@ def cmd_bench(args):
         print(f"wrote {args.plot}")
 
 
+def cmd_score(args):
+    from .score import score_files
+
+    results = score_files(args.model, args.audio)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for r in results:
+        print(f"{r['bits_per_sample']:8.4f} bits/sample  {r['samples']:>9} samples  {r['path']}")
+
+
+def cmd_import_keras(args):
+    from .importers.keras import import_to_file
+
+    model = import_to_file(args.checkpoint, args.config, args.output)
+    print(f"wrote {args.output} ({model.config.parameter_count():,} parameters, "
+          f"receptive field {model.config.receptive_field} samples)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastwavenet", description="Train WaveNets and generate audio from them, fast.")
     parser.add_argument("--version", action="version", version=f"fastwavenet {__version__}")
@@ -221,6 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results as JSON")
     p.add_argument("--plot", help="write a PNG plot of samples/s against batch size")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("score", help="teacher-forced bits per sample of audio files under a model")
+    p.add_argument("model")
+    p.add_argument("audio", nargs="+")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("import", help="convert a model trained elsewhere")
+    kinds = p.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    k = kinds.add_parser("keras", help="basveeling/wavenet Keras 1 HDF5 checkpoint")
+    k.add_argument("checkpoint", help="the .hdf5 file")
+    k.add_argument("--config", required=True, help="its training config.json")
+    k.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    k.set_defaults(func=cmd_import_keras)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Importers for WaveNets trained by other implementations."""

@@ -1,0 +1,57 @@
+"""Teacher-forced likelihood of audio under a model, in bits per sample."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import audio, mulaw
+from .errors import FastWaveNetError
+from .export import ModelFile, load_model, unfold
+
+
+@torch.no_grad()
+def score_codes(model: ModelFile, codes: np.ndarray, window: int = 16384) -> float:
+    """Mean negative log2-likelihood of codes[receptive_field:] given everything before, in bits per sample.
+
+    The first receptive field is context only: predictions there see zero padding, not audio. The training-model
+    form of the weights runs over windows of `window` predictions, each with a receptive field of context.
+    """
+    config = model.config
+    rf = config.receptive_field
+    codes = torch.as_tensor(np.asarray(codes, dtype=np.int64))
+    if codes.ndim != 1:
+        raise FastWaveNetError(f"expected one sequence of codes, got shape {tuple(codes.shape)}")
+    if len(codes) <= rf:
+        raise FastWaveNetError(f"audio of {len(codes)} samples is too short to score: the model's receptive field "
+                               f"is {rf} samples ({1000 * rf / config.sample_rate:.0f} ms)")
+    net = unfold(model.weights, config)
+    total, count = 0.0, 0
+    # Position p predicts code p + 1; score targets rf .. len-1, i.e. predictions from p = rf - 1.
+    for first in range(rf - 1, len(codes) - 1, window):
+        last = min(first + window, len(codes) - 1)  # predictions p in [first, last)
+        start = first - (rf - 1)
+        logits = net(codes[start:last].unsqueeze(0))[0, :, rf - 1:]  # (C, last - first)
+        targets = codes[first + 1:last + 1]
+        total += F.cross_entropy(logits.T, targets, reduction="sum").item()
+        count += len(targets)
+    return total / count / math.log(2)
+
+
+def score_audio(model: ModelFile, samples: np.ndarray) -> float:
+    """Bits per sample of mono float audio already at the model's rate."""
+    return score_codes(model, mulaw.encode(samples, model.config.classes))
+
+
+def score_files(model: str | os.PathLike | ModelFile, paths) -> list[dict]:
+    """Bits per sample of each audio file (resampled to the model's rate): [{"path", "samples", "bits_per_sample"}]."""
+    model = model if isinstance(model, ModelFile) else load_model(model)
+    results = []
+    for path in paths:
+        samples = audio.read(path, model.config.sample_rate)
+        results.append({"path": str(path), "samples": len(samples), "bits_per_sample": score_audio(model, samples)})
+    return results
