@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+import soundfile
+
+from fastwavenet import load
+from fastwavenet.demo import DEMO_MODEL
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.skipif(not DEMO_MODEL.is_file(), reason="the demo model is not bundled in this checkout")
+
+
+def spectral_flatness(x: np.ndarray) -> float:
+    import librosa
+
+    return float(librosa.feature.spectral_flatness(y=x.astype(np.float32)).mean())
+
+
+def test_demo_model_makes_piano_like_sound():
+    gen = load()
+    assert gen.sample_rate == 4410
+    audio = gen.generate(seconds=1.0, seed=0)[0]
+    assert np.isfinite(audio).all()
+    assert np.sqrt(np.mean(audio ** 2)) > 0.005, "silence"
+    noise = np.random.default_rng(0).uniform(-1, 1, len(audio))
+    assert spectral_flatness(audio) < 0.5 * spectral_flatness(noise), "as flat as white noise"
+
+
+def test_generate_with_no_model_argument(tmp_path):
+    result = run_cli("generate", "-o", tmp_path / "piano.wav", "--seconds", "0.5", "--quiet")
+    assert result.returncode == 0, result.stderr
+    x, rate = soundfile.read(tmp_path / "piano.wav")
+    assert rate == 4410 and len(x) == 2205
