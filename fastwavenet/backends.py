@@ -2,9 +2,10 @@
 GPU), and adapters to the compiled kernels in `fastwavenet.kernels` (`numba` on CPU, `triton` on GPU).
 
 Every backend takes the folded weights of export.py and offers:
-    new_state(batch)                 a zeroed state (QueueState, or HistoryState for naive)
-    forward(state, codes)            codes (B, T) int64 -> logits (B, T, classes) float32, advancing the state
-    generate(state, n, u, sampling)  n codes per stream from uniforms u (n, B), starting by consuming state.last
+    new_state(batch)                       a zeroed state (QueueState, or HistoryState for naive)
+    forward(state, codes, cond)            codes (B, T) int64 -> logits (B, T, classes) float32, advancing the state
+    generate(state, n, u, sampling, cond)  n codes per stream from uniforms u (n, B), consuming state.last first
+cond is None for plain models, else the per-layer gate terms of those steps, (B, T or n, L, 2G) float32.
 """
 
 from __future__ import annotations
@@ -46,13 +47,13 @@ class Backend:
             inputs=torch.full((batch, c.input_kernel_size - 1), -1, dtype=torch.int64, device=self.device),
             last=torch.zeros(batch, dtype=torch.int64, device=self.device))
 
-    def generate(self, state, n: int, u: np.ndarray, sampling: Sampling) -> torch.Tensor:
+    def generate(self, state, n: int, u: np.ndarray, sampling: Sampling, cond=None) -> torch.Tensor:
         """The plain loop: one step and one sample per code. Compiled backends override it."""
         u = torch.from_numpy(u).to(self.device)
         out = torch.empty(state.batch, n, dtype=torch.int64, device=self.device)
         last = state.last.to(self.device)
         for i in range(n):
-            logits = self.forward(state, last.unsqueeze(1))[:, 0]
+            logits = self.forward(state, last.unsqueeze(1), None if cond is None else cond[:, i:i + 1])[:, 0]
             last = sample(logits, u[i], sampling)
             out[:, i] = last
         state.last = last.clone()
@@ -70,17 +71,24 @@ class NaiveBackend(Backend):
         self.model = unfold(weights, config).to(device)
 
     def new_state(self, batch: int) -> HistoryState:
+        c = self.config
         return HistoryState(history=torch.zeros(batch, 0, dtype=torch.int64, device=self.device),
-                            last=torch.zeros(batch, dtype=torch.int64, device=self.device))
+                            last=torch.zeros(batch, dtype=torch.int64, device=self.device),
+                            cond=torch.zeros(batch, c.layers, 2 * c.gate_channels, 0, device=self.device))
 
     @torch.no_grad()
-    def forward(self, state: HistoryState, codes: torch.Tensor) -> torch.Tensor:
+    def forward(self, state: HistoryState, codes: torch.Tensor, cond=None) -> torch.Tensor:
         codes = codes.to(self.device)
         rf = self.config.receptive_field
         out = []
         for t in range(codes.shape[1]):
             state.history = torch.cat([state.history, codes[:, t:t + 1]], dim=1)[:, -rf:]
-            out.append(self.model(state.history)[:, :, -1])
+            window = None
+            if cond is not None:
+                step = cond[:, t].to(self.device).unsqueeze(3)  # (B, L, 2G, 1)
+                state.cond = torch.cat([state.cond, step], dim=3)[:, :, :, -rf:]
+                window = state.cond
+            out.append(self.model(state.history, window)[:, :, -1])
             state.t += 1
         return torch.stack(out, dim=1)
 
@@ -110,8 +118,9 @@ class TorchBackend(Backend):
         self._graph = None
 
     @torch.no_grad()
-    def _step(self, queues, inputs, codes, t):
-        """One step for every stream: consume codes (B,) at time t (0-dim tensor); return logits (B, classes)."""
+    def _step(self, queues, inputs, codes, t, cond=None):
+        """One step for every stream: consume codes (B,) at time t (0-dim tensor), with gate terms cond (B, L, 2G)
+        or None; return logits (B, classes)."""
         c, w = self.config, self.w
         r, g, n = c.residual_channels, c.gate_channels, c.layers
         x = self.embed[-1][codes]
@@ -127,6 +136,8 @@ class TorchBackend(Backend):
             taps = queues.index_select(1, reads[layer]).flatten(1)  # (B, (k-1) R)
             queues.index_copy_(1, writes[layer:layer + 1], x.unsqueeze(1))
             z = torch.addmm(w.dilated_b[layer], torch.cat([taps, x], dim=1), self.dilated[layer])
+            if cond is not None:
+                z = z + cond[:, layer]
             gated = torch.tanh(z[:, :g]) * torch.sigmoid(z[:, g:])
             if layer == n - 1:
                 s = torch.addmm(w.out_b[layer, r:], gated, w.out_w[layer, :, r:])
@@ -138,41 +149,47 @@ class TorchBackend(Backend):
         h = F.relu(torch.addmm(w.head1_b, F.relu(skip), w.head1_w))
         return torch.addmm(w.head2_b, h, w.head2_w)
 
-    def _step_state(self, state: QueueState, codes: torch.Tensor) -> torch.Tensor:
+    def _step_state(self, state: QueueState, codes: torch.Tensor, cond) -> torch.Tensor:
         if self.device.type == "cuda":
-            logits = self._replay(state, codes)
+            logits = self._replay(state, codes, cond)
         else:
-            logits = self._step(state.queues, state.inputs, codes, torch.tensor(state.t))
+            logits = self._step(state.queues, state.inputs, codes, torch.tensor(state.t), cond)
         state.t += 1
         return logits
 
-    def _replay(self, state: QueueState, codes: torch.Tensor) -> torch.Tensor:
+    def _replay(self, state: QueueState, codes: torch.Tensor, cond) -> torch.Tensor:
         """CUDA: replay a graph of one step, captured once per set of state tensors."""
-        key = (state.queues.data_ptr(), state.inputs.data_ptr(), state.batch)
+        key = (state.queues.data_ptr(), state.inputs.data_ptr(), state.batch, cond is None)
         if self._graph is None or self._graph[0] != key:
             static_codes = torch.zeros(state.batch, dtype=torch.int64, device=self.device)
             static_t = torch.zeros((), dtype=torch.int64, device=self.device)
+            static_cond = None if cond is None else torch.zeros_like(cond)
             saved = state.queues.clone(), state.inputs.clone()
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # warm up outside the graph, as capture requires
-                self._step(state.queues, state.inputs, static_codes, static_t)
+                self._step(state.queues, state.inputs, static_codes, static_t, static_cond)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static_logits = self._step(state.queues, state.inputs, static_codes, static_t)
+                static_logits = self._step(state.queues, state.inputs, static_codes, static_t, static_cond)
             state.queues.copy_(saved[0])
             state.inputs.copy_(saved[1])
-            self._graph = (key, graph, static_codes, static_t, static_logits)
-        _, graph, static_codes, static_t, static_logits = self._graph
+            self._graph = (key, graph, static_codes, static_t, static_cond, static_logits)
+        _, graph, static_codes, static_t, static_cond, static_logits = self._graph
         static_codes.copy_(codes)
         static_t.fill_(state.t)
+        if cond is not None:
+            static_cond.copy_(cond)
         graph.replay()
         return static_logits.clone()
 
-    def forward(self, state: QueueState, codes: torch.Tensor) -> torch.Tensor:
+    def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
         codes = codes.to(self.device)
-        return torch.stack([self._step_state(state, codes[:, i]) for i in range(codes.shape[1])], dim=1)
+        if cond is not None:
+            cond = cond.to(self.device)
+        return torch.stack([self._step_state(state, codes[:, i], None if cond is None else cond[:, i])
+                            for i in range(codes.shape[1])], dim=1)
 
 
 def _kernel_backends() -> dict[str, type]:

@@ -23,6 +23,14 @@ class WaveNetConfig:
 
     `bias` switches the biases of the blocks (dilated, residual and skip convolutions); the input convolution and
     the two head convolutions always have biases.
+
+    Conditioning, both added to every layer's gate input (before tanh and sigmoid):
+    - global: `speakers` > 0 gives a learned embedding of `speaker_channels` per speaker (or any class), projected
+      by a 1x1 convolution per layer;
+    - local: `n_mels` > 0 conditions on a log-mel spectrogram (librosa: `n_fft`, `hop_length`, `fmin`, `fmax` in
+      Hz, 0 meaning sample_rate / 2; natural log of max(mel, 1e-5)), upsampled to the sample rate by a learned
+      transposed convolution (kernel and stride `hop_length`: frame i becomes samples i*hop .. (i+1)*hop - 1) and
+      projected by a 1x1 convolution per layer.
     """
 
     sample_rate: int = 16000
@@ -36,9 +44,21 @@ class WaveNetConfig:
     layers_per_stack: int = 10
     stacks: int = 2
     bias: bool = True
+    speakers: int = 0
+    speaker_channels: int = 16
+    n_mels: int = 0
+    hop_length: int = 256
+    n_fft: int = 1024
+    fmin: float = 0.0
+    fmax: float = 0.0
 
     def __post_init__(self):
-        ints = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.type in ("int", int)}
+        ints = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.type in ("int", int) and f.name not in ("speakers", "n_mels")}
+        for name in ("speakers", "n_mels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise FastWaveNetError(f"config: {name} must be 0 (off) or a positive integer, got {value!r}")
         for name, value in ints.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise FastWaveNetError(f"config: {name} must be a positive integer, got {value!r}")
@@ -52,6 +72,13 @@ class WaveNetConfig:
             raise FastWaveNetError(f"config: layers_per_stack {self.layers_per_stack} gives dilations beyond 2**23")
         if self.sample_rate > 384_000:
             raise FastWaveNetError(f"config: sample_rate {self.sample_rate} Hz is beyond any audio format")
+        if self.n_mels:
+            top = self.fmax or self.sample_rate / 2
+            if not (0 <= self.fmin < top <= self.sample_rate / 2):
+                raise FastWaveNetError(f"config: need 0 <= fmin < fmax <= sample_rate / 2, got fmin {self.fmin}, "
+                                       f"fmax {self.fmax} at {self.sample_rate} Hz")
+            if self.n_fft < self.hop_length:
+                raise FastWaveNetError(f"config: n_fft {self.n_fft} is shorter than hop_length {self.hop_length}")
         if self.parameter_count() > MAX_PARAMETERS:
             raise FastWaveNetError(
                 f"config: {self.parameter_count():,} parameters would exhaust memory (limit {MAX_PARAMETERS:,})")
@@ -88,8 +115,17 @@ class WaveNetConfig:
         b = 1 if self.bias else 0
         per_layer = k * r * 2 * g + b * 2 * g + g * s + b * s + g * r + b * r
         last_residual = g * r + b * r  # the last block's residual output feeds nothing, so it has no weights
+        conditioning = 0
+        if self.speakers:
+            conditioning += self.speakers * self.speaker_channels + self.layers * self.speaker_channels * 2 * g
+        if self.n_mels:
+            conditioning += self.n_mels * self.n_mels * self.hop_length + self.n_mels + self.layers * self.n_mels * 2 * g
         return (self.input_kernel_size * c * r + r + self.layers * per_layer - last_residual
-                + s * h + h + h * c + c)
+                + s * h + h + h * c + c + conditioning)
+
+    @property
+    def conditioned(self) -> bool:
+        return bool(self.speakers or self.n_mels)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

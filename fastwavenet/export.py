@@ -14,6 +14,12 @@ so that y = x @ W, and a kernel computing one output vector streams each weight 
     head1_w (S, H), head1_b (H), head2_w (H, classes), head2_b (classes)
 
 With L layers, R residual, G gate, S skip, H head channels, k taps. Blocks without bias store zero biases.
+
+Conditioned models add (M mel bands, hop h, P speakers, E speaker channels):
+
+    speaker_embed (P, E), speaker_w (L, E, 2G)          global term of layer l: speaker_embed[p] @ speaker_w[l]
+    upsample_w (M, M, h), upsample_b (M)                 the transposed convolution, PyTorch's layout
+    mel_w       (L, M, 2G)                               local term of layer l at t: features[:, t] @ mel_w[l]
 """
 
 from __future__ import annotations
@@ -47,19 +53,25 @@ class FoldedWeights:
     head1_b: torch.Tensor
     head2_w: torch.Tensor
     head2_b: torch.Tensor
+    speaker_embed: torch.Tensor | None = None
+    speaker_w: torch.Tensor | None = None
+    upsample_w: torch.Tensor | None = None
+    upsample_b: torch.Tensor | None = None
+    mel_w: torch.Tensor | None = None
 
     def to(self, device) -> "FoldedWeights":
-        return FoldedWeights(**{f.name: getattr(self, f.name).to(device).contiguous() for f in fields(self)})
+        return FoldedWeights(**{name: t.to(device).contiguous() for name, t in self.tensors().items()})
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The tensors present (conditioning ones only for conditioned models)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
 def expected_shapes(config: WaveNetConfig) -> dict[str, tuple[int, ...]]:
     c, r, g, s, h = (config.classes, config.residual_channels, config.gate_channels, config.skip_channels,
                      config.head_channels)
     n = config.layers
-    return {
+    shapes = {
         "embed": (config.input_kernel_size, c, r),
         "dilated_w": (n, config.kernel_size, r, 2 * g),
         "dilated_b": (n, 2 * g),
@@ -70,6 +82,13 @@ def expected_shapes(config: WaveNetConfig) -> dict[str, tuple[int, ...]]:
         "head2_w": (h, c),
         "head2_b": (c,),
     }
+    if config.speakers:
+        shapes["speaker_embed"] = (config.speakers, config.speaker_channels)
+        shapes["speaker_w"] = (n, config.speaker_channels, 2 * g)
+    if config.n_mels:
+        m = config.n_mels
+        shapes.update(upsample_w=(m, m, config.hop_length), upsample_b=(m,), mel_w=(n, m, 2 * g))
+    return shapes
 
 
 @torch.no_grad()
@@ -95,10 +114,17 @@ def fold(model: WaveNet) -> FoldedWeights:
         out_w[i, :, r:] = f32(block.skip.weight)[:, :, 0].T
         if block.skip.bias is not None:
             out_b[i, r:] = f32(block.skip.bias)
+    per_layer = lambda conv: f32(conv.weight)[:, :, 0].reshape(n, 2 * g, -1).transpose(1, 2).contiguous()  # noqa: E731
+    conditioning = {}
+    if config.speakers:
+        conditioning.update(speaker_embed=f32(model.speaker_embed.weight), speaker_w=per_layer(model.speaker_proj))
+    if config.n_mels:
+        conditioning.update(upsample_w=f32(model.upsample.weight), upsample_b=f32(model.upsample.bias),
+                            mel_w=per_layer(model.mel_proj))
     return FoldedWeights(
         embed=embed.contiguous(), dilated_w=dilated_w.contiguous(), dilated_b=dilated_b, out_w=out_w, out_b=out_b,
         head1_w=f32(model.head1.weight)[:, :, 0].T.contiguous(), head1_b=f32(model.head1.bias),
-        head2_w=f32(model.head2.weight)[:, :, 0].T.contiguous(), head2_b=f32(model.head2.bias))
+        head2_w=f32(model.head2.weight)[:, :, 0].T.contiguous(), head2_b=f32(model.head2.bias), **conditioning)
 
 
 @torch.no_grad()
@@ -126,6 +152,14 @@ def unfold(weights: FoldedWeights, config: WaveNetConfig) -> WaveNet:
     model.head1.bias.copy_(weights.head1_b)
     model.head2.weight.copy_(weights.head2_w.T[:, :, None])
     model.head2.bias.copy_(weights.head2_b)
+    stacked = lambda w: w.transpose(1, 2).reshape(-1, w.shape[1], 1)  # (L, in, 2G) -> (L * 2G, in, 1)  # noqa: E731
+    if config.speakers:
+        model.speaker_embed.weight.copy_(weights.speaker_embed)
+        model.speaker_proj.weight.copy_(stacked(weights.speaker_w))
+    if config.n_mels:
+        model.upsample.weight.copy_(weights.upsample_w)
+        model.upsample.bias.copy_(weights.upsample_b)
+        model.mel_proj.weight.copy_(stacked(weights.mel_w))
     return model.eval()
 
 

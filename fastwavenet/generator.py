@@ -26,6 +26,61 @@ from .sampling import Sampling
 from .state import HistoryState, QueueState  # noqa: F401  (re-exported)
 
 
+class Conditioning:
+    """What a conditioned model generates from, for B streams: a log-mel spectrogram, upsampled once to the sample
+    rate, and speaker ids; per-layer gate terms are made from them chunk by chunk (`terms`), so memory for those
+    stays bounded however long the input."""
+
+    def __init__(self, config: WaveNetConfig, weights, device: torch.device, batch: int,
+                 mel=None, speaker=None):
+        self.config, self.batch = config, batch
+        self.features = self.global_terms = None
+        self.length = None
+        w = weights
+        if config.n_mels:
+            if mel is None:
+                raise FastWaveNetError("this model is a vocoder: it needs a mel spectrogram")
+            mel = torch.as_tensor(np.asarray(mel, dtype=np.float32)) if not isinstance(mel, torch.Tensor) else mel
+            if mel.ndim == 2:
+                mel = mel.unsqueeze(0).expand(batch, -1, -1)
+            if mel.ndim != 3 or mel.shape[0] != batch or mel.shape[1] != config.n_mels:
+                raise FastWaveNetError(f"mel features must be ({config.n_mels} bands, frames), got shape "
+                                       f"{tuple(mel.shape)}")
+            if mel.shape[2] == 0:
+                raise FastWaveNetError("mel features hold no frames")
+            if not torch.isfinite(mel).all():
+                raise FastWaveNetError("mel features hold NaN or infinite values")
+            with torch.no_grad():
+                self.features = torch.nn.functional.conv_transpose1d(
+                    mel.to(device, torch.float32), w.upsample_w.to(device), w.upsample_b.to(device),
+                    stride=config.hop_length)
+            self.mel_w = w.mel_w.to(device)
+            self.length = self.features.shape[2]
+        elif mel is not None:
+            raise FastWaveNetError("this model takes no mel spectrogram")
+        if config.speakers:
+            if speaker is None:
+                raise FastWaveNetError(f"this model needs a speaker id in [0, {config.speakers - 1}]")
+            speaker = torch.as_tensor(speaker, dtype=torch.int64).reshape(-1).expand(batch)
+            if speaker.min() < 0 or speaker.max() >= config.speakers:
+                raise FastWaveNetError(f"speaker id out of range: the model knows speakers 0..{config.speakers - 1}")
+            self.global_terms = torch.einsum("be,lec->blc", w.speaker_embed[speaker], w.speaker_w).to(device)
+        elif speaker is not None:
+            raise FastWaveNetError("this model takes no speaker id")
+
+    def terms(self, start: int, n: int) -> torch.Tensor:
+        """Gate terms of steps start .. start+n-1: (B, n, L, 2G) float32."""
+        if self.length is not None and start + n > self.length:
+            raise FastWaveNetError(f"the mel spectrogram covers {self.length} samples; step {start + n} is past it")
+        if self.features is not None:
+            terms = torch.einsum("bmt,lmc->btlc", self.features[:, :, start:start + n], self.mel_w)
+            if self.global_terms is not None:
+                terms = terms + self.global_terms.unsqueeze(1)
+        else:
+            terms = self.global_terms.unsqueeze(1).expand(-1, n, -1, -1)
+        return terms.contiguous()
+
+
 def silence_code(config: WaveNetConfig) -> int:
     return int(mulaw.encode(np.zeros(1), config.classes)[0])
 
@@ -61,14 +116,30 @@ class Generator:
         state.reset(silence_code(self.config))
         return state
 
-    def forward(self, state, codes) -> torch.Tensor:
+    def conditioning(self, batch: int = 1, mel=None, speaker=None) -> Conditioning | None:
+        """Conditioning for `batch` streams: mel (n_mels, frames) or (B, n_mels, frames) log-mel frames as
+        `fastwavenet.features.log_mel` makes them; speaker: an id, or one per stream. None for a plain model."""
+        if not self.config.conditioned and mel is None and speaker is None:
+            return None
+        return Conditioning(self.config, self.model.weights, self.device, batch, mel, speaker)
+
+    def _terms(self, state, n: int, conditioning: Conditioning | None):
+        if conditioning is None:
+            if self.config.conditioned:
+                raise FastWaveNetError("this model is conditioned: pass conditioning (mel and/or speaker)")
+            return None
+        if conditioning.batch != state.batch:
+            raise FastWaveNetError(f"conditioning is for {conditioning.batch} streams, the state has {state.batch}")
+        return conditioning.terms(state.t, n)
+
+    def forward(self, state, codes, conditioning: Conditioning | None = None) -> torch.Tensor:
         """Teacher forcing: consume codes (B, T) and return the logits after each, (B, T, classes) float32."""
         codes = self._codes(codes, state.batch)
         if codes.shape[1] == 0:
             return torch.empty(state.batch, 0, self.config.classes)
-        return self.backend.forward(state, codes)
+        return self.backend.forward(state, codes, self._terms(state, codes.shape[1], conditioning))
 
-    def prime(self, state, codes):
+    def prime(self, state, codes, conditioning: Conditioning | None = None):
         """Continue from codes (B, P) or (P,): consume all but the last, which generation consumes first.
 
         Afterwards the state equals that of stepping through codes[:, :-1] with `forward`."""
@@ -76,46 +147,52 @@ class Generator:
         if codes.shape[1] == 0:
             raise FastWaveNetError("cannot prime with an empty sequence")
         if codes.shape[1] > 1:
-            self.backend.forward(state, codes[:, :-1])
+            self.forward(state, codes[:, :-1], conditioning)
         state.last = codes[:, -1].to(state.last.device).clone()
 
-    def prime_audio(self, state, audio: np.ndarray):
+    def prime_audio(self, state, audio: np.ndarray, conditioning: Conditioning | None = None):
         """Prime every stream with the same mono audio (float, at the model's rate)."""
         codes = mulaw.encode(np.asarray(audio, dtype=np.float64), self.config.classes)
-        self.prime(state, np.broadcast_to(codes, (state.batch, len(codes))))
+        self.prime(state, np.broadcast_to(codes, (state.batch, len(codes))), conditioning)
 
     def generate_codes(self, state, steps: int, sampling: Sampling = Sampling(),
-                       rng: np.random.Generator | None = None) -> torch.Tensor:
+                       rng: np.random.Generator | None = None,
+                       conditioning: Conditioning | None = None) -> torch.Tensor:
         """Generate `steps` codes for every stream: (B, steps) int64 on the CPU."""
         rng = rng if rng is not None else np.random.default_rng()
+        terms = self._terms(state, steps, conditioning)
         u = rng.random((steps, state.batch), dtype=np.float32)
-        return self.backend.generate(state, steps, u, sampling).cpu()
+        return self.backend.generate(state, steps, u, sampling, terms).cpu()
 
     def stream(self, seconds: float | None = None, samples: int | None = None, batch: int = 1, chunk: int = 4096,
                sampling: Sampling = Sampling(), seed: int | None = None, prime: np.ndarray | None = None,
-               state=None) -> Iterator[np.ndarray]:
-        """Yield audio chunks (B, <= chunk) float32 as they are generated, `seconds` or `samples` in total."""
+               state=None, mel=None, speaker=None) -> Iterator[np.ndarray]:
+        """Yield audio chunks (B, <= chunk) float32 as they are generated, `seconds` or `samples` in total.
+
+        A vocoder takes `mel` (see `conditioning`) and makes as many samples as it covers unless told fewer."""
+        state = state if state is not None else self.new_state(batch)
+        conditioning = self.conditioning(state.batch, mel, speaker)
+        if seconds is None and samples is None and conditioning is not None and conditioning.length is not None:
+            samples = conditioning.length - state.t
         total = self._length(seconds, samples)
         if not isinstance(chunk, int) or chunk < 1:
             raise FastWaveNetError(f"chunk must be a positive integer, got {chunk}")
-        if state is None:
-            state = self.new_state(batch)
-            if prime is not None:
-                self.prime_audio(state, prime)
+        if prime is not None:
+            self.prime_audio(state, prime, conditioning)
         rng = np.random.default_rng(seed)
         done = 0
         while done < total:
             n = min(chunk, total - done)
-            codes = self.generate_codes(state, n, sampling, rng)
+            codes = self.generate_codes(state, n, sampling, rng, conditioning)
             done += n
             yield mulaw.decode(codes.numpy(), self.config.classes).astype(np.float32)
 
     def generate(self, seconds: float | None = None, samples: int | None = None, batch: int = 1,
-                 sampling: Sampling = Sampling(), seed: int | None = None,
-                 prime: np.ndarray | None = None) -> np.ndarray:
+                 sampling: Sampling = Sampling(), seed: int | None = None, prime: np.ndarray | None = None,
+                 mel=None, speaker=None) -> np.ndarray:
         """Generate audio: (batch, samples) float32 in [-1, 1] at `sample_rate`."""
-        chunks = list(self.stream(seconds, samples, batch, chunk=1 << 16, sampling=sampling, seed=seed,
-                                  prime=prime))
+        chunks = list(self.stream(seconds, samples, batch, chunk=1 << 14, sampling=sampling, seed=seed,
+                                  prime=prime, mel=mel, speaker=speaker))
         return np.concatenate(chunks, axis=1) if chunks else np.zeros((batch, 0), np.float32)
 
     def _length(self, seconds, samples) -> int:
@@ -161,15 +238,20 @@ def output_paths(path: str | os.PathLike, batch: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix or '.wav'}") for i in range(batch)]
 
 
-def generate_to_wav(generator: Generator, out: str | os.PathLike, seconds: float, batch: int = 1,
+def generate_to_wav(generator: Generator, out: str | os.PathLike, seconds: float | None, batch: int = 1,
                     sampling: Sampling = Sampling(), seed: int | None = None, prime: np.ndarray | None = None,
-                    chunk: int | None = None, progress: bool = False) -> list[Path]:
+                    chunk: int | None = None, progress: bool = False, mel=None, speaker=None) -> list[Path]:
     """Generate `batch` streams of `seconds` each into WAV files, written as they are generated.
 
     Files are written under temporary names and renamed when done; on Ctrl-C (KeyboardInterrupt) each file keeps
     what was generated so far and is renamed into place, then the interrupt propagates. Returns the paths.
     """
-    total = generator._length(seconds, None)
+    if seconds is None:
+        if mel is None:
+            raise FastWaveNetError("give the length in seconds")
+        total = np.shape(mel)[-1] * generator.config.hop_length  # all that the mel frames cover
+    else:
+        total = generator._length(seconds, None)
     paths = output_paths(out, batch)
     chunk = chunk or max(256, generator.sample_rate // 10)
     bar = None
@@ -182,7 +264,7 @@ def generate_to_wav(generator: Generator, out: str | os.PathLike, seconds: float
         start = time.perf_counter()
         done = 0
         for block in generator.stream(samples=total, batch=batch, chunk=chunk, sampling=sampling, seed=seed,
-                                      prime=prime):
+                                      prime=prime, mel=mel, speaker=speaker):
             for stream, samples in zip(streams, block):
                 stream.write(samples)
             done += block.shape[1]

@@ -62,20 +62,27 @@ class NumbaBackend(Backend):
             pass
         return max(1, min(16, math.ceil(batch / threads)))
 
-    def forward(self, state: QueueState, codes: torch.Tensor) -> torch.Tensor:
-        codes = codes.cpu().numpy()
+    @staticmethod
+    def _cond(cond) -> np.ndarray:
+        if cond is None:
+            return np.zeros((0, 0, 0, 0), np.float32)
+        return np.ascontiguousarray(cond.cpu().numpy(), np.float32)
+
+    def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
+        codes = np.ascontiguousarray(codes.cpu().numpy())
         logits = np.empty((state.batch, codes.shape[1], self.config.classes), np.float32)
         self.kernels.teacher_forced(codes, state.t, self._tile(state.batch), *self.args, state.queues.numpy(),
-                                    state.inputs.numpy(), logits)
+                                    state.inputs.numpy(), self._cond(cond), logits)
         state.t += codes.shape[1]
         return torch.from_numpy(logits)
 
-    def generate(self, state: QueueState, n, u, sampling):
+    def generate(self, state: QueueState, n, u, sampling, cond=None):
         out = np.empty((state.batch, n), np.int64)
         last = state.last.numpy()
         self.kernels.generate(last, state.t, np.ascontiguousarray(u, np.float32), np.float32(sampling.temperature),
                               sampling.top_k, np.float32(sampling.top_p), sampling.argmax,
-                              self._tile(state.batch), *self.args, state.queues.numpy(), state.inputs.numpy(), out)
+                              self._tile(state.batch), *self.args, state.queues.numpy(), state.inputs.numpy(),
+                              self._cond(cond), out)
         state.t += n
         return torch.from_numpy(out)
 
@@ -112,30 +119,31 @@ class TritonBackend(Backend):
         self.dilations = torch.from_numpy(dilations).to(device)
         self.offsets = torch.from_numpy(offsets).to(device)
 
-    def _run(self, state, codes, u, sampling, logits_out, codes_out, teacher):
+    def _run(self, state, codes, u, sampling, logits_out, codes_out, teacher, cond):
+        cond = None if cond is None else cond.to(self.device).contiguous()
         self.kernels.run(codes=codes, t0=state.t, u=u, sampling=sampling, teacher=teacher, weights=self.w,
                          dilations=self.dilations, offsets=self.offsets, queues=state.queues, inputs=state.inputs,
-                         logits_out=logits_out, codes_out=codes_out, config=self.config)
+                         cond=cond, logits_out=logits_out, codes_out=codes_out, config=self.config)
 
-    def forward(self, state: QueueState, codes: torch.Tensor) -> torch.Tensor:
+    def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
         codes = codes.to(self.device).contiguous()
         B, T = codes.shape
         logits = torch.empty(B, T, self.config.classes, device=self.device)
         u = torch.zeros(T, B, device=self.device)
         out = torch.empty(B, T, dtype=torch.int64, device=self.device)
-        self._run(state, codes, u, None, logits, out, teacher=True)
+        self._run(state, codes, u, None, logits, out, True, cond)
         state.t += T
         return logits
 
-    def generate(self, state: QueueState, n, u, sampling):
+    def generate(self, state: QueueState, n, u, sampling, cond=None):
         if sampling.truncates:
             # Top-k / top-p need a sort per sample; the kernel does temperature and argmax only.
-            return super().generate(state, n, u, sampling)
+            return super().generate(state, n, u, sampling, cond)
         B = state.batch
         codes = state.last.to(self.device).reshape(B, 1).contiguous()
         out = torch.empty(B, n, dtype=torch.int64, device=self.device)
         u = torch.from_numpy(np.ascontiguousarray(u)).to(self.device)
-        self._run(state, codes, u, sampling, None, out, teacher=False)
+        self._run(state, codes, u, sampling, None, out, False, cond)
         state.t += n
         state.last = out[:, -1].clone()
         return out

@@ -36,8 +36,10 @@ class ResidualBlock(nn.Module):
         self.residual = None if last else nn.Conv1d(g, r, 1, bias=config.bias)
         self.skip = nn.Conv1d(g, config.skip_channels, 1, bias=config.bias)
 
-    def forward(self, x):
+    def forward(self, x, cond=None):
         z = self.dilated(x)
+        if cond is not None:
+            z = z + cond
         a, b = z.chunk(2, dim=1)
         gated = torch.tanh(a) * torch.sigmoid(b)
         out = None if self.residual is None else x + self.residual(gated)
@@ -47,7 +49,8 @@ class ResidualBlock(nn.Module):
 class WaveNet(nn.Module):
     """codes (B, T) int64 in [0, classes) -> logits (B, classes, T) float32.
 
-    logits[:, :, t] is the distribution of sample t + 1 given samples 0..t (and zeros before the start).
+    logits[:, :, t] is the distribution of sample t + 1 given samples 0..t (and zeros before the start), and, for a
+    conditioned model, the conditioning terms at t (see `conditioning`).
     """
 
     def __init__(self, config: WaveNetConfig):
@@ -58,13 +61,49 @@ class WaveNet(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(config, d, last=i == n - 1) for i, d in enumerate(config.dilations))
         self.head1 = nn.Conv1d(config.skip_channels, config.head_channels, 1)
         self.head2 = nn.Conv1d(config.head_channels, config.classes, 1)
+        g2 = 2 * config.gate_channels
+        if config.speakers:
+            self.speaker_embed = nn.Embedding(config.speakers, config.speaker_channels)
+            self.speaker_proj = nn.Conv1d(config.speaker_channels, config.layers * g2, 1, bias=False)
+        if config.n_mels:
+            self.upsample = nn.ConvTranspose1d(config.n_mels, config.n_mels, config.hop_length,
+                                               stride=config.hop_length)
+            self.mel_proj = nn.Conv1d(config.n_mels, config.layers * g2, 1, bias=False)
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+    def upsample_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel frames (B, n_mels, F) -> features at the sample rate (B, n_mels, F * hop_length)."""
+        return self.upsample(mel)
+
+    def conditioning(self, features: torch.Tensor | None = None, speaker: torch.Tensor | None = None,
+                     length: int | None = None) -> torch.Tensor | None:
+        """Per-layer gate terms (B, L, 2G, T): mel_proj(features) + speaker_proj(embedding(speaker)).
+
+        features (B, n_mels, T) are upsampled mel frames (`upsample_mel`); speaker (B,) int64. With speaker only,
+        T is `length`. The projections of all layers are one 1x1 convolution, split by layer."""
+        c = self.config
+        if bool(c.n_mels) != (features is not None) or bool(c.speakers) != (speaker is not None):
+            raise ValueError("conditioning inputs do not match the model's config")
+        if not c.conditioned:
+            return None
+        terms = 0
+        if features is not None:
+            terms = self.mel_proj(features)
+        if speaker is not None:
+            terms = terms + self.speaker_proj(self.speaker_embed(speaker).unsqueeze(2))
+        b = terms.shape[0]
+        terms = terms.reshape(b, c.layers, 2 * c.gate_channels, -1)
+        return terms if features is not None else terms.expand(-1, -1, -1, length)
+
+    def forward(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """codes (B, T); cond (B, L, 2G, >= T) from `conditioning`, required for a conditioned model."""
+        if self.config.conditioned and cond is None:
+            raise ValueError("this model is conditioned: pass cond")
         x = F.one_hot(codes, self.config.classes).transpose(1, 2).to(self.head1.weight.dtype)
         x = self.input(x)
+        T = codes.shape[1]
         skips = 0
-        for block in self.blocks:
-            x, skip = block(x)
+        for i, block in enumerate(self.blocks):
+            x, skip = block(x, None if cond is None else cond[:, i, :, :T])
             skips = skips + skip
         return self.head2(F.relu(self.head1(F.relu(skips))))
 

@@ -38,10 +38,12 @@ class QueueState:
 
 @dataclass
 class HistoryState:
-    """State of the `naive` backend: the last receptive-field codes of each stream, (B, <= receptive_field)."""
+    """State of the `naive` backend: the last receptive-field codes of each stream, (B, <= receptive_field), and
+    for conditioned models their gate terms, (B, L, 2G, <= receptive_field)."""
 
     history: torch.Tensor
     last: torch.Tensor
+    cond: torch.Tensor
     t: int = 0
 
     @property
@@ -49,9 +51,10 @@ class HistoryState:
         return self.last.shape[0]
 
     def copy(self) -> "HistoryState":
-        return HistoryState(self.history.clone(), self.last.clone(), self.t)
+        return HistoryState(self.history.clone(), self.last.clone(), self.cond.clone(), self.t)
 
     def reset(self, silence: int):
         self.history = self.history[:, :0]
+        self.cond = self.cond[..., :0]
         self.last.fill_(silence)
         self.t = 0

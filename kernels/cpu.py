@@ -55,8 +55,9 @@ def _matvec_tile(w, bias, x, nb, y, first, last):
 
 @njit(fastmath=True, cache=True)
 def _tile_step(b0, nb, codes, t, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b, head2_w, head2_b,
-               dilations, offsets, queues, inputs, xs, taps, z, gated, o, skip, hidden, logits):
+               dilations, offsets, queues, inputs, cond, s, xs, taps, z, gated, o, skip, hidden, logits):
     """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb]; logits[0:nb] receive the result.
+    cond (B, steps, L, 2G) holds gate terms, read at step s; a conditionless model passes a (0, 0, 0, 0) array.
 
     Weights here are out-major: dilated_w (L, 2G, k*R), out_w (L, R+S, G), head1_w (H, S), head2_w (C, H)."""
     k_in = embed.shape[0]
@@ -100,6 +101,10 @@ def _tile_step(b0, nb, codes, t, embed, dilated_w, dilated_b, out_w, out_b, head
                 taps[bb, (k - 1) * R + c] = xs[bb, c]
                 queues[b, write, c] = xs[bb, c]
         _matvec_tile(dilated_w[layer], dilated_b[layer], taps, nb, z, 0, G2)
+        if cond.shape[0] > 0:
+            for bb in range(nb):
+                for c in range(G2):
+                    z[bb, c] += cond[b0 + bb, s, layer, c]
         for bb in range(nb):
             for c in range(G):
                 a = fast_tanh(z[bb, c])
@@ -171,8 +176,9 @@ def sample_one(logits, u, temperature, top_k, top_p, argmax, p, order):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def teacher_forced(codes, t0, tile, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b, head2_w, head2_b,
-                   dilations, offsets, queues, inputs, out_logits):
-    """Consume codes (B, T) from time t0; out_logits (B, T, C) receives the logits after each step."""
+                   dilations, offsets, queues, inputs, cond, out_logits):
+    """Consume codes (B, T) from time t0 with gate terms cond (B, T, L, 2G) or (0, 0, 0, 0);
+    out_logits (B, T, C) receives the logits after each step."""
     B, T = codes.shape
     R = embed.shape[2]
     tiles = (B + tile - 1) // tile
@@ -187,16 +193,17 @@ def teacher_forced(codes, t0, tile, embed, dilated_w, dilated_b, out_w, out_b, h
             for bb in range(nb):
                 step_codes[bb] = codes[b0 + bb, s]
             _tile_step(b0, nb, step_codes, t0 + s, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b,
-                       head2_w, head2_b, dilations, offsets, queues, inputs, xs, taps, z, gated, o, skip, hidden,
-                       logits)
+                       head2_w, head2_b, dilations, offsets, queues, inputs, cond, s, xs, taps, z, gated, o, skip,
+                       hidden, logits)
             for bb in range(nb):
                 out_logits[b0 + bb, s, :] = logits[bb, :]
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, embed, dilated_w, dilated_b, out_w, out_b,
-             head1_w, head1_b, head2_w, head2_b, dilations, offsets, queues, inputs, out_codes):
-    """Generate n = u.shape[0] codes per stream: consume last (B,) first, then each sampled code in turn.
+             head1_w, head1_b, head2_w, head2_b, dilations, offsets, queues, inputs, cond, out_codes):
+    """Generate n = u.shape[0] codes per stream: consume last (B,) first, then each sampled code in turn, with gate
+    terms cond (B, n, L, 2G) or (0, 0, 0, 0).
 
     u (n, B) float32 uniforms; out_codes (B, n) receives the codes; last is updated to the final code.
     """
@@ -217,8 +224,8 @@ def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, embed, dilate
             step_codes[bb] = last[b0 + bb]
         for s in range(n):
             _tile_step(b0, nb, step_codes, t0 + s, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b,
-                       head2_w, head2_b, dilations, offsets, queues, inputs, xs, taps, z, gated, o, skip, hidden,
-                       logits)
+                       head2_w, head2_b, dilations, offsets, queues, inputs, cond, s, xs, taps, z, gated, o, skip,
+                       hidden, logits)
             for bb in range(nb):
                 code = sample_one(logits[bb], u[s, b0 + bb], temperature, top_k, top_p, argmax, p, order)
                 step_codes[bb] = code

@@ -9,7 +9,8 @@ Triton's interpreter (TRITON_INTERPRET=1, which the tests use on the CPU) runs a
 missing barriers, so a GPU run is the final word on them.
 
 Arrays (B streams, T steps): codes (B, T) int64 (teacher forcing) or (B, 1) (the first input when generating),
-u (T, B) float32, queues (B, Q, R) float32, inputs (B, k_in - 1) int64, logits_out (B, T, C) float32 (teacher),
+u (T, B) float32, queues (B, Q, R) float32, inputs (B, k_in - 1) int64, cond (B, T, L, 2G) float32 gate terms or
+None, logits_out (B, T, C) float32 (teacher),
 codes_out (B, T) int64; weights in the folded layout with dilated_w as (L, k*R, 2G).
 """
 
@@ -46,14 +47,14 @@ def _tanh(x):
 
 
 @triton.jit
-def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, logits_ptr, out_ptr, scratch_ptr,
+def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_ptr, logits_ptr, out_ptr, scratch_ptr,
                     embed_ptr, dw_ptr, db_ptr, ow_ptr, ob_ptr, h1w_ptr, h1b_ptr, h2w_ptr, h2b_ptr,
                     dil_ptr, off_ptr, t0, steps, B, L, Q, SCR, inv_temperature,
                     C: tl.constexpr, R: tl.constexpr, G: tl.constexpr, S: tl.constexpr, H: tl.constexpr,
                     K: tl.constexpr, K_IN: tl.constexpr, C_P: tl.constexpr, R_P: tl.constexpr,
                     G_P: tl.constexpr, S_P: tl.constexpr, H_P: tl.constexpr,
                     IN_R: tl.constexpr, IN_G: tl.constexpr, IN_S: tl.constexpr, IN_H: tl.constexpr,
-                    TEACHER: tl.constexpr, ARGMAX: tl.constexpr):
+                    TEACHER: tl.constexpr, ARGMAX: tl.constexpr, HAS_COND: tl.constexpr):
     b = tl.program_id(0)
     r = tl.arange(0, R_P)
     g = tl.arange(0, G_P)
@@ -101,6 +102,10 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, logi
                 zb += _matvec(row, w_layer + j * R * G2, G2, R, G, G, IN_R, G_P)
             za += _matvec(x_buf, w_layer + (K - 1) * R * G2, G2, R, 0, G, IN_R, G_P)
             zb += _matvec(x_buf, w_layer + (K - 1) * R * G2, G2, R, G, G, IN_R, G_P)
+            if HAS_COND:
+                c_row = cond_ptr + ((b * steps + step) * L + layer) * G2
+                za += tl.load(c_row + g, mask=g < G, other=0.0)
+                zb += tl.load(c_row + G + g, mask=g < G, other=0.0)
             tl.debug_barrier()  # every thread has read the oldest tap before it is overwritten
             x = tl.load(x_buf + r, mask=rmask, other=0.0)
             tl.store(q_base + (off + t % n) * R + r, x, mask=rmask)
@@ -148,7 +153,7 @@ def _block(n_out_p: int, budget: int = 4096) -> int:
     return max(1, min(64, budget // n_out_p))
 
 
-def run(codes, t0, u, sampling, teacher, weights, dilations, offsets, queues, inputs, logits_out, codes_out,
+def run(codes, t0, u, sampling, teacher, weights, dilations, offsets, queues, inputs, cond, logits_out, codes_out,
         config):
     """Launch one chunk: T = codes.shape[1] steps (teacher) or u.shape[0] steps (generate)."""
     B = queues.shape[0]
@@ -162,11 +167,12 @@ def run(codes, t0, u, sampling, teacher, weights, dilations, offsets, queues, in
     argmax = bool(sampling is not None and sampling.argmax)
     inv_temperature = 1.0 / sampling.temperature if sampling is not None else 1.0
     _wavenet_kernel[(B,)](
-        codes, codes.stride(0), u, queues, inputs_arg, logits_out if teacher else queues, codes_out, scratch,
+        codes, codes.stride(0), u, queues, inputs_arg, queues if cond is None else cond,
+        logits_out if teacher else queues, codes_out, scratch,
         weights["embed"], weights["dilated_w"], weights["dilated_b"], weights["out_w"], weights["out_b"],
         weights["head1_w"], weights["head1_b"], weights["head2_w"], weights["head2_b"],
         dilations, offsets, t0, steps, B, config.layers, queues.shape[1], scratch.shape[1], inv_temperature,
         C=C, R=R, G=G, S=S, H=H, K=config.kernel_size, K_IN=config.input_kernel_size,
         C_P=C_P, R_P=R_P, G_P=G_P, S_P=S_P, H_P=H_P,
         IN_R=_block(G_P), IN_G=_block(max(R_P, S_P)), IN_S=_block(H_P), IN_H=_block(C_P),
-        TEACHER=teacher, ARGMAX=argmax, num_warps=4)
+        TEACHER=teacher, ARGMAX=argmax, HAS_COND=cond is not None, num_warps=4)

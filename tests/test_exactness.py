@@ -22,7 +22,26 @@ CONFIGS = {
                                     layers_per_stack=3, stacks=2, bias=False),
     "k4-odd": WaveNetConfig(sample_rate=8000, classes=32, residual_channels=5, gate_channels=7, skip_channels=9,
                             head_channels=11, kernel_size=4, input_kernel_size=2, layers_per_stack=2, stacks=3),
+    "mel+speaker": WaveNetConfig(sample_rate=8000, classes=64, residual_channels=6, gate_channels=5,
+                                 skip_channels=8, head_channels=12, layers_per_stack=3, stacks=2, speakers=3,
+                                 speaker_channels=4, n_mels=7, hop_length=8, n_fft=32),
 }
+
+
+def conditioning_inputs(config, batch, steps, seed=0):
+    """Random log-mel frames covering `steps` samples and one speaker per stream (None where unused)."""
+    g = torch.Generator().manual_seed(seed)
+    mel = torch.randn(batch, config.n_mels, -(-steps // config.hop_length), generator=g) if config.n_mels else None
+    speaker = torch.arange(batch) % config.speakers if config.speakers else None
+    return mel, speaker
+
+
+def model_logits(model, codes, mel, speaker):
+    """The training model's logits (B, T, C) for codes with the given conditioning."""
+    features = model.upsample_mel(mel)[:, :, :codes.shape[1]] if mel is not None else None
+    with torch.no_grad():
+        cond = model.conditioning(features, speaker, codes.shape[1])
+        return model(codes, cond).transpose(1, 2)
 
 
 def random_model(config, seed=0):
@@ -45,13 +64,15 @@ def test_teacher_forced_logits_match_training_model(name, backend):
     model = random_model(config)
     batch = 3
     codes = torch.randint(0, config.classes, (batch, steps), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = model(codes).transpose(1, 2)  # (B, T, C)
+    mel, speaker = conditioning_inputs(config, batch, steps)
+    expected = model_logits(model, codes, mel, speaker)
     gen = Generator(ModelFile(config, fold(model)), backend=backend, device=DEVICE)
     state = gen.new_state(batch)
+    conditioning = gen.conditioning(batch, mel, speaker)
     # In two calls, so a chunk boundary is crossed mid-sequence.
     split = steps // 3
-    got = torch.cat([gen.forward(state, codes[:, :split]), gen.forward(state, codes[:, split:])], dim=1).cpu()
+    got = torch.cat([gen.forward(state, codes[:, :split], conditioning),
+                     gen.forward(state, codes[:, split:], conditioning)], dim=1).cpu()
     assert got.shape == expected.shape
     err = (got - expected).abs().amax(dim=(0, 2))
     assert err.max().item() <= 1e-4, f"worst step {err.argmax().item()}: {err.max().item():.2e}"
@@ -59,20 +80,21 @@ def test_teacher_forced_logits_match_training_model(name, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_priming_equals_stepping(backend):
-    config = CONFIGS["k4-odd"]
+    config = CONFIGS["mel+speaker"]
     gen = Generator(ModelFile(config, fold(random_model(config, 2))), backend=backend, device=DEVICE)
     codes = torch.randint(0, config.classes, (2, 90))
+    conditioning = gen.conditioning(2, *conditioning_inputs(config, 2, 90 + 25))
     primed = gen.new_state(2)
-    gen.prime(primed, codes)
+    gen.prime(primed, codes, conditioning)
     stepped = gen.new_state(2)
-    gen.forward(stepped, codes[:, :-1])
+    gen.forward(stepped, codes[:, :-1], conditioning)
     stepped.last = codes[:, -1].to(stepped.last.device)
     assert primed.t == stepped.t == 89
     assert torch.equal(primed.last.cpu(), codes[:, -1])
-    for name in ("queues", "inputs", "history"):
+    for name in ("queues", "inputs", "history", "cond"):
         if hasattr(primed, name):
             assert torch.allclose(getattr(primed, name), getattr(stepped, name), atol=1e-6), name
     # And generation continues identically from either.
-    a = gen.generate_codes(primed, 25, rng=np.random.default_rng(5))
-    b = gen.generate_codes(stepped, 25, rng=np.random.default_rng(5))
+    a = gen.generate_codes(primed, 25, rng=np.random.default_rng(5), conditioning=conditioning)
+    b = gen.generate_codes(stepped, 25, rng=np.random.default_rng(5), conditioning=conditioning)
     assert torch.equal(a, b)
