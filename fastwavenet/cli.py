@@ -83,8 +83,13 @@ def cmd_train(args):
     if not args.out:
         raise FastWaveNetError("train needs --out RUN_DIR")
     config = WaveNetConfig.from_file(args.config) if args.config else preset(args.preset)
-    if args.sample_rate:
-        config = config.replace(sample_rate=args.sample_rate)
+    changes = {name: getattr(args, name) for name in ("sample_rate", "n_mels", "hop_length", "n_fft", "fmin", "fmax")
+               if getattr(args, name) is not None}
+    if args.speakers_from_folders:
+        from .data import speaker_names
+
+        changes["speakers"] = len(speaker_names(args.data))
+    config = config.replace(**changes)
     validation = args.validation_files.split(",") if args.validation_files else args.validation_count
     options = TrainOptions(steps=args.steps or 1000, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                            target_length=args.target_length, validate_every=args.validate_every,
@@ -131,8 +136,10 @@ def cmd_generate(args):
         if rate is not None and rate != generator.sample_rate:
             print(f"fastwavenet: resampled the prime from {rate} Hz to the model's {generator.sample_rate} Hz",
                   file=sys.stderr)
+    if generator.config.n_mels:
+        raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode MODEL INPUT")
     paths = generate_to_wav(generator, args.output, args.seconds, batch=args.batch, sampling=sampling,
-                            seed=args.seed, prime=prime, progress=not args.quiet)
+                            seed=args.seed, prime=prime, progress=not args.quiet, speaker=args.speaker)
     where = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
     print(f"wrote {where} ({args.seconds:g} s at {generator.sample_rate} Hz, backend {generator.backend.name})")
 
@@ -158,6 +165,23 @@ def cmd_bench(args):
     if args.plot:
         bench.plot(args.plot, results, f"{args.model or args.preset} on {info.get('gpu', info['cpu'])}")
         print(f"wrote {args.plot}")
+
+
+def cmd_vocode(args):
+    from . import audio
+    from .features import features_from_file
+    from .generator import Generator, generate_to_wav
+    from .sampling import Sampling
+
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, argmax=args.argmax)
+    audio.check_writable(args.output)
+    generator = Generator(args.model, backend=args.backend, device=args.device)
+    mel, samples = features_from_file(args.input, generator.config)
+    generator.conditioning(1, mel, args.speaker)  # checks speaker and features before any file is opened
+    generate_to_wav(generator, args.output, samples / generator.sample_rate, sampling=sampling, seed=args.seed,
+                    progress=not args.quiet, mel=mel, speaker=args.speaker)
+    print(f"wrote {args.output} ({samples / generator.sample_rate:g} s at {generator.sample_rate} Hz, "
+          f"backend {generator.backend.name})")
 
 
 def cmd_score(args):
@@ -202,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-files", help="comma-separated file names to hold out")
     p.add_argument("--validation-count", type=int, default=1, help="hold out this many files (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("conditioning (override the config)")
+    g.add_argument("--n-mels", type=_positive_int, help="train a vocoder on log-mel frames of this many bands")
+    g.add_argument("--hop-length", type=_positive_int, help="samples per mel frame")
+    g.add_argument("--n-fft", type=_positive_int, help="FFT size of the mel spectrogram")
+    g.add_argument("--fmin", type=float, help="lowest mel frequency (Hz)")
+    g.add_argument("--fmax", type=float, help="highest mel frequency (Hz; 0 for half the sample rate)")
+    g.add_argument("--speakers-from-folders", action="store_true",
+                   help="one speaker per folder holding audio, ids in sorted order of the folder names")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="fold a training checkpoint into a model file for generation")
@@ -227,8 +259,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prime", help="audio to continue (resampled to the model's rate)")
     p.add_argument("--backend", default="auto", help="auto, naive, torch, numba or triton")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--speaker", type=_nonnegative_int, help="speaker id, for models with speakers")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("vocode", help="resynthesize audio from its mel spectrogram (or saved mel frames)")
+    p.add_argument("model", help="a model trained with --n-mels")
+    p.add_argument("input", help="audio file, or log-mel frames as .npy (n_mels, frames) / .npz (mel, hop_length)")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--speaker", type=_nonnegative_int, help="speaker id, for models with speakers")
+    p.add_argument("--temperature", type=_positive_float, default=1.0)
+    p.add_argument("--top-k", type=_nonnegative_int, default=0)
+    p.add_argument("--top-p", type=_probability, default=1.0)
+    p.add_argument("--argmax", action="store_true")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_vocode)
 
     p = sub.add_parser("bench", help="samples per second of every backend, beside naive, in one run")
     p.add_argument("--preset", default="standard", help="model shape, randomly initialized (default standard)")

@@ -94,13 +94,16 @@ class WaveNet(nn.Module):
         terms = terms.reshape(b, c.layers, 2 * c.gate_channels, -1)
         return terms if features is not None else terms.expand(-1, -1, -1, length)
 
-    def forward(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """codes (B, T); cond (B, L, 2G, >= T) from `conditioning`, required for a conditioned model."""
+    def forward(self, codes: torch.Tensor, cond: torch.Tensor | None = None, mel: torch.Tensor | None = None,
+                speaker: torch.Tensor | None = None) -> torch.Tensor:
+        """codes (B, T); a conditioned model takes either cond (B, L, 2G, >= T) from `conditioning`, or the raw
+        inputs: mel frames (B, n_mels, >= T / hop) and/or speaker ids (B,)."""
+        T = codes.shape[1]
         if self.config.conditioned and cond is None:
-            raise ValueError("this model is conditioned: pass cond")
+            features = None if mel is None else self.upsample_mel(mel)[:, :, :T]
+            cond = self.conditioning(features, speaker, T)
         x = F.one_hot(codes, self.config.classes).transpose(1, 2).to(self.head1.weight.dtype)
         x = self.input(x)
-        T = codes.shape[1]
         skips = 0
         for i, block in enumerate(self.blocks):
             x, skip = block(x, None if cond is None else cond[:, i, :, :T])

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from .config import WaveNetConfig
-from .data import CropDataset, load_corpus, split_by_file, validation_crops
+from .data import CropDataset, load_corpus, speaker_names, split_by_file, validation_crops
 from .errors import FastWaveNetError
 from .model import WaveNet, loss_bits
 
@@ -151,10 +151,16 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
             raise FastWaveNetError(f"{run_dir} already holds files; pass --resume {run_dir} to continue it")
         payload = None
 
-    crop = config.receptive_field + options.target_length
-    corpus = load_corpus(data, config.sample_rate, config.classes, min_samples=crop)
+    hop = config.hop_length if config.n_mels else 1
+    crop = -(-(config.receptive_field + options.target_length) // hop) * hop  # whole mel frames
+    speakers = (saved.get("speakers") if resume else speaker_names(data)) if config.speakers else None
+    if speakers is not None and len(speakers) != config.speakers:
+        raise FastWaveNetError(f"the data has {len(speakers)} speaker folders ({', '.join(speakers[:5])}...); "
+                               f"the config says {config.speakers}")
+    corpus = load_corpus(data, config.sample_rate, config.classes, min_samples=crop, config=config,
+                         speakers=speakers)
     train_set, val_set = split_by_file(corpus, options.validation_files)
-    val_codes = validation_crops(val_set, crop, options.validation_crops) if val_set else None
+    val_batch = validation_crops(val_set, crop, options.validation_crops, hop) if val_set else None
 
     torch.manual_seed(options.seed)
     model = WaveNet(config)
@@ -189,7 +195,7 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
 
     per_step = options.batch_size * world
     dataset = CropDataset(train_set, crop, items=(options.steps - step) * per_step, seed=options.seed,
-                          first=step * per_step)
+                          first=step * per_step, hop=hop)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
     loader = DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, shuffle=False)
 
@@ -198,8 +204,8 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
-        _write_json_atomic(run_dir / "train.json",
-                           {"data": [str(d) for d in data], "options": dataclasses.asdict(options)})
+        _write_json_atomic(run_dir / "train.json", {"data": [str(d) for d in data], "speakers": speakers,
+                                                    "options": dataclasses.asdict(options)})
         log = open(run_dir / "log.jsonl", "w")
         for row in log_rows:
             log.write(json.dumps(row) + "\n")
@@ -215,8 +221,8 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
     try:
         for batch in loader:
             t0 = time.perf_counter()
-            batch = batch.to(device)
-            loss = loss_bits(ddp_model(batch), batch, start)
+            codes, mel, speaker = _conditioning_inputs(config, batch, device)
+            loss = loss_bits(ddp_model(codes, mel=mel, speaker=speaker), codes, start)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
@@ -229,8 +235,8 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
                 if bar is not None:
                     bar.set_postfix(loss=f"{value:.3f} bits", samples_s=f"{rate:,.0f}")
                     bar.update(1)
-                if val_codes is not None and (step % options.validate_every == 0 or step == options.steps):
-                    val = evaluate(model, val_codes.to(device), start)
+                if val_batch is not None and (step % options.validate_every == 0 or step == options.steps):
+                    val = evaluate(model, val_batch, start)
                     log.write(json.dumps({"step": step, "val_bits": val}) + "\n")
                     if bar is not None:
                         bar.write(f"step {step}: validation {val:.4f} bits/sample")
@@ -251,12 +257,21 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
     return model.cpu().eval()
 
 
+def _conditioning_inputs(config: WaveNetConfig, batch, device):
+    """A (codes, mel, speaker) batch on `device`, with None for what the model does not take."""
+    codes, mel, speaker = batch
+    return (codes.to(device), mel.to(device) if config.n_mels else None,
+            speaker.to(device) if config.speakers else None)
+
+
 @torch.no_grad()
-def evaluate(model: WaveNet, codes: torch.Tensor, start: int, batch_size: int = 8) -> float:
-    """Mean bits per sample over `codes` (N, T), counting predictions from position `start`."""
+def evaluate(model: WaveNet, batch, start: int, batch_size: int = 8) -> float:
+    """Mean bits per sample over a (codes (N, T), mel, speakers) batch, counting predictions from `start`."""
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
-    for chunk in codes.split(batch_size):
-        total += loss_bits(model(chunk), chunk, start).item() * len(chunk)
-        count += len(chunk)
+    for i in range(0, len(batch[0]), batch_size):
+        codes, mel, speaker = _conditioning_inputs(model.config, [t[i:i + batch_size] for t in batch], device)
+        total += loss_bits(model(codes, mel=mel, speaker=speaker), codes, start).item() * len(codes)
+        count += len(codes)
     return total / count

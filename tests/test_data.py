@@ -47,14 +47,43 @@ def test_split_by_file_and_crops(sine_folder):
     with pytest.raises(FastWaveNetError, match="not in the data"):
         split_by_file(corpus, ["nope.wav"])
     dataset = CropDataset(train, length=100, items=10, seed=3)
-    batch = next(iter(DataLoader(dataset, batch_size=5)))
-    assert batch.shape == (5, 100) and batch.dtype == torch.int64
+    codes, mel, speaker = next(iter(DataLoader(dataset, batch_size=5)))
+    assert codes.shape == (5, 100) and codes.dtype == torch.int64
+    assert mel.numel() == 0 and speaker.tolist() == [-1] * 5
     # The index alone fixes the crop: a dataset that starts later sees the same items.
     later = CropDataset(train, length=100, items=5, seed=3, first=5)
-    assert torch.equal(dataset[7], later[2])
-    crops = validation_crops(val, 100, 4)
+    assert torch.equal(dataset[7][0], later[2][0])
+    crops = validation_crops(val, 100, 4)[0]
     assert crops.shape == (4, 100)
-    assert torch.equal(crops, validation_crops(val, 100, 4))
+    assert torch.equal(crops, validation_crops(val, 100, 4)[0])
+
+
+def test_conditioned_crops_keep_audio_and_mel_in_step(tmp_path):
+    from fastwavenet import WaveNetConfig
+    from fastwavenet.data import speaker_names
+    from fastwavenet.features import log_mel
+
+    rng = np.random.default_rng(0)
+    for name, freq in (("alice", 300.0), ("bob", 700.0)):
+        (tmp_path / name).mkdir()
+        t = np.arange(3000) / 4000
+        x = 0.4 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.size)  # noise: no repeating crops
+        soundfile.write(tmp_path / name / "a.wav", x.astype(np.float32), 4000)
+    config = WaveNetConfig(sample_rate=4000, n_mels=10, hop_length=50, n_fft=200, speakers=2)
+    speakers = speaker_names([tmp_path])
+    assert speakers == ["alice", "bob"]
+    corpus = load_corpus([tmp_path], 4000, 256, config=config, speakers=speakers)
+    assert corpus.speakers == [0, 1] and corpus.mels[0].shape == (10, 1 + 3000 // 50)
+    dataset = CropDataset(corpus, length=500, items=20, seed=1, hop=50)
+    for i in range(20):
+        codes, mel, speaker = dataset[i]
+        assert codes.shape == (500,) and mel.shape == (10, 10)
+        # The crop's frames are the whole file's frames at the crop's start: recover the start from the codes.
+        full = corpus.codes[speaker]
+        starts = [s for s in range(0, len(full) - 499, 50) if np.array_equal(full[s:s + 500], codes.numpy())]
+        assert starts and np.array_equal(corpus.mels[speaker][:, starts[0] // 50:starts[0] // 50 + 10], mel.numpy())
+    x = audio.read(tmp_path / "bob" / "a.wav", 4000)
+    assert np.allclose(log_mel(x, config), corpus.mels[1])
 
 
 @pytest.mark.skipif(not PIANO.is_dir(), reason="shared piano corpus not present")

@@ -1,0 +1,73 @@
+"""Log-mel features for local conditioning, computed with librosa from the model's config."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import WaveNetConfig
+from .errors import FastWaveNetError
+
+
+def log_mel(samples: np.ndarray, config: WaveNetConfig) -> np.ndarray:
+    """Mono float audio at the model's rate -> (n_mels, 1 + len // hop_length) float32: the natural log of the
+    magnitude mel spectrogram, floored at 1e-5. Frame i is centred on sample i * hop_length; the model's upsampler
+    turns it into samples i * hop .. (i + 1) * hop - 1."""
+    import librosa
+
+    if not config.n_mels:
+        raise FastWaveNetError("this model takes no mel features")
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.size == 0:
+        raise FastWaveNetError("cannot compute mel features of empty audio")
+    mel = librosa.feature.melspectrogram(y=samples, sr=config.sample_rate, n_fft=config.n_fft,
+                                         hop_length=config.hop_length, n_mels=config.n_mels, fmin=config.fmin,
+                                         fmax=config.fmax or config.sample_rate / 2, power=1.0, center=True,
+                                         pad_mode="constant")
+    return np.log(np.maximum(mel, 1e-5)).astype(np.float32)
+
+
+def load_features(path, config: WaveNetConfig) -> np.ndarray:
+    """Saved log-mel frames, checked against the model: a (n_mels, frames) float array in .npy, or an .npz with
+    `mel` and, if known, the `hop_length` and `sample_rate` it was made with (no pickles either way)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                if "mel" not in data:
+                    raise FastWaveNetError(f"features {path} hold no 'mel' array")
+                for key in ("hop_length", "sample_rate"):
+                    if key in data and int(data[key]) != getattr(config, key):
+                        raise FastWaveNetError(f"features {path} were made with {key} {int(data[key])}; the model "
+                                               f"uses {getattr(config, key)}")
+                mel = data["mel"]
+        else:
+            mel = data
+    except (OSError, ValueError, EOFError) as exc:
+        raise FastWaveNetError(f"cannot read features {path}: {exc}") from None
+    if mel.ndim != 2 or mel.shape[0] != config.n_mels:
+        raise FastWaveNetError(f"features {path} have shape {mel.shape}; the model wants ({config.n_mels} bands, "
+                               f"frames)")
+    if mel.shape[1] == 0:
+        raise FastWaveNetError(f"features {path} hold no frames")
+    if not np.isfinite(mel).all():
+        raise FastWaveNetError(f"features {path} hold NaN or infinite values")
+    return mel.astype(np.float32)
+
+
+def features_from_file(path, config: WaveNetConfig) -> tuple[np.ndarray, int]:
+    """Mel frames to vocode and how many samples to make: from saved features (.npy / .npz: every frame's hop), or
+    from audio, resampled to the model's rate (as many samples as the audio has)."""
+    from pathlib import Path
+
+    from . import audio
+
+    if not config.n_mels:
+        raise FastWaveNetError("this model is not a vocoder (it takes no mel features)")
+    if Path(path).suffix.lower() in (".npy", ".npz"):
+        mel = load_features(path, config)
+        return mel, mel.shape[1] * config.hop_length
+    samples = audio.read(path, config.sample_rate)
+    if len(samples) < config.hop_length:
+        raise FastWaveNetError(f"{path} is too short to vocode: {len(samples)} samples, less than one mel frame "
+                               f"({config.hop_length} samples)")
+    return log_mel(samples, config), len(samples)
