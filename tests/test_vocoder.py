@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile
+
+from fastwavenet import FastWaveNetError, Generator, WaveNetConfig
+from fastwavenet.export import fold, save_model
+from fastwavenet.features import log_mel
+
+from conftest import run_cli
+from test_exactness import random_model
+
+VOCODER = WaveNetConfig(sample_rate=4410, residual_channels=8, gate_channels=8, skip_channels=16, head_channels=16,
+                        layers_per_stack=4, stacks=2, n_mels=8, hop_length=32, n_fft=128)
+SPEAKERS = WaveNetConfig(sample_rate=4410, residual_channels=8, gate_channels=8, skip_channels=16, head_channels=16,
+                         layers_per_stack=3, stacks=1, speakers=2, speaker_channels=4)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    paths = {}
+    for name, config in (("vocoder", VOCODER), ("speakers", SPEAKERS)):
+        paths[name] = folder / f"{name}.safetensors"
+        save_model(paths[name], config, fold(random_model(config, 3)))
+    return paths
+
+
+def test_train_export_and_vocode_from_audio_and_features(sine_folder, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", sine_folder, "--preset", "tiny", "--n-mels", "8", "--hop-length", "32", "--n-fft",
+                     "128", "--out", run, "--steps", "2", "--batch-size", "2", "--target-length", "40", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert run_cli("export", run, "-o", tmp_path / "voc.safetensors").returncode == 0
+    source = sine_folder / "tone1.wav"
+    result = run_cli("vocode", tmp_path / "voc.safetensors", source, "-o", tmp_path / "out.wav", "--seed", "1",
+                     "--quiet")
+    assert result.returncode == 0, result.stderr
+    out, rate = soundfile.read(tmp_path / "out.wav")
+    assert rate == 4410 and len(out) == len(soundfile.read(source)[0])
+    config = json.loads((run / "config.json").read_text())
+    mel = log_mel(soundfile.read(source)[0], WaveNetConfig(**config))
+    np.save(tmp_path / "mel.npy", mel)
+    np.savez(tmp_path / "mel.npz", mel=mel, hop_length=32)
+    for features in ("mel.npy", "mel.npz"):
+        result = run_cli("vocode", tmp_path / "voc.safetensors", tmp_path / features, "-o", tmp_path / "f.wav",
+                         "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert len(soundfile.read(tmp_path / "f.wav")[0]) == mel.shape[1] * 32
+
+
+def test_speaker_model_generates_per_speaker(models):
+    gen = Generator(models["speakers"], backend="numba")
+    a = gen.generate(samples=300, seed=0, speaker=0)
+    b = gen.generate(samples=300, seed=0, speaker=1)
+    assert a.shape == b.shape == (1, 300) and not np.array_equal(a, b)
+    with pytest.raises(FastWaveNetError, match="speaker id out of range"):
+        gen.generate(samples=10, speaker=2)
+    with pytest.raises(FastWaveNetError, match="needs a speaker"):
+        gen.generate(samples=10)
+
+
+def test_vocoder_api_streams_bounded_chunks(models):
+    gen = Generator(models["vocoder"], backend="torch")
+    mel = np.random.default_rng(0).standard_normal((8, 12)).astype(np.float32)
+    chunks = list(gen.stream(mel=mel, chunk=100, seed=0))
+    assert sum(c.shape[1] for c in chunks) == 12 * 32 and max(c.shape[1] for c in chunks) == 100
+    with pytest.raises(FastWaveNetError, match="covers 384 samples"):
+        gen.generate(samples=400, mel=mel)
+
+
+def _bad(tmp_path, models):
+    np.save(tmp_path / "bands.npy", np.zeros((5, 10), np.float32))
+    np.savez(tmp_path / "hop.npz", mel=np.zeros((8, 10), np.float32), hop_length=64)
+    np.save(tmp_path / "empty.npy", np.zeros((8, 0), np.float32))
+    soundfile.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 4410)
+    soundfile.write(tmp_path / "short.wav", np.zeros(10, np.float32), 4410)
+    return {"tmp": tmp_path, **models}
+
+
+@pytest.mark.parametrize("args, words", [
+    (["vocode", "{vocoder}", "{tmp}/bands.npy"], "the model wants (8 bands"),
+    (["vocode", "{vocoder}", "{tmp}/hop.npz"], "hop_length 64"),
+    (["vocode", "{vocoder}", "{tmp}/empty.npy"], "no frames"),
+    (["vocode", "{vocoder}", "{tmp}/empty.wav"], "empty"),
+    (["vocode", "{vocoder}", "{tmp}/short.wav"], "too short"),
+    (["vocode", "{speakers}", "{tmp}/short.wav"], "not a vocoder"),
+    (["generate", "--model", "{vocoder}"], "use fastwavenet vocode"),
+    (["generate", "--model", "{speakers}", "--speaker", "5"], "speaker id out of range"),
+    (["generate", "--model", "{speakers}"], "needs a speaker id"),
+])
+def test_bad_conditioning_input(args, words, tmp_path, models):
+    names = _bad(tmp_path, models)
+    out = tmp_path / "out.wav"
+    result = run_cli(*[a.format(**names) for a in args], "-o", out, "--quiet")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.wav*"))
