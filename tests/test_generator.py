@@ -112,3 +112,24 @@ def test_backend_choice_errors(tiny_file):
         with pytest.raises(FastWaveNetError, match="CUDA is not available"):
             Generator(tiny_file, device="cuda")
     assert Generator(tiny_file).backend.name == "numba"
+
+
+def test_unsupported_shape_falls_back_and_says_so_once():
+    import warnings
+
+    from fastwavenet import WaveNetConfig
+    from fastwavenet.backends import available_backends
+
+    if "triton" not in available_backends("cuda" if torch.cuda.is_available() else "cpu"):
+        pytest.skip("triton is not available here (no GPU and no interpreter)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = WaveNetConfig(classes=16, residual_channels=4, gate_channels=4, skip_channels=4, head_channels=4,
+                           input_kernel_size=3, layers_per_stack=2, stacks=1)
+    model = ModelFile(config, fold(random_model(config)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = Generator(model, backend="triton", device=device)
+        second = Generator(model, backend="triton", device=device)
+    assert first.backend.name == second.backend.name == "torch"
+    assert len([w for w in caught if "does not support this model" in str(w.message)]) == 1
+    assert Generator(model, backend="auto", device=device).backend.name in ("numba", "torch")
