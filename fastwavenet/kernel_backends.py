@@ -60,7 +60,7 @@ class NumbaBackend(Backend):
             threads = numba.get_num_threads()
         except ImportError:
             pass
-        return max(1, min(16, math.ceil(batch / threads)))
+        return max(1, min(64, math.ceil(batch / threads)))
 
     @staticmethod
     def _cond(cond) -> np.ndarray:
