@@ -16,7 +16,7 @@ import torch
 
 from fastwavenet import Generator, Sampling, preset
 from fastwavenet.backends import available_backends
-from fastwavenet.bench import NAIVE_MAX_BATCH, random_model
+from fastwavenet.bench import NAIVE_MAX_BATCH, random_model, steady_state
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PRESETS = os.environ.get("FASTWAVENET_BENCH_PRESETS", "small,standard,large").split(",")
@@ -39,7 +39,7 @@ def test_generate(benchmark, preset_name, backend, batch):
     model = MODELS.setdefault(preset_name, random_model(preset(preset_name)))
     gen = Generator(model, backend=backend, device=DEVICE, batch_hint=batch)
     steps = STEPS
-    state = gen.new_state(batch)
+    state = steady_state(gen, batch)
     gen.generate_codes(state, 2)  # compile / load the cache / capture graphs outside the timing
     rng = np.random.default_rng(0)
 

@@ -60,6 +60,16 @@ def random_model(config: WaveNetConfig, seed: int = 0) -> ModelFile:
     return ModelFile(config, fold(WaveNet(config)))
 
 
+def steady_state(gen: Generator, batch: int):
+    """A new state as it is after a receptive field of steps. Naive recomputes its window, which is short until
+    then, so it is timed at full length, as it runs in steady state; the queue backends cost the same at every step."""
+    state = gen.new_state(batch)
+    if isinstance(state, HistoryState):
+        state.history = torch.full((batch, gen.config.receptive_field - 1), state.last[0].item(),
+                                   dtype=torch.int64, device=state.history.device)
+    return state
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -70,12 +80,7 @@ def measure(model: ModelFile, backend: str, batch: int, device: str = "cpu", min
     """Generate with one backend and batch: a short first call (compile, warm-up), then a timed run that grows
     until it lasts at least `min_seconds`. Returns samples per second of the timed run."""
     gen = Generator(model, backend=backend, device=device, batch_hint=batch)
-    state = gen.new_state(batch)
-    if isinstance(state, HistoryState):
-        # Naive recomputes its window, which is short until a receptive field has passed: time it at full length,
-        # as it runs in steady state. (The queue backends cost the same at every step.)
-        state.history = torch.full((batch, model.config.receptive_field - 1), state.last[0].item(),
-                                   dtype=torch.int64, device=state.history.device)
+    state = steady_state(gen, batch)
     sampling = Sampling()
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
