@@ -105,9 +105,11 @@ def cmd_generate(args):
     from .sampling import Sampling
 
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, argmax=args.argmax)
+    audio.check_writable(args.output)
+    generator = Generator(args.model, backend=args.backend, device=args.device, batch_hint=args.batch)
+    generator.check_batch(args.batch)
     for path in output_paths(args.output, args.batch):
         audio.check_writable(path)
-    generator = Generator(args.model, backend=args.backend, device=args.device, batch_hint=args.batch)
     prime = None
     if args.prime:
         rate = audio.source_rate(args.prime)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 
 from .errors import FastWaveNetError
@@ -170,6 +171,22 @@ PRESETS: dict[str, WaveNetConfig] = {
     "large": WaveNetConfig(sample_rate=16000, residual_channels=128, gate_channels=128, skip_channels=256,
                            head_channels=256, layers_per_stack=10, stacks=3),
 }
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(nbytes: float, what: str):
+    """Refuse, with a clear message, work whose buffers alone would exceed this machine's memory."""
+    total = physical_memory()
+    if total is not None and nbytes > total:
+        raise FastWaveNetError(f"{what} would need about {nbytes / 2**30:,.1f} GiB, more than this machine's "
+                               f"{total / 2**30:,.1f} GiB")
 
 
 def preset(name: str) -> WaveNetConfig:

@@ -19,7 +19,7 @@ import torch
 
 from . import audio, mulaw
 from .backends import make_backend
-from .config import WaveNetConfig
+from .config import WaveNetConfig, check_memory
 from .errors import FastWaveNetError
 from .export import ModelFile, load_model
 from .sampling import Sampling
@@ -109,9 +109,16 @@ class Generator:
     def sample_rate(self) -> int:
         return self.config.sample_rate
 
-    def new_state(self, batch: int = 1):
+    def check_batch(self, batch: int):
+        """Refuse a batch that is not a positive integer or whose state would not fit in memory."""
         if not isinstance(batch, int) or batch < 1:
             raise FastWaveNetError(f"batch must be a positive integer, got {batch}")
+        c = self.config
+        check_memory(4.0 * batch * max(c.queue_length * c.residual_channels, c.receptive_field * c.classes),
+                     f"the state of {batch:,} streams")
+
+    def new_state(self, batch: int = 1):
+        self.check_batch(batch)
         state = self.backend.new_state(batch)
         state.reset(silence_code(self.config))
         return state

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from .config import WaveNetConfig
+from .config import WaveNetConfig, check_memory
 from .data import CropDataset, load_corpus, speaker_names, split_by_file, validation_crops
 from .errors import FastWaveNetError
 from .model import WaveNet, loss_bits
@@ -153,6 +153,10 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
 
     hop = config.hop_length if config.n_mels else 1
     crop = -(-(config.receptive_field + options.target_length) // hop) * hop  # whole mel frames
+    # Activations kept for the backward pass: the one-hot input, and per layer its input, gate and skip outputs.
+    per_sample = config.classes + config.layers * (config.residual_channels + 4 * config.gate_channels
+                                                   + config.skip_channels)
+    check_memory(4.0 * 2 * options.batch_size * crop * per_sample, f"training with batch {options.batch_size}")
     speakers = (saved.get("speakers") if resume else speaker_names(data)) if config.speakers else None
     if speakers is not None and len(speakers) != config.speakers:
         raise FastWaveNetError(f"the data has {len(speakers)} speaker folders ({', '.join(speakers[:5])}...); "

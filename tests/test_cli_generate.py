@@ -86,6 +86,7 @@ BAD = [
     (["--model", "{model_file}", "--seconds", "-2"], "positive number"),
     (["--model", "{model_file}", "--temperature", "0"], "positive number"),
     (["--model", "{model_file}", "--batch", "0"], "positive integer"),
+    (["--model", "{model_file}", "--batch", "10000000000"], "GiB"),
     (["--model", "{model_file}", "--top-p", "1.5"], "(0, 1]"),
     (["--model", "{model_file}", "--top-p", "0"], "(0, 1]"),
     (["--model", "{model_file}", "--prime", "{tmp_path}/nope.wav"], "no such audio file"),

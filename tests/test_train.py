@@ -72,6 +72,7 @@ def test_cli_train_and_resume(sine_folder, tmp_path):
     (["train", "{audio}", "--config", "{badconfig}", "--out", "{tmp}/r"], "kernel_size"),
     (["train", "{audio}", "--preset", "huge", "--out", "{tmp}/r"], "unknown preset"),
     (["train", "--resume", "{tmp}/nothing"], "no checkpoint"),
+    (["train", "{audio}", "--preset", "tiny", "--out", "{tmp}/r", "--batch-size", "100000000"], "GiB"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, words, sine_folder, tmp_path):
     empty = tmp_path / "empty"
