@@ -5,7 +5,8 @@
     FASTWAVENET_BENCH_BATCHES=1,8,64,256,1024 FASTWAVENET_BENCH_PRESETS=small,standard,large pytest benchmarks/
 
 One benchmark round generates STEPS samples (32) for each of `batch` streams, the same for every backend, so times
-within a group compare directly; samples/s (all streams) is in each result's extra_info. Compilation and warm-up happen in setup, outside the timing.
+within a group compare directly; samples/s (all streams) is in each result's extra_info. Compilation and warm-up
+happen in setup, outside the timing.
 """
 
 import os

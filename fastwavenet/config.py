@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import FastWaveNetError
 
@@ -68,7 +68,8 @@ class WaveNetConfig:
         if self.classes < 2:
             raise FastWaveNetError(f"config: classes must be at least 2, got {self.classes}")
         if self.kernel_size < 2:
-            raise FastWaveNetError(f"config: kernel_size must be at least 2 (1 would see no past), got {self.kernel_size}")
+            raise FastWaveNetError(f"config: kernel_size must be at least 2 (1 would see no past), "
+                                   f"got {self.kernel_size}")
         if self.layers_per_stack > 24:
             raise FastWaveNetError(f"config: layers_per_stack {self.layers_per_stack} gives dilations beyond 2**23")
         if self.sample_rate > 384_000:
@@ -120,7 +121,8 @@ class WaveNetConfig:
         if self.speakers:
             conditioning += self.speakers * self.speaker_channels + self.layers * self.speaker_channels * 2 * g
         if self.n_mels:
-            conditioning += self.n_mels * self.n_mels * self.hop_length + self.n_mels + self.layers * self.n_mels * 2 * g
+            m = self.n_mels
+            conditioning += m * m * self.hop_length + m + self.layers * m * 2 * g
         return (self.input_kernel_size * c * r + r + self.layers * per_layer - last_residual
                 + s * h + h + h * c + c + conditioning)
 

@@ -23,7 +23,6 @@ from .config import WaveNetConfig, check_memory
 from .errors import FastWaveNetError
 from .export import ModelFile, load_model
 from .sampling import Sampling
-from .state import HistoryState, QueueState  # noqa: F401  (re-exported)
 
 
 class Conditioning:

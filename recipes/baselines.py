@@ -21,6 +21,6 @@ for c in train.codes:
 bigram /= bigram.sum(axis=1, keepdims=True)
 v = val.codes[0]
 print(f"validation: {Path(val.names[0]).name}, {len(v)} samples")
-print(f"uniform over 256 classes:          8.0000 bits/sample")
+print("uniform over 256 classes:          8.0000 bits/sample")
 print(f"class histogram (order 0):         {-np.log2(unigram[v]).mean():.4f} bits/sample")
 print(f"previous code -> next (order 1):   {-np.log2(bigram[v[:-1], v[1:]]).mean():.4f} bits/sample")

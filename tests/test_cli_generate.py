@@ -66,7 +66,8 @@ def _bad_files(tmp_path, model_file):
     foreign = tmp_path / "foreign.safetensors"
     save_file(tensors, str(foreign), metadata={"something": "else"})
     mismatched = tmp_path / "mismatch.safetensors"
-    save_file(tensors, str(mismatched), metadata={**meta, "config": meta["config"].replace('"stacks": 2', '"stacks": 3')})
+    other_config = meta["config"].replace('"stacks": 2', '"stacks": 3')
+    save_file(tensors, str(mismatched), metadata={**meta, "config": other_config})
     empty_wav = tmp_path / "empty.wav"
     soundfile.write(empty_wav, np.zeros(0, np.float32), 4410)
     readonly = tmp_path / "readonly"

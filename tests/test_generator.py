@@ -4,10 +4,9 @@ import torch
 
 from fastwavenet import FastWaveNetError, Generator, Sampling, preset
 from fastwavenet.export import ModelFile, fold, load_model, save_model, unfold
-from fastwavenet.model import WaveNet
 from fastwavenet.sampling import sample
 
-from test_exactness import CONFIGS, random_model
+from test_exactness import random_model
 
 CPU_BACKENDS = ["naive", "torch", "numba"]
 

@@ -14,7 +14,9 @@ nowhere, so it was settled by likelihood, with `fastwavenet score` (bits per sam
     espeak-ng speech, resampled to 4 kHz                      16.32            16.51             6.69
     uniform noise in [-0.5, 0.5]                              36.53            36.24            16.51
 
-(reversing only the dilated taps gave 11.40 on the model's own output). With every tap reversed, the model's own temperature-1 output is likely under it and speech costs far fewer bits than
+(reversing only the dilated taps gave 11.40 on the model's own output).
+
+With every tap reversed, the model's own temperature-1 output is likely under it and speech costs far fewer bits than
 noise; any other order makes its own output cost more than a uniform guess (8 bits). So index 0 of a stored kernel
 multiplies the newest input: Theano's convolution flips its kernels. (Noise costs more than 8 bits because the model
 is confident that audio is smooth.)
