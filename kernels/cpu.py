@@ -131,10 +131,13 @@ def _tile_step(b0, nb, codes, t, embed, dilated_w, dilated_b, out_w, out_b, head
 
 
 @njit(cache=True)
-def _scratch(tile, R, KR, G2, RS, S, H, C):
+def _scratch(tile, embed, dilated_w, out_w, head1_w, head2_w):
+    """Per-tile work arrays, (tile, n) each: x, taps, z, gated, out, skip, hidden, logits."""
     f = np.float32
-    return (np.zeros((tile, R), f), np.zeros((tile, KR), f), np.zeros((tile, G2), f), np.zeros((tile, G2 // 2), f),
-            np.zeros((tile, RS), f), np.zeros((tile, S), f), np.zeros((tile, H), f), np.zeros((tile, C), f))
+    return (np.zeros((tile, embed.shape[2]), f), np.zeros((tile, dilated_w.shape[2]), f),
+            np.zeros((tile, dilated_w.shape[1]), f), np.zeros((tile, dilated_w.shape[1] // 2), f),
+            np.zeros((tile, out_w.shape[1]), f), np.zeros((tile, head1_w.shape[1]), f),
+            np.zeros((tile, head1_w.shape[0]), f), np.zeros((tile, head2_w.shape[0]), f))
 
 
 @njit(fastmath=True, cache=True)
@@ -180,14 +183,11 @@ def teacher_forced(codes, t0, tile, embed, dilated_w, dilated_b, out_w, out_b, h
     """Consume codes (B, T) from time t0 with gate terms cond (B, T, L, 2G) or (0, 0, 0, 0);
     out_logits (B, T, C) receives the logits after each step."""
     B, T = codes.shape
-    R = embed.shape[2]
     tiles = (B + tile - 1) // tile
     for ti in prange(tiles):
         b0 = ti * tile
         nb = min(tile, B - b0)
-        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, R, dilated_w.shape[2], dilated_w.shape[1],
-                                                               out_w.shape[1], head1_w.shape[1], head1_w.shape[0],
-                                                               head2_w.shape[0])
+        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, embed, dilated_w, out_w, head1_w, head2_w)
         step_codes = np.empty(tile, np.int64)
         for s in range(T):
             for bb in range(nb):
@@ -208,15 +208,12 @@ def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, embed, dilate
     u (n, B) float32 uniforms; out_codes (B, n) receives the codes; last is updated to the final code.
     """
     n, B = u.shape
-    R = embed.shape[2]
     C = head2_w.shape[0]
     tiles = (B + tile - 1) // tile
     for ti in prange(tiles):
         b0 = ti * tile
         nb = min(tile, B - b0)
-        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, R, dilated_w.shape[2], dilated_w.shape[1],
-                                                               out_w.shape[1], head1_w.shape[1], head1_w.shape[0],
-                                                               C)
+        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, embed, dilated_w, out_w, head1_w, head2_w)
         p = np.empty(C, np.float32)
         order = np.empty(C, np.int64)
         step_codes = np.empty(tile, np.int64)
