@@ -102,9 +102,8 @@ def cmd_info(args):
 def cmd_generate(args):
     from . import audio
     from .generator import Generator, generate_to_wav, output_paths
-    from .sampling import Sampling
 
-    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, argmax=args.argmax)
+    sampling = _sampling(args)
     audio.check_writable(args.output)
     generator = Generator(args.model, backend=args.backend, device=args.device, batch_hint=args.batch)
     generator.check_batch(args.batch)
@@ -152,13 +151,11 @@ def cmd_vocode(args):
     from . import audio
     from .features import features_from_file
     from .generator import Generator, generate_to_wav
-    from .sampling import Sampling
 
-    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, argmax=args.argmax)
+    sampling = _sampling(args)
     audio.check_writable(args.output)
     generator = Generator(args.model, backend=args.backend, device=args.device)
     mel, samples = features_from_file(args.input, generator.config)
-    generator.conditioning(1, mel, args.speaker)  # checks speaker and features before any file is opened
     generate_to_wav(generator, args.output, samples / generator.sample_rate, sampling=sampling, seed=args.seed,
                     progress=not args.quiet, mel=mel, speaker=args.speaker)
     print(f"wrote {args.output} ({samples / generator.sample_rate:g} s at {generator.sample_rate} Hz, "
@@ -182,6 +179,25 @@ def cmd_import_keras(args):
     model = import_to_file(args.checkpoint, args.config, args.output)
     print(f"wrote {args.output} ({model.config.parameter_count():,} parameters, "
           f"receptive field {model.config.receptive_field} samples)")
+
+
+def _add_generation_args(p):
+    """Options that `generate` and `vocode` share: sampling, seed, speaker, backend, device, progress."""
+    p.add_argument("--temperature", type=_positive_float, default=1.0)
+    p.add_argument("--top-k", type=_nonnegative_int, default=0, help="keep the k likeliest classes (0: off)")
+    p.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--argmax", action="store_true", help="always take the likeliest class")
+    p.add_argument("--seed", type=int, help="fixes the output, bit for bit on the same backend")
+    p.add_argument("--speaker", type=_nonnegative_int, help="speaker id, for models with speakers")
+    p.add_argument("--backend", default="auto", help="auto, naive, torch, numba or triton")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _sampling(args):
+    from .sampling import Sampling
+
+    return Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, argmax=args.argmax)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,31 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=_positive_float, default=4.0, help="length of each file (default 4)")
     p.add_argument("-o", "--output", default="out.wav", help="WAV path; with --batch N, N files NAME-i.wav")
     p.add_argument("--batch", type=_positive_int, default=1, help="independent streams (files) at once")
-    p.add_argument("--temperature", type=_positive_float, default=1.0)
-    p.add_argument("--top-k", type=_nonnegative_int, default=0, help="keep the k likeliest classes (0: off)")
-    p.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling mass in (0, 1]")
-    p.add_argument("--argmax", action="store_true", help="always take the likeliest class")
-    p.add_argument("--seed", type=int, help="fixes the output, bit for bit on the same backend")
     p.add_argument("--prime", help="audio to continue (resampled to the model's rate)")
-    p.add_argument("--backend", default="auto", help="auto, naive, torch, numba or triton")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--speaker", type=_nonnegative_int, help="speaker id, for models with speakers")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_generation_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("vocode", help="resynthesize audio from its mel spectrogram (or saved mel frames)")
     p.add_argument("model", help="a model trained with --n-mels")
     p.add_argument("input", help="audio file, or log-mel frames as .npy (n_mels, frames) / .npz (mel, hop_length)")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--speaker", type=_nonnegative_int, help="speaker id, for models with speakers")
-    p.add_argument("--temperature", type=_positive_float, default=1.0)
-    p.add_argument("--top-k", type=_nonnegative_int, default=0)
-    p.add_argument("--top-p", type=_probability, default=1.0)
-    p.add_argument("--argmax", action="store_true")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
+    _add_generation_args(p)
     p.set_defaults(func=cmd_vocode)
 
     p = sub.add_parser("bench", help="samples per second of every backend, beside naive, in one run")

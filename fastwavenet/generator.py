@@ -41,8 +41,8 @@ class Conditioning:
                 raise FastWaveNetError("this model is a vocoder: it needs a mel spectrogram")
             mel = torch.as_tensor(np.asarray(mel, dtype=np.float32)) if not isinstance(mel, torch.Tensor) else mel
             if mel.ndim == 2:
-                mel = mel.unsqueeze(0).expand(batch, -1, -1)
-            if mel.ndim != 3 or mel.shape[0] != batch or mel.shape[1] != config.n_mels:
+                mel = mel.unsqueeze(0)  # one mel for every stream: upsampled once, shared below
+            if mel.ndim != 3 or mel.shape[0] not in (1, batch) or mel.shape[1] != config.n_mels:
                 raise FastWaveNetError(f"mel features must be ({config.n_mels} bands, frames), got shape "
                                        f"{tuple(mel.shape)}")
             if mel.shape[2] == 0:
@@ -52,7 +52,7 @@ class Conditioning:
             with torch.no_grad():
                 self.features = torch.nn.functional.conv_transpose1d(
                     mel.to(device, torch.float32), w.upsample_w.to(device), w.upsample_b.to(device),
-                    stride=config.hop_length)
+                    stride=config.hop_length).expand(batch, -1, -1)
             self.mel_w = w.mel_w.to(device)
             self.length = self.features.shape[2]
         elif mel is not None:
