@@ -180,6 +180,7 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
 
     device = torch.device("cpu")
     ddp_model = model
+    owns_group = False
     if world > 1:
         use_cuda = torch.cuda.is_available()
         if use_cuda:
@@ -187,6 +188,7 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if use_cuda else "gloo")
+            owns_group = True
         model.to(device)
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if use_cuda else None)
     elif torch.cuda.is_available():
@@ -248,6 +250,8 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
                 if step % options.checkpoint_every == 0 or step == options.steps:
                     log.flush()
                     save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, step)
+        if world > 1:
+            dist.barrier()  # no rank leaves before the main rank has written the last checkpoint
     except KeyboardInterrupt:
         # Keep what was finished: the last checkpoint stays, and --resume continues from it.
         if bar is not None:
@@ -258,6 +262,10 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
             bar.close()
         if is_main:
             log.close()
+        if owns_group:
+            # Gloo's worker threads must stop before the interpreter does, or the process aborts at exit
+            # ("terminate called without an active exception", seen in CI).
+            dist.destroy_process_group()
     return model.cpu().eval()
 
 

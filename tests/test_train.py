@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -88,11 +89,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, words, sine_folder, tmp_path
     assert not (tmp_path / "r").exists(), "a failed run left files behind"
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_cpu_ranks_end_with_identical_weights(sine_folder, tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29517", str(worker), str(sine_folder), str(tmp_path / "run")],
+                             "--master_port", str(_free_port()), str(worker), str(sine_folder), str(tmp_path / "run")],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
