@@ -98,3 +98,23 @@ def test_priming_equals_stepping(backend):
     a = gen.generate_codes(primed, 12, rng=np.random.default_rng(5), conditioning=conditioning)
     b = gen.generate_codes(stepped, 12, rng=np.random.default_rng(5), conditioning=conditioning)
     assert torch.equal(a, b)
+
+
+@pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
+@pytest.mark.parametrize("tile", [1, 3, 4, 5, 9])
+@pytest.mark.parametrize("name", ["tiny", "k4-odd"])
+def test_numba_tiles_match_training_model(name, tile, monkeypatch):
+    """The numba kernel works in blocks of 4 outputs x 4 streams with remainders on both sides; every tile size
+    (whole blocks, stream remainders, tiles of one) and channel counts that are not multiples of 4 give the same
+    logits. The batch of 9 leaves a short last tile for every tile size above 1."""
+    from fastwavenet.kernel_backends import NumbaBackend
+
+    monkeypatch.setattr(NumbaBackend, "_tile", staticmethod(lambda batch: tile))
+    config = CONFIGS[name]
+    steps = config.receptive_field + 9
+    model = random_model(config, 3)
+    codes = torch.randint(0, config.classes, (9, steps), generator=torch.Generator().manual_seed(4))
+    expected = model_logits(model, codes, None, None)
+    gen = Generator(ModelFile(config, fold(model)), backend="numba", device="cpu")
+    got = gen.forward(gen.new_state(9), codes)
+    assert (got - expected).abs().max().item() <= 1e-4
