@@ -38,7 +38,7 @@ def test_generate(benchmark, preset_name, backend, batch):
     if backend == "naive" and batch > NAIVE_MAX_BATCH:
         pytest.skip(f"naive past batch {NAIVE_MAX_BATCH} takes minutes per step")
     model = MODELS.setdefault(preset_name, random_model(preset(preset_name)))
-    gen = Generator(model, backend=backend, device=DEVICE, batch_hint=batch)
+    gen = Generator(model, backend=backend, device=DEVICE)
     steps = STEPS
     state = steady_state(gen, batch)
     gen.generate_codes(state, 2)  # compile / load the cache / capture graphs outside the timing

@@ -207,26 +207,20 @@ def available_backends(device: torch.device | str) -> list[str]:
     return [name for name, cls in registry().items() if cls.unavailable_reason(device) is None]
 
 
-# On the CPU, numba is fastest up to a few hundred streams; past that the torch backend's batched matrix products
-# (MKL / oneDNN) win. Measured with `fastwavenet bench --preset standard` on 2 cores: see docs/BENCHMARKS.md.
-CPU_TORCH_FROM_BATCH = 256
-
-
-def _auto_order(device: torch.device, batch: int) -> list[str]:
-    if device.type == "cpu":
-        return ["torch", "numba"] if batch >= CPU_TORCH_FROM_BATCH else ["numba", "torch"]
-    return ["triton", "torch"]
+def _auto_order(device: torch.device) -> list[str]:
+    """The order `auto` tries. On the CPU numba beats torch at every batch from 1 to 1024 and every preset
+    (`fastwavenet bench`, docs/BENCHMARKS.md); on CUDA the Triton kernel comes first (not yet measured on a GPU)."""
+    return ["numba", "torch"] if device.type == "cpu" else ["triton", "torch"]
 
 
 _warned: set[tuple[str, str]] = set()
 
 
-def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, device: torch.device,
-                 batch_hint: int = 1) -> Backend:
+def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, device: torch.device) -> Backend:
     """Build backend `name` ('auto' picks the fastest available); unsupported shapes fall back, saying so once."""
     backends = registry()
     if name == "auto":
-        for candidate in _auto_order(device, batch_hint):
+        for candidate in _auto_order(device):
             cls = backends[candidate]
             if cls.unavailable_reason(device) is None and cls.unsupported_reason(config) is None:
                 return cls(config, weights, device)

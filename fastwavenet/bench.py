@@ -79,7 +79,7 @@ def measure(model: ModelFile, backend: str, batch: int, device: str = "cpu", min
             max_steps: int = 200_000) -> BenchResult:
     """Generate with one backend and batch: a short first call (compile, warm-up), then a timed run that grows
     until it lasts at least `min_seconds`. Returns samples per second of the timed run."""
-    gen = Generator(model, backend=backend, device=device, batch_hint=batch)
+    gen = Generator(model, backend=backend, device=device)
     state = steady_state(gen, batch)
     sampling = Sampling()
     rng = np.random.default_rng(0)

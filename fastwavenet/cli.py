@@ -105,7 +105,7 @@ def cmd_generate(args):
 
     sampling = _sampling(args)
     audio.check_writable(args.output)
-    generator = Generator(args.model, backend=args.backend, device=args.device, batch_hint=args.batch)
+    generator = Generator(args.model, backend=args.backend, device=args.device)
     generator.check_batch(args.batch)
     for path in output_paths(args.output, args.batch):
         audio.check_writable(path)

@@ -94,7 +94,7 @@ class Generator:
     """
 
     def __init__(self, model: str | os.PathLike | ModelFile | None = None, backend: str = "auto",
-                 device: str = "cpu", batch_hint: int = 1):
+                 device: str = "cpu"):
         if model is None:
             from .demo import demo_model_path
 
@@ -102,7 +102,7 @@ class Generator:
         self.model = model if isinstance(model, ModelFile) else load_model(model)
         self.config = self.model.config
         self.device = _device(device)
-        self.backend = make_backend(backend, self.config, self.model.weights, self.device, batch_hint)
+        self.backend = make_backend(backend, self.config, self.model.weights, self.device)
 
     @property
     def sample_rate(self) -> int:
