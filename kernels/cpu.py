@@ -19,6 +19,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
+# fastmath lets reductions reassociate (so dot products vectorize). error_model="numpy" drops Python's
+# ZeroDivisionError check from every division: with it, the loop of the gate nonlinearity (a division per value) ran
+# scalar and cost a quarter of a batched step. cache=True keeps the compiled code between runs.
+_OPTIONS = dict(fastmath=True, error_model="numpy", cache=True)
+
 # Eigen's rational approximation of tanh for float32 (max abs error 3.4e-7 against float64 tanh). libm's tanh is
 # not vectorized and cost more than the matrix work at these sizes.
 _CLAMP = np.float32(7.90531110763549805)
@@ -29,7 +34,7 @@ _B0, _B2, _B4, _B6 = (np.float32(4.89352518554385e-03), np.float32(2.26843463243
                       np.float32(1.18534705686654e-04), np.float32(1.19825839466702e-06))
 
 
-@njit(fastmath=True, cache=True, inline="always")
+@njit(**_OPTIONS, inline="always")
 def fast_tanh(x):
     x = min(max(x, -_CLAMP), _CLAMP)
     x2 = x * x
@@ -38,7 +43,7 @@ def fast_tanh(x):
     return p / q
 
 
-@njit(fastmath=True, cache=True, inline="always")
+@njit(**_OPTIONS, inline="always")
 def _block44(w, bias, x, y, o, b, n_in):
     """y[b:b+4, o:o+4] from 16 dot products that share each load: 8 loads feed 16 multiply-adds, so the loop is
     bound by arithmetic rather than by loads (one output for one stream at a time made 2 loads per multiply-add)."""
@@ -70,7 +75,7 @@ def _block44(w, bias, x, y, o, b, n_in):
     y[b + 3, o], y[b + 3, o + 1], y[b + 3, o + 2], y[b + 3, o + 3] = a03 + c0, a13 + c1, a23 + c2, a33 + c3
 
 
-@njit(fastmath=True, cache=True, inline="always")
+@njit(**_OPTIONS, inline="always")
 def _block41(w, bias, x, y, o, b, n_in):
     """y[b, o:o+4]: four outputs for one stream, sharing the stream's loads."""
     a0 = a1 = a2 = a3 = np.float32(0.0)
@@ -83,7 +88,7 @@ def _block41(w, bias, x, y, o, b, n_in):
     y[b, o], y[b, o + 1], y[b, o + 2], y[b, o + 3] = a0 + bias[o], a1 + bias[o + 1], a2 + bias[o + 2], a3 + bias[o + 3]
 
 
-@njit(fastmath=True, cache=True, inline="always")
+@njit(**_OPTIONS, inline="always")
 def _matvec_tile(w, bias, x, nb, y, first, last):
     """y[bb, o] = bias[o] + sum_i w[o, i] * x[bb, i] for o in [first, last), streams bb < nb.
 
@@ -109,7 +114,7 @@ def _matvec_tile(w, bias, x, nb, y, first, last):
             y[b, oo] = acc
 
 
-@njit(fastmath=True, cache=True)
+@njit(**_OPTIONS)
 def _tile_step(b0, nb, codes, t, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b, head2_w, head2_b,
                dilations, offsets, queues, inputs, cond, s, xs, taps, z, gated, o, skip, hidden, logits):
     """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb]; logits[0:nb] receive the result.
@@ -186,7 +191,7 @@ def _tile_step(b0, nb, codes, t, embed, dilated_w, dilated_b, out_w, out_b, head
     _matvec_tile(head2_w, head2_b, hidden, nb, logits, 0, head2_w.shape[0])
 
 
-@njit(cache=True)
+@njit(**_OPTIONS)
 def _scratch(tile, embed, dilated_w, out_w, head1_w, head2_w):
     """Per-tile work arrays, (tile, n) each: x, taps, z, gated, out, skip, hidden, logits."""
     f = np.float32
@@ -196,7 +201,7 @@ def _scratch(tile, embed, dilated_w, out_w, head1_w, head2_w):
             np.zeros((tile, head1_w.shape[0]), f), np.zeros((tile, head2_w.shape[0]), f))
 
 
-@njit(fastmath=True, cache=True)
+@njit(**_OPTIONS)
 def sample_one(logits, u, temperature, top_k, top_p, argmax, p, order):
     """The sampling rule of fastwavenet/sampling.py for one stream. p and order are (C,) scratch arrays."""
     C = logits.shape[0]
@@ -233,7 +238,7 @@ def sample_one(logits, u, temperature, top_k, top_p, argmax, p, order):
     return C - 1
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(**_OPTIONS, parallel=True)
 def teacher_forced(codes, t0, tile, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b, head2_w, head2_b,
                    dilations, offsets, queues, inputs, cond, out_logits):
     """Consume codes (B, T) from time t0 with gate terms cond (B, T, L, 2G) or (0, 0, 0, 0);
@@ -255,7 +260,7 @@ def teacher_forced(codes, t0, tile, embed, dilated_w, dilated_b, out_w, out_b, h
                 out_logits[b0 + bb, s, :] = logits[bb, :]
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(**_OPTIONS, parallel=True)
 def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, embed, dilated_w, dilated_b, out_w, out_b,
              head1_w, head1_b, head2_w, head2_b, dilations, offsets, queues, inputs, cond, out_codes):
     """Generate n = u.shape[0] codes per stream: consume last (B,) first, then each sampled code in turn, with gate
