@@ -156,12 +156,17 @@ def write_json(path, results: list[BenchResult], config: WaveNetConfig, info: di
     os.replace(tmp, path)
 
 
-def plot(path, results: list[BenchResult], title: str):
-    """samples/s against batch size, one line per backend, log scales."""
+def require_matplotlib():
     try:
         import matplotlib
     except ImportError:
         raise FastWaveNetError("--plot needs matplotlib: pip install 'fastwavenet[plot]'") from None
+    return matplotlib
+
+
+def plot(path, results: list[BenchResult], title: str):
+    """samples/s against batch size, one line per backend, log scales."""
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -125,12 +125,17 @@ def cmd_generate(args):
 
 
 def cmd_bench(args):
-    from . import bench
+    from . import audio, bench
     from .config import preset
     from .export import load_model
     from .generator import _device
 
     _device(args.device)
+    for path in (args.json, args.plot):
+        if path:  # fail now, not after minutes of measuring
+            audio.check_writable(path)
+    if args.plot:
+        bench.require_matplotlib()
     model = load_model(args.model) if args.model else bench.random_model(preset(args.preset))
     backends = bench.resolve_backends(args.backend.split(","), args.device)
     info = bench.machine()

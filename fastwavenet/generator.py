@@ -148,12 +148,20 @@ class Generator:
     def prime(self, state, codes, conditioning: Conditioning | None = None):
         """Continue from codes (B, P) or (P,): consume all but the last, which generation consumes first.
 
-        Afterwards the state equals that of stepping through codes[:, :-1] with `forward`."""
+        Afterwards the state equals that of stepping through codes[:, :-1] with `forward`. Only the last receptive
+        field of them is stepped through: what a state holds at time t (each layer's inputs over its queue, the
+        input taps) depends on the codes of t - (receptive_field - 1) .. t - 1 alone, so older codes are skipped by
+        advancing the clock, and the rings end up in the same slots with the same values."""
         codes = self._codes(codes, state.batch)
         if codes.shape[1] == 0:
             raise FastWaveNetError("cannot prime with an empty sequence")
-        if codes.shape[1] > 1:
-            self.forward(state, codes[:, :-1], conditioning)
+        consume = codes[:, :-1]
+        skip = consume.shape[1] - self.config.receptive_field
+        if skip > 0:
+            state.t += skip
+            consume = consume[:, skip:]
+        if consume.shape[1] > 0:
+            self.forward(state, consume, conditioning)
         state.last = codes[:, -1].to(state.last.device).clone()
 
     def prime_audio(self, state, audio: np.ndarray, conditioning: Conditioning | None = None):

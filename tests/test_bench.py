@@ -1,0 +1,54 @@
+"""`fastwavenet bench`: a small run end to end, and bad input refused before anything is measured."""
+
+import json
+
+import pytest
+import torch
+
+from fastwavenet import preset
+
+from conftest import run_cli
+
+
+def test_bench_table_json_and_plot(tmp_path):
+    out, png = tmp_path / "b.json", tmp_path / "b.png"
+    result = run_cli("bench", "--preset", "tiny", "--backend", "torch,numba", "--batch", "1,2", "--min-seconds",
+                     "0.05", "--json", str(out), "--plot", str(png))
+    assert result.returncode == 0, result.stderr
+    assert "machine:" in result.stdout and "numba" in result.stdout
+    payload = json.loads(out.read_text())
+    assert payload["config"] == json.loads(preset("tiny").to_json())
+    assert payload["machine"]["cores"] >= 1 and payload["machine"]["cpu"]
+    rows = {(r["backend"], r["batch"]): r for r in payload["results"]}
+    assert set(rows) == {(b, n) for b in ("naive", "torch", "numba") for n in (1, 2)}
+    for (backend, batch), row in rows.items():
+        assert row["samples_per_s"] > 0 and row["steps"] >= 2
+        assert row["speedup_vs_naive"] > 0  # naive ran at both batches, so every row has a speedup
+        assert row["realtime_factor"] == pytest.approx(row["samples_per_s"] / batch / payload["config"]["sample_rate"])
+    assert rows[("naive", 1)]["speedup_vs_naive"] == pytest.approx(1.0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.png"], "temporary files left behind"
+
+
+BAD = [
+    (["--batch", "0"], "positive integers"),
+    (["--batch", "one"], "comma-separated integers"),
+    (["--min-seconds", "-1"], "positive number"),
+    (["--backend", "warp"], "not available"),
+    (["--preset", "huge"], "unknown preset"),
+    (["--json", "{tmp}/missing/b.json"], "does not exist"),
+    (["--plot", "{tmp}/missing/b.png"], "does not exist"),
+]
+if not torch.cuda.is_available():
+    BAD.append((["--device", "cuda"], "CUDA"))
+
+
+@pytest.mark.parametrize("args,words", BAD)
+def test_bench_bad_input_is_one_line_and_exit_2(args, words, tmp_path):
+    result = run_cli("bench", "--preset", "tiny", "--batch", "1", "--min-seconds", "0.05",
+                     *[a.format(tmp=tmp_path) for a in args])
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.stderr
+    assert "machine:" not in result.stdout, "it started measuring before refusing"
+    assert list(tmp_path.iterdir()) == []
