@@ -132,3 +132,22 @@ def test_unsupported_shape_falls_back_and_says_so_once():
     assert first.backend.name == second.backend.name == "torch"
     assert len([w for w in caught if "does not support this model" in str(w.message)]) == 1
     assert Generator(model, backend="auto", device=device).backend.name in ("numba", "torch")
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_long_prime_after_generation_equals_stepping(tiny_file, backend):
+    """prime steps through only the last receptive field of a long prime; a state that has already generated
+    must end where stepping through every code takes it."""
+    gen = Generator(tiny_file, backend=backend)
+    rf = gen.config.receptive_field
+    codes = torch.randint(0, gen.config.classes, (2, 5 * rf), generator=torch.Generator().manual_seed(7))
+    primed, stepped = gen.new_state(2), gen.new_state(2)
+    for state in (primed, stepped):
+        gen.generate_codes(state, 13, rng=np.random.default_rng(1))
+    gen.prime(primed, codes)
+    gen.forward(stepped, codes[:, :-1])
+    stepped.last = codes[:, -1].clone()
+    assert primed.t == stepped.t
+    assert torch.equal(primed.queues, stepped.queues) and torch.equal(primed.inputs, stepped.inputs)
+    more = codes[:, :40]
+    assert torch.equal(gen.forward(primed, more), gen.forward(stepped, more))
