@@ -252,6 +252,13 @@ def output_paths(path: str | os.PathLike, batch: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix or '.wav'}") for i in range(batch)]
 
 
+def default_chunk(sample_rate: int, batch: int) -> int:
+    """Steps per chunk when writing files: a tenth of a second of audio, but at most about 64k samples over all
+    streams, so that with many streams the progress bar still moves and Ctrl-C (seen between chunks, since a
+    compiled chunk runs to its end) answers within about a second."""
+    return max(16, min(sample_rate // 10, (1 << 16) // batch))
+
+
 def generate_to_wav(generator: Generator, out: str | os.PathLike, seconds: float | None, batch: int = 1,
                     sampling: Sampling = Sampling(), seed: int | None = None, prime: np.ndarray | None = None,
                     chunk: int | None = None, progress: bool = False, mel=None, speaker=None) -> list[Path]:
@@ -267,7 +274,7 @@ def generate_to_wav(generator: Generator, out: str | os.PathLike, seconds: float
     else:
         total = generator._length(seconds, None)
     paths = output_paths(out, batch)
-    chunk = chunk or max(256, generator.sample_rate // 10)
+    chunk = chunk or default_chunk(generator.sample_rate, batch)
     bar = None
     if progress:
         from tqdm import tqdm

@@ -151,3 +151,12 @@ def test_long_prime_after_generation_equals_stepping(tiny_file, backend):
     assert torch.equal(primed.queues, stepped.queues) and torch.equal(primed.inputs, stepped.inputs)
     more = codes[:, :40]
     assert torch.equal(gen.forward(primed, more), gen.forward(stepped, more))
+
+
+def test_default_chunk_keeps_chunks_short_for_many_streams():
+    from fastwavenet.generator import default_chunk
+
+    assert default_chunk(16000, 1) == 1600  # a tenth of a second
+    for batch in (1, 8, 64, 1024, 10**6):
+        chunk = default_chunk(16000, batch)
+        assert 16 <= chunk <= 1600 and (chunk * batch <= 1 << 16 or chunk == 16)
