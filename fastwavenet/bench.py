@@ -76,12 +76,11 @@ def _sync(device):
 
 
 def measure(model: ModelFile, backend: str, batch: int, device: str = "cpu", min_seconds: float = 1.0,
-            max_steps: int = 200_000) -> BenchResult:
+            max_steps: int = 200_000, sampling: Sampling = Sampling()) -> BenchResult:
     """Generate with one backend and batch: a short first call (compile, warm-up), then a timed run that grows
     until it lasts at least `min_seconds`. Returns samples per second of the timed run."""
     gen = Generator(model, backend=backend, device=device)
     state = steady_state(gen, batch)
-    sampling = Sampling()
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     gen.generate_codes(state, 2, sampling, rng)
@@ -103,7 +102,7 @@ def measure(model: ModelFile, backend: str, batch: int, device: str = "cpu", min
 
 
 def run(model: ModelFile, backends: list[str], batches: list[int], device: str = "cpu", min_seconds: float = 1.0,
-        naive_max_batch: int = NAIVE_MAX_BATCH, progress=None) -> list[BenchResult]:
+        naive_max_batch: int = NAIVE_MAX_BATCH, progress=None, sampling: Sampling = Sampling()) -> list[BenchResult]:
     """Every backend at every batch, `naive` included where the batch allows, with speedups over naive."""
     results = []
     for batch in batches:
@@ -113,7 +112,7 @@ def run(model: ModelFile, backends: list[str], batches: list[int], device: str =
                 continue
             naive_run = backend == "naive"
             result = measure(model, backend, batch, device, min(min_seconds, 0.5) if naive_run else min_seconds,
-                             max_steps=64 if naive_run else 200_000)
+                             max_steps=64 if naive_run else 200_000, sampling=sampling)
             if backend == "naive":
                 naive = result.samples_per_s
             results.append(result)
@@ -136,10 +135,11 @@ def resolve_backends(names: list[str], device: str) -> list[str]:
     return names if "naive" in names else ["naive", *names]
 
 
-def table(results: list[BenchResult], config: WaveNetConfig, info: dict) -> str:
+def table(results: list[BenchResult], config: WaveNetConfig, info: dict, sampling: Sampling = Sampling()) -> str:
     lines = [f"machine: {info['cpu']}, {info['cores']} cores" + (f", GPU {info['gpu']}" if "gpu" in info else ""),
              f"model: {config.layers} layers, residual {config.residual_channels}, skip {config.skip_channels}, "
              f"{config.classes} classes, {config.sample_rate} Hz",
+             *([f"sampling: {sampling}"] if sampling != Sampling() else []),
              f"{'backend':<8} {'batch':>6} {'samples/s':>14} {'x realtime':>11} {'vs naive':>10} {'first call':>11}"]
     for r in results:
         speedup = f"{r.speedup_vs_naive:,.0f}x" if r.speedup_vs_naive else "-"
@@ -148,9 +148,9 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(path, results: list[BenchResult], config: WaveNetConfig, info: dict):
+def write_json(path, results: list[BenchResult], config: WaveNetConfig, info: dict, sampling: Sampling = Sampling()):
     payload = {"machine": info, "config": json.loads(config.to_json()), "date": time.strftime("%Y-%m-%d"),
-               "results": [asdict(r) for r in results]}
+               "sampling": asdict(sampling), "results": [asdict(r) for r in results]}
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)

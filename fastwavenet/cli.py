@@ -138,14 +138,15 @@ def cmd_bench(args):
         bench.require_matplotlib()
     model = load_model(args.model) if args.model else bench.random_model(preset(args.preset))
     backends = bench.resolve_backends(args.backend.split(","), args.device)
+    sampling = _sampling(args)
     info = bench.machine()
-    print(bench.table([], model.config, info))
-    results = bench.run(model, backends, args.batch, args.device, min_seconds=args.min_seconds,
+    print(bench.table([], model.config, info, sampling))
+    results = bench.run(model, backends, args.batch, args.device, min_seconds=args.min_seconds, sampling=sampling,
                         progress=lambda r: print(bench.table([r], model.config, info).splitlines()[-1], flush=True))
     print()
-    print(bench.table(results, model.config, info))
+    print(bench.table(results, model.config, info, sampling))
     if args.json:
-        bench.write_json(args.json, results, model.config, info)
+        bench.write_json(args.json, results, model.config, info, sampling)
         print(f"wrote {args.json}")
     if args.plot:
         bench.plot(args.plot, results, f"{args.model or args.preset} on {info.get('gpu', info['cpu'])}")
@@ -186,12 +187,16 @@ def cmd_import_keras(args):
           f"receptive field {model.config.receptive_field} samples)")
 
 
-def _add_generation_args(p):
-    """Options that `generate` and `vocode` share: sampling, seed, speaker, backend, device, progress."""
+def _add_sampling_args(p):
     p.add_argument("--temperature", type=_positive_float, default=1.0)
     p.add_argument("--top-k", type=_nonnegative_int, default=0, help="keep the k likeliest classes (0: off)")
     p.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--argmax", action="store_true", help="always take the likeliest class")
+
+
+def _add_generation_args(p):
+    """Options that `generate` and `vocode` share: sampling, seed, speaker, backend, device, progress."""
+    _add_sampling_args(p)
     p.add_argument("--seed", type=int, help="fixes the output, bit for bit on the same backend")
     p.add_argument("--speaker", type=_nonnegative_int, help="speaker id, for models with speakers")
     p.add_argument("--backend", default="auto", help="auto, naive, torch, numba or triton")
@@ -271,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_int_list, default=[1, 8, 64], help="comma-separated batch sizes (default 1,8,64)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--min-seconds", type=_positive_float, default=1.0, help="shortest timed run (default 1)")
+    _add_sampling_args(p)
     p.add_argument("--json", help="write the results as JSON")
     p.add_argument("--plot", help="write a PNG plot of samples/s against batch size")
     p.set_defaults(func=cmd_bench)

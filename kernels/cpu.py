@@ -201,6 +201,71 @@ def _scratch(tile, embed, dilated_w, out_w, head1_w, head2_w):
             np.zeros((tile, head1_w.shape[0]), f), np.zeros((tile, head2_w.shape[0]), f))
 
 
+# top-k / top-p sort only the classes within a factor of the most probable one (at first 1/64; the factor shrinks if
+# they are not enough); past this many candidates a full stable sort is cheaper than insertion sort.
+_CANDIDATES_MAX = 64
+
+
+@njit(**_OPTIONS)
+def _truncate(p, top_k, top_p, order):
+    """Zero the probabilities p (C,) that top-k / top-p drop; max(p) is 1. Classes are taken in order of
+    probability (the lower class first on ties) while fewer than top_k are kept and the probability kept so far is
+    below top_p * total.
+
+    Only the candidates p >= floor are sorted (insertion sort, stable: gathered in class order). They are the head
+    of the full order, so if the walk stops inside them it keeps what a full sort would keep, summing the same
+    numbers in the same order; if it runs out of candidates first, the floor drops and it starts again. order (C,)
+    int64 is scratch."""
+    C = p.shape[0]
+    total = np.float32(0.0)
+    for c in range(C):
+        total += p[c]
+    limit = top_p * total
+    floor = np.float32(1.0 / 64.0)
+    while True:
+        n = 0
+        for c in range(C):
+            if p[c] >= floor:
+                order[n] = c
+                n += 1
+        if n > _CANDIDATES_MAX:
+            _truncate_sorted(p, top_k, limit, order)
+            return
+        for i in range(1, n):  # stable: a class moves left only past strictly smaller ones
+            c = order[i]
+            j = i - 1
+            while j >= 0 and p[order[j]] < p[c]:
+                order[j + 1] = order[j]
+                j -= 1
+            order[j + 1] = c
+        before = np.float32(0.0)
+        kept = n
+        for rank in range(n):
+            if (top_k > 0 and rank >= top_k) or not before < limit:
+                kept = rank
+                break
+            before += p[order[rank]]
+        if kept < n or n == C:
+            break
+        floor = floor / np.float32(64.0) if floor > np.float32(1e-30) else np.float32(0.0)
+    for rank in range(kept):  # mark the kept by sign, then zero the rest
+        p[order[rank]] = -p[order[rank]]
+    for c in range(C):
+        p[c] = -p[c] if p[c] < 0 else np.float32(0.0)
+
+
+@njit(**_OPTIONS)
+def _truncate_sorted(p, top_k, limit, order):
+    order[:] = np.argsort(-p, kind="mergesort")
+    before = np.float32(0.0)
+    for rank in range(p.shape[0]):
+        c = order[rank]
+        keep = (top_k == 0 or rank < top_k) and before < limit
+        before += p[c]
+        if not keep:
+            p[c] = 0.0
+
+
 @njit(**_OPTIONS)
 def sample_one(logits, u, temperature, top_k, top_p, argmax, p, order):
     """The sampling rule of fastwavenet/sampling.py for one stream. p and order are (C,) scratch arrays."""
@@ -215,17 +280,7 @@ def sample_one(logits, u, temperature, top_k, top_p, argmax, p, order):
     for c in range(C):
         p[c] = math.exp((logits[c] - top) / temperature)
     if top_k > 0 or top_p < 1.0:
-        total = np.float32(0.0)
-        for c in range(C):
-            total += p[c]
-        order[:] = np.argsort(-p, kind="mergesort")
-        before = np.float32(0.0)
-        for rank in range(C):
-            c = order[rank]
-            keep = (top_k == 0 or rank < top_k) and (before < top_p * total)
-            before += p[c]
-            if not keep:
-                p[c] = 0.0
+        _truncate(p, top_k, top_p, order)
     total = np.float32(0.0)
     for c in range(C):
         total += p[c]

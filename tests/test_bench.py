@@ -13,12 +13,13 @@ from conftest import run_cli
 def test_bench_table_json_and_plot(tmp_path):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     result = run_cli("bench", "--preset", "tiny", "--backend", "torch,numba", "--batch", "1,2", "--min-seconds",
-                     "0.05", "--json", str(out), "--plot", str(png))
+                     "0.05", "--top-k", "5", "--json", str(out), "--plot", str(png))
     assert result.returncode == 0, result.stderr
-    assert "machine:" in result.stdout and "numba" in result.stdout
+    assert "machine:" in result.stdout and "numba" in result.stdout and "top_k=5" in result.stdout
     payload = json.loads(out.read_text())
     assert payload["config"] == json.loads(preset("tiny").to_json())
     assert payload["machine"]["cores"] >= 1 and payload["machine"]["cpu"]
+    assert payload["sampling"] == {"temperature": 1.0, "top_k": 5, "top_p": 1.0, "argmax": False}
     rows = {(r["backend"], r["batch"]): r for r in payload["results"]}
     assert set(rows) == {(b, n) for b in ("naive", "torch", "numba") for n in (1, 2)}
     for (backend, batch), row in rows.items():
@@ -34,6 +35,7 @@ BAD = [
     (["--batch", "0"], "positive integers"),
     (["--batch", "one"], "comma-separated integers"),
     (["--min-seconds", "-1"], "positive number"),
+    (["--top-p", "2"], "top-p"),
     (["--backend", "warp"], "not available"),
     (["--preset", "huge"], "unknown preset"),
     (["--json", "{tmp}/missing/b.json"], "does not exist"),
