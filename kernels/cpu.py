@@ -2,9 +2,10 @@
 
 The matrices arrive out-major, the transpose of the folded layout of fastwavenet/export.py (the adapter in
 fastwavenet/kernel_backends.py transposes once), so every output is one contiguous dot product that vectorizes.
-Streams are processed in tiles of `tile` streams that reuse each weight row while it sits in L1, and tiles run in
+Streams are processed in tiles of `tile` streams, and each product works in register blocks of 4 outputs x 4
+streams, so a weight row is loaded once for four streams and the loop is bound by arithmetic, not loads. Tiles run in
 parallel (numba prange), each through all its steps, so one call opens one parallel region however many steps it
-makes.
+makes. Measured effects of these choices are in docs/BENCHMARKS.md.
 
 Shapes (B streams, T or n steps, L layers, R/G/S/H/C channels, k taps, k_in input taps, Q queue slots):
     embed (k_in, C, R), dilated_w (L, 2G, k*R), dilated_b (L, 2G), out_w (L, R+S, G), out_b (L, R+S),
