@@ -93,6 +93,10 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+# A WAV file's sizes are 32-bit: its data chunk holds at most 2**32 - 1 bytes (minus the header), 2 bytes a sample.
+WAV_MAX_FRAMES = (2**32 - 1 - 44) // 2
+
+
 class WavStream:
     """A WAV file written as samples arrive, under a temporary name, renamed into place on `close`.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import warnings
 
@@ -297,19 +298,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a job scheduler), raised as an interrupt so that it keeps what was finished."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, *a, **k: f"fastwavenet: warning: {message}\n"
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args.func(args)
     except FastWaveNetError as exc:
         print(f"fastwavenet: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("fastwavenet: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("fastwavenet: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -273,6 +273,10 @@ def generate_to_wav(generator: Generator, out: str | os.PathLike, seconds: float
         total = np.shape(mel)[-1] * generator.config.hop_length  # all that the mel frames cover
     else:
         total = generator._length(seconds, None)
+    if total > audio.WAV_MAX_FRAMES:
+        rate = generator.sample_rate
+        raise FastWaveNetError(f"{total / rate:g} s at {rate} Hz does not fit in a WAV file (at most "
+                               f"{audio.WAV_MAX_FRAMES / rate:,.0f} s at this rate, 16-bit)")
     paths = output_paths(out, batch)
     chunk = chunk or default_chunk(generator.sample_rate, batch)
     bar = None
