@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
+import threading
 
 import numpy as np
 import torch
@@ -27,6 +29,23 @@ def _layer_offsets(config) -> tuple[np.ndarray, np.ndarray]:
     sizes = (config.kernel_size - 1) * dilations
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     return dilations, offsets
+
+
+_PARALLEL_LOCK = threading.Lock()
+
+
+def _parallel_guard():
+    """numba's `workqueue` threading layer, used where neither OpenMP nor TBB is found (many macOS installs, for
+    one), ends the process if two threads run parallel code at once. Calls are serialized unless the layer in use is
+    one that is safe across threads (known after the first parallel call)."""
+    import numba
+
+    try:
+        if numba.threading_layer() in ("omp", "tbb"):
+            return contextlib.nullcontext()
+    except ValueError:  # no parallel call yet
+        pass
+    return _PARALLEL_LOCK
 
 
 class NumbaBackend(Backend):
@@ -71,18 +90,20 @@ class NumbaBackend(Backend):
     def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
         codes = np.ascontiguousarray(codes.cpu().numpy())
         logits = np.empty((state.batch, codes.shape[1], self.config.classes), np.float32)
-        self.kernels.teacher_forced(codes, state.t, self._tile(state.batch), *self.args, state.queues.numpy(),
-                                    state.inputs.numpy(), self._cond(cond), logits)
+        with _parallel_guard():
+            self.kernels.teacher_forced(codes, state.t, self._tile(state.batch), *self.args, state.queues.numpy(),
+                                        state.inputs.numpy(), self._cond(cond), logits)
         state.t += codes.shape[1]
         return torch.from_numpy(logits)
 
     def generate(self, state: QueueState, n, u, sampling, cond=None):
         out = np.empty((state.batch, n), np.int64)
         last = state.last.numpy()
-        self.kernels.generate(last, state.t, np.ascontiguousarray(u, np.float32), np.float32(sampling.temperature),
-                              sampling.top_k, np.float32(sampling.top_p), sampling.argmax,
-                              self._tile(state.batch), *self.args, state.queues.numpy(), state.inputs.numpy(),
-                              self._cond(cond), out)
+        with _parallel_guard():
+            self.kernels.generate(last, state.t, np.ascontiguousarray(u, np.float32),
+                                  np.float32(sampling.temperature), sampling.top_k, np.float32(sampling.top_p),
+                                  sampling.argmax, self._tile(state.batch), *self.args, state.queues.numpy(),
+                                  state.inputs.numpy(), self._cond(cond), out)
         state.t += n
         return torch.from_numpy(out)
 

@@ -182,3 +182,31 @@ def test_numba_sampling_follows_the_rule(sampling):
                                np.float32(sampling.top_p), sampling.argmax, p, order) for i in range(draws)])
     # Sums in another order can move a class boundary by a rounding step; u falling within one is rare.
     assert np.mean(got == expected) >= 0.995, np.flatnonzero(got != expected)[:10]
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "default"])
+def test_numba_generators_run_from_several_threads(tiny_file, layer):
+    """Two threads generating at once must neither crash the process (numba's workqueue layer ends it on
+    concurrent parallel calls) nor change what each generates."""
+    pytest.importorskip("numba")
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, threading, numpy as np
+from fastwavenet import Generator
+gens = [Generator({str(tiny_file)!r}, backend="numba") for _ in range(3)]
+alone = [g.generate(samples=3000, batch=4, seed=i) for i, g in enumerate(gens)]
+together = {{}}
+def work(i):
+    together[i] = gens[i].generate(samples=3000, batch=4, seed=i)
+threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+sys.exit(0 if all(np.array_equal(alone[i], together[i]) for i in range(3)) else 3)
+"""
+    env = dict(__import__("os").environ)
+    if layer != "default":
+        env["NUMBA_THREADING_LAYER"] = layer
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
