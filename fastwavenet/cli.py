@@ -107,6 +107,8 @@ def cmd_generate(args):
     sampling = _sampling(args)
     audio.check_writable(args.output)
     generator = Generator(args.model, backend=args.backend, device=args.device)
+    if generator.config.n_mels:
+        raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode MODEL INPUT")
     generator.check_batch(args.batch)
     for path in output_paths(args.output, args.batch):
         audio.check_writable(path)
@@ -117,8 +119,6 @@ def cmd_generate(args):
         if rate is not None and rate != generator.sample_rate:
             print(f"fastwavenet: resampled the prime from {rate} Hz to the model's {generator.sample_rate} Hz",
                   file=sys.stderr)
-    if generator.config.n_mels:
-        raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode MODEL INPUT")
     paths = generate_to_wav(generator, args.output, args.seconds, batch=args.batch, sampling=sampling,
                             seed=args.seed, prime=prime, progress=not args.quiet, speaker=args.speaker)
     where = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"

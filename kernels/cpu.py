@@ -203,7 +203,7 @@ def _scratch(tile, embed, dilated_w, out_w, head1_w, head2_w):
 
 
 # top-k / top-p sort only the classes within a factor of the most probable one (at first 1/64; the factor shrinks if
-# they are not enough); past this many candidates a full stable sort is cheaper than insertion sort.
+# they are not enough); past this many candidates a full stable sort of all classes is cheaper than insertion sort.
 _CANDIDATES_MAX = 64
 
 
@@ -215,8 +215,9 @@ def _truncate(p, top_k, top_p, order):
 
     Only the candidates p >= floor are sorted (insertion sort, stable: gathered in class order). They are the head
     of the full order, so if the walk stops inside them it keeps what a full sort would keep, summing the same
-    numbers in the same order; if it runs out of candidates first, the floor drops and it starts again. order (C,)
-    int64 is scratch."""
+    numbers in the same order; if it runs out of candidates first, the floor drops and it starts again. Past
+    _CANDIDATES_MAX candidates every class is sorted (stable mergesort) and walked the same way. order (C,) int64
+    is scratch."""
     C = p.shape[0]
     total = np.float32(0.0)
     for c in range(C):
@@ -229,16 +230,17 @@ def _truncate(p, top_k, top_p, order):
             if p[c] >= floor:
                 order[n] = c
                 n += 1
-        if n > _CANDIDATES_MAX:
-            _truncate_sorted(p, top_k, limit, order)
-            return
-        for i in range(1, n):  # stable: a class moves left only past strictly smaller ones
-            c = order[i]
-            j = i - 1
-            while j >= 0 and p[order[j]] < p[c]:
-                order[j + 1] = order[j]
-                j -= 1
-            order[j + 1] = c
+        if n > _CANDIDATES_MAX:  # too many for insertion sort: sort every class
+            order[:] = np.argsort(-p, kind="mergesort")
+            n = C
+        else:
+            for i in range(1, n):  # stable: a class moves left only past strictly smaller ones
+                c = order[i]
+                j = i - 1
+                while j >= 0 and p[order[j]] < p[c]:
+                    order[j + 1] = order[j]
+                    j -= 1
+                order[j + 1] = c
         before = np.float32(0.0)
         kept = n
         for rank in range(n):
@@ -253,18 +255,6 @@ def _truncate(p, top_k, top_p, order):
         p[order[rank]] = -p[order[rank]]
     for c in range(C):
         p[c] = -p[c] if p[c] < 0 else np.float32(0.0)
-
-
-@njit(**_OPTIONS)
-def _truncate_sorted(p, top_k, limit, order):
-    order[:] = np.argsort(-p, kind="mergesort")
-    before = np.float32(0.0)
-    for rank in range(p.shape[0]):
-        c = order[rank]
-        keep = (top_k == 0 or rank < top_k) and before < limit
-        before += p[c]
-        if not keep:
-            p[c] = 0.0
 
 
 @njit(**_OPTIONS)
