@@ -17,7 +17,7 @@ import torch
 
 from fastwavenet import Generator, Sampling, preset
 from fastwavenet.backends import available_backends
-from fastwavenet.bench import NAIVE_MAX_BATCH, random_model, steady_state
+from fastwavenet.bench import NAIVE_MAX_BATCH, random_model_file, steady_state
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PRESETS = os.environ.get("FASTWAVENET_BENCH_PRESETS", "small,standard,large").split(",")
@@ -37,7 +37,7 @@ STEPS = int(os.environ.get("FASTWAVENET_BENCH_STEPS", "32"))
 def test_generate(benchmark, preset_name, backend, batch):
     if backend == "naive" and batch > NAIVE_MAX_BATCH:
         pytest.skip(f"naive past batch {NAIVE_MAX_BATCH} takes minutes per step")
-    model = MODELS.setdefault(preset_name, random_model(preset(preset_name)))
+    model = MODELS.setdefault(preset_name, random_model_file(preset(preset_name)))
     gen = Generator(model, backend=backend, device=DEVICE)
     steps = STEPS
     state = steady_state(gen, batch)

@@ -4,17 +4,28 @@ The public API:
     load(model=None, backend="auto", device="cpu") -> Generator    (None: the bundled piano demo model)
     Generator.generate(seconds=...), Generator.stream(seconds=..., chunk=...), Generator.forward/prime/new_state
     Sampling(temperature, top_k, top_p, argmax)
-    WaveNetConfig, preset, PRESETS; train, TrainOptions; export; FastWaveNetError
+    WaveNetConfig, preset, PRESETS; load_model, save_model, ModelFile; FastWaveNetError
+    train, TrainOptions, export (the training side: imported on first use, so generating never loads it)
 """
 
 __version__ = "0.1.0"
 
 from .config import PRESETS, WaveNetConfig, preset  # noqa: E402
 from .errors import FastWaveNetError  # noqa: E402
-from .export import export, load_model  # noqa: E402
 from .generator import Generator, generate_to_wav  # noqa: E402
+from .modelfile import ModelFile, load_model, save_model  # noqa: E402
 from .sampling import Sampling  # noqa: E402
-from .train import TrainOptions, train  # noqa: E402
+
+# The training side, loaded when first named (PEP 562), so that a service that only generates never imports it.
+_TRAINING = {"train": "training", "TrainOptions": "training", "export": "convert"}
+
+
+def __getattr__(name):
+    if name in _TRAINING:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_TRAINING[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load(model=None, backend: str = "auto", device: str = "cpu") -> Generator:
@@ -23,4 +34,5 @@ def load(model=None, backend: str = "auto", device: str = "cpu") -> Generator:
 
 
 __all__ = ["PRESETS", "WaveNetConfig", "preset", "FastWaveNetError", "Generator", "Sampling", "load",
-           "generate_to_wav", "export", "load_model", "train", "TrainOptions", "__version__"]
+           "generate_to_wav", "ModelFile", "load_model", "save_model", "export", "train", "TrainOptions",
+           "__version__"]

@@ -16,9 +16,9 @@ import torch
 from .backends import available_backends
 from .config import WaveNetConfig
 from .errors import FastWaveNetError
-from .export import ModelFile, fold
+from .files import atomic_path
 from .generator import Generator
-from .model import WaveNet
+from .modelfile import ModelFile
 from .sampling import Sampling
 from .state import HistoryState
 
@@ -54,8 +54,11 @@ def machine() -> dict:
     return info
 
 
-def random_model(config: WaveNetConfig, seed: int = 0) -> ModelFile:
-    """Speed does not depend on the weights' values: a randomly initialized model of the shape will do."""
+def random_model_file(config: WaveNetConfig, seed: int = 0) -> ModelFile:
+    """Speed does not depend on the weights' values: a model of the shape as PyTorch initializes it will do."""
+    from .convert import fold
+    from .model import WaveNet
+
     torch.manual_seed(seed)
     return ModelFile(config, fold(WaveNet(config)))
 
@@ -151,9 +154,8 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
 def write_json(path, results: list[BenchResult], config: WaveNetConfig, info: dict, sampling: Sampling = Sampling()):
     payload = {"machine": info, "config": json.loads(config.to_json()), "date": time.strftime("%Y-%m-%d"),
                "sampling": asdict(sampling), "results": [asdict(r) for r in results]}
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def require_matplotlib():
@@ -182,7 +184,6 @@ def plot(path, results: list[BenchResult], title: str):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)

@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import warnings
 
 from . import __version__
@@ -52,7 +53,7 @@ def _int_list(text):
 
 def cmd_train(args):
     from .config import WaveNetConfig, preset
-    from .train import TrainOptions, train
+    from .training import TrainOptions, train
 
     if args.resume:
         options = TrainOptions(steps=args.steps) if args.steps else None
@@ -78,14 +79,14 @@ def cmd_train(args):
 
 
 def cmd_export(args):
-    from .export import export
+    from .convert import export
 
     export(args.checkpoint, args.output)
     print(f"wrote {args.output}")
 
 
 def cmd_info(args):
-    from .export import model_info
+    from .modelfile import model_info
 
     info = model_info(args.model)
     if args.json:
@@ -102,16 +103,17 @@ def cmd_info(args):
 
 def cmd_generate(args):
     from . import audio
+    from .files import check_writable
     from .generator import Generator, generate_to_wav, output_paths
 
     sampling = _sampling(args)
-    audio.check_writable(args.output)
+    check_writable(args.output)
     generator = Generator(args.model, backend=args.backend, device=args.device)
     if generator.config.n_mels:
         raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode MODEL INPUT")
     generator.check_batch(args.batch)
     for path in output_paths(args.output, args.batch):
-        audio.check_writable(path)
+        check_writable(path)
     prime = None
     if args.prime:
         rate = audio.source_rate(args.prime)
@@ -119,6 +121,7 @@ def cmd_generate(args):
         if rate is not None and rate != generator.sample_rate:
             print(f"fastwavenet: resampled the prime from {rate} Hz to the model's {generator.sample_rate} Hz",
                   file=sys.stderr)
+    _warm_up(generator, sampling, prime is not None, args.quiet)
     paths = generate_to_wav(generator, args.output, args.seconds, batch=args.batch, sampling=sampling,
                             seed=args.seed, prime=prime, progress=not args.quiet, speaker=args.speaker)
     where = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
@@ -126,18 +129,19 @@ def cmd_generate(args):
 
 
 def cmd_bench(args):
-    from . import audio, bench
+    from . import bench
+    from .backends import resolve_device
     from .config import preset
-    from .export import load_model
-    from .generator import _device
+    from .files import check_writable
+    from .modelfile import load_model
 
-    _device(args.device)
+    resolve_device(args.device)
     for path in (args.json, args.plot):
         if path:  # fail now, not after minutes of measuring
-            audio.check_writable(path)
+            check_writable(path)
     if args.plot:
         bench.require_matplotlib()
-    model = load_model(args.model) if args.model else bench.random_model(preset(args.preset))
+    model = load_model(args.model) if args.model else bench.random_model_file(preset(args.preset))
     backends = bench.resolve_backends(args.backend.split(","), args.device)
     sampling = _sampling(args)
     info = bench.machine()
@@ -155,14 +159,15 @@ def cmd_bench(args):
 
 
 def cmd_vocode(args):
-    from . import audio
     from .features import features_from_file
+    from .files import check_writable
     from .generator import Generator, generate_to_wav
 
     sampling = _sampling(args)
-    audio.check_writable(args.output)
+    check_writable(args.output)
     generator = Generator(args.model, backend=args.backend, device=args.device)
     mel, samples = features_from_file(args.input, generator.config)
+    _warm_up(generator, sampling, False, args.quiet)
     generate_to_wav(generator, args.output, samples / generator.sample_rate, sampling=sampling, seed=args.seed,
                     progress=not args.quiet, mel=mel, speaker=args.speaker)
     print(f"wrote {args.output} ({samples / generator.sample_rate:g} s at {generator.sample_rate} Hz, "
@@ -186,6 +191,22 @@ def cmd_import_keras(args):
     model = import_to_file(args.checkpoint, args.config, args.output)
     print(f"wrote {args.output} ({model.config.parameter_count():,} parameters, "
           f"receptive field {model.config.receptive_field} samples)")
+
+
+def _warm_up(generator, sampling, prime: bool, quiet: bool):
+    """Compile or load the kernels before the progress bar starts; if that takes over a second (a first run),
+    say what is happening instead of showing a bar frozen at a few samples/s."""
+    notice = generator.backend.first_call
+    timer = None
+    if notice and not quiet:
+        timer = threading.Timer(1.0, lambda: print(f"fastwavenet: {notice}", file=sys.stderr, flush=True))
+        timer.daemon = True
+        timer.start()
+    try:
+        generator.warm_up(sampling, prime)
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def _add_sampling_args(p):

@@ -6,6 +6,9 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
 
 from .errors import FastWaveNetError
 
@@ -111,6 +114,13 @@ class WaveNetConfig:
         """Past activations the incremental generator keeps per stream, all layers together."""
         return (self.kernel_size - 1) * sum(self.dilations)
 
+    def queue_layout(self) -> "QueueLayout":
+        """Where each layer's ring of past inputs lies in a stream's block of `queue_length` slots."""
+        dilations = np.asarray(self.dilations, dtype=np.int64)
+        sizes = (self.kernel_size - 1) * dilations
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        return QueueLayout(dilations, sizes, offsets)
+
     def parameter_count(self) -> int:
         r, g, s, h, c, k = (self.residual_channels, self.gate_channels, self.skip_channels, self.head_channels,
                             self.classes, self.kernel_size)
@@ -161,6 +171,17 @@ class WaveNetConfig:
 
     def replace(self, **changes) -> "WaveNetConfig":
         return dataclasses.replace(self, **changes)
+
+
+class QueueLayout(NamedTuple):
+    """The queue layout, defined here once. Layer l keeps a ring of sizes[l] = (k - 1) * dilations[l] past inputs
+    at slots offsets[l] .. offsets[l] + sizes[l] - 1 of a stream's queue block. At time t, tap j (0 = oldest) reads
+    slot offsets[l] + (t - (k - 1 - j) * d) mod sizes[l]; the current input is then written at
+    offsets[l] + t mod sizes[l], the slot of the oldest tap, already read. (L,) int64 arrays each."""
+
+    dilations: np.ndarray
+    sizes: np.ndarray
+    offsets: np.ndarray
 
 
 PRESETS: dict[str, WaveNetConfig] = {

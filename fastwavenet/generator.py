@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from . import audio, mulaw
-from .backends import make_backend
+from .backends import make_backend, resolve_device
 from .config import WaveNetConfig, check_memory
 from .errors import FastWaveNetError
-from .export import ModelFile, load_model
+from .modelfile import ModelFile, load_model
 from .sampling import Sampling
 
 
@@ -101,7 +101,7 @@ class Generator:
             model = demo_model_path()
         self.model = model if isinstance(model, ModelFile) else load_model(model)
         self.config = self.model.config
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.backend = make_backend(backend, self.config, self.model.weights, self.device)
 
     @property
@@ -118,9 +118,14 @@ class Generator:
 
     def new_state(self, batch: int = 1):
         self.check_batch(batch)
-        state = self.backend.new_state(batch)
-        state.reset(silence_code(self.config))
-        return state
+        return self.backend.new_state(batch, silence_code(self.config))
+
+    def warm_up(self, sampling: Sampling = Sampling(), prime: bool = False):
+        """Compile (or load from the cache) what generating, and priming if `prime`, will run, so that the first
+        chunk does not pay for it. Returns the seconds it took."""
+        start = time.perf_counter()
+        self.backend.warm_up(sampling, teacher=prime)
+        return time.perf_counter() - start
 
     def conditioning(self, batch: int = 1, mel=None, speaker=None) -> Conditioning | None:
         """Conditioning for `batch` streams: mel (n_mels, frames) or (B, n_mels, frames) log-mel frames as
@@ -183,16 +188,17 @@ class Generator:
                state=None, mel=None, speaker=None) -> Iterator[np.ndarray]:
         """Yield audio chunks (B, <= chunk) float32 as they are generated, `seconds` or `samples` in total.
 
-        A vocoder takes `mel` (see `conditioning`) and makes as many samples as it covers unless told fewer."""
-        state = state if state is not None else self.new_state(batch)
-        conditioning = self.conditioning(state.batch, mel, speaker)
-        if seconds is None and samples is None and conditioning is not None and conditioning.length is not None:
-            samples = conditioning.length - state.t
-        total = self._length(seconds, samples)
+        A vocoder takes `mel` (see `conditioning`) and, unless told fewer, makes as many samples as it covers after
+        the prime (`vocoded_length`)."""
         if not isinstance(chunk, int) or chunk < 1:
             raise FastWaveNetError(f"chunk must be a positive integer, got {chunk}")
+        state = state if state is not None else self.new_state(batch)
+        conditioning = self.conditioning(state.batch, mel, speaker)
         if prime is not None:
             self.prime_audio(state, prime, conditioning)
+        if seconds is None and samples is None and conditioning is not None and conditioning.length is not None:
+            samples = self.vocoded_length(conditioning.length, state.t)
+        total = self._length(seconds, samples)
         rng = np.random.default_rng(seed)
         done = 0
         while done < total:
@@ -208,6 +214,14 @@ class Generator:
         chunks = list(self.stream(seconds, samples, batch, chunk=1 << 14, sampling=sampling, seed=seed,
                                   prime=prime, mel=mel, speaker=speaker))
         return np.concatenate(chunks, axis=1) if chunks else np.zeros((batch, 0), np.float32)
+
+    def vocoded_length(self, covered: int, t: int) -> int:
+        """Samples left to generate when the mel covers `covered` samples and a state has consumed `t` steps
+        (t = prime length - 1 after a prime)."""
+        if covered - t < 1:
+            raise FastWaveNetError(f"the prime ({t + 1} samples) is as long as the mel spectrogram ({covered} "
+                                   f"samples): nothing is left to vocode")
+        return covered - t
 
     def _length(self, seconds, samples) -> int:
         if (seconds is None) == (samples is None):
@@ -230,18 +244,6 @@ class Generator:
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.classes):
             raise FastWaveNetError(f"codes must lie in [0, {self.config.classes - 1}]")
         return codes.contiguous()
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FastWaveNetError(f"unknown device {name!r}; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FastWaveNetError("--device cuda asked for, but CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise FastWaveNetError(f"unsupported device {name!r}; use cpu or cuda")
-    return device
 
 
 def output_paths(path: str | os.PathLike, batch: int) -> list[Path]:
@@ -270,7 +272,9 @@ def generate_to_wav(generator: Generator, out: str | os.PathLike, seconds: float
     if seconds is None:
         if mel is None:
             raise FastWaveNetError("give the length in seconds")
-        total = np.shape(mel)[-1] * generator.config.hop_length  # all that the mel frames cover
+        # All that the mel frames cover, less what the prime already is (it primes t = len(prime) - 1 steps).
+        primed = 0 if prime is None else max(len(prime) - 1, 0)
+        total = generator.vocoded_length(np.shape(mel)[-1] * generator.config.hop_length, primed)
     else:
         total = generator._length(seconds, None)
     if total > audio.WAV_MAX_FRAMES:

@@ -5,7 +5,8 @@ The rule (every backend implements exactly this, in its own arithmetic):
 2. otherwise p = softmax(logits / temperature);
 3. top_k > 0 keeps the k most probable classes; top_p < 1 keeps the smallest set of most probable classes whose
    probability reaches top_p (always at least one);
-4. the code is the first class c, in class order, whose cumulative kept probability exceeds u * (total kept).
+4. the code is the first class c, in class order, whose cumulative kept probability exceeds u * (total kept);
+   where rounding leaves no such class (u within a rounding step of 1), the last kept class.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .errors import FastWaveNetError
@@ -40,11 +40,6 @@ class Sampling:
         return self.top_k > 0 or self.top_p < 1
 
 
-def uniforms(seed: int | None, steps: int, batch: int) -> np.ndarray:
-    """(steps, batch) float32 uniforms in [0, 1) for `steps` samples of `batch` streams."""
-    return np.random.default_rng(seed).random((steps, batch), dtype=np.float32)
-
-
 def sample(logits: torch.Tensor, u: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """logits (B, C) float32, u (B,) in [0, 1) -> codes (B,) int64, by the rule above (torch, any device)."""
     if sampling.argmax:
@@ -55,7 +50,11 @@ def sample(logits: torch.Tensor, u: torch.Tensor, sampling: Sampling) -> torch.T
     cdf = p.cumsum(dim=1)
     target = (u.to(p.dtype) * cdf[:, -1]).unsqueeze(1)
     codes = (cdf <= target).sum(dim=1)
-    return codes.clamp_(max=logits.shape[1] - 1)
+    # codes == C only when rounding leaves the whole cumulative sum at or below u * total (u near 1): take the last
+    # class that was kept, never one that truncation dropped (a dropped class is a full-scale click).
+    classes = torch.arange(p.shape[1], device=p.device)
+    last_kept = torch.where(p > 0, classes, 0).amax(dim=1)
+    return torch.where(codes < p.shape[1], codes, last_kept)
 
 
 def _truncate(p: torch.Tensor, sampling: Sampling) -> torch.Tensor:

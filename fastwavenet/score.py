@@ -11,15 +11,16 @@ import torch.nn.functional as F
 
 from . import audio, mulaw
 from .errors import FastWaveNetError
-from .export import ModelFile, load_model, unfold
+from .folded import convolve
+from .modelfile import ModelFile, load_model
 
 
 @torch.no_grad()
 def score_codes(model: ModelFile, codes: np.ndarray, window: int = 16384) -> float:
     """Mean negative log2-likelihood of codes[receptive_field:] given everything before, in bits per sample.
 
-    The first receptive field is context only: predictions there see zero padding, not audio. The training-model
-    form of the weights runs over windows of `window` predictions, each with a receptive field of context.
+    The first receptive field is context only: predictions there see zero padding, not audio. The whole-sequence
+    forward (`folded.convolve`) runs over windows of `window` predictions, each with a receptive field of context.
     """
     config = model.config
     rf = config.receptive_field
@@ -29,13 +30,12 @@ def score_codes(model: ModelFile, codes: np.ndarray, window: int = 16384) -> flo
     if len(codes) <= rf:
         raise FastWaveNetError(f"audio of {len(codes)} samples is too short to score: the model's receptive field "
                                f"is {rf} samples ({1000 * rf / config.sample_rate:.0f} ms)")
-    net = unfold(model.weights, config)
     total, count = 0.0, 0
     # Position p predicts code p + 1; score targets rf .. len-1, i.e. predictions from p = rf - 1.
     for first in range(rf - 1, len(codes) - 1, window):
         last = min(first + window, len(codes) - 1)  # predictions p in [first, last)
         start = first - (rf - 1)
-        logits = net(codes[start:last].unsqueeze(0))[0, :, rf - 1:]  # (C, last - first)
+        logits = convolve(model.weights, config, codes[start:last].unsqueeze(0))[0, :, rf - 1:]  # (C, last - first)
         targets = codes[first + 1:last + 1]
         total += F.cross_entropy(logits.T, targets, reduction="sum").item()
         count += len(targets)

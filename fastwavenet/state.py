@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import WaveNetConfig
+
 
 @dataclass
 class QueueState:
@@ -21,6 +23,14 @@ class QueueState:
     inputs: torch.Tensor
     last: torch.Tensor
     t: int = 0
+
+    @classmethod
+    def new(cls, config: WaveNetConfig, batch: int, silence: int, device: torch.device) -> "QueueState":
+        """The state of `batch` streams before their first step: empty rings, the input taps before the start,
+        silence as the first code to consume."""
+        return cls(queues=torch.zeros(batch, config.queue_length, config.residual_channels, device=device),
+                   inputs=torch.full((batch, config.input_kernel_size - 1), -1, dtype=torch.int64, device=device),
+                   last=torch.full((batch,), silence, dtype=torch.int64, device=device))
 
     @property
     def batch(self) -> int:
@@ -45,6 +55,12 @@ class HistoryState:
     last: torch.Tensor
     cond: torch.Tensor
     t: int = 0
+
+    @classmethod
+    def new(cls, config: WaveNetConfig, batch: int, silence: int, device: torch.device) -> "HistoryState":
+        return cls(history=torch.zeros(batch, 0, dtype=torch.int64, device=device),
+                   last=torch.full((batch,), silence, dtype=torch.int64, device=device),
+                   cond=torch.zeros(batch, config.layers, 2 * config.gate_channels, 0, device=device))
 
     @property
     def batch(self) -> int:

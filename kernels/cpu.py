@@ -1,24 +1,45 @@
 """The CPU kernel: the whole generation loop in numba, sampling included. Arrays in, arrays out.
 
-The matrices arrive out-major, the transpose of the folded layout of fastwavenet/export.py (the adapter in
-fastwavenet/kernel_backends.py transposes once), so every output is one contiguous dot product that vectorizes.
+The weights arrive as one `CpuWeights` (a NamedTuple of arrays, which numba passes as one value). Its matrices are
+out-major, the transpose of the folded layout of fastwavenet/folded.py (the numba backend transposes once), so every
+output is one contiguous dot product that vectorizes.
 Streams are processed in tiles of `tile` streams, and each product works in register blocks of 4 outputs x 4
 streams, so a weight row is loaded once for four streams and the loop is bound by arithmetic, not loads. Tiles run in
 parallel (numba prange), each through all its steps, so one call opens one parallel region however many steps it
 makes. Measured effects of these choices are in docs/BENCHMARKS.md.
 
-Shapes (B streams, T or n steps, L layers, R/G/S/H/C channels, k taps, k_in input taps, Q queue slots):
-    embed (k_in, C, R), dilated_w (L, 2G, k*R), dilated_b (L, 2G), out_w (L, R+S, G), out_b (L, R+S),
-    head1_w (H, S), head1_b (H), head2_w (C, H), head2_b (C), dilations (L,) int64, offsets (L,) int64,
-    queues (B, Q, R) float32, inputs (B, k_in-1) int64 (-1: before the start).
+Shapes (B streams, T or n steps, L layers, R/G/S/H/C channels, k taps, k_in input taps, Q queue slots): see
+`CpuWeights`; queues (B, Q, R) float32, inputs (B, k_in-1) int64 (-1: before the start).
+
+Where the next kinds of model go: the head's C outputs are handed to one sampler (`sample_one`, a softmax over
+classes); another output distribution (a mixture of logistics, a Gaussian) is another sampler over the same output
+vector, chosen by a scalar. A scalar-input model is another input stage in `_tile_step`, reading a value instead of
+a table row.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
+
+
+class CpuWeights(NamedTuple):
+    """The generator's weights as the CPU kernel reads them (float32 unless said; matrices out-major, (out, in))."""
+
+    embed: np.ndarray      # (k_in, C, R) input taps as tables, j = 0 oldest; the newest holds the bias
+    dilated_w: np.ndarray  # (L, 2G, k*R) each layer's taps side by side, oldest first; rows [:G] tanh, [G:] gate
+    dilated_b: np.ndarray  # (L, 2G)
+    out_w: np.ndarray      # (L, R+S, G) residual rows [:R], skip rows [R:]
+    out_b: np.ndarray      # (L, R+S)
+    head1_w: np.ndarray    # (H, S)
+    head1_b: np.ndarray    # (H,)
+    head2_w: np.ndarray    # (C, H)
+    head2_b: np.ndarray    # (C,)
+    dilations: np.ndarray  # (L,) int64
+    offsets: np.ndarray    # (L,) int64: where each layer's ring starts in a stream's queue block
 
 # fastmath lets reductions reassociate (so dot products vectorize). error_model="numpy" drops Python's
 # ZeroDivisionError check from every division: with it, the loop of the gate nonlinearity (a division per value) ran
@@ -116,12 +137,12 @@ def _matvec_tile(w, bias, x, nb, y, first, last):
 
 
 @njit(**_OPTIONS)
-def _tile_step(b0, nb, codes, t, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b, head2_w, head2_b,
-               dilations, offsets, queues, inputs, cond, s, xs, taps, z, gated, o, skip, hidden, logits):
+def _tile_step(b0, nb, codes, t, w, queues, inputs, cond, s, xs, taps, z, gated, o, skip, hidden, logits):
     """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb]; logits[0:nb] receive the result.
-    cond (B, steps, L, 2G) holds gate terms, read at step s; a conditionless model passes a (0, 0, 0, 0) array.
-
-    Weights here are out-major: dilated_w (L, 2G, k*R), out_w (L, R+S, G), head1_w (H, S), head2_w (C, H)."""
+    w: CpuWeights. cond (B, steps, L, 2G) holds gate terms, read at step s; a conditionless model passes a
+    (0, 0, 0, 0) array."""
+    embed, dilated_w, dilated_b, out_w, out_b = w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b
+    dilations, offsets = w.dilations, w.offsets
     k_in = embed.shape[0]
     R = embed.shape[2]
     L = dilated_w.shape[0]
@@ -185,21 +206,21 @@ def _tile_step(b0, nb, codes, t, embed, dilated_w, dilated_b, out_w, out_b, head
     for bb in range(nb):
         for c in range(S):
             skip[bb, c] = max(skip[bb, c], np.float32(0.0))
-    _matvec_tile(head1_w, head1_b, skip, nb, hidden, 0, head1_w.shape[0])
+    _matvec_tile(w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[0])
     for bb in range(nb):
         for c in range(hidden.shape[1]):
             hidden[bb, c] = max(hidden[bb, c], np.float32(0.0))
-    _matvec_tile(head2_w, head2_b, hidden, nb, logits, 0, head2_w.shape[0])
+    _matvec_tile(w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[0])
 
 
 @njit(**_OPTIONS)
-def _scratch(tile, embed, dilated_w, out_w, head1_w, head2_w):
+def _scratch(tile, w):
     """Per-tile work arrays, (tile, n) each: x, taps, z, gated, out, skip, hidden, logits."""
     f = np.float32
-    return (np.zeros((tile, embed.shape[2]), f), np.zeros((tile, dilated_w.shape[2]), f),
-            np.zeros((tile, dilated_w.shape[1]), f), np.zeros((tile, dilated_w.shape[1] // 2), f),
-            np.zeros((tile, out_w.shape[1]), f), np.zeros((tile, head1_w.shape[1]), f),
-            np.zeros((tile, head1_w.shape[0]), f), np.zeros((tile, head2_w.shape[0]), f))
+    return (np.zeros((tile, w.embed.shape[2]), f), np.zeros((tile, w.dilated_w.shape[2]), f),
+            np.zeros((tile, w.dilated_w.shape[1]), f), np.zeros((tile, w.dilated_w.shape[1] // 2), f),
+            np.zeros((tile, w.out_w.shape[1]), f), np.zeros((tile, w.head1_w.shape[1]), f),
+            np.zeros((tile, w.head1_w.shape[0]), f), np.zeros((tile, w.head2_w.shape[0]), f))
 
 
 # top-k / top-p sort only the classes within a factor of the most probable one (at first 1/64; the factor shrinks if
@@ -277,59 +298,61 @@ def sample_one(logits, u, temperature, top_k, top_p, argmax, p, order):
         total += p[c]
     target = u * total
     acc = np.float32(0.0)
+    kept = 0
     for c in range(C):
-        acc += p[c]
-        if acc > target:
-            return c
-    return C - 1
+        if p[c] > 0:
+            acc += p[c]
+            kept = c
+            if acc > target:
+                return c
+    # Reached only when rounding leaves the running sum at or below u * total (u near 1): the last class that was
+    # kept, never one that truncation dropped.
+    return kept
 
 
 @njit(**_OPTIONS, parallel=True)
-def teacher_forced(codes, t0, tile, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b, head2_w, head2_b,
-                   dilations, offsets, queues, inputs, cond, out_logits):
-    """Consume codes (B, T) from time t0 with gate terms cond (B, T, L, 2G) or (0, 0, 0, 0);
-    out_logits (B, T, C) receives the logits after each step."""
+def teacher_forced(codes, t0, tile, w, queues, inputs, cond, out_logits):
+    """Consume codes (B, T) from time t0 with weights w (CpuWeights) and gate terms cond (B, T, L, 2G) or
+    (0, 0, 0, 0); out_logits (B, T, C) receives the logits after each step. Streams run in tiles of `tile`."""
     B, T = codes.shape
     tiles = (B + tile - 1) // tile
     for ti in prange(tiles):
         b0 = ti * tile
         nb = min(tile, B - b0)
-        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, embed, dilated_w, out_w, head1_w, head2_w)
+        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, w)
         step_codes = np.empty(tile, np.int64)
         for s in range(T):
             for bb in range(nb):
                 step_codes[bb] = codes[b0 + bb, s]
-            _tile_step(b0, nb, step_codes, t0 + s, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b,
-                       head2_w, head2_b, dilations, offsets, queues, inputs, cond, s, xs, taps, z, gated, o, skip,
-                       hidden, logits)
+            _tile_step(b0, nb, step_codes, t0 + s, w, queues, inputs, cond, s, xs, taps, z, gated, o, skip, hidden,
+                       logits)
             for bb in range(nb):
                 out_logits[b0 + bb, s, :] = logits[bb, :]
 
 
 @njit(**_OPTIONS, parallel=True)
-def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, embed, dilated_w, dilated_b, out_w, out_b,
-             head1_w, head1_b, head2_w, head2_b, dilations, offsets, queues, inputs, cond, out_codes):
-    """Generate n = u.shape[0] codes per stream: consume last (B,) first, then each sampled code in turn, with gate
-    terms cond (B, n, L, 2G) or (0, 0, 0, 0).
+def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, w, queues, inputs, cond, out_codes):
+    """Generate n = u.shape[0] codes per stream: consume last (B,) first, then each sampled code in turn, with
+    weights w (CpuWeights) and gate terms cond (B, n, L, 2G) or (0, 0, 0, 0).
 
-    u (n, B) float32 uniforms; out_codes (B, n) receives the codes; last is updated to the final code.
+    u (n, B) float32 uniforms; temperature, top_k, top_p, argmax: the sampling rule's scalars (`sample_one`);
+    out_codes (B, n) receives the codes; last is updated to the final code.
     """
     n, B = u.shape
-    C = head2_w.shape[0]
+    C = w.head2_w.shape[0]
     tiles = (B + tile - 1) // tile
     for ti in prange(tiles):
         b0 = ti * tile
         nb = min(tile, B - b0)
-        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, embed, dilated_w, out_w, head1_w, head2_w)
+        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, w)
         p = np.empty(C, np.float32)
         order = np.empty(C, np.int64)
         step_codes = np.empty(tile, np.int64)
         for bb in range(nb):
             step_codes[bb] = last[b0 + bb]
         for s in range(n):
-            _tile_step(b0, nb, step_codes, t0 + s, embed, dilated_w, dilated_b, out_w, out_b, head1_w, head1_b,
-                       head2_w, head2_b, dilations, offsets, queues, inputs, cond, s, xs, taps, z, gated, o, skip,
-                       hidden, logits)
+            _tile_step(b0, nb, step_codes, t0 + s, w, queues, inputs, cond, s, xs, taps, z, gated, o, skip, hidden,
+                       logits)
             for bb in range(nb):
                 code = sample_one(logits[bb], u[s, b0 + bb], temperature, top_k, top_p, argmax, p, order)
                 step_codes[bb] = code

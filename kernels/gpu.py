@@ -10,19 +10,38 @@ missing barriers, so a GPU run is the final word on them.
 
 Arrays (B streams, T steps): codes (B, T) int64 (teacher forcing) or (B, 1) (the first input when generating),
 u (T, B) float32, queues (B, Q, R) float32, inputs (B, k_in - 1) int64, cond (B, T, L, 2G) float32 gate terms or
-None, logits_out (B, T, C) float32 (teacher),
-codes_out (B, T) int64; weights in the folded layout with dilated_w as (L, k*R, 2G).
+None, logits_out (B, T, C) float32 (teacher), codes_out (B, T) int64; weights: one `GpuWeights`.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 
-def unsupported_reason(config) -> str | None:
-    if config.input_kernel_size > 2:
+class GpuWeights(NamedTuple):
+    """The generator's weights as the GPU kernel reads them: the folded layout of fastwavenet/folded.py as it is
+    (matrices input-major, (in, out)), float32 tensors on the device, with each layer's taps stacked."""
+
+    embed: torch.Tensor      # (k_in, C, R)
+    dilated_w: torch.Tensor  # (L, k*R, 2G)
+    dilated_b: torch.Tensor  # (L, 2G)
+    out_w: torch.Tensor      # (L, G, R+S)
+    out_b: torch.Tensor      # (L, R+S)
+    head1_w: torch.Tensor    # (S, H)
+    head1_b: torch.Tensor    # (H,)
+    head2_w: torch.Tensor    # (H, C)
+    head2_b: torch.Tensor    # (C,)
+    dilations: torch.Tensor  # (L,) int64
+    offsets: torch.Tensor    # (L,) int64
+
+
+def unsupported_reason(input_taps: int) -> str | None:
+    """None if the kernel runs models whose input convolution has `input_taps` taps, else why not."""
+    if input_taps > 2:
         return "the Triton kernel supports input convolutions of 1 or 2 taps"
     return None
 
@@ -142,7 +161,10 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
                 cdf = tl.cumsum(p, axis=0)
                 u = tl.load(u_ptr + step * B + b)
                 target = u * tl.sum(p, axis=0)
-                code = tl.minimum(tl.sum((cdf <= target).to(tl.int64), axis=0), C - 1)
+                # Past the end only when rounding leaves the scan at or below u * total: take the last class with
+                # p > 0, never one whose probability is zero.
+                kept = tl.max(tl.where(p > 0, c, 0), axis=0).to(tl.int64)
+                code = tl.minimum(tl.sum((cdf <= target).to(tl.int64), axis=0), kept)
             tl.store(out_ptr + b * steps + step, code)
     if K_IN == 2:
         tl.store(inputs_ptr + b, prev)
@@ -153,26 +175,25 @@ def _block(n_out_p: int, budget: int = 4096) -> int:
     return max(1, min(64, budget // n_out_p))
 
 
-def run(codes, t0, u, sampling, teacher, weights, dilations, offsets, queues, inputs, cond, logits_out, codes_out,
-        config):
-    """Launch one chunk: T = codes.shape[1] steps (teacher) or u.shape[0] steps (generate)."""
+def run(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_out, teacher: bool,
+        temperature: float = 1.0, argmax: bool = False):
+    """Launch one chunk: T = codes.shape[1] steps (teacher, logits into logits_out) or u.shape[0] steps (generate,
+    codes into codes_out, sampled at `temperature` or by argmax). Every shape is read from the arrays."""
     B = queues.shape[0]
     steps = codes.shape[1] if teacher else u.shape[0]
-    R, G, S, H, C = (config.residual_channels, config.gate_channels, config.skip_channels, config.head_channels,
-                     config.classes)
+    K_IN, C, R = w.embed.shape
+    L, G = w.dilated_b.shape[0], w.dilated_b.shape[1] // 2
+    S, H = w.out_w.shape[2] - R, w.head1_w.shape[1]
     p2 = triton.next_power_of_2
     R_P, G_P, S_P, H_P, C_P = p2(R), p2(G), p2(S), p2(H), p2(C)
     scratch = torch.empty(B, R + G + S + H, device=queues.device, dtype=torch.float32)
     inputs_arg = inputs if inputs.numel() else torch.empty(B, dtype=torch.int64, device=queues.device)
-    argmax = bool(sampling is not None and sampling.argmax)
-    inv_temperature = 1.0 / sampling.temperature if sampling is not None else 1.0
     _wavenet_kernel[(B,)](
         codes, codes.stride(0), u, queues, inputs_arg, queues if cond is None else cond,
         logits_out if teacher else queues, codes_out, scratch,
-        weights["embed"], weights["dilated_w"], weights["dilated_b"], weights["out_w"], weights["out_b"],
-        weights["head1_w"], weights["head1_b"], weights["head2_w"], weights["head2_b"],
-        dilations, offsets, t0, steps, B, config.layers, queues.shape[1], scratch.shape[1], inv_temperature,
-        C=C, R=R, G=G, S=S, H=H, K=config.kernel_size, K_IN=config.input_kernel_size,
+        w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b, w.head1_w, w.head1_b, w.head2_w, w.head2_b,
+        w.dilations, w.offsets, t0, steps, B, L, queues.shape[1], scratch.shape[1], 1.0 / temperature,
+        C=C, R=R, G=G, S=S, H=H, K=w.dilated_w.shape[1] // R, K_IN=K_IN,
         C_P=C_P, R_P=R_P, G_P=G_P, S_P=S_P, H_P=H_P,
         IN_R=_block(G_P), IN_G=_block(max(R_P, S_P)), IN_S=_block(H_P), IN_H=_block(C_P),
-        TEACHER=teacher, ARGMAX=argmax, HAS_COND=cond is not None, num_warps=4)
+        TEACHER=teacher, ARGMAX=bool(argmax), HAS_COND=cond is not None, num_warps=4)

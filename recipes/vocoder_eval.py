@@ -48,7 +48,8 @@ for temperature in (1.0, 0.7):
 import torch  # noqa: E402
 
 from fastwavenet import mulaw  # noqa: E402
-from fastwavenet.export import load_model, unfold  # noqa: E402
+from fastwavenet.convert import unfold  # noqa: E402
+from fastwavenet.modelfile import load_model  # noqa: E402
 from fastwavenet.model import loss_bits  # noqa: E402
 
 net = unfold(load_model(model_path).weights, config)

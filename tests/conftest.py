@@ -38,6 +38,21 @@ def sine_folder(tmp_path):
     return folder
 
 
+def random_model(config, seed=0):
+    """A training model of `config` with weights drawn stronger than the default init, so that every path of the
+    network matters to its output."""
+    import torch
+
+    from fastwavenet.model import WaveNet
+
+    torch.manual_seed(seed)
+    model = WaveNet(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
 def run_cli(*args, env=None):
     """Run `python -m fastwavenet ARGS` in a subprocess; returns CompletedProcess with text output."""
     import subprocess

@@ -5,7 +5,7 @@ import sys
 import torch
 
 from fastwavenet import preset
-from fastwavenet.train import TrainOptions, train
+from fastwavenet.training import TrainOptions, train
 
 data, run_dir = sys.argv[1], sys.argv[2]
 options = TrainOptions(steps=3, batch_size=2, target_length=32, validation_files=0)

@@ -10,10 +10,11 @@ import soundfile
 from safetensors.torch import save_file
 
 from fastwavenet import preset
-from fastwavenet.export import fold, save_model
+from fastwavenet.convert import fold
+from fastwavenet.modelfile import save_model
 
 from conftest import run_cli
-from test_exactness import random_model
+from conftest import random_model
 
 
 @pytest.fixture(scope="module")
@@ -129,19 +130,56 @@ def test_readonly_folder_is_refused(model_file, tmp_path):
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
 def test_interrupt_keeps_a_valid_wav(model_file, tmp_path, sig, code):
     out = tmp_path / "long.wav"
+    # A test runner started as a background job of a non-interactive shell passes SIGINT on ignored, and a child
+    # that ignores it would generate its 3000 s to the end: restore the default disposition in the child.
     proc = subprocess.Popen([sys.executable, "-m", "fastwavenet", "generate", "--model", str(model_file),
                              "--seconds", "3000", "-o", str(out), "--backend", "torch", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        partial = list(tmp_path.glob(".long.wav.*.partial"))
-        if partial and partial[0].stat().st_size > 44 + 2 * 2000:
-            break
-        time.sleep(0.2)
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            partial = list(tmp_path.glob(".long.wav.*.partial"))
+            if partial and partial[0].stat().st_size > 44 + 2 * 2000:
+                break
+            time.sleep(0.2)
+        assert not _ignores(proc.pid, sig), f"the child ignores signal {sig.name}: it would never stop"
+        proc.send_signal(sig)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"generate did not stop within 60 s of {sig.name}")
+    finally:
+        if proc.poll() is None:  # on every way out of the test: never leave a 3000 s generation running
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     x, rate = soundfile.read(out)
     assert rate == 4410 and len(x) >= 2000
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".long*"))
+
+
+def _ignores(pid: int, sig: signal.Signals) -> bool:
+    """Whether process `pid` ignores `sig` (Linux: the SigIgn mask in /proc; elsewhere assume not)."""
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except OSError:
+        return False
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
+    return bool(mask & (1 << (sig - 1)))
+
+
+@pytest.mark.parametrize("seconds,quiet,said", [(1.5, False, True), (0.0, False, False), (1.5, True, False)],
+                         ids=["slow first call", "cached", "quiet"])
+def test_a_slow_first_call_is_announced(model_file, tmp_path, monkeypatch, capsys, seconds, quiet, said):
+    """A first run compiles the CPU kernels before the first chunk: the command says so (after a second, so a cached
+    run says nothing) instead of showing a progress bar frozen at a few samples/s."""
+    from fastwavenet import cli
+    from fastwavenet.generator import Generator
+
+    monkeypatch.setattr(Generator, "warm_up", lambda self, sampling, prime=False: time.sleep(seconds))
+    args = ["generate", "--model", str(model_file), "-o", str(tmp_path / "a.wav"), "--seconds", "0.01",
+            "--backend", "numba"] + (["--quiet"] if quiet else [])
+    assert cli.main(args) == 0
+    assert ("compiling the CPU kernels" in capsys.readouterr().err) == said

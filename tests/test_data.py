@@ -27,6 +27,23 @@ def test_corpus_skips_unreadable_files_with_a_warning(sine_folder):
     assert all(c.dtype == np.int64 and c.min() >= 0 and c.max() < 256 for c in corpus.codes)
 
 
+def test_a_half_read_wav_leaves_no_unclosed_file_warning(tmp_path):
+    """A WAV whose format chunk is cut short gets past the first readers of the fallback path and fails half-way,
+    which once left the file open: the user saw "ResourceWarning: unclosed file" beside the real message."""
+    import gc
+    import struct
+    import warnings
+
+    bad = tmp_path / "cut.wav"
+    bad.write_bytes(b"RIFF" + struct.pack("<I", 100) + b"WAVEfmt " + struct.pack("<I", 16) + b"\x01\x00\x01\x00")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(FastWaveNetError, match="cannot read audio"):
+            audio.read(bad, 4410)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
 def test_no_usable_audio_is_an_error(tmp_path):
     (tmp_path / "a.wav").write_bytes(b"junk")
     with pytest.warns(UserWarning), pytest.raises(FastWaveNetError, match="no usable audio"):

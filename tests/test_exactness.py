@@ -6,9 +6,11 @@ import torch
 
 from fastwavenet import WaveNetConfig, preset
 from fastwavenet.backends import available_backends
-from fastwavenet.export import ModelFile, fold
+from fastwavenet.convert import fold
 from fastwavenet.generator import Generator
-from fastwavenet.model import WaveNet
+from fastwavenet.modelfile import ModelFile
+
+from conftest import random_model
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = available_backends(DEVICE)
@@ -42,15 +44,6 @@ def model_logits(model, codes, mel, speaker):
     with torch.no_grad():
         cond = model.conditioning(features, speaker, codes.shape[1])
         return model(codes, cond).transpose(1, 2)
-
-
-def random_model(config, seed=0):
-    torch.manual_seed(seed)
-    model = WaveNet(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():  # stronger than the default init, so every path matters
-            p.normal_(0, 0.3)
-    return model
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -107,7 +100,7 @@ def test_numba_tiles_match_training_model(name, tile, monkeypatch):
     """The numba kernel works in blocks of 4 outputs x 4 streams with remainders on both sides; every tile size
     (whole blocks, stream remainders, tiles of one) and channel counts that are not multiples of 4 give the same
     logits. The batch of 9 leaves a short last tile for every tile size above 1."""
-    from fastwavenet.kernel_backends import NumbaBackend
+    from fastwavenet.backends import NumbaBackend
 
     monkeypatch.setattr(NumbaBackend, "_tile", staticmethod(lambda batch: tile))
     config = CONFIGS[name]

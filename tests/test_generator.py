@@ -3,10 +3,11 @@ import pytest
 import torch
 
 from fastwavenet import FastWaveNetError, Generator, Sampling, preset
-from fastwavenet.export import ModelFile, fold, load_model, save_model, unfold
+from fastwavenet.convert import fold, unfold
+from fastwavenet.modelfile import ModelFile, load_model, save_model
 from fastwavenet.sampling import sample
 
-from test_exactness import random_model
+from conftest import random_model
 
 CPU_BACKENDS = ["naive", "torch", "numba"]
 
@@ -167,8 +168,8 @@ def test_default_chunk_keeps_chunks_short_for_many_streams():
                                       Sampling(top_p=0.999), Sampling(top_k=3, top_p=0.6), Sampling(argmax=True)],
                          ids=lambda s: repr(s))
 def test_numba_sampling_follows_the_rule(sampling):
-    """The compiled sampler (maximum search for small kept sets, a sort past 32 classes) draws what the reference
-    rule of fastwavenet/sampling.py draws, on peaked and on flat distributions."""
+    """The compiled sampler (insertion sort of the likeliest classes, a full sort past 64 of them) draws what the
+    reference rule of fastwavenet/sampling.py draws, on peaked and on flat distributions."""
     pytest.importorskip("numba")
     from fastwavenet.kernels.cpu import sample_one
 
@@ -210,3 +211,85 @@ sys.exit(0 if all(np.array_equal(alone[i], together[i]) for i in range(3)) else 
         env["NUMBA_THREADING_LAYER"] = layer
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+U_MAX = np.nextafter(np.float32(1), np.float32(0))  # the largest float32 below 1
+TRUNCATING = [Sampling(top_k=20), Sampling(top_p=0.9), Sampling(top_k=3, top_p=0.6), Sampling()]
+
+
+def kept_classes(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """(N, C) bool: the classes the reference rule keeps after temperature and truncation (p > 0)."""
+    from fastwavenet.sampling import _truncate
+
+    p = torch.softmax(logits.double() / sampling.temperature, dim=1)
+    return (_truncate(p, sampling) if sampling.truncates else p) > 0
+
+
+@pytest.mark.parametrize("sampling", TRUNCATING, ids=repr)
+@pytest.mark.parametrize("u", [np.float32(0), U_MAX], ids=["u=0", "u=max"])
+def test_samplers_never_return_a_dropped_class(sampling, u):
+    """At u = 0 and at the largest float32 below 1, on peaked and flat distributions, the reference rule and the
+    compiled sampler return a class that truncation kept. (Where rounding leaves the running sum at or below
+    u * total, the numba sampler once fell back to class C - 1, dropped or not: about a fifth of its draws at u = max
+    with top-k 20.)"""
+    pytest.importorskip("numba")
+    from fastwavenet.kernels.cpu import sample_one
+
+    rng = np.random.default_rng(7)
+    draws = 400
+    logits = (rng.standard_normal((draws, 256)) * rng.choice([0.3, 2.0, 8.0], (draws, 1))).astype(np.float32)
+    kept = kept_classes(torch.from_numpy(logits), sampling).numpy()
+    reference = sample(torch.from_numpy(logits), torch.full((draws,), float(u)), sampling).numpy()
+    p, order = np.empty(256, np.float32), np.empty(256, np.int64)
+    compiled = np.array([sample_one(logits[i], u, np.float32(sampling.temperature), sampling.top_k,
+                                    np.float32(sampling.top_p), False, p, order) for i in range(draws)])
+    for name, codes in (("reference", reference), ("numba", compiled)):
+        dropped = np.flatnonzero(~kept[np.arange(draws), codes])
+        assert dropped.size == 0, f"{name} drew dropped classes in draws {dropped[:10]}"
+    if u == 0:  # the first kept class in class order
+        assert np.array_equal(reference, kept.argmax(axis=1))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["triton"])
+def test_generation_at_extreme_uniforms_keeps_to_the_kept_classes(backend):
+    """Every backend's generate path (the kernels' own samplers included) with uniforms all 0 or all at the largest
+    float32 below 1: every code is one the reference rule keeps for the logits that preceded it."""
+    from fastwavenet.backends import available_backends
+
+    if backend not in available_backends("cpu"):
+        pytest.skip(f"{backend} is not available on the CPU here")
+    config = preset("tiny")
+    model = random_model(config, 8)
+    gen = Generator(ModelFile(config, fold(model)), backend=backend)
+    steps = 12 if backend in ("naive", "triton") else 80
+    for sampling in (Sampling(top_k=20), Sampling(top_p=0.9), Sampling(temperature=0.5)):
+        for u in (np.float32(0), U_MAX):
+            state = gen.new_state(3)
+            first = state.last.clone()
+            codes = gen.backend.generate(state, steps, np.full((steps, 3), u, np.float32), sampling).cpu()
+            inputs = torch.cat([first[:, None].cpu(), codes[:, :-1]], dim=1)
+            with torch.no_grad():
+                logits = model(inputs).transpose(1, 2).reshape(-1, config.classes)
+            ok = kept_classes(logits, sampling)[torch.arange(logits.shape[0]), codes.reshape(-1)]
+            assert ok.all(), f"{sampling}, u={u}: dropped classes at {torch.nonzero(~ok)[:5].tolist()}"
+
+
+def test_files_are_synced_once_each_when_finished(tiny_file, tmp_path, monkeypatch):
+    """Writing a chunk syncs nothing (one fsync per file per chunk capped throughput at large batches); each file
+    is synced once, when it is finished, then renamed into place."""
+    import os
+
+    import soundfile
+
+    from fastwavenet.generator import generate_to_wav
+
+    synced, flushed = [], []
+    real_fsync, real_flush = os.fsync, soundfile.SoundFile.flush
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    # SoundFile.flush is libsndfile's sf_write_sync, an fsync; SoundFile.close calls it once.
+    monkeypatch.setattr(soundfile.SoundFile, "flush", lambda self: (flushed.append(self.name), real_flush(self))[1])
+    paths = generate_to_wav(Generator(tiny_file, backend="numba"), tmp_path / "x.wav", 1000 / 4410, batch=3, seed=1,
+                            chunk=50)
+    assert len(flushed) == 3 and len(set(flushed)) == 3  # at close only: 20 chunks each made 20 before
+    assert len(synced) == 3  # the finished file, header included, before the rename
+    assert len(paths) == 3 and all(soundfile.info(p).frames == 1000 for p in paths)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastwavenet import FastWaveNetError, preset
-from fastwavenet.train import TrainOptions, load_checkpoint, model_from_checkpoint, train
+from fastwavenet.training import TrainOptions, load_checkpoint, model_from_checkpoint, train
 
 from conftest import run_cli
 

@@ -5,11 +5,11 @@ import pytest
 import soundfile
 
 from fastwavenet import FastWaveNetError, Generator, WaveNetConfig
-from fastwavenet.export import fold, save_model
+from fastwavenet.convert import fold
 from fastwavenet.features import log_mel
+from fastwavenet.modelfile import save_model
 
-from conftest import run_cli
-from test_exactness import random_model
+from conftest import random_model, run_cli
 
 VOCODER = WaveNetConfig(sample_rate=4410, residual_channels=8, gate_channels=8, skip_channels=16, head_channels=16,
                         layers_per_stack=4, stacks=2, n_mels=8, hop_length=32, n_fft=128)
@@ -59,6 +59,25 @@ def test_speaker_model_generates_per_speaker(models):
         gen.generate(samples=10, speaker=2)
     with pytest.raises(FastWaveNetError, match="needs a speaker"):
         gen.generate(samples=10)
+
+
+def test_vocoding_with_a_prime_covers_the_whole_mel(models, tmp_path):
+    """With a prime, vocoding continues to the end of what the mel covers: the stream once measured its length before
+    priming, yielded too few samples, then failed with "step N is past it"."""
+    from fastwavenet.generator import generate_to_wav
+
+    gen = Generator(models["vocoder"], backend="numba")
+    frames = 10
+    mel = np.random.default_rng(0).standard_normal((VOCODER.n_mels, frames)).astype(np.float32)
+    covered = frames * VOCODER.hop_length
+    prime = 0.2 * np.sin(np.arange(100) / 7.0)
+    audio = np.concatenate(list(gen.stream(mel=mel, prime=prime, chunk=64, seed=0)), axis=1)
+    assert audio.shape == (1, covered - (len(prime) - 1))
+    path, = generate_to_wav(gen, tmp_path / "v.wav", None, mel=mel, prime=prime, seed=0)
+    written, _ = soundfile.read(path, dtype="float32")
+    assert len(written) == covered - (len(prime) - 1)
+    with pytest.raises(FastWaveNetError, match="nothing is left to vocode"):
+        list(gen.stream(mel=mel, prime=np.zeros(covered + 1)))
 
 
 def test_vocoder_api_streams_bounded_chunks(models):

@@ -32,8 +32,10 @@ import torch
 
 from ..config import WaveNetConfig
 from ..errors import FastWaveNetError
-from ..export import ModelFile, fold, save_model
+from ..files import check_writable
+from ..convert import fold
 from ..model import WaveNet
+from ..modelfile import ModelFile, save_model
 
 
 def config_from_keras(path: str | os.PathLike) -> WaveNetConfig:
@@ -137,8 +139,6 @@ def import_keras(checkpoint: str | os.PathLike, config_path: str | os.PathLike) 
 
 
 def import_to_file(checkpoint, config_path, out) -> ModelFile:
-    from ..audio import check_writable
-
     check_writable(out)
     model = import_keras(checkpoint, config_path)
     save_model(out, model.config, model.weights)

@@ -25,6 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .config import WaveNetConfig, check_memory
 from .data import CropDataset, load_corpus, speaker_names, split_by_file, validation_crops
 from .errors import FastWaveNetError
+from .files import atomic_path
 from .model import WaveNet, loss_bits
 
 CHECKPOINT_FORMAT = "fastwavenet-checkpoint"
@@ -68,9 +69,8 @@ def save_checkpoint(path: Path, model: WaveNet, optimizer, step: int):
         "optimizer": optimizer.state_dict(),
         "rng": torch.get_rng_state(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike, config: WaveNetConfig | None = None) -> dict:
@@ -113,9 +113,8 @@ def _world():
 
 
 def _write_json_atomic(path: Path, data):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _read_log(run_dir: Path, up_to_step: int) -> list[dict]:
@@ -134,50 +133,101 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
     (NCCL on CUDA, gloo on CPU); rank 0 writes the run directory. Returns the trained (unwrapped) model.
     """
     run_dir = Path(run_dir)
-    world, rank = _world()
+    run = _start_or_resume(run_dir, data, config, options, resume)
+    train_set, val_batch = _load_data(run)
+    model, optimizer, step = _model_and_optimizer(run)
+    if step >= run.options.steps:
+        raise FastWaveNetError(f"{run_dir} is already at step {step}; pass --steps above it to train further")
+    placed = _place(model, optimizer)
+    try:
+        _loop(run, run_dir, train_set, val_batch, model, optimizer, step, placed, resume, progress)
+    finally:
+        if placed.owns_group:
+            # Gloo's worker threads must stop before the interpreter does, or the process aborts at exit
+            # ("terminate called without an active exception", seen in CI).
+            dist.destroy_process_group()
+    return model.cpu().eval()
+
+
+@dataclass
+class _Run:
+    """What a run trains: from the arguments for a new run, from the run directory for a resumed one."""
+
+    config: WaveNetConfig
+    options: TrainOptions
+    data: list[str]
+    speakers: list[str] | None
+    checkpoint: dict | None  # the checkpoint resumed from
+
+    @property
+    def hop(self) -> int:
+        return self.config.hop_length if self.config.n_mels else 1
+
+    @property
+    def crop(self) -> int:
+        """Samples per training crop: a receptive field of context plus the targets, in whole mel frames."""
+        return -(-(self.config.receptive_field + self.options.target_length) // self.hop) * self.hop
+
+
+def _start_or_resume(run_dir: Path, data, config, options, resume: bool) -> _Run:
     if resume:
-        payload = load_checkpoint(run_dir)
+        checkpoint = load_checkpoint(run_dir)
         saved = json.loads((run_dir / "train.json").read_text())
-        config = payload["config"]
-        data = data or saved["data"]
-        base = {k: v for k, v in saved["options"].items()}
+        base = dict(saved["options"])
         if options is not None:
             base["steps"] = options.steps
-        options = TrainOptions(**base)
-    else:
-        if config is None or options is None or not data:
-            raise FastWaveNetError("train needs data, a config and options")
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise FastWaveNetError(f"{run_dir} already holds files; pass --resume {run_dir} to continue it")
-        payload = None
+        config = checkpoint["config"]
+        speakers = saved.get("speakers") if config.speakers else None
+        return _Run(config, TrainOptions(**base), data or saved["data"], speakers, checkpoint)
+    if config is None or options is None or not data:
+        raise FastWaveNetError("train needs data, a config and options")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FastWaveNetError(f"{run_dir} already holds files; pass --resume {run_dir} to continue it")
+    return _Run(config, options, data, speaker_names(data) if config.speakers else None, None)
 
-    hop = config.hop_length if config.n_mels else 1
-    crop = -(-(config.receptive_field + options.target_length) // hop) * hop  # whole mel frames
+
+def _load_data(run: _Run):
+    """The training files and the fixed validation crops (None without validation files)."""
+    config, options = run.config, run.options
     # Activations kept for the backward pass: the one-hot input, and per layer its input, gate and skip outputs.
     per_sample = config.classes + config.layers * (config.residual_channels + 4 * config.gate_channels
                                                    + config.skip_channels)
-    check_memory(4.0 * 2 * options.batch_size * crop * per_sample, f"training with batch {options.batch_size}")
-    speakers = (saved.get("speakers") if resume else speaker_names(data)) if config.speakers else None
-    if speakers is not None and len(speakers) != config.speakers:
-        raise FastWaveNetError(f"the data has {len(speakers)} speaker folders ({', '.join(speakers[:5])}...); "
+    check_memory(4.0 * 2 * options.batch_size * run.crop * per_sample, f"training with batch {options.batch_size}")
+    if run.speakers is not None and len(run.speakers) != config.speakers:
+        raise FastWaveNetError(f"the data has {len(run.speakers)} speaker folders ({', '.join(run.speakers[:5])}...); "
                                f"the config says {config.speakers}")
-    corpus = load_corpus(data, config.sample_rate, config.classes, min_samples=crop, config=config,
-                         speakers=speakers)
+    corpus = load_corpus(run.data, config.sample_rate, config.classes, min_samples=run.crop, config=config,
+                         speakers=run.speakers)
     train_set, val_set = split_by_file(corpus, options.validation_files)
-    val_batch = validation_crops(val_set, crop, options.validation_crops, hop) if val_set else None
+    val_batch = validation_crops(val_set, run.crop, options.validation_crops, run.hop) if val_set else None
+    return train_set, val_batch
 
-    torch.manual_seed(options.seed)
-    model = WaveNet(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+
+def _model_and_optimizer(run: _Run):
+    torch.manual_seed(run.options.seed)
+    model = WaveNet(run.config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=run.options.lr)
     step = 0
-    if payload is not None:
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["rng"])
-        step = payload["step"]
-    if step >= options.steps:
-        raise FastWaveNetError(f"{run_dir} is already at step {step}; pass --steps above it to train further")
+    if run.checkpoint is not None:
+        model.load_state_dict(run.checkpoint["model"])
+        optimizer.load_state_dict(run.checkpoint["optimizer"])
+        torch.set_rng_state(run.checkpoint["rng"])
+        step = run.checkpoint["step"]
+    return model, optimizer, step
 
+
+@dataclass
+class _Placement:
+    device: torch.device
+    ddp_model: torch.nn.Module  # the model wrapped for DDP, or the model itself
+    owns_group: bool            # this call created the process group and must destroy it
+    world: int
+    rank: int
+
+
+def _place(model: WaveNet, optimizer) -> _Placement:
+    """Move the model and optimizer state to this rank's device; under torchrun, join the group and wrap in DDP."""
+    world, rank = _world()
     device = torch.device("cpu")
     ddp_model = model
     owns_group = False
@@ -198,19 +248,27 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
         for k, v in state.items():
             if isinstance(v, torch.Tensor) and k != "step":
                 state[k] = v.to(device)
+    return _Placement(device, ddp_model, owns_group, world, rank)
 
-    per_step = options.batch_size * world
-    dataset = CropDataset(train_set, crop, items=(options.steps - step) * per_step, seed=options.seed,
-                          first=step * per_step, hop=hop)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+
+def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step: int, placed: _Placement,
+          resume: bool, progress: bool):
+    """The steps from `step` to the last: log every step, validate and checkpoint on the main rank."""
+    config, options = run.config, run.options
+    per_step = options.batch_size * placed.world
+    dataset = CropDataset(train_set, run.crop, items=(options.steps - step) * per_step, seed=options.seed,
+                          first=step * per_step, hop=run.hop)
+    sampler = (DistributedSampler(dataset, num_replicas=placed.world, rank=placed.rank, shuffle=False)
+               if placed.world > 1 else None)
     loader = DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, shuffle=False)
 
-    is_main = rank == 0
-    log_rows = _read_log(run_dir, step) if resume else []
+    is_main = placed.rank == 0
     if is_main:
+        log_rows = _read_log(run_dir, step) if resume else []
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
-        _write_json_atomic(run_dir / "train.json", {"data": [str(d) for d in data], "speakers": speakers,
+        with atomic_path(run_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
+        _write_json_atomic(run_dir / "train.json", {"data": [str(d) for d in run.data], "speakers": run.speakers,
                                                     "options": dataclasses.asdict(options)})
         log = open(run_dir / "log.jsonl", "w")
         for row in log_rows:
@@ -223,12 +281,12 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
         from tqdm import tqdm
 
         bar = tqdm(total=options.steps, initial=step, unit="step", dynamic_ncols=True)
-    ddp_model.train()
+    placed.ddp_model.train()
     try:
         for batch in loader:
             t0 = time.perf_counter()
-            codes, mel, speaker = _conditioning_inputs(config, batch, device)
-            loss = loss_bits(ddp_model(codes, mel=mel, speaker=speaker), codes, start)
+            codes, mel, speaker = _conditioning_inputs(config, batch, placed.device)
+            loss = loss_bits(placed.ddp_model(codes, mel=mel, speaker=speaker), codes, start)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
@@ -250,7 +308,7 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
                 if step % options.checkpoint_every == 0 or step == options.steps:
                     log.flush()
                     save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, step)
-        if world > 1:
+        if placed.world > 1:
             dist.barrier()  # no rank leaves before the main rank has written the last checkpoint
     except KeyboardInterrupt:
         # Keep what was finished: the last checkpoint stays, and --resume continues from it.
@@ -262,11 +320,6 @@ def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetCon
             bar.close()
         if is_main:
             log.close()
-        if owns_group:
-            # Gloo's worker threads must stop before the interpreter does, or the process aborts at exit
-            # ("terminate called without an active exception", seen in CI).
-            dist.destroy_process_group()
-    return model.cpu().eval()
 
 
 def _conditioning_inputs(config: WaveNetConfig, batch, device):

@@ -1,0 +1,80 @@
+"""The backend interface: what every backend offers the Generator, and the plain generation loop they share.
+
+Every backend is built from a config, the folded weights (fastwavenet/folded.py) and a device, and offers:
+    new_state(batch, silence)              the state of `batch` new streams (QueueState; HistoryState for naive)
+    forward(state, codes, cond)            codes (B, T) int64 -> logits (B, T, classes) float32, advancing the state
+    generate(state, n, u, sampling, cond)  n codes per stream from uniforms u (n, B), consuming state.last first
+cond is None for plain models, else the per-layer gate terms of those steps, (B, T or n, L, 2G) float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..config import WaveNetConfig
+from ..errors import FastWaveNetError
+from ..folded import FoldedWeights
+from ..sampling import Sampling, sample
+from ..state import QueueState
+
+
+class Backend:
+    name = "?"
+    devices = ("cpu",)
+    # What the first call does that later ones do not, said on screen by the CLI when it takes a while (None: nothing)
+    first_call = None
+
+    def __init__(self, config: WaveNetConfig, weights: FoldedWeights, device: torch.device):
+        self.config, self.device = config, device
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        """None if this backend can run on `device`, else why not."""
+        return None if device.type in cls.devices else f"runs on {' or '.join(cls.devices)} only"
+
+    @classmethod
+    def unsupported_reason(cls, config: WaveNetConfig) -> str | None:
+        """None if this backend handles models of this shape, else why not."""
+        return None
+
+    def new_state(self, batch: int, silence: int) -> QueueState:
+        return QueueState.new(self.config, batch, silence, self.device)
+
+    def forward(self, state, codes: torch.Tensor, cond=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def warm_up(self, sampling: Sampling, teacher: bool = False):
+        """Do what the first call of generate (and of forward, with `teacher`) would: compile kernels or load them
+        from the cache, capture graphs. One step on a throwaway state of one stream."""
+        c = self.config
+        state = self.new_state(1, 0)
+        cond = torch.zeros(1, 1, c.layers, 2 * c.gate_channels) if c.conditioned else None
+        self.generate(state, 1, np.zeros((1, 1), np.float32), sampling, cond)
+        if teacher:
+            self.forward(state, state.last.reshape(1, 1), cond)
+
+    def generate(self, state, n: int, u: np.ndarray, sampling: Sampling, cond=None) -> torch.Tensor:
+        """The plain loop: one step and one sample per code. Compiled backends override it."""
+        u = torch.from_numpy(u).to(self.device)
+        out = torch.empty(state.batch, n, dtype=torch.int64, device=self.device)
+        last = state.last.to(self.device)
+        for i in range(n):
+            logits = self.forward(state, last.unsqueeze(1), None if cond is None else cond[:, i:i + 1])[:, 0]
+            last = sample(logits, u[i], sampling)
+            out[:, i] = last
+        state.last = last.clone()
+        return out
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """A torch.device for a name a user gave, or a one-line error: unknown names, CUDA where there is none."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FastWaveNetError(f"unknown device {name!r}; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FastWaveNetError("--device cuda asked for, but CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise FastWaveNetError(f"unsupported device {name!r}; use cpu or cuda")
+    return device

@@ -1,0 +1,99 @@
+"""`numba`: the whole generation loop compiled for the CPU (fastwavenet.kernels.cpu), sampling included, streams in
+tiles across cores. This module is the only place that knows how that kernel wants its arrays."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import os
+import threading
+
+import numpy as np
+import torch
+
+from ..state import QueueState
+from .base import Backend
+
+_PARALLEL_LOCK = threading.Lock()
+
+
+def _parallel_guard():
+    """numba's `workqueue` threading layer, used where neither OpenMP nor TBB is found (many macOS installs, for
+    one), ends the process if two threads run parallel code at once. Calls are serialized unless the layer in use is
+    one that is safe across threads (known after the first parallel call)."""
+    import numba
+
+    try:
+        if numba.threading_layer() in ("omp", "tbb"):
+            return contextlib.nullcontext()
+    except ValueError:  # no parallel call yet
+        pass
+    return _PARALLEL_LOCK
+
+
+def _no_cond() -> np.ndarray:
+    return np.zeros((0, 0, 0, 0), np.float32)
+
+
+class NumbaBackend(Backend):
+    """The whole loop compiled with numba on the CPU, sampling included; streams in tiles across cores."""
+
+    name = "numba"
+    devices = ("cpu",)
+    first_call = "compiling the CPU kernels for this machine (first run only, kept in numba's cache; 20-60 s)"
+
+    @classmethod
+    def unavailable_reason(cls, device):
+        if importlib.util.find_spec("numba") is None:
+            return "numba is not installed"
+        return super().unavailable_reason(device)
+
+    def __init__(self, config, weights, device):
+        super().__init__(config, weights, device)
+        from ..kernels.cpu import CpuWeights
+
+        # The kernel's dot products want each output's weights contiguous: every matrix is transposed once, here,
+        # from the folded layout's (in, out) to (out, in).
+        out_major = lambda t: np.ascontiguousarray(t.detach().cpu().numpy().swapaxes(-1, -2))  # noqa: E731
+        plain = lambda t: np.ascontiguousarray(t.detach().cpu().numpy())  # noqa: E731
+        layout = config.queue_layout()
+        self.weights = CpuWeights(
+            embed=plain(weights.embed),
+            dilated_w=out_major(weights.dilated_w.reshape(config.layers, -1, 2 * config.gate_channels)),
+            dilated_b=plain(weights.dilated_b), out_w=out_major(weights.out_w), out_b=plain(weights.out_b),
+            head1_w=out_major(weights.head1_w), head1_b=plain(weights.head1_b),
+            head2_w=out_major(weights.head2_w), head2_b=plain(weights.head2_b),
+            dilations=layout.dilations, offsets=layout.offsets)
+
+    @staticmethod
+    def _tile(batch: int) -> int:
+        """Streams per tile: the batch spread over numba's threads, at most 64 (a tile's scratch stays in cache)."""
+        import numba
+
+        return max(1, min(64, math.ceil(batch / (numba.get_num_threads() or os.cpu_count() or 1))))
+
+    def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
+        from ..kernels import cpu
+
+        codes = np.ascontiguousarray(codes.cpu().numpy())
+        cond = _no_cond() if cond is None else np.ascontiguousarray(cond.cpu().numpy(), np.float32)
+        logits = np.empty((state.batch, codes.shape[1], self.config.classes), np.float32)
+        with _parallel_guard():
+            cpu.teacher_forced(codes, state.t, self._tile(state.batch), self.weights, state.queues.numpy(),
+                               state.inputs.numpy(), cond, logits)
+        state.t += codes.shape[1]
+        return torch.from_numpy(logits)
+
+    def generate(self, state: QueueState, n, u, sampling, cond=None):
+        from ..kernels import cpu
+
+        cond = _no_cond() if cond is None else np.ascontiguousarray(cond.cpu().numpy(), np.float32)
+        out = np.empty((state.batch, n), np.int64)
+        with _parallel_guard():
+            cpu.generate(state.last.numpy(), state.t, np.ascontiguousarray(u, np.float32),
+                         np.float32(sampling.temperature), sampling.top_k, np.float32(sampling.top_p),
+                         sampling.argmax, self._tile(state.batch), self.weights, state.queues.numpy(),
+                         state.inputs.numpy(), cond, out)
+        state.t += n
+        return torch.from_numpy(out)

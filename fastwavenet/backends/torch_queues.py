@@ -1,0 +1,108 @@
+"""`torch`: the per-layer queues in plain PyTorch ops, one step at a time; on CUDA one step is captured in a CUDA
+graph and replayed."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..state import QueueState
+from .base import Backend
+
+
+class TorchBackend(Backend):
+    """Per-layer queues with plain PyTorch ops. On CUDA one step is captured in a CUDA graph and replayed."""
+
+    name = "torch"
+    devices = ("cpu", "cuda")
+
+    def __init__(self, config, weights, device):
+        super().__init__(config, weights, device)
+        c = config
+        w = weights.to(device)
+        self.w = w
+        k, r = c.kernel_size, c.residual_channels
+        self.dilated = w.dilated_w.reshape(c.layers, k * r, 2 * c.gate_channels)
+        # The input taps get a zero row at index `classes`, which stands for "before the start" (-1).
+        self.embed = torch.cat([w.embed, torch.zeros_like(w.embed[:, :1])], dim=1)
+        layout = c.queue_layout()
+        self.sizes = torch.from_numpy(layout.sizes).to(device)
+        self.offsets = torch.from_numpy(layout.offsets).to(device)
+        # Tap j of layer l (j = 0 oldest) reads the input of (k - 1 - j) * d steps ago.
+        taps = torch.arange(k - 1, 0, -1)
+        self.lags = (torch.from_numpy(layout.dilations)[:, None] * taps[None, :]).to(device)
+        self._graph = None
+
+    @torch.no_grad()
+    def _step(self, queues, inputs, codes, t, cond=None):
+        """One step for every stream: consume codes (B,) at time t (0-dim tensor), with gate terms cond (B, L, 2G)
+        or None; return logits (B, classes)."""
+        c, w = self.config, self.w
+        r, g, n = c.residual_channels, c.gate_channels, c.layers
+        x = self.embed[-1][codes]
+        if c.input_kernel_size > 1:
+            past = torch.where(inputs < 0, c.classes, inputs)
+            for j in range(c.input_kernel_size - 1):
+                x = x + self.embed[j][past[:, j]]
+            inputs.copy_(torch.cat([inputs[:, 1:], codes.unsqueeze(1)], dim=1))
+        reads = self.offsets.unsqueeze(1) + torch.remainder(t - self.lags, self.sizes.unsqueeze(1))  # (L, k-1)
+        writes = self.offsets + torch.remainder(t, self.sizes)  # (L,)
+        skip = None
+        for layer in range(n):
+            taps = queues.index_select(1, reads[layer]).flatten(1)  # (B, (k-1) R)
+            queues.index_copy_(1, writes[layer:layer + 1], x.unsqueeze(1))
+            z = torch.addmm(w.dilated_b[layer], torch.cat([taps, x], dim=1), self.dilated[layer])
+            if cond is not None:
+                z = z + cond[:, layer]
+            gated = torch.tanh(z[:, :g]) * torch.sigmoid(z[:, g:])
+            if layer == n - 1:
+                s = torch.addmm(w.out_b[layer, r:], gated, w.out_w[layer, :, r:])
+            else:
+                o = torch.addmm(w.out_b[layer], gated, w.out_w[layer])
+                x = x + o[:, :r]
+                s = o[:, r:]
+            skip = s if skip is None else skip + s
+        h = F.relu(torch.addmm(w.head1_b, F.relu(skip), w.head1_w))
+        return torch.addmm(w.head2_b, h, w.head2_w)
+
+    def _step_state(self, state: QueueState, codes: torch.Tensor, cond) -> torch.Tensor:
+        if self.device.type == "cuda":
+            logits = self._replay(state, codes, cond)
+        else:
+            logits = self._step(state.queues, state.inputs, codes, torch.tensor(state.t), cond)
+        state.t += 1
+        return logits
+
+    def _replay(self, state: QueueState, codes: torch.Tensor, cond) -> torch.Tensor:
+        """CUDA: replay a graph of one step, captured once per set of state tensors."""
+        key = (state.queues.data_ptr(), state.inputs.data_ptr(), state.batch, cond is None)
+        if self._graph is None or self._graph[0] != key:
+            static_codes = torch.zeros(state.batch, dtype=torch.int64, device=self.device)
+            static_t = torch.zeros((), dtype=torch.int64, device=self.device)
+            static_cond = None if cond is None else torch.zeros_like(cond)
+            saved = state.queues.clone(), state.inputs.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm up outside the graph, as capture requires
+                self._step(state.queues, state.inputs, static_codes, static_t, static_cond)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_logits = self._step(state.queues, state.inputs, static_codes, static_t, static_cond)
+            state.queues.copy_(saved[0])
+            state.inputs.copy_(saved[1])
+            self._graph = (key, graph, static_codes, static_t, static_cond, static_logits)
+        _, graph, static_codes, static_t, static_cond, static_logits = self._graph
+        static_codes.copy_(codes)
+        static_t.fill_(state.t)
+        if cond is not None:
+            static_cond.copy_(cond)
+        graph.replay()
+        return static_logits.clone()
+
+    def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
+        codes = codes.to(self.device)
+        if cond is not None:
+            cond = cond.to(self.device)
+        return torch.stack([self._step_state(state, codes[:, i], None if cond is None else cond[:, i])
+                            for i in range(codes.shape[1])], dim=1)

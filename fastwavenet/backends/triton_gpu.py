@@ -1,0 +1,76 @@
+"""`triton`: one Triton launch generates a chunk of samples for a batch of streams (fastwavenet.kernels.gpu, time
+loop inside the kernel). This module is the only place that knows how that kernel wants its arrays."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import torch
+
+from ..state import QueueState
+from .base import Backend
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    devices = ("cuda",)
+    first_call = "compiling the GPU kernel (first run only, kept in Triton's cache)"
+
+    @classmethod
+    def unavailable_reason(cls, device):
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed"
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+            return None  # Triton's interpreter runs the kernel on the CPU (tests do this)
+        return super().unavailable_reason(device)
+
+    @classmethod
+    def unsupported_reason(cls, config):
+        from ..kernels.gpu import unsupported_reason
+
+        return unsupported_reason(config.input_kernel_size)
+
+    def __init__(self, config, weights, device):
+        super().__init__(config, weights, device)
+        from ..kernels.gpu import GpuWeights
+
+        w = weights.to(device)
+        layout = config.queue_layout()
+        self.weights = GpuWeights(
+            embed=w.embed, dilated_w=w.dilated_w.reshape(config.layers, -1, 2 * config.gate_channels).contiguous(),
+            dilated_b=w.dilated_b, out_w=w.out_w, out_b=w.out_b, head1_w=w.head1_w, head1_b=w.head1_b,
+            head2_w=w.head2_w, head2_b=w.head2_b, dilations=torch.from_numpy(layout.dilations).to(device),
+            offsets=torch.from_numpy(layout.offsets).to(device))
+
+    def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
+        from ..kernels import gpu
+
+        codes = codes.to(self.device).contiguous()
+        B, T = codes.shape
+        logits = torch.empty(B, T, self.config.classes, device=self.device)
+        unused_u = torch.zeros(T, B, device=self.device)
+        unused_codes = torch.empty(B, T, dtype=torch.int64, device=self.device)
+        cond = None if cond is None else cond.to(self.device).contiguous()
+        gpu.run(codes, state.t, unused_u, self.weights, state.queues, state.inputs, cond, logits, unused_codes,
+                teacher=True)
+        state.t += T
+        return logits
+
+    def generate(self, state: QueueState, n, u, sampling, cond=None):
+        from ..kernels import gpu
+
+        if sampling.truncates:
+            # Top-k / top-p need a sort per sample; the kernel does temperature and argmax only.
+            return super().generate(state, n, u, sampling, cond)
+        B = state.batch
+        first = state.last.to(self.device).reshape(B, 1).contiguous()
+        out = torch.empty(B, n, dtype=torch.int64, device=self.device)
+        u = torch.from_numpy(np.ascontiguousarray(u)).to(self.device)
+        cond = None if cond is None else cond.to(self.device).contiguous()
+        gpu.run(first, state.t, u, self.weights, state.queues, state.inputs, cond, None, out, teacher=False,
+                temperature=sampling.temperature, argmax=sampling.argmax)
+        state.t += n
+        state.last = out[:, -1].clone()
+        return out

@@ -1,0 +1,68 @@
+"""Writing files so that a reader never sees half of one: a temporary file beside the target, renamed onto it when
+complete. Every file fastwavenet writes goes through here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import FastWaveNetError
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail early, with a clear message, if a file cannot be created at `path`."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FastWaveNetError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK):
+        raise FastWaveNetError(f"no permission to write in {folder}")
+    if path.is_dir():
+        raise FastWaveNetError(f"output path is a folder: {path}")
+    return path
+
+
+def temporary_beside(path: Path) -> Path:
+    """A new empty file in `path`'s folder, hidden and marked .partial, with the mode a plain open() would give."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    give_default_mode(Path(tmp))
+    return Path(tmp)
+
+
+def give_default_mode(path: Path):
+    """The mode a plain open() gives (0666 less the umask): mkstemp, and safetensors, make files for the owner only."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def fsync_path(path: Path):
+    """Flush a written file's data to disk, so that a rename after it never exposes an empty file after a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write to. When the block ends normally the file is synced and
+    renamed onto `path`; when it raises, the temporary file is removed and `path` is left as it was.
+
+    OSErrors become FastWaveNetError naming the target."""
+    path = check_writable(path)
+    tmp = temporary_beside(path)
+    try:
+        yield tmp
+        give_default_mode(tmp)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise FastWaveNetError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)

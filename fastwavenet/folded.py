@@ -1,0 +1,113 @@
+"""The folded layout: the generator's weights, defined here once; every backend reads it.
+
+All matrices are stored input-major, (in, out), so that y = x @ W, and a kernel computing one output vector streams
+each weight row once:
+
+    embed       (k_in, classes, R)   tap j of the input convolution (j = 0 oldest); the newest tap holds its bias.
+                                     A one-hot convolution is a sum of table lookups.
+    dilated_w   (L, k, R, 2G)        tap j of layer l's dilated convolution (j = k - 1 is the current input);
+                                     columns [:G] feed tanh, [G:] feed sigmoid.
+    dilated_b   (L, 2G)
+    out_w       (L, G, R + S)        residual and skip 1x1 convolutions fused into one matrix per layer
+                                     (columns [:R] residual, [R:] skip); the last layer's residual columns are zero.
+    out_b       (L, R + S)
+    head1_w (S, H), head1_b (H), head2_w (H, classes), head2_b (classes)
+
+With L layers, R residual, G gate, S skip, H head channels, k taps. Blocks without bias store zero biases.
+
+Conditioned models add (M mel bands, hop h, P speakers, E speaker channels):
+
+    speaker_embed (P, E), speaker_w (L, E, 2G)          global term of layer l: speaker_embed[p] @ speaker_w[l]
+    upsample_w (M, M, h), upsample_b (M)                 the transposed convolution, PyTorch's layout
+    mel_w       (L, M, 2G)                               local term of layer l at t: features[:, t] @ mel_w[l]
+
+Folding a training model into this layout (and back) is training-side work: fastwavenet/export.py.
+`convolve` here is the whole-sequence forward over folded weights, for the `naive` backend and `score`: it needs
+no training code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from .config import WaveNetConfig
+
+
+@dataclass(frozen=True)
+class FoldedWeights:
+    """Immutable generator weights in the folded layout above (float32 tensors, all on one device)."""
+
+    embed: torch.Tensor
+    dilated_w: torch.Tensor
+    dilated_b: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+    head1_w: torch.Tensor
+    head1_b: torch.Tensor
+    head2_w: torch.Tensor
+    head2_b: torch.Tensor
+    speaker_embed: torch.Tensor | None = None
+    speaker_w: torch.Tensor | None = None
+    upsample_w: torch.Tensor | None = None
+    upsample_b: torch.Tensor | None = None
+    mel_w: torch.Tensor | None = None
+
+    def to(self, device) -> "FoldedWeights":
+        return FoldedWeights(**{name: t.to(device).contiguous() for name, t in self.tensors().items()})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors present (conditioning ones only for conditioned models)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def expected_shapes(config: WaveNetConfig) -> dict[str, tuple[int, ...]]:
+    c, r, g, s, h = (config.classes, config.residual_channels, config.gate_channels, config.skip_channels,
+                     config.head_channels)
+    n = config.layers
+    shapes = {
+        "embed": (config.input_kernel_size, c, r),
+        "dilated_w": (n, config.kernel_size, r, 2 * g),
+        "dilated_b": (n, 2 * g),
+        "out_w": (n, g, r + s),
+        "out_b": (n, r + s),
+        "head1_w": (s, h),
+        "head1_b": (h,),
+        "head2_w": (h, c),
+        "head2_b": (c,),
+    }
+    if config.speakers:
+        shapes["speaker_embed"] = (config.speakers, config.speaker_channels)
+        shapes["speaker_w"] = (n, config.speaker_channels, 2 * g)
+    if config.n_mels:
+        m = config.n_mels
+        shapes.update(upsample_w=(m, m, config.hop_length), upsample_b=(m,), mel_w=(n, m, 2 * g))
+    return shapes
+
+
+@torch.no_grad()
+def convolve(weights: FoldedWeights, config: WaveNetConfig, codes: torch.Tensor,
+             cond: torch.Tensor | None = None) -> torch.Tensor:
+    """The whole-sequence forward: codes (B, T) int64 -> logits (B, classes, T) float32, with zeros before the start
+    (the training model's causal padding). cond: per-layer gate terms (B, L, 2G, T), or None."""
+    w = weights
+    k_in, k, r, g = config.input_kernel_size, config.kernel_size, config.residual_channels, config.gate_channels
+    T = codes.shape[1]
+    # The input convolution as table lookups; index `classes` (a zero row) stands for "before the start".
+    table = torch.cat([w.embed, torch.zeros_like(w.embed[:, :1])], dim=1)  # (k_in, C + 1, R)
+    padded = F.pad(codes, (k_in - 1, 0), value=config.classes)
+    x = sum(table[j][padded[:, j:j + T]] for j in range(k_in)).transpose(1, 2)  # (B, R, T)
+    skips = 0
+    for layer, d in enumerate(config.dilations):
+        kernel = w.dilated_w[layer].permute(2, 1, 0)  # (k, R, 2G) -> (2G, R, k): PyTorch's conv1d layout
+        z = F.conv1d(F.pad(x, ((k - 1) * d, 0)), kernel, w.dilated_b[layer], dilation=d)
+        if cond is not None:
+            z = z + cond[:, layer, :, :T]
+        gated = torch.tanh(z[:, :g]) * torch.sigmoid(z[:, g:])
+        out = torch.einsum("bgt,go->bot", gated, w.out_w[layer]) + w.out_b[layer][:, None]
+        x = x + out[:, :r]  # the last layer's residual columns are zero and x is not read after it
+        skips = skips + out[:, r:]
+    hidden = F.relu(torch.einsum("bst,sh->bht", F.relu(skips), w.head1_w) + w.head1_b[:, None])
+    return torch.einsum("bht,hc->bct", hidden, w.head2_w) + w.head2_b[:, None]

@@ -1,0 +1,140 @@
+"""The shape of the house: no import cycles, and an inference path that does not stand on the training stack."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from fastwavenet import preset
+from fastwavenet.convert import fold
+from fastwavenet.modelfile import save_model
+
+from conftest import random_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINING = ("fastwavenet.training", "fastwavenet.data", "fastwavenet.model", "fastwavenet.convert")
+
+
+def package_modules() -> dict[str, Path]:
+    """Every module of the installed package by its dotted name; kernels/ installs as fastwavenet.kernels."""
+    modules = {}
+    for folder, package in ((ROOT / "fastwavenet", "fastwavenet"), (ROOT / "kernels", "fastwavenet.kernels")):
+        for path in folder.rglob("*.py"):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join([package, *parts])] = path
+    return modules
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package modules that module `name` imports anywhere in its text (function-level imports included)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            for alias in node.names:  # `from pkg import module` imports the module; `from pkg import name`, pkg
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+    return {m for m in found if m in modules and m != name}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state = {}  # 1: on the current path, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+            if nxt not in state:
+                cycle = visit(nxt, path + [nxt])
+                if cycle:
+                    return cycle
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node, [node])
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_import_cycles_in_the_package():
+    modules = package_modules()
+    assert "fastwavenet.backends.base" in modules and "fastwavenet.kernels.cpu" in modules
+    graph = {name: imports_of(name, path, modules) for name, path in modules.items()}
+    assert "fastwavenet.backends.base" in graph["fastwavenet.backends.numba_cpu"]  # the parser sees relative imports
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_kernels_import_nothing_of_the_package():
+    modules = package_modules()
+    for name, path in modules.items():
+        if name.startswith("fastwavenet.kernels"):
+            outside = {m for m in imports_of(name, path, modules) if not m.startswith("fastwavenet.kernels")}
+            assert not outside, f"{name} imports {outside}"
+
+
+def test_generating_and_scoring_never_load_the_training_stack(tmp_path):
+    """Load a model, generate with every backend available here, score audio: none of the training modules may be
+    imported along the way."""
+    model = tmp_path / "tiny.safetensors"
+    save_model(model, preset("tiny"), fold(random_model(preset("tiny"), 1)))
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, (0.3 * np.sin(np.arange(400) / 5.0)).astype(np.float32), 4410)
+    script = f"""
+import sys
+import fastwavenet
+from fastwavenet.backends import available_backends
+from fastwavenet.score import score_files
+
+for backend in available_backends("cpu"):
+    audio = fastwavenet.load({str(model)!r}, backend=backend).generate(samples=5, seed=0)
+    assert audio.shape == (1, 5), audio.shape
+print(sorted(available_backends("cpu")))
+assert score_files({str(model)!r}, [{str(wav)!r}])[0]["bits_per_sample"] > 0
+loaded = sorted(m for m in {TRAINING!r} if m in sys.modules)
+print("training modules loaded:", loaded)
+sys.exit(1 if loaded else 0)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                            env={**__import__("os").environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "'naive'" in result.stdout and "'numba'" in result.stdout and "'torch'" in result.stdout
+
+
+def test_the_training_side_is_still_reachable_from_the_package():
+    import fastwavenet
+
+    assert callable(fastwavenet.train) and callable(fastwavenet.export)
+    assert fastwavenet.TrainOptions().steps > 0
+
+
+def test_every_package_folder_is_installed():
+    """setup.py finds packages by their __init__.py: a folder of modules without one would be left out of a
+    non-editable install (as fastwavenet.importers once was; editable installs hide it)."""
+    from setuptools import find_packages
+
+    found = set(find_packages(str(ROOT), include=["fastwavenet", "fastwavenet.*"]))
+    for folder in (ROOT / "fastwavenet").rglob("*.py"):
+        package = ".".join(folder.parent.relative_to(ROOT).parts)
+        if "__pycache__" not in package:
+            assert package in found, f"{package} has modules but would not be installed"
+    assert "find_packages" in (ROOT / "setup.py").read_text()
