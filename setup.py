@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 version = next(line.split('"')[1] for line in Path("fastwavenet/__init__.py").read_text().splitlines()
                if line.startswith("__version__"))
@@ -13,7 +13,9 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["fastwavenet", "fastwavenet.kernels"],
+    # Every package under fastwavenet/ (found, so a new subpackage cannot be left out), and kernels/ installed as
+    # fastwavenet.kernels, never as a top-level `kernels`.
+    packages=find_packages(include=["fastwavenet", "fastwavenet.*"]) + ["fastwavenet.kernels"],
     package_dir={"fastwavenet": "fastwavenet", "fastwavenet.kernels": "kernels"},
     package_data={"fastwavenet": ["models/*.safetensors"]},
     install_requires=[
