@@ -36,22 +36,108 @@ class BenchResult:
     first_call_s: float     # the first call of a few steps: compilation or cache loading, graph capture
     steps: int
     seconds: float
+    of_limit: float | None = None  # samples_per_s / this machine's limit at this batch (Limits.samples_per_s)
 
 
 def machine() -> dict:
-    """What the numbers ran on: CPU model and cores, GPU if any, library versions."""
+    """What the numbers ran on: CPU model, cores and vector ISA, numba's target, GPU if any, library versions."""
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith(("flags", "Features")) and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform()}
+    info = {"cpu": cpu, "cores": os.cpu_count(), "isa": vector_isa(flags, platform.machine()),
+            "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host"), "torch": torch.__version__,
+            "platform": platform.platform()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def vector_isa(flags: set[str], arch: str) -> str:
+    """The widest vector instruction set the CPU offers: avx512f, avx2, avx, sse2 (x86) or neon (ARM)."""
+    for isa in ("avx512f", "avx2", "avx"):
+        if isa in flags:
+            return isa
+    if arch in ("aarch64", "arm64") or "asimd" in flags:
+        return "neon"
+    return "sse2" if "sse2" in flags else arch
+
+
+@dataclass
+class Limits:
+    """This machine's own limits, measured in the same run as the figures they are held against.
+
+    batched: torch's float32 matmul (2048 x 2048 x 2048, all of torch's threads) in GFLOP/s, divided by the
+    model's FLOPs per sample: samples/s if every multiply-add ran at sgemm speed.
+    batch 1: passes/s of one core streaming the model's weight bytes through a matrix-vector product (numba):
+    samples/s if each sample read every weight once at that speed. A batch of B streams may reach at most
+    min(B x that, the batched limit)."""
+
+    sgemm_gflops: float
+    threads: int
+    flops_per_sample: float
+    weight_bytes: int
+    weight_passes_per_s: float
+
+    @property
+    def batched_samples_per_s(self) -> float:
+        return self.sgemm_gflops * 1e9 / self.flops_per_sample
+
+    def samples_per_s(self, batch: int) -> float:
+        return min(batch * self.weight_passes_per_s, self.batched_samples_per_s)
+
+
+def flops_per_sample(config: WaveNetConfig) -> float:
+    """Floating-point operations of one step of one stream: 2 per multiply-add of every matrix-vector product (the
+    last layer's residual product is skipped; the input lookups and conditioning terms are not counted)."""
+    r, g, s, h = config.residual_channels, config.gate_channels, config.skip_channels, config.head_channels
+    per_layer = config.kernel_size * r * 2 * g + g * (r + s)
+    return 2.0 * (config.layers * per_layer - g * r + s * h + h * config.classes)
+
+
+def weight_bytes(model: ModelFile) -> int:
+    """Bytes of the matrices a step reads (float32): the dilated, output and head matrices."""
+    w = model.weights
+    return 4 * sum(t.numel() for t in (w.dilated_w, w.out_w, w.head1_w, w.head2_w))
+
+
+def measure_limits(model: ModelFile, seconds: float = 0.5) -> Limits:
+    """Measure this machine's two limits for `model` (see Limits), about `seconds` each."""
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0.0:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t0))
+    nbytes = weight_bytes(model)
+    passes_per_s = 0.0
+    try:
+        from .kernels.cpu import matvec_passes
+    except ImportError:  # numba missing: the batch-1 limit is not measured
+        pass
+    else:
+        cols = 256
+        w = np.random.default_rng(0).standard_normal((max(1, nbytes // 4 // cols), cols)).astype(np.float32)
+        x, y = np.ones(cols, np.float32), np.empty(w.shape[0], np.float32)
+        matvec_passes(w, x, y, 1)
+        passes, elapsed = 8, 0.0
+        while elapsed < seconds:
+            passes *= 2
+            t0 = time.perf_counter()
+            matvec_passes(w, x, y, passes)
+            elapsed = time.perf_counter() - t0
+        passes_per_s = passes / elapsed
+    return Limits(sgemm_gflops=best / 1e9, threads=torch.get_num_threads(), flops_per_sample=flops_per_sample(
+        model.config), weight_bytes=nbytes, weight_passes_per_s=passes_per_s)
 
 
 def random_model_file(config: WaveNetConfig, seed: int = 0) -> ModelFile:
@@ -105,8 +191,10 @@ def measure(model: ModelFile, backend: str, batch: int, device: str = "cpu", min
 
 
 def run(model: ModelFile, backends: list[str], batches: list[int], device: str = "cpu", min_seconds: float = 1.0,
-        naive_max_batch: int = NAIVE_MAX_BATCH, progress=None, sampling: Sampling = Sampling()) -> list[BenchResult]:
-    """Every backend at every batch, `naive` included where the batch allows, with speedups over naive."""
+        naive_max_batch: int = NAIVE_MAX_BATCH, progress=None, sampling: Sampling = Sampling(),
+        limits: Limits | None = None) -> list[BenchResult]:
+    """Every backend at every batch, `naive` included where the batch allows, with speedups over naive and, given
+    the machine's limits, the share of the limit each reached."""
     results = []
     for batch in batches:
         naive = None
@@ -118,6 +206,8 @@ def run(model: ModelFile, backends: list[str], batches: list[int], device: str =
                              max_steps=64 if naive_run else 200_000, sampling=sampling)
             if backend == "naive":
                 naive = result.samples_per_s
+            if limits is not None and limits.samples_per_s(batch) > 0:
+                result.of_limit = result.samples_per_s / limits.samples_per_s(batch)
             results.append(result)
             if progress:
                 progress(result)
@@ -138,22 +228,35 @@ def resolve_backends(names: list[str], device: str) -> list[str]:
     return names if "naive" in names else ["naive", *names]
 
 
-def table(results: list[BenchResult], config: WaveNetConfig, info: dict, sampling: Sampling = Sampling()) -> str:
-    lines = [f"machine: {info['cpu']}, {info['cores']} cores" + (f", GPU {info['gpu']}" if "gpu" in info else ""),
+def table(results: list[BenchResult], config: WaveNetConfig, info: dict, sampling: Sampling = Sampling(),
+          limits: Limits | None = None) -> str:
+    lines = [f"machine: {info['cpu']}, {info['cores']} cores, {info.get('isa', '?')}"
+             + (f" (numba target {info['numba_cpu_name']})" if info.get("numba_cpu_name", "host") != "host" else "")
+             + (f", GPU {info['gpu']}" if "gpu" in info else ""),
              f"model: {config.layers} layers, residual {config.residual_channels}, skip {config.skip_channels}, "
              f"{config.classes} classes, {config.sample_rate} Hz",
-             *([f"sampling: {sampling}"] if sampling != Sampling() else []),
-             f"{'backend':<8} {'batch':>6} {'samples/s':>14} {'x realtime':>11} {'vs naive':>10} {'first call':>11}"]
+             *([f"sampling: {sampling}"] if sampling != Sampling() else [])]
+    if limits is not None:
+        lines.append(f"limits: sgemm {limits.sgemm_gflops:,.0f} GFLOP/s on {limits.threads} threads / "
+                     f"{limits.flops_per_sample / 1e6:.2f} MFLOP per sample = {limits.batched_samples_per_s:,.0f} "
+                     f"samples/s batched; one core streams the {limits.weight_bytes / 1e6:.2f} MB of weights "
+                     f"{limits.weight_passes_per_s:,.0f} times/s (batch-1 limit)")
+    lines.append(f"{'backend':<8} {'batch':>6} {'samples/s':>14} {'x realtime':>11} {'vs naive':>10} "
+                 f"{'of limit':>9} {'first call':>11}")
     for r in results:
         speedup = f"{r.speedup_vs_naive:,.0f}x" if r.speedup_vs_naive else "-"
+        share = f"{100 * r.of_limit:.0f} %" if r.of_limit is not None else "-"
         lines.append(f"{r.backend:<8} {r.batch:>6} {r.samples_per_s:>14,.0f} {r.realtime_factor:>11.2f} "
-                     f"{speedup:>10} {r.first_call_s:>10.2f}s")
+                     f"{speedup:>10} {share:>9} {r.first_call_s:>10.2f}s")
     return "\n".join(lines)
 
 
-def write_json(path, results: list[BenchResult], config: WaveNetConfig, info: dict, sampling: Sampling = Sampling()):
+def write_json(path, results: list[BenchResult], config: WaveNetConfig, info: dict, sampling: Sampling = Sampling(),
+               limits: Limits | None = None):
     payload = {"machine": info, "config": json.loads(config.to_json()), "date": time.strftime("%Y-%m-%d"),
-               "sampling": asdict(sampling), "results": [asdict(r) for r in results]}
+               "sampling": asdict(sampling), "results": [asdict(r) for r in results],
+               "limits": None if limits is None else {**asdict(limits),
+                                                      "batched_samples_per_s": limits.batched_samples_per_s}}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
 

@@ -145,13 +145,16 @@ def cmd_bench(args):
     backends = bench.resolve_backends(args.backend.split(","), args.device)
     sampling = _sampling(args)
     info = bench.machine()
-    print(bench.table([], model.config, info, sampling))
+    # The machine's own limits, measured in this run, so figures from different machines can be compared.
+    limits = bench.measure_limits(model) if args.device == "cpu" else None
+    print(bench.table([], model.config, info, sampling, limits))
     results = bench.run(model, backends, args.batch, args.device, min_seconds=args.min_seconds, sampling=sampling,
+                        limits=limits,
                         progress=lambda r: print(bench.table([r], model.config, info).splitlines()[-1], flush=True))
     print()
-    print(bench.table(results, model.config, info, sampling))
+    print(bench.table(results, model.config, info, sampling, limits))
     if args.json:
-        bench.write_json(args.json, results, model.config, info, sampling)
+        bench.write_json(args.json, results, model.config, info, sampling, limits)
         print(f"wrote {args.json}")
     if args.plot:
         bench.plot(args.plot, results, f"{args.model or args.preset} on {info.get('gpu', info['cpu'])}")

@@ -10,6 +10,13 @@ from fastwavenet import preset
 from conftest import run_cli
 
 
+def test_flops_per_sample_counts_every_product():
+    from fastwavenet.bench import flops_per_sample
+
+    c = preset("standard")  # 20 layers of (2 x 64 x 128 + 64 x 320) multiply-adds, less the last residual, + head
+    assert flops_per_sample(c) == 2 * (20 * (2 * 64 * 128 + 64 * 320) - 64 * 64 + 256 * 256 + 256 * 256)
+
+
 def test_bench_table_json_and_plot(tmp_path):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     result = run_cli("bench", "--preset", "tiny", "--backend", "torch,numba", "--batch", "1,2", "--min-seconds",
@@ -19,6 +26,10 @@ def test_bench_table_json_and_plot(tmp_path):
     payload = json.loads(out.read_text())
     assert payload["config"] == json.loads(preset("tiny").to_json())
     assert payload["machine"]["cores"] >= 1 and payload["machine"]["cpu"]
+    assert payload["machine"]["isa"] in ("avx512f", "avx2", "avx", "sse2", "neon") and "limits:" in result.stdout
+    limits = payload["limits"]
+    assert limits["sgemm_gflops"] > 0 and limits["weight_passes_per_s"] > 0 and limits["threads"] >= 1
+    assert limits["batched_samples_per_s"] == pytest.approx(limits["sgemm_gflops"] * 1e9 / limits["flops_per_sample"])
     assert payload["sampling"] == {"temperature": 1.0, "top_k": 5, "top_p": 1.0, "argmax": False}
     rows = {(r["backend"], r["batch"]): r for r in payload["results"]}
     assert set(rows) == {(b, n) for b in ("naive", "torch", "numba") for n in (1, 2)}
@@ -26,6 +37,8 @@ def test_bench_table_json_and_plot(tmp_path):
         assert row["samples_per_s"] > 0 and row["steps"] >= 2
         assert row["speedup_vs_naive"] > 0  # naive ran at both batches, so every row has a speedup
         assert row["realtime_factor"] == pytest.approx(row["samples_per_s"] / batch / payload["config"]["sample_rate"])
+        limit = min(batch * limits["weight_passes_per_s"], limits["batched_samples_per_s"])
+        assert row["of_limit"] == pytest.approx(row["samples_per_s"] / limit)
     assert rows[("naive", 1)]["speedup_vs_naive"] == pytest.approx(1.0)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.png"], "temporary files left behind"
