@@ -188,6 +188,26 @@ def cmd_score(args):
         print(f"{r['bits_per_sample']:8.4f} bits/sample  {r['samples']:>9} samples  {r['path']}")
 
 
+def cmd_doctor(args):
+    from . import doctor
+    from .files import atomic_path, check_writable
+
+    if args.json:
+        check_writable(args.json)
+    targets = doctor.parse_targets(args.compile_gpu) if args.compile_gpu else []
+    info = doctor.report()
+    print(doctor.format_report(info))
+    rows = []
+    if targets:
+        print()
+        rows = doctor.compile_gpu(targets)
+        print(doctor.format_compile(rows))
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps({"report": info, "gpu_compile": doctor.rows_as_json(rows)}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
 def cmd_import_keras(args):
     from .importers.keras import import_to_file
 
@@ -311,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("doctor", help="versions, CPU, devices and backends on one screen, for bug reports")
+    p.add_argument("--compile-gpu", metavar="sm_80,sm_90",
+                   help="compile the GPU kernel's variants for these architectures (no GPU needed) and report "
+                        "registers, spills, shared memory")
+    p.add_argument("--json", help="also write the report as JSON")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("import", help="convert a model trained elsewhere")
     kinds = p.add_subparsers(dest="kind", required=True, parser_class=_Parser)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import audio, mulaw
-from .backends import make_backend, resolve_device
+from .backends import full_fp32, make_backend, resolve_device
 from .config import WaveNetConfig, check_memory
 from .errors import FastWaveNetError
 from .modelfile import ModelFile, load_model
@@ -49,7 +49,7 @@ class Conditioning:
                 raise FastWaveNetError("mel features hold no frames")
             if not torch.isfinite(mel).all():
                 raise FastWaveNetError("mel features hold NaN or infinite values")
-            with torch.no_grad():
+            with torch.no_grad(), full_fp32(device):
                 self.features = torch.nn.functional.conv_transpose1d(
                     mel.to(device, torch.float32), w.upsample_w.to(device), w.upsample_b.to(device),
                     stride=config.hop_length).expand(batch, -1, -1)
@@ -72,12 +72,17 @@ class Conditioning:
         if self.length is not None and start + n > self.length:
             raise FastWaveNetError(f"the mel spectrogram covers {self.length} samples; step {start + n} is past it")
         if self.features is not None:
-            terms = torch.einsum("bmt,lmc->btlc", self.features[:, :, start:start + n], self.mel_w)
+            with full_fp32(self.features.device):
+                terms = torch.einsum("bmt,lmc->btlc", self.features[:, :, start:start + n], self.mel_w)
             if self.global_terms is not None:
                 terms = terms + self.global_terms.unsqueeze(1)
         else:
             terms = self.global_terms.unsqueeze(1).expand(-1, n, -1, -1)
         return terms.contiguous()
+
+
+# Bytes of per-layer gate terms one chunk of a conditioned model may hold.
+COND_TERMS_BUDGET = 256 << 20
 
 
 def silence_code(config: WaveNetConfig) -> int:
@@ -124,7 +129,8 @@ class Generator:
         """Compile (or load from the cache) what generating, and priming if `prime`, will run, so that the first
         chunk does not pay for it. Returns the seconds it took."""
         start = time.perf_counter()
-        self.backend.warm_up(sampling, teacher=prime)
+        with full_fp32(self.device):
+            self.backend.warm_up(sampling, teacher=prime)
         return time.perf_counter() - start
 
     def conditioning(self, batch: int = 1, mel=None, speaker=None) -> Conditioning | None:
@@ -148,7 +154,9 @@ class Generator:
         codes = self._codes(codes, state.batch)
         if codes.shape[1] == 0:
             return torch.empty(state.batch, 0, self.config.classes)
-        return self.backend.forward(state, codes, self._terms(state, codes.shape[1], conditioning))
+        terms = self._terms(state, codes.shape[1], conditioning)
+        with full_fp32(self.device):
+            return self.backend.forward(state, codes, terms)
 
     def prime(self, state, codes, conditioning: Conditioning | None = None):
         """Continue from codes (B, P) or (P,): consume all but the last, which generation consumes first.
@@ -181,7 +189,8 @@ class Generator:
         rng = rng if rng is not None else np.random.default_rng()
         terms = self._terms(state, steps, conditioning)
         u = rng.random((steps, state.batch), dtype=np.float32)
-        return self.backend.generate(state, steps, u, sampling, terms).cpu()
+        with full_fp32(self.device):
+            return self.backend.generate(state, steps, u, sampling, terms).cpu()
 
     def stream(self, seconds: float | None = None, samples: int | None = None, batch: int = 1, chunk: int = 4096,
                sampling: Sampling = Sampling(), seed: int | None = None, prime: np.ndarray | None = None,
@@ -199,6 +208,11 @@ class Generator:
         if seconds is None and samples is None and conditioning is not None and conditioning.length is not None:
             samples = self.vocoded_length(conditioning.length, state.t)
         total = self._length(seconds, samples)
+        if conditioning is not None:
+            # A chunk's gate terms are B x chunk x L x 2G floats (10.7 GB for 64 streams of a `standard` vocoder at
+            # 16,384 steps): cap the chunk so they stay within a memory budget.
+            per_step = 4 * state.batch * self.config.layers * 2 * self.config.gate_channels
+            chunk = min(chunk, max(1, COND_TERMS_BUDGET // per_step))
         rng = np.random.default_rng(seed)
         done = 0
         while done < total:

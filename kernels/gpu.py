@@ -74,7 +74,9 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
                     G_P: tl.constexpr, S_P: tl.constexpr, H_P: tl.constexpr,
                     IN_R: tl.constexpr, IN_G: tl.constexpr, IN_S: tl.constexpr, IN_H: tl.constexpr,
                     TEACHER: tl.constexpr, ARGMAX: tl.constexpr, HAS_COND: tl.constexpr):
-    b = tl.program_id(0)
+    # int64, so that every offset computed from it is: (b * steps + step) * L * 2G for the conditioning terms passes
+    # 2**31 at batch 52 for a `standard` vocoder with 16,384-step chunks.
+    b = tl.program_id(0).to(tl.int64)
     r = tl.arange(0, R_P)
     g = tl.arange(0, G_P)
     s_idx = tl.arange(0, S_P)
@@ -175,25 +177,43 @@ def _block(n_out_p: int, budget: int = 4096) -> int:
     return max(1, min(64, budget // n_out_p))
 
 
+def launch_constants(w: GpuWeights, teacher: bool, argmax: bool, has_cond: bool) -> dict:
+    """The compile-time constants of one kernel variant, from the weights' shapes (any objects with `.shape`)."""
+    K_IN, C, R = w.embed.shape
+    G = w.dilated_b.shape[1] // 2
+    S, H = w.out_w.shape[2] - R, w.head1_w.shape[1]
+    p2 = triton.next_power_of_2
+    R_P, G_P, S_P, H_P, C_P = p2(R), p2(G), p2(S), p2(H), p2(C)
+    return dict(C=C, R=R, G=G, S=S, H=H, K=w.dilated_w.shape[1] // R, K_IN=K_IN,
+                C_P=C_P, R_P=R_P, G_P=G_P, S_P=S_P, H_P=H_P,
+                IN_R=_block(G_P), IN_G=_block(max(R_P, S_P)), IN_S=_block(H_P), IN_H=_block(C_P),
+                TEACHER=bool(teacher), ARGMAX=bool(argmax), HAS_COND=bool(has_cond))
+
+
+NUM_WARPS = 4
+
+# The type of every runtime argument, for compiling a variant ahead of time without a GPU (`fastwavenet doctor`).
+ARGUMENT_TYPES = {"codes_ptr": "*i64", "codes_stride": "i32", "u_ptr": "*fp32", "queues_ptr": "*fp32",
+                  "inputs_ptr": "*i64", "cond_ptr": "*fp32", "logits_ptr": "*fp32", "out_ptr": "*i64",
+                  "scratch_ptr": "*fp32", "embed_ptr": "*fp32", "dw_ptr": "*fp32", "db_ptr": "*fp32",
+                  "ow_ptr": "*fp32", "ob_ptr": "*fp32", "h1w_ptr": "*fp32", "h1b_ptr": "*fp32", "h2w_ptr": "*fp32",
+                  "h2b_ptr": "*fp32", "dil_ptr": "*i64", "off_ptr": "*i64", "t0": "i32", "steps": "i32", "B": "i32",
+                  "L": "i32", "Q": "i32", "SCR": "i32", "inv_temperature": "fp32"}
+
+
 def run(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_out, teacher: bool,
         temperature: float = 1.0, argmax: bool = False):
     """Launch one chunk: T = codes.shape[1] steps (teacher, logits into logits_out) or u.shape[0] steps (generate,
     codes into codes_out, sampled at `temperature` or by argmax). Every shape is read from the arrays."""
     B = queues.shape[0]
     steps = codes.shape[1] if teacher else u.shape[0]
-    K_IN, C, R = w.embed.shape
-    L, G = w.dilated_b.shape[0], w.dilated_b.shape[1] // 2
-    S, H = w.out_w.shape[2] - R, w.head1_w.shape[1]
-    p2 = triton.next_power_of_2
-    R_P, G_P, S_P, H_P, C_P = p2(R), p2(G), p2(S), p2(H), p2(C)
+    constants = launch_constants(w, teacher, argmax, cond is not None)
+    R, G, S, H = constants["R"], constants["G"], constants["S"], constants["H"]
     scratch = torch.empty(B, R + G + S + H, device=queues.device, dtype=torch.float32)
     inputs_arg = inputs if inputs.numel() else torch.empty(B, dtype=torch.int64, device=queues.device)
     _wavenet_kernel[(B,)](
         codes, codes.stride(0), u, queues, inputs_arg, queues if cond is None else cond,
         logits_out if teacher else queues, codes_out, scratch,
         w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b, w.head1_w, w.head1_b, w.head2_w, w.head2_b,
-        w.dilations, w.offsets, t0, steps, B, L, queues.shape[1], scratch.shape[1], 1.0 / temperature,
-        C=C, R=R, G=G, S=S, H=H, K=w.dilated_w.shape[1] // R, K_IN=K_IN,
-        C_P=C_P, R_P=R_P, G_P=G_P, S_P=S_P, H_P=H_P,
-        IN_R=_block(G_P), IN_G=_block(max(R_P, S_P)), IN_S=_block(H_P), IN_H=_block(C_P),
-        TEACHER=teacher, ARGMAX=bool(argmax), HAS_COND=cond is not None, num_warps=4)
+        w.dilations, w.offsets, t0, steps, B, w.dilated_b.shape[0], queues.shape[1], scratch.shape[1],
+        1.0 / temperature, **constants, num_warps=NUM_WARPS)

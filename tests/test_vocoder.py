@@ -80,6 +80,17 @@ def test_vocoding_with_a_prime_covers_the_whole_mel(models, tmp_path):
         list(gen.stream(mel=mel, prime=np.zeros(covered + 1)))
 
 
+def test_conditioned_chunks_stay_within_the_memory_budget(models, monkeypatch):
+    """The gate terms of a chunk (B x steps x L x 2G floats) are held to a budget, whatever chunk was asked for."""
+    from fastwavenet import generator
+
+    gen = Generator(models["speakers"], backend="numba")
+    per_step = 4 * 3 * SPEAKERS.layers * 2 * SPEAKERS.gate_channels
+    monkeypatch.setattr(generator, "COND_TERMS_BUDGET", 50 * per_step)
+    sizes = [c.shape[1] for c in gen.stream(samples=420, batch=3, chunk=4096, speaker=[0, 1, 1], seed=0)]
+    assert sum(sizes) == 420 and max(sizes) == 50
+
+
 def test_vocoder_api_streams_bounded_chunks(models):
     gen = Generator(models["vocoder"], backend="torch")
     mel = np.random.default_rng(0).standard_normal((8, 12)).astype(np.float32)

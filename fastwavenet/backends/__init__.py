@@ -19,7 +19,7 @@ import torch
 from ..config import WaveNetConfig
 from ..errors import FastWaveNetError
 from ..folded import FoldedWeights
-from .base import Backend, resolve_device
+from .base import Backend, full_fp32, resolve_device
 from .naive import NaiveBackend
 from .numba_cpu import NumbaBackend
 from .torch_queues import TorchBackend
@@ -70,4 +70,4 @@ def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, devic
 
 
 __all__ = ["Backend", "NaiveBackend", "TorchBackend", "NumbaBackend", "TritonBackend", "registry",
-           "available_backends", "make_backend", "resolve_device"]
+           "available_backends", "make_backend", "resolve_device", "full_fp32"]

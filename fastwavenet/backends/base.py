@@ -9,6 +9,9 @@ cond is None for plain models, else the per-layer gate terms of those steps, (B,
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 import torch
 
@@ -78,3 +81,28 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise FastWaveNetError(f"unsupported device {name!r}; use cpu or cuda")
     return device
+
+
+_PRECISION_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def full_fp32(device: torch.device):
+    """On CUDA, run the block with TF32 off for cuDNN convolutions and matmuls (cuDNN allows it by default, and a
+    user may allow it for matmuls), since TF32 breaks the 1e-4 agreement with the training model; the user's settings
+    are restored afterwards. They are process-wide, so blocks are serialized across threads. Elsewhere nothing
+    changes."""
+    if device.type != "cuda":
+        yield
+        return
+    with _PRECISION_LOCK:
+        saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+                 torch.get_float32_matmul_precision())
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved[:2]
+            torch.set_float32_matmul_precision(saved[2])

@@ -3,6 +3,8 @@ graph and replayed."""
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +34,9 @@ class TorchBackend(Backend):
         taps = torch.arange(k - 1, 0, -1)
         self.lags = (torch.from_numpy(layout.dilations)[:, None] * taps[None, :]).to(device)
         self._graph = None
+        # One captured graph and its static buffers per backend: two threads sharing a Generator must neither
+        # replay into each other's buffers nor capture while the other launches work.
+        self._graph_lock = threading.Lock()
 
     @torch.no_grad()
     def _step(self, queues, inputs, codes, t, cond=None):
@@ -67,7 +72,8 @@ class TorchBackend(Backend):
 
     def _step_state(self, state: QueueState, codes: torch.Tensor, cond) -> torch.Tensor:
         if self.device.type == "cuda":
-            logits = self._replay(state, codes, cond)
+            with self._graph_lock, torch.cuda.device(self.device):  # cuda:1 captures and replays on device 1
+                logits = self._replay(state, codes, cond)
         else:
             logits = self._step(state.queues, state.inputs, codes, torch.tensor(state.t), cond)
         state.t += 1

@@ -3,6 +3,7 @@ loop inside the kernel). This module is the only place that knows how that kerne
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -11,6 +12,11 @@ import torch
 
 from ..state import QueueState
 from .base import Backend
+
+
+def _on(device: torch.device):
+    """Launches go to the current CUDA device: make it the backend's (cuda:1 runs on device 1)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 class TritonBackend(Backend):
@@ -53,8 +59,9 @@ class TritonBackend(Backend):
         unused_u = torch.zeros(T, B, device=self.device)
         unused_codes = torch.empty(B, T, dtype=torch.int64, device=self.device)
         cond = None if cond is None else cond.to(self.device).contiguous()
-        gpu.run(codes, state.t, unused_u, self.weights, state.queues, state.inputs, cond, logits, unused_codes,
-                teacher=True)
+        with _on(self.device):
+            gpu.run(codes, state.t, unused_u, self.weights, state.queues, state.inputs, cond, logits, unused_codes,
+                    teacher=True)
         state.t += T
         return logits
 
@@ -69,8 +76,9 @@ class TritonBackend(Backend):
         out = torch.empty(B, n, dtype=torch.int64, device=self.device)
         u = torch.from_numpy(np.ascontiguousarray(u)).to(self.device)
         cond = None if cond is None else cond.to(self.device).contiguous()
-        gpu.run(first, state.t, u, self.weights, state.queues, state.inputs, cond, None, out, teacher=False,
-                temperature=sampling.temperature, argmax=sampling.argmax)
+        with _on(self.device):
+            gpu.run(first, state.t, u, self.weights, state.queues, state.inputs, cond, None, out, teacher=False,
+                    temperature=sampling.temperature, argmax=sampling.argmax)
         state.t += n
         state.last = out[:, -1].clone()
         return out

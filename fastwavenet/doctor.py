@@ -1,0 +1,191 @@
+"""`fastwavenet doctor`: one screen for a bug report (versions, CPU and its vector ISA, numba's threads, CUDA devices,
+which backends run and why not), and ahead-of-time compiles of the GPU kernel for chosen architectures, without a
+GPU, reporting what the interpreter cannot see: registers, spills, shared memory and how many programs fit an SM."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .backends import registry
+from .config import PRESETS, WaveNetConfig
+from .errors import FastWaveNetError
+from .folded import expected_shapes
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def report() -> dict:
+    """What this machine offers fastwavenet."""
+    from .bench import machine
+
+    info = {"fastwavenet": __version__, "python": sys.version.split()[0],
+            **{p: _version(p) for p in ("torch", "numpy", "numba", "triton", "safetensors", "soundfile", "librosa")},
+            **machine()}
+    if importlib.util.find_spec("numba") is not None:
+        import numba
+
+        from .backends.numba_cpu import block_outputs
+
+        info["numba_threads"] = numba.get_num_threads()
+        info["numba_threading_layer"] = numba.config.THREADING_LAYER  # chosen among these at the first parallel call
+        info["numba_register_blocks"] = f"{block_outputs()}x4"
+    info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    info["backends"] = {}
+    for device in ("cpu", "cuda"):
+        for name, cls in registry().items():
+            if device == "cuda" and "cuda" not in cls.devices:
+                continue
+            reason = cls.unavailable_reason(torch.device(device))
+            if reason is None and device == "cuda" and not torch.cuda.is_available():
+                reason = "no CUDA device here"
+            info["backends"][f"{name} on {device}"] = reason or "available"
+    return info
+
+
+def format_report(info: dict) -> str:
+    lines = []
+    for key, value in info.items():
+        if key == "backends":
+            lines.append("backends:")
+            lines.extend(f"  {name:<16} {status}" for name, status in value.items())
+        elif isinstance(value, list):
+            lines.append(f"{key}: {', '.join(value) or 'none'}")
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+# ---- the GPU kernel, compiled for a target without a GPU ---------------------------------------------------------
+
+@dataclass
+class CompileRow:
+    target: str          # sm_80, sm_90, ...
+    model: str           # preset name (or "custom")
+    variant: str         # teacher / generate-sampled / generate-argmax, +cond
+    registers: int
+    spill_bytes: int     # local memory per thread: registers that did not fit
+    shared_bytes: int
+    stack_bytes: int
+    programs_per_sm: int  # resident programs (one per stream) an SM can hold, by registers and shared memory
+
+
+# Per-SM limits of the architectures we compile for (CUDA programming guide, "compute capabilities").
+_SM_LIMITS = {80: dict(registers=65536, shared=167936, blocks=32), 86: dict(registers=65536, shared=102400, blocks=16),
+              89: dict(registers=65536, shared=102400, blocks=24), 90: dict(registers=65536, shared=232448, blocks=32)}
+
+
+def parse_targets(text: str) -> list[int]:
+    targets = []
+    for part in text.split(","):
+        match = re.fullmatch(r"(?:sm_)?(\d+)", part.strip())
+        if not match or int(match.group(1)) not in _SM_LIMITS:
+            raise FastWaveNetError(f"unknown GPU target {part!r}; choose from "
+                                   f"{', '.join(f'sm_{t}' for t in _SM_LIMITS)}")
+        targets.append(int(match.group(1)))
+    return targets
+
+
+@dataclass
+class _Shaped:
+    shape: tuple
+
+
+class _Shapes:
+    """Stand-ins for the weight tensors, carrying only the shapes that the launcher reads (dilated_w with its taps
+    stacked, as the Triton backend passes it)."""
+
+    def __init__(self, config: WaveNetConfig):
+        for name, shape in expected_shapes(config).items():
+            setattr(self, name, _Shaped(shape))
+        layers, taps, residual, gates = self.dilated_w.shape
+        self.dilated_w = _Shaped((layers, taps * residual, gates))
+
+
+def _variants(config: WaveNetConfig):
+    modes = [("teacher", True, False), ("generate-sampled", False, False), ("generate-argmax", False, True)]
+    for label, teacher, argmax in modes:
+        for cond in (False, True):
+            yield label + ("+cond" if cond else ""), teacher, argmax, cond
+
+
+def _resources(cubin: bytes) -> dict:
+    """Registers, local (spill) memory, shared memory and stack of a cubin, read by the cuobjdump in Triton's wheel."""
+    import tempfile
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    return {k: int(v) for k, v in found.items()}
+
+
+def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = None) -> list[CompileRow]:
+    """Compile every variant of the Triton kernel that the backend can launch, for each target and model shape."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise FastWaveNetError("unset TRITON_INTERPRET to compile for a GPU (the interpreter compiles nothing)")
+    if importlib.util.find_spec("triton") is None:
+        raise FastWaveNetError("compiling for a GPU needs triton: pip install 'fastwavenet[gpu]'")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .kernels import gpu
+
+    if models is None:
+        models = {name: PRESETS[name] for name in ("small", "standard", "large")}
+        models["standard-k3"] = PRESETS["standard"].replace(kernel_size=3)
+    rows = []
+    for target in targets:
+        limits = _SM_LIMITS[target]
+        for model_name, config in models.items():
+            if gpu.unsupported_reason(config.input_kernel_size):
+                continue
+            for label, teacher, argmax, cond in _variants(config):
+                constants = gpu.launch_constants(_Shapes(config), teacher, argmax, cond)
+                signature = {**gpu.ARGUMENT_TYPES, **{name: "constexpr" for name in constants}}
+                # FP fusion on, as at launch today (Triton 3.9's default; stated, so its warning stays quiet)
+                options = {"num_warps": gpu.NUM_WARPS, "enable_fp_fusion": True}
+                kernel = triton.compile(ASTSource(gpu._wavenet_kernel, signature, constants),
+                                        target=GPUTarget("cuda", target, 32), options=options)
+                use = _resources(kernel.asm["cubin"])
+                threads = 32 * gpu.NUM_WARPS
+                by_registers = limits["registers"] // max(1, use.get("REG", 0) * threads)
+                by_shared = limits["shared"] // use["SHARED"] if use.get("SHARED") else limits["blocks"]
+                rows.append(CompileRow(f"sm_{target}", model_name, label, use.get("REG", 0), use.get("LOCAL", 0),
+                                       use.get("SHARED", 0), use.get("STACK", 0),
+                                       min(by_registers, by_shared, limits["blocks"])))
+    return rows
+
+
+def format_compile(rows: list[CompileRow]) -> str:
+    lines = [f"{'target':<7} {'model':<12} {'variant':<22} {'registers':>9} {'spills':>7} {'shared':>7} "
+             f"{'stack':>6} {'programs/SM':>12}"]
+    for r in rows:
+        lines.append(f"{r.target:<7} {r.model:<12} {r.variant:<22} {r.registers:>9} {r.spill_bytes:>7} "
+                     f"{r.shared_bytes:>7} {r.stack_bytes:>6} {r.programs_per_sm:>12}")
+    lines.append("top-k / top-p: no kernel variant; the backend samples them on the host per step (not compiled)")
+    return "\n".join(lines)
+
+
+def rows_as_json(rows: list[CompileRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

@@ -1,0 +1,73 @@
+"""`fastwavenet doctor`: the report, and the GPU kernel compiled for a real architecture without a GPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_cli
+
+
+def test_doctor_report(tmp_path):
+    out = tmp_path / "doctor.json"
+    result = run_cli("doctor", "--json", out)
+    assert result.returncode == 0, result.stderr
+    assert "backends:" in result.stdout and "numba on cpu" in result.stdout
+    report = json.loads(out.read_text())["report"]
+    assert report["isa"] and report["torch"] and report["backends"]["naive on cpu"] == "available"
+    if not report["cuda_devices"]:
+        assert report["backends"]["triton on cuda"] != "available"
+
+
+def test_doctor_refuses_an_unknown_target():
+    result = run_cli("doctor", "--compile-gpu", "sm_12")
+    assert result.returncode == 2 and "unknown GPU target" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_gpu_kernel_compiles_for_sm90_without_spills():
+    """What Triton's interpreter cannot check: the kernel compiles for a real GPU (dot shapes, dtypes, constexprs),
+    spills no registers and fits the per-block shared memory (48 KB without opting in), for every variant the
+    backend launches, on the `standard` shape."""
+    pytest.importorskip("triton")
+    script = """
+import json
+from fastwavenet import preset
+from fastwavenet.doctor import compile_gpu, rows_as_json
+print(json.dumps(rows_as_json(compile_gpu([90], {"standard": preset("standard")}))))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(rows) == 6
+    for row in rows:
+        assert row["spill_bytes"] == 0 and row["stack_bytes"] == 0, row
+        assert row["shared_bytes"] <= 48 * 1024 and 0 < row["registers"] <= 255, row
+        assert row["programs_per_sm"] >= 1, row
+
+
+def test_full_fp32_turns_tf32_off_on_cuda_and_restores_the_users_settings():
+    """Runs without a GPU: the settings are process-wide flags that can be read and set anywhere."""
+    import torch
+
+    from fastwavenet.backends import full_fp32
+
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+             torch.get_float32_matmul_precision())
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        with full_fp32(torch.device("cuda")):
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        assert torch.get_float32_matmul_precision() == "high"
+        with full_fp32(torch.device("cpu")):  # the CPU has no TF32: nothing changes
+            assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
