@@ -308,3 +308,44 @@ def test_register_blocks_follow_the_compile_target(monkeypatch, name, features, 
     monkeypatch.setattr(config, "CPU_NAME", name)
     monkeypatch.setattr(config, "CPU_FEATURES", features)
     assert block_outputs() == expected
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["triton"])
+def test_generate_path_draws_what_the_reference_rule_draws(backend):
+    """Given the same uniforms, each backend's own generation (the compiled samplers inside the numba and Triton
+    kernels included) draws the codes that the reference rule of fastwavenet/sampling.py draws from the training
+    model's logits for the same inputs. Disagreement is allowed only where the reference's cumulative sum lies
+    within float rounding (1e-5) of u * total; such cases are counted and must stay rare."""
+    from fastwavenet.backends import available_backends
+    from fastwavenet.sampling import _truncate
+
+    if backend not in available_backends("cpu"):
+        pytest.skip(f"{backend} is not available on the CPU here")
+    config = preset("tiny")
+    model = random_model(config, 12)
+    gen = Generator(ModelFile(config, fold(model)), backend=backend)
+    steps, batch = (10, 3) if backend in ("naive", "triton") else (120, 4)
+    samplings = [Sampling(), Sampling(temperature=0.7), Sampling(argmax=True), Sampling(top_k=5),
+                 Sampling(top_p=0.8)]
+    near, draws = 0, 0
+    for i, sampling in enumerate(samplings):
+        u = np.random.default_rng(i).random((steps, batch), dtype=np.float32)
+        state = gen.new_state(batch)
+        first = state.last.clone().cpu()
+        codes = gen.backend.generate(state, steps, u, sampling).cpu()
+        with torch.no_grad():
+            logits = model(torch.cat([first[:, None], codes[:, :-1]], dim=1)).transpose(1, 2)  # (B, steps, C)
+        flat = logits.reshape(-1, config.classes)
+        uu = torch.from_numpy(u.T.copy()).reshape(-1)
+        expected = sample(flat, uu, sampling)
+        got = codes.reshape(-1)
+        p = torch.softmax(flat.double() / sampling.temperature, dim=1)
+        p = _truncate(p, sampling) if sampling.truncates else p
+        cdf = p.cumsum(dim=1)
+        margin = (cdf - uu.double()[:, None] * cdf[:, -1:]).abs().amin(dim=1)
+        mismatch = got != expected
+        assert not sampling.argmax or not mismatch.any(), f"argmax differs at {torch.nonzero(mismatch)[:5]}"
+        assert (margin[mismatch] < 1e-5).all(), f"{sampling}: draws differ away from a class boundary"
+        near += int(mismatch.sum())
+        draws += got.numel()
+    assert near <= max(1, draws // 100), f"{near} of {draws} draws fell on a rounding boundary"
