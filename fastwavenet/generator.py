@@ -203,11 +203,12 @@ class Generator:
             raise FastWaveNetError(f"chunk must be a positive integer, got {chunk}")
         state = state if state is not None else self.new_state(batch)
         conditioning = self.conditioning(state.batch, mel, speaker)
+        to_mel_end = seconds is None and samples is None and conditioning is not None and conditioning.length
+        total = None if to_mel_end else self._length(seconds, samples)  # bad lengths refused before priming
         if prime is not None:
             self.prime_audio(state, prime, conditioning)
-        if seconds is None and samples is None and conditioning is not None and conditioning.length is not None:
-            samples = self.vocoded_length(conditioning.length, state.t)
-        total = self._length(seconds, samples)
+        if to_mel_end:
+            total = self.vocoded_length(conditioning.length, state.t)
         if conditioning is not None:
             # A chunk's gate terms are B x chunk x L x 2G floats (10.7 GB for 64 streams of a `standard` vocoder at
             # 16,384 steps): cap the chunk so they stay within a memory budget.
