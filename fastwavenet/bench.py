@@ -16,7 +16,7 @@ import torch
 from .backends import available_backends
 from .config import WaveNetConfig
 from .errors import FastWaveNetError
-from .files import atomic_path
+from . import files
 from .generator import Generator
 from .modelfile import ModelFile
 from .sampling import Sampling
@@ -41,16 +41,15 @@ class BenchResult:
 
 def machine() -> dict:
     """What the numbers ran on: CPU model, cores and vector ISA, numba's target, GPU if any, library versions."""
-    cpu = platform.processor() or platform.machine()
-    flags: set[str] = set()
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")) and not flags:
-                flags = set(line.split(":", 1)[1].split())
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first processor's lines are enough
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    cpu = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
     info = {"cpu": cpu, "cores": os.cpu_count(), "isa": vector_isa(flags, platform.machine()),
             "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host"), "torch": torch.__version__,
             "platform": platform.platform()}
@@ -257,8 +256,7 @@ def write_json(path, results: list[BenchResult], config: WaveNetConfig, info: di
                "sampling": asdict(sampling), "results": [asdict(r) for r in results],
                "limits": None if limits is None else {**asdict(limits),
                                                       "batched_samples_per_s": limits.batched_samples_per_s}}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    files.write_json(path, payload)
 
 
 def require_matplotlib():
@@ -287,6 +285,6 @@ def plot(path, results: list[BenchResult], title: str):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

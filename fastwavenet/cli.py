@@ -190,7 +190,7 @@ def cmd_score(args):
 
 def cmd_doctor(args):
     from . import doctor
-    from .files import atomic_path, check_writable
+    from .files import check_writable, write_json
 
     if args.json:
         check_writable(args.json)
@@ -203,8 +203,7 @@ def cmd_doctor(args):
         rows = doctor.compile_gpu(targets)
         print(doctor.format_compile(rows))
     if args.json:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps({"report": info, "gpu_compile": doctor.rows_as_json(rows)}, indent=2) + "\n")
+        write_json(args.json, {"report": info, "gpu_compile": doctor.rows_as_json(rows)})
         print(f"wrote {args.json}")
 
 

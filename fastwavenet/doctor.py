@@ -50,10 +50,7 @@ def report() -> dict:
         for name, cls in registry().items():
             if device == "cuda" and "cuda" not in cls.devices:
                 continue
-            reason = cls.unavailable_reason(torch.device(device))
-            if reason is None and device == "cuda" and not torch.cuda.is_available():
-                reason = "no CUDA device here"
-            info["backends"][f"{name} on {device}"] = reason or "available"
+            info["backends"][f"{name} on {device}"] = cls.unavailable_reason(torch.device(device)) or "available"
     return info
 
 

@@ -4,6 +4,7 @@ complete. Every file fastwavenet writes goes through here."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -66,3 +67,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise FastWaveNetError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, data, **dumps_options):
+    """Write `data` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, **dumps_options) + "\n")

@@ -127,11 +127,9 @@ class Generator:
 
     def warm_up(self, sampling: Sampling = Sampling(), prime: bool = False):
         """Compile (or load from the cache) what generating, and priming if `prime`, will run, so that the first
-        chunk does not pay for it. Returns the seconds it took."""
-        start = time.perf_counter()
+        chunk does not pay for it."""
         with full_fp32(self.device):
             self.backend.warm_up(sampling, teacher=prime)
-        return time.perf_counter() - start
 
     def conditioning(self, batch: int = 1, mel=None, speaker=None) -> Conditioning | None:
         """Conditioning for `batch` streams: mel (n_mels, frames) or (B, n_mels, frames) log-mel frames as

@@ -25,7 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .config import WaveNetConfig, check_memory
 from .data import CropDataset, load_corpus, speaker_names, split_by_file, validation_crops
 from .errors import FastWaveNetError
-from .files import atomic_path
+from .files import atomic_path, write_json
 from .model import WaveNet, loss_bits
 
 CHECKPOINT_FORMAT = "fastwavenet-checkpoint"
@@ -110,11 +110,6 @@ def model_from_checkpoint(path) -> WaveNet:
 
 def _world():
     return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-
-
-def _write_json_atomic(path: Path, data):
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _read_log(run_dir: Path, up_to_step: int) -> list[dict]:
@@ -266,10 +261,9 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
     if is_main:
         log_rows = _read_log(run_dir, step) if resume else []
         run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
-        _write_json_atomic(run_dir / "train.json", {"data": [str(d) for d in run.data], "speakers": run.speakers,
-                                                    "options": dataclasses.asdict(options)})
+        write_json(run_dir / "config.json", json.loads(config.to_json()))
+        write_json(run_dir / "train.json", {"data": [str(d) for d in run.data], "speakers": run.speakers,
+                                            "options": dataclasses.asdict(options)}, sort_keys=True)
         log = open(run_dir / "log.jsonl", "w")
         for row in log_rows:
             log.write(json.dumps(row) + "\n")

@@ -10,6 +10,7 @@ cond is None for plain models, else the per-layer gate terms of those steps, (B,
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import threading
 
 import numpy as np
@@ -25,6 +26,7 @@ from ..state import QueueState
 class Backend:
     name = "?"
     devices = ("cpu",)
+    requires: str | None = None  # the module this backend's kernel needs, if any beyond torch
     # What the first call does that later ones do not, said on screen by the CLI when it takes a while (None: nothing)
     first_call = None
 
@@ -32,9 +34,21 @@ class Backend:
         self.config, self.device = config, device
 
     @classmethod
+    def missing_module(cls) -> str | None:
+        if cls.requires is not None and importlib.util.find_spec(cls.requires) is None:
+            return f"{cls.requires} is not installed"
+        return None
+
+    @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:
         """None if this backend can run on `device`, else why not."""
-        return None if device.type in cls.devices else f"runs on {' or '.join(cls.devices)} only"
+        if cls.missing_module():
+            return cls.missing_module()
+        if device.type not in cls.devices:
+            return f"runs on {' or '.join(cls.devices)} only"
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device here"
+        return None
 
     @classmethod
     def unsupported_reason(cls, config: WaveNetConfig) -> str | None:

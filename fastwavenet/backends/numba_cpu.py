@@ -4,9 +4,7 @@ tiles across cores. This module is the only place that knows how that kernel wan
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
-import os
 import threading
 
 import numpy as np
@@ -64,13 +62,8 @@ class NumbaBackend(Backend):
 
     name = "numba"
     devices = ("cpu",)
+    requires = "numba"
     first_call = "compiling the CPU kernels for this machine (first run only, kept in numba's cache; 20-60 s)"
-
-    @classmethod
-    def unavailable_reason(cls, device):
-        if importlib.util.find_spec("numba") is None:
-            return "numba is not installed"
-        return super().unavailable_reason(device)
 
     def __init__(self, config, weights, device):
         super().__init__(config, weights, device)
@@ -95,7 +88,7 @@ class NumbaBackend(Backend):
         """Streams per tile: the batch spread over numba's threads, at most 64 (a tile's scratch stays in cache)."""
         import numba
 
-        return max(1, min(64, math.ceil(batch / (numba.get_num_threads() or os.cpu_count() or 1))))
+        return max(1, min(64, math.ceil(batch / numba.get_num_threads())))
 
     def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
         from ..kernels import cpu
