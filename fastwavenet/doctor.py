@@ -39,11 +39,8 @@ def report() -> dict:
     if importlib.util.find_spec("numba") is not None:
         import numba
 
-        from .backends.numba_cpu import block_outputs
-
         info["numba_threads"] = numba.get_num_threads()
         info["numba_threading_layer"] = numba.config.THREADING_LAYER  # chosen among these at the first parallel call
-        info["numba_register_blocks"] = f"{block_outputs()}x4"
     info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     info["backends"] = {}
     for device in ("cpu", "cuda"):

@@ -19,70 +19,26 @@ import torch
 
 from . import audio, mulaw
 from .backends import full_fp32, make_backend, resolve_device
+from .conditioning import Conditioning
 from .config import WaveNetConfig, check_memory
 from .errors import FastWaveNetError
 from .modelfile import ModelFile, load_model
 from .sampling import Sampling
 
 
-class Conditioning:
-    """What a conditioned model generates from, for B streams: a log-mel spectrogram, upsampled once to the sample
-    rate, and speaker ids; per-layer gate terms are made from them chunk by chunk (`terms`), so memory for those
-    stays bounded however long the input."""
-
-    def __init__(self, config: WaveNetConfig, weights, device: torch.device, batch: int,
-                 mel=None, speaker=None):
-        self.config, self.batch = config, batch
-        self.features = self.global_terms = None
-        self.length = None
-        w = weights
-        if config.n_mels:
-            if mel is None:
-                raise FastWaveNetError("this model is a vocoder: it needs a mel spectrogram")
-            mel = torch.as_tensor(np.asarray(mel, dtype=np.float32)) if not isinstance(mel, torch.Tensor) else mel
-            if mel.ndim == 2:
-                mel = mel.unsqueeze(0)  # one mel for every stream: upsampled once, shared below
-            if mel.ndim != 3 or mel.shape[0] not in (1, batch) or mel.shape[1] != config.n_mels:
-                raise FastWaveNetError(f"mel features must be ({config.n_mels} bands, frames), got shape "
-                                       f"{tuple(mel.shape)}")
-            if mel.shape[2] == 0:
-                raise FastWaveNetError("mel features hold no frames")
-            if not torch.isfinite(mel).all():
-                raise FastWaveNetError("mel features hold NaN or infinite values")
-            with torch.no_grad(), full_fp32(device):
-                self.features = torch.nn.functional.conv_transpose1d(
-                    mel.to(device, torch.float32), w.upsample_w.to(device), w.upsample_b.to(device),
-                    stride=config.hop_length).expand(batch, -1, -1)
-            self.mel_w = w.mel_w.to(device)
-            self.length = self.features.shape[2]
-        elif mel is not None:
-            raise FastWaveNetError("this model takes no mel spectrogram")
-        if config.speakers:
-            if speaker is None:
-                raise FastWaveNetError(f"this model needs a speaker id in [0, {config.speakers - 1}]")
-            speaker = torch.as_tensor(speaker, dtype=torch.int64).reshape(-1).expand(batch)
-            if speaker.min() < 0 or speaker.max() >= config.speakers:
-                raise FastWaveNetError(f"speaker id out of range: the model knows speakers 0..{config.speakers - 1}")
-            self.global_terms = torch.einsum("be,lec->blc", w.speaker_embed[speaker], w.speaker_w).to(device)
-        elif speaker is not None:
-            raise FastWaveNetError("this model takes no speaker id")
-
-    def terms(self, start: int, n: int) -> torch.Tensor:
-        """Gate terms of steps start .. start+n-1: (B, n, L, 2G) float32."""
-        if self.length is not None and start + n > self.length:
-            raise FastWaveNetError(f"the mel spectrogram covers {self.length} samples; step {start + n} is past it")
-        if self.features is not None:
-            with full_fp32(self.features.device):
-                terms = torch.einsum("bmt,lmc->btlc", self.features[:, :, start:start + n], self.mel_w)
-            if self.global_terms is not None:
-                terms = terms + self.global_terms.unsqueeze(1)
-        else:
-            terms = self.global_terms.unsqueeze(1).expand(-1, n, -1, -1)
-        return terms.contiguous()
-
-
 # Bytes of per-layer gate terms one chunk of a conditioned model may hold.
 COND_TERMS_BUDGET = 256 << 20
+
+
+def stream_rngs(seed: int | None, batch: int) -> list[np.random.Generator]:
+    """Stream i of a batch seeded with S draws its uniforms from numpy's default generator seeded with S + i: it
+    makes what a batch of one seeded with S + i makes (given the same model, options and conditioning, on the same
+    backend). Without a seed, each stream gets fresh entropy."""
+    if seed is None:
+        return [np.random.default_rng() for _ in range(batch)]
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise FastWaveNetError(f"seed must be a non-negative integer, got {seed!r}")
+    return [np.random.default_rng(int(seed) + i) for i in range(batch)]
 
 
 def silence_code(config: WaveNetConfig) -> int:
@@ -136,7 +92,7 @@ class Generator:
         `fastwavenet.features.log_mel` makes them; speaker: an id, or one per stream. None for a plain model."""
         if not self.config.conditioned and mel is None and speaker is None:
             return None
-        return Conditioning(self.config, self.model.weights, self.device, batch, mel, speaker)
+        return Conditioning.build(self.config, self.model.weights, self.device, batch, mel, speaker)
 
     def _terms(self, state, n: int, conditioning: Conditioning | None):
         if conditioning is None:
@@ -181,12 +137,20 @@ class Generator:
         self.prime(state, np.broadcast_to(codes, (state.batch, len(codes))), conditioning)
 
     def generate_codes(self, state, steps: int, sampling: Sampling = Sampling(),
-                       rng: np.random.Generator | None = None,
+                       rng: np.random.Generator | list[np.random.Generator] | None = None,
                        conditioning: Conditioning | None = None) -> torch.Tensor:
-        """Generate `steps` codes for every stream: (B, steps) int64 on the CPU."""
+        """Generate `steps` codes for every stream: (B, steps) int64 on the CPU.
+
+        rng: one generator per stream (each stream's uniforms come from its own, so its codes do not depend on the
+        others), or one for all (drawn step by step across streams), or None (fresh entropy)."""
         rng = rng if rng is not None else np.random.default_rng()
         terms = self._terms(state, steps, conditioning)
-        u = rng.random((steps, state.batch), dtype=np.float32)
+        if isinstance(rng, np.random.Generator):
+            u = rng.random((steps, state.batch), dtype=np.float32)
+        else:
+            if len(rng) != state.batch:
+                raise FastWaveNetError(f"{len(rng)} random generators for {state.batch} streams")
+            u = np.stack([r.random(steps, dtype=np.float32) for r in rng], axis=1)
         with full_fp32(self.device):
             return self.backend.generate(state, steps, u, sampling, terms).cpu()
 
@@ -200,6 +164,7 @@ class Generator:
         if not isinstance(chunk, int) or chunk < 1:
             raise FastWaveNetError(f"chunk must be a positive integer, got {chunk}")
         state = state if state is not None else self.new_state(batch)
+        rngs = stream_rngs(seed, state.batch)
         conditioning = self.conditioning(state.batch, mel, speaker)
         to_mel_end = seconds is None and samples is None and conditioning is not None and conditioning.length
         total = None if to_mel_end else self._length(seconds, samples)  # bad lengths refused before priming
@@ -212,11 +177,10 @@ class Generator:
             # 16,384 steps): cap the chunk so they stay within a memory budget.
             per_step = 4 * state.batch * self.config.layers * 2 * self.config.gate_channels
             chunk = min(chunk, max(1, COND_TERMS_BUDGET // per_step))
-        rng = np.random.default_rng(seed)
         done = 0
         while done < total:
             n = min(chunk, total - done)
-            codes = self.generate_codes(state, n, sampling, rng, conditioning)
+            codes = self.generate_codes(state, n, sampling, rngs, conditioning)
             done += n
             yield mulaw.decode(codes.numpy(), self.config.classes).astype(np.float32)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -55,6 +56,28 @@ def sample(logits: torch.Tensor, u: torch.Tensor, sampling: Sampling) -> torch.T
     classes = torch.arange(p.shape[1], device=p.device)
     last_kept = torch.where(p > 0, classes, 0).amax(dim=1)
     return torch.where(codes < p.shape[1], codes, last_kept)
+
+
+def per_stream(sampling: "Sampling | Sequence[Sampling]", batch: int) -> list[Sampling]:
+    """One Sampling per stream: a single one shared by all, or a sequence of `batch` of them."""
+    if isinstance(sampling, Sampling):
+        return [sampling] * batch
+    sampling = list(sampling)
+    if len(sampling) != batch or not all(isinstance(s, Sampling) for s in sampling):
+        raise FastWaveNetError(f"sampling: give one Sampling or one per stream ({batch}), got {len(sampling)}")
+    return sampling
+
+
+def sample_streams(logits: torch.Tensor, u: torch.Tensor, samplings: Sequence[Sampling]) -> torch.Tensor:
+    """`sample` with each stream's own rule: streams that share a rule are sampled together."""
+    first = samplings[0]
+    if all(s == first for s in samplings):
+        return sample(logits, u, first)
+    codes = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+    for rule in set(samplings):
+        rows = torch.tensor([i for i, s in enumerate(samplings) if s == rule], device=logits.device)
+        codes[rows] = sample(logits[rows], u[rows], rule)
+    return codes
 
 
 def _truncate(p: torch.Tensor, sampling: Sampling) -> torch.Tensor:

@@ -3,11 +3,12 @@
 The weights arrive as one `CpuWeights` (a NamedTuple of arrays, which numba passes as one value). Its matrices are
 out-major, the transpose of the folded layout of fastwavenet/folded.py (the numba backend transposes once), so every
 output is one contiguous dot product that vectorizes.
-Streams are processed in tiles of `tile` streams, and each product works in register blocks of 4 (AVX-512) or 2
-(AVX2 and narrower) outputs x 4 streams, so a weight row is loaded once for four streams and the loop is bound by
-arithmetic, not loads. Tiles run in
-parallel (numba prange), each through all its steps, so one call opens one parallel region however many steps it
-makes. Measured effects of these choices are in docs/BENCHMARKS.md.
+Streams are processed in tiles of `tile` streams; each product works in blocks of 4 outputs for one stream, the
+same code for every stream, so a stream's arithmetic never depends on which streams share its tile, how many there
+are or where it sits (a request's audio is the same alone or beside 100 others). Blocks of 4 outputs x 4 streams,
+which load each weight row once for four streams, were 1.2-1.5x faster batched but rounded a block's streams
+differently from a lone one. Tiles run in parallel (numba prange), each through all its steps, so one call opens one
+parallel region however many steps it makes. Measured effects of these choices are in docs/BENCHMARKS.md.
 
 Shapes (B streams, T or n steps, L layers, R/G/S/H/C channels, k taps, k_in input taps, Q queue slots): see
 `CpuWeights`; queues (B, Q, R) float32, inputs (B, k_in-1) int64 (-1: before the start).
@@ -67,61 +68,6 @@ def fast_tanh(x):
 
 
 @njit(**_OPTIONS, inline="always")
-def _block44(w, bias, x, y, o, b, n_in):
-    """y[b:b+4, o:o+4] from 16 dot products that share each load: 8 loads feed 16 multiply-adds, so the loop is
-    bound by arithmetic rather than by loads (one output for one stream at a time made 2 loads per multiply-add)."""
-    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
-    a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
-    for i in range(n_in):
-        w0, w1, w2, w3 = w[o, i], w[o + 1, i], w[o + 2, i], w[o + 3, i]
-        x0, x1, x2, x3 = x[b, i], x[b + 1, i], x[b + 2, i], x[b + 3, i]
-        a00 += w0 * x0
-        a01 += w0 * x1
-        a02 += w0 * x2
-        a03 += w0 * x3
-        a10 += w1 * x0
-        a11 += w1 * x1
-        a12 += w1 * x2
-        a13 += w1 * x3
-        a20 += w2 * x0
-        a21 += w2 * x1
-        a22 += w2 * x2
-        a23 += w2 * x3
-        a30 += w3 * x0
-        a31 += w3 * x1
-        a32 += w3 * x2
-        a33 += w3 * x3
-    c0, c1, c2, c3 = bias[o], bias[o + 1], bias[o + 2], bias[o + 3]
-    y[b, o], y[b, o + 1], y[b, o + 2], y[b, o + 3] = a00 + c0, a10 + c1, a20 + c2, a30 + c3
-    y[b + 1, o], y[b + 1, o + 1], y[b + 1, o + 2], y[b + 1, o + 3] = a01 + c0, a11 + c1, a21 + c2, a31 + c3
-    y[b + 2, o], y[b + 2, o + 1], y[b + 2, o + 2], y[b + 2, o + 3] = a02 + c0, a12 + c1, a22 + c2, a32 + c3
-    y[b + 3, o], y[b + 3, o + 1], y[b + 3, o + 2], y[b + 3, o + 3] = a03 + c0, a13 + c1, a23 + c2, a33 + c3
-
-
-@njit(**_OPTIONS, inline="always")
-def _block24(w, bias, x, y, o, b, n_in):
-    """y[b:b+4, o:o+2]: 8 accumulators and 6 loads, which fit in 16 vector registers (AVX2, NEON's 32 narrower
-    ones); the 4x4 block's 16 accumulators and 8 loads spill there."""
-    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
-    for i in range(n_in):
-        w0, w1 = w[o, i], w[o + 1, i]
-        x0, x1, x2, x3 = x[b, i], x[b + 1, i], x[b + 2, i], x[b + 3, i]
-        a00 += w0 * x0
-        a01 += w0 * x1
-        a02 += w0 * x2
-        a03 += w0 * x3
-        a10 += w1 * x0
-        a11 += w1 * x1
-        a12 += w1 * x2
-        a13 += w1 * x3
-    c0, c1 = bias[o], bias[o + 1]
-    y[b, o], y[b, o + 1] = a00 + c0, a10 + c1
-    y[b + 1, o], y[b + 1, o + 1] = a01 + c0, a11 + c1
-    y[b + 2, o], y[b + 2, o + 1] = a02 + c0, a12 + c1
-    y[b + 3, o], y[b + 3, o + 1] = a03 + c0, a13 + c1
-
-
-@njit(**_OPTIONS, inline="always")
 def _block41(w, bias, x, y, o, b, n_in):
     """y[b, o:o+4]: four outputs for one stream, sharing the stream's loads."""
     a0 = a1 = a2 = a3 = np.float32(0.0)
@@ -135,27 +81,17 @@ def _block41(w, bias, x, y, o, b, n_in):
 
 
 @njit(**_OPTIONS, inline="always")
-def _matvec_tile(w, bias, x, nb, y, first, last, block_outputs):
+def _matvec_tile(w, bias, x, nb, y, first, last):
     """y[bb, o] = bias[o] + sum_i w[o, i] * x[bb, i] for o in [first, last), streams bb < nb.
 
     Out-major weights make each output a contiguous dot product (vectorized, reduction reassociated under
-    fastmath). Register blocks of `block_outputs` (4 or 2) outputs x 4 streams keep their accumulators in
-    registers: 4 where the ISA has 32 vector registers (AVX-512), 2 where it has 16 (AVX2). The streams of a tile
-    reuse each group of weight rows while it is in L1."""
+    fastmath). Blocks of 4 outputs share each load of a stream's vector; the streams of a tile reuse each group of
+    weight rows while it is in L1. Every stream goes through the same code, whatever nb is."""
     n_in = w.shape[1]
     o = first
     while o + 4 <= last:
-        b = 0
-        while b + 4 <= nb:
-            if block_outputs == 4:
-                _block44(w, bias, x, y, o, b, n_in)
-            else:
-                _block24(w, bias, x, y, o, b, n_in)
-                _block24(w, bias, x, y, o + 2, b, n_in)
-            b += 4
-        while b < nb:
+        for b in range(nb):
             _block41(w, bias, x, y, o, b, n_in)
-            b += 1
         o += 4
     for oo in range(o, last):
         for b in range(nb):
@@ -166,7 +102,7 @@ def _matvec_tile(w, bias, x, nb, y, first, last, block_outputs):
 
 
 @njit(**_OPTIONS)
-def _tile_step(b0, nb, codes, t, w, block_outputs, queues, inputs, cond, s, xs, taps, z, gated, o, skip, hidden,
+def _tile_step(b0, nb, codes, t, w, queues, inputs, cond, s, xs, taps, z, gated, o, skip, hidden,
                logits):
     """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb]; logits[0:nb] receive the result.
     w: CpuWeights. cond (B, steps, L, 2G) holds gate terms, read at step s; a conditionless model passes a
@@ -213,7 +149,7 @@ def _tile_step(b0, nb, codes, t, w, block_outputs, queues, inputs, cond, s, xs, 
             for c in range(R):
                 taps[bb, (k - 1) * R + c] = xs[bb, c]
                 queues[b, write, c] = xs[bb, c]
-        _matvec_tile(dilated_w[layer], dilated_b[layer], taps, nb, z, 0, G2, block_outputs)
+        _matvec_tile(dilated_w[layer], dilated_b[layer], taps, nb, z, 0, G2)
         if cond.shape[0] > 0:
             for bb in range(nb):
                 for c in range(G2):
@@ -225,7 +161,7 @@ def _tile_step(b0, nb, codes, t, w, block_outputs, queues, inputs, cond, s, xs, 
                 gated[bb, c] = a * gate
         # The last layer's residual output feeds nothing: compute its skip rows only.
         first = R if layer == L - 1 else 0
-        _matvec_tile(out_w[layer], out_b[layer], gated, nb, o, first, RS, block_outputs)
+        _matvec_tile(out_w[layer], out_b[layer], gated, nb, o, first, RS)
         for bb in range(nb):
             if first == 0:
                 for c in range(R):
@@ -236,11 +172,11 @@ def _tile_step(b0, nb, codes, t, w, block_outputs, queues, inputs, cond, s, xs, 
     for bb in range(nb):
         for c in range(S):
             skip[bb, c] = max(skip[bb, c], np.float32(0.0))
-    _matvec_tile(w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[0], block_outputs)
+    _matvec_tile(w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[0])
     for bb in range(nb):
         for c in range(hidden.shape[1]):
             hidden[bb, c] = max(hidden[bb, c], np.float32(0.0))
-    _matvec_tile(w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[0], block_outputs)
+    _matvec_tile(w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[0])
 
 
 @njit(**_OPTIONS)
@@ -341,10 +277,9 @@ def sample_one(logits, u, temperature, top_k, top_p, argmax, p, order):
 
 
 @njit(**_OPTIONS, parallel=True)
-def teacher_forced(codes, t0, tile, block_outputs, w, queues, inputs, cond, out_logits):
+def teacher_forced(codes, t0, tile, w, queues, inputs, cond, out_logits):
     """Consume codes (B, T) from time t0 with weights w (CpuWeights) and gate terms cond (B, T, L, 2G) or
-    (0, 0, 0, 0); out_logits (B, T, C) receives the logits after each step. Streams run in tiles of `tile`, each
-    product in register blocks of `block_outputs` (4 or 2) outputs x 4 streams (`_matvec_tile`)."""
+    (0, 0, 0, 0); out_logits (B, T, C) receives the logits after each step. Streams run in tiles of `tile`."""
     B, T = codes.shape
     tiles = (B + tile - 1) // tile
     for ti in prange(tiles):
@@ -355,20 +290,20 @@ def teacher_forced(codes, t0, tile, block_outputs, w, queues, inputs, cond, out_
         for s in range(T):
             for bb in range(nb):
                 step_codes[bb] = codes[b0 + bb, s]
-            _tile_step(b0, nb, step_codes, t0 + s, w, block_outputs, queues, inputs, cond, s, xs, taps, z, gated, o,
+            _tile_step(b0, nb, step_codes, t0 + s, w, queues, inputs, cond, s, xs, taps, z, gated, o,
                        skip, hidden, logits)
             for bb in range(nb):
                 out_logits[b0 + bb, s, :] = logits[bb, :]
 
 
 @njit(**_OPTIONS, parallel=True)
-def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, block_outputs, w, queues, inputs, cond,
-             out_codes):
+def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, w, queues, inputs, cond, out_codes):
     """Generate n = u.shape[0] codes per stream: consume last (B,) first, then each sampled code in turn, with
     weights w (CpuWeights) and gate terms cond (B, n, L, 2G) or (0, 0, 0, 0).
 
-    tile, block_outputs: as in `teacher_forced`;
-    u (n, B) float32 uniforms; temperature, top_k, top_p, argmax: the sampling rule's scalars (`sample_one`);
+    tile: as in `teacher_forced`;
+    u (n, B) float32 uniforms; temperature, top_k, top_p, argmax: each stream's sampling rule (`sample_one`), (B,)
+    arrays of float32, int64, float32 and bool, so streams of one call may sample differently;
     out_codes (B, n) receives the codes; last is updated to the final code.
     """
     n, B = u.shape
@@ -384,10 +319,11 @@ def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, block_outputs
         for bb in range(nb):
             step_codes[bb] = last[b0 + bb]
         for s in range(n):
-            _tile_step(b0, nb, step_codes, t0 + s, w, block_outputs, queues, inputs, cond, s, xs, taps, z, gated, o,
+            _tile_step(b0, nb, step_codes, t0 + s, w, queues, inputs, cond, s, xs, taps, z, gated, o,
                        skip, hidden, logits)
             for bb in range(nb):
-                code = sample_one(logits[bb], u[s, b0 + bb], temperature, top_k, top_p, argmax, p, order)
+                b = b0 + bb
+                code = sample_one(logits[bb], u[s, b], temperature[b], top_k[b], top_p[b], argmax[b], p, order)
                 step_codes[bb] = code
                 out_codes[b0 + bb, s] = code
         for bb in range(nb):

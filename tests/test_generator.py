@@ -295,21 +295,6 @@ def test_files_are_synced_once_each_when_finished(tiny_file, tmp_path, monkeypat
     assert len(paths) == 3 and all(soundfile.info(p).frames == 1000 for p in paths)
 
 
-@pytest.mark.parametrize("name,features,expected", [("haswell", "", 2), ("znver3", "", 2), ("znver4", "", 4),
-                                                    ("skylake-avx512", "", 4), (None, "+avx2,+fma", 2),
-                                                    (None, "+avx2,+avx512f", 4)])
-def test_register_blocks_follow_the_compile_target(monkeypatch, name, features, expected):
-    """4x4 blocks where numba's target has AVX-512's 32 vector registers, 2x4 where it has 16."""
-    pytest.importorskip("numba")
-    from numba.core import config
-
-    from fastwavenet.backends.numba_cpu import block_outputs
-
-    monkeypatch.setattr(config, "CPU_NAME", name)
-    monkeypatch.setattr(config, "CPU_FEATURES", features)
-    assert block_outputs() == expected
-
-
 @pytest.mark.parametrize("backend", CPU_BACKENDS + ["triton"])
 def test_generate_path_draws_what_the_reference_rule_draws(backend):
     """Given the same uniforms, each backend's own generation (the compiled samplers inside the numba and Triton

@@ -3,7 +3,8 @@
 Every backend is built from a config, the folded weights (fastwavenet/folded.py) and a device, and offers:
     new_state(batch, silence)              the state of `batch` new streams (QueueState; HistoryState for naive)
     forward(state, codes, cond)            codes (B, T) int64 -> logits (B, T, classes) float32, advancing the state
-    generate(state, n, u, sampling, cond)  n codes per stream from uniforms u (n, B), consuming state.last first
+    generate(state, n, u, sampling, cond)  n codes per stream from uniforms u (n, B), consuming state.last first;
+                                           sampling: one Sampling, or one per stream
 cond is None for plain models, else the per-layer gate terms of those steps, (B, T or n, L, 2G) float32.
 """
 
@@ -19,7 +20,7 @@ import torch
 from ..config import WaveNetConfig
 from ..errors import FastWaveNetError
 from ..folded import FoldedWeights
-from ..sampling import Sampling, sample
+from ..sampling import Sampling, per_stream, sample_streams
 from ..state import QueueState
 
 
@@ -71,14 +72,15 @@ class Backend:
         if teacher:
             self.forward(state, state.last.reshape(1, 1), cond)
 
-    def generate(self, state, n: int, u: np.ndarray, sampling: Sampling, cond=None) -> torch.Tensor:
+    def generate(self, state, n: int, u: np.ndarray, sampling, cond=None) -> torch.Tensor:
         """The plain loop: one step and one sample per code. Compiled backends override it."""
+        samplings = per_stream(sampling, state.batch)
         u = torch.from_numpy(u).to(self.device)
         out = torch.empty(state.batch, n, dtype=torch.int64, device=self.device)
         last = state.last.to(self.device)
         for i in range(n):
             logits = self.forward(state, last.unsqueeze(1), None if cond is None else cond[:, i:i + 1])[:, 0]
-            last = sample(logits, u[i], sampling)
+            last = sample_streams(logits, u[i], samplings)
             out[:, i] = last
         state.last = last.clone()
         return out

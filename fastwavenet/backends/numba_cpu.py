@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import torch
 
+from ..sampling import per_stream
 from ..state import QueueState
 from .base import Backend
 
@@ -28,29 +29,6 @@ def _parallel_guard():
     except ValueError:  # no parallel call yet
         pass
     return _PARALLEL_LOCK
-
-
-# LLVM CPU names whose vector ISA has 32 registers (AVX-512), for a target set with NUMBA_CPU_NAME.
-_AVX512_CPUS = {"skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client", "icelake-server",
-                "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids", "graniterapids", "knl", "knm",
-                "znver4", "znver5", "x86-64-v4"}
-
-
-def block_outputs() -> int:
-    """Outputs per register block for the CPU numba compiles for: 4 (4x4 blocks, 16 accumulators) where the vector
-    ISA has 32 registers (AVX-512), 2 (2x4 blocks, 8 accumulators) where it has 16 (AVX2; ARM's NEON has 32 but
-    128-bit ones, measured nowhere yet, so it takes the smaller block). The target is the host unless
-    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES name another; numba's cache is keyed by the target, so a cached kernel
-    always matches this choice."""
-    from numba.core import config
-
-    if config.CPU_FEATURES:
-        return 4 if "+avx512f" in config.CPU_FEATURES else 2
-    if config.CPU_NAME and config.CPU_NAME != "host":
-        return 4 if config.CPU_NAME in _AVX512_CPUS else 2
-    import llvmlite.binding as llvm
-
-    return 4 if llvm.get_host_cpu_features().get("avx512f", False) else 2
 
 
 def _no_cond() -> np.ndarray:
@@ -81,7 +59,6 @@ class NumbaBackend(Backend):
             head1_w=out_major(weights.head1_w), head1_b=plain(weights.head1_b),
             head2_w=out_major(weights.head2_w), head2_b=plain(weights.head2_b),
             dilations=layout.dilations, offsets=layout.offsets)
-        self.block_outputs = block_outputs()
 
     @staticmethod
     def _tile(batch: int) -> int:
@@ -97,7 +74,7 @@ class NumbaBackend(Backend):
         cond = _no_cond() if cond is None else np.ascontiguousarray(cond.cpu().numpy(), np.float32)
         logits = np.empty((state.batch, codes.shape[1], self.config.classes), np.float32)
         with _parallel_guard():
-            cpu.teacher_forced(codes, state.t, self._tile(state.batch), self.block_outputs, self.weights,
+            cpu.teacher_forced(codes, state.t, self._tile(state.batch), self.weights,
                                state.queues.numpy(), state.inputs.numpy(), cond, logits)
         state.t += codes.shape[1]
         return torch.from_numpy(logits)
@@ -107,10 +84,14 @@ class NumbaBackend(Backend):
 
         cond = _no_cond() if cond is None else np.ascontiguousarray(cond.cpu().numpy(), np.float32)
         out = np.empty((state.batch, n), np.int64)
+        rules = per_stream(sampling, state.batch)
+        temperature = np.array([r.temperature for r in rules], np.float32)
+        top_k = np.array([r.top_k for r in rules], np.int64)
+        top_p = np.array([r.top_p for r in rules], np.float32)
+        argmax = np.array([r.argmax for r in rules], np.bool_)
         with _parallel_guard():
-            cpu.generate(state.last.numpy(), state.t, np.ascontiguousarray(u, np.float32),
-                         np.float32(sampling.temperature), sampling.top_k, np.float32(sampling.top_p),
-                         sampling.argmax, self._tile(state.batch), self.block_outputs, self.weights,
+            cpu.generate(state.last.numpy(), state.t, np.ascontiguousarray(u, np.float32), temperature, top_k, top_p,
+                         argmax, self._tile(state.batch), self.weights,
                          state.queues.numpy(), state.inputs.numpy(), cond, out)
         state.t += n
         return torch.from_numpy(out)

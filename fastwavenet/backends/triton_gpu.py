@@ -9,6 +9,7 @@ import os
 import numpy as np
 import torch
 
+from ..sampling import per_stream
 from ..state import QueueState
 from .base import Backend
 
@@ -67,9 +68,12 @@ class TritonBackend(Backend):
     def generate(self, state: QueueState, n, u, sampling, cond=None):
         from ..kernels import gpu
 
-        if sampling.truncates:
-            # Top-k / top-p need a sort per sample; the kernel does temperature and argmax only.
-            return super().generate(state, n, u, sampling, cond)
+        rules = per_stream(sampling, state.batch)
+        sampling = rules[0]
+        if sampling.truncates or any(r != sampling for r in rules):
+            # Top-k / top-p need a sort per sample, and the kernel takes one temperature for all streams: the plain
+            # loop does those.
+            return super().generate(state, n, u, rules, cond)
         B = state.batch
         first = state.last.to(self.device).reshape(B, 1).contiguous()
         out = torch.empty(B, n, dtype=torch.int64, device=self.device)

@@ -1,0 +1,194 @@
+"""What a conditioned model generates from: per-layer gate terms made from log-mel frames and a speaker id, one
+stream at a time, one mel frame at a time.
+
+The upsampler is a transposed convolution whose kernel equals its stride (`hop_length`): frame i alone makes
+samples i * hop .. (i + 1) * hop - 1. So a stream's gate terms are computed frame by frame, each frame by the same
+fixed-shape products, and a frame's terms are the same numbers however the mel arrived (whole, or fed a few frames
+at a time), whichever chunk asks for them, and whichever other streams run beside it. The upsampler's lookahead is
+therefore zero: the samples of frame i can be made as soon as frame i is known.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from .backends import full_fp32
+from .config import WaveNetConfig
+from .errors import FastWaveNetError
+
+
+def check_mel(mel, config: WaveNetConfig, what: str = "mel features") -> torch.Tensor:
+    """(n_mels, frames) finite float32 frames (frames may be 0), or a one-line error."""
+    try:
+        mel = torch.as_tensor(np.asarray(mel, dtype=np.float32)) if not isinstance(mel, torch.Tensor) else mel
+    except (TypeError, ValueError) as exc:
+        raise FastWaveNetError(f"{what} are not an array of numbers: {exc}") from None
+    if mel.ndim != 2 or mel.shape[0] != config.n_mels:
+        raise FastWaveNetError(f"{what} must be ({config.n_mels} bands, frames), got shape {tuple(mel.shape)}")
+    mel = mel.detach().to(torch.float32).cpu()
+    if not torch.isfinite(mel).all():
+        raise FastWaveNetError(f"{what} hold NaN or infinite values")
+    return mel
+
+
+class StreamConditioning:
+    """One stream's conditioning: mel frames and/or a speaker id. With `streaming`, frames arrive by `feed` and
+    `close` says there are no more; otherwise the mel given is all there is.
+
+    Frames whose samples are behind the stream can be dropped (`forget_before`), so a stream of any length holds a
+    bounded number of frames."""
+
+    def __init__(self, config: WaveNetConfig, weights, device: torch.device, mel=None, speaker=None,
+                 streaming: bool = False):
+        self.config, self.device = config, device
+        self.hop = config.hop_length
+        self._frames = torch.zeros(config.n_mels, 0)
+        self._first_frame = 0       # index of self._frames[:, 0] in the whole mel
+        self._cached = (-1, None)   # (frame index, its terms (hop, L, 2G))
+        self._lock = threading.Lock()  # feed (a client's thread) against forget_before and terms (the engine's)
+        self.closed = not streaming
+        self.global_terms = None
+        if config.n_mels:
+            if mel is None and not streaming:
+                raise FastWaveNetError("this model is a vocoder: it needs a mel spectrogram")
+            self.upsample_w = weights.upsample_w.to(device)
+            self.upsample_b = weights.upsample_b.to(device)
+            self.mel_w = weights.mel_w.to(device)
+            if mel is not None:
+                self._frames = check_mel(mel, config)
+                if not streaming and self._frames.shape[1] == 0:
+                    raise FastWaveNetError("mel features hold no frames")
+        elif mel is not None or streaming:
+            raise FastWaveNetError("this model takes no mel spectrogram")
+        if config.speakers:
+            if speaker is None:
+                raise FastWaveNetError(f"this model needs a speaker id in [0, {config.speakers - 1}]")
+            if not isinstance(speaker, (int, np.integer)) or not 0 <= speaker < config.speakers:
+                raise FastWaveNetError(f"speaker id out of range: the model knows speakers 0..{config.speakers - 1}, "
+                                       f"got {speaker!r}")
+            with full_fp32(device):
+                self.global_terms = torch.einsum("e,lec->lc", weights.speaker_embed[int(speaker)].to(device),
+                                                 weights.speaker_w.to(device))
+        elif speaker is not None:
+            raise FastWaveNetError("this model takes no speaker id")
+
+    @property
+    def frames(self) -> int:
+        """Mel frames received so far (all of them, dropped ones included)."""
+        return self._first_frame + self._frames.shape[1]
+
+    @property
+    def covered(self) -> int | None:
+        """Samples the frames received so far make; None for a model without mel input (no limit)."""
+        return self.frames * self.hop if self.config.n_mels else None
+
+    def feed(self, frames):
+        """Append mel frames (n_mels, f) of a streaming input."""
+        if self.closed:
+            raise FastWaveNetError("this input is closed: no more mel frames can be fed")
+        frames = check_mel(frames, self.config)
+        with self._lock:
+            self._frames = torch.cat([self._frames, frames], dim=1)
+
+    def close(self):
+        self.closed = True
+
+    def forget_before(self, sample: int):
+        """Drop the frames all of whose samples come before `sample`."""
+        with self._lock:
+            drop = sample // self.hop - self._first_frame
+            if drop > 0:
+                self._frames = self._frames[:, drop:]
+                self._first_frame += drop
+
+    def _frame_terms(self, f: int) -> torch.Tensor:
+        if self._cached[0] != f:
+            with self._lock:
+                frame = self._frames[:, f - self._first_frame].to(self.device)
+            with torch.no_grad(), full_fp32(self.device):
+                features = torch.einsum("m,mnj->nj", frame, self.upsample_w) + self.upsample_b[:, None]
+                terms = torch.einsum("nj,lnc->jlc", features, self.mel_w)
+            self._cached = (f, terms)
+        return self._cached[1]
+
+    def terms(self, start: int, out: torch.Tensor, pad: bool = False):
+        """Fill out (n, L, 2G) with the gate terms of steps start .. start+n-1. Steps past the mel's end are an
+        error, or zeros with `pad` (for steps whose output will be thrown away)."""
+        n = out.shape[0]
+        if not self.config.n_mels:
+            out.copy_(self.global_terms.expand(n, -1, -1))
+            return
+        end = min(start + n, self.covered)
+        if end < start + n and not pad:
+            raise FastWaveNetError(f"the mel spectrogram covers {self.covered} samples; step {start + n} is past it")
+        if start < self._first_frame * self.hop:
+            raise FastWaveNetError(f"step {start} is before the frames kept (from {self._first_frame * self.hop})")
+        i = start
+        while i < end:
+            f = i // self.hop
+            j0 = i - f * self.hop
+            m = min(self.hop - j0, end - i)
+            out[i - start:i - start + m] = self._frame_terms(f)[j0:j0 + m]
+            i += m
+        if end < start + n:
+            out[max(end - start, 0):].zero_()
+        if self.global_terms is not None:
+            out += self.global_terms
+
+
+class Conditioning:
+    """Conditioning of B streams: one StreamConditioning each (streams given the same mel and speaker share one,
+    computed once)."""
+
+    def __init__(self, streams: list[StreamConditioning]):
+        self.streams = streams
+        self.batch = len(streams)
+        covered = [s.covered for s in streams]
+        self.length = None if covered[0] is None else min(covered)
+
+    @classmethod
+    def build(cls, config: WaveNetConfig, weights, device: torch.device, batch: int, mel=None, speaker=None):
+        """mel: (n_mels, frames) for every stream, or (B, n_mels, frames) one each; speaker: an id, or one each."""
+        mels = [None] * batch
+        shared_mel = True
+        if mel is not None:
+            arr = mel if isinstance(mel, torch.Tensor) else np.asarray(mel)
+            if arr.ndim == 3:
+                if arr.shape[0] not in (1, batch):
+                    raise FastWaveNetError(f"mel features for {arr.shape[0]} streams, but the batch is {batch}")
+                shared_mel = arr.shape[0] == 1
+                mels = [arr[0]] * batch if shared_mel else list(arr)
+            else:
+                mels = [arr] * batch
+        if speaker is not None and np.ndim(speaker) > 0:
+            speakers = np.asarray(speaker).reshape(-1).tolist()
+            if len(speakers) not in (1, batch):
+                raise FastWaveNetError(f"{len(speakers)} speaker ids for a batch of {batch}")
+            speakers = speakers * batch if len(speakers) == 1 else speakers
+        else:
+            speakers = [None if speaker is None else np.asarray(speaker).item()] * batch
+        made: dict = {}
+        streams = []
+        for i in range(batch):
+            key = (0 if shared_mel else i, speakers[i])
+            if key not in made:
+                made[key] = StreamConditioning(config, weights, device, mels[i], speakers[i])
+            streams.append(made[key])
+        return cls(streams)
+
+    def terms(self, start: int, n: int) -> torch.Tensor:
+        """Gate terms of steps start .. start+n-1 for every stream: (B, n, L, 2G) float32."""
+        first = self.streams[0]
+        c = first.config
+        out = torch.empty(self.batch, n, c.layers, 2 * c.gate_channels, device=first.device)
+        done: dict = {}
+        for i, s in enumerate(self.streams):
+            if id(s) in done:
+                out[i] = out[done[id(s)]]
+            else:
+                s.terms(start, out[i])
+                done[id(s)] = i
+        return out
