@@ -1,0 +1,223 @@
+"""The serving engine: continuous batching, one request one answer, streaming mel input, cancellation, limits."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fastwavenet import FastWaveNetError, Generator, Sampling, WaveNetConfig, preset
+from fastwavenet.conditioning import Conditioning, StreamConditioning
+from fastwavenet.convert import fold
+from fastwavenet.engine import Cancelled, Engine, EngineFull
+from fastwavenet.modelfile import ModelFile
+
+from conftest import random_model
+
+numba = pytest.importorskip("numba")
+
+VOCODER = WaveNetConfig(sample_rate=4410, residual_channels=8, gate_channels=8, skip_channels=16, head_channels=16,
+                        layers_per_stack=4, stacks=2, n_mels=8, hop_length=32, n_fft=128, speakers=3,
+                        speaker_channels=4)
+
+RULES = [Sampling(), Sampling(temperature=0.7), Sampling(top_k=12), Sampling(top_p=0.8, temperature=1.2),
+         Sampling(argmax=True)]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = preset("tiny")
+    return Generator(ModelFile(config, fold(random_model(config, 1))), backend="numba")
+
+
+@pytest.fixture(scope="module")
+def vocoder():
+    return Generator(ModelFile(VOCODER, fold(random_model(VOCODER, 2))), backend="numba")
+
+
+def alone(gen, seed, samples, sampling=Sampling(), **kwargs):
+    return gen.generate(samples=samples, seed=seed, sampling=sampling, **kwargs)[0]
+
+
+def test_batched_stream_i_is_seed_plus_i_alone_at_any_thread_count(tiny):
+    """`generate --batch N --seed S`: stream i makes what a batch of one seeded S + i makes, whatever the batch
+    size, the tile a stream lands in, and numba's thread count."""
+    expected = [alone(tiny, 7 + i, 700, RULES[1]) for i in range(6)]
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, before}):
+            numba.set_num_threads(threads)
+            got = tiny.generate(samples=700, batch=6, seed=7, sampling=RULES[1])
+            assert all(np.array_equal(got[i], expected[i]) for i in range(6)), threads
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_requests_alone_or_together_are_bit_identical(tiny):
+    """Nine requests with their own lengths, seeds and sampling rules, three at a time (so they join and leave at
+    different clocks, their rings rotated on joining), and one primed with audio: each equals itself run alone,
+    whatever the round length."""
+    prime = np.sin(np.arange(300) / 7.0) * 0.5
+    jobs = [dict(seed=s, samples=300 + 97 * s, sampling=RULES[s % len(RULES)]) for s in range(9)]
+    jobs[4]["prime"] = prime
+    expected = [alone(tiny, **job) for job in jobs]
+    for round_seconds in (0.001, 0.05):
+        with Engine(tiny, max_active=3, max_waiting=20, round_seconds=round_seconds) as engine:
+            requests = [engine.submit(**job) for job in jobs]
+            got = [r.result() for r in requests]
+        for job, a, b in zip(jobs, got, expected):
+            assert np.array_equal(a, b), job
+        assert all(r.status == "done" and r.progress == (len(e), len(e)) for r, e in zip(requests, expected))
+
+
+def test_async_iteration_and_time_to_first_audio(tiny):
+    async def collect(engine, seed):
+        return np.concatenate([chunk async for chunk in engine.submit(samples=900, seed=seed)])
+
+    async def main(engine):
+        return await asyncio.gather(*(collect(engine, s) for s in range(4)))
+
+    with Engine(tiny, max_active=4) as engine:
+        got = asyncio.run(main(engine))
+        stats = engine.stats()
+    for s in range(4):
+        assert np.array_equal(got[s], alone(tiny, s, 900))
+    assert stats["finished"] == {"done": 4} and stats["samples_total"] == 3600
+    assert 0 < stats["first_audio_p50"] <= stats["first_audio_p99"]
+
+
+def test_cancel_frees_the_slot_for_a_waiting_request(tiny):
+    with Engine(tiny, max_active=1, max_waiting=1, round_seconds=0.001) as engine:
+        long = engine.submit(samples=10_000_000, seed=0)
+        queued = engine.submit(samples=500, seed=1)
+        with pytest.raises(EngineFull, match="full"):  # refused at once, not by blocking
+            engine.submit(samples=10, seed=2)
+        first = next(iter(long))
+        assert len(first) > 0 and queued.status == "waiting"
+        long.cancel()
+        assert np.array_equal(queued.result(), alone(tiny, 1, 500))
+        with pytest.raises(Cancelled):
+            list(long)
+        assert long.status == "cancelled" and long.made < 10_000_000
+
+
+def test_an_unread_request_pauses_and_memory_stays_bounded(tiny):
+    """A request whose owner does not read stops being stepped once it holds max_buffered samples."""
+    with Engine(tiny, max_active=2, max_buffered_seconds=0.05, round_seconds=0.001) as engine:
+        request = engine.submit(samples=20_000, seed=3)
+        deadline = time.monotonic() + 30
+        while request.made < engine.max_buffered and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        held = request.made
+        assert engine.max_buffered <= held < engine.max_buffered + 4096
+        time.sleep(0.3)
+        assert request.made == held  # paused
+        assert np.array_equal(request.result(), alone(tiny, 3, 20_000))
+
+
+def test_close_cancels_or_drains(tiny):
+    engine = Engine(tiny, max_active=1)
+    running = engine.submit(samples=10_000_000, seed=0)
+    waiting = engine.submit(samples=100, seed=1)
+    next(iter(running))
+    engine.close(cancel=True)
+    assert running.status == waiting.status == "cancelled"
+    with pytest.raises(FastWaveNetError, match="shut down"):
+        engine.submit(samples=10)
+    engine = Engine(tiny, max_active=1)
+    a, b = engine.submit(samples=300, seed=0), engine.submit(samples=300, seed=1)
+    engine.close()  # drains
+    assert a.status == b.status == "done" and len(b.result()) == 300
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(seconds=-1), "seconds"), (dict(samples=0), "samples"), (dict(seconds=1, samples=10), "not both"),
+    (dict(samples=10, seed=-3), "seed"), (dict(samples=10, seed=1.5), "seed"), (dict(samples=10, prime=[]), "prime"),
+    (dict(samples=10, prime=np.array([1, 900])), "prime codes"), (dict(samples=10, mel=np.zeros((8, 4))), "no mel"),
+    (dict(samples=10, speaker=1), "no speaker"), (dict(samples=10, sampling="hot"), "Sampling"),
+])
+def test_bad_requests_are_refused_at_submit(tiny, kwargs, message):
+    with Engine(tiny, max_active=1, warm_up=False) as engine:
+        with pytest.raises(FastWaveNetError, match=message):
+            engine.submit(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,message", [(dict(max_active=0), "max_active"), (dict(max_waiting=-1), "max_waiting"),
+                                            (dict(round_seconds=0), "round_seconds")])
+def test_bad_engine_settings(tiny, kwargs, message):
+    with pytest.raises(FastWaveNetError, match=message):
+        Engine(tiny, warm_up=False, **kwargs)
+
+
+def test_streamed_frames_give_the_terms_of_the_whole_mel(vocoder):
+    """Gate terms are made frame by frame: fed in uneven pieces, they are the whole mel's, bit for bit, and the
+    frames behind the stream are dropped."""
+    rng = np.random.default_rng(0)
+    mel = rng.standard_normal((8, 40)).astype(np.float32)
+    w, c = vocoder.model.weights, VOCODER
+    whole = StreamConditioning(c, w, vocoder.device, mel, speaker=2)
+    fed = StreamConditioning(c, w, vocoder.device, None, speaker=2, streaming=True)
+    out_a, out_b = torch.empty(50, c.layers, 2 * c.gate_channels), torch.empty(50, c.layers, 2 * c.gate_channels)
+    cuts = [0, 1, 2, 9, 10, 25, 40]
+    start = 0
+    for lo, hi in zip(cuts, cuts[1:]):
+        fed.feed(mel[:, lo:hi])
+        while start + 50 <= fed.covered:
+            whole.terms(start, out_a)
+            fed.terms(start, out_b)
+            assert torch.equal(out_a, out_b)
+            fed.forget_before(start)
+            start += 50
+    assert fed._frames.shape[1] <= 3 and fed.frames == 40
+    with pytest.raises(FastWaveNetError, match="past it"):
+        whole.terms(40 * 32 - 10, out_a)
+
+
+def test_streaming_vocoding_equals_the_whole_mel_at_once(vocoder):
+    """A vocoding request opened before its mel exists, fed frames as they come, makes what the whole mel makes,
+    submitted to the engine or given to the Generator alone; memory for its frames stays bounded."""
+    rng = np.random.default_rng(1)
+    mel = rng.standard_normal((8, 60)).astype(np.float32)
+    expected = alone(vocoder, 5, 60 * 32, mel=mel, speaker=1, sampling=RULES[2])
+    with Engine(vocoder, max_active=2, round_seconds=0.001) as engine:
+        whole = engine.submit(seed=5, mel=mel, speaker=1, sampling=RULES[2])
+        streamed = engine.submit(seed=5, speaker=1, sampling=RULES[2], stream_mel=True)
+        other = engine.submit(seed=9, mel=mel[:, :30], speaker=0)
+        chunks = []
+
+        def reader():
+            chunks.extend(streamed)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        for lo in range(0, 60, 7):
+            streamed.feed(mel[:, lo:lo + 7])
+            time.sleep(0.02)
+            assert streamed._cond._frames.shape[1] <= 7 + 4096 // 32 + 1
+        assert streamed.total is None
+        streamed.close()
+        thread.join(60)
+        assert np.array_equal(whole.result(), expected)
+        assert np.array_equal(np.concatenate(chunks), expected)
+        assert len(other.result()) == 30 * 32
+    with pytest.raises(FastWaveNetError, match="closed"):
+        streamed.feed(mel[:, :1])
+
+
+def test_streaming_conditioning_is_the_training_models_under_teacher_forcing(vocoder):
+    """1e-4 on logits: the generator's forward pass on terms from frames fed one at a time against the training
+    model on the whole mel."""
+    model = random_model(VOCODER, 2)
+    rng = np.random.default_rng(3)
+    mel = rng.standard_normal((8, 12)).astype(np.float32)
+    codes = torch.randint(0, 256, (1, 12 * 32))
+    with torch.no_grad():
+        expected = model(codes, mel=torch.from_numpy(mel)[None], speaker=torch.tensor([2])).transpose(1, 2)
+    stream = StreamConditioning(VOCODER, vocoder.model.weights, vocoder.device, None, speaker=2, streaming=True)
+    for f in range(12):
+        stream.feed(mel[:, f:f + 1])
+    got = vocoder.forward(vocoder.new_state(1), codes, Conditioning([stream]))
+    assert (got - expected).abs().max().item() <= 1e-4
