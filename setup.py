@@ -28,10 +28,12 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "h5py>=3.8", "matplotlib>=3.7"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "h5py>=3.8", "matplotlib>=3.7", "aiohttp>=3.9",
+                 "prometheus-client>=0.17"],
         "gpu": ["triton>=3.0"],
         "import": ["h5py>=3.8"],
         "plot": ["matplotlib>=3.7"],
+        "serve": ["aiohttp>=3.9", "prometheus-client>=0.17"],
     },
     entry_points={"console_scripts": ["fastwavenet=fastwavenet.cli:main"]},
 )

@@ -30,10 +30,25 @@ def read(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
         data = data.mean(axis=1)
     except (soundfile.LibsndfileError, RuntimeError, TypeError):
         data, rate = _read_with_librosa(path)
+    return _checked(data, rate, sample_rate, str(path))
+
+
+def read_bytes(data: bytes, sample_rate: int, what: str = "audio") -> np.ndarray:
+    """`read` for the bytes of a file in one of libsndfile's formats (WAV, FLAC, OGG, ...): an upload, say."""
+    import io
+
+    try:
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise FastWaveNetError(f"cannot read {what}: {exc}") from None
+    return _checked(samples.mean(axis=1), rate, sample_rate, what)
+
+
+def _checked(data: np.ndarray, rate: int, sample_rate: int, what: str) -> np.ndarray:
     if data.size == 0:
-        raise FastWaveNetError(f"audio file is empty: {path}")
+        raise FastWaveNetError(f"audio file is empty: {what}")
     if not np.isfinite(data).all():
-        raise FastWaveNetError(f"audio file holds NaN or infinite samples: {path}")
+        raise FastWaveNetError(f"audio file holds NaN or infinite samples: {what}")
     if rate != sample_rate:
         import librosa
 

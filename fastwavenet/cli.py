@@ -36,6 +36,7 @@ def _number(kind, accept, wanted):
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
+_nonnegative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 _probability = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
@@ -207,6 +208,23 @@ def cmd_doctor(args):
         print(f"wrote {args.json}")
 
 
+def cmd_serve(args):
+    import importlib.util
+
+    missing = [m for m in ("aiohttp", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise FastWaveNetError(f"fastwavenet serve needs {', '.join(missing)}: pip install 'fastwavenet[serve]'")
+    from .engine import Engine
+    from .serve import Limits, serve
+
+    if not args.quiet:
+        print("fastwavenet: loading the model and compiling the kernels (cached after the first run)", flush=True)
+    engine = Engine(args.model, backend=args.backend, device=args.device, max_active=args.max_active,
+                    max_waiting=args.max_waiting, round_seconds=args.round_ms / 1000)
+    serve(engine, args.host, args.port, Limits(args.max_seconds, int(args.max_body_mb * (1 << 20))),
+          drain_seconds=args.drain_seconds, quiet=args.quiet)
+
+
 def cmd_import_keras(args):
     from .importers.keras import import_to_file
 
@@ -241,7 +259,9 @@ def _add_sampling_args(p):
 def _add_generation_args(p):
     """Options that `generate` and `vocode` share: sampling, seed, speaker, backend, device, progress."""
     _add_sampling_args(p)
-    p.add_argument("--seed", type=int, help="fixes the output, bit for bit on the same backend")
+    p.add_argument("--seed", type=_nonnegative_int,
+                   help="fixes the output, bit for bit on the same backend; with --batch N, file i gets what "
+                        "--seed SEED+i makes alone")
     p.add_argument("--speaker", type=_nonnegative_int, help="speaker id, for models with speakers")
     p.add_argument("--backend", default="auto", help="auto, naive, torch, numba or triton")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -324,6 +344,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results as JSON")
     p.add_argument("--plot", help="write a PNG plot of samples/s against batch size")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="an HTTP server that streams generated audio (needs fastwavenet[serve])")
+    p.add_argument("--model", help="model file (default: the bundled piano demo)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=_nonnegative_int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--backend", default="auto", help="auto, naive, torch, numba or triton")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--max-active", type=_positive_int, default=64, help="requests generated at once (default 64)")
+    p.add_argument("--max-waiting", type=_nonnegative_int, default=256,
+                   help="requests queued beyond those; more are refused with 503 (default 256)")
+    p.add_argument("--max-seconds", type=_positive_float, default=60.0, help="longest audio per request (default 60)")
+    p.add_argument("--max-body-mb", type=_positive_float, default=16.0, help="largest request body (default 16)")
+    p.add_argument("--round-ms", type=_positive_float, default=50.0,
+                   help="about how long one round of steps takes; time to first audio is one to two rounds "
+                        "(default 50)")
+    p.add_argument("--drain-seconds", type=_nonnegative_float, default=10.0,
+                   help="on SIGTERM or Ctrl-C, how long requests in flight may finish before they are cut "
+                        "(default 10)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("score", help="teacher-forced bits per sample of audio files under a model")
     p.add_argument("model")

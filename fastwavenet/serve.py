@@ -1,0 +1,278 @@
+"""`fastwavenet serve`: the Engine behind HTTP, on aiohttp (the optional extra `fastwavenet[serve]`).
+
+Why aiohttp: one maintained package is both the asyncio server and the client the tests and the load benchmark use;
+the engine already runs in its own thread, so the server only needs to hand requests over and stream chunks back,
+which aiohttp's StreamResponse does without an ASGI layer and a separate server process model (uvicorn) between.
+
+    POST /generate   JSON {"seconds": 2.0, "seed": 1, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+                     "argmax": false, "speaker": 0}                              -> audio/wav, streamed
+    POST /vocode     body: mel frames as .npy (n_mels, frames) float, or an audio file (WAV, FLAC, OGG) to
+                     resynthesize; options as query parameters (?seed=1&temperature=0.9)  -> audio/wav, streamed
+    GET  /health     JSON: status, model, active and waiting requests
+    GET  /metrics    Prometheus text format
+
+Audio is 16-bit PCM WAV, mono, at the model's rate; the header carries the exact length, since every request's
+length is known when it starts. Errors are JSON {"error": "..."} with a 4xx status (503 when the engine is full).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import struct
+
+import numpy as np
+
+from . import audio as audio_io
+from .engine import Engine, EngineClosed, EngineFull
+from .errors import FastWaveNetError
+from .features import log_mel
+from .sampling import Sampling
+
+SAMPLING_KEYS = {"temperature": float, "top_k": int, "top_p": float, "argmax": bool}
+
+
+class Limits:
+    def __init__(self, max_seconds: float = 60.0, max_body_bytes: int = 16 << 20):
+        self.max_seconds, self.max_body_bytes = max_seconds, max_body_bytes
+
+
+def wav_header(samples: int, sample_rate: int) -> bytes:
+    """The 44-byte header of a mono 16-bit PCM WAV file of `samples` samples."""
+    data = 2 * samples
+    return (b"RIFF" + struct.pack("<I", 36 + data) + b"WAVE" + b"fmt " +
+            struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, 2 * sample_rate, 2, 16) + b"data" + struct.pack("<I", data))
+
+
+def pcm16(chunk: np.ndarray) -> bytes:
+    return np.clip(np.round(chunk * 32767.0), -32768, 32767).astype("<i2").tobytes()
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _options(params: dict, config) -> dict:
+    """Sampling, seed and speaker from JSON or query parameters, checked; unknown keys are refused."""
+    known = {"seconds", "seed", "speaker", *SAMPLING_KEYS}
+    unknown = set(params) - known
+    if unknown:
+        raise _BadRequest(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+    rule = {}
+    for key, kind in SAMPLING_KEYS.items():
+        if key in params:
+            value = params[key]
+            if isinstance(value, str):  # from a query string
+                value = value.lower() in ("1", "true", "yes") if kind is bool else _parse(value, kind, key)
+            if kind is bool and not isinstance(value, bool):
+                raise _BadRequest(400, f"{key} must be true or false")
+            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise _BadRequest(400, f"{key} must be an integer")
+            if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise _BadRequest(400, f"{key} must be a number")
+            rule[key] = value
+    options = dict(sampling=Sampling(**rule))
+    for key in ("seed", "speaker"):
+        if key in params:
+            value = params[key]
+            value = _parse(value, int, key) if isinstance(value, str) else value
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _BadRequest(400, f"{key} must be an integer")
+            options[key] = value
+    return options
+
+
+def _parse(text: str, kind, key: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise _BadRequest(400, f"{key} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+def make_app(engine: Engine, limits: Limits = Limits()):
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    config = engine.config
+    registry = CollectorRegistry()
+    Gauge("fastwavenet_active_requests", "Requests being generated", registry=registry).set_function(
+        lambda: engine.stats()["active"])
+    Gauge("fastwavenet_waiting_requests", "Requests waiting for a slot", registry=registry).set_function(
+        lambda: engine.stats()["waiting"])
+    Gauge("fastwavenet_samples_per_second", "Samples made per second over all requests, smoothed",
+          registry=registry).set_function(lambda: engine.stats()["samples_per_second"])
+    samples = Counter("fastwavenet_samples", "Samples sent", registry=registry)
+    requests = Counter("fastwavenet_requests", "Requests answered, by endpoint and HTTP status",
+                       ["endpoint", "status"], registry=registry)
+    first_audio = Histogram("fastwavenet_time_to_first_audio_seconds", "From a request's arrival to its first audio",
+                            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10), registry=registry)
+
+    def error(endpoint: str, status: int, message: str):
+        requests.labels(endpoint, str(status)).inc()
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return web.json_response({"error": message}, status=status, headers=headers)
+
+    async def body(request) -> bytes:
+        if request.content_length is not None and request.content_length > limits.max_body_bytes:
+            raise _BadRequest(413, f"body of {request.content_length} bytes; the limit is {limits.max_body_bytes}")
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _BadRequest(413, f"body over the limit of {limits.max_body_bytes} bytes") from None
+
+    async def stream(request, endpoint: str, submit):
+        arrived = asyncio.get_running_loop().time()
+        try:
+            job = submit()
+        except EngineFull as exc:
+            return error(endpoint, 503, str(exc))
+        except EngineClosed as exc:
+            return error(endpoint, 503, str(exc))
+        except FastWaveNetError as exc:
+            return error(endpoint, 400, str(exc))
+        response = web.StreamResponse(headers={"Content-Type": "audio/wav", "X-Request-Id": str(job.id)})
+        response.content_length = 44 + 2 * job.total
+        complete = False
+        try:
+            await response.prepare(request)
+            await response.write(wav_header(job.total, config.sample_rate))
+            first = True
+            async for chunk in job:
+                if first:
+                    first_audio.observe(asyncio.get_running_loop().time() - arrived)
+                    first = False
+                await response.write(pcm16(chunk))
+                samples.inc(len(chunk))
+            await response.write_eof()
+            complete = True
+            requests.labels(endpoint, "200").inc()
+        except (ConnectionError, asyncio.CancelledError):
+            requests.labels(endpoint, "disconnected").inc()
+            raise
+        except FastWaveNetError:  # cancelled by a shutdown, or failed: the stream ends short
+            requests.labels(endpoint, "cut").inc()
+        finally:
+            if not complete:
+                job.cancel()  # frees the slot before the engine's next round
+        return response
+
+    def check_seconds(seconds: float):
+        if seconds > limits.max_seconds:
+            raise _BadRequest(400, f"{seconds:g} s asked for; this server makes at most {limits.max_seconds:g} s "
+                                   f"per request")
+
+    async def generate(request):
+        try:
+            raw = await body(request)
+            try:
+                params = json.loads(raw or b"{}")
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise _BadRequest(400, f"malformed JSON: {exc}") from None
+            if not isinstance(params, dict):
+                raise _BadRequest(400, "the body must be a JSON object")
+            if config.n_mels:
+                raise _BadRequest(400, "this model is a vocoder: POST mel frames or audio to /vocode")
+            seconds = params.get("seconds")
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+                    or seconds <= 0:
+                raise _BadRequest(400, "seconds must be a positive number")
+            check_seconds(seconds)
+            options = _options(params, config)
+        except _BadRequest as exc:
+            return error("generate", exc.status, str(exc))
+        except FastWaveNetError as exc:
+            return error("generate", 400, str(exc))
+        return await stream(request, "generate", lambda: engine.submit(seconds=seconds, **options))
+
+    async def vocode(request):
+        try:
+            if not config.n_mels:
+                raise _BadRequest(400, "this model is not a vocoder: use /generate")
+            options = _options(dict(request.query), config)
+            if "seconds" in options:
+                raise _BadRequest(400, "/vocode makes what the mel covers; seconds is not an option")
+            raw = await body(request)
+            if not raw:
+                raise _BadRequest(400, "empty body: send mel frames as .npy, or an audio file")
+            if raw[:6] == b"\x93NUMPY":
+                try:
+                    mel = np.load(io.BytesIO(raw), allow_pickle=False)
+                except (ValueError, EOFError, OSError) as exc:
+                    raise _BadRequest(400, f"malformed .npy: {exc}") from None
+                if not np.issubdtype(mel.dtype, np.floating) and not np.issubdtype(mel.dtype, np.integer):
+                    raise _BadRequest(400, f"mel frames must be numbers, got dtype {mel.dtype}")
+                if mel.ndim != 2 or mel.shape[0] != config.n_mels or mel.shape[1] == 0:
+                    raise _BadRequest(400, f"mel frames must be ({config.n_mels} bands, frames), got shape "
+                                           f"{mel.shape}")
+                length = None
+            else:
+                loop = asyncio.get_running_loop()
+                samples_in = await loop.run_in_executor(None, audio_io.read_bytes, raw, config.sample_rate, "upload")
+                mel = await loop.run_in_executor(None, log_mel, samples_in, config)
+                length = len(samples_in)
+            check_seconds((length or mel.shape[1] * config.hop_length) / config.sample_rate)
+        except _BadRequest as exc:
+            return error("vocode", exc.status, str(exc))
+        except FastWaveNetError as exc:
+            return error("vocode", 400, str(exc))
+        return await stream(request, "vocode", lambda: engine.submit(samples=length, mel=mel, **options))
+
+    async def health(request):
+        stats = engine.stats()
+        return web.json_response({"status": "ok", "model": {"sample_rate": config.sample_rate,
+                                                            "vocoder": bool(config.n_mels),
+                                                            "speakers": config.speakers},
+                                  "active": stats["active"], "waiting": stats["waiting"]})
+
+    async def metrics(request):
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    app = web.Application(client_max_size=limits.max_body_bytes)
+    app.add_routes([web.post("/generate", generate), web.post("/vocode", vocode), web.get("/health", health),
+                    web.get("/metrics", metrics)])
+    return app
+
+
+def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
+          drain_seconds: float = 10.0, quiet: bool = False):
+    """Run the server until SIGINT or SIGTERM: then stop taking requests, let those in flight finish for up to
+    `drain_seconds`, cancel the rest (their streams end short), and stop the engine. Port 0 takes a free port; the
+    address is printed once the server listens."""
+    asyncio.run(_serve(engine, host, port, limits, drain_seconds, quiet))
+
+
+async def _serve(engine, host, port, limits, drain_seconds, quiet):
+    import signal
+
+    from aiohttp import web
+
+    app = make_app(engine, limits)
+
+    async def stop_engine(app):
+        await asyncio.get_running_loop().run_in_executor(None, lambda: engine.close(cancel=True))
+
+    app.on_cleanup.append(stop_engine)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=drain_seconds)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise FastWaveNetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        bound = runner.addresses[0]
+        if not quiet:
+            print(f"fastwavenet: serving on http://{bound[0]}:{bound[1]} (Ctrl-C or SIGTERM to stop)", flush=True)
+        await stop.wait()
+        if not quiet:
+            print(f"fastwavenet: stopping; requests in flight get up to {drain_seconds:g} s", flush=True)
+    finally:
+        await runner.cleanup()
