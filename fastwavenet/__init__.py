@@ -4,6 +4,8 @@ The public API:
     load(model=None, backend="auto", device="cpu") -> Generator    (None: the bundled piano demo model)
     Generator.generate(seconds=...), Generator.stream(seconds=..., chunk=...), Generator.forward/prime/new_state
     Sampling(temperature, top_k, top_p, argmax)
+    Engine(model, max_active=...): submit(...) -> Request (iterate, async iterate, cancel, feed/close mel); many
+        independent requests batched together
     WaveNetConfig, preset, PRESETS; load_model, save_model, ModelFile; FastWaveNetError
     train, TrainOptions, export (the training side: imported on first use, so generating never loads it)
 """
@@ -11,6 +13,7 @@ The public API:
 __version__ = "0.1.0"
 
 from .config import PRESETS, WaveNetConfig, preset  # noqa: E402
+from .engine import Engine  # noqa: E402
 from .errors import FastWaveNetError  # noqa: E402
 from .generator import Generator, generate_to_wav  # noqa: E402
 from .modelfile import ModelFile, load_model, save_model  # noqa: E402
@@ -33,6 +36,6 @@ def load(model=None, backend: str = "auto", device: str = "cpu") -> Generator:
     return Generator(model, backend=backend, device=device)
 
 
-__all__ = ["PRESETS", "WaveNetConfig", "preset", "FastWaveNetError", "Generator", "Sampling", "load",
+__all__ = ["PRESETS", "WaveNetConfig", "preset", "FastWaveNetError", "Generator", "Engine", "Sampling", "load",
            "generate_to_wav", "ModelFile", "load_model", "save_model", "export", "train", "TrainOptions",
            "__version__"]

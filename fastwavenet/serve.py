@@ -150,8 +150,10 @@ def make_app(engine: Engine, limits: Limits = Limits()):
             await response.write_eof()
             complete = True
             requests.labels(endpoint, "200").inc()
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:  # the client went away: nothing to answer, nothing to log
             requests.labels(endpoint, "disconnected").inc()
+        except asyncio.CancelledError:  # a shutdown past its drain time
+            requests.labels(endpoint, "cut").inc()
             raise
         except FastWaveNetError:  # cancelled by a shutdown, or failed: the stream ends short
             requests.labels(endpoint, "cut").inc()
