@@ -240,9 +240,10 @@ class Engine:
         self._lock = threading.Condition()
         self._closing = False
         self._clock = 0
-        self._rate = None                   # samples per second over all streams, smoothed
+        self._rates: dict[int, float] = {}  # samples per second over all streams, smoothed, by streams per round
         # Counters for /metrics and `stats()`.
         self.samples_total = 0
+        self._last_rate = 0.0
         self.finished_total = collections.Counter()
         self.first_audio_recent: collections.deque = collections.deque(maxlen=1000)
         if warm_up:
@@ -305,7 +306,7 @@ class Engine:
             ttfa = sorted(self.first_audio_recent)
             pick = (lambda q: ttfa[min(len(ttfa) - 1, int(q * len(ttfa)))] if ttfa else None)  # noqa: E731
             return dict(active=len(self._serving), waiting=len(self._waiting), samples_total=self.samples_total,
-                        samples_per_second=self._rate or 0.0, first_audio_p50=pick(0.5), first_audio_p99=pick(0.99),
+                        samples_per_second=self._last_rate, first_audio_p50=pick(0.5), first_audio_p99=pick(0.99),
                         finished=dict(self.finished_total))
 
     def close(self, cancel: bool = False, timeout: float | None = None):
@@ -384,10 +385,14 @@ class Engine:
         self.finished_total[status] += 1
 
     def _steps(self) -> int:
-        if self._rate is None:
-            return 64
+        """Steps for the next round: about round_seconds at the rate measured with as many streams (or the
+        nearest count measured; a batch of one makes fewer samples per second than a batch of 64)."""
         streams = max(1, len(self._serving))
-        return int(min(4096, max(8, self._rate * self.round_seconds / streams)))
+        if not self._rates:
+            return 16
+        nearest = min(self._rates, key=lambda a: (abs(a - streams), a))
+        rate = self._rates[nearest] * min(1.0, streams / nearest)
+        return int(min(4096, max(4, rate * self.round_seconds / streams)))
 
     def _swap(self, i: int, j: int):
         if i == j:
@@ -476,7 +481,8 @@ class Engine:
                     self._end(r, "failed", error)
             return
         rate = a * n / max(elapsed, 1e-9)
-        self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
+        self._rates[a] = 0.7 * self._rates[a] + 0.3 * rate if a in self._rates else rate
+        self._last_rate = self._rates[a]
         self._clock += n
         audio = mulaw.decode(codes, c.classes).astype(np.float32)
         done = []

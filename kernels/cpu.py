@@ -276,7 +276,7 @@ def sample_one(logits, u, temperature, top_k, top_p, argmax, p, order):
     return kept
 
 
-@njit(**_OPTIONS, parallel=True)
+@njit(**_OPTIONS, parallel=True, nogil=True)
 def teacher_forced(codes, t0, tile, w, queues, inputs, cond, out_logits):
     """Consume codes (B, T) from time t0 with weights w (CpuWeights) and gate terms cond (B, T, L, 2G) or
     (0, 0, 0, 0); out_logits (B, T, C) receives the logits after each step. Streams run in tiles of `tile`."""
@@ -296,7 +296,7 @@ def teacher_forced(codes, t0, tile, w, queues, inputs, cond, out_logits):
                 out_logits[b0 + bb, s, :] = logits[bb, :]
 
 
-@njit(**_OPTIONS, parallel=True)
+@njit(**_OPTIONS, parallel=True, nogil=True)
 def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, w, queues, inputs, cond, out_codes):
     """Generate n = u.shape[0] codes per stream: consume last (B,) first, then each sampled code in turn, with
     weights w (CpuWeights) and gate terms cond (B, n, L, 2G) or (0, 0, 0, 0).
