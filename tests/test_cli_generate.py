@@ -33,6 +33,10 @@ def test_generate_info_and_export(model_file, tmp_path, sine_folder):
     again = tmp_path / "b.wav"
     run_cli("generate", "--model", model_file, "--seconds", "0.5", "-o", again, "--seed", "2", "--quiet")
     assert np.array_equal(x, soundfile.read(again)[0]), "a seed must reproduce the file"
+    result = run_cli("generate", "--model", model_file, "--seconds", "0.5", "-o", tmp_path / "batch.wav",
+                     "--batch", "3", "--seed", "1", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(x, soundfile.read(tmp_path / "batch-1.wav")[0]), "file i of --seed S is --seed S+i alone"
     result = run_cli("generate", "--model", model_file, "--seconds", "0.2", "-o", tmp_path / "many.wav",
                      "--batch", "3", "--backend", "torch", "--quiet", "--prime", sine_folder / "stereo.flac")
     assert result.returncode == 0, result.stderr

@@ -221,3 +221,17 @@ def test_streaming_conditioning_is_the_training_models_under_teacher_forcing(voc
         stream.feed(mel[:, f:f + 1])
     got = vocoder.forward(vocoder.new_state(1), codes, Conditioning([stream]))
     assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_triton_requests_alone_or_together_are_bit_identical():
+    """The Triton kernel is one program per stream: under the engine (Triton's interpreter on the CPU here) a
+    request is the same alone or beside others, mixed sampling rules (the plain loop) included."""
+    pytest.importorskip("triton")
+    config = preset("tiny")
+    gen = Generator(ModelFile(config, fold(random_model(config, 1))), backend="triton",
+                    device="cuda" if torch.cuda.is_available() else "cpu")
+    jobs = [dict(seed=s, samples=10 + 8 * s) for s in range(3)]
+    expected = [alone(gen, **job) for job in jobs]
+    with Engine(gen, max_active=2, round_seconds=0.001, warm_up=False) as engine:
+        got = [r.result() for r in [engine.submit(**job) for job in jobs]]
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))
