@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import json
 import signal
 import sys
@@ -102,11 +104,81 @@ def cmd_info(args):
         print(f"  {key}: {config[key]}")
 
 
+def _run_manifest(args, vocode: bool):
+    """generate / vocode --manifest: this process's share of the items, through the serving engine."""
+    from pathlib import Path
+
+    from . import corpus
+    from .engine import Engine
+    from .files import write_json
+    from .generator import Generator
+
+    if not args.out_dir:
+        raise FastWaveNetError("--manifest needs --out-dir")
+    per_line = [name for name, default in (("seed", None), ("speaker", None), ("prime", None), ("temperature", 1.0),
+                                           ("top_k", 0), ("top_p", 1.0), ("argmax", False), ("batch", 1))
+                if getattr(args, name, default) != default]
+    if per_line:
+        raise FastWaveNetError(f"with --manifest, {', '.join('--' + n.replace('_', '-') for n in per_line)} "
+                               f"belong(s) on each line of the manifest")
+    rank, world, local = corpus.distributed()
+    device = args.device
+    dist = None
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        if device == "cuda":
+            device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+        if importlib.util.find_spec("numba") is not None:
+            import numba  # ranks on one machine share its cores
+
+            numba.set_num_threads(max(1, min(numba.get_num_threads(), (os.cpu_count() or 1) // local)))
+    try:
+        out_dir = Path(args.out_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FastWaveNetError(f"cannot create {out_dir}: {exc.strerror}") from None
+        generator = Generator(args.model, backend=args.backend, device=device)
+        if bool(generator.config.n_mels) != vocode:
+            raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode --manifest" if not vocode else
+                                   "this model is not a vocoder (it takes no mel features)")
+        items, errors = corpus.read_manifest(args.manifest, generator.config, vocode)
+        if rank == 0:
+            for number, message in errors:
+                print(f"fastwavenet: {args.manifest}:{number}: {message}", file=sys.stderr)
+        mine = corpus.shard(items, rank, world)
+        engine = Engine(generator, max_active=args.max_active, max_waiting=2 * args.max_active)
+        try:
+            report = corpus.run(engine, mine, out_dir, rank, progress=not args.quiet)
+        finally:
+            engine.close(cancel=True)
+        reports = [report]
+        if dist is not None:
+            reports = [None] * world
+            dist.all_gather_object(reports, report)
+        summary = corpus.summarize(reports, errors, generator.sample_rate)
+        if rank == 0:
+            write_json(out_dir / "summary.json", summary)
+            print(f"{summary['items_done']} items made, {summary['items_skipped']} already there, "
+                  f"{summary['items_failed']} failed; {summary['seconds_of_audio']:.1f} s of audio at "
+                  f"{summary['samples_per_s']:,.0f} samples/s over {world} process(es); {out_dir / 'summary.json'}")
+        if summary["items_failed"]:
+            raise FastWaveNetError(f"{summary['items_failed']} of {len(items) + len(errors)} items failed "
+                                   f"(see above and summary.json)")
+    finally:
+        if dist is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def cmd_generate(args):
     from . import audio
     from .files import check_writable
     from .generator import Generator, generate_to_wav, output_paths
 
+    if args.manifest:
+        return _run_manifest(args, vocode=False)
     sampling = _sampling(args)
     check_writable(args.output)
     generator = Generator(args.model, backend=args.backend, device=args.device)
@@ -167,6 +239,10 @@ def cmd_vocode(args):
     from .files import check_writable
     from .generator import Generator, generate_to_wav
 
+    if args.manifest:
+        return _run_manifest(args, vocode=True)
+    if not args.input or not args.output:
+        raise FastWaveNetError("vocode needs INPUT and -o OUTPUT (or --manifest and --out-dir)")
     sampling = _sampling(args)
     check_writable(args.output)
     generator = Generator(args.model, backend=args.backend, device=args.device)
@@ -268,6 +344,13 @@ def _add_generation_args(p):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_manifest_args(p):
+    g = p.add_argument_group("corpus generation (one process, or one per rank under torchrun)")
+    g.add_argument("--manifest", help="JSON Lines, one item per line (docs/CORPUS.md); outputs OUT_DIR/<id>.wav")
+    g.add_argument("--out-dir", help="folder for the manifest's outputs and summary.json")
+    g.add_argument("--max-active", type=_positive_int, default=64, help="items generated at once (default 64)")
+
+
 def _sampling(args):
     from .sampling import Sampling
 
@@ -324,13 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=1, help="independent streams (files) at once")
     p.add_argument("--prime", help="audio to continue (resampled to the model's rate)")
     _add_generation_args(p)
+    _add_manifest_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("vocode", help="resynthesize audio from its mel spectrogram (or saved mel frames)")
     p.add_argument("model", help="a model trained with --n-mels")
-    p.add_argument("input", help="audio file, or log-mel frames as .npy (n_mels, frames) / .npz (mel, hop_length)")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("input", nargs="?",
+                   help="audio file, or log-mel frames as .npy (n_mels, frames) / .npz (mel, hop_length)")
+    p.add_argument("-o", "--output")
     _add_generation_args(p)
+    _add_manifest_args(p)
     p.set_defaults(func=cmd_vocode)
 
     p = sub.add_parser("bench", help="samples per second of every backend, beside naive, in one run")
