@@ -60,7 +60,8 @@ class _Saved:
 class Request:
     """A handle on one submitted request: iterate it (plainly or with `async for`) for its audio chunks, 1-D float32
     arrays in [-1, 1] at the model's rate, as they are made; `cancel()` it; read its `progress`. A streaming vocoding
-    request takes its mel frames by `feed(frames)` and `close()`."""
+    request takes its mel frames by `feed(frames)` and `close()`. Leaving a loop over it early (break, an exception)
+    cancels it, so an abandoned request never holds a slot."""
 
     _ids = itertools.count()
 
@@ -119,37 +120,49 @@ class Request:
             self._engine._wake()
 
     def __iter__(self):
-        while True:
-            with self._cv:
-                while not self._chunks and not self.finished:
-                    self._cv.wait()
-                chunk = self._take()
-            if chunk is None:
-                self._raise_if_failed()
-                return
-            self._engine._wake()  # (never with self._cv held: the engine takes its lock first, then ours)
-            yield chunk
+        complete = False
+        try:
+            while True:
+                with self._cv:
+                    while not self._chunks and not self.finished:
+                        self._cv.wait()
+                    chunk = self._take()
+                if chunk is None:
+                    complete = True
+                    self._raise_if_failed()
+                    return
+                self._engine._wake()  # (never with self._cv held: the engine takes its lock first, then ours)
+                yield chunk
+        finally:
+            if not complete:
+                self.cancel()  # the loop was left early (break, an exception): nobody will read the rest
 
     def __aiter__(self):
         return self._aiter()
 
     async def _aiter(self):
         loop = asyncio.get_running_loop()
-        while True:
-            with self._cv:
-                chunk = self._take()
-                waiter = None
-                if chunk is None and not self.finished:
-                    waiter = loop.create_future()
-                    self._async_waiters.append((loop, waiter))
-            if chunk is not None:
-                self._engine._wake()
-                yield chunk
-            elif waiter is None:
-                self._raise_if_failed()
-                return
-            else:
-                await waiter
+        complete = False
+        try:
+            while True:
+                with self._cv:
+                    chunk = self._take()
+                    waiter = None
+                    if chunk is None and not self.finished:
+                        waiter = loop.create_future()
+                        self._async_waiters.append((loop, waiter))
+                if chunk is not None:
+                    self._engine._wake()
+                    yield chunk
+                elif waiter is None:
+                    complete = True
+                    self._raise_if_failed()
+                    return
+                else:
+                    await waiter
+        finally:
+            if not complete:
+                self.cancel()
 
     def result(self) -> np.ndarray:
         """Wait for the whole audio: (samples,) float32."""
@@ -237,6 +250,7 @@ class Engine:
         self._layout = self.config.queue_layout()
         self._serving: list[Request] = []   # slot i holds _serving[i]
         self._waiting: collections.deque[Request] = collections.deque()
+        self._admitting: list[Request] = []   # taken from _waiting, being given slots
         self._lock = threading.Condition()
         self._closing = False
         self._clock = 0
@@ -248,7 +262,7 @@ class Engine:
         self.first_audio_recent: collections.deque = collections.deque(maxlen=1000)
         if warm_up:
             generator.warm_up(Sampling(), prime=True)
-        self._thread = threading.Thread(target=self._loop, name="fastwavenet-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="fastwavenet-engine", daemon=True)
         self._thread.start()
 
     # ---- the public side ------------------------------------------------------------------------------------------
@@ -293,7 +307,7 @@ class Engine:
         with self._lock:
             if self._closing:
                 raise EngineClosed("the engine is shut down")
-            if len(self._serving) + len(self._waiting) >= self.max_active + self.max_waiting:
+            if len(self._serving) + len(self._admitting) + len(self._waiting) >= self.max_active + self.max_waiting:
                 raise EngineFull(f"the engine is full: {len(self._serving)} requests running and "
                                  f"{len(self._waiting)} waiting (max_waiting {self.max_waiting})")
             self._waiting.append(request)
@@ -349,6 +363,22 @@ class Engine:
             raise FastWaveNetError("prime audio must be finite floats")
         return mulaw.encode(arr.astype(np.float64), self.config.classes).astype(np.int64)
 
+    def _run(self):
+        """The scheduler thread. Should anything escape a round (a bug), every request ends with the error and the
+        engine refuses new ones: nobody waits forever."""
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001
+            error = EngineClosed(f"the engine stopped: {type(exc).__name__}: {exc}")
+            with self._lock:
+                self._closing = True
+                requests = list(self._admitting) + list(self._serving) + list(self._waiting)
+                self._serving.clear()
+                self._waiting.clear()
+            for r in requests:
+                self._end(r, "failed", error)
+            raise
+
     def _loop(self):
         while True:
             with self._lock:
@@ -356,7 +386,7 @@ class Engine:
                     self._drop_finished()
                     if self._closing and not self._serving and not self._waiting:
                         return
-                    admit = []
+                    admit = self._admitting = []
                     while self._waiting and len(self._serving) + len(admit) < self.max_active:
                         admit.append(self._waiting.popleft())
                     n = self._steps()
@@ -365,6 +395,8 @@ class Engine:
                     self._lock.wait(0.5)
             for r in admit:
                 self._start(r)
+            with self._lock:
+                self._admitting = []
             n = self._steps()
             runnable = [r for r in self._serving if r._runnable(n) and not r._cancel]
             if runnable:

@@ -235,3 +235,39 @@ def test_triton_requests_alone_or_together_are_bit_identical():
     with Engine(gen, max_active=2, round_seconds=0.001, warm_up=False) as engine:
         got = [r.result() for r in [engine.submit(**job) for job in jobs]]
     assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
+def test_leaving_the_loop_early_cancels_the_request(tiny):
+    async def first_chunk(request):
+        async for chunk in request:
+            return chunk
+
+    with Engine(tiny, max_active=1, round_seconds=0.001) as engine:
+        plain = engine.submit(samples=10_000_000, seed=0)
+        for _ in plain:
+            break
+        assert wait_for(lambda: plain.status == "cancelled")
+        asynchronous = engine.submit(samples=10_000_000, seed=1)
+        assert len(asyncio.run(first_chunk(asynchronous))) > 0
+        assert wait_for(lambda: asynchronous.status == "cancelled")
+        assert len(engine.submit(samples=200, seed=2).result()) == 200  # the slot is free again
+
+
+def test_a_scheduler_failure_ends_every_request_instead_of_hanging(tiny, monkeypatch):
+    engine = Engine(tiny, max_active=1, warm_up=False)
+    monkeypatch.setattr(engine, "_start", lambda r: (_ for _ in ()).throw(RuntimeError("boom")))
+    waiting = engine.submit(samples=100, seed=0)
+    with pytest.raises(FastWaveNetError, match="engine stopped: RuntimeError: boom"):
+        waiting.result()
+    with pytest.raises(FastWaveNetError, match="shut down"):
+        engine.submit(samples=10)
+    engine.close()
+
+
+def wait_for(predicate, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
