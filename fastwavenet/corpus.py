@@ -44,7 +44,7 @@ KEYS = {"id", "seconds", "seed", "temperature", "top_k", "top_p", "argmax", "spe
 class Item:
     line: int
     id: str
-    length: int                     # samples to make
+    length: int                     # samples to make (for a vocoding item from audio: an estimate, for sharding)
     seed: int
     sampling: Sampling
     speaker: int | None = None
@@ -136,6 +136,8 @@ def _item(obj, number: int, folder: Path, config, vocode: bool) -> Item:
         if "seconds" in obj:
             raise FastWaveNetError("a vocoding item makes what its mel covers: seconds is not a field")
         if mel is not None:
+            if mel.suffix.lower() not in (".npy", ".npz"):
+                raise FastWaveNetError("mel must be a .npy or .npz file (audio to resynthesize goes in `audio`)")
             length = _frames(mel) * config.hop_length
         else:
             info = _audio_info(source)
@@ -233,9 +235,9 @@ async def _run_one(engine, item: Item, out_dir: Path, report: Report, bar, gate)
         stream = None
         request = None
         try:
-            kwargs = await loop.run_in_executor(None, _inputs, item, engine.config)
-            request = engine.submit(samples=item.length, seed=item.seed, sampling=item.sampling,
-                                    speaker=item.speaker, **kwargs)
+            length, kwargs = await loop.run_in_executor(None, _inputs, item, engine.config)
+            request = engine.submit(samples=length, seed=item.seed, sampling=item.sampling, speaker=item.speaker,
+                                    **kwargs)
             stream = audio.WavStream(out_dir / f"{item.id}.wav", engine.config.sample_rate)
             async for chunk in request:
                 stream.write(chunk)
@@ -254,19 +256,17 @@ async def _run_one(engine, item: Item, out_dir: Path, report: Report, bar, gate)
                 stream.discard()  # a no-op after close; otherwise the unfinished file goes
 
 
-def _inputs(item: Item, config) -> dict:
+def _inputs(item: Item, config) -> tuple[int, dict]:
+    """Samples to make and the inputs to submit, read as `vocode` and `generate --prime` read them."""
     kwargs = {}
+    length = item.length
     if item.prime is not None:
         kwargs["prime"] = audio.read(item.prime, config.sample_rate)
-    if item.mel is not None:
-        from .features import load_features
+    if item.mel is not None or item.audio is not None:
+        from .features import features_from_file
 
-        kwargs["mel"] = load_features(item.mel, config)
-    if item.audio is not None:
-        from .features import log_mel
-
-        kwargs["mel"] = log_mel(audio.read(item.audio, config.sample_rate), config)
-    return kwargs
+        kwargs["mel"], length = features_from_file(item.mel or item.audio, config)
+    return length, kwargs
 
 
 def distributed() -> tuple[int, int, int]:

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from . import mulaw
+from .backends import full_fp32
 from .conditioning import Conditioning, StreamConditioning
 from .errors import FastWaveNetError
-from .generator import Generator, silence_code
+from .generator import Generator, check_seed, silence_code
 from .sampling import Sampling
 from .state import QueueState
 
@@ -283,8 +284,7 @@ class Engine:
         gen, config = self.generator, self.config
         if not isinstance(sampling, Sampling):
             raise FastWaveNetError("sampling must be a fastwavenet.Sampling")
-        if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise FastWaveNetError(f"seed must be a non-negative integer, got {seed!r}")
+        seed = check_seed(seed)
         prime_codes = None if prime is None else self._prime_codes(prime)
         cond = None
         if config.conditioned or mel is not None or speaker is not None or stream_mel:
@@ -301,9 +301,7 @@ class Engine:
                 raise FastWaveNetError(f"the mel spectrogram covers {cond.covered} samples; {end} asked for")
         if prime_codes is not None and cond is not None and cond.covered is not None and cond.covered < start:
             raise FastWaveNetError("the mel frames given must cover the prime")
-        rng = np.random.default_rng(None if seed is None else int(seed))
-        request = Request(self, end, rng, sampling, cond, prime_codes)
-        request._pos.t = start
+        request = Request(self, end, np.random.default_rng(seed), sampling, cond, prime_codes)
         with self._lock:
             if self._closing:
                 raise EngineClosed("the engine is shut down")
@@ -328,17 +326,19 @@ class Engine:
         have passed), then stop the scheduler."""
         with self._lock:
             self._closing = True
-            if cancel:
-                for r in itertools.chain(self._serving, self._waiting):
-                    r._cancel = True
             self._lock.notify_all()
+        if cancel:
+            self._cancel_all()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            with self._lock:
-                for r in itertools.chain(self._serving, self._waiting):
-                    r._cancel = True
-                self._lock.notify_all()
+            self._cancel_all()
             self._thread.join()
+
+    def _cancel_all(self):
+        with self._lock:
+            for r in itertools.chain(self._serving, self._waiting):
+                r._cancel = True
+            self._lock.notify_all()
 
     def __enter__(self):
         return self
@@ -356,9 +356,10 @@ class Engine:
         if arr.ndim != 1 or arr.size == 0:
             raise FastWaveNetError("prime must be a non-empty 1-D array of audio or codes")
         if np.issubdtype(arr.dtype, np.integer):
-            if arr.min() < 0 or arr.max() >= self.config.classes:
-                raise FastWaveNetError(f"prime codes must lie in [0, {self.config.classes - 1}]")
-            return arr.astype(np.int64)
+            try:
+                return self.generator._codes(arr, 1)[0].numpy()  # the Generator's own check of the range
+            except FastWaveNetError as exc:
+                raise FastWaveNetError(f"prime {exc}") from None
         if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
             raise FastWaveNetError("prime audio must be finite floats")
         return mulaw.encode(arr.astype(np.float64), self.config.classes).astype(np.int64)
@@ -459,9 +460,7 @@ class Engine:
                 pool.last[slot] = state.last[0].to(pool.last.device)
                 r._pos = _Saved(t=state.t, layout_clock=state.t)
             else:
-                pool.queues[slot].zero_()
-                pool.inputs[slot].fill_(-1)
-                pool.last[slot] = self._silence
+                self._slot_state(slot).reset(self._silence)
                 r._pos = _Saved(t=0, layout_clock=self._clock)  # empty rings look the same under any clock
         except Exception as exc:  # noqa: BLE001 - the request fails, the engine goes on
             self._end(r, "failed", exc if isinstance(exc, FastWaveNetError) else FastWaveNetError(str(exc)))
@@ -469,6 +468,10 @@ class Engine:
         r.status = "running"
         with self._lock:
             self._serving.append(r)
+
+    def _slot_state(self, slot: int) -> QueueState:
+        pool = self._pool
+        return QueueState(pool.queues[slot:slot + 1], pool.inputs[slot:slot + 1], pool.last[slot:slot + 1])
 
     def _rotate(self, slot: int, shift: int):
         """Lay slot's rings out for a clock `shift` steps later than the one they were written under."""
@@ -497,14 +500,10 @@ class Engine:
                     r._cond.terms(r._pos.t, cond[i], pad=True)
             view = QueueState(pool.queues[:a], pool.inputs[:a], pool.last[:a], self._clock)
             started = time.perf_counter()
-            from .backends import full_fp32
-
             with full_fp32(self.generator.device):
                 codes = self.generator.backend.generate(view, n, u, [r.sampling for r in runnable], cond)
             codes = codes.cpu().numpy()
             elapsed = time.perf_counter() - started
-            if view.last.data_ptr() != pool.last.data_ptr():
-                pool.last[:a] = view.last.to(pool.last.device)
         except Exception as exc:  # noqa: BLE001 - these requests fail, the engine goes on
             error = exc if isinstance(exc, FastWaveNetError) else FastWaveNetError(f"generation failed: {exc}")
             with self._lock:

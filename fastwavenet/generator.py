@@ -30,15 +30,19 @@ from .sampling import Sampling
 COND_TERMS_BUDGET = 256 << 20
 
 
+def check_seed(seed) -> int | None:
+    """None (fresh entropy) or a non-negative integer, else a one-line error."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise FastWaveNetError(f"seed must be a non-negative integer, got {seed!r}")
+    return None if seed is None else int(seed)
+
+
 def stream_rngs(seed: int | None, batch: int) -> list[np.random.Generator]:
     """Stream i of a batch seeded with S draws its uniforms from numpy's default generator seeded with S + i: it
     makes what a batch of one seeded with S + i makes (given the same model, options and conditioning, on the same
     backend). Without a seed, each stream gets fresh entropy."""
-    if seed is None:
-        return [np.random.default_rng() for _ in range(batch)]
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise FastWaveNetError(f"seed must be a non-negative integer, got {seed!r}")
-    return [np.random.default_rng(int(seed) + i) for i in range(batch)]
+    seed = check_seed(seed)
+    return [np.random.default_rng(None if seed is None else seed + i) for i in range(batch)]
 
 
 def silence_code(config: WaveNetConfig) -> int:

@@ -128,9 +128,7 @@ def make_app(engine: Engine, limits: Limits = Limits()):
         arrived = asyncio.get_running_loop().time()
         try:
             job = submit()
-        except EngineFull as exc:
-            return error(endpoint, 503, str(exc))
-        except EngineClosed as exc:
+        except (EngineFull, EngineClosed) as exc:
             return error(endpoint, 503, str(exc))
         except FastWaveNetError as exc:
             return error(endpoint, 400, str(exc))

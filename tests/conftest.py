@@ -53,6 +53,41 @@ def random_model(config, seed=0):
     return model
 
 
+def vocoder_config(**changes):
+    """A small mel vocoder shape for tests: 8 bands, hop 32, 4410 Hz."""
+    import dataclasses
+
+    from fastwavenet import WaveNetConfig
+
+    config = WaveNetConfig(sample_rate=4410, residual_channels=8, gate_channels=8, skip_channels=16,
+                           head_channels=16, layers_per_stack=4, stacks=2, n_mels=8, hop_length=32, n_fft=128)
+    return dataclasses.replace(config, **changes)
+
+
+def save_models(folder):
+    """Model files of random weights in folder: `tiny` (the preset) and `vocoder` (vocoder_config())."""
+    from fastwavenet import preset
+    from fastwavenet.convert import fold
+    from fastwavenet.modelfile import save_model
+
+    paths = {"tiny": folder / "tiny.safetensors", "vocoder": folder / "vocoder.safetensors"}
+    save_model(paths["tiny"], preset("tiny"), fold(random_model(preset("tiny"), 1)))
+    save_model(paths["vocoder"], vocoder_config(), fold(random_model(vocoder_config(), 2)))
+    return paths
+
+
+def wait_until(predicate, seconds=30):
+    """Poll predicate until it holds (True) or `seconds` pass (False)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def run_cli(*args, env=None):
     """Run `python -m fastwavenet ARGS` in a subprocess; returns CompletedProcess with text output."""
     import subprocess

@@ -14,27 +14,17 @@ import numpy as np
 import pytest
 import soundfile
 
-from fastwavenet import FastWaveNetError, WaveNetConfig, preset
-from fastwavenet.convert import fold
+from fastwavenet import FastWaveNetError, preset
 from fastwavenet.corpus import Item, derived_seed, read_manifest, shard
-from fastwavenet.modelfile import save_model
 from fastwavenet.sampling import Sampling
 
-from conftest import random_model, run_cli
+from conftest import run_cli, save_models
 
 pytest.importorskip("numba")
 
-VOCODER = WaveNetConfig(sample_rate=4410, residual_channels=8, gate_channels=8, skip_channels=16, head_channels=16,
-                        layers_per_stack=4, stacks=2, n_mels=8, hop_length=32, n_fft=128)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    paths = {"tiny": folder / "tiny.safetensors", "vocoder": folder / "vocoder.safetensors"}
-    save_model(paths["tiny"], preset("tiny"), fold(random_model(preset("tiny"), 1)))
-    save_model(paths["vocoder"], VOCODER, fold(random_model(VOCODER, 2)))
-    return paths
+    return save_models(tmp_path_factory.mktemp("models"))
 
 
 def write_manifest(folder: Path, lines) -> Path:

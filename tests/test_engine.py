@@ -8,19 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from fastwavenet import FastWaveNetError, Generator, Sampling, WaveNetConfig, preset
+from fastwavenet import FastWaveNetError, Generator, Sampling, preset
 from fastwavenet.conditioning import Conditioning, StreamConditioning
 from fastwavenet.convert import fold
 from fastwavenet.engine import Cancelled, Engine, EngineFull
 from fastwavenet.modelfile import ModelFile
 
-from conftest import random_model
+from conftest import random_model, vocoder_config, wait_until
 
 numba = pytest.importorskip("numba")
 
-VOCODER = WaveNetConfig(sample_rate=4410, residual_channels=8, gate_channels=8, skip_channels=16, head_channels=16,
-                        layers_per_stack=4, stacks=2, n_mels=8, hop_length=32, n_fft=128, speakers=3,
-                        speaker_channels=4)
+VOCODER = vocoder_config(speakers=3, speaker_channels=4)
 
 RULES = [Sampling(), Sampling(temperature=0.7), Sampling(top_k=12), Sampling(top_p=0.8, temperature=1.2),
          Sampling(argmax=True)]
@@ -107,9 +105,7 @@ def test_an_unread_request_pauses_and_memory_stays_bounded(tiny):
     """A request whose owner does not read stops being stepped once it holds max_buffered samples."""
     with Engine(tiny, max_active=2, max_buffered_seconds=0.05, round_seconds=0.001) as engine:
         request = engine.submit(samples=20_000, seed=3)
-        deadline = time.monotonic() + 30
-        while request.made < engine.max_buffered and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: request.made >= engine.max_buffered)
         time.sleep(0.3)
         held = request.made
         assert engine.max_buffered <= held < engine.max_buffered + 4096
@@ -246,10 +242,10 @@ def test_leaving_the_loop_early_cancels_the_request(tiny):
         plain = engine.submit(samples=10_000_000, seed=0)
         for _ in plain:
             break
-        assert wait_for(lambda: plain.status == "cancelled")
+        assert wait_until(lambda: plain.status == "cancelled")
         asynchronous = engine.submit(samples=10_000_000, seed=1)
         assert len(asyncio.run(first_chunk(asynchronous))) > 0
-        assert wait_for(lambda: asynchronous.status == "cancelled")
+        assert wait_until(lambda: asynchronous.status == "cancelled")
         assert len(engine.submit(samples=200, seed=2).result()) == 200  # the slot is free again
 
 
@@ -262,12 +258,3 @@ def test_a_scheduler_failure_ends_every_request_instead_of_hanging(tiny, monkeyp
     with pytest.raises(FastWaveNetError, match="shut down"):
         engine.submit(samples=10)
     engine.close()
-
-
-def wait_for(predicate, seconds=30):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False

@@ -9,10 +9,9 @@ from fastwavenet.convert import fold
 from fastwavenet.features import log_mel
 from fastwavenet.modelfile import save_model
 
-from conftest import random_model, run_cli
+from conftest import random_model, run_cli, vocoder_config
 
-VOCODER = WaveNetConfig(sample_rate=4410, residual_channels=8, gate_channels=8, skip_channels=16, head_channels=16,
-                        layers_per_stack=4, stacks=2, n_mels=8, hop_length=32, n_fft=128)
+VOCODER = vocoder_config()
 SPEAKERS = WaveNetConfig(sample_rate=4410, residual_channels=8, gate_channels=8, skip_channels=16, head_channels=16,
                          layers_per_stack=3, stacks=1, speakers=2, speaker_channels=4)
 

@@ -82,7 +82,7 @@ class Backend:
             logits = self.forward(state, last.unsqueeze(1), None if cond is None else cond[:, i:i + 1])[:, 0]
             last = sample_streams(logits, u[i], samplings)
             out[:, i] = last
-        state.last = last.clone()
+        state.last.copy_(last)  # in place: the state may be a view of a larger one (the engine's pool)
         return out
 
 

@@ -83,5 +83,5 @@ class TritonBackend(Backend):
             gpu.run(first, state.t, u, self.weights, state.queues, state.inputs, cond, None, out, teacher=False,
                     temperature=sampling.temperature, argmax=sampling.argmax)
         state.t += n
-        state.last = out[:, -1].clone()
+        state.last.copy_(out[:, -1])  # in place, as every backend
         return out
