@@ -309,6 +309,16 @@ def cmd_import_keras(args):
           f"receptive field {model.config.receptive_field} samples)")
 
 
+def cmd_import_r9y9(args):
+    from .importers.r9y9 import import_to_file
+
+    model = import_to_file(args.checkpoint, args.hparams, args.output)
+    c = model.config
+    kind = c.output.replace("_", " ") + (f" of {c.mixtures}" if c.output == "logistic_mixture" else "")
+    print(f"wrote {args.output} ({c.parameter_count():,} parameters, {kind} output, "
+          f"receptive field {c.receptive_field} samples)")
+
+
 def _warm_up(generator, sampling, prime: bool, quiet: bool):
     """Compile or load the kernels before the progress bar starts; if that takes over a second (a first run),
     say what is happening instead of showing a bar frozen at a few samples/s."""
@@ -413,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vocode", help="resynthesize audio from its mel spectrogram (or saved mel frames)")
     p.add_argument("model", help="a model trained with --n-mels")
     p.add_argument("input", nargs="?",
-                   help="audio file, or log-mel frames as .npy (n_mels, frames) / .npz (mel, hop_length)")
+                   help="audio file, or log-mel frames as .npy (n_mels, frames) / .npz (mel, hop_length); a model "
+                        "imported from r9y9 takes its features as .npy (frames, n_mels)")
     p.add_argument("-o", "--output")
     _add_generation_args(p)
     _add_manifest_args(p)
@@ -471,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--config", required=True, help="its training config.json")
     k.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
     k.set_defaults(func=cmd_import_keras)
+    k = kinds.add_parser("r9y9", help="r9y9/wavenet_vocoder 0.1 PyTorch checkpoint")
+    k.add_argument("checkpoint", help="the .pth file its train.py saved")
+    k.add_argument("--hparams", required=True, help="the run's hparams as JSON (see docs/R9Y9.md for the fields)")
+    k.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    k.set_defaults(func=cmd_import_r9y9)
     return parser
 
 

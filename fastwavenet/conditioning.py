@@ -1,7 +1,8 @@
 """What a conditioned model generates from: per-layer gate terms made from log-mel frames and a speaker id, one
 stream at a time, one mel frame at a time.
 
-The upsampler is a transposed convolution whose kernel equals its stride (`hop_length`): frame i alone makes
+The upsampler is a transposed convolution whose kernel equals its stride (`hop_length`), or r9y9's stack of
+one-channel 2-D transposed convolutions whose time kernel equals their time stride: either way frame i alone makes
 samples i * hop .. (i + 1) * hop - 1. So a stream's gate terms are computed frame by frame, each frame by the same
 fixed-shape products, and a frame's terms are the same numbers however the mel arrived (whole, or fed a few frames
 at a time), whichever chunk asks for them, and whichever other streams run beside it. The upsampler's lookahead is
@@ -109,10 +110,25 @@ class StreamConditioning:
             with self._lock:
                 frame = self._frames[:, f - self._first_frame].to(self.device)
             with torch.no_grad(), full_fp32(self.device):
-                features = torch.einsum("m,mnj->nj", frame, self.upsample_w) + self.upsample_b[:, None]
-                terms = torch.einsum("nj,lnc->jlc", features, self.mel_w)
+                terms = torch.einsum("nj,lnc->jlc", self._upsample(frame), self.mel_w)
             self._cached = (f, terms)
         return self._cached[1]
+
+    def _upsample(self, frame: torch.Tensor) -> torch.Tensor:
+        """One frame (M,) -> its features at the sample rate, (M, hop)."""
+        c = self.config
+        if c.upsampler == "transpose":
+            return torch.einsum("m,mnj->nj", frame, self.upsample_w) + self.upsample_b[:, None]
+        # r9y9: (1, 1, M, 1) through each ConvTranspose2d(1, 1, (F, s), stride (1, s), padding ((F - 1) / 2, 0))
+        # and its ReLU; the mel axis keeps its size, time grows by s.
+        x = frame.reshape(1, 1, -1, 1)
+        first = 0
+        for i, scale in enumerate(c.upsample_scales):
+            kernel = self.upsample_w[:, first:first + scale].reshape(1, 1, c.freq_axis_kernel_size, scale)
+            x = torch.relu(torch.nn.functional.conv_transpose2d(
+                x, kernel, self.upsample_b[i:i + 1], stride=(1, scale), padding=((c.freq_axis_kernel_size - 1) // 2, 0)))
+            first += scale
+        return x[0, 0]
 
     def terms(self, start: int, out: torch.Tensor, pad: bool = False):
         """Fill out (n, L, 2G) with the gate terms of steps start .. start+n-1. Steps past the mel's end are an

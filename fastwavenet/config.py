@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -14,6 +15,8 @@ from .errors import FastWaveNetError
 
 # Rough ceiling on parameters (float32): a config above it would exhaust memory before it trained a step.
 MAX_PARAMETERS = 500_000_000
+OUTPUTS = ("softmax", "logistic_mixture", "gaussian")
+UPSAMPLERS = ("transpose", "r9y9")
 
 
 @dataclass(frozen=True)
@@ -28,13 +31,26 @@ class WaveNetConfig:
     `bias` switches the biases of the blocks (dilated, residual and skip convolutions); the input convolution and
     the two head convolutions always have biases.
 
+    Input and output (fastwavenet/distributions.py states each rule):
+    - `scalar_input`: the input convolution reads the previous sample's value in [-1, 1] (one channel, 1 tap)
+      instead of a one-hot class code;
+    - `output`: "softmax" (logits over `classes` mu-law classes; needs class input), or, for scalar input,
+      "logistic_mixture" (3 x `mixtures` outputs: mixture logits, means, log scales clamped below at
+      `log_scale_min`) or "gaussian" (2 outputs: mean, log scale, clamped likewise). With a continuous output,
+      `classes` is the number of levels over [-1, 1] that `score` discretizes the likelihood to (r9y9's
+      quantize_channels).
+
     Conditioning, both added to every layer's gate input (before tanh and sigmoid):
     - global: `speakers` > 0 gives a learned embedding of `speaker_channels` per speaker (or any class), projected
       by a 1x1 convolution per layer;
     - local: `n_mels` > 0 conditions on a log-mel spectrogram (librosa: `n_fft`, `hop_length`, `fmin`, `fmax` in
       Hz, 0 meaning sample_rate / 2; natural log of max(mel, 1e-5)), upsampled to the sample rate by a learned
       transposed convolution (kernel and stride `hop_length`: frame i becomes samples i*hop .. (i+1)*hop - 1) and
-      projected by a 1x1 convolution per layer.
+      projected by a 1x1 convolution per layer. `upsampler` "r9y9" instead upsamples as r9y9/wavenet_vocoder 0.1
+      does: a stack of one-channel 2-D transposed convolutions, kernel (`freq_axis_kernel_size`, s) and stride
+      (1, s) for each s in `upsample_scales` (product `hop_length`), each followed by ReLU. Each of these maps
+      frame i to samples i*hop .. (i+1)*hop - 1 alone; features are then given as frames (n_mels, frames), made by
+      whatever the model was trained on (fastwavenet's log-mel, or r9y9's own preprocessing for its models).
     """
 
     sample_rate: int = 16000
@@ -55,8 +71,17 @@ class WaveNetConfig:
     n_fft: int = 1024
     fmin: float = 0.0
     fmax: float = 0.0
+    scalar_input: bool = False
+    output: str = "softmax"
+    mixtures: int = 10
+    log_scale_min: float = -7.0
+    upsampler: str = "transpose"
+    upsample_scales: tuple = ()
+    freq_axis_kernel_size: int = 3
 
     def __post_init__(self):
+        if isinstance(self.upsample_scales, list):  # from JSON
+            object.__setattr__(self, "upsample_scales", tuple(self.upsample_scales))
         ints = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.type in ("int", int) and f.name not in ("speakers", "n_mels")}
         for name in ("speakers", "n_mels"):
@@ -66,8 +91,31 @@ class WaveNetConfig:
         for name, value in ints.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise FastWaveNetError(f"config: {name} must be a positive integer, got {value!r}")
-        if not isinstance(self.bias, bool):
-            raise FastWaveNetError(f"config: bias must be true or false, got {self.bias!r}")
+        for name in ("bias", "scalar_input"):
+            if not isinstance(getattr(self, name), bool):
+                raise FastWaveNetError(f"config: {name} must be true or false, got {getattr(self, name)!r}")
+        if self.output not in OUTPUTS:
+            raise FastWaveNetError(f"config: output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+        if self.scalar_input == (self.output == "softmax"):
+            raise FastWaveNetError("config: a softmax output needs class input (scalar_input false); "
+                                   "logistic_mixture and gaussian outputs need scalar input")
+        if self.scalar_input and self.input_kernel_size != 1:
+            raise FastWaveNetError(f"config: scalar input reads one tap (input_kernel_size 1), "
+                                   f"got {self.input_kernel_size}")
+        if not (isinstance(self.log_scale_min, (int, float)) and math.isfinite(self.log_scale_min)):
+            raise FastWaveNetError(f"config: log_scale_min must be a number, got {self.log_scale_min!r}")
+        if self.upsampler not in UPSAMPLERS:
+            raise FastWaveNetError(f"config: upsampler must be one of {', '.join(UPSAMPLERS)}, "
+                                   f"got {self.upsampler!r}")
+        if self.n_mels and self.upsampler == "r9y9":
+            scales = self.upsample_scales
+            if (not scales or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in scales)
+                    or math.prod(scales) != self.hop_length):
+                raise FastWaveNetError(f"config: upsample_scales must be positive integers whose product is "
+                                       f"hop_length {self.hop_length}, got {list(scales)}")
+            if self.freq_axis_kernel_size % 2 == 0:
+                raise FastWaveNetError(f"config: freq_axis_kernel_size must be odd (the mel axis keeps its size), "
+                                       f"got {self.freq_axis_kernel_size}")
         if self.classes < 2:
             raise FastWaveNetError(f"config: classes must be at least 2, got {self.classes}")
         if self.kernel_size < 2:
@@ -92,6 +140,15 @@ class WaveNetConfig:
     def dilations(self) -> list[int]:
         """Dilation of every block, in order: 1, 2, ..., 2**(layers_per_stack-1), repeated `stacks` times."""
         return [2 ** i for i in range(self.layers_per_stack)] * self.stacks
+
+    @property
+    def output_channels(self) -> int:
+        """Outputs of the head: logits of `classes`, 3 x `mixtures` mixture parameters, or a Gaussian's 2."""
+        return {"softmax": self.classes, "logistic_mixture": 3 * self.mixtures, "gaussian": 2}[self.output]
+
+    @property
+    def input_channels(self) -> int:
+        return 1 if self.scalar_input else self.classes
 
     @property
     def layers(self) -> int:
@@ -123,7 +180,7 @@ class WaveNetConfig:
 
     def parameter_count(self) -> int:
         r, g, s, h, c, k = (self.residual_channels, self.gate_channels, self.skip_channels, self.head_channels,
-                            self.classes, self.kernel_size)
+                            self.output_channels, self.kernel_size)
         b = 1 if self.bias else 0
         per_layer = k * r * 2 * g + b * 2 * g + g * s + b * s + g * r + b * r
         last_residual = g * r + b * r  # the last block's residual output feeds nothing, so it has no weights
@@ -132,8 +189,10 @@ class WaveNetConfig:
             conditioning += self.speakers * self.speaker_channels + self.layers * self.speaker_channels * 2 * g
         if self.n_mels:
             m = self.n_mels
-            conditioning += m * m * self.hop_length + m + self.layers * m * 2 * g
-        return (self.input_kernel_size * c * r + r + self.layers * per_layer - last_residual
+            upsampler = (m * m * self.hop_length + m if self.upsampler == "transpose"
+                         else len(self.upsample_scales) * (self.freq_axis_kernel_size + 1))
+            conditioning += upsampler + self.layers * m * 2 * g
+        return (self.input_kernel_size * self.input_channels * r + r + self.layers * per_layer - last_residual
                 + s * h + h + h * c + c + conditioning)
 
     @property

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import mulaw
+from . import distributions
 from .backends import full_fp32
 from .conditioning import Conditioning, StreamConditioning
 from .errors import FastWaveNetError
-from .generator import Generator, check_seed, silence_code
+from .generator import Generator, check_seed, decode, encode, silence_code
 from .sampling import Sampling
 from .state import QueueState
 
@@ -284,6 +284,7 @@ class Engine:
         gen, config = self.generator, self.config
         if not isinstance(sampling, Sampling):
             raise FastWaveNetError("sampling must be a fastwavenet.Sampling")
+        distributions.check_rules(config, [sampling])
         seed = check_seed(seed)
         prime_codes = None if prime is None else self._prime_codes(prime)
         cond = None
@@ -356,13 +357,15 @@ class Engine:
         if arr.ndim != 1 or arr.size == 0:
             raise FastWaveNetError("prime must be a non-empty 1-D array of audio or codes")
         if np.issubdtype(arr.dtype, np.integer):
+            if self.config.scalar_input:
+                raise FastWaveNetError("this model reads sample values: prime it with audio, not codes")
             try:
                 return self.generator._codes(arr, 1)[0].numpy()  # the Generator's own check of the range
             except FastWaveNetError as exc:
                 raise FastWaveNetError(f"prime {exc}") from None
         if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
             raise FastWaveNetError("prime audio must be finite floats")
-        return mulaw.encode(arr.astype(np.float64), self.config.classes).astype(np.int64)
+        return encode(arr, self.config)
 
     def _run(self):
         """The scheduler thread. Should anything escape a round (a bug), every request ends with the error and the
@@ -486,7 +489,8 @@ class Engine:
         for i, r in enumerate(runnable):
             self._swap(i, self._serving.index(r))
         a, c, pool = len(runnable), self.config, self._pool
-        u = np.empty((n, a), np.float32)
+        per_sample = () if c.output == "softmax" else (2,)  # a continuous output takes two uniforms a sample
+        u = np.empty((n, a) + per_sample, np.float32)
         cond = None
         if c.conditioned:
             cond = torch.empty(a, n, c.layers, 2 * c.gate_channels, device=self.generator.device)
@@ -495,7 +499,7 @@ class Engine:
                 if r._pos.layout_clock != self._clock:
                     self._rotate(i, self._clock - r._pos.layout_clock)
                     r._pos.layout_clock = self._clock
-                u[:, i] = r._rng.random(n, dtype=np.float32)
+                u[:, i] = r._rng.random((n,) + per_sample, dtype=np.float32)
                 if cond is not None:
                     r._cond.terms(r._pos.t, cond[i], pad=True)
             view = QueueState(pool.queues[:a], pool.inputs[:a], pool.last[:a], self._clock)
@@ -515,7 +519,7 @@ class Engine:
         self._rates[a] = 0.7 * self._rates[a] + 0.3 * rate if a in self._rates else rate
         self._last_rate = self._rates[a]
         self._clock += n
-        audio = mulaw.decode(codes, c.classes).astype(np.float32)
+        audio = decode(codes, c)
         done = []
         for i, r in enumerate(runnable):
             r._pos.layout_clock = self._clock

@@ -28,7 +28,9 @@ def log_mel(samples: np.ndarray, config: WaveNetConfig) -> np.ndarray:
 
 def load_features(path, config: WaveNetConfig) -> np.ndarray:
     """Saved log-mel frames, checked against the model: a (n_mels, frames) float array in .npy, or an .npz with
-    `mel` and, if known, the `hop_length` and `sample_rate` it was made with (no pickles either way)."""
+    `mel` and, if known, the `hop_length` and `sample_rate` it was made with (no pickles either way). A model
+    imported from r9y9/wavenet_vocoder reads its features as r9y9's preprocessing writes them: (frames, n_mels).
+    Returns (n_mels, frames) float32."""
     try:
         data = np.load(path, allow_pickle=False)
         if isinstance(data, np.lib.npyio.NpzFile):
@@ -44,9 +46,13 @@ def load_features(path, config: WaveNetConfig) -> np.ndarray:
             mel = data
     except (OSError, ValueError, EOFError) as exc:
         raise FastWaveNetError(f"cannot read features {path}: {exc}") from None
-    if mel.ndim != 2 or mel.shape[0] != config.n_mels:
-        raise FastWaveNetError(f"features {path} have shape {mel.shape}; the model wants ({config.n_mels} bands, "
-                               f"frames)")
+    r9y9 = config.upsampler == "r9y9"
+    if mel.ndim != 2 or mel.shape[1 if r9y9 else 0] != config.n_mels:
+        want = f"(frames, {config.n_mels} bands), as r9y9's preprocessing writes them" if r9y9 else \
+            f"({config.n_mels} bands, frames)"
+        raise FastWaveNetError(f"features {path} have shape {mel.shape}; the model wants {want}")
+    if r9y9:
+        mel = mel.T
     if mel.shape[1] == 0:
         raise FastWaveNetError(f"features {path} hold no frames")
     if not np.isfinite(mel).all():
@@ -66,6 +72,9 @@ def features_from_file(path, config: WaveNetConfig) -> tuple[np.ndarray, int]:
     if Path(path).suffix.lower() in (".npy", ".npz"):
         mel = load_features(path, config)
         return mel, mel.shape[1] * config.hop_length
+    if config.upsampler == "r9y9":
+        raise FastWaveNetError(f"this model was trained on r9y9/wavenet_vocoder's own mel features: give them as "
+                               f".npy (frames, {config.n_mels}), as its preprocess.py writes them, not audio")
     samples = audio.read(path, config.sample_rate)
     if len(samples) < config.hop_length:
         raise FastWaveNetError(f"{path} is too short to vocode: {len(samples)} samples, less than one mel frame "

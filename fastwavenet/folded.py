@@ -5,13 +5,14 @@ each weight row once:
 
     embed       (k_in, classes, R)   tap j of the input convolution (j = 0 oldest); the newest tap holds its bias.
                                      A one-hot convolution is a sum of table lookups.
+                (1, 2, R)            scalar input: x = value * embed[0, 0] + embed[0, 1] (weight, then bias).
     dilated_w   (L, k, R, 2G)        tap j of layer l's dilated convolution (j = k - 1 is the current input);
                                      columns [:G] feed tanh, [G:] feed sigmoid.
     dilated_b   (L, 2G)
     out_w       (L, G, R + S)        residual and skip 1x1 convolutions fused into one matrix per layer
                                      (columns [:R] residual, [R:] skip); the last layer's residual columns are zero.
     out_b       (L, R + S)
-    head1_w (S, H), head1_b (H), head2_w (H, classes), head2_b (classes)
+    head1_w (S, H), head1_b (H), head2_w (H, O), head2_b (O)   O = config.output_channels
 
 With L layers, R residual, G gate, S skip, H head channels, k taps. Blocks without bias store zero biases.
 
@@ -20,6 +21,8 @@ Conditioned models add (M mel bands, hop h, P speakers, E speaker channels):
     speaker_embed (P, E), speaker_w (L, E, 2G)          global term of layer l: speaker_embed[p] @ speaker_w[l]
     upsample_w (M, M, h), upsample_b (M)                 the transposed convolution, PyTorch's layout
     mel_w       (L, M, 2G)                               local term of layer l at t: features[:, t] @ mel_w[l]
+    upsample_w (F, sum(scales)), upsample_b (U)          upsampler "r9y9": U one-channel transposed convolutions,
+                                                         kernel (F, s_i) side by side along the second axis
 
 Folding a training model into this layout (and back) is training-side work: fastwavenet/export.py.
 `convolve` here is the whole-sequence forward over folded weights, for the `naive` backend and `score`: it needs
@@ -64,11 +67,11 @@ class FoldedWeights:
 
 
 def expected_shapes(config: WaveNetConfig) -> dict[str, tuple[int, ...]]:
-    c, r, g, s, h = (config.classes, config.residual_channels, config.gate_channels, config.skip_channels,
+    c, r, g, s, h = (config.output_channels, config.residual_channels, config.gate_channels, config.skip_channels,
                      config.head_channels)
     n = config.layers
     shapes = {
-        "embed": (config.input_kernel_size, c, r),
+        "embed": (1, 2, r) if config.scalar_input else (config.input_kernel_size, config.classes, r),
         "dilated_w": (n, config.kernel_size, r, 2 * g),
         "dilated_b": (n, 2 * g),
         "out_w": (n, g, r + s),
@@ -83,22 +86,31 @@ def expected_shapes(config: WaveNetConfig) -> dict[str, tuple[int, ...]]:
         shapes["speaker_w"] = (n, config.speaker_channels, 2 * g)
     if config.n_mels:
         m = config.n_mels
-        shapes.update(upsample_w=(m, m, config.hop_length), upsample_b=(m,), mel_w=(n, m, 2 * g))
+        if config.upsampler == "r9y9":
+            scales = config.upsample_scales
+            shapes.update(upsample_w=(config.freq_axis_kernel_size, sum(scales)), upsample_b=(len(scales),))
+        else:
+            shapes.update(upsample_w=(m, m, config.hop_length), upsample_b=(m,))
+        shapes["mel_w"] = (n, m, 2 * g)
     return shapes
 
 
 @torch.no_grad()
 def convolve(weights: FoldedWeights, config: WaveNetConfig, codes: torch.Tensor,
              cond: torch.Tensor | None = None) -> torch.Tensor:
-    """The whole-sequence forward: codes (B, T) int64 -> logits (B, classes, T) float32, with zeros before the start
-    (the training model's causal padding). cond: per-layer gate terms (B, L, 2G, T), or None."""
+    """The whole-sequence forward: codes (B, T) int64 (or, for scalar input, sample values (B, T) float32) ->
+    outputs (B, O, T) float32 (logits, or a continuous distribution's parameters), with zeros before the start (the
+    training model's causal padding). cond: per-layer gate terms (B, L, 2G, T), or None."""
     w = weights
     k_in, k, r, g = config.input_kernel_size, config.kernel_size, config.residual_channels, config.gate_channels
     T = codes.shape[1]
-    # The input convolution as table lookups; index `classes` (a zero row) stands for "before the start".
-    table = torch.cat([w.embed, torch.zeros_like(w.embed[:, :1])], dim=1)  # (k_in, C + 1, R)
-    padded = F.pad(codes, (k_in - 1, 0), value=config.classes)
-    x = sum(table[j][padded[:, j:j + T]] for j in range(k_in)).transpose(1, 2)  # (B, R, T)
+    if config.scalar_input:
+        x = codes.to(torch.float32)[:, None, :] * w.embed[0, 0][None, :, None] + w.embed[0, 1][None, :, None]
+    else:
+        # The input convolution as table lookups; index `classes` (a zero row) stands for "before the start".
+        table = torch.cat([w.embed, torch.zeros_like(w.embed[:, :1])], dim=1)  # (k_in, C + 1, R)
+        padded = F.pad(codes, (k_in - 1, 0), value=config.classes)
+        x = sum(table[j][padded[:, j:j + T]] for j in range(k_in)).transpose(1, 2)  # (B, R, T)
     skips = 0
     for layer, d in enumerate(config.dilations):
         kernel = w.dilated_w[layer].permute(2, 1, 0)  # (k, R, 2G) -> (2G, R, k): PyTorch's conv1d layout

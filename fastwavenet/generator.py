@@ -45,8 +45,25 @@ def stream_rngs(seed: int | None, batch: int) -> list[np.random.Generator]:
     return [np.random.default_rng(None if seed is None else seed + i) for i in range(batch)]
 
 
-def silence_code(config: WaveNetConfig) -> int:
-    return int(mulaw.encode(np.zeros(1), config.classes)[0])
+def silence_code(config: WaveNetConfig):
+    """What a new stream consumes first: the code of silence, or 0.0 for scalar input."""
+    return 0.0 if config.scalar_input else int(mulaw.encode(np.zeros(1), config.classes)[0])
+
+
+def encode(samples: np.ndarray, config: WaveNetConfig) -> np.ndarray:
+    """Float audio -> what the model consumes: mu-law codes (int64), or the clipped values (float32) for scalar
+    input."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if config.scalar_input:
+        return np.clip(samples, -1.0, 1.0).astype(np.float32)
+    return mulaw.encode(samples, config.classes)
+
+
+def decode(codes: np.ndarray, config: WaveNetConfig) -> np.ndarray:
+    """What the model generates -> float32 audio in [-1, 1]."""
+    if config.scalar_input:
+        return np.asarray(codes, dtype=np.float32)
+    return mulaw.decode(codes, config.classes).astype(np.float32)
 
 
 class Generator:
@@ -108,10 +125,11 @@ class Generator:
         return conditioning.terms(state.t, n)
 
     def forward(self, state, codes, conditioning: Conditioning | None = None) -> torch.Tensor:
-        """Teacher forcing: consume codes (B, T) and return the logits after each, (B, T, classes) float32."""
+        """Teacher forcing: consume codes (B, T) (sample values for scalar input) and return the head's outputs after
+        each, (B, T, O) float32: logits over classes, or a continuous distribution's parameters."""
         codes = self._codes(codes, state.batch)
         if codes.shape[1] == 0:
-            return torch.empty(state.batch, 0, self.config.classes)
+            return torch.empty(state.batch, 0, self.config.output_channels)
         terms = self._terms(state, codes.shape[1], conditioning)
         with full_fp32(self.device):
             return self.backend.forward(state, codes, terms)
@@ -137,24 +155,27 @@ class Generator:
 
     def prime_audio(self, state, audio: np.ndarray, conditioning: Conditioning | None = None):
         """Prime every stream with the same mono audio (float, at the model's rate)."""
-        codes = mulaw.encode(np.asarray(audio, dtype=np.float64), self.config.classes)
+        codes = encode(audio, self.config)
         self.prime(state, np.broadcast_to(codes, (state.batch, len(codes))), conditioning)
 
     def generate_codes(self, state, steps: int, sampling: Sampling = Sampling(),
                        rng: np.random.Generator | list[np.random.Generator] | None = None,
                        conditioning: Conditioning | None = None) -> torch.Tensor:
-        """Generate `steps` codes for every stream: (B, steps) int64 on the CPU.
+        """Generate `steps` codes for every stream: (B, steps) int64 on the CPU (sample values, float32, for scalar
+        input).
 
         rng: one generator per stream (each stream's uniforms come from its own, so its codes do not depend on the
-        others), or one for all (drawn step by step across streams), or None (fresh entropy)."""
+        others), or one for all (drawn step by step across streams), or None (fresh entropy). A continuous output
+        takes two uniforms per sample, u (steps, B, 2)."""
         rng = rng if rng is not None else np.random.default_rng()
         terms = self._terms(state, steps, conditioning)
+        per_sample = () if self.config.output == "softmax" else (2,)
         if isinstance(rng, np.random.Generator):
-            u = rng.random((steps, state.batch), dtype=np.float32)
+            u = rng.random((steps, state.batch) + per_sample, dtype=np.float32)
         else:
             if len(rng) != state.batch:
                 raise FastWaveNetError(f"{len(rng)} random generators for {state.batch} streams")
-            u = np.stack([r.random(steps, dtype=np.float32) for r in rng], axis=1)
+            u = np.stack([r.random((steps,) + per_sample, dtype=np.float32) for r in rng], axis=1)
         with full_fp32(self.device):
             return self.backend.generate(state, steps, u, sampling, terms).cpu()
 
@@ -186,7 +207,7 @@ class Generator:
             n = min(chunk, total - done)
             codes = self.generate_codes(state, n, sampling, rngs, conditioning)
             done += n
-            yield mulaw.decode(codes.numpy(), self.config.classes).astype(np.float32)
+            yield decode(codes.numpy(), self.config)
 
     def generate(self, seconds: float | None = None, samples: int | None = None, batch: int = 1,
                  sampling: Sampling = Sampling(), seed: int | None = None, prime: np.ndarray | None = None,
@@ -221,6 +242,11 @@ class Generator:
             codes = codes.unsqueeze(0).expand(batch, -1)
         if codes.ndim != 2 or codes.shape[0] != batch:
             raise FastWaveNetError(f"codes must be (batch={batch}, T), got shape {tuple(codes.shape)}")
+        if self.config.scalar_input:
+            codes = codes.to(torch.float32)
+            if codes.numel() and not (torch.isfinite(codes).all() and codes.abs().max() <= 1):
+                raise FastWaveNetError("sample values must lie in [-1, 1]")
+            return codes.contiguous()
         codes = codes.to(torch.int64)
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.classes):
             raise FastWaveNetError(f"codes must lie in [0, {self.config.classes - 1}]")

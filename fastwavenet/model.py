@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import WaveNetConfig
+from .errors import FastWaveNetError
 
 
 class CausalConv1d(nn.Conv1d):
@@ -55,6 +56,9 @@ class WaveNet(nn.Module):
 
     def __init__(self, config: WaveNetConfig):
         super().__init__()
+        if config.output != "softmax" or config.upsampler != "transpose":
+            raise FastWaveNetError("training covers softmax models over mu-law classes with fastwavenet's own "
+                                   "upsampler; import models of other kinds (fastwavenet import r9y9)")
         self.config = config
         self.input = CausalConv1d(config.classes, config.residual_channels, config.input_kernel_size)
         n = config.layers

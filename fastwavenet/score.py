@@ -9,22 +9,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import audio, mulaw
+from . import audio, distributions
 from .errors import FastWaveNetError
 from .folded import convolve
+from .generator import encode
 from .modelfile import ModelFile, load_model
 
 
 @torch.no_grad()
 def score_codes(model: ModelFile, codes: np.ndarray, window: int = 16384) -> float:
-    """Mean negative log2-likelihood of codes[receptive_field:] given everything before, in bits per sample.
+    """Mean negative log2-likelihood of codes[receptive_field:] given everything before, in bits per sample. For a
+    scalar-input model, codes are sample values in [-1, 1], each scored as the probability of its level among
+    `classes` levels (fastwavenet/distributions.py).
 
     The first receptive field is context only: predictions there see zero padding, not audio. The whole-sequence
     forward (`folded.convolve`) runs over windows of `window` predictions, each with a receptive field of context.
     """
     config = model.config
     rf = config.receptive_field
-    codes = torch.as_tensor(np.asarray(codes, dtype=np.int64))
+    codes = torch.as_tensor(np.asarray(codes, dtype=np.float32 if config.scalar_input else np.int64))
     if codes.ndim != 1:
         raise FastWaveNetError(f"expected one sequence of codes, got shape {tuple(codes.shape)}")
     if len(codes) <= rf:
@@ -37,14 +40,17 @@ def score_codes(model: ModelFile, codes: np.ndarray, window: int = 16384) -> flo
         start = first - (rf - 1)
         logits = convolve(model.weights, config, codes[start:last].unsqueeze(0))[0, :, rf - 1:]  # (C, last - first)
         targets = codes[first + 1:last + 1]
-        total += F.cross_entropy(logits.T, targets, reduction="sum").item()
+        if config.scalar_input:
+            total -= distributions.log_likelihood(config, logits, targets).sum().item()
+        else:
+            total += F.cross_entropy(logits.T, targets, reduction="sum").item()
         count += len(targets)
     return total / count / math.log(2)
 
 
 def score_audio(model: ModelFile, samples: np.ndarray) -> float:
     """Bits per sample of mono float audio already at the model's rate."""
-    return score_codes(model, mulaw.encode(samples, model.config.classes))
+    return score_codes(model, encode(samples, model.config))
 
 
 def score_files(model: str | os.PathLike | ModelFile, paths) -> list[dict]:

@@ -10,13 +10,15 @@ which load each weight row once for four streams, were 1.2-1.5x faster batched b
 differently from a lone one. Tiles run in parallel (numba prange), each through all its steps, so one call opens one
 parallel region however many steps it makes. Measured effects of these choices are in docs/BENCHMARKS.md.
 
-Shapes (B streams, T or n steps, L layers, R/G/S/H/C channels, k taps, k_in input taps, Q queue slots): see
+Shapes (B streams, T or n steps, L layers, R/G/S/H/O channels, k taps, k_in input taps, Q queue slots): see
 `CpuWeights`; queues (B, Q, R) float32, inputs (B, k_in-1) int64 (-1: before the start).
 
-Where the next kinds of model go: the head's C outputs are handed to one sampler (`sample_one`, a softmax over
-classes); another output distribution (a mixture of logistics, a Gaussian) is another sampler over the same output
-vector, chosen by a scalar. A scalar-input model is another input stage in `_tile_step`, reading a value instead of
-a table row.
+Two kinds of model share every function, told apart by two scalars:
+- `scalar` input: a stream's input is a sample value (float32 arrays where class models have int64 codes), and
+  the input stage is one multiply-add (embed (1, 2, R): weight row, bias row) instead of table lookups;
+- `distribution`: what the head's O outputs are and how a sample is drawn from them: SOFTMAX (`sample_one`,
+  logits over classes), LOGISTIC_MIXTURE or GAUSSIAN (`sample_continuous`, two uniforms per sample). The rules are
+  those of fastwavenet/sampling.py and fastwavenet/distributions.py.
 """
 
 from __future__ import annotations
@@ -31,17 +33,21 @@ from numba import njit, prange
 class CpuWeights(NamedTuple):
     """The generator's weights as the CPU kernel reads them (float32 unless said; matrices out-major, (out, in))."""
 
-    embed: np.ndarray      # (k_in, C, R) input taps as tables, j = 0 oldest; the newest holds the bias
+    embed: np.ndarray      # (k_in, C, R) input taps as tables, j = 0 oldest; the newest holds the bias;
+                           # scalar input: (1, 2, R), x = value * embed[0, 0] + embed[0, 1]
     dilated_w: np.ndarray  # (L, 2G, k*R) each layer's taps side by side, oldest first; rows [:G] tanh, [G:] gate
     dilated_b: np.ndarray  # (L, 2G)
     out_w: np.ndarray      # (L, R+S, G) residual rows [:R], skip rows [R:]
     out_b: np.ndarray      # (L, R+S)
     head1_w: np.ndarray    # (H, S)
     head1_b: np.ndarray    # (H,)
-    head2_w: np.ndarray    # (C, H)
-    head2_b: np.ndarray    # (C,)
+    head2_w: np.ndarray    # (O, H)
+    head2_b: np.ndarray    # (O,)
     dilations: np.ndarray  # (L,) int64
     offsets: np.ndarray    # (L,) int64: where each layer's ring starts in a stream's queue block
+
+# The output distributions (the `distribution` argument of `generate`).
+SOFTMAX, LOGISTIC_MIXTURE, GAUSSIAN = 0, 1, 2
 
 # fastmath lets reductions reassociate (so dot products vectorize). error_model="numpy" drops Python's
 # ZeroDivisionError check from every division: with it, the loop of the gate nonlinearity (a division per value) ran
@@ -102,11 +108,11 @@ def _matvec_tile(w, bias, x, nb, y, first, last):
 
 
 @njit(**_OPTIONS)
-def _tile_step(b0, nb, codes, t, w, queues, inputs, cond, s, xs, taps, z, gated, o, skip, hidden,
+def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, taps, z, gated, o, skip, hidden,
                logits):
-    """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb]; logits[0:nb] receive the result.
-    w: CpuWeights. cond (B, steps, L, 2G) holds gate terms, read at step s; a conditionless model passes a
-    (0, 0, 0, 0) array."""
+    """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb] (class codes, or sample values when
+    `scalar`); logits[0:nb] receive the head's outputs. w: CpuWeights. cond (B, steps, L, 2G) holds gate terms, read
+    at step s; a conditionless model passes a (0, 0, 0, 0) array."""
     embed, dilated_w, dilated_b, out_w, out_b = w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b
     dilations, offsets = w.dilations, w.offsets
     k_in = embed.shape[0]
@@ -120,7 +126,14 @@ def _tile_step(b0, nb, codes, t, w, queues, inputs, cond, s, xs, taps, z, gated,
 
     for bb in range(nb):
         b = b0 + bb
-        code = codes[bb]
+        for c in range(S):
+            skip[bb, c] = 0.0
+        if scalar:
+            value = np.float32(codes[bb])
+            for c in range(R):
+                xs[bb, c] = value * embed[0, 0, c] + embed[0, 1, c]
+            continue
+        code = int(codes[bb])
         for c in range(R):
             xs[bb, c] = embed[k_in - 1, code, c]
         for j in range(k_in - 1):
@@ -132,8 +145,6 @@ def _tile_step(b0, nb, codes, t, w, queues, inputs, cond, s, xs, taps, z, gated,
             inputs[b, j] = inputs[b, j + 1]
         if k_in > 1:
             inputs[b, k_in - 2] = code
-        for c in range(S):
-            skip[bb, c] = 0.0
 
     for layer in range(L):
         d = dilations[layer]
@@ -276,37 +287,112 @@ def sample_one(logits, u, temperature, top_k, top_p, argmax, p, order):
     return kept
 
 
+# Acklam's rational approximation of the standard normal quantile (relative error below 1.2e-9), in float64.
+_NA = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02, 1.383577518672690e+02,
+       -3.066479806614716e+01, 2.506628277459239e+00)
+_NB = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02, 6.680131188771972e+01,
+       -1.328068155288572e+01)
+_NC = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00, -2.549732539343734e+00,
+       4.374664141464968e+00, 2.938163982698783e+00)
+_ND = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00, 3.754408661907416e+00)
+_NLOW = 0.02425
+
+
+@njit(**_OPTIONS)
+def normal_quantile(v):
+    """The standard normal distribution's inverse CDF at v in (0, 1)."""
+    if v < _NLOW or v > 1.0 - _NLOW:
+        q = math.sqrt(-2.0 * math.log(v if v < _NLOW else 1.0 - v))
+        x = ((((((_NC[0] * q + _NC[1]) * q + _NC[2]) * q + _NC[3]) * q + _NC[4]) * q + _NC[5])
+             / ((((_ND[0] * q + _ND[1]) * q + _ND[2]) * q + _ND[3]) * q + 1.0))
+        return x if v < _NLOW else -x
+    q = v - 0.5
+    r = q * q
+    return ((((((_NA[0] * r + _NA[1]) * r + _NA[2]) * r + _NA[3]) * r + _NA[4]) * r + _NA[5]) * q
+            / (((((_NB[0] * r + _NB[1]) * r + _NB[2]) * r + _NB[3]) * r + _NB[4]) * r + 1.0))
+
+
+# The continuous draw's uniform is kept this far from 0 and 1 (r9y9's rule), so a draw is never infinite.
+_U_EDGE = 1e-5
+
+
+@njit(**_OPTIONS)
+def sample_continuous(y, u0, u1, distribution, temperature, argmax, log_scale_min, p):
+    """The rule of fastwavenet/distributions.py for one stream: a sample value in [-1, 1] from the head's outputs y
+    (3K mixture parameters, or a Gaussian's mean and log scale), in float64. u0 picks the mixture component, u1
+    makes the continuous draw; p (>= K,) is scratch."""
+    if distribution == GAUSSIAN:
+        k = 0
+        mean, raw_scale = np.float64(y[0]), np.float64(y[1])
+    else:
+        K = y.shape[0] // 3
+        k = 0
+        for c in range(1, K):
+            if y[c] > y[k]:
+                k = c
+        if not argmax:
+            top = np.float64(y[k])
+            total = 0.0
+            for c in range(K):
+                p[c] = math.exp((np.float64(y[c]) - top) / temperature)
+                total += p[c]
+            target = u0 * total
+            acc = 0.0
+            k = K - 1  # where rounding leaves the running sum at or below u0 * total: the last component
+            for c in range(K):
+                acc += p[c]
+                if acc > target:
+                    k = c
+                    break
+        mean, raw_scale = np.float64(y[K + k]), np.float64(y[2 * K + k])
+    if argmax:
+        x = mean
+    else:
+        scale = math.exp(max(raw_scale, log_scale_min)) * temperature
+        v = min(max(np.float64(u1), _U_EDGE), 1.0 - _U_EDGE)
+        if distribution == GAUSSIAN:
+            x = mean + scale * normal_quantile(v)
+        else:
+            x = mean + scale * (math.log(v) - math.log(1.0 - v))
+    return min(max(x, -1.0), 1.0)
+
+
 @njit(**_OPTIONS, parallel=True, nogil=True)
-def teacher_forced(codes, t0, tile, w, queues, inputs, cond, out_logits):
-    """Consume codes (B, T) from time t0 with weights w (CpuWeights) and gate terms cond (B, T, L, 2G) or
-    (0, 0, 0, 0); out_logits (B, T, C) receives the logits after each step. Streams run in tiles of `tile`."""
+def teacher_forced(codes, scalar, t0, tile, w, queues, inputs, cond, out_logits):
+    """Consume codes (B, T) (int64 class codes, or float32 sample values when `scalar`) from time t0 with weights w
+    (CpuWeights) and gate terms cond (B, T, L, 2G) or (0, 0, 0, 0); out_logits (B, T, O) receives the head's
+    outputs after each step. Streams run in tiles of `tile`."""
     B, T = codes.shape
     tiles = (B + tile - 1) // tile
     for ti in prange(tiles):
         b0 = ti * tile
         nb = min(tile, B - b0)
         xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, w)
-        step_codes = np.empty(tile, np.int64)
+        step_codes = np.empty(tile, codes.dtype)
         for s in range(T):
             for bb in range(nb):
                 step_codes[bb] = codes[b0 + bb, s]
-            _tile_step(b0, nb, step_codes, t0 + s, w, queues, inputs, cond, s, xs, taps, z, gated, o,
+            _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, taps, z, gated, o,
                        skip, hidden, logits)
             for bb in range(nb):
                 out_logits[b0 + bb, s, :] = logits[bb, :]
 
 
 @njit(**_OPTIONS, parallel=True, nogil=True)
-def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, w, queues, inputs, cond, out_codes):
-    """Generate n = u.shape[0] codes per stream: consume last (B,) first, then each sampled code in turn, with
-    weights w (CpuWeights) and gate terms cond (B, n, L, 2G) or (0, 0, 0, 0).
+def generate(last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax, tile, w, queues,
+             inputs, cond, out_codes):
+    """Generate n = u.shape[0] codes (or sample values) per stream: consume last (B,) first, then each sampled one
+    in turn, with weights w (CpuWeights) and gate terms cond (B, n, L, 2G) or (0, 0, 0, 0).
 
+    scalar, distribution, log_scale_min: the model's input and output (module docstring); last and out_codes are
+    int64 for class input, float32 for scalar input;
     tile: as in `teacher_forced`;
-    u (n, B) float32 uniforms; temperature, top_k, top_p, argmax: each stream's sampling rule (`sample_one`), (B,)
-    arrays of float32, int64, float32 and bool, so streams of one call may sample differently;
-    out_codes (B, n) receives the codes; last is updated to the final code.
+    u (n, B, U) float32 uniforms, U = 1 for SOFTMAX, 2 for the continuous outputs; temperature, top_k, top_p,
+    argmax: each stream's sampling rule, (B,) arrays of float32, int64, float32 and bool, so streams of one call may
+    sample differently (top_k and top_p apply to SOFTMAX only);
+    out_codes (B, n) receives what was drawn; last is updated to the final one.
     """
-    n, B = u.shape
+    n, B = u.shape[0], u.shape[1]
     C = w.head2_w.shape[0]
     tiles = (B + tile - 1) // tile
     for ti in prange(tiles):
@@ -314,18 +400,25 @@ def generate(last, t0, u, temperature, top_k, top_p, argmax, tile, w, queues, in
         nb = min(tile, B - b0)
         xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, w)
         p = np.empty(C, np.float32)
+        p64 = np.empty(C, np.float64)
         order = np.empty(C, np.int64)
-        step_codes = np.empty(tile, np.int64)
-        for bb in range(nb):
-            step_codes[bb] = last[b0 + bb]
+        step_codes = last[b0:b0 + nb].copy()
         for s in range(n):
-            _tile_step(b0, nb, step_codes, t0 + s, w, queues, inputs, cond, s, xs, taps, z, gated, o,
+            _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, taps, z, gated, o,
                        skip, hidden, logits)
             for bb in range(nb):
                 b = b0 + bb
-                code = sample_one(logits[bb], u[s, b], temperature[b], top_k[b], top_p[b], argmax[b], p, order)
-                step_codes[bb] = code
-                out_codes[b0 + bb, s] = code
+                if distribution == SOFTMAX:
+                    code = sample_one(logits[bb], u[s, b, 0], temperature[b], top_k[b], top_p[b], argmax[b], p,
+                                      order)
+                    step_codes[bb] = code
+                    out_codes[b, s] = code
+                else:
+                    value = sample_continuous(logits[bb], np.float64(u[s, b, 0]), np.float64(u[s, b, 1]),
+                                              distribution, np.float64(temperature[b]), argmax[b], log_scale_min,
+                                              p64)
+                    step_codes[bb] = value
+                    out_codes[b, s] = value
         for bb in range(nb):
             last[b0 + bb] = step_codes[bb]
 

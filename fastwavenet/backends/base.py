@@ -2,10 +2,12 @@
 
 Every backend is built from a config, the folded weights (fastwavenet/folded.py) and a device, and offers:
     new_state(batch, silence)              the state of `batch` new streams (QueueState; HistoryState for naive)
-    forward(state, codes, cond)            codes (B, T) int64 -> logits (B, T, classes) float32, advancing the state
+    forward(state, codes, cond)            codes (B, T) int64 -> logits (B, T, O) float32, advancing the state
     generate(state, n, u, sampling, cond)  n codes per stream from uniforms u (n, B), consuming state.last first;
                                            sampling: one Sampling, or one per stream
 cond is None for plain models, else the per-layer gate terms of those steps, (B, T or n, L, 2G) float32.
+Scalar-input models consume and generate sample values (float32) where class models have codes, their head's O
+outputs are a continuous distribution's parameters (fastwavenet/distributions.py), and u is (n, B, 2).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import threading
 import numpy as np
 import torch
 
+from .. import distributions
 from ..config import WaveNetConfig
 from ..errors import FastWaveNetError
 from ..folded import FoldedWeights
 from ..sampling import Sampling, per_stream, sample_streams
-from ..state import QueueState
+from ..state import QueueState, input_dtype
 
 
 class Backend:
@@ -56,7 +59,7 @@ class Backend:
         """None if this backend handles models of this shape, else why not."""
         return None
 
-    def new_state(self, batch: int, silence: int) -> QueueState:
+    def new_state(self, batch: int, silence) -> QueueState:
         return QueueState.new(self.config, batch, silence, self.device)
 
     def forward(self, state, codes: torch.Tensor, cond=None) -> torch.Tensor:
@@ -68,7 +71,8 @@ class Backend:
         c = self.config
         state = self.new_state(1, 0)
         cond = torch.zeros(1, 1, c.layers, 2 * c.gate_channels) if c.conditioned else None
-        self.generate(state, 1, np.zeros((1, 1), np.float32), sampling, cond)
+        u = np.zeros((1, 1), np.float32) if c.output == "softmax" else np.full((1, 1, 2), 0.5, np.float32)
+        self.generate(state, 1, u, sampling, cond)
         if teacher:
             self.forward(state, state.last.reshape(1, 1), cond)
 
@@ -76,11 +80,14 @@ class Backend:
         """The plain loop: one step and one sample per code. Compiled backends override it."""
         samplings = per_stream(sampling, state.batch)
         u = torch.from_numpy(u).to(self.device)
-        out = torch.empty(state.batch, n, dtype=torch.int64, device=self.device)
+        out = torch.empty(state.batch, n, dtype=input_dtype(self.config), device=self.device)
         last = state.last.to(self.device)
         for i in range(n):
             logits = self.forward(state, last.unsqueeze(1), None if cond is None else cond[:, i:i + 1])[:, 0]
-            last = sample_streams(logits, u[i], samplings)
+            if self.config.output == "softmax":
+                last = sample_streams(logits, u[i], samplings)
+            else:
+                last = distributions.sample(self.config, logits, u[i], samplings)
             out[:, i] = last
         state.last.copy_(last)  # in place: the state may be a view of a larger one (the engine's pool)
         return out

@@ -20,7 +20,7 @@ class NaiveBackend(Backend):
         super().__init__(config, weights, device)
         self.weights = weights.to(device)
 
-    def new_state(self, batch: int, silence: int) -> HistoryState:
+    def new_state(self, batch: int, silence) -> HistoryState:
         return HistoryState.new(self.config, batch, silence, self.device)
 
     @torch.no_grad()

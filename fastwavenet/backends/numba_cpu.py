@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import torch
 
+from .. import distributions
 from ..sampling import per_stream
 from ..state import QueueState
 from .base import Backend
@@ -72,9 +73,9 @@ class NumbaBackend(Backend):
 
         codes = np.ascontiguousarray(codes.cpu().numpy())
         cond = _no_cond() if cond is None else np.ascontiguousarray(cond.cpu().numpy(), np.float32)
-        logits = np.empty((state.batch, codes.shape[1], self.config.classes), np.float32)
+        logits = np.empty((state.batch, codes.shape[1], self.config.output_channels), np.float32)
         with _parallel_guard():
-            cpu.teacher_forced(codes, state.t, self._tile(state.batch), self.weights,
+            cpu.teacher_forced(codes, self.config.scalar_input, state.t, self._tile(state.batch), self.weights,
                                state.queues.numpy(), state.inputs.numpy(), cond, logits)
         state.t += codes.shape[1]
         return torch.from_numpy(logits)
@@ -82,16 +83,21 @@ class NumbaBackend(Backend):
     def generate(self, state: QueueState, n, u, sampling, cond=None):
         from ..kernels import cpu
 
+        c = self.config
         cond = _no_cond() if cond is None else np.ascontiguousarray(cond.cpu().numpy(), np.float32)
-        out = np.empty((state.batch, n), np.int64)
+        out = np.empty((state.batch, n), np.float32 if c.scalar_input else np.int64)
         rules = per_stream(sampling, state.batch)
+        distributions.check_rules(c, rules)
+        distribution = {"softmax": cpu.SOFTMAX, "logistic_mixture": cpu.LOGISTIC_MIXTURE,
+                        "gaussian": cpu.GAUSSIAN}[c.output]
         temperature = np.array([r.temperature for r in rules], np.float32)
         top_k = np.array([r.top_k for r in rules], np.int64)
         top_p = np.array([r.top_p for r in rules], np.float32)
         argmax = np.array([r.argmax for r in rules], np.bool_)
         with _parallel_guard():
-            cpu.generate(state.last.numpy(), state.t, np.ascontiguousarray(u, np.float32), temperature, top_k, top_p,
-                         argmax, self._tile(state.batch), self.weights,
+            cpu.generate(state.last.numpy(), c.scalar_input, distribution, float(c.log_scale_min),
+                         state.t, np.ascontiguousarray(u, np.float32).reshape(n, state.batch, -1), temperature,
+                         top_k, top_p, argmax, self._tile(state.batch), self.weights,
                          state.queues.numpy(), state.inputs.numpy(), cond, out)
         state.t += n
         return torch.from_numpy(out)

@@ -8,7 +8,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from ..state import QueueState
+from ..state import QueueState, input_dtype
 from .base import Backend
 
 
@@ -41,10 +41,13 @@ class TorchBackend(Backend):
     @torch.no_grad()
     def _step(self, queues, inputs, codes, t, cond=None):
         """One step for every stream: consume codes (B,) at time t (0-dim tensor), with gate terms cond (B, L, 2G)
-        or None; return logits (B, classes)."""
+        or None; return the head's outputs (B, O). Scalar input: codes are sample values (B,) float32."""
         c, w = self.config, self.w
         r, g, n = c.residual_channels, c.gate_channels, c.layers
-        x = self.embed[-1][codes]
+        if c.scalar_input:
+            x = codes[:, None] * w.embed[0, 0] + w.embed[0, 1]
+        else:
+            x = self.embed[-1][codes]
         if c.input_kernel_size > 1:
             past = torch.where(inputs < 0, c.classes, inputs)
             for j in range(c.input_kernel_size - 1):
@@ -83,7 +86,7 @@ class TorchBackend(Backend):
         """CUDA: replay a graph of one step, captured once per set of state tensors."""
         key = (state.queues.data_ptr(), state.inputs.data_ptr(), state.batch, cond is None)
         if self._graph is None or self._graph[0] != key:
-            static_codes = torch.zeros(state.batch, dtype=torch.int64, device=self.device)
+            static_codes = torch.zeros(state.batch, dtype=input_dtype(self.config), device=self.device)
             static_t = torch.zeros((), dtype=torch.int64, device=self.device)
             static_cond = None if cond is None else torch.zeros_like(cond)
             saved = state.queues.clone(), state.inputs.clone()

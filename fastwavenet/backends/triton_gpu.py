@@ -36,6 +36,8 @@ class TritonBackend(Backend):
     def unsupported_reason(cls, config):
         from ..kernels.gpu import unsupported_reason
 
+        if config.scalar_input:
+            return "the Triton kernel has no scalar input or continuous outputs yet"
         return unsupported_reason(config.input_kernel_size)
 
     def __init__(self, config, weights, device):
