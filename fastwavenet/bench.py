@@ -18,6 +18,7 @@ from .config import WaveNetConfig
 from .errors import FastWaveNetError
 from . import files
 from .generator import Generator
+from .folded import FoldedWeights, expected_shapes
 from .modelfile import ModelFile
 from .sampling import Sampling
 from .state import HistoryState
@@ -37,6 +38,7 @@ class BenchResult:
     steps: int
     seconds: float
     of_limit: float | None = None  # samples_per_s / this machine's limit at this batch (Limits.samples_per_s)
+    speedup_vs_r9y9: float | None = None  # over r9y9's incremental_forward (one stream), measured in the same run
 
 
 def machine() -> dict:
@@ -97,7 +99,7 @@ def flops_per_sample(config: WaveNetConfig) -> float:
     last layer's residual product is skipped; the input lookups and conditioning terms are not counted)."""
     r, g, s, h = config.residual_channels, config.gate_channels, config.skip_channels, config.head_channels
     per_layer = config.kernel_size * r * 2 * g + g * (r + s)
-    return 2.0 * (config.layers * per_layer - g * r + s * h + h * config.classes)
+    return 2.0 * (config.layers * per_layer - g * r + s * h + h * config.output_channels)
 
 
 def weight_bytes(model: ModelFile) -> int:
@@ -140,12 +142,17 @@ def measure_limits(model: ModelFile, seconds: float = 0.5) -> Limits:
 
 
 def random_model_file(config: WaveNetConfig, seed: int = 0) -> ModelFile:
-    """Speed does not depend on the weights' values: a model of the shape as PyTorch initializes it will do."""
-    from .convert import fold
-    from .model import WaveNet
-
+    """Speed does not depend on the weights' values: a model of the shape as PyTorch initializes it will do (for
+    shapes fastwavenet does not train, such as imported r9y9 models, each weight drawn with variance 1 / fan-in)."""
     torch.manual_seed(seed)
-    return ModelFile(config, fold(WaveNet(config)))
+    if config.output == "softmax" and config.upsampler == "transpose":
+        from .convert import fold
+        from .model import WaveNet
+
+        return ModelFile(config, fold(WaveNet(config)))
+    tensors = {name: torch.randn(shape) / np.sqrt(shape[-2] if len(shape) > 1 else 1.0)
+               for name, shape in expected_shapes(config).items()}
+    return ModelFile(config, FoldedWeights(**tensors))
 
 
 def steady_state(gen: Generator, batch: int):
@@ -153,9 +160,23 @@ def steady_state(gen: Generator, batch: int):
     then, so it is timed at full length, as it runs in steady state; the queue backends cost the same at every step."""
     state = gen.new_state(batch)
     if isinstance(state, HistoryState):
-        state.history = torch.full((batch, gen.config.receptive_field - 1), state.last[0].item(),
-                                   dtype=torch.int64, device=state.history.device)
+        c = gen.config
+        state.history = torch.full((batch, c.receptive_field - 1), state.last[0].item(), dtype=state.last.dtype,
+                                   device=state.history.device)
+        if c.conditioned:
+            state.cond = torch.zeros(batch, c.layers, 2 * c.gate_channels, c.receptive_field - 1,
+                                     device=state.history.device)
     return state
+
+
+def bench_conditioning(gen: Generator, batch: int, steps: int):
+    """Conditioning that covers `steps` samples for a conditioned model (random mel frames, speaker 0), or None:
+    its gate terms are part of what generating costs."""
+    c = gen.config
+    if not c.conditioned:
+        return None
+    mel = torch.rand(c.n_mels, -(-steps // c.hop_length)) if c.n_mels else None
+    return gen.conditioning(batch, mel, 0 if c.speakers else None)
 
 
 def _sync(device):
@@ -170,14 +191,16 @@ def measure(model: ModelFile, backend: str, batch: int, device: str = "cpu", min
     gen = Generator(model, backend=backend, device=device)
     state = steady_state(gen, batch)
     rng = np.random.default_rng(0)
+    # Enough frames for every timed run: each is at most max_steps and they double, so 3 x max_steps suffice.
+    cond = bench_conditioning(gen, batch, 3 * max_steps + 2)
     t0 = time.perf_counter()
-    gen.generate_codes(state, 2, sampling, rng)
+    gen.generate_codes(state, 2, sampling, rng, cond)
     _sync(gen.device)
     first = time.perf_counter() - t0
     steps = 2
     while True:
         t0 = time.perf_counter()
-        gen.generate_codes(state, steps, sampling, rng)
+        gen.generate_codes(state, steps, sampling, rng, cond)
         _sync(gen.device)
         elapsed = time.perf_counter() - t0
         if elapsed >= min_seconds or steps >= max_steps:
@@ -187,6 +210,51 @@ def measure(model: ModelFile, backend: str, batch: int, device: str = "cpu", min
     return BenchResult(backend=gen.backend.name, batch=batch, samples_per_s=rate,
                        realtime_factor=rate / batch / model.config.sample_rate, speedup_vs_naive=None,
                        first_call_s=first, steps=steps, seconds=elapsed)
+
+
+def measure_r9y9(config: WaveNetConfig, min_seconds: float = 1.0) -> BenchResult:
+    """r9y9/wavenet_vocoder's own generator (its `incremental_forward`, one stream, as its synthesis.py runs it:
+    weight norm removed first) on a model of the same shape, for the side-by-side figure. Needs `wavenet_vocoder`
+    (the test extra); the model must be one the r9y9 importer can describe (fastwavenet.importers.r9y9)."""
+    import warnings
+
+    try:
+        import wavenet_vocoder
+    except ImportError:
+        raise FastWaveNetError("--r9y9 needs r9y9's code: pip install wavenet_vocoder==0.1.1") from None
+    from .importers.r9y9 import r9y9_arguments
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its deprecated torch calls (weight_norm, backward hooks)
+        model = wavenet_vocoder.WaveNet(**r9y9_arguments(config)).eval()
+        model.make_generation_fast_()
+    hop = config.hop_length if config.n_mels else 1
+
+    def generate(steps: int) -> int:
+        steps = -(-steps // hop) * hop  # whole frames: r9y9 upsamples the mel to exactly T samples
+        c = torch.rand(1, config.n_mels, steps // hop) if config.n_mels else None
+        g = torch.zeros(1, 1, dtype=torch.long) if config.speakers else None
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.incremental_forward(c=c, g=g, T=steps, softmax=True, quantize=True,
+                                      log_scale_min=config.log_scale_min)
+        return steps
+
+    t0 = time.perf_counter()
+    generate(hop)
+    first = time.perf_counter() - t0
+    steps = hop
+    while True:
+        t0 = time.perf_counter()
+        steps = generate(steps)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds:
+            break
+        steps = max(steps * 2, int(steps * min_seconds / max(elapsed, 1e-6) * 1.2))
+    rate = steps / elapsed
+    return BenchResult(backend="r9y9", batch=1, samples_per_s=rate, realtime_factor=rate / config.sample_rate,
+                       speedup_vs_naive=None, first_call_s=first, steps=steps, seconds=elapsed)
 
 
 def run(model: ModelFile, backends: list[str], batches: list[int], device: str = "cpu", min_seconds: float = 1.0,
@@ -233,7 +301,9 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
              + (f" (numba target {info['numba_cpu_name']})" if info.get("numba_cpu_name", "host") != "host" else "")
              + (f", GPU {info['gpu']}" if "gpu" in info else ""),
              f"model: {config.layers} layers, residual {config.residual_channels}, skip {config.skip_channels}, "
-             f"{config.classes} classes, {config.sample_rate} Hz",
+             + (f"{config.classes} classes" if config.output == "softmax" else
+                f"{config.output.replace('_', ' ')} ({config.output_channels} outputs)")
+             + (f", {config.n_mels} mel bands" if config.n_mels else "") + f", {config.sample_rate} Hz",
              *([f"sampling: {sampling}"] if sampling != Sampling() else [])]
     if limits is not None:
         lines.append(f"limits: sgemm {limits.sgemm_gflops:,.0f} GFLOP/s on {limits.threads} threads / "

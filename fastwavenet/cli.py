@@ -224,8 +224,21 @@ def cmd_bench(args):
     results = bench.run(model, backends, args.batch, args.device, min_seconds=args.min_seconds, sampling=sampling,
                         limits=limits,
                         progress=lambda r: print(bench.table([r], model.config, info).splitlines()[-1], flush=True))
+    if args.r9y9:
+        r9y9 = bench.measure_r9y9(model.config, min_seconds=args.min_seconds)
+        print(bench.table([r9y9], model.config, info).splitlines()[-1], flush=True)
+        for r in results:
+            if r.backend == "naive" and r.batch == 1:
+                r9y9.speedup_vs_naive = r9y9.samples_per_s / r.samples_per_s
+            elif r.backend != "naive":
+                r.speedup_vs_r9y9 = r.samples_per_s / r9y9.samples_per_s
+        results.append(r9y9)
     print()
     print(bench.table(results, model.config, info, sampling, limits))
+    for r in results:
+        if r.speedup_vs_r9y9:
+            print(f"{r.backend} at batch {r.batch}: {r.speedup_vs_r9y9:,.1f}x r9y9's incremental_forward "
+                  f"(one stream, same shape, same run)")
     if args.json:
         bench.write_json(args.json, results, model.config, info, sampling, limits)
         print(f"wrote {args.json}")
@@ -437,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_int_list, default=[1, 8, 64], help="comma-separated batch sizes (default 1,8,64)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--min-seconds", type=_positive_float, default=1.0, help="shortest timed run (default 1)")
+    p.add_argument("--r9y9", action="store_true",
+                   help="also time r9y9/wavenet_vocoder's own incremental_forward on the same shape, one stream "
+                        "(needs wavenet_vocoder==0.1.1)")
     _add_sampling_args(p)
     p.add_argument("--json", help="write the results as JSON")
     p.add_argument("--plot", help="write a PNG plot of samples/s against batch size")

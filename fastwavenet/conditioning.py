@@ -1,12 +1,19 @@
 """What a conditioned model generates from: per-layer gate terms made from log-mel frames and a speaker id, one
 stream at a time, one mel frame at a time.
 
-The upsampler is a transposed convolution whose kernel equals its stride (`hop_length`), or r9y9's stack of
+The upsampler is a transposed convolution whose kernel equals its stride (`hop_length`), or r9y9 0.1's stack of
 one-channel 2-D transposed convolutions whose time kernel equals their time stride: either way frame i alone makes
 samples i * hop .. (i + 1) * hop - 1. So a stream's gate terms are computed frame by frame, each frame by the same
 fixed-shape products, and a frame's terms are the same numbers however the mel arrived (whole, or fed a few frames
 at a time), whichever chunk asks for them, and whichever other streams run beside it. The upsampler's lookahead is
 therefore zero: the samples of frame i can be made as soon as frame i is known.
+
+r9y9's master-branch upsampler ("r9y9-convin") looks at neighbours: its input convolution spans cin_pad frames on
+each side, and each of its U levels mixes a sample with one stretched unit on each side, which reaches less than
+one frame further per level. The samples of frame i are therefore computed from a window of frames i - U - cin_pad
+.. i + U + cin_pad alone (clipped at the mel's ends, where the mel is edge-padded as r9y9 pads it and the levels
+zero-pad as they do over the whole mel), and equal the whole mel's; a streamed mel needs U + cin_pad frames of
+lookahead.
 """
 
 from __future__ import annotations
@@ -50,13 +57,16 @@ class StreamConditioning:
         self._first_frame = 0       # index of self._frames[:, 0] in the whole mel
         self._cached = (-1, None)   # (frame index, its terms (hop, L, 2G))
         self._lock = threading.Lock()  # feed (a client's thread) against forget_before and terms (the engine's)
+        # Frames on each side that the samples of one frame depend on (module docstring).
+        self.reach = len(config.upsample_scales) + config.cin_pad if config.upsampler == "r9y9-convin" else 0
         self.closed = not streaming
         self.global_terms = None
         if config.n_mels:
             if mel is None and not streaming:
                 raise FastWaveNetError("this model is a vocoder: it needs a mel spectrogram")
             self.upsample_w = weights.upsample_w.to(device)
-            self.upsample_b = weights.upsample_b.to(device)
+            self.upsample_b = None if weights.upsample_b is None else weights.upsample_b.to(device)
+            self.upsample_in_w = None if weights.upsample_in_w is None else weights.upsample_in_w.to(device)
             self.mel_w = weights.mel_w.to(device)
             if mel is not None:
                 self._frames = check_mel(mel, config)
@@ -83,8 +93,11 @@ class StreamConditioning:
 
     @property
     def covered(self) -> int | None:
-        """Samples the frames received so far make; None for a model without mel input (no limit)."""
-        return self.frames * self.hop if self.config.n_mels else None
+        """Samples the frames received so far make (those whose frames' lookahead has arrived, while more may come);
+        None for a model without mel input (no limit)."""
+        if not self.config.n_mels:
+            return None
+        return (self.frames if self.closed else max(self.frames - self.reach, 0)) * self.hop
 
     def feed(self, frames):
         """Append mel frames (n_mels, f) of a streaming input."""
@@ -100,7 +113,7 @@ class StreamConditioning:
     def forget_before(self, sample: int):
         """Drop the frames all of whose samples come before `sample`."""
         with self._lock:
-            drop = sample // self.hop - self._first_frame
+            drop = sample // self.hop - self.reach - self._first_frame
             if drop > 0:
                 self._frames = self._frames[:, drop:]
                 self._first_frame += drop
@@ -108,25 +121,54 @@ class StreamConditioning:
     def _frame_terms(self, f: int) -> torch.Tensor:
         if self._cached[0] != f:
             with self._lock:
-                frame = self._frames[:, f - self._first_frame].to(self.device)
+                lo, hi = max(f - self.reach, 0), min(f + self.reach, self.frames - 1)
+                window = self._frames[:, lo - self._first_frame:hi + 1 - self._first_frame].to(self.device)
+                at_end = self.closed and hi == self.frames - 1
             with torch.no_grad(), full_fp32(self.device):
-                terms = torch.einsum("nj,lnc->jlc", self._upsample(frame), self.mel_w)
+                if self.config.upsampler == "r9y9-convin":
+                    features = self._upsample_convin(window, f - lo, lo == 0, at_end)
+                else:
+                    features = self._upsample(window[:, 0])
+                terms = torch.einsum("nj,lnc->jlc", features, self.mel_w)
             self._cached = (f, terms)
         return self._cached[1]
+
+    def _upsample_convin(self, window: torch.Tensor, i: int, at_start: bool, at_end: bool) -> torch.Tensor:
+        """r9y9's ConvInUpsampleNetwork over a window of frames (M, w): the features of its frame i, (M, hop).
+        Frames beyond the mel's ends are its edge frames (r9y9 pads with "replicate"); elsewhere the window's own
+        edges are far enough from frame i not to reach it."""
+        c = self.config
+        p, f = c.cin_pad, c.freq_axis_kernel_size
+        x = torch.nn.functional.pad(window[None], (p, p), mode="replicate")[0] if p else window
+        # The input convolution makes one frame per frame of the window; away from the mel's ends its edge frames
+        # stand in for neighbours outside the window, whose results are dropped below.
+        x = torch.nn.functional.conv1d(x[None], self.upsample_in_w)  # (1, M, w)
+        first_valid = 0 if at_start else p
+        last_valid = x.shape[2] if at_end else x.shape[2] - p
+        x = x[:, :, first_valid:last_valid]
+        i -= first_valid
+        x = x[None]  # (1, 1, M, frames)
+        first = 0
+        for scale in c.upsample_scales:
+            kernel = self.upsample_w[:, first:first + 2 * scale + 1].reshape(1, 1, f, 2 * scale + 1)
+            x = torch.repeat_interleave(x, scale, dim=3)  # nearest-neighbour stretch in time
+            x = torch.nn.functional.conv2d(x, kernel, padding=((f - 1) // 2, scale))
+            first += 2 * scale + 1
+        return x[0, 0, :, i * self.hop:(i + 1) * self.hop]
 
     def _upsample(self, frame: torch.Tensor) -> torch.Tensor:
         """One frame (M,) -> its features at the sample rate, (M, hop)."""
         c = self.config
         if c.upsampler == "transpose":
             return torch.einsum("m,mnj->nj", frame, self.upsample_w) + self.upsample_b[:, None]
-        # r9y9: (1, 1, M, 1) through each ConvTranspose2d(1, 1, (F, s), stride (1, s), padding ((F - 1) / 2, 0))
-        # and its ReLU; the mel axis keeps its size, time grows by s.
+        # r9y9 0.1: (1, 1, M, 1) through each ConvTranspose2d(1, 1, (F, s), stride (1, s), padding ((F - 1) / 2,
+        # 0)) and its ReLU; the mel axis keeps its size, time grows by s.
         x = frame.reshape(1, 1, -1, 1)
         first = 0
         for i, scale in enumerate(c.upsample_scales):
             kernel = self.upsample_w[:, first:first + scale].reshape(1, 1, c.freq_axis_kernel_size, scale)
-            x = torch.relu(torch.nn.functional.conv_transpose2d(
-                x, kernel, self.upsample_b[i:i + 1], stride=(1, scale), padding=((c.freq_axis_kernel_size - 1) // 2, 0)))
+            x = torch.relu(torch.nn.functional.conv_transpose2d(x, kernel, self.upsample_b[i:i + 1], stride=(1, scale),
+                                                                padding=((c.freq_axis_kernel_size - 1) // 2, 0)))
             first += scale
         return x[0, 0]
 

@@ -16,7 +16,7 @@ from .errors import FastWaveNetError
 # Rough ceiling on parameters (float32): a config above it would exhaust memory before it trained a step.
 MAX_PARAMETERS = 500_000_000
 OUTPUTS = ("softmax", "logistic_mixture", "gaussian")
-UPSAMPLERS = ("transpose", "r9y9")
+UPSAMPLERS = ("transpose", "r9y9-transpose", "r9y9-convin")
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,15 @@ class WaveNetConfig:
     - local: `n_mels` > 0 conditions on a log-mel spectrogram (librosa: `n_fft`, `hop_length`, `fmin`, `fmax` in
       Hz, 0 meaning sample_rate / 2; natural log of max(mel, 1e-5)), upsampled to the sample rate by a learned
       transposed convolution (kernel and stride `hop_length`: frame i becomes samples i*hop .. (i+1)*hop - 1) and
-      projected by a 1x1 convolution per layer. `upsampler` "r9y9" instead upsamples as r9y9/wavenet_vocoder 0.1
-      does: a stack of one-channel 2-D transposed convolutions, kernel (`freq_axis_kernel_size`, s) and stride
-      (1, s) for each s in `upsample_scales` (product `hop_length`), each followed by ReLU. Each of these maps
-      frame i to samples i*hop .. (i+1)*hop - 1 alone; features are then given as frames (n_mels, frames), made by
-      whatever the model was trained on (fastwavenet's log-mel, or r9y9's own preprocessing for its models).
+      projected by a 1x1 convolution per layer. r9y9/wavenet_vocoder's upsamplers are the others (mel frames are
+      then whatever the model was trained on, given as (frames, n_mels) as r9y9's preprocessing writes them):
+      "r9y9-transpose" (its 0.1 releases): a stack of one-channel 2-D transposed convolutions, kernel
+      (`freq_axis_kernel_size`, s) and stride (1, s) for each s in `upsample_scales` (product `hop_length`), each
+      followed by ReLU; frame i alone makes samples i*hop .. (i+1)*hop - 1.
+      "r9y9-convin" (its master branch's ConvInUpsampleNetwork): a convolution over 2 * `cin_pad` + 1 frames
+      (no padding, no bias; the mel is edge-padded by `cin_pad` frames at both ends first, as r9y9 does), then for
+      each s: nearest-neighbour stretch by s in time and a one-channel 2-D convolution, kernel
+      (`freq_axis_kernel_size`, 2s + 1), zero padding, no bias. Its samples depend on neighbouring frames.
     """
 
     sample_rate: int = 16000
@@ -78,13 +82,14 @@ class WaveNetConfig:
     upsampler: str = "transpose"
     upsample_scales: tuple = ()
     freq_axis_kernel_size: int = 3
+    cin_pad: int = 0
 
     def __post_init__(self):
         if isinstance(self.upsample_scales, list):  # from JSON
             object.__setattr__(self, "upsample_scales", tuple(self.upsample_scales))
         ints = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.type in ("int", int) and f.name not in ("speakers", "n_mels")}
-        for name in ("speakers", "n_mels"):
+                if f.type in ("int", int) and f.name not in ("speakers", "n_mels", "cin_pad")}
+        for name in ("speakers", "n_mels", "cin_pad"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise FastWaveNetError(f"config: {name} must be 0 (off) or a positive integer, got {value!r}")
@@ -107,7 +112,7 @@ class WaveNetConfig:
         if self.upsampler not in UPSAMPLERS:
             raise FastWaveNetError(f"config: upsampler must be one of {', '.join(UPSAMPLERS)}, "
                                    f"got {self.upsampler!r}")
-        if self.n_mels and self.upsampler == "r9y9":
+        if self.n_mels and self.r9y9_features:
             scales = self.upsample_scales
             if (not scales or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in scales)
                     or math.prod(scales) != self.hop_length):
@@ -189,11 +194,19 @@ class WaveNetConfig:
             conditioning += self.speakers * self.speaker_channels + self.layers * self.speaker_channels * 2 * g
         if self.n_mels:
             m = self.n_mels
-            upsampler = (m * m * self.hop_length + m if self.upsampler == "transpose"
-                         else len(self.upsample_scales) * (self.freq_axis_kernel_size + 1))
+            f = self.freq_axis_kernel_size
+            upsampler = {"transpose": m * m * self.hop_length + m,
+                         "r9y9-transpose": sum(f * s + 1 for s in self.upsample_scales),
+                         "r9y9-convin": m * m * (2 * self.cin_pad + 1)
+                         + sum(f * (2 * s + 1) for s in self.upsample_scales)}[self.upsampler]
             conditioning += upsampler + self.layers * m * 2 * g
         return (self.input_kernel_size * self.input_channels * r + r + self.layers * per_layer - last_residual
                 + s * h + h + h * c + c + conditioning)
+
+    @property
+    def r9y9_features(self) -> bool:
+        """The mel frames are r9y9's (an r9y9 upsampler), given as (frames, n_mels)."""
+        return self.upsampler.startswith("r9y9")
 
     @property
     def conditioned(self) -> bool:
@@ -252,6 +265,14 @@ PRESETS: dict[str, WaveNetConfig] = {
                               head_channels=256, layers_per_stack=10, stacks=2),
     "large": WaveNetConfig(sample_rate=16000, residual_channels=128, gate_channels=128, skip_channels=256,
                            head_channels=256, layers_per_stack=10, stacks=3),
+    # The shape of r9y9/wavenet_vocoder's published LJSpeech mixture model (its hparams: 24 layers, 4 stacks,
+    # residual and gate 512 (256 per half), skip 256, kernel 3, 10 logistics, 80 mel bands upsampled 4x4x4x4).
+    "r9y9-ljspeech": WaveNetConfig(sample_rate=22050, classes=65536, residual_channels=512, gate_channels=256,
+                                   skip_channels=256, head_channels=256, kernel_size=3, input_kernel_size=1,
+                                   layers_per_stack=6, stacks=4, scalar_input=True, output="logistic_mixture",
+                                   mixtures=10, log_scale_min=-32.23619130191664, n_mels=80, hop_length=256,
+                                   n_fft=1024, fmin=125.0, fmax=7600.0, upsampler="r9y9-transpose",
+                                   upsample_scales=(4, 4, 4, 4)),
 }
 
 

@@ -138,7 +138,7 @@ def _item(obj, number: int, folder: Path, config, vocode: bool) -> Item:
         if mel is not None:
             if mel.suffix.lower() not in (".npy", ".npz"):
                 raise FastWaveNetError("mel must be a .npy or .npz file (audio to resynthesize goes in `audio`)")
-            length = _frames(mel) * config.hop_length
+            length = _frames(mel, config) * config.hop_length
         else:
             info = _audio_info(source)
             length = int(round(info.frames * rate / info.samplerate))
@@ -155,12 +155,13 @@ def _item(obj, number: int, folder: Path, config, vocode: bool) -> Item:
     return Item(number, item_id, length, seed, sampling, speaker, prime, mel, source)
 
 
-def _frames(path: Path) -> int:
+def _frames(path: Path, config) -> int:
+    axis = 0 if config.r9y9_features else -1  # r9y9's features are (frames, bands)
     try:
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as data:
-                return int(data["mel"].shape[-1]) if "mel" in data else 0
-        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[-1])
+                return int(data["mel"].shape[axis]) if "mel" in data else 0
+        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[axis])
     except (OSError, ValueError, EOFError, IndexError) as exc:
         raise FastWaveNetError(f"cannot read mel file {path}: {exc}") from None
 

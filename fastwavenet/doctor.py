@@ -117,6 +117,12 @@ def _variants(config: WaveNetConfig):
             yield label + ("+cond" if cond else ""), teacher, argmax, cond
 
 
+def _distribution(config: WaveNetConfig) -> int:
+    from .kernels import gpu
+
+    return {"softmax": gpu.SOFTMAX, "logistic_mixture": gpu.LOGISTIC_MIXTURE, "gaussian": gpu.GAUSSIAN}[config.output]
+
+
 def _resources(cubin: bytes) -> dict:
     """Registers, local (spill) memory, shared memory and stack of a cubin, read by the cuobjdump in Triton's wheel."""
     import tempfile
@@ -148,6 +154,7 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
     if models is None:
         models = {name: PRESETS[name] for name in ("small", "standard", "large")}
         models["standard-k3"] = PRESETS["standard"].replace(kernel_size=3)
+        models["r9y9-ljspeech"] = PRESETS["r9y9-ljspeech"]
     rows = []
     for target in targets:
         limits = _SM_LIMITS[target]
@@ -155,8 +162,9 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
             if gpu.unsupported_reason(config.input_kernel_size):
                 continue
             for label, teacher, argmax, cond in _variants(config):
-                constants = gpu.launch_constants(_Shapes(config), teacher, argmax, cond)
-                signature = {**gpu.ARGUMENT_TYPES, **{name: "constexpr" for name in constants}}
+                dist = _distribution(config)
+                constants = gpu.launch_constants(_Shapes(config), teacher, argmax, cond, dist)
+                signature = {**gpu.argument_types(dist), **{name: "constexpr" for name in constants}}
                 # FP fusion on, as at launch today (Triton 3.9's default; stated, so its warning stays quiet)
                 options = {"num_warps": gpu.NUM_WARPS, "enable_fp_fusion": True}
                 kernel = triton.compile(ASTSource(gpu._wavenet_kernel, signature, constants),

@@ -16,6 +16,9 @@ def log_mel(samples: np.ndarray, config: WaveNetConfig) -> np.ndarray:
 
     if not config.n_mels:
         raise FastWaveNetError("this model takes no mel features")
+    if config.r9y9_features:
+        raise FastWaveNetError(f"this model was trained on r9y9/wavenet_vocoder's own mel features: give them as "
+                               f".npy (frames, {config.n_mels}), as its preprocess.py writes them, not audio")
     samples = np.asarray(samples, dtype=np.float32)
     if samples.size == 0:
         raise FastWaveNetError("cannot compute mel features of empty audio")
@@ -46,7 +49,7 @@ def load_features(path, config: WaveNetConfig) -> np.ndarray:
             mel = data
     except (OSError, ValueError, EOFError) as exc:
         raise FastWaveNetError(f"cannot read features {path}: {exc}") from None
-    r9y9 = config.upsampler == "r9y9"
+    r9y9 = config.r9y9_features
     if mel.ndim != 2 or mel.shape[1 if r9y9 else 0] != config.n_mels:
         want = f"(frames, {config.n_mels} bands), as r9y9's preprocessing writes them" if r9y9 else \
             f"({config.n_mels} bands, frames)"
@@ -72,9 +75,6 @@ def features_from_file(path, config: WaveNetConfig) -> tuple[np.ndarray, int]:
     if Path(path).suffix.lower() in (".npy", ".npz"):
         mel = load_features(path, config)
         return mel, mel.shape[1] * config.hop_length
-    if config.upsampler == "r9y9":
-        raise FastWaveNetError(f"this model was trained on r9y9/wavenet_vocoder's own mel features: give them as "
-                               f".npy (frames, {config.n_mels}), as its preprocess.py writes them, not audio")
     samples = audio.read(path, config.sample_rate)
     if len(samples) < config.hop_length:
         raise FastWaveNetError(f"{path} is too short to vocode: {len(samples)} samples, less than one mel frame "

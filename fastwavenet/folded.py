@@ -21,8 +21,11 @@ Conditioned models add (M mel bands, hop h, P speakers, E speaker channels):
     speaker_embed (P, E), speaker_w (L, E, 2G)          global term of layer l: speaker_embed[p] @ speaker_w[l]
     upsample_w (M, M, h), upsample_b (M)                 the transposed convolution, PyTorch's layout
     mel_w       (L, M, 2G)                               local term of layer l at t: features[:, t] @ mel_w[l]
-    upsample_w (F, sum(scales)), upsample_b (U)          upsampler "r9y9": U one-channel transposed convolutions,
-                                                         kernel (F, s_i) side by side along the second axis
+    upsample_w (F, sum(s_i)), upsample_b (U)             upsampler "r9y9-transpose": U one-channel transposed
+                                                         convolutions, kernels (F, s_i) side by side (second axis)
+    upsample_in_w (M, M, 2p + 1), upsample_w (F, sum(2 s_i + 1))
+                                                         upsampler "r9y9-convin": its input convolution (PyTorch's
+                                                         conv1d layout) and U one-channel 2-D convolution kernels
 
 Folding a training model into this layout (and back) is training-side work: fastwavenet/export.py.
 `convolve` here is the whole-sequence forward over folded weights, for the `naive` backend and `score`: it needs
@@ -56,6 +59,7 @@ class FoldedWeights:
     speaker_w: torch.Tensor | None = None
     upsample_w: torch.Tensor | None = None
     upsample_b: torch.Tensor | None = None
+    upsample_in_w: torch.Tensor | None = None
     mel_w: torch.Tensor | None = None
 
     def to(self, device) -> "FoldedWeights":
@@ -86,9 +90,11 @@ def expected_shapes(config: WaveNetConfig) -> dict[str, tuple[int, ...]]:
         shapes["speaker_w"] = (n, config.speaker_channels, 2 * g)
     if config.n_mels:
         m = config.n_mels
-        if config.upsampler == "r9y9":
-            scales = config.upsample_scales
-            shapes.update(upsample_w=(config.freq_axis_kernel_size, sum(scales)), upsample_b=(len(scales),))
+        scales, f = config.upsample_scales, config.freq_axis_kernel_size
+        if config.upsampler == "r9y9-transpose":
+            shapes.update(upsample_w=(f, sum(scales)), upsample_b=(len(scales),))
+        elif config.upsampler == "r9y9-convin":
+            shapes.update(upsample_in_w=(m, m, 2 * config.cin_pad + 1), upsample_w=(f, sum(2 * s + 1 for s in scales)))
         else:
             shapes.update(upsample_w=(m, m, config.hop_length), upsample_b=(m,))
         shapes["mel_w"] = (n, m, 2 * g)

@@ -205,9 +205,12 @@ def make_app(engine: Engine, limits: Limits = Limits()):
                     raise _BadRequest(400, f"malformed .npy: {exc}") from None
                 if not np.issubdtype(mel.dtype, np.floating) and not np.issubdtype(mel.dtype, np.integer):
                     raise _BadRequest(400, f"mel frames must be numbers, got dtype {mel.dtype}")
+                if config.r9y9_features and mel.ndim == 2:  # r9y9's features are (frames, bands)
+                    mel = mel.T
                 if mel.ndim != 2 or mel.shape[0] != config.n_mels or mel.shape[1] == 0:
-                    raise _BadRequest(400, f"mel frames must be ({config.n_mels} bands, frames), got shape "
-                                           f"{mel.shape}")
+                    layout = f"(frames, {config.n_mels} bands)" if config.r9y9_features else \
+                        f"({config.n_mels} bands, frames)"
+                    raise _BadRequest(400, f"mel frames must be {layout}, got shape {mel.shape}")
                 length = None
             else:
                 loop = asyncio.get_running_loop()

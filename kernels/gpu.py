@@ -10,7 +10,11 @@ missing barriers, so a GPU run is the final word on them.
 
 Arrays (B streams, T steps): codes (B, T) int64 (teacher forcing) or (B, 1) (the first input when generating),
 u (T, B) float32, queues (B, Q, R) float32, inputs (B, k_in - 1) int64, cond (B, T, L, 2G) float32 gate terms or
-None, logits_out (B, T, C) float32 (teacher), codes_out (B, T) int64; weights: one `GpuWeights`.
+None, logits_out (B, T, O) float32 (teacher), codes_out (B, T) int64; weights: one `GpuWeights`.
+
+Scalar-input models (SCALAR): codes and codes_out hold float32 sample values, the input stage is one multiply-add
+(embed (1, 2, R): weight row, bias row), the head's O outputs are a continuous distribution's parameters (DIST:
+LOGISTIC_MIXTURE or GAUSSIAN) and u is (T, B, 2): the rule of fastwavenet/distributions.py, in float64.
 """
 
 from __future__ import annotations
@@ -26,17 +30,21 @@ class GpuWeights(NamedTuple):
     """The generator's weights as the GPU kernel reads them: the folded layout of fastwavenet/folded.py as it is
     (matrices input-major, (in, out)), float32 tensors on the device, with each layer's taps stacked."""
 
-    embed: torch.Tensor      # (k_in, C, R)
+    embed: torch.Tensor      # (k_in, C, R); scalar input (1, 2, R)
     dilated_w: torch.Tensor  # (L, k*R, 2G)
     dilated_b: torch.Tensor  # (L, 2G)
     out_w: torch.Tensor      # (L, G, R+S)
     out_b: torch.Tensor      # (L, R+S)
     head1_w: torch.Tensor    # (S, H)
     head1_b: torch.Tensor    # (H,)
-    head2_w: torch.Tensor    # (H, C)
-    head2_b: torch.Tensor    # (C,)
+    head2_w: torch.Tensor    # (H, O)
+    head2_b: torch.Tensor    # (O,)
     dilations: torch.Tensor  # (L,) int64
     offsets: torch.Tensor    # (L,) int64
+
+
+# The output distributions (the DIST constant), as in kernels/cpu.py.
+SOFTMAX, LOGISTIC_MIXTURE, GAUSSIAN = 0, 1, 2
 
 
 def unsupported_reason(input_taps: int) -> str | None:
@@ -66,14 +74,67 @@ def _tanh(x):
 
 
 @triton.jit
+def _normal_quantile(v):
+    """Acklam's rational approximation of the standard normal inverse CDF (float64 v in (0, 1)), as kernels/cpu.py."""
+    low = v < 0.02425
+    high = v > 1.0 - 0.02425
+    q = tl.sqrt(-2.0 * tl.log(tl.where(low, v, 1.0 - v)))
+    tail = (((((-7.784894002430293e-03 * q - 3.223964580411365e-01) * q - 2.400758277161838e+00) * q
+              - 2.549732539343734e+00) * q + 4.374664141464968e+00) * q + 2.938163982698783e+00) \
+        / ((((7.784695709041462e-03 * q + 3.224671290700398e-01) * q + 2.445134137142996e+00) * q
+            + 3.754408661907416e+00) * q + 1.0)
+    m = v - 0.5
+    rr = m * m
+    centre = (((((-3.969683028665376e+01 * rr + 2.209460984245205e+02) * rr - 2.759285104469687e+02) * rr
+                + 1.383577518672690e+02) * rr - 3.066479806614716e+01) * rr + 2.506628277459239e+00) * m \
+        / (((((-5.447609879822406e+01 * rr + 1.615858368580409e+02) * rr - 1.556989798598866e+02) * rr
+             + 6.680131188771972e+01) * rr - 1.328068155288572e+01) * rr + 1.0)
+    return tl.where(low, tail, tl.where(high, -tail, centre))
+
+
+@triton.jit
+def _sample_continuous(y, c, u0, u1, temperature, log_scale_min, C: tl.constexpr, DIST: tl.constexpr,
+                       ARGMAX: tl.constexpr):
+    """One sample value in [-1, 1] from the head's outputs y (C_P,) (c: their indices), float64 throughout."""
+    y = y.to(tl.float64)
+    if DIST == 2:  # GAUSSIAN: y[0] mean, y[1] log scale
+        mean = tl.sum(tl.where(c == 0, y, 0.0), axis=0)
+        raw_scale = tl.sum(tl.where(c == 1, y, 0.0), axis=0)
+    else:  # LOGISTIC_MIXTURE: K logits, K means, K log scales
+        NMIX: tl.constexpr = C // 3
+        logits = tl.where(c < NMIX, y, float("-inf"))
+        if ARGMAX:
+            k = tl.argmax(logits, axis=0)
+        else:
+            top = tl.max(logits, axis=0)
+            p = tl.where(c < NMIX, tl.exp((logits - top) / temperature), 0.0)
+            cdf = tl.cumsum(p, axis=0)
+            below = tl.where(c < NMIX, cdf, float("inf")) <= u0 * tl.sum(p, axis=0)
+            k = tl.minimum(tl.sum(below.to(tl.int32), axis=0), NMIX - 1)
+        mean = tl.sum(tl.where(c == NMIX + k, y, 0.0), axis=0)
+        raw_scale = tl.sum(tl.where(c == 2 * NMIX + k, y, 0.0), axis=0)
+    if ARGMAX:
+        x = mean
+    else:
+        scale = tl.exp(tl.maximum(raw_scale, log_scale_min)) * temperature
+        v = tl.minimum(tl.maximum(u1, 1e-5), 1.0 - 1e-5)
+        if DIST == 2:
+            x = mean + scale * _normal_quantile(v)
+        else:
+            x = mean + scale * (tl.log(v) - tl.log(1.0 - v))
+    return tl.minimum(tl.maximum(x, -1.0), 1.0)
+
+
+@triton.jit
 def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_ptr, logits_ptr, out_ptr, scratch_ptr,
                     embed_ptr, dw_ptr, db_ptr, ow_ptr, ob_ptr, h1w_ptr, h1b_ptr, h2w_ptr, h2b_ptr,
-                    dil_ptr, off_ptr, t0, steps, B, L, Q, SCR, inv_temperature,
+                    dil_ptr, off_ptr, t0, steps, B, L, Q, SCR, inv_temperature, log_scale_min,
                     C: tl.constexpr, R: tl.constexpr, G: tl.constexpr, S: tl.constexpr, H: tl.constexpr,
                     K: tl.constexpr, K_IN: tl.constexpr, C_P: tl.constexpr, R_P: tl.constexpr,
                     G_P: tl.constexpr, S_P: tl.constexpr, H_P: tl.constexpr,
                     IN_R: tl.constexpr, IN_G: tl.constexpr, IN_S: tl.constexpr, IN_H: tl.constexpr,
-                    TEACHER: tl.constexpr, ARGMAX: tl.constexpr, HAS_COND: tl.constexpr):
+                    TEACHER: tl.constexpr, ARGMAX: tl.constexpr, HAS_COND: tl.constexpr,
+                    SCALAR: tl.constexpr, DIST: tl.constexpr):
     # int64, so that every offset computed from it is: (b * steps + step) * L * 2G for the conditioning terms passes
     # 2**31 at batch 52 for a `standard` vocoder with 16,384-step chunks.
     b = tl.program_id(0).to(tl.int64)
@@ -99,8 +160,11 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
         prev = tl.load(inputs_ptr + b)
     for step in range(steps):
         t = t0 + step
-        # Input convolution: one table row per tap; before the start a tap contributes nothing.
-        x = tl.load(embed_ptr + ((K_IN - 1) * C + code) * R + r, mask=rmask, other=0.0)
+        if SCALAR:  # x = value * weight row + bias row
+            x = code * tl.load(embed_ptr + r, mask=rmask, other=0.0) + tl.load(embed_ptr + R + r, mask=rmask,
+                                                                               other=0.0)
+        else:  # one table row per tap; before the start a tap contributes nothing
+            x = tl.load(embed_ptr + ((K_IN - 1) * C + code) * R + r, mask=rmask, other=0.0)
         if K_IN == 2:
             tap = tl.load(embed_ptr + tl.maximum(prev, 0) * R + r, mask=rmask, other=0.0)
             x += tl.where(prev >= 0, tap, 0.0)
@@ -153,6 +217,12 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
         if TEACHER:
             tl.store(logits_ptr + (b * steps + step) * C + c, logits, mask=c < C)
             code = tl.load(codes_ptr + b * codes_stride + tl.minimum(step + 1, steps - 1))
+        elif SCALAR:
+            u0 = tl.load(u_ptr + (step * B + b) * 2).to(tl.float64)
+            u1 = tl.load(u_ptr + (step * B + b) * 2 + 1).to(tl.float64)
+            code = _sample_continuous(logits, c, u0, u1, 1.0 / inv_temperature, log_scale_min, C, DIST,
+                                      ARGMAX).to(tl.float32)
+            tl.store(out_ptr + b * steps + step, code)
         else:
             logits = tl.where(c < C, logits, float("-inf"))
             if ARGMAX:
@@ -177,9 +247,11 @@ def _block(n_out_p: int, budget: int = 4096) -> int:
     return max(1, min(64, budget // n_out_p))
 
 
-def launch_constants(w: GpuWeights, teacher: bool, argmax: bool, has_cond: bool) -> dict:
-    """The compile-time constants of one kernel variant, from the weights' shapes (any objects with `.shape`)."""
-    K_IN, C, R = w.embed.shape
+def launch_constants(w: GpuWeights, teacher: bool, argmax: bool, has_cond: bool, dist: int = SOFTMAX) -> dict:
+    """The compile-time constants of one kernel variant, from the weights' shapes (any objects with `.shape`) and
+    the output distribution (SOFTMAX, or a continuous one for a scalar-input model)."""
+    K_IN, R = w.embed.shape[0], w.embed.shape[2]
+    C = w.head2_w.shape[1]
     G = w.dilated_b.shape[1] // 2
     S, H = w.out_w.shape[2] - R, w.head1_w.shape[1]
     p2 = triton.next_power_of_2
@@ -187,7 +259,8 @@ def launch_constants(w: GpuWeights, teacher: bool, argmax: bool, has_cond: bool)
     return dict(C=C, R=R, G=G, S=S, H=H, K=w.dilated_w.shape[1] // R, K_IN=K_IN,
                 C_P=C_P, R_P=R_P, G_P=G_P, S_P=S_P, H_P=H_P,
                 IN_R=_block(G_P), IN_G=_block(max(R_P, S_P)), IN_S=_block(H_P), IN_H=_block(C_P),
-                TEACHER=bool(teacher), ARGMAX=bool(argmax), HAS_COND=bool(has_cond))
+                TEACHER=bool(teacher), ARGMAX=bool(argmax), HAS_COND=bool(has_cond), SCALAR=dist != SOFTMAX,
+                DIST=dist)
 
 
 NUM_WARPS = 4
@@ -198,16 +271,24 @@ ARGUMENT_TYPES = {"codes_ptr": "*i64", "codes_stride": "i32", "u_ptr": "*fp32", 
                   "scratch_ptr": "*fp32", "embed_ptr": "*fp32", "dw_ptr": "*fp32", "db_ptr": "*fp32",
                   "ow_ptr": "*fp32", "ob_ptr": "*fp32", "h1w_ptr": "*fp32", "h1b_ptr": "*fp32", "h2w_ptr": "*fp32",
                   "h2b_ptr": "*fp32", "dil_ptr": "*i64", "off_ptr": "*i64", "t0": "i32", "steps": "i32", "B": "i32",
-                  "L": "i32", "Q": "i32", "SCR": "i32", "inv_temperature": "fp32"}
+                  "L": "i32", "Q": "i32", "SCR": "i32", "inv_temperature": "fp32", "log_scale_min": "fp32"}
+
+
+def argument_types(dist: int = SOFTMAX) -> dict:
+    """ARGUMENT_TYPES for a variant: a scalar-input model's codes and drawn values are float32."""
+    if dist == SOFTMAX:
+        return ARGUMENT_TYPES
+    return {**ARGUMENT_TYPES, "codes_ptr": "*fp32", "out_ptr": "*fp32"}
 
 
 def run(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_out, teacher: bool,
-        temperature: float = 1.0, argmax: bool = False):
-    """Launch one chunk: T = codes.shape[1] steps (teacher, logits into logits_out) or u.shape[0] steps (generate,
-    codes into codes_out, sampled at `temperature` or by argmax). Every shape is read from the arrays."""
+        temperature: float = 1.0, argmax: bool = False, dist: int = SOFTMAX, log_scale_min: float = -7.0):
+    """Launch one chunk: T = codes.shape[1] steps (teacher, outputs into logits_out) or u.shape[0] steps (generate,
+    codes or values into codes_out, sampled at `temperature` or by argmax from distribution `dist`). Every shape is
+    read from the arrays."""
     B = queues.shape[0]
     steps = codes.shape[1] if teacher else u.shape[0]
-    constants = launch_constants(w, teacher, argmax, cond is not None)
+    constants = launch_constants(w, teacher, argmax, cond is not None, dist)
     R, G, S, H = constants["R"], constants["G"], constants["S"], constants["H"]
     scratch = torch.empty(B, R + G + S + H, device=queues.device, dtype=torch.float32)
     inputs_arg = inputs if inputs.numel() else torch.empty(B, dtype=torch.int64, device=queues.device)
@@ -216,4 +297,4 @@ def run(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_out
         logits_out if teacher else queues, codes_out, scratch,
         w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b, w.head1_w, w.head1_b, w.head2_w, w.head2_b,
         w.dilations, w.offsets, t0, steps, B, w.dilated_b.shape[0], queues.shape[1], scratch.shape[1],
-        1.0 / temperature, **constants, num_warps=NUM_WARPS)
+        1.0 / temperature, log_scale_min, **constants, num_warps=NUM_WARPS)

@@ -12,7 +12,12 @@ def test_presets_and_standard_shape():
     assert std.dilations == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] * 2
     assert std.receptive_field == 1 + 2 * 1023 + 1
     assert preset("large").layers == 30 and preset("large").residual_channels == 128
-    assert set(PRESETS) == {"tiny", "small", "standard", "large"}
+    assert set(PRESETS) == {"tiny", "small", "standard", "large", "r9y9-ljspeech"}
+    lj = preset("r9y9-ljspeech")
+    shape = (lj.layers, lj.stacks, lj.residual_channels, 2 * lj.gate_channels, lj.skip_channels)
+    assert shape == (24, 4, 512, 512, 256)
+    assert lj.output_channels == 30 and lj.receptive_field == 2 * 4 * 63 + 1
+    assert WaveNetConfig.from_json(lj.to_json()) == lj  # upsample_scales survive JSON as a tuple
 
 
 def test_json_round_trip():
@@ -33,6 +38,15 @@ def test_receptive_field_formula_for_kernel_3():
     ({"residual_channels": 100_000, "gate_channels": 100_000}, "exhaust memory"),
     ({"layers_per_stack": 40}, "dilations"),
     ({"bias": "yes"}, "bias"),
+    ({"output": "laplace"}, "output must be one of"),
+    ({"scalar_input": True}, "softmax output needs class input"),
+    ({"output": "gaussian"}, "need scalar input"),
+    ({"scalar_input": True, "output": "gaussian"}, "input_kernel_size 1"),
+    ({"n_mels": 8, "hop_length": 16, "upsampler": "r9y9-transpose", "upsample_scales": (4, 2)},
+     "product is hop_length"),
+    ({"n_mels": 8, "hop_length": 8, "upsampler": "r9y9-convin", "upsample_scales": (8,), "freq_axis_kernel_size": 2},
+     "must be odd"),
+    ({"cin_pad": -1}, "cin_pad"),
 ])
 def test_impossible_values_are_refused(changes, words):
     with pytest.raises(FastWaveNetError, match=words):

@@ -29,20 +29,22 @@ def test_doctor_refuses_an_unknown_target():
 def test_gpu_kernel_compiles_for_sm90_without_spills():
     """What Triton's interpreter cannot check: the kernel compiles for a real GPU (dot shapes, dtypes, constexprs),
     spills no registers and fits the per-block shared memory (48 KB without opting in), for every variant the
-    backend launches, on the `standard` shape."""
+    backend launches, on the `standard` shape and on r9y9's LJSpeech shape (scalar input, a mixture of logistics
+    sampled in float64, mel conditioning)."""
     pytest.importorskip("triton")
     script = """
 import json
 from fastwavenet import preset
 from fastwavenet.doctor import compile_gpu, rows_as_json
-print(json.dumps(rows_as_json(compile_gpu([90], {"standard": preset("standard")}))))
+models = {"standard": preset("standard"), "r9y9-ljspeech": preset("r9y9-ljspeech")}
+print(json.dumps(rows_as_json(compile_gpu([90], models))))
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, env=env,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(rows) == 6
+    assert len(rows) == 12
     for row in rows:
         assert row["spill_bytes"] == 0 and row["stack_bytes"] == 0, row
         assert row["shared_bytes"] <= 48 * 1024 and 0 < row["registers"] <= 255, row

@@ -11,7 +11,7 @@ import soundfile
 import torch
 from scipy.special import ndtri
 
-from fastwavenet.backends import available_backends, make_backend
+from fastwavenet.backends import available_backends
 from fastwavenet.errors import FastWaveNetError
 from fastwavenet.generator import Generator
 from fastwavenet.importers.r9y9 import import_r9y9
@@ -101,8 +101,6 @@ def test_imported_model_gives_r9y9s_own_outputs(name, backend, tmp_path):
     hp = HPARAMS[name]
     model, ckpt, hparams = save_r9y9(tmp_path, name)
     imported = import_r9y9(ckpt, hparams)
-    if backend == "triton" and imported.config.scalar_input:
-        pytest.skip("the Triton kernel has no scalar input yet (falls back to torch: test_triton_falls_back)")
     if backend == "naive" and name == "mol-mel-speaker":
         steps = 36
     else:
@@ -121,15 +119,99 @@ def test_imported_model_gives_r9y9s_own_outputs(name, backend, tmp_path):
     assert err.max().item() <= 1e-4, f"worst step {err.argmax().item()}: {err.max().item():.2e}"
 
 
-def test_triton_falls_back_to_torch_for_scalar_input(tmp_path):
-    pytest.importorskip("triton")
-    _, ckpt, hparams = save_r9y9(tmp_path, "mol-k2-plain")
+# ---- the master branch's layout ---------------------------------------------------------------------------------
+
+MASTER = dict(BASE, input_type="raw", out_channels=30, output_distribution="Logistic", cin_channels=5,
+              upsample_conditional_features=True, upsample_net="ConvInUpsampleNetwork",
+              upsample_params={"upsample_scales": [2, 3], "freq_axis_kernel_size": 3}, cin_pad=2, hop_size=6,
+              gin_channels=4, n_speakers=3)
+
+
+def master_upsample(state, mel, hp):
+    """r9y9 master's ConvInUpsampleNetwork, written from its source (wavenet_vocoder/upsample.py, with the mel
+    edge-padded by cin_pad as its synthesis does): mel (B, M, frames) -> (B, M, frames * hop)."""
+    p = hp["cin_pad"]
+    c = torch.nn.functional.conv1d(torch.nn.functional.pad(mel, (p, p), mode="replicate"),
+                                   state["upsample_net.conv_in.weight"]).unsqueeze(1)
+    for i, scale in enumerate(hp["upsample_params"]["upsample_scales"]):
+        g, v = (state[f"upsample_net.upsample.up_layers.{2 * i + 1}.weight_{x}"] for x in "gv")
+        c = torch.nn.functional.interpolate(c, scale_factor=(1, scale), mode="nearest")
+        c = torch.nn.functional.conv2d(c, g * v / v.norm(), padding=((v.shape[2] - 1) // 2, scale))
+    return c.squeeze(1)
+
+
+def master_checkpoint(folder, seed=0):
+    """A state dict with the master branch's names and shapes, and its forward: r9y9 0.1's blocks (the same
+    modules) with the master's differences applied: no biases on the conditioning projections, the skip sum times
+    sqrt(1 / L) (folded here into the head's first gain, which the reference keeps as 0.1 computes it), and the
+    ConvInUpsampleNetwork."""
+    hp = MASTER
+    blocks = r9y9_model(dict(hp, legacy=False, upsample_conditional_features=False), seed)
+    state = {}
+    with torch.no_grad():
+        for name, t in blocks.state_dict().items():
+            if (".conv1x1c." in name or ".conv1x1g." in name) and name.endswith("bias"):
+                t.zero_()  # the reference computes without them; the checkpoint has none
+                continue
+            state[name] = t.clone()
+        state["last_conv_layers.1.weight_g"] *= np.sqrt(hp["layers"])
+        g = torch.Generator().manual_seed(seed)
+        state["upsample_net.conv_in.weight"] = torch.randn(5, 5, 2 * hp["cin_pad"] + 1, generator=g) * 0.3
+        for i, scale in enumerate(hp["upsample_params"]["upsample_scales"]):
+            state[f"upsample_net.upsample.up_layers.{2 * i + 1}.weight_v"] = torch.randn(1, 1, 3, 2 * scale + 1,
+                                                                                         generator=g)
+            state[f"upsample_net.upsample.up_layers.{2 * i + 1}.weight_g"] = torch.full((1, 1, 1, 1), 1.3)
+    ckpt, hparams = folder / "master.pth", folder / "master.json"
+    torch.save({"state_dict": state, "global_step": 1}, ckpt)
+    hparams.write_text(json.dumps(hp))
+
+    def forward(x, mel, speakers):
+        return r9y9_outputs(blocks, x, master_upsample(state, mel, hp), speakers)
+
+    return forward, ckpt, hparams
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "naive"])
+def test_master_branch_layout_gives_its_outputs(backend, tmp_path):
+    forward, ckpt, hparams = master_checkpoint(tmp_path)
     imported = import_r9y9(ckpt, hparams)
-    if DEVICE == "cpu":
-        pytest.MonkeyPatch().setenv("TRITON_INTERPRET", "1")
-    with pytest.warns(UserWarning, match="scalar input"):
-        backend = make_backend("triton", imported.config, imported.weights, torch.device(DEVICE))
-    assert backend.name == "torch"
+    assert imported.config.upsampler == "r9y9-convin" and imported.config.cin_pad == 2
+    steps = 2 * imported.config.receptive_field + 18
+    steps += -steps % 6
+    x, values, mel, speakers = r9y9_inputs(MASTER, 3, steps)
+    expected = forward(x, mel, speakers)
+    gen = Generator(imported, backend=backend, device=DEVICE)
+    got = gen.forward(gen.new_state(3), values, gen.conditioning(3, mel, speakers)).cpu()
+    err = (got - expected).abs().amax(dim=(0, 2))
+    assert err.max().item() <= 1e-4, f"worst step {err.argmax().item()}: {err.max().item():.2e}"
+
+
+def test_master_upsampler_streamed_equals_whole(tmp_path):
+    """Frames fed a few at a time give the whole mel's terms bit for bit, and no sample is promised before the
+    frames it depends on (cin_pad + one per level of lookahead) have arrived."""
+    from fastwavenet.conditioning import StreamConditioning
+
+    _, ckpt, hparams = master_checkpoint(tmp_path)
+    imported = import_r9y9(ckpt, hparams)
+    c = imported.config
+    mel = torch.rand(5, 17)
+    whole = StreamConditioning(c, imported.weights, torch.device("cpu"), mel, speaker=1)
+    expected = torch.empty(17 * 6, c.layers, 2 * c.gate_channels)
+    whole.terms(0, expected)
+    streamed = StreamConditioning(c, imported.weights, torch.device("cpu"), speaker=1, streaming=True)
+    got = torch.empty_like(expected)
+    done, fed = 0, 0
+    for size in (1, 3, 2, 5, 6):
+        streamed.feed(mel[:, fed:fed + size])
+        fed += size
+        assert streamed.covered == max(fed - 4, 0) * 6  # lookahead: cin_pad 2 + 2 levels
+        streamed.terms(done, got[done:streamed.covered])
+        done = streamed.covered
+        streamed.forget_before(done)
+    streamed.close()
+    assert streamed.covered == 17 * 6
+    streamed.terms(done, got[done:])
+    assert torch.equal(got, expected)
 
 
 # ---- the sampling rules, against NumPy --------------------------------------------------------------------------
@@ -193,7 +275,9 @@ def test_generation_draws_what_the_rule_draws_from_r9y9s_outputs(tmp_path):
     imported = import_r9y9(ckpt, hparams)
     steps = 48
     _, _, mel, speakers = r9y9_inputs(hp, 2, steps)
-    for backend in [b for b in BACKENDS if b in ("numba", "torch")]:
+    for backend in BACKENDS:
+        if backend == "naive":
+            continue
         gen = Generator(imported, backend=backend, device=DEVICE)
         rngs = [np.random.default_rng(10 + i) for i in range(2)]
         u = np.stack([np.random.default_rng(10 + i).random((steps, 2), dtype=np.float32) for i in range(2)], 1)
@@ -229,7 +313,6 @@ def test_score_reports_the_discretized_likelihood(tmp_path):
     from fastwavenet.distributions import log_likelihood
     from fastwavenet.score import score_audio
 
-    hp = HPARAMS["mol-k2-plain"]
     model, ckpt, hparams = save_r9y9(tmp_path, "mol-k2-plain")
     imported = import_r9y9(ckpt, hparams)
     x = np.clip(np.random.default_rng(2).standard_normal(200) * 0.3, -1, 1).astype(np.float32)
@@ -294,7 +377,7 @@ def test_pickled_objects_are_not_loaded(tmp_path):
 
 @pytest.mark.parametrize("change,message", [
     (dict(input_type="mulaw"), "input_type 'mulaw'"),
-    (dict(cin_pad=2), "ConvInUpsampleNetwork"),
+    (dict(upsample_net="UpsampleNetwork"), "upsample_net 'UpsampleNetwork'"),
     (dict(output_distribution="Laplace"), "output_distribution 'Laplace'"),
     (dict(out_channels=31), "not 3 x mixtures"),
     (dict(gate_channels=15), "gate_channels 15 is odd"),

@@ -9,8 +9,9 @@ import os
 import numpy as np
 import torch
 
+from .. import distributions
 from ..sampling import per_stream
-from ..state import QueueState
+from ..state import QueueState, input_dtype
 from .base import Backend
 
 
@@ -36,17 +37,17 @@ class TritonBackend(Backend):
     def unsupported_reason(cls, config):
         from ..kernels.gpu import unsupported_reason
 
-        if config.scalar_input:
-            return "the Triton kernel has no scalar input or continuous outputs yet"
         return unsupported_reason(config.input_kernel_size)
 
     def __init__(self, config, weights, device):
         super().__init__(config, weights, device)
-        from ..kernels.gpu import GpuWeights
+        from ..kernels import gpu
 
+        self.dist = {"softmax": gpu.SOFTMAX, "logistic_mixture": gpu.LOGISTIC_MIXTURE,
+                     "gaussian": gpu.GAUSSIAN}[config.output]
         w = weights.to(device)
         layout = config.queue_layout()
-        self.weights = GpuWeights(
+        self.weights = gpu.GpuWeights(
             embed=w.embed, dilated_w=w.dilated_w.reshape(config.layers, -1, 2 * config.gate_channels).contiguous(),
             dilated_b=w.dilated_b, out_w=w.out_w, out_b=w.out_b, head1_w=w.head1_w, head1_b=w.head1_b,
             head2_w=w.head2_w, head2_b=w.head2_b, dilations=torch.from_numpy(layout.dilations).to(device),
@@ -57,13 +58,13 @@ class TritonBackend(Backend):
 
         codes = codes.to(self.device).contiguous()
         B, T = codes.shape
-        logits = torch.empty(B, T, self.config.classes, device=self.device)
+        logits = torch.empty(B, T, self.config.output_channels, device=self.device)
         unused_u = torch.zeros(T, B, device=self.device)
-        unused_codes = torch.empty(B, T, dtype=torch.int64, device=self.device)
+        unused_codes = torch.empty(B, T, dtype=input_dtype(self.config), device=self.device)
         cond = None if cond is None else cond.to(self.device).contiguous()
         with _on(self.device):
             gpu.run(codes, state.t, unused_u, self.weights, state.queues, state.inputs, cond, logits, unused_codes,
-                    teacher=True)
+                    teacher=True, dist=self.dist)
         state.t += T
         return logits
 
@@ -71,6 +72,7 @@ class TritonBackend(Backend):
         from ..kernels import gpu
 
         rules = per_stream(sampling, state.batch)
+        distributions.check_rules(self.config, rules)
         sampling = rules[0]
         if sampling.truncates or any(r != sampling for r in rules):
             # Top-k / top-p need a sort per sample, and the kernel takes one temperature for all streams: the plain
@@ -78,12 +80,13 @@ class TritonBackend(Backend):
             return super().generate(state, n, u, rules, cond)
         B = state.batch
         first = state.last.to(self.device).reshape(B, 1).contiguous()
-        out = torch.empty(B, n, dtype=torch.int64, device=self.device)
-        u = torch.from_numpy(np.ascontiguousarray(u)).to(self.device)
+        out = torch.empty(B, n, dtype=input_dtype(self.config), device=self.device)
+        u = torch.from_numpy(np.ascontiguousarray(u, np.float32)).to(self.device)
         cond = None if cond is None else cond.to(self.device).contiguous()
         with _on(self.device):
             gpu.run(first, state.t, u, self.weights, state.queues, state.inputs, cond, None, out, teacher=False,
-                    temperature=sampling.temperature, argmax=sampling.argmax)
+                    temperature=sampling.temperature, argmax=sampling.argmax, dist=self.dist,
+                    log_scale_min=float(self.config.log_scale_min))
         state.t += n
         state.last.copy_(out[:, -1])  # in place, as every backend
         return out

@@ -1,4 +1,4 @@
-"""Import r9y9/wavenet_vocoder (0.1.x) checkpoints as fastwavenet model files.
+"""Import r9y9/wavenet_vocoder checkpoints (its 0.1 releases and its master branch) as fastwavenet model files.
 
 The hparams file is JSON holding the run's hparams under r9y9's own names (hparams.py); the fields read:
 
@@ -9,9 +9,15 @@ The hparams file is JSON holding the run's hparams under r9y9's own names (hpara
     quantize_channels       classes of mulaw-quantize; for raw, the levels `score` discretizes to (default 65536)
     layers, stacks, residual_channels, gate_channels (both gate halves: tanh and sigmoid get half each),
     skip_out_channels, kernel_size, legacy (default true); weight normalization is read from the checkpoint
-    cin_channels, upsample_conditional_features, upsample_scales, freq_axis_kernel_size    local conditioning
+    cin_channels, upsample_conditional_features, upsample_scales, freq_axis_kernel_size    local conditioning (0.1)
+    cin_channels, upsample_conditional_features, upsample_net, upsample_params (upsample_scales,
+    freq_axis_kernel_size), cin_pad                                                         local conditioning (master)
     gin_channels, n_speakers, use_speaker_embedding                                         global conditioning
-    sample_rate, hop_size, fft_size, fmin, fmax, num_mels, log_scale_min                   audio settings
+    sample_rate, hop_size, fft_size, fmin, fmax, log_scale_min                             audio settings
+
+Master-branch hparams are told from 0.1 ones by the fields master introduced (upsample_params, upsample_net,
+cin_pad; its hparams.py has all three); they differ in the skip scaling (below), in having no biases on the conditioning
+projections, and in the upsampler (ConvInUpsampleNetwork; fastwavenet/config.py describes both).
 
 r9y9's network in fastwavenet's terms: a 1x1 input convolution (input_kernel_size 1), gated blocks with biases, the
 head ReLU -> 1x1 (skip -> skip) -> ReLU -> 1x1 (skip -> outputs), so head_channels = skip_out_channels.
@@ -21,9 +27,10 @@ Everything constant at inference is folded into the weights, so the kernels run 
 - the residual stream's scaling, x_{l+1} = (x_l + res_l) * sqrt(0.5): with c_l = sqrt(0.5) ** l and x_l = c_l * y_l,
   the generator keeps y_l (y_{l+1} = y_l + res_l / c_l), so layer l's dilated weights are multiplied by c_l (its bias
   is not: it meets no input) and its residual output weights and bias divided by c_l;
-- the skip sum's scaling: legacy models multiply the running sum by sqrt(0.5) after each layer past the first, so
-  layer l's skip output enters the sum with sqrt(0.5) ** (L - max(l, 1)); that factor goes into its skip weights
-  and bias (non-legacy models sum plainly);
+- the skip sum's scaling: 0.1's legacy models multiply the running sum by sqrt(0.5) after each layer past the
+  first, so layer l's skip output enters the sum with sqrt(0.5) ** (L - max(l, 1)); the master branch multiplies
+  the sum by sqrt(1 / L). Either factor goes into each layer's skip weights and bias, which is the same as scaling
+  the head's input, since ReLU commutes with a positive scale (0.1's non-legacy models sum plainly);
 - the biases of the conditioning projections (conv1x1c, conv1x1g) are added whenever the model runs, so they join
   the dilated convolution's bias;
 - dropout is dropped (inference).
@@ -57,6 +64,11 @@ def _read_hparams(path) -> dict:
     return raw
 
 
+def is_master(hp: dict) -> bool:
+    """Hparams of r9y9's master branch (which introduced these fields) rather than a 0.1 release."""
+    return any(k in hp for k in ("upsample_params", "cin_pad", "upsample_net"))
+
+
 def config_from_hparams(hp: dict) -> WaveNetConfig:
     """r9y9's hparams -> WaveNetConfig, refusing what fastwavenet does not run, naming the field."""
     needed = ("layers", "stacks", "residual_channels", "gate_channels", "skip_out_channels", "kernel_size",
@@ -67,9 +79,6 @@ def config_from_hparams(hp: dict) -> WaveNetConfig:
     input_type = hp.get("input_type", "raw")
     if input_type not in ("raw", "mulaw-quantize"):
         raise FastWaveNetError(f"hparams: input_type {input_type!r} is not supported (raw or mulaw-quantize)")
-    if hp.get("cin_pad", 0) or "upsample_params" in hp:
-        raise FastWaveNetError("hparams: the master branch's ConvInUpsampleNetwork (cin_pad, upsample_params) is "
-                               "not supported yet; 0.1.x checkpoints are")
     if hp["layers"] % hp["stacks"]:
         raise FastWaveNetError(f"hparams: layers {hp['layers']} is not a multiple of stacks {hp['stacks']}")
     if hp["gate_channels"] % 2:
@@ -101,11 +110,23 @@ def config_from_hparams(hp: dict) -> WaveNetConfig:
         if not hp.get("upsample_conditional_features", False):
             raise FastWaveNetError("hparams: features already at the sample rate (upsample_conditional_features "
                                    "false) are not supported")
-        scales = list(hp.get("upsample_scales", []))
+        if is_master(hp):
+            up = hp.get("upsample_params", {})
+            if hp.get("upsample_net", "ConvInUpsampleNetwork") != "ConvInUpsampleNetwork":
+                raise FastWaveNetError(f"hparams: upsample_net {hp['upsample_net']!r} is not supported "
+                                       f"(ConvInUpsampleNetwork)")
+            if up.get("upsample_activation", "none") != "none" or up.get("mode", "nearest") != "nearest":
+                raise FastWaveNetError("hparams: upsample_params with an activation or a mode other than nearest "
+                                       "are not supported")
+            scales, freq = list(up.get("upsample_scales", [4, 4, 4, 4])), up.get("freq_axis_kernel_size", 1)
+            upsampler = dict(upsampler="r9y9-convin", cin_pad=hp.get("cin_pad", 0))
+        else:
+            scales, freq = list(hp.get("upsample_scales", [])), hp.get("freq_axis_kernel_size", 3)
+            upsampler = dict(upsampler="r9y9-transpose")
         hop = hp.get("hop_size", math.prod(scales) if scales else 256)
         fields.update(n_mels=hp["cin_channels"], hop_length=hop, n_fft=max(hp.get("fft_size", 1024), hop),
-                      fmin=float(hp.get("fmin", 0.0)), fmax=float(hp.get("fmax") or 0.0), upsampler="r9y9",
-                      upsample_scales=tuple(scales), freq_axis_kernel_size=hp.get("freq_axis_kernel_size", 3))
+                      fmin=float(hp.get("fmin", 0.0)), fmax=float(hp.get("fmax") or 0.0),
+                      upsample_scales=tuple(scales), freq_axis_kernel_size=freq, **upsampler)
     if hp.get("gin_channels", -1) > 0:
         if not hp.get("use_speaker_embedding", True):
             raise FastWaveNetError("hparams: external global features (use_speaker_embedding false) are not "
@@ -116,9 +137,26 @@ def config_from_hparams(hp: dict) -> WaveNetConfig:
     return WaveNetConfig(**fields)
 
 
-def expected_parameters(config: WaveNetConfig, hp: dict) -> dict[str, tuple[int, ...]]:
+def r9y9_arguments(config: WaveNetConfig) -> dict:
+    """The other way: the arguments of r9y9's WaveNet(...) that build a model of this shape (for side-by-side
+    benchmarks), or a one-line error for a shape r9y9 cannot build."""
+    if (config.input_kernel_size != 1 or config.head_channels != config.skip_channels or not config.bias
+            or (config.n_mels and config.upsampler != "r9y9-transpose")):
+        raise FastWaveNetError("r9y9's WaveNet has a 1x1 input convolution, head channels equal to skip channels, "
+                               "biases and its own upsampler; this shape differs")
+    return dict(out_channels=config.output_channels, layers=config.layers, stacks=config.stacks,
+                residual_channels=config.residual_channels, gate_channels=2 * config.gate_channels,
+                skip_out_channels=config.skip_channels, kernel_size=config.kernel_size,
+                cin_channels=config.n_mels or -1, gin_channels=config.speaker_channels if config.speakers else -1,
+                n_speakers=config.speakers or None, upsample_conditional_features=bool(config.n_mels),
+                upsample_scales=list(config.upsample_scales) or None,
+                freq_axis_kernel_size=config.freq_axis_kernel_size, scalar_input=config.scalar_input)
+
+
+def expected_parameters(config: WaveNetConfig) -> dict[str, tuple[int, ...]]:
     """r9y9 convolution name -> its weight shape (PyTorch layout), as r9y9's WaveNet builds it from these hparams.
-    Read it as the import's specification; every one has a bias."""
+    Read it as the import's specification. Biases are taken where the checkpoint has them (the master branch's
+    conditioning projections and upsampler have none)."""
     r, g2, s, k = config.residual_channels, 2 * config.gate_channels, config.skip_channels, config.kernel_size
     out = config.output_channels
     table = {"first_conv": (r, config.input_channels, 1)}
@@ -132,8 +170,13 @@ def expected_parameters(config: WaveNetConfig, hp: dict) -> dict[str, tuple[int,
         table[f"conv_layers.{i}.conv1x1_skip"] = (s, g2 // 2, 1)
     table["last_conv_layers.1"] = (s, s, 1)
     table["last_conv_layers.3"] = (out, s, 1)
-    for i, scale in enumerate(config.upsample_scales if config.n_mels else ()):
-        table[f"upsample_conv.{2 * i}"] = (1, 1, config.freq_axis_kernel_size, scale)
+    if config.upsampler == "r9y9-transpose":
+        for i, scale in enumerate(config.upsample_scales):  # ModuleList [ConvTranspose2d, ReLU] x U
+            table[f"upsample_conv.{2 * i}"] = (1, 1, config.freq_axis_kernel_size, scale)
+    elif config.upsampler == "r9y9-convin":
+        table["upsample_net.conv_in"] = (config.n_mels, config.n_mels, 2 * config.cin_pad + 1)
+        for i, scale in enumerate(config.upsample_scales):  # up_layers [Stretch2d, Conv2d] x U
+            table[f"upsample_net.upsample.up_layers.{2 * i + 1}"] = (1, 1, config.freq_axis_kernel_size, 2 * scale + 1)
     return table
 
 
@@ -164,7 +207,7 @@ def _weights(state: dict[str, torch.Tensor], table: dict[str, tuple[int, ...]], 
         raise FastWaveNetError(f"checkpoint parameter {unknown[0]!r} is not one this model's hparams have")
     for conv in table:
         normalized = f"{conv}.weight_g" in state or f"{conv}.weight_v" in state
-        for suffix in ("weight_g", "weight_v", "bias") if normalized else ("weight", "bias"):
+        for suffix in ("weight_g", "weight_v") if normalized else ("weight",):
             if f"{conv}.{suffix}" not in state:
                 raise FastWaveNetError(f"checkpoint lacks {conv}.{suffix!s}, which the hparams imply")
     for name in others:
@@ -182,9 +225,10 @@ def _weights(state: dict[str, torch.Tensor], table: dict[str, tuple[int, ...]], 
             w = state[f"{conv}.weight"].to(torch.float64)
             if tuple(w.shape) != shape:
                 raise FastWaveNetError(f"{conv}.weight has shape {tuple(w.shape)}, the hparams want {shape}")
-        b = state[f"{conv}.bias"].to(torch.float64)
-        if tuple(b.shape) != (shape[1] if conv.startswith("upsample") else shape[0],):
-            raise FastWaveNetError(f"{conv}.bias has shape {tuple(b.shape)}, the hparams want ({shape[0]},)")
+        out = shape[1] if conv.startswith("upsample_conv") else shape[0]  # ConvTranspose2d: (in, out, ...)
+        b = state[f"{conv}.bias"].to(torch.float64) if f"{conv}.bias" in state else torch.zeros(out, dtype=w.dtype)
+        if tuple(b.shape) != (out,):
+            raise FastWaveNetError(f"{conv}.bias has shape {tuple(b.shape)}, the hparams want ({out},)")
         weights[conv] = (w, b)
     return weights
 
@@ -192,10 +236,11 @@ def _weights(state: dict[str, torch.Tensor], table: dict[str, tuple[int, ...]], 
 @torch.no_grad()
 def fold_r9y9(config: WaveNetConfig, state: dict[str, torch.Tensor], hp: dict) -> FoldedWeights:
     """r9y9 state dict -> folded weights (the folds are listed in the module docstring), computed in float64."""
-    table = expected_parameters(config, hp)
+    table = expected_parameters(config)
     w = _weights(state, table, ("embed_speakers.weight",) if config.speakers else ())
     n, r, g2 = config.layers, config.residual_channels, 2 * config.gate_channels
-    legacy = bool(hp.get("legacy", True))
+    master = is_master(hp)
+    legacy = not master and bool(hp.get("legacy", True))
     first_w, first_b = w["first_conv"]
     if config.scalar_input:
         embed = torch.stack([first_w[:, 0, 0], first_b])[None]  # (1, 2, R): weight row, bias row
@@ -208,7 +253,7 @@ def fold_r9y9(config: WaveNetConfig, state: dict[str, torch.Tensor], hp: dict) -
     mel_w, speaker_w = [], []
     for i in range(n):
         c = math.sqrt(0.5) ** i  # x_i = c * y_i: the stream r9y9 keeps, over the one the generator keeps
-        skip_scale = math.sqrt(0.5) ** (n - max(i, 1)) if legacy else 1.0
+        skip_scale = math.sqrt(0.5) ** (n - max(i, 1)) if legacy else math.sqrt(1.0 / n) if master else 1.0
         conv_w, conv_b = w[f"conv_layers.{i}.conv"]
         dilated_w[i] = conv_w.permute(2, 1, 0) * c  # (2G, R, k) -> (k, R, 2G), tap 0 the oldest
         dilated_b[i] = conv_b
@@ -227,10 +272,15 @@ def fold_r9y9(config: WaveNetConfig, state: dict[str, torch.Tensor], hp: dict) -
     head1_w, head1_b = w["last_conv_layers.1"]
     head2_w, head2_b = w["last_conv_layers.3"]
     extra = {}
-    if config.n_mels:
+    if config.upsampler == "r9y9-transpose":
         ups = [w[f"upsample_conv.{2 * i}"] for i in range(len(config.upsample_scales))]
         extra.update(upsample_w=torch.cat([u[0][0, 0] for u in ups], dim=1),
-                     upsample_b=torch.cat([u[1] for u in ups]), mel_w=torch.stack(mel_w))
+                     upsample_b=torch.cat([u[1] for u in ups]))
+    elif config.upsampler == "r9y9-convin":
+        ups = [w[f"upsample_net.upsample.up_layers.{2 * i + 1}"] for i in range(len(config.upsample_scales))]
+        extra.update(upsample_in_w=w["upsample_net.conv_in"][0], upsample_w=torch.cat([u[0][0, 0] for u in ups], 1))
+    if config.n_mels:
+        extra["mel_w"] = torch.stack(mel_w)
     if config.speakers:
         embed_speakers = state["embed_speakers.weight"].to(torch.float64)
         if tuple(embed_speakers.shape) != (config.speakers, config.speaker_channels):
