@@ -273,6 +273,12 @@ PRESETS: dict[str, WaveNetConfig] = {
                                    mixtures=10, log_scale_min=-32.23619130191664, n_mels=80, hop_length=256,
                                    n_fft=1024, fmin=125.0, fmax=7600.0, upsampler="r9y9-transpose",
                                    upsample_scales=(4, 4, 4, 4)),
+    # `standard` as r9y9 builds it (scalar input, 10 logistics, 1x1 input convolution), for side-by-side figures
+    # on a shape small enough that per-step overhead, not weight traffic, decides r9y9's speed.
+    "r9y9-standard": WaveNetConfig(sample_rate=16000, classes=65536, residual_channels=64, gate_channels=64,
+                                   skip_channels=256, head_channels=256, kernel_size=2, input_kernel_size=1,
+                                   layers_per_stack=10, stacks=2, scalar_input=True, output="logistic_mixture",
+                                   mixtures=10),
 }
 
 

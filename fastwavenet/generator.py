@@ -95,7 +95,7 @@ class Generator:
         if not isinstance(batch, int) or batch < 1:
             raise FastWaveNetError(f"batch must be a positive integer, got {batch}")
         c = self.config
-        check_memory(4.0 * batch * max(c.queue_length * c.residual_channels, c.receptive_field * c.classes),
+        check_memory(4.0 * batch * max(c.queue_length * c.residual_channels, c.receptive_field * c.input_channels),
                      f"the state of {batch:,} streams")
 
     def new_state(self, batch: int = 1):

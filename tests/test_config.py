@@ -12,7 +12,7 @@ def test_presets_and_standard_shape():
     assert std.dilations == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] * 2
     assert std.receptive_field == 1 + 2 * 1023 + 1
     assert preset("large").layers == 30 and preset("large").residual_channels == 128
-    assert set(PRESETS) == {"tiny", "small", "standard", "large", "r9y9-ljspeech"}
+    assert set(PRESETS) == {"tiny", "small", "standard", "large", "r9y9-ljspeech", "r9y9-standard"}
     lj = preset("r9y9-ljspeech")
     shape = (lj.layers, lj.stacks, lj.residual_channels, 2 * lj.gate_channels, lj.skip_channels)
     assert shape == (24, 4, 512, 512, 256)

@@ -398,3 +398,23 @@ def test_top_k_is_refused_for_a_continuous_output(tmp_path):
     gen = Generator(import_r9y9(ckpt, hparams), backend="numba" if "numba" in BACKENDS else "torch")
     with pytest.raises(FastWaveNetError, match="top-k and top-p"):
         gen.generate(samples=4, sampling=Sampling(top_k=5))
+
+
+def test_engine_requests_of_an_imported_vocoder_equal_the_generator_alone(tmp_path):
+    """Serving an r9y9 vocoder: requests with their own seeds, speakers, rules and mel, batched together, each
+    equal the Generator run alone (numba: one request, one answer), primes included."""
+    pytest.importorskip("numba")
+    from fastwavenet.engine import Engine
+    from fastwavenet.sampling import Sampling
+
+    _, ckpt, hparams = save_r9y9(tmp_path, "mol-mel-speaker")
+    gen = Generator(import_r9y9(ckpt, hparams), backend="numba")
+    rng = np.random.default_rng(3)
+    jobs = [dict(seed=s, speaker=s % 3, mel=rng.random((5, 20 + 7 * s), dtype=np.float32),
+                 sampling=[Sampling(), Sampling(temperature=0.5), Sampling(argmax=True)][s % 3]) for s in range(5)]
+    jobs[2]["prime"] = np.sin(np.arange(40) / 5.0).astype(np.float32) * 0.5
+    expected = [gen.generate(**job)[0] for job in jobs]
+    with Engine(gen, max_active=3, round_seconds=0.001) as engine:
+        got = [r.result() for r in [engine.submit(**job) for job in jobs]]
+    for job, a, b in zip(jobs, got, expected):
+        assert np.array_equal(a, b), job["seed"]
