@@ -176,7 +176,8 @@ def bench_conditioning(gen: Generator, batch: int, steps: int):
     if not c.conditioned:
         return None
     mel = torch.rand(c.n_mels, -(-steps // c.hop_length)) if c.n_mels else None
-    return gen.conditioning(batch, mel, 0 if c.speakers else None)
+    speaker = 0 if c.speakers else np.zeros(c.speaker_channels) if c.global_features else None
+    return gen.conditioning(batch, mel, speaker)
 
 
 def _sync(device):
@@ -234,7 +235,8 @@ def measure_r9y9(config: WaveNetConfig, min_seconds: float = 1.0) -> BenchResult
     def generate(steps: int) -> int:
         steps = -(-steps // hop) * hop  # whole frames: r9y9 upsamples the mel to exactly T samples
         c = torch.rand(1, config.n_mels, steps // hop) if config.n_mels else None
-        g = torch.zeros(1, 1, dtype=torch.long) if config.speakers else None
+        g = (torch.zeros(1, 1, dtype=torch.long) if config.speakers else
+             torch.zeros(1, config.speaker_channels, 1) if config.global_features else None)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model.incremental_forward(c=c, g=g, T=steps, softmax=True, quantize=True,

@@ -115,8 +115,9 @@ def _run_manifest(args, vocode: bool):
 
     if not args.out_dir:
         raise FastWaveNetError("--manifest needs --out-dir")
-    per_line = [name for name, default in (("seed", None), ("speaker", None), ("prime", None), ("temperature", 1.0),
-                                           ("top_k", 0), ("top_p", 1.0), ("argmax", False), ("batch", 1))
+    per_line = [name for name, default in (("seed", None), ("speaker", None), ("global_features", None),
+                                           ("prime", None), ("temperature", 1.0), ("top_k", 0), ("top_p", 1.0),
+                                           ("argmax", False), ("batch", 1))
                 if getattr(args, name, default) != default]
     if per_line:
         raise FastWaveNetError(f"with --manifest, {', '.join('--' + n.replace('_', '-') for n in per_line)} "
@@ -196,7 +197,7 @@ def cmd_generate(args):
                   file=sys.stderr)
     _warm_up(generator, sampling, prime is not None, args.quiet)
     paths = generate_to_wav(generator, args.output, args.seconds, batch=args.batch, sampling=sampling,
-                            seed=args.seed, prime=prime, progress=not args.quiet, speaker=args.speaker)
+                            seed=args.seed, prime=prime, progress=not args.quiet, speaker=_speaker(args))
     where = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
     print(f"wrote {where} ({args.seconds:g} s at {generator.sample_rate} Hz, backend {generator.backend.name})")
 
@@ -262,7 +263,7 @@ def cmd_vocode(args):
     mel, samples = features_from_file(args.input, generator.config)
     _warm_up(generator, sampling, False, args.quiet)
     generate_to_wav(generator, args.output, samples / generator.sample_rate, sampling=sampling, seed=args.seed,
-                    progress=not args.quiet, mel=mel, speaker=args.speaker)
+                    progress=not args.quiet, mel=mel, speaker=_speaker(args))
     print(f"wrote {args.output} ({samples / generator.sample_rate:g} s at {generator.sample_rate} Hz, "
           f"backend {generator.backend.name})")
 
@@ -362,6 +363,8 @@ def _add_generation_args(p):
                    help="fixes the output, bit for bit on the same backend; with --batch N, file i gets what "
                         "--seed SEED+i makes alone")
     p.add_argument("--speaker", type=_nonnegative_int, help="speaker id, for models with speakers")
+    p.add_argument("--global-features", metavar="FILE.npy",
+                   help="a model's external global features (r9y9 without a speaker embedding): one vector, .npy")
     p.add_argument("--backend", default="auto", help="auto, naive, torch, numba or triton")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -372,6 +375,20 @@ def _add_manifest_args(p):
     g.add_argument("--manifest", help="JSON Lines, one item per line (docs/CORPUS.md); outputs OUT_DIR/<id>.wav")
     g.add_argument("--out-dir", help="folder for the manifest's outputs and summary.json")
     g.add_argument("--max-active", type=_positive_int, default=64, help="items generated at once (default 64)")
+
+
+def _speaker(args):
+    """--speaker, or the vector of --global-features (the two are the same argument to the Generator)."""
+    if args.global_features is None:
+        return args.speaker
+    if args.speaker is not None:
+        raise FastWaveNetError("give --speaker or --global-features, not both")
+    import numpy as np
+
+    try:
+        return np.load(args.global_features, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise FastWaveNetError(f"cannot read global features {args.global_features}: {exc}") from None
 
 
 def _sampling(args):

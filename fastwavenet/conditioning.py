@@ -83,6 +83,16 @@ class StreamConditioning:
             with full_fp32(device):
                 self.global_terms = torch.einsum("e,lec->lc", weights.speaker_embed[int(speaker)].to(device),
                                                  weights.speaker_w.to(device))
+        elif config.global_features:
+            features = None if speaker is None else np.asarray(speaker, dtype=np.float64)
+            if features is None or features.shape != (config.speaker_channels,) or not np.isfinite(features).all():
+                raise FastWaveNetError(f"this model takes global features: {config.speaker_channels} finite values "
+                                       f"per stream (as the speaker argument), got "
+                                       f"{'none' if features is None else f'shape {features.shape}'}")
+            with full_fp32(device):
+                self.global_terms = torch.einsum("e,lec->lc", torch.as_tensor(features, dtype=torch.float32,
+                                                                              device=device),
+                                                 weights.speaker_w.to(device))
         elif speaker is not None:
             raise FastWaveNetError("this model takes no speaker id")
 
@@ -209,7 +219,8 @@ class Conditioning:
 
     @classmethod
     def build(cls, config: WaveNetConfig, weights, device: torch.device, batch: int, mel=None, speaker=None):
-        """mel: (n_mels, frames) for every stream, or (B, n_mels, frames) one each; speaker: an id, or one each."""
+        """mel: (n_mels, frames) for every stream, or (B, n_mels, frames) one each; speaker: an id, or one each
+        (for a model with global features: a vector (E,) for every stream, or (B, E) one each)."""
         mels = [None] * batch
         shared_mel = True
         if mel is not None:
@@ -221,7 +232,13 @@ class Conditioning:
                 mels = [arr[0]] * batch if shared_mel else list(arr)
             else:
                 mels = [arr] * batch
-        if speaker is not None and np.ndim(speaker) > 0:
+        if config.global_features and speaker is not None:
+            vectors = np.asarray(speaker, dtype=np.float64)
+            if vectors.ndim not in (1, 2) or (vectors.ndim == 2 and vectors.shape[0] not in (1, batch)):
+                raise FastWaveNetError(f"global features must be (channels,) or one row per stream ({batch}), got "
+                                       f"shape {vectors.shape}")
+            speakers = [tuple(v) for v in np.broadcast_to(vectors, (batch,) + vectors.shape[-1:])]
+        elif speaker is not None and np.ndim(speaker) > 0:
             speakers = np.asarray(speaker).reshape(-1).tolist()
             if len(speakers) not in (1, batch):
                 raise FastWaveNetError(f"{len(speakers)} speaker ids for a batch of {batch}")

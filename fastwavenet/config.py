@@ -42,7 +42,8 @@ class WaveNetConfig:
 
     Conditioning, both added to every layer's gate input (before tanh and sigmoid):
     - global: `speakers` > 0 gives a learned embedding of `speaker_channels` per speaker (or any class), projected
-      by a 1x1 convolution per layer;
+      by a 1x1 convolution per layer; `global_features` instead takes a vector of `speaker_channels` values per
+      stream from the caller (r9y9's external global features) and projects it the same way;
     - local: `n_mels` > 0 conditions on a log-mel spectrogram (librosa: `n_fft`, `hop_length`, `fmin`, `fmax` in
       Hz, 0 meaning sample_rate / 2; natural log of max(mel, 1e-5)), upsampled to the sample rate by a learned
       transposed convolution (kernel and stride `hop_length`: frame i becomes samples i*hop .. (i+1)*hop - 1) and
@@ -83,6 +84,7 @@ class WaveNetConfig:
     upsample_scales: tuple = ()
     freq_axis_kernel_size: int = 3
     cin_pad: int = 0
+    global_features: bool = False
 
     def __post_init__(self):
         if isinstance(self.upsample_scales, list):  # from JSON
@@ -96,7 +98,9 @@ class WaveNetConfig:
         for name, value in ints.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise FastWaveNetError(f"config: {name} must be a positive integer, got {value!r}")
-        for name in ("bias", "scalar_input"):
+        if self.global_features and self.speakers:
+            raise FastWaveNetError("config: global_features replaces the speaker embedding; set speakers to 0")
+        for name in ("bias", "scalar_input", "global_features"):
             if not isinstance(getattr(self, name), bool):
                 raise FastWaveNetError(f"config: {name} must be true or false, got {getattr(self, name)!r}")
         if self.output not in OUTPUTS:
@@ -190,7 +194,7 @@ class WaveNetConfig:
         per_layer = k * r * 2 * g + b * 2 * g + g * s + b * s + g * r + b * r
         last_residual = g * r + b * r  # the last block's residual output feeds nothing, so it has no weights
         conditioning = 0
-        if self.speakers:
+        if self.speakers or self.global_features:
             conditioning += self.speakers * self.speaker_channels + self.layers * self.speaker_channels * 2 * g
         if self.n_mels:
             m = self.n_mels
@@ -210,7 +214,7 @@ class WaveNetConfig:
 
     @property
     def conditioned(self) -> bool:
-        return bool(self.speakers or self.n_mels)
+        return bool(self.speakers or self.global_features or self.n_mels)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -19,6 +19,7 @@ With L layers, R residual, G gate, S skip, H head channels, k taps. Blocks witho
 Conditioned models add (M mel bands, hop h, P speakers, E speaker channels):
 
     speaker_embed (P, E), speaker_w (L, E, 2G)          global term of layer l: speaker_embed[p] @ speaker_w[l]
+                                                         (global_features: the caller's vector (E,) @ speaker_w[l])
     upsample_w (M, M, h), upsample_b (M)                 the transposed convolution, PyTorch's layout
     mel_w       (L, M, 2G)                               local term of layer l at t: features[:, t] @ mel_w[l]
     upsample_w (F, sum(s_i)), upsample_b (U)             upsampler "r9y9-transpose": U one-channel transposed
@@ -87,6 +88,7 @@ def expected_shapes(config: WaveNetConfig) -> dict[str, tuple[int, ...]]:
     }
     if config.speakers:
         shapes["speaker_embed"] = (config.speakers, config.speaker_channels)
+    if config.speakers or config.global_features:
         shapes["speaker_w"] = (n, config.speaker_channels, 2 * g)
     if config.n_mels:
         m = config.n_mels

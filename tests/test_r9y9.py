@@ -35,6 +35,7 @@ HPARAMS = {
     "softmax-mel": dict(BASE, input_type="mulaw-quantize", quantize_channels=64, out_channels=64, **MEL),
     "gaussian-speaker": dict(BASE, input_type="raw", out_channels=2, output_distribution="Normal", stacks=3,
                              layers=6, **SPEAKER),
+    "mol-global-features": dict(BASE, input_type="raw", out_channels=12, gin_channels=3, use_speaker_embedding=False),
 }
 
 
@@ -52,7 +53,8 @@ def r9y9_model(hp, seed=0):
             n_speakers=hp.get("n_speakers"), weight_normalization=hp.get("weight_normalization", True),
             upsample_conditional_features=hp.get("upsample_conditional_features", False),
             upsample_scales=hp.get("upsample_scales"), freq_axis_kernel_size=hp.get("freq_axis_kernel_size", 3),
-            scalar_input=hp["input_type"] == "raw", legacy=hp.get("legacy", True)).eval()
+            scalar_input=hp["input_type"] == "raw", legacy=hp.get("legacy", True),
+            use_speaker_embedding=hp.get("use_speaker_embedding", True)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("weight_g"):
@@ -87,12 +89,16 @@ def r9y9_inputs(hp, batch, steps, seed=1):
     mel = torch.rand(batch, hp["cin_channels"], steps // hp["hop_size"], generator=g) if "cin_channels" in hp \
         else None
     speakers = torch.arange(batch) % hp["n_speakers"] if "n_speakers" in hp else None
+    if not hp.get("use_speaker_embedding", True):  # external global features: a vector per stream
+        speakers = torch.rand(batch, hp["gin_channels"], generator=g) * 2 - 1
     return x, values, mel, speakers
 
 
 def r9y9_outputs(model, x, mel, speakers):
+    """r9y9's forward: speakers are ids (B,), or external global features (B, E)."""
     with torch.no_grad():
-        return model(x, mel, None if speakers is None else speakers[:, None]).transpose(1, 2)  # (B, T, O)
+        g = None if speakers is None else speakers[:, :, None] if speakers.is_floating_point() else speakers[:, None]
+        return model(x, mel, g).transpose(1, 2)  # (B, T, O)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -309,6 +315,25 @@ def test_import_vocode_and_score_from_the_command_line(tmp_path):
     assert result.returncode == 2 and "r9y9" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_generate_with_global_features_from_the_command_line(tmp_path):
+    _, ckpt, hparams = save_r9y9(tmp_path, "mol-global-features")
+    out = tmp_path / "model.safetensors"
+    assert run_cli("import", "r9y9", ckpt, "--hparams", hparams, "-o", out).returncode == 0
+    features = tmp_path / "g.npy"
+    np.save(features, np.array([0.5, -0.2, 0.1], np.float32))
+    wav = tmp_path / "out.wav"
+    result = run_cli("generate", "--model", out, "-o", wav, "--seconds", "0.01", "--global-features", features,
+                     "--seed", "1", "--quiet")
+    assert result.returncode == 0, result.stderr
+    expected = Generator(import_r9y9(ckpt, hparams), backend="numba" if "numba" in BACKENDS else "torch").generate(
+        samples=80, seed=1, speaker=np.array([0.5, -0.2, 0.1], np.float32))[0]
+    audio, _ = soundfile.read(wav, dtype="float32")
+    assert np.abs(audio - expected).max() <= 1 / 32767  # 16-bit WAV
+    np.save(features, np.zeros(4, np.float32))
+    result = run_cli("generate", "--model", out, "-o", wav, "--seconds", "0.01", "--global-features", features)
+    assert result.returncode == 2 and "3 finite values per stream" in result.stderr
+
+
 def test_score_reports_the_discretized_likelihood(tmp_path):
     from fastwavenet.distributions import log_likelihood
     from fastwavenet.score import score_audio
@@ -382,7 +407,7 @@ def test_pickled_objects_are_not_loaded(tmp_path):
     (dict(out_channels=31), "not 3 x mixtures"),
     (dict(gate_channels=15), "gate_channels 15 is odd"),
     (dict(upsample_scales=[2, 2]), "product is hop_length 6"),
-    (dict(use_speaker_embedding=False), "external global features"),
+    (dict(n_speakers=None), "n_speakers is not"),
 ])
 def test_hparams_fastwavenet_does_not_run_are_refused(change, message, tmp_path):
     _, ckpt, hparams = save_r9y9(tmp_path, "mol-mel-speaker")

@@ -12,7 +12,7 @@ The hparams file is JSON holding the run's hparams under r9y9's own names (hpara
     cin_channels, upsample_conditional_features, upsample_scales, freq_axis_kernel_size    local conditioning (0.1)
     cin_channels, upsample_conditional_features, upsample_net, upsample_params (upsample_scales,
     freq_axis_kernel_size), cin_pad                                                         local conditioning (master)
-    gin_channels, n_speakers, use_speaker_embedding                                         global conditioning
+    gin_channels, n_speakers, use_speaker_embedding (false: external features, a vector per stream)   global
     sample_rate, hop_size, fft_size, fmin, fmax, log_scale_min                             audio settings
 
 Master-branch hparams are told from 0.1 ones by the fields master introduced (upsample_params, upsample_net,
@@ -128,12 +128,12 @@ def config_from_hparams(hp: dict) -> WaveNetConfig:
                       fmin=float(hp.get("fmin", 0.0)), fmax=float(hp.get("fmax") or 0.0),
                       upsample_scales=tuple(scales), freq_axis_kernel_size=freq, **upsampler)
     if hp.get("gin_channels", -1) > 0:
-        if not hp.get("use_speaker_embedding", True):
-            raise FastWaveNetError("hparams: external global features (use_speaker_embedding false) are not "
-                                   "supported; speaker embeddings are")
-        if not hp.get("n_speakers"):
+        if not hp.get("use_speaker_embedding", True):  # the caller gives gin_channels values per stream
+            fields.update(global_features=True, speaker_channels=hp["gin_channels"])
+        elif not hp.get("n_speakers"):
             raise FastWaveNetError("hparams: gin_channels is set but n_speakers is not")
-        fields.update(speakers=hp["n_speakers"], speaker_channels=hp["gin_channels"])
+        else:
+            fields.update(speakers=hp["n_speakers"], speaker_channels=hp["gin_channels"])
     return WaveNetConfig(**fields)
 
 
@@ -147,8 +147,10 @@ def r9y9_arguments(config: WaveNetConfig) -> dict:
     return dict(out_channels=config.output_channels, layers=config.layers, stacks=config.stacks,
                 residual_channels=config.residual_channels, gate_channels=2 * config.gate_channels,
                 skip_out_channels=config.skip_channels, kernel_size=config.kernel_size,
-                cin_channels=config.n_mels or -1, gin_channels=config.speaker_channels if config.speakers else -1,
-                n_speakers=config.speakers or None, upsample_conditional_features=bool(config.n_mels),
+                cin_channels=config.n_mels or -1,
+                gin_channels=config.speaker_channels if config.speakers or config.global_features else -1,
+                n_speakers=config.speakers or None, use_speaker_embedding=not config.global_features,
+                upsample_conditional_features=bool(config.n_mels),
                 upsample_scales=list(config.upsample_scales) or None,
                 freq_axis_kernel_size=config.freq_axis_kernel_size, scalar_input=config.scalar_input)
 
@@ -164,7 +166,7 @@ def expected_parameters(config: WaveNetConfig) -> dict[str, tuple[int, ...]]:
         table[f"conv_layers.{i}.conv"] = (g2, r, k)
         if config.n_mels:
             table[f"conv_layers.{i}.conv1x1c"] = (g2, config.n_mels, 1)
-        if config.speakers:
+        if config.speakers or config.global_features:
             table[f"conv_layers.{i}.conv1x1g"] = (g2, config.speaker_channels, 1)
         table[f"conv_layers.{i}.conv1x1_out"] = (r, g2 // 2, 1)
         table[f"conv_layers.{i}.conv1x1_skip"] = (s, g2 // 2, 1)
@@ -286,7 +288,9 @@ def fold_r9y9(config: WaveNetConfig, state: dict[str, torch.Tensor], hp: dict) -
         if tuple(embed_speakers.shape) != (config.speakers, config.speaker_channels):
             raise FastWaveNetError(f"embed_speakers.weight has shape {tuple(embed_speakers.shape)}, the hparams "
                                    f"want {(config.speakers, config.speaker_channels)}")
-        extra.update(speaker_embed=embed_speakers, speaker_w=torch.stack(speaker_w))
+        extra["speaker_embed"] = embed_speakers
+    if config.speakers or config.global_features:
+        extra["speaker_w"] = torch.stack(speaker_w)
     tensors = dict(embed=embed, dilated_w=dilated_w, dilated_b=dilated_b, out_w=out_w, out_b=out_b,
                    head1_w=head1_w[:, :, 0].T, head1_b=head1_b, head2_w=head2_w[:, :, 0].T, head2_b=head2_b, **extra)
     return FoldedWeights(**{name: t.to(torch.float32).contiguous() for name, t in tensors.items()})
