@@ -39,6 +39,7 @@ class BenchResult:
     seconds: float
     of_limit: float | None = None  # samples_per_s / this machine's limit at this batch (Limits.samples_per_s)
     speedup_vs_r9y9: float | None = None  # over r9y9's incremental_forward (one stream), measured in the same run
+    precision: str = "float32"  # of the weight matrices (bf16: rounded, and 16-bit in the numba kernel)
 
 
 def machine() -> dict:
@@ -90,8 +91,10 @@ class Limits:
     def batched_samples_per_s(self) -> float:
         return self.sgemm_gflops * 1e9 / self.flops_per_sample
 
-    def samples_per_s(self, batch: int) -> float:
-        return min(batch * self.weight_passes_per_s, self.batched_samples_per_s)
+    def samples_per_s(self, batch: int, precision: str = "float32") -> float:
+        """bf16 weights are half the bytes: held against twice the float32 streaming rate."""
+        passes = self.weight_passes_per_s * (2 if precision == "bf16" else 1)
+        return min(batch * passes, self.batched_samples_per_s)
 
 
 def flops_per_sample(config: WaveNetConfig) -> float:
@@ -186,10 +189,10 @@ def _sync(device):
 
 
 def measure(model: ModelFile, backend: str, batch: int, device: str = "cpu", min_seconds: float = 1.0,
-            max_steps: int = 200_000, sampling: Sampling = Sampling()) -> BenchResult:
+            max_steps: int = 200_000, sampling: Sampling = Sampling(), precision: str = "float32") -> BenchResult:
     """Generate with one backend and batch: a short first call (compile, warm-up), then a timed run that grows
     until it lasts at least `min_seconds`. Returns samples per second of the timed run."""
-    gen = Generator(model, backend=backend, device=device)
+    gen = Generator(model, backend=backend, device=device, precision=precision)
     state = steady_state(gen, batch)
     rng = np.random.default_rng(0)
     # Enough frames for every timed run: each is at most max_steps and they double, so 3 x max_steps suffice.
@@ -210,7 +213,7 @@ def measure(model: ModelFile, backend: str, batch: int, device: str = "cpu", min
     rate = steps * batch / elapsed
     return BenchResult(backend=gen.backend.name, batch=batch, samples_per_s=rate,
                        realtime_factor=rate / batch / model.config.sample_rate, speedup_vs_naive=None,
-                       first_call_s=first, steps=steps, seconds=elapsed)
+                       first_call_s=first, steps=steps, seconds=elapsed, precision=precision)
 
 
 def measure_r9y9(config: WaveNetConfig, min_seconds: float = 1.0) -> BenchResult:
@@ -261,9 +264,9 @@ def measure_r9y9(config: WaveNetConfig, min_seconds: float = 1.0) -> BenchResult
 
 def run(model: ModelFile, backends: list[str], batches: list[int], device: str = "cpu", min_seconds: float = 1.0,
         naive_max_batch: int = NAIVE_MAX_BATCH, progress=None, sampling: Sampling = Sampling(),
-        limits: Limits | None = None) -> list[BenchResult]:
-    """Every backend at every batch, `naive` included where the batch allows, with speedups over naive and, given
-    the machine's limits, the share of the limit each reached."""
+        limits: Limits | None = None, precisions: list[str] = ("float32",)) -> list[BenchResult]:
+    """Every backend at every batch and precision, `naive` (float32) included where the batch allows, with
+    speedups over naive and, given the machine's limits, the share of the limit each reached."""
     results = []
     for batch in batches:
         naive = None
@@ -271,15 +274,17 @@ def run(model: ModelFile, backends: list[str], batches: list[int], device: str =
             if backend == "naive" and batch > naive_max_batch:
                 continue
             naive_run = backend == "naive"
-            result = measure(model, backend, batch, device, min(min_seconds, 0.5) if naive_run else min_seconds,
-                             max_steps=64 if naive_run else 200_000, sampling=sampling)
-            if backend == "naive":
-                naive = result.samples_per_s
-            if limits is not None and limits.samples_per_s(batch) > 0:
-                result.of_limit = result.samples_per_s / limits.samples_per_s(batch)
-            results.append(result)
-            if progress:
-                progress(result)
+            for precision in ["float32"] if naive_run else precisions:
+                result = measure(model, backend, batch, device, min(min_seconds, 0.5) if naive_run else min_seconds,
+                                 max_steps=64 if naive_run else 200_000, sampling=sampling, precision=precision)
+                if backend == "naive":
+                    naive = result.samples_per_s
+                limit = None if limits is None else limits.samples_per_s(batch, precision)
+                if limit:
+                    result.of_limit = result.samples_per_s / limit
+                results.append(result)
+                if progress:
+                    progress(result)
         for result in results:
             if result.batch == batch and naive:
                 result.speedup_vs_naive = result.samples_per_s / naive
@@ -312,12 +317,13 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
                      f"{limits.flops_per_sample / 1e6:.2f} MFLOP per sample = {limits.batched_samples_per_s:,.0f} "
                      f"samples/s batched; one core streams the {limits.weight_bytes / 1e6:.2f} MB of weights "
                      f"{limits.weight_passes_per_s:,.0f} times/s (batch-1 limit)")
-    lines.append(f"{'backend':<8} {'batch':>6} {'samples/s':>14} {'x realtime':>11} {'vs naive':>10} "
+    lines.append(f"{'backend':<10} {'batch':>6} {'samples/s':>14} {'x realtime':>11} {'vs naive':>10} "
                  f"{'of limit':>9} {'first call':>11}")
     for r in results:
         speedup = f"{r.speedup_vs_naive:,.0f}x" if r.speedup_vs_naive else "-"
         share = f"{100 * r.of_limit:.0f} %" if r.of_limit is not None else "-"
-        lines.append(f"{r.backend:<8} {r.batch:>6} {r.samples_per_s:>14,.0f} {r.realtime_factor:>11.2f} "
+        name = r.backend if r.precision == "float32" else f"{r.backend}/{r.precision}"
+        lines.append(f"{name:<10} {r.batch:>6} {r.samples_per_s:>14,.0f} {r.realtime_factor:>11.2f} "
                      f"{speedup:>10} {share:>9} {r.first_call_s:>10.2f}s")
     return "\n".join(lines)
 
@@ -346,9 +352,10 @@ def plot(path, results: list[BenchResult], title: str):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for backend in dict.fromkeys(r.backend for r in results):
-        rows = [r for r in results if r.backend == backend]
-        ax.plot([r.batch for r in rows], [r.samples_per_s for r in rows], marker="o", label=backend)
+    for backend, precision in dict.fromkeys((r.backend, r.precision) for r in results):
+        rows = [r for r in results if (r.backend, r.precision) == (backend, precision)]
+        label = backend if precision == "float32" else f"{backend}/{precision}"
+        ax.plot([r.batch for r in rows], [r.samples_per_s for r in rows], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch (streams)")

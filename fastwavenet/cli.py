@@ -141,7 +141,7 @@ def _run_manifest(args, vocode: bool):
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FastWaveNetError(f"cannot create {out_dir}: {exc.strerror}") from None
-        generator = Generator(args.model, backend=args.backend, device=device)
+        generator = Generator(args.model, backend=args.backend, device=device, precision=args.precision)
         if bool(generator.config.n_mels) != vocode:
             raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode --manifest" if not vocode else
                                    "this model is not a vocoder (it takes no mel features)")
@@ -182,7 +182,7 @@ def cmd_generate(args):
         return _run_manifest(args, vocode=False)
     sampling = _sampling(args)
     check_writable(args.output)
-    generator = Generator(args.model, backend=args.backend, device=args.device)
+    generator = Generator(args.model, backend=args.backend, device=args.device, precision=args.precision)
     if generator.config.n_mels:
         raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode MODEL INPUT")
     generator.check_batch(args.batch)
@@ -207,9 +207,14 @@ def cmd_bench(args):
     from .backends import resolve_device
     from .config import preset
     from .files import check_writable
+    from .folded import PRECISIONS
     from .modelfile import load_model
 
     resolve_device(args.device)
+    precisions = args.precision.split(",")
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:  # now, not after minutes of measuring
+        raise FastWaveNetError(f"unknown precision {unknown[0]!r}; choose {' or '.join(PRECISIONS)}")
     for path in (args.json, args.plot):
         if path:  # fail now, not after minutes of measuring
             check_writable(path)
@@ -223,7 +228,7 @@ def cmd_bench(args):
     limits = bench.measure_limits(model) if args.device == "cpu" else None
     print(bench.table([], model.config, info, sampling, limits))
     results = bench.run(model, backends, args.batch, args.device, min_seconds=args.min_seconds, sampling=sampling,
-                        limits=limits,
+                        limits=limits, precisions=precisions,
                         progress=lambda r: print(bench.table([r], model.config, info).splitlines()[-1], flush=True))
     if args.r9y9:
         r9y9 = bench.measure_r9y9(model.config, min_seconds=args.min_seconds)
@@ -259,7 +264,7 @@ def cmd_vocode(args):
         raise FastWaveNetError("vocode needs INPUT and -o OUTPUT (or --manifest and --out-dir)")
     sampling = _sampling(args)
     check_writable(args.output)
-    generator = Generator(args.model, backend=args.backend, device=args.device)
+    generator = Generator(args.model, backend=args.backend, device=args.device, precision=args.precision)
     mel, samples = features_from_file(args.input, generator.config)
     _warm_up(generator, sampling, False, args.quiet)
     generate_to_wav(generator, args.output, samples / generator.sample_rate, sampling=sampling, seed=args.seed,
@@ -271,7 +276,7 @@ def cmd_vocode(args):
 def cmd_score(args):
     from .score import score_files
 
-    results = score_files(args.model, args.audio)
+    results = score_files(args.model, args.audio, args.precision)
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -367,7 +372,15 @@ def _add_generation_args(p):
                    help="a model's external global features (r9y9 without a speaker embedding): one vector, .npy")
     p.add_argument("--backend", default="auto", help="auto, naive, torch, numba or triton")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    _add_precision_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_precision_arg(p, several: bool = False):
+    p.add_argument("--precision", default="float32",
+                   help="float32, or bf16: weight matrices rounded to bf16 (half the bytes to read per sample; "
+                        "docs/BENCHMARKS.md has what it costs in bits per sample)"
+                   + ("; a comma-separated list measures each" if several else ""))
 
 
 def _add_manifest_args(p):
@@ -467,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_int_list, default=[1, 8, 64], help="comma-separated batch sizes (default 1,8,64)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--min-seconds", type=_positive_float, default=1.0, help="shortest timed run (default 1)")
+    _add_precision_arg(p, several=True)
     p.add_argument("--r9y9", action="store_true",
                    help="also time r9y9/wavenet_vocoder's own incremental_forward on the same shape, one stream "
                         "(needs wavenet_vocoder==0.1.1)")
@@ -499,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("audio", nargs="+")
     p.add_argument("--json", action="store_true")
+    _add_precision_arg(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("doctor", help="versions, CPU, devices and backends on one screen, for bug reports")

@@ -71,6 +71,24 @@ class FoldedWeights:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
+PRECISIONS = ("float32", "bf16")
+# The matrices a step streams: what bf16 stores in half the bytes. Tables, biases and conditioning stay float32.
+MATRICES = ("dilated_w", "out_w", "head1_w", "head2_w")
+
+
+def rounded(weights: FoldedWeights, precision: str) -> FoldedWeights:
+    """The weights a generator at `precision` computes with: for bf16, each matrix rounded to the nearest bf16
+    (ties to even), still held as float32; float32 returns them as they are."""
+    if precision not in PRECISIONS:
+        from .errors import FastWaveNetError
+
+        raise FastWaveNetError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
+    if precision == "float32":
+        return weights
+    changed = {name: getattr(weights, name).to(torch.bfloat16).to(torch.float32) for name in MATRICES}
+    return FoldedWeights(**{**weights.tensors(), **changed})
+
+
 def expected_shapes(config: WaveNetConfig) -> dict[str, tuple[int, ...]]:
     c, r, g, s, h = (config.output_channels, config.residual_channels, config.gate_channels, config.skip_channels,
                      config.head_channels)

@@ -22,6 +22,7 @@ from .backends import full_fp32, make_backend, resolve_device
 from .conditioning import Conditioning
 from .config import WaveNetConfig, check_memory
 from .errors import FastWaveNetError
+from .folded import rounded
 from .modelfile import ModelFile, load_model
 from .sampling import Sampling
 
@@ -76,7 +77,9 @@ class Generator:
     """
 
     def __init__(self, model: str | os.PathLike | ModelFile | None = None, backend: str = "auto",
-                 device: str = "cpu"):
+                 device: str = "cpu", precision: str = "float32"):
+        """precision "bf16" rounds the weight matrices to bf16 (every backend then computes with those; the numba
+        kernel also reads them as 16 bits, half the bytes); tables, biases and conditioning stay float32."""
         if model is None:
             from .demo import demo_model_path
 
@@ -84,7 +87,9 @@ class Generator:
         self.model = model if isinstance(model, ModelFile) else load_model(model)
         self.config = self.model.config
         self.device = resolve_device(device)
-        self.backend = make_backend(backend, self.config, self.model.weights, self.device)
+        self.precision = precision
+        self.backend = make_backend(backend, self.config, rounded(self.model.weights, precision), self.device,
+                                    precision)
 
     @property
     def sample_rate(self) -> int:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from . import audio, distributions
 from .errors import FastWaveNetError
-from .folded import convolve
+from .folded import convolve, rounded
 from .generator import encode
 from .modelfile import ModelFile, load_model
 
@@ -53,9 +53,11 @@ def score_audio(model: ModelFile, samples: np.ndarray) -> float:
     return score_codes(model, encode(samples, model.config))
 
 
-def score_files(model: str | os.PathLike | ModelFile, paths) -> list[dict]:
-    """Bits per sample of each audio file (resampled to the model's rate): [{"path", "samples", "bits_per_sample"}]."""
+def score_files(model: str | os.PathLike | ModelFile, paths, precision: str = "float32") -> list[dict]:
+    """Bits per sample of each audio file (resampled to the model's rate): [{"path", "samples", "bits_per_sample"}].
+    precision "bf16" scores the model with its matrices rounded to bf16, as a bf16 generator computes."""
     model = model if isinstance(model, ModelFile) else load_model(model)
+    model = ModelFile(model.config, rounded(model.weights, precision))
     results = []
     for path in paths:
         samples = audio.read(path, model.config.sample_rate)

@@ -27,11 +27,16 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
 
 class CpuWeights(NamedTuple):
-    """The generator's weights as the CPU kernel reads them (float32 unless said; matrices out-major, (out, in))."""
+    """The generator's weights as the CPU kernel reads them (float32 unless said; matrices out-major, (out, in)).
+    The four matrices may instead be bf16, stored as uint16 bit patterns (the upper half of a float32): the kernel
+    widens each weight to float32 in registers and accumulates in float32, so it computes exactly what the float32
+    kernel computes on the same rounded weights, reading half the bytes."""
 
     embed: np.ndarray      # (k_in, C, R) input taps as tables, j = 0 oldest; the newest holds the bias;
                            # scalar input: (1, 2, R), x = value * embed[0, 0] + embed[0, 1]
@@ -73,16 +78,55 @@ def fast_tanh(x):
     return p / q
 
 
+@intrinsic
+def _bf16_to_float32(typingctx, bits):
+    """uint16 bf16 bits -> float32: zero-extend, shift into the upper half, reinterpret (vectorizes to two
+    instructions per vector)."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(wide, ir.FloatType())
+
+    return sig, codegen
+
+
+def widen(weight):
+    """A weight as float32: bf16 bits (uint16) are widened, float32 is itself (resolved when numba compiles; this
+    body serves plain Python)."""
+    if isinstance(weight, np.uint16):
+        return (np.uint32(weight) << np.uint32(16)).view(np.float32)
+    return np.float32(weight)
+
+
+@overload(widen, inline="always")
+def _widen(weight):
+    if weight == types.uint16:
+        return lambda weight: _bf16_to_float32(weight)
+    return lambda weight: weight
+
+
+def is_bf16(w):
+    """Whether a weight array holds bf16 bits (a constant where numba compiles it)."""
+    return w.dtype == np.uint16
+
+
+@overload(is_bf16, inline="always")
+def _is_bf16(w):
+    answer = w.dtype == types.uint16
+    return lambda w: answer
+
+
 @njit(**_OPTIONS, inline="always")
-def _block41(w, bias, x, y, o, b, n_in):
-    """y[b, o:o+4]: four outputs for one stream, sharing the stream's loads."""
+def _block41(w, wo, bias, x, y, o, b, n_in):
+    """y[b, o:o+4] from rows wo..wo+3 of w: four outputs for one stream, sharing the stream's loads."""
     a0 = a1 = a2 = a3 = np.float32(0.0)
     for i in range(n_in):
         xi = x[b, i]
-        a0 += w[o, i] * xi
-        a1 += w[o + 1, i] * xi
-        a2 += w[o + 2, i] * xi
-        a3 += w[o + 3, i] * xi
+        a0 += widen(w[wo, i]) * xi
+        a1 += widen(w[wo + 1, i]) * xi
+        a2 += widen(w[wo + 2, i]) * xi
+        a3 += widen(w[wo + 3, i]) * xi
     y[b, o], y[b, o + 1], y[b, o + 2], y[b, o + 3] = a0 + bias[o], a1 + bias[o + 1], a2 + bias[o + 2], a3 + bias[o + 3]
 
 
@@ -92,18 +136,31 @@ def _matvec_tile(w, bias, x, nb, y, first, last):
 
     Out-major weights make each output a contiguous dot product (vectorized, reduction reassociated under
     fastmath). Blocks of 4 outputs share each load of a stream's vector; the streams of a tile reuse each group of
-    weight rows while it is in L1. Every stream goes through the same code, whatever nb is."""
+    weight rows while it is in L1. Every stream goes through the same code, whatever nb is.
+
+    bf16 weights (uint16) are widened in registers for a lone stream; for several, each block of 4 rows is widened
+    once into a float32 scratch that every stream then reads (widening per stream cost more than it saved once the
+    rows sit in L1). Widening is exact, so both give the same numbers: one request, one answer holds."""
     n_in = w.shape[1]
     o = first
+    shared = is_bf16(w) and nb > 1
+    rows = np.empty((4, n_in if shared else 0), np.float32)
     while o + 4 <= last:
-        for b in range(nb):
-            _block41(w, bias, x, y, o, b, n_in)
+        if shared:
+            for r in range(4):
+                for i in range(n_in):
+                    rows[r, i] = widen(w[o + r, i])
+            for b in range(nb):
+                _block41(rows, 0, bias, x, y, o, b, n_in)
+        else:
+            for b in range(nb):
+                _block41(w, o, bias, x, y, o, b, n_in)
         o += 4
     for oo in range(o, last):
         for b in range(nb):
             acc = bias[oo]
             for i in range(n_in):
-                acc += w[oo, i] * x[b, i]
+                acc += widen(w[oo, i]) * x[b, i]
             y[b, oo] = acc
 
 
@@ -425,11 +482,12 @@ def generate(last, scalar, distribution, log_scale_min, t0, u, temperature, top_
 
 @njit(**_OPTIONS)
 def matvec_passes(w, x, y, passes):
-    """y = w @ x, `passes` times, on one core: w (rows, cols) float32 streamed once per pass. The benchmark times it
-    as the machine's batch-1 limit (a generator at batch 1 must read every weight once per sample)."""
+    """y = w @ x, `passes` times, on one core: w (rows, cols) float32 (or bf16 bits, uint16) streamed once per pass.
+    The benchmark times it as the machine's batch-1 limit (a generator at batch 1 must read every weight once per
+    sample)."""
     for _ in range(passes):
         for o in range(w.shape[0]):
             acc = np.float32(0.0)
             for i in range(w.shape[1]):
-                acc += w[o, i] * x[i]
+                acc += widen(w[o, i]) * x[i]
             y[o] = acc

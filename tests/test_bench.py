@@ -44,6 +44,20 @@ def test_bench_table_json_and_plot(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.png"], "temporary files left behind"
 
 
+def test_bench_measures_each_precision_against_its_own_limit(tmp_path):
+    out = tmp_path / "b.json"
+    result = run_cli("bench", "--preset", "tiny", "--backend", "numba", "--batch", "1", "--min-seconds", "0.05",
+                     "--precision", "float32,bf16", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "numba/bf16" in result.stdout
+    payload = json.loads(out.read_text())
+    rows = {(r["backend"], r["precision"]): r for r in payload["results"]}
+    assert set(rows) == {("naive", "float32"), ("numba", "float32"), ("numba", "bf16")}
+    limits = payload["limits"]  # bf16 reads half the bytes: twice the streaming rate
+    limit = min(2 * limits["weight_passes_per_s"], limits["batched_samples_per_s"])
+    assert rows[("numba", "bf16")]["of_limit"] == pytest.approx(rows[("numba", "bf16")]["samples_per_s"] / limit)
+
+
 BAD = [
     (["--batch", "0"], "positive integers"),
     (["--batch", "one"], "comma-separated integers"),
@@ -51,6 +65,7 @@ BAD = [
     (["--top-p", "2"], "top-p"),
     (["--backend", "warp"], "not available"),
     (["--preset", "huge"], "unknown preset"),
+    (["--precision", "float32,fp8"], "unknown precision 'fp8'"),
     (["--json", "{tmp}/missing/b.json"], "does not exist"),
     (["--plot", "{tmp}/missing/b.png"], "does not exist"),
 ]

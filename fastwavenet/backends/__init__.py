@@ -44,15 +44,16 @@ def _auto_order(device: torch.device) -> list[str]:
 _warned: set[tuple[str, str]] = set()
 
 
-def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, device: torch.device) -> Backend:
+def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, device: torch.device,
+                 precision: str = "float32") -> Backend:
     """Build backend `name` ('auto' picks the fastest available); unsupported shapes fall back, saying so once."""
     backends = registry()
     if name == "auto":
         for candidate in _auto_order(device):
             cls = backends[candidate]
             if cls.unavailable_reason(device) is None and cls.unsupported_reason(config) is None:
-                return cls(config, weights, device)
-        return TorchBackend(config, weights, device)
+                return cls(config, weights, device, precision)
+        return TorchBackend(config, weights, device, precision)
     if name not in backends:
         raise FastWaveNetError(f"unknown backend {name!r}; backends: auto, {', '.join(backends)}")
     cls = backends[name]
@@ -65,8 +66,8 @@ def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, devic
         if (name, reason) not in _warned:
             _warned.add((name, reason))
             warnings.warn(f"backend {name!r} does not support this model ({reason}); using 'torch'", stacklevel=2)
-        return TorchBackend(config, weights, device)
-    return cls(config, weights, device)
+        return TorchBackend(config, weights, device, precision)
+    return cls(config, weights, device, precision)
 
 
 __all__ = ["Backend", "NaiveBackend", "TorchBackend", "NumbaBackend", "TritonBackend", "registry",

@@ -34,8 +34,11 @@ class Backend:
     # What the first call does that later ones do not, said on screen by the CLI when it takes a while (None: nothing)
     first_call = None
 
-    def __init__(self, config: WaveNetConfig, weights: FoldedWeights, device: torch.device):
-        self.config, self.device = config, device
+    def __init__(self, config: WaveNetConfig, weights: FoldedWeights, device: torch.device,
+                 precision: str = "float32"):
+        """weights are those it computes with: at precision bf16 the Generator has rounded the matrices already
+        (folded.rounded), so every backend computes the same numbers; a backend may also store them in 16 bits."""
+        self.config, self.device, self.precision = config, device, precision
 
     @classmethod
     def missing_module(cls) -> str | None:

@@ -16,8 +16,8 @@ class NaiveBackend(Backend):
     name = "naive"
     devices = ("cpu", "cuda")
 
-    def __init__(self, config, weights, device):
-        super().__init__(config, weights, device)
+    def __init__(self, config, weights, device, precision="float32"):
+        super().__init__(config, weights, device, precision)
         self.weights = weights.to(device)
 
     def new_state(self, batch: int, silence) -> HistoryState:

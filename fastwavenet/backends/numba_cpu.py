@@ -44,13 +44,18 @@ class NumbaBackend(Backend):
     requires = "numba"
     first_call = "compiling the CPU kernels for this machine (first run only, kept in numba's cache; 20-60 s)"
 
-    def __init__(self, config, weights, device):
-        super().__init__(config, weights, device)
+    def __init__(self, config, weights, device, precision="float32"):
+        super().__init__(config, weights, device, precision)
         from ..kernels.cpu import CpuWeights
 
         # The kernel's dot products want each output's weights contiguous: every matrix is transposed once, here,
-        # from the folded layout's (in, out) to (out, in).
-        out_major = lambda t: np.ascontiguousarray(t.detach().cpu().numpy().swapaxes(-1, -2))  # noqa: E731
+        # from the folded layout's (in, out) to (out, in); at bf16, stored as 16-bit patterns.
+        def out_major(t):
+            if precision == "bf16":  # the rounded weights' bit patterns, exact: they are bf16 values already
+                t = t.detach().cpu().to(torch.bfloat16).view(torch.int16)
+                return np.ascontiguousarray(t.numpy().view(np.uint16).swapaxes(-1, -2))
+            return np.ascontiguousarray(t.detach().cpu().numpy().swapaxes(-1, -2))
+
         plain = lambda t: np.ascontiguousarray(t.detach().cpu().numpy())  # noqa: E731
         layout = config.queue_layout()
         self.weights = CpuWeights(

@@ -18,8 +18,8 @@ class TorchBackend(Backend):
     name = "torch"
     devices = ("cpu", "cuda")
 
-    def __init__(self, config, weights, device):
-        super().__init__(config, weights, device)
+    def __init__(self, config, weights, device, precision="float32"):
+        super().__init__(config, weights, device, precision)
         c = config
         w = weights.to(device)
         self.w = w

@@ -39,8 +39,8 @@ class TritonBackend(Backend):
 
         return unsupported_reason(config.input_kernel_size)
 
-    def __init__(self, config, weights, device):
-        super().__init__(config, weights, device)
+    def __init__(self, config, weights, device, precision="float32"):
+        super().__init__(config, weights, device, precision)
         from ..kernels import gpu
 
         self.dist = {"softmax": gpu.SOFTMAX, "logistic_mixture": gpu.LOGISTIC_MIXTURE,
