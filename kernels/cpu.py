@@ -19,6 +19,8 @@ Two kinds of model share every function, told apart by two scalars:
 - `distribution`: what the head's O outputs are and how a sample is drawn from them: SOFTMAX (`sample_one`,
   logits over classes), LOGISTIC_MIXTURE or GAUSSIAN (`sample_continuous`, two uniforms per sample). The rules are
   those of fastwavenet/sampling.py and fastwavenet/distributions.py.
+The weight matrices are float32 or bf16 bit patterns (uint16; see `CpuWeights`): numba compiles one specialization
+for each from the same source, `widen` turning a weight into float32 exactly.
 """
 
 from __future__ import annotations
