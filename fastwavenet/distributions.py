@@ -44,8 +44,15 @@ def check_rules(config: WaveNetConfig, samplings: Sequence[Sampling]):
                                f"over sample values (use temperature or argmax)")
 
 
-def uniforms_per_sample(config: WaveNetConfig) -> int:
-    return 1 if config.output == "softmax" else 2
+def uniform_shape(config: WaveNetConfig) -> tuple[int, ...]:
+    """The uniforms one sample of one stream takes, as a shape to append: () for classes, (2,) for a continuous
+    output (u0 picks the component, u1 makes the draw)."""
+    return () if config.output == "softmax" else (2,)
+
+
+# The `distribution` code both kernels take for each output (kernels/cpu.py and kernels/gpu.py name the same values
+# SOFTMAX, LOGISTIC_MIXTURE, GAUSSIAN).
+KERNEL_CODES = {"softmax": 0, "logistic_mixture": 1, "gaussian": 2}
 
 
 def _parameters(config: WaveNetConfig, y: torch.Tensor, k: torch.Tensor | None):

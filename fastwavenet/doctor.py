@@ -18,6 +18,7 @@ import torch
 from . import __version__
 from .backends import registry
 from .config import PRESETS, WaveNetConfig
+from .distributions import KERNEL_CODES
 from .errors import FastWaveNetError
 from .folded import expected_shapes
 
@@ -117,12 +118,6 @@ def _variants(config: WaveNetConfig):
             yield label + ("+cond" if cond else ""), teacher, argmax, cond
 
 
-def _distribution(config: WaveNetConfig) -> int:
-    from .kernels import gpu
-
-    return {"softmax": gpu.SOFTMAX, "logistic_mixture": gpu.LOGISTIC_MIXTURE, "gaussian": gpu.GAUSSIAN}[config.output]
-
-
 def _resources(cubin: bytes) -> dict:
     """Registers, local (spill) memory, shared memory and stack of a cubin, read by the cuobjdump in Triton's wheel."""
     import tempfile
@@ -161,8 +156,8 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
         for model_name, config in models.items():
             if gpu.unsupported_reason(config.input_kernel_size):
                 continue
+            dist = KERNEL_CODES[config.output]
             for label, teacher, argmax, cond in _variants(config):
-                dist = _distribution(config)
                 constants = gpu.launch_constants(_Shapes(config), teacher, argmax, cond, dist)
                 signature = {**gpu.argument_types(dist), **{name: "constexpr" for name in constants}}
                 # FP fusion on, as at launch today (Triton 3.9's default; stated, so its warning stays quiet)

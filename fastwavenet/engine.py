@@ -489,7 +489,7 @@ class Engine:
         for i, r in enumerate(runnable):
             self._swap(i, self._serving.index(r))
         a, c, pool = len(runnable), self.config, self._pool
-        per_sample = () if c.output == "softmax" else (2,)  # a continuous output takes two uniforms a sample
+        per_sample = distributions.uniform_shape(c)
         u = np.empty((n, a) + per_sample, np.float32)
         cond = None
         if c.conditioned:

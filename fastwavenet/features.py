@@ -29,6 +29,17 @@ def log_mel(samples: np.ndarray, config: WaveNetConfig) -> np.ndarray:
     return np.log(np.maximum(mel, 1e-5)).astype(np.float32)
 
 
+def saved_layout(config: WaveNetConfig) -> str:
+    """How saved mel frames are laid out for this model: r9y9's preprocessing writes (frames, bands); fastwavenet's
+    own are (bands, frames)."""
+    return f"(frames, {config.n_mels} bands)" if config.r9y9_features else f"({config.n_mels} bands, frames)"
+
+
+def bands_first(mel: np.ndarray, config: WaveNetConfig) -> np.ndarray:
+    """Saved frames in the model's saved layout -> (bands, frames), as everything past loading takes them."""
+    return mel.T if config.r9y9_features and mel.ndim == 2 else mel
+
+
 def load_features(path, config: WaveNetConfig) -> np.ndarray:
     """Saved log-mel frames, checked against the model: a (n_mels, frames) float array in .npy, or an .npz with
     `mel` and, if known, the `hop_length` and `sample_rate` it was made with (no pickles either way). A model
@@ -49,13 +60,10 @@ def load_features(path, config: WaveNetConfig) -> np.ndarray:
             mel = data
     except (OSError, ValueError, EOFError) as exc:
         raise FastWaveNetError(f"cannot read features {path}: {exc}") from None
-    r9y9 = config.r9y9_features
-    if mel.ndim != 2 or mel.shape[1 if r9y9 else 0] != config.n_mels:
-        want = f"(frames, {config.n_mels} bands), as r9y9's preprocessing writes them" if r9y9 else \
-            f"({config.n_mels} bands, frames)"
-        raise FastWaveNetError(f"features {path} have shape {mel.shape}; the model wants {want}")
-    if r9y9:
-        mel = mel.T
+    shape = mel.shape
+    mel = bands_first(mel, config)
+    if mel.ndim != 2 or mel.shape[0] != config.n_mels:
+        raise FastWaveNetError(f"features {path} have shape {shape}; the model wants {saved_layout(config)}")
     if mel.shape[1] == 0:
         raise FastWaveNetError(f"features {path} hold no frames")
     if not np.isfinite(mel).all():

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import audio, mulaw
+from . import audio, distributions, mulaw
 from .backends import full_fp32, make_backend, resolve_device
 from .conditioning import Conditioning
 from .config import WaveNetConfig, check_memory
@@ -174,7 +174,7 @@ class Generator:
         takes two uniforms per sample, u (steps, B, 2)."""
         rng = rng if rng is not None else np.random.default_rng()
         terms = self._terms(state, steps, conditioning)
-        per_sample = () if self.config.output == "softmax" else (2,)
+        per_sample = distributions.uniform_shape(self.config)
         if isinstance(rng, np.random.Generator):
             u = rng.random((steps, state.batch) + per_sample, dtype=np.float32)
         else:

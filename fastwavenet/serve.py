@@ -28,7 +28,7 @@ import numpy as np
 from . import audio as audio_io
 from .engine import Engine, EngineClosed, EngineFull
 from .errors import FastWaveNetError
-from .features import log_mel
+from .features import bands_first, log_mel, saved_layout
 from .sampling import Sampling
 
 SAMPLING_KEYS = {"temperature": float, "top_k": int, "top_p": float, "argmax": bool}
@@ -205,12 +205,9 @@ def make_app(engine: Engine, limits: Limits = Limits()):
                     raise _BadRequest(400, f"malformed .npy: {exc}") from None
                 if not np.issubdtype(mel.dtype, np.floating) and not np.issubdtype(mel.dtype, np.integer):
                     raise _BadRequest(400, f"mel frames must be numbers, got dtype {mel.dtype}")
-                if config.r9y9_features and mel.ndim == 2:  # r9y9's features are (frames, bands)
-                    mel = mel.T
+                shape, mel = mel.shape, bands_first(mel, config)
                 if mel.ndim != 2 or mel.shape[0] != config.n_mels or mel.shape[1] == 0:
-                    layout = f"(frames, {config.n_mels} bands)" if config.r9y9_features else \
-                        f"({config.n_mels} bands, frames)"
-                    raise _BadRequest(400, f"mel frames must be {layout}, got shape {mel.shape}")
+                    raise _BadRequest(400, f"mel frames must be {saved_layout(config)}, got shape {shape}")
                 length = None
             else:
                 loop = asyncio.get_running_loop()

@@ -74,7 +74,7 @@ class Backend:
         c = self.config
         state = self.new_state(1, 0)
         cond = torch.zeros(1, 1, c.layers, 2 * c.gate_channels) if c.conditioned else None
-        u = np.zeros((1, 1), np.float32) if c.output == "softmax" else np.full((1, 1, 2), 0.5, np.float32)
+        u = np.full((1, 1) + distributions.uniform_shape(c), 0.5, np.float32)
         self.generate(state, 1, u, sampling, cond)
         if teacher:
             self.forward(state, state.last.reshape(1, 1), cond)

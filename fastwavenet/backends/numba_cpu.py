@@ -93,14 +93,13 @@ class NumbaBackend(Backend):
         out = np.empty((state.batch, n), np.float32 if c.scalar_input else np.int64)
         rules = per_stream(sampling, state.batch)
         distributions.check_rules(c, rules)
-        distribution = {"softmax": cpu.SOFTMAX, "logistic_mixture": cpu.LOGISTIC_MIXTURE,
-                        "gaussian": cpu.GAUSSIAN}[c.output]
         temperature = np.array([r.temperature for r in rules], np.float32)
         top_k = np.array([r.top_k for r in rules], np.int64)
         top_p = np.array([r.top_p for r in rules], np.float32)
         argmax = np.array([r.argmax for r in rules], np.bool_)
         with _parallel_guard():
-            cpu.generate(state.last.numpy(), c.scalar_input, distribution, float(c.log_scale_min),
+            cpu.generate(state.last.numpy(), c.scalar_input, distributions.KERNEL_CODES[c.output],
+                         float(c.log_scale_min),
                          state.t, np.ascontiguousarray(u, np.float32).reshape(n, state.batch, -1), temperature,
                          top_k, top_p, argmax, self._tile(state.batch), self.weights,
                          state.queues.numpy(), state.inputs.numpy(), cond, out)

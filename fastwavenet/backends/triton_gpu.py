@@ -43,8 +43,7 @@ class TritonBackend(Backend):
         super().__init__(config, weights, device, precision)
         from ..kernels import gpu
 
-        self.dist = {"softmax": gpu.SOFTMAX, "logistic_mixture": gpu.LOGISTIC_MIXTURE,
-                     "gaussian": gpu.GAUSSIAN}[config.output]
+        self.dist = distributions.KERNEL_CODES[config.output]
         w = weights.to(device)
         layout = config.queue_layout()
         self.weights = gpu.GpuWeights(

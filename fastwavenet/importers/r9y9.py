@@ -211,7 +211,7 @@ def _weights(state: dict[str, torch.Tensor], table: dict[str, tuple[int, ...]], 
         normalized = f"{conv}.weight_g" in state or f"{conv}.weight_v" in state
         for suffix in ("weight_g", "weight_v") if normalized else ("weight",):
             if f"{conv}.{suffix}" not in state:
-                raise FastWaveNetError(f"checkpoint lacks {conv}.{suffix!s}, which the hparams imply")
+                raise FastWaveNetError(f"checkpoint lacks {conv}.{suffix}, which the hparams imply")
     for name in others:
         if name not in state:
             raise FastWaveNetError(f"checkpoint lacks {name}, which the hparams imply")
