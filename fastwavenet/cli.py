@@ -56,8 +56,10 @@ def _int_list(text):
 
 def cmd_train(args):
     from .config import WaveNetConfig, preset
-    from .training import TrainOptions, train
+    from .training import TrainOptions, init_config, train
 
+    if args.resume and args.init:
+        raise FastWaveNetError("--init starts a new run; --resume continues one: pass one of them")
     if args.resume:
         options = TrainOptions(steps=args.steps) if args.steps else None
         train(args.data or None, args.resume, options=options, resume=True, progress=not args.quiet)
@@ -66,9 +68,15 @@ def cmd_train(args):
         raise FastWaveNetError("train needs at least one audio file or folder (or --resume RUN_DIR)")
     if not args.out:
         raise FastWaveNetError("train needs --out RUN_DIR")
-    config = WaveNetConfig.from_file(args.config) if args.config else preset(args.preset)
     changes = {name: getattr(args, name) for name in ("sample_rate", "n_mels", "hop_length", "n_fft", "fmin", "fmax")
                if getattr(args, name) is not None}
+    if args.init:
+        if args.config or args.preset or changes or args.speakers_from_folders:
+            raise FastWaveNetError("--init takes the model's config from the model file; drop --config, --preset "
+                                   "and the conditioning options")
+        config = init_config(args.init)
+    else:
+        config = WaveNetConfig.from_file(args.config) if args.config else preset(args.preset or "small")
     if args.speakers_from_folders:
         from .data import speaker_names
 
@@ -78,7 +86,7 @@ def cmd_train(args):
     options = TrainOptions(steps=args.steps or 1000, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                            target_length=args.target_length, validate_every=args.validate_every,
                            checkpoint_every=args.checkpoint_every, validation_files=validation)
-    train(args.data, args.out, config, options, progress=not args.quiet)
+    train(args.data, args.out, config, options, progress=not args.quiet, init=args.init)
 
 
 def cmd_export(args):
@@ -417,11 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a WaveNet on audio files or folders")
     p.add_argument("data", nargs="*", help="audio files or folders (wav, flac, ogg, ...)")
-    p.add_argument("--preset", default="small", help="tiny, small, standard or large (default: small)")
+    p.add_argument("--preset", help="tiny, small, standard or large (default: small)")
     p.add_argument("--config", help="a JSON config file instead of a preset")
     p.add_argument("--sample-rate", type=_positive_int, help="override the config's sample rate (Hz)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--init", metavar="MODEL", help="start a new run from a model file's weights (fresh optimizer, "
+                   "step 0; its config is the run's)")
     p.add_argument("--steps", type=_positive_int, help="train until this step (default 1000)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--lr", type=_positive_float, default=1e-3)

@@ -121,14 +121,18 @@ def _read_log(run_dir: Path, up_to_step: int) -> list[dict]:
 
 
 def train(data: list[str] | None, run_dir: str | os.PathLike, config: WaveNetConfig | None = None,
-          options: TrainOptions | None = None, resume: bool = False, progress: bool = True) -> WaveNet:
+          options: TrainOptions | None = None, resume: bool = False, progress: bool = True,
+          init: str | os.PathLike | None = None) -> WaveNet:
     """Train (or, with resume=True, continue training) a WaveNet on the audio in `data`, into `run_dir`.
+
+    `init`: a model file (its config must be `config`, see `init_config`) whose weights a new run starts from, with
+    a fresh optimizer and step 0: fine-tuning, or continuing a model whose run directory is gone.
 
     Under torchrun (WORLD_SIZE > 1) each rank trains on its shard of the crops with DistributedDataParallel
     (NCCL on CUDA, gloo on CPU); rank 0 writes the run directory. Returns the trained (unwrapped) model.
     """
     run_dir = Path(run_dir)
-    run = _start_or_resume(run_dir, data, config, options, resume)
+    run = _start_or_resume(run_dir, data, config, options, resume, init)
     train_set, val_batch = _load_data(run)
     model, optimizer, step = _model_and_optimizer(run)
     if step >= run.options.steps:
@@ -153,6 +157,7 @@ class _Run:
     data: list[str]
     speakers: list[str] | None
     checkpoint: dict | None  # the checkpoint resumed from
+    init: str | None = None  # a model file whose weights a new run starts from
 
     @property
     def hop(self) -> int:
@@ -164,7 +169,7 @@ class _Run:
         return -(-(self.config.receptive_field + self.options.target_length) // self.hop) * self.hop
 
 
-def _start_or_resume(run_dir: Path, data, config, options, resume: bool) -> _Run:
+def _start_or_resume(run_dir: Path, data, config, options, resume: bool, init=None) -> _Run:
     if resume:
         checkpoint = load_checkpoint(run_dir)
         saved = json.loads((run_dir / "train.json").read_text())
@@ -173,12 +178,13 @@ def _start_or_resume(run_dir: Path, data, config, options, resume: bool) -> _Run
             base["steps"] = options.steps
         config = checkpoint["config"]
         speakers = saved.get("speakers") if config.speakers else None
-        return _Run(config, TrainOptions(**base), data or saved["data"], speakers, checkpoint)
+        return _Run(config, TrainOptions(**base), data or saved["data"], speakers, checkpoint, saved.get("init"))
     if config is None or options is None or not data:
         raise FastWaveNetError("train needs data, a config and options")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FastWaveNetError(f"{run_dir} already holds files; pass --resume {run_dir} to continue it")
-    return _Run(config, options, data, speaker_names(data) if config.speakers else None, None)
+    return _Run(config, options, data, speaker_names(data) if config.speakers else None, None,
+                None if init is None else str(init))
 
 
 def _load_data(run: _Run):
@@ -208,7 +214,31 @@ def _model_and_optimizer(run: _Run):
         optimizer.load_state_dict(run.checkpoint["optimizer"])
         torch.set_rng_state(run.checkpoint["rng"])
         step = run.checkpoint["step"]
+    elif run.init is not None:
+        model.load_state_dict(_init_weights(run.init, run.config).state_dict())
     return model, optimizer, step
+
+
+def init_config(path: str | os.PathLike) -> WaveNetConfig:
+    """The config of a model file a new run starts from (`train --init`); refuses what training cannot continue."""
+    from .modelfile import load_model
+
+    config = load_model(path).config
+    if config.output != "softmax" or config.upsampler != "transpose":
+        raise FastWaveNetError(f"{path} is an imported {config.output} model; training continues only models "
+                               f"of fastwavenet's own kind")
+    return config
+
+
+def _init_weights(path: str, config: WaveNetConfig) -> WaveNet:
+    """The training model holding a model file's weights (unfolded: the same function, fresh optimizer state)."""
+    from .convert import unfold
+    from .modelfile import load_model
+
+    loaded = load_model(path)
+    if loaded.config != config:
+        raise FastWaveNetError(f"{path} no longer holds the config this run started from")
+    return unfold(loaded.weights, config)
 
 
 @dataclass
@@ -263,7 +293,8 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", json.loads(config.to_json()))
         write_json(run_dir / "train.json", {"data": [str(d) for d in run.data], "speakers": run.speakers,
-                                            "options": dataclasses.asdict(options)}, sort_keys=True)
+                                            "init": run.init, "options": dataclasses.asdict(options)},
+                   sort_keys=True)
         log = open(run_dir / "log.jsonl", "w")
         for row in log_rows:
             log.write(json.dumps(row) + "\n")

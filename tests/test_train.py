@@ -63,7 +63,37 @@ def test_cli_train_and_resume(sine_folder, tmp_path):
     assert load_checkpoint(run)["step"] == 3
 
 
+def test_init_starts_a_new_run_from_a_model_file(sine_folder, tmp_path):
+    """--init: a new run whose step-0 model is the model file's function (unfolded weights), config from the file;
+    the run resumes like any other, and its export differs from the file it started from."""
+    from fastwavenet.convert import export, fold
+    from fastwavenet.training import _init_weights
+
+    first = tmp_path / "first"
+    train([sine_folder], first, preset("tiny"), TrainOptions(steps=2, **OPTIONS), progress=False)
+    source = export(first, tmp_path / "first.safetensors")
+    start = _init_weights(str(tmp_path / "first.safetensors"), source.config)
+    for name, tensor in fold(start).tensors().items():
+        assert torch.allclose(tensor, source.weights.tensors()[name], atol=1e-6), name
+
+    result = run_cli("train", sine_folder, "--init", tmp_path / "first.safetensors", "--out", tmp_path / "second",
+                     "--steps", "2", "--batch-size", "2", "--target-length", "32", "--quiet")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "second" / "train.json").read_text())
+    assert saved["init"] == str(tmp_path / "first.safetensors")
+    assert load_checkpoint(tmp_path / "second", source.config)["step"] == 2
+    trained = fold(model_from_checkpoint(tmp_path / "second"))
+    assert not torch.equal(trained.dilated_w, source.weights.dilated_w), "two steps of training changed nothing"
+    result = run_cli("train", "--resume", tmp_path / "second", "--steps", "3", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(tmp_path / "second")["step"] == 3
+
+
 @pytest.mark.parametrize("args, words", [
+    (["train", "{audio}", "--init", "{tmp}/missing.safetensors", "--out", "{tmp}/r"], "no model file"),
+    (["train", "{audio}", "--init", "{badconfig}", "--out", "{tmp}/r"], "not a readable safetensors"),
+    (["train", "{audio}", "--init", "{badconfig}", "--preset", "tiny", "--out", "{tmp}/r"], "drop --config"),
+    (["train", "--init", "{badconfig}", "--resume", "{tmp}/r"], "pass one of them"),
     (["train", "/nonexistent/folder", "--preset", "tiny", "--out", "{tmp}/r"], "no such file or folder"),
     (["train", "{empty}", "--preset", "tiny", "--out", "{tmp}/r"], "no usable audio"),
     (["train", "{audio}", "--preset", "tiny", "--out", "{tmp}/r", "--steps", "0"], "positive integer"),
