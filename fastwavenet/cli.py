@@ -91,9 +91,22 @@ def cmd_train(args):
 
 def cmd_export(args):
     from .convert import export
+    from .files import check_writable
+    from .modelfile import load_model, set_default_sampling
 
-    export(args.checkpoint, args.output)
-    print(f"wrote {args.output}")
+    given = (args.temperature, args.top_k, args.top_p)
+    if str(args.checkpoint).endswith(".safetensors"):
+        # A model file: rewrite it with the default sampling given (fields not given keep its own).
+        check_writable(args.output)
+        loaded = load_model(args.checkpoint)
+        sampling = _sampling(args, loaded.sampling) if any(v is not None for v in given) else loaded.sampling
+        set_default_sampling(args.checkpoint, sampling, args.output)
+    else:
+        sampling = _sampling(args) if any(v is not None for v in given) else None
+        export(args.checkpoint, args.output, sampling)
+    note = "" if sampling is None else " (default sampling: " + ", ".join(
+        f"{k} {v}" for k, v in sampling.to_dict().items() if k != "argmax") + ")"
+    print(f"wrote {args.output}{note}")
 
 
 def cmd_info(args):
@@ -110,6 +123,9 @@ def cmd_info(args):
           f"({info['receptive_field_ms']:.1f} ms at {config['sample_rate']} Hz)")
     for key in sorted(config):
         print(f"  {key}: {config[key]}")
+    if info["default_sampling"] is not None:
+        rule = ", ".join(f"{k} {v}" for k, v in info["default_sampling"].items())
+        print(f"default sampling: {rule} (the command line overrides it field by field)")
 
 
 def _run_manifest(args, vocode: bool):
@@ -124,8 +140,8 @@ def _run_manifest(args, vocode: bool):
     if not args.out_dir:
         raise FastWaveNetError("--manifest needs --out-dir")
     per_line = [name for name, default in (("seed", None), ("speaker", None), ("global_features", None),
-                                           ("prime", None), ("temperature", 1.0), ("top_k", 0), ("top_p", 1.0),
-                                           ("argmax", False), ("batch", 1))
+                                           ("prime", None), ("temperature", None), ("top_k", None),
+                                           ("top_p", None), ("argmax", False), ("batch", 1))
                 if getattr(args, name, default) != default]
     if per_line:
         raise FastWaveNetError(f"with --manifest, {', '.join('--' + n.replace('_', '-') for n in per_line)} "
@@ -153,7 +169,7 @@ def _run_manifest(args, vocode: bool):
         if bool(generator.config.n_mels) != vocode:
             raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode --manifest" if not vocode else
                                    "this model is not a vocoder (it takes no mel features)")
-        items, errors = corpus.read_manifest(args.manifest, generator.config, vocode)
+        items, errors = corpus.read_manifest(args.manifest, generator.config, vocode, generator.sampling)
         if rank == 0:
             for number, message in errors:
                 print(f"fastwavenet: {args.manifest}:{number}: {message}", file=sys.stderr)
@@ -188,9 +204,9 @@ def cmd_generate(args):
 
     if args.manifest:
         return _run_manifest(args, vocode=False)
-    sampling = _sampling(args)
     check_writable(args.output)
     generator = Generator(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    sampling = _sampling(args, generator.sampling)
     if generator.config.n_mels:
         raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode MODEL INPUT")
     generator.check_batch(args.batch)
@@ -270,9 +286,9 @@ def cmd_vocode(args):
         return _run_manifest(args, vocode=True)
     if not args.input or not args.output:
         raise FastWaveNetError("vocode needs INPUT and -o OUTPUT (or --manifest and --out-dir)")
-    sampling = _sampling(args)
     check_writable(args.output)
     generator = Generator(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    sampling = _sampling(args, generator.sampling)
     mel, samples = features_from_file(args.input, generator.config)
     _warm_up(generator, sampling, False, args.quiet)
     generate_to_wav(generator, args.output, samples / generator.sample_rate, sampling=sampling, seed=args.seed,
@@ -363,9 +379,12 @@ def _warm_up(generator, sampling, prime: bool, quiet: bool):
 
 
 def _add_sampling_args(p):
-    p.add_argument("--temperature", type=_positive_float, default=1.0)
-    p.add_argument("--top-k", type=_nonnegative_int, default=0, help="keep the k likeliest classes (0: off)")
-    p.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--temperature", type=_positive_float,
+                   help="divides the logits (default: the model file's default sampling, else 1)")
+    p.add_argument("--top-k", type=_nonnegative_int, help="keep the k likeliest classes (0: off; default: the "
+                   "model's, else off)")
+    p.add_argument("--top-p", type=_probability, help="nucleus sampling mass in (0, 1] (default: the model's, "
+                   "else 1)")
     p.add_argument("--argmax", action="store_true", help="always take the likeliest class")
 
 
@@ -412,10 +431,12 @@ def _speaker(args):
         raise FastWaveNetError(f"cannot read global features {args.global_features}: {exc}") from None
 
 
-def _sampling(args):
+def _sampling(args, default=None):
+    """The rule asked for on the command line, over `default` (a model's default sampling; None: plain)."""
     from .sampling import Sampling
 
-    return Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, argmax=args.argmax)
+    return (default or Sampling()).overridden(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                              argmax=args.argmax or None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -454,9 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="fold a training checkpoint into a model file for generation")
-    p.add_argument("checkpoint", help="run directory or checkpoint.pt")
+    p.add_argument("checkpoint", help="run directory or checkpoint.pt (or a model file, to set its default sampling)")
     p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
-    p.set_defaults(func=cmd_export)
+    g = p.add_argument_group("default sampling stored in the file (generate, vocode, serve and corpus use it "
+                             "where the user names none; recipes/sampling_table.py measures which is best)")
+    g.add_argument("--temperature", type=_positive_float)
+    g.add_argument("--top-k", type=_nonnegative_int)
+    g.add_argument("--top-p", type=_probability)
+    p.set_defaults(func=cmd_export, argmax=False)
 
     p = sub.add_parser("info", help="describe a model file")
     p.add_argument("model")

@@ -90,10 +90,11 @@ def unfold(weights: FoldedWeights, config: WaveNetConfig) -> WaveNet:
     return model.eval()
 
 
-def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> ModelFile:
-    """A training checkpoint (file or run directory) -> a model file at `out`."""
+def export(checkpoint: str | os.PathLike, out: str | os.PathLike, sampling=None) -> ModelFile:
+    """A training checkpoint (file or run directory) -> a model file at `out`, with `sampling` (a Sampling, or
+    None) as its default rule."""
     check_writable(out)
     model = model_from_checkpoint(checkpoint)
     weights = fold(model)
-    save_model(out, model.config, weights)
-    return ModelFile(model.config, weights)
+    save_model(out, model.config, weights, sampling)
+    return ModelFile(model.config, weights, sampling)

@@ -69,8 +69,10 @@ def derived_seed(item_id: str) -> int:
     return int.from_bytes(hashlib.sha256(item_id.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def read_manifest(path, config, vocode: bool) -> tuple[list[Item], list[tuple[int, str]]]:
-    """The valid items of a manifest, and (line number, message) for each line that is not one."""
+def read_manifest(path, config, vocode: bool,
+                  sampling: Sampling = Sampling()) -> tuple[list[Item], list[tuple[int, str]]]:
+    """The valid items of a manifest, and (line number, message) for each line that is not one. A line's sampling
+    fields override `sampling` (the model's default) field by field."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -81,7 +83,7 @@ def read_manifest(path, config, vocode: bool) -> tuple[list[Item], list[tuple[in
         if not text.strip():
             continue
         try:
-            item = _item(json.loads(text), number, path.parent, config, vocode)
+            item = _item(json.loads(text), number, path.parent, config, vocode, sampling)
         except json.JSONDecodeError as exc:
             errors.append((number, f"malformed JSON: {exc.msg}"))
             continue
@@ -98,7 +100,7 @@ def read_manifest(path, config, vocode: bool) -> tuple[list[Item], list[tuple[in
     return items, errors
 
 
-def _item(obj, number: int, folder: Path, config, vocode: bool) -> Item:
+def _item(obj, number: int, folder: Path, config, vocode: bool, default: Sampling) -> Item:
     if not isinstance(obj, dict):
         raise FastWaveNetError("a line must be a JSON object")
     unknown = set(obj) - KEYS
@@ -113,7 +115,7 @@ def _item(obj, number: int, folder: Path, config, vocode: bool) -> Item:
     rule = {k: obj[k] for k in ("temperature", "top_k", "top_p", "argmax") if k in obj}
     if "argmax" in rule and not isinstance(rule["argmax"], bool):
         raise FastWaveNetError("argmax must be true or false")
-    sampling = Sampling(**rule)
+    sampling = default.overridden(**rule)
     speaker = obj.get("speaker")
     if speaker is not None and (isinstance(speaker, bool) or not isinstance(speaker, int)):
         raise FastWaveNetError("speaker must be an integer")

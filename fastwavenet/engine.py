@@ -272,16 +272,18 @@ class Engine:
         return self.config.sample_rate
 
     def submit(self, seconds: float | None = None, samples: int | None = None, seed: int | None = None,
-               sampling: Sampling = Sampling(), speaker: int | None = None, prime=None, mel=None,
+               sampling: Sampling | None = None, speaker: int | None = None, prime=None, mel=None,
                stream_mel: bool = False) -> Request:
         """Queue a request and return its handle. Every argument is checked here: a bad one raises
         FastWaveNetError at once, and a full queue raises EngineFull.
 
         seconds / samples: how much to make (a vocoder, by default, makes what its mel covers);
-        seed: a non-negative integer (None: fresh entropy); sampling: the rule; speaker: for speaker models;
+        seed: a non-negative integer (None: fresh entropy); sampling: the rule (None: the model's default);
+        speaker: for speaker models;
         prime: audio (float array at the model's rate) or codes (integer array) to continue from;
         mel: (n_mels, frames) log-mel frames; stream_mel: more frames will come by `feed`, then `close`."""
         gen, config = self.generator, self.config
+        sampling = gen.sampling if sampling is None else sampling
         if not isinstance(sampling, Sampling):
             raise FastWaveNetError("sampling must be a fastwavenet.Sampling")
         distributions.check_rules(config, [sampling])

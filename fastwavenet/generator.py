@@ -86,6 +86,8 @@ class Generator:
             model = demo_model_path()
         self.model = model if isinstance(model, ModelFile) else load_model(model)
         self.config = self.model.config
+        # The rule used where a call names none: the model file's measured default, or plain sampling.
+        self.sampling = self.model.sampling or Sampling()
         self.device = resolve_device(device)
         self.precision = precision
         self.backend = make_backend(backend, self.config, rounded(self.model.weights, precision), self.device,
@@ -163,7 +165,7 @@ class Generator:
         codes = encode(audio, self.config)
         self.prime(state, np.broadcast_to(codes, (state.batch, len(codes))), conditioning)
 
-    def generate_codes(self, state, steps: int, sampling: Sampling = Sampling(),
+    def generate_codes(self, state, steps: int, sampling: Sampling | None = None,
                        rng: np.random.Generator | list[np.random.Generator] | None = None,
                        conditioning: Conditioning | None = None) -> torch.Tensor:
         """Generate `steps` codes for every stream: (B, steps) int64 on the CPU (sample values, float32, for scalar
@@ -171,7 +173,8 @@ class Generator:
 
         rng: one generator per stream (each stream's uniforms come from its own, so its codes do not depend on the
         others), or one for all (drawn step by step across streams), or None (fresh entropy). A continuous output
-        takes two uniforms per sample, u (steps, B, 2)."""
+        takes two uniforms per sample, u (steps, B, 2). sampling None: the model's default (`self.sampling`)."""
+        sampling = self.sampling if sampling is None else sampling
         rng = rng if rng is not None else np.random.default_rng()
         terms = self._terms(state, steps, conditioning)
         per_sample = distributions.uniform_shape(self.config)
@@ -185,7 +188,7 @@ class Generator:
             return self.backend.generate(state, steps, u, sampling, terms).cpu()
 
     def stream(self, seconds: float | None = None, samples: int | None = None, batch: int = 1, chunk: int = 4096,
-               sampling: Sampling = Sampling(), seed: int | None = None, prime: np.ndarray | None = None,
+               sampling: Sampling | None = None, seed: int | None = None, prime: np.ndarray | None = None,
                state=None, mel=None, speaker=None) -> Iterator[np.ndarray]:
         """Yield audio chunks (B, <= chunk) float32 as they are generated, `seconds` or `samples` in total.
 
@@ -215,9 +218,10 @@ class Generator:
             yield decode(codes.numpy(), self.config)
 
     def generate(self, seconds: float | None = None, samples: int | None = None, batch: int = 1,
-                 sampling: Sampling = Sampling(), seed: int | None = None, prime: np.ndarray | None = None,
+                 sampling: Sampling | None = None, seed: int | None = None, prime: np.ndarray | None = None,
                  mel=None, speaker=None) -> np.ndarray:
-        """Generate audio: (batch, samples) float32 in [-1, 1] at `sample_rate`."""
+        """Generate audio: (batch, samples) float32 in [-1, 1] at `sample_rate`; sampling None: the model's
+        default (`self.sampling`)."""
         chunks = list(self.stream(seconds, samples, batch, chunk=1 << 14, sampling=sampling, seed=seed,
                                   prime=prime, mel=mel, speaker=speaker))
         return np.concatenate(chunks, axis=1) if chunks else np.zeros((batch, 0), np.float32)
@@ -274,7 +278,7 @@ def default_chunk(sample_rate: int, batch: int) -> int:
 
 
 def generate_to_wav(generator: Generator, out: str | os.PathLike, seconds: float | None, batch: int = 1,
-                    sampling: Sampling = Sampling(), seed: int | None = None, prime: np.ndarray | None = None,
+                    sampling: Sampling | None = None, seed: int | None = None, prime: np.ndarray | None = None,
                     chunk: int | None = None, progress: bool = False, mel=None, speaker=None) -> list[Path]:
     """Generate `batch` streams of `seconds` each into WAV files, written as they are generated.
 

@@ -16,6 +16,7 @@ from .config import WaveNetConfig
 from .errors import FastWaveNetError
 from .files import atomic_path
 from .folded import FoldedWeights, expected_shapes
+from .sampling import Sampling
 
 MODEL_FORMAT = "fastwavenet-model"
 MODEL_VERSION = "1"
@@ -23,10 +24,12 @@ MODEL_VERSION = "1"
 
 @dataclass(frozen=True)
 class ModelFile:
-    """What a model file holds: the config and the folded weights."""
+    """What a model file holds: the config, the folded weights, and the sampling its maker measured as the best
+    default (None: the plain rule, temperature 1)."""
 
     config: WaveNetConfig
     weights: FoldedWeights
+    sampling: Sampling | None = None
 
 
 def checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -40,8 +43,10 @@ def checksum(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_model(path: str | os.PathLike, config: WaveNetConfig, weights: FoldedWeights):
-    """Write a model file atomically: safetensors, with the format, its version, the config and the checksum."""
+def save_model(path: str | os.PathLike, config: WaveNetConfig, weights: FoldedWeights,
+               sampling: Sampling | None = None):
+    """Write a model file atomically: safetensors, with the format, its version, the config, the checksum and, if
+    given, the default sampling (metadata "sampling": JSON of its fields)."""
     from safetensors.torch import save_file
 
     shapes = expected_shapes(config)
@@ -51,6 +56,8 @@ def save_model(path: str | os.PathLike, config: WaveNetConfig, weights: FoldedWe
     tensors = {k: v.contiguous().cpu() for k, v in weights.tensors().items()}
     metadata = {"format": MODEL_FORMAT, "format_version": MODEL_VERSION, "config": config.to_json(),
                 "sha256": checksum(tensors)}
+    if sampling is not None:
+        metadata["sampling"] = json.dumps(sampling.to_dict(), sort_keys=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
@@ -95,7 +102,26 @@ def load_model(path: str | os.PathLike) -> ModelFile:
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise FastWaveNetError(f"{path}: tensor {name} holds NaN or infinite values")
-    return ModelFile(config, FoldedWeights(**tensors))
+    return ModelFile(config, FoldedWeights(**tensors), _default_sampling(path, metadata.get("sampling")))
+
+
+def _default_sampling(path, text: str | None) -> Sampling | None:
+    if text is None:
+        return None
+    try:
+        fields = json.loads(text)
+        if not isinstance(fields, dict) or set(fields) - {"temperature", "top_k", "top_p", "argmax"}:
+            raise ValueError("not an object of sampling fields")
+        return Sampling(**fields)
+    except (ValueError, TypeError, FastWaveNetError) as exc:
+        raise FastWaveNetError(f"{path}: its default sampling is malformed ({exc})") from None
+
+
+def set_default_sampling(path: str | os.PathLike, sampling: Sampling | None, out: str | os.PathLike | None = None):
+    """Store `sampling` (None: none) as the default of the model file at `path`, written to `out` (default: in
+    place, atomically)."""
+    loaded = load_model(path)
+    save_model(out or path, loaded.config, loaded.weights, sampling)
 
 
 def model_info(path: str | os.PathLike) -> dict:
@@ -109,4 +135,5 @@ def model_info(path: str | os.PathLike) -> dict:
         "receptive_field_samples": config.receptive_field,
         "receptive_field_ms": 1000.0 * config.receptive_field / config.sample_rate,
         "file_bytes": Path(path).stat().st_size,
+        "default_sampling": None if loaded.sampling is None else loaded.sampling.to_dict(),
     }

@@ -12,7 +12,7 @@ The rule (every backend implements exactly this, in its own arithmetic):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import torch
@@ -39,6 +39,14 @@ class Sampling:
     @property
     def truncates(self) -> bool:
         return self.top_k > 0 or self.top_p < 1
+
+    def overridden(self, **given) -> "Sampling":
+        """This rule with the given fields (those not None) in place of its own: a model's default sampling
+        with what the user asked for on top."""
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def sample(logits: torch.Tensor, u: torch.Tensor, sampling: Sampling) -> torch.Tensor:

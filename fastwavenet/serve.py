@@ -56,7 +56,7 @@ class _BadRequest(Exception):
         self.status = status
 
 
-def _options(params: dict, config) -> dict:
+def _options(params: dict, config, default: Sampling) -> dict:
     """Sampling, seed and speaker from JSON or query parameters, checked; unknown keys are refused."""
     known = {"seconds", "seed", "speaker", *SAMPLING_KEYS}
     unknown = set(params) - known
@@ -75,7 +75,7 @@ def _options(params: dict, config) -> dict:
             if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise _BadRequest(400, f"{key} must be a number")
             rule[key] = value
-    options = dict(sampling=Sampling(**rule))
+    options = dict(sampling=default.overridden(**rule))
     for key in ("seed", "speaker"):
         if key in params:
             value = params[key]
@@ -181,7 +181,7 @@ def make_app(engine: Engine, limits: Limits = Limits()):
                     or seconds <= 0:
                 raise _BadRequest(400, "seconds must be a positive number")
             check_seconds(seconds)
-            options = _options(params, config)
+            options = _options(params, config, engine.generator.sampling)
         except _BadRequest as exc:
             return error("generate", exc.status, str(exc))
         except FastWaveNetError as exc:
@@ -192,7 +192,7 @@ def make_app(engine: Engine, limits: Limits = Limits()):
         try:
             if not config.n_mels:
                 raise _BadRequest(400, "this model is not a vocoder: use /generate")
-            options = _options(dict(request.query), config)
+            options = _options(dict(request.query), config, engine.generator.sampling)
             if "seconds" in options:
                 raise _BadRequest(400, "/vocode makes what the mel covers; seconds is not an option")
             raw = await body(request)

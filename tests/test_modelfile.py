@@ -75,3 +75,61 @@ def test_checksum_cost_is_small_for_a_standard_model():
     print(f"checksum of {sum(t.numel() * 4 for t in tensors.values()) / 1e6:.1f} MB: "
           f"{1000 * (time.perf_counter() - start):.1f} ms")
     assert len(digest) == 64 and digest == checksum(tensors)
+
+
+def test_default_sampling_is_stored_used_and_overridden_field_by_field(weights, tmp_path):
+    """A model file's default sampling: saved in the metadata, read back, used by the Generator and the Engine
+    where a call names no rule, overridden field by field on the command line, set by `export` on a model file."""
+    import numpy as np
+    import soundfile
+
+    from fastwavenet import Generator, Sampling
+    from fastwavenet.engine import Engine
+
+    from conftest import run_cli
+
+    config = preset("tiny")
+    plain, stamped = tmp_path / "plain.safetensors", tmp_path / "stamped.safetensors"
+    save_model(plain, config, weights)
+    assert load_model(plain).sampling is None
+    rule = Sampling(temperature=0.7, top_p=0.9)
+    save_model(stamped, config, weights, rule)
+    assert load_model(stamped).sampling == rule
+
+    gen = Generator(stamped, backend="numba")
+    assert gen.sampling == rule
+    n = gen.sample_rate // 10
+    made = gen.generate(samples=n, seed=3)
+    assert np.array_equal(made, gen.generate(samples=n, seed=3, sampling=rule))
+    assert not np.array_equal(made, gen.generate(samples=n, seed=3, sampling=Sampling()))
+    with Engine(gen, max_active=2) as engine:
+        assert np.array_equal(engine.submit(samples=n, seed=3).result()[None], made)
+
+    # The command line: --top-p 1 keeps the model's temperature 0.7 and turns truncation off.
+    result = run_cli("generate", "--model", stamped, "-o", tmp_path / "cli.wav", "--seconds", "0.1", "--seed", "3",
+                     "--top-p", "1", "--backend", "numba", "--quiet")
+    assert result.returncode == 0, result.stderr
+    cli, _ = soundfile.read(tmp_path / "cli.wav", dtype="float32")
+    want = gen.generate(samples=n, seed=3, sampling=Sampling(temperature=0.7))[0]
+    assert np.abs(cli - want).max() <= 1 / 32767 + 1e-6  # the WAV file holds 16-bit samples
+
+    # export on a model file sets its default (fields not given keep the file's own); info shows it.
+    result = run_cli("export", stamped, "-o", tmp_path / "restamped.safetensors", "--temperature", "0.9")
+    assert result.returncode == 0, result.stderr
+    assert load_model(tmp_path / "restamped.safetensors").sampling == Sampling(temperature=0.9, top_p=0.9)
+    result = run_cli("info", tmp_path / "restamped.safetensors")
+    assert "default sampling: temperature 0.9, top_k 0, top_p 0.9" in result.stdout
+
+
+def test_malformed_default_sampling_is_refused_in_one_line(weights, tmp_path):
+    from safetensors.torch import load_file
+
+    path = tmp_path / "m.safetensors"
+    save_model(path, preset("tiny"), weights)
+    tensors = load_file(str(path))
+    metadata = {"format": MODEL_FORMAT, "format_version": MODEL_VERSION, "config": preset("tiny").to_json(),
+                "sha256": checksum(tensors)}
+    for bad in ('{"temperature": -1}', '{"colour": 1}', "not json", "[0.9]"):
+        save_file(tensors, str(path), metadata={**metadata, "sampling": bad})
+        with pytest.raises(FastWaveNetError, match="default sampling is malformed"):
+            load_model(path)
