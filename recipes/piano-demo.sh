@@ -1,15 +1,32 @@
 #!/usr/bin/env bash
 # Trains the demo model that ships inside fastwavenet, on the Chopin piano corpus (4410 Hz), holding piece6 out for
-# validation, then exports it. Run from the repository root: bash recipes/piano-demo.sh [DATA_DIR] [STEPS]
+# validation, then exports it. Run from the repository root:
+#   bash recipes/piano-demo.sh [DATA_DIR] [STEPS]
+# Stage 1 (runs/piano-demo): 6,000 steps from scratch, lr 1e-3, seed 0; its export is what shipped until stage 2.
+# Stage 2 (runs/piano-demo-2): a new run from stage 1's weights (`train --init`: fresh Adam, step 0), lr 5e-4,
+# seed 1, to STEPS; resumed when its run directory exists (runs/piano-demo-2 is committed, a few MB, so training
+# can go on across sessions). The export carries the default sampling measured by recipes/sampling_table.py.
 set -euo pipefail
 data=${1:-../shared/data/chopin-piano-4410}
-steps=${2:-4000}
-run=runs/piano-demo
-if [ -f "$run/checkpoint.pt" ]; then
-  OMP_NUM_THREADS=1 fastwavenet train --resume "$run" --steps "$steps"
-else
-  OMP_NUM_THREADS=1 fastwavenet train "$data" --config recipes/piano-demo.json --out "$run" --steps "$steps" \
-    --batch-size 8 --target-length 2048 --lr 1e-3 --seed 0 --validation-files piece6.flac \
-    --validate-every 250 --checkpoint-every 250
+steps=${2:-20000}
+common=(--batch-size 8 --target-length 2048 --validation-files piece6.flac --validate-every 250
+        --checkpoint-every 250)
+export OMP_NUM_THREADS=1
+if [ ! -f runs/piano-demo-2/checkpoint.pt ] && [ ! -f runs/piano-demo-1.safetensors ]; then
+  if [ -f runs/piano-demo/checkpoint.pt ]; then
+    fastwavenet train --resume runs/piano-demo --steps 6000
+  else
+    fastwavenet train "$data" --config recipes/piano-demo.json --out runs/piano-demo --steps 6000 --lr 1e-3 \
+      --seed 0 "${common[@]}"
+  fi
+  fastwavenet export runs/piano-demo -o runs/piano-demo-1.safetensors
 fi
-fastwavenet export "$run" -o fastwavenet/models/piano.safetensors
+if [ -f runs/piano-demo-2/checkpoint.pt ]; then
+  fastwavenet train --resume runs/piano-demo-2 --steps "$steps"
+else
+  fastwavenet train "$data" --init runs/piano-demo-1.safetensors --out runs/piano-demo-2 --steps "$steps" \
+    --lr 5e-4 --seed 1 "${common[@]}"
+fi
+# Default sampling: the setting recipes/sampling_table.py found closest to the recordings (docs/DEMO_MODEL.md).
+fastwavenet export runs/piano-demo-2 -o fastwavenet/models/piano.safetensors --temperature "${TEMPERATURE:-1.1}" \
+  --top-p "${TOP_P:-0.8}"
