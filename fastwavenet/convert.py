@@ -1,5 +1,6 @@
-"""Training side of the folded layout: a training model -> folded weights (`fold`), back (`unfold`, for tests and
-tools that want the training model's form), and a training checkpoint -> a model file (`export`).
+"""Training side of the folded layout: a training model -> folded weights (`fold`), and a training checkpoint -> a
+model file (`export`). The way back, folded weights -> a training model, is `model.unfold` (training's `--init`
+needs it, and training must not import this module, which imports training).
 
 The layout itself is defined in fastwavenet/folded.py; the inference path never imports this module.
 """
@@ -10,10 +11,9 @@ import os
 
 import torch
 
-from .config import WaveNetConfig
 from .files import check_writable
 from .folded import FoldedWeights
-from .model import WaveNet
+from .model import WaveNet, unfold  # noqa: F401  (unfold lives with the model; kept importable here)
 from .modelfile import ModelFile, save_model
 from .training import model_from_checkpoint
 
@@ -52,42 +52,6 @@ def fold(model: WaveNet) -> FoldedWeights:
         embed=embed.contiguous(), dilated_w=dilated_w.contiguous(), dilated_b=dilated_b, out_w=out_w, out_b=out_b,
         head1_w=f32(model.head1.weight)[:, :, 0].T.contiguous(), head1_b=f32(model.head1.bias),
         head2_w=f32(model.head2.weight)[:, :, 0].T.contiguous(), head2_b=f32(model.head2.bias), **conditioning)
-
-
-@torch.no_grad()
-def unfold(weights: FoldedWeights, config: WaveNetConfig) -> WaveNet:
-    """Folded weights -> a training model with the same function (for tests and tools that want the nn.Module)."""
-    model = WaveNet(config)
-    r = config.residual_channels
-    embed = weights.embed.clone()
-    bias = embed[-1].mean(dim=0)  # any split of the newest tap's bias is exact: one-hot picks one row
-    embed[-1] -= bias
-    model.input.weight.copy_(embed.permute(2, 1, 0))
-    model.input.bias.copy_(bias)
-    for i, block in enumerate(model.blocks):
-        block.dilated.weight.copy_(weights.dilated_w[i].permute(2, 1, 0))
-        if block.dilated.bias is not None:
-            block.dilated.bias.copy_(weights.dilated_b[i])
-        if block.residual is not None:
-            block.residual.weight.copy_(weights.out_w[i, :, :r].T[:, :, None])
-            if block.residual.bias is not None:
-                block.residual.bias.copy_(weights.out_b[i, :r])
-        block.skip.weight.copy_(weights.out_w[i, :, r:].T[:, :, None])
-        if block.skip.bias is not None:
-            block.skip.bias.copy_(weights.out_b[i, r:])
-    model.head1.weight.copy_(weights.head1_w.T[:, :, None])
-    model.head1.bias.copy_(weights.head1_b)
-    model.head2.weight.copy_(weights.head2_w.T[:, :, None])
-    model.head2.bias.copy_(weights.head2_b)
-    stacked = lambda w: w.transpose(1, 2).reshape(-1, w.shape[1], 1)  # (L, in, 2G) -> (L * 2G, in, 1)  # noqa: E731
-    if config.speakers:
-        model.speaker_embed.weight.copy_(weights.speaker_embed)
-        model.speaker_proj.weight.copy_(stacked(weights.speaker_w))
-    if config.n_mels:
-        model.upsample.weight.copy_(weights.upsample_w)
-        model.upsample.bias.copy_(weights.upsample_b)
-        model.mel_proj.weight.copy_(stacked(weights.mel_w))
-    return model.eval()
 
 
 def export(checkpoint: str | os.PathLike, out: str | os.PathLike, sampling=None) -> ModelFile:

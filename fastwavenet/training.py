@@ -232,8 +232,8 @@ def init_config(path: str | os.PathLike) -> WaveNetConfig:
 
 def _init_weights(path: str, config: WaveNetConfig) -> WaveNet:
     """The training model holding a model file's weights (unfolded: the same function, fresh optimizer state)."""
-    from .convert import unfold
     from .modelfile import load_model
+    from .model import unfold
 
     loaded = load_model(path)
     if loaded.config != config:
