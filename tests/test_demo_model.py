@@ -31,3 +31,10 @@ def test_generate_with_no_model_argument(tmp_path):
     assert result.returncode == 0, result.stderr
     x, rate = soundfile.read(tmp_path / "piano.wav")
     assert rate == 4410 and len(x) == 2205
+
+
+def test_demo_model_carries_its_measured_default_sampling():
+    """docs/DEMO_MODEL.md, "Default sampling": chosen by recipes/sampling_table.py and stored in the file."""
+    from fastwavenet import Sampling
+
+    assert load().sampling == Sampling(temperature=1.2, top_p=1.0)
