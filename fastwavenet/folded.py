@@ -28,7 +28,8 @@ Conditioned models add (M mel bands, hop h, P speakers, E speaker channels):
                                                          upsampler "r9y9-convin": its input convolution (PyTorch's
                                                          conv1d layout) and U one-channel 2-D convolution kernels
 
-Folding a training model into this layout (and back) is training-side work: fastwavenet/export.py.
+Folding a training model into this layout is training-side work (fastwavenet/convert.py: `fold`, `export`), and so
+is the way back (fastwavenet/model.py: `unfold`).
 `convolve` here is the whole-sequence forward over folded weights, for the `naive` backend and `score`: it needs
 no training code.
 """
