@@ -399,7 +399,7 @@ class Engine:
                     if admit or any(r._runnable(n) for r in self._serving):
                         break
                     self._lock.wait(0.5)
-            for r in admit:
+            for r in list(admit):  # _start takes each out of _admitting (the same list)
                 self._start(r)
             with self._lock:
                 self._admitting = []
@@ -472,6 +472,10 @@ class Engine:
             return
         r.status = "running"
         with self._lock:
+            # Moved from _admitting to _serving in one step: counted in both, a request would make `submit` see
+            # the engine full while it is not (a spurious EngineFull, a 503 from the server).
+            if r in self._admitting:
+                self._admitting.remove(r)
             self._serving.append(r)
 
     def _slot_state(self, slot: int) -> QueueState:
