@@ -48,6 +48,14 @@ class ResidualBlock(nn.Module):
         return out, self.skip(gated)
 
 
+def check_trainable(config: WaveNetConfig, what: str = "this model"):
+    """Refuse, in one line, a config training cannot build: anything but softmax over mu-law classes with
+    fastwavenet's own upsampler (imported r9y9 kinds)."""
+    if config.output != "softmax" or config.upsampler != "transpose":
+        raise FastWaveNetError(f"{what} is an imported kind ({config.output} output, {config.upsampler} upsampler); "
+                               f"training covers softmax models over mu-law classes with fastwavenet's own upsampler")
+
+
 class WaveNet(nn.Module):
     """codes (B, T) int64 in [0, classes) -> logits (B, classes, T) float32.
 
@@ -57,9 +65,7 @@ class WaveNet(nn.Module):
 
     def __init__(self, config: WaveNetConfig):
         super().__init__()
-        if config.output != "softmax" or config.upsampler != "transpose":
-            raise FastWaveNetError("training covers softmax models over mu-law classes with fastwavenet's own "
-                                   "upsampler; import models of other kinds (fastwavenet import r9y9)")
+        check_trainable(config)
         self.config = config
         self.input = CausalConv1d(config.classes, config.residual_channels, config.input_kernel_size)
         n = config.layers

@@ -26,7 +26,7 @@ from .config import WaveNetConfig, check_memory
 from .data import CropDataset, load_corpus, speaker_names, split_by_file, validation_crops
 from .errors import FastWaveNetError
 from .files import atomic_path, write_json
-from .model import WaveNet, loss_bits
+from .model import WaveNet, check_trainable, loss_bits
 
 CHECKPOINT_FORMAT = "fastwavenet-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -224,9 +224,7 @@ def init_config(path: str | os.PathLike) -> WaveNetConfig:
     from .modelfile import load_model
 
     config = load_model(path).config
-    if config.output != "softmax" or config.upsampler != "transpose":
-        raise FastWaveNetError(f"{path} is an imported {config.output} model; training continues only models "
-                               f"of fastwavenet's own kind")
+    check_trainable(config, str(path))
     return config
 
 
