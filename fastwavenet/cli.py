@@ -71,10 +71,9 @@ def cmd_train(args):
     changes = {name: getattr(args, name) for name in ("sample_rate", "n_mels", "hop_length", "n_fft", "fmin", "fmax")
                if getattr(args, name) is not None}
     if args.init:
-        if args.config or args.preset or changes or args.speakers_from_folders:
-            raise FastWaveNetError("--init takes the model's config from the model file; drop --config, --preset "
-                                   "and the conditioning options")
-        config = init_config(args.init)
+        if args.config or args.preset:
+            raise FastWaveNetError("--init takes the model's shape from the model file; drop --config and --preset")
+        config = init_config(args.init, adds_conditioning=bool(changes or args.speakers_from_folders))
     else:
         config = WaveNetConfig.from_file(args.config) if args.config else preset(args.preset or "small")
     if args.speakers_from_folders:
@@ -452,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--init", metavar="MODEL", help="start a new run from a model file's weights (fresh optimizer, "
-                   "step 0; its config is the run's)")
+                   "step 0; its shape is the run's; --n-mels or --speakers-from-folders add conditioning to an "
+                   "unconditioned model, starting at zero)")
     p.add_argument("--steps", type=_positive_int, help="train until this step (default 1000)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--lr", type=_positive_float, default=1e-3)

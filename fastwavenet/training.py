@@ -219,24 +219,48 @@ def _model_and_optimizer(run: _Run):
     return model, optimizer, step
 
 
-def init_config(path: str | os.PathLike) -> WaveNetConfig:
-    """The config of a model file a new run starts from (`train --init`); refuses what training cannot continue."""
+_CONDITIONING_FIELDS = ("speakers", "speaker_channels", "n_mels", "hop_length", "n_fft", "fmin", "fmax")
+
+
+def init_config(path: str | os.PathLike, adds_conditioning: bool = False) -> WaveNetConfig:
+    """The config of a model file a new run starts from (`train --init`); refuses what training cannot continue.
+
+    adds_conditioning: the caller will add mel or speaker conditioning to it (a vocoder started from an
+    unconditioned model), which needs a model file without any."""
     from .modelfile import load_model
 
     config = load_model(path).config
     check_trainable(config, str(path))
+    if adds_conditioning and config.conditioned:
+        raise FastWaveNetError(f"{path} is already conditioned; --init keeps its conditioning as it is (drop the "
+                               f"conditioning options), conditioning can only be added to an unconditioned model")
     return config
 
 
 def _init_weights(path: str, config: WaveNetConfig) -> WaveNet:
-    """The training model holding a model file's weights (unfolded: the same function, fresh optimizer state)."""
+    """The training model holding a model file's weights (unfolded: the same function, fresh optimizer state).
+
+    Where `config` adds conditioning to an unconditioned file, the new projections start at zero, so the run starts
+    from exactly the file's function and learns how far to follow the conditioning; the mel upsampler keeps its
+    fresh initialization."""
     from .modelfile import load_model
     from .model import unfold
 
     loaded = load_model(path)
-    if loaded.config != config:
+    if loaded.config == config:
+        return unfold(loaded.weights, config)
+    with_conditioning = loaded.config.replace(**{name: getattr(config, name) for name in _CONDITIONING_FIELDS})
+    if loaded.config.conditioned or with_conditioning != config:
         raise FastWaveNetError(f"{path} no longer holds the config this run started from")
-    return unfold(loaded.weights, config)
+    base = unfold(loaded.weights, loaded.config)
+    model = WaveNet(config)
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected, unexpected
+    with torch.no_grad():
+        for name in ("mel_proj", "speaker_proj"):
+            if hasattr(model, name):
+                getattr(model, name).weight.zero_()
+    return model
 
 
 @dataclass

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,6 +88,40 @@ def test_init_starts_a_new_run_from_a_model_file(sine_folder, tmp_path):
     result = run_cli("train", "--resume", tmp_path / "second", "--steps", "3", "--quiet")
     assert result.returncode == 0, result.stderr
     assert load_checkpoint(tmp_path / "second")["step"] == 3
+
+
+def test_init_adds_mel_conditioning_starting_from_the_unconditioned_function(sine_folder, tmp_path):
+    """--init with --n-mels: a vocoder started from an unconditioned model; its mel projections start at zero, so at
+    step 0 it gives the unconditioned model's logits whatever the mel says, and training then moves them."""
+    from fastwavenet.convert import export
+    from fastwavenet.features import log_mel
+    from fastwavenet.training import _init_weights
+
+    train([sine_folder], tmp_path / "first", preset("tiny"), TrainOptions(steps=2, **OPTIONS), progress=False)
+    source = export(tmp_path / "first", tmp_path / "first.safetensors")
+    config = source.config.replace(n_mels=8, hop_length=16, n_fft=64)
+    start = _init_weights(str(tmp_path / "first.safetensors"), config)
+    plain = model_from_checkpoint(tmp_path / "first")
+    codes = torch.randint(0, config.classes, (1, 64))
+    mel = torch.from_numpy(log_mel(np.random.default_rng(0).standard_normal(64).astype(np.float32), config))[None]
+    with torch.no_grad():
+        assert torch.allclose(start(codes, mel=mel[:, :, :4]), plain(codes), atol=1e-5)
+
+    result = run_cli("train", sine_folder, "--init", tmp_path / "first.safetensors", "--n-mels", "8", "--hop-length",
+                     "16", "--n-fft", "64", "--out", tmp_path / "voc", "--steps", "2", "--batch-size", "2",
+                     "--target-length", "32", "--quiet")
+    assert result.returncode == 0, result.stderr
+    trained = model_from_checkpoint(tmp_path / "voc")
+    assert trained.config == config
+    assert trained.mel_proj.weight.abs().max() > 0, "two steps of training left the mel projection at zero"
+    result = run_cli("train", "--resume", tmp_path / "voc", "--steps", "3", "--quiet")
+    assert result.returncode == 0, result.stderr
+
+    export(tmp_path / "voc", tmp_path / "voc.safetensors")
+    result = run_cli("train", sine_folder, "--init", tmp_path / "voc.safetensors", "--n-mels", "16",
+                     "--out", tmp_path / "r", "--steps", "2")
+    assert result.returncode == 2 and "already conditioned" in result.stderr, result.stderr
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("args, words", [
