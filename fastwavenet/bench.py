@@ -56,6 +56,13 @@ def machine() -> dict:
     info = {"cpu": cpu, "cores": os.cpu_count(), "isa": vector_isa(flags, platform.machine()),
             "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host"), "torch": torch.__version__,
             "platform": platform.platform()}
+    try:
+        from .kernels.cpu import BLOCK, VECTOR_BITS
+    except ImportError:  # numba missing
+        pass
+    else:  # what the numba kernel compiles for (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES apply)
+        info["numba_vector_bits"] = VECTOR_BITS
+        info["numba_blocks"] = BLOCK._asdict()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -77,8 +84,8 @@ class Limits:
 
     batched: torch's float32 matmul (2048 x 2048 x 2048, all of torch's threads) in GFLOP/s, divided by the
     model's FLOPs per sample: samples/s if every multiply-add ran at sgemm speed.
-    batch 1: passes/s of one core streaming the model's weight bytes through a matrix-vector product (numba):
-    samples/s if each sample read every weight once at that speed. A batch of B streams may reach at most
+    batch 1: passes/s of one core reading a buffer of the model's weight bytes (a vectorized sum, numba): samples/s
+    if each sample read every weight once at that speed. A batch of B streams may reach at most
     min(B x that, the batched limit)."""
 
     sgemm_gflops: float
@@ -125,19 +132,17 @@ def measure_limits(model: ModelFile, seconds: float = 0.5) -> Limits:
     nbytes = weight_bytes(model)
     passes_per_s = 0.0
     try:
-        from .kernels.cpu import matvec_passes
+        from .kernels.cpu import read_passes
     except ImportError:  # numba missing: the batch-1 limit is not measured
         pass
     else:
-        cols = 256
-        w = np.random.default_rng(0).standard_normal((max(1, nbytes // 4 // cols), cols)).astype(np.float32)
-        x, y = np.ones(cols, np.float32), np.empty(w.shape[0], np.float32)
-        matvec_passes(w, x, y, 1)
+        buffer = np.random.default_rng(0).standard_normal(max(1, nbytes // 4)).astype(np.float32)
+        read_passes(buffer, 1)
         passes, elapsed = 8, 0.0
         while elapsed < seconds:
             passes *= 2
             t0 = time.perf_counter()
-            matvec_passes(w, x, y, passes)
+            read_passes(buffer, passes)
             elapsed = time.perf_counter() - t0
         passes_per_s = passes / elapsed
     return Limits(sgemm_gflops=best / 1e9, threads=torch.get_num_threads(), flops_per_sample=flops_per_sample(
@@ -306,6 +311,7 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
           limits: Limits | None = None) -> str:
     lines = [f"machine: {info['cpu']}, {info['cores']} cores, {info.get('isa', '?')}"
              + (f" (numba target {info['numba_cpu_name']})" if info.get("numba_cpu_name", "host") != "host" else "")
+             + (f", numba kernel {info['numba_vector_bits']}-bit vectors" if "numba_vector_bits" in info else "")
              + (f", GPU {info['gpu']}" if "gpu" in info else ""),
              f"model: {config.layers} layers, residual {config.residual_channels}, skip {config.skip_channels}, "
              + (f"{config.classes} classes" if config.output == "softmax" else

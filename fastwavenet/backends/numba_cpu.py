@@ -48,22 +48,21 @@ class NumbaBackend(Backend):
         super().__init__(config, weights, device, precision)
         from ..kernels.cpu import CpuWeights
 
-        # The kernel's dot products want each output's weights contiguous: every matrix is transposed once, here,
-        # from the folded layout's (in, out) to (out, in); at bf16, stored as 16-bit patterns.
-        def out_major(t):
+        # The kernel reads the folded layout, (in, out); at bf16, as 16-bit patterns.
+        def matrix(t):
             if precision == "bf16":  # the rounded weights' bit patterns, exact: they are bf16 values already
                 t = t.detach().cpu().to(torch.bfloat16).view(torch.int16)
-                return np.ascontiguousarray(t.numpy().view(np.uint16).swapaxes(-1, -2))
-            return np.ascontiguousarray(t.detach().cpu().numpy().swapaxes(-1, -2))
+                return np.ascontiguousarray(t.numpy().view(np.uint16))
+            return np.ascontiguousarray(t.detach().cpu().numpy())
 
         plain = lambda t: np.ascontiguousarray(t.detach().cpu().numpy())  # noqa: E731
         layout = config.queue_layout()
         self.weights = CpuWeights(
             embed=plain(weights.embed),
-            dilated_w=out_major(weights.dilated_w.reshape(config.layers, -1, 2 * config.gate_channels)),
-            dilated_b=plain(weights.dilated_b), out_w=out_major(weights.out_w), out_b=plain(weights.out_b),
-            head1_w=out_major(weights.head1_w), head1_b=plain(weights.head1_b),
-            head2_w=out_major(weights.head2_w), head2_b=plain(weights.head2_b),
+            dilated_w=matrix(weights.dilated_w.reshape(config.layers, -1, 2 * config.gate_channels)),
+            dilated_b=plain(weights.dilated_b), out_w=matrix(weights.out_w), out_b=plain(weights.out_b),
+            head1_w=matrix(weights.head1_w), head1_b=plain(weights.head1_b),
+            head2_w=matrix(weights.head2_w), head2_b=plain(weights.head2_b),
             dilations=layout.dilations, offsets=layout.offsets)
 
     @staticmethod

@@ -1,0 +1,75 @@
+"""The CPU kernel's matrix products for every register-block shape its selector can pick (kernels/cpu.py, BLOCKS).
+
+In this process they run with the blocks of this machine's vector width; the last test runs this file and the numba
+exactness tests again in subprocesses whose numba target has 256-bit and 128-bit vectors (NUMBA_CPU_NAME with empty
+NUMBA_CPU_FEATURES), so every shape is held to the training model on any development machine."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+cpu = pytest.importorskip("fastwavenet.kernels.cpu")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def products(w, bias, x, first, last):
+    y = np.full((x.shape[0], w.shape[1]), np.nan, np.float32)
+    cpu._matmul(w, bias, x, x.shape[0], y, first, last)
+    return y
+
+
+@pytest.mark.parametrize("k, n", [(1, 1), (3, 5), (17, 16), (64, 23), (128, 100), (40, 130), (256, 320)])
+def test_products_match_float64_and_each_stream_is_the_same_alone(k, n):
+    """Every (streams, outputs) remainder of the blocks; each stream's row is bit for bit the row it gets alone and
+    in any other batch (each output is one fma chain, whatever block computes it), and bf16 bit patterns give
+    exactly the float32 products of the widened weights."""
+    rng = np.random.default_rng(k * 1000 + n)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal((37, k)).astype(np.float32)
+    first = n // 3
+    y = products(w, bias, x, first, n)
+    reference = bias + x.astype(np.float64) @ w.astype(np.float64)
+    assert np.abs(y[:, first:] - reference[:, first:]).max() <= 1e-5 * (1 + np.abs(reference).max())
+    assert np.isnan(y[:, :first]).all(), "outputs before `first` were written"
+    for batch in (1, 2, 3, 4, 5, 9, 16, 17, 37):
+        assert np.array_equal(products(w, bias, x[:batch], first, n)[:, first:], y[:batch, first:]), batch
+    assert np.array_equal(products(w, bias, x[20:21], first, n)[:, first:], y[20:21, first:])
+
+    bits = (w.view(np.uint32) >> 16).astype(np.uint16)  # truncated to bf16: any bit pattern widens exactly
+    widened = (bits.astype(np.uint32) << 16).view(np.float32)
+    assert np.array_equal(products(bits, bias, x, first, n)[:, first:], products(widened, bias, x, first, n)[:, first:])
+
+
+def test_block_shape_follows_the_vector_width():
+    assert cpu.BLOCK == cpu.BLOCKS[cpu.VECTOR_BITS]
+    assert cpu.BLOCK.lanes * 32 == cpu.VECTOR_BITS
+
+
+TARGETS = {256: "haswell", 128: "nehalem"}
+
+
+@pytest.mark.skipif(os.environ.get("FASTWAVENET_BLOCKS_CHILD") == "1", reason="already a child run")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
+                    reason="the other x86 vector widths are reached through numba's x86 CPU names")
+@pytest.mark.parametrize("bits", [b for b in cpu.BLOCKS if b != cpu.VECTOR_BITS])
+def test_other_vector_widths_in_a_subprocess(bits):
+    env = dict(os.environ, NUMBA_CPU_NAME=TARGETS[bits], NUMBA_CPU_FEATURES="", FASTWAVENET_BLOCKS_CHILD="1",
+               FASTWAVENET_EXPECT_VECTOR_BITS=str(bits))  # numba keys its cache by target: no clash
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                             "tests/test_cpu_blocks.py", "tests/test_exactness.py", "-k", "numba or products or width"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+def test_child_runs_the_width_it_was_asked_for():
+    expected = os.environ.get("FASTWAVENET_EXPECT_VECTOR_BITS")
+    if expected is None:
+        pytest.skip("only in the subprocesses of test_other_vector_widths_in_a_subprocess")
+    assert cpu.VECTOR_BITS == int(expected)
