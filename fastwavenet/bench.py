@@ -84,9 +84,9 @@ class Limits:
 
     batched: torch's float32 matmul (2048 x 2048 x 2048, all of torch's threads) in GFLOP/s, divided by the
     model's FLOPs per sample: samples/s if every multiply-add ran at sgemm speed.
-    batch 1: passes/s of one core reading a buffer of the model's weight bytes (a vectorized sum, numba): samples/s
-    if each sample read every weight once at that speed. A batch of B streams may reach at most
-    min(B x that, the batched limit)."""
+    batch 1: passes/s of one core reading a buffer of the model's weight bytes front to back (the numba kernel's
+    lone-stream product, `kernels.cpu.read_passes`): samples/s if each sample read every weight once at that speed.
+    A batch of B streams may reach at most min(B x that, the batched limit)."""
 
     sgemm_gflops: float
     threads: int
@@ -132,11 +132,12 @@ def measure_limits(model: ModelFile, seconds: float = 0.5) -> Limits:
     nbytes = weight_bytes(model)
     passes_per_s = 0.0
     try:
-        from .kernels.cpu import read_passes
+        from .kernels.cpu import READ_COLUMNS, read_passes
     except ImportError:  # numba missing: the batch-1 limit is not measured
         pass
     else:
-        buffer = np.random.default_rng(0).standard_normal(max(1, nbytes // 4)).astype(np.float32)
+        rows = max(1, nbytes // 4 // READ_COLUMNS)
+        buffer = np.random.default_rng(0).standard_normal((rows, READ_COLUMNS)).astype(np.float32)
         read_passes(buffer, 1)
         passes, elapsed = 8, 0.0
         while elapsed < seconds:

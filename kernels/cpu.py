@@ -603,14 +603,19 @@ def generate(last, scalar, distribution, log_scale_min, t0, u, temperature, top_
             last[b0 + bb] = step_codes[bb]
 
 
+# The batch-1 limit's matrix is this many columns wide: one lone-stream block, so a pass reads it front to back.
+READ_COLUMNS = BLOCK.nv1 * BLOCK.lanes
+
+
 @njit(**_OPTIONS)
-def read_passes(buffer, passes):
-    """Read every float of `buffer` (1-D float32), `passes` times, on one core (a sum, reassociated into vector
-    accumulators under fastmath), and return the last sum. The benchmark times it over a buffer of the model's
-    weight bytes as the machine's batch-1 limit: a generator at batch 1 must read every weight once per sample."""
-    total = np.float32(0.0)
+def read_passes(w, passes):
+    """Stream w (rows, READ_COLUMNS) float32 through the kernel's lone-stream product `passes` times, on one core:
+    one sequential read of its bytes per pass, with as many independent fma chains as the kernel uses. The benchmark
+    times it over the model's weight bytes as the machine's batch-1 limit (a generator at batch 1 must read every
+    weight once per sample)."""
+    x = np.ones((1, w.shape[0]), np.float32)
+    y = np.empty((1, w.shape[1]), np.float32)
+    bias = np.zeros(w.shape[1], np.float32)
     for _ in range(passes):
-        total = np.float32(0.0)
-        for i in range(buffer.shape[0]):
-            total += buffer[i]
-    return total
+        _matmul(w, bias, x, 1, y, 0, w.shape[1])
+    return y[0, 0]
