@@ -281,6 +281,12 @@ def cmd_vocode(args):
     from .files import check_writable
     from .generator import Generator, generate_to_wav
 
+    if args.model is not None and args.input is None and not args.manifest:
+        args.model, args.input = None, args.model  # one positional: the input, for the bundled vocoder
+    if args.model is None:
+        from .demo import demo_vocoder_path
+
+        args.model = str(demo_vocoder_path())
     if args.manifest:
         return _run_manifest(args, vocode=True)
     if not args.input or not args.output:
@@ -500,7 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("vocode", help="resynthesize audio from its mel spectrogram (or saved mel frames)")
-    p.add_argument("model", help="a model trained with --n-mels")
+    p.add_argument("model", nargs="?", help="a model trained with --n-mels (default: the bundled piano vocoder, "
+                   "when only INPUT is given)")
     p.add_argument("input", nargs="?",
                    help="audio file, or log-mel frames as .npy (n_mels, frames) / .npz (mel, hop_length); a model "
                         "imported from r9y9 takes its features as .npy (frames, n_mels)")
