@@ -21,6 +21,6 @@ def demo_model_path() -> Path:
 
 def demo_vocoder_path() -> Path:
     if not DEMO_VOCODER.is_file():
-        raise FastWaveNetError(f"the bundled vocoder is missing ({DEMO_VOCODER}); name a vocoder model: "
-                               f"fastwavenet vocode MODEL INPUT -o OUTPUT")
+        raise FastWaveNetError(f"no vocoder is bundled in this install ({DEMO_VOCODER} is missing; its training is "
+                               f"in progress, docs/VOCODER.md); name one: fastwavenet vocode MODEL INPUT -o OUTPUT")
     return DEMO_VOCODER
