@@ -127,3 +127,16 @@ def test_bad_conditioning_input(args, words, tmp_path, models):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], result.stderr
     assert not out.exists() and not list(tmp_path.glob(".out.wav*"))
+
+
+def test_vocode_with_only_input_names_the_missing_bundled_vocoder(sine_folder):
+    """One positional argument is the input, for the bundled vocoder; where none is bundled, one line says so."""
+    from fastwavenet.demo import DEMO_VOCODER
+
+    if DEMO_VOCODER.is_file():
+        pytest.skip("a vocoder is bundled: tests/test_demo_model.py covers it")
+    result = run_cli("vocode", sine_folder / "tone0.wav", "-o", sine_folder / "out.wav")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no vocoder is bundled" in lines[0], result.stderr
+    assert not (sine_folder / "out.wav").exists()
