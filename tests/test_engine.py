@@ -258,3 +258,17 @@ def test_a_scheduler_failure_ends_every_request_instead_of_hanging(tiny, monkeyp
     with pytest.raises(FastWaveNetError, match="shut down"):
         engine.submit(samples=10)
     engine.close()
+
+
+def test_warm_up_uses_the_model_files_default_sampling():
+    """Requests that name no rule get the model file's default, so that is the rule the engine warms up with (a
+    backend may compile per rule: the first request must not pay for it)."""
+    config = preset("tiny")
+    default = Sampling(temperature=1.3, top_p=0.9)
+    gen = Generator(ModelFile(config, fold(random_model(config, 1)), default), backend="numba")
+    seen = []
+    original = gen.warm_up
+    gen.warm_up = lambda sampling=Sampling(), prime=False: (seen.append(sampling), original(sampling, prime))
+    with Engine(gen, max_active=1):
+        pass
+    assert seen == [default]
