@@ -108,17 +108,6 @@ def _widen(weight):
     return lambda weight: weight
 
 
-def is_bf16(w):
-    """Whether a weight array holds bf16 bits (a constant where numba compiles it)."""
-    return w.dtype == np.uint16
-
-
-@overload(is_bf16, inline="always")
-def _is_bf16(w):
-    answer = w.dtype == types.uint16
-    return lambda w: answer
-
-
 # ---- the matrix products ---------------------------------------------------------------------------------------
 #
 # Every product is y[b, n] = bias[n] + sum_i x[b, i] * w[i, n] with w in-major (the folded layout), in outer-product
@@ -166,17 +155,19 @@ VECTOR_BITS = _vector_bits()
 BLOCK = BLOCKS[VECTOR_BITS]
 
 
-def _micro(sb: int, nv: int, lanes: int, bf16: bool):
+def _micro(sb: int, nv: int, lanes: int):
     """An intrinsic computing one block: y[s, n] (s < sb, n < nv * lanes) = bias[n] + sum_i x[s, i] * w[i, n],
-    each output one fma chain over i = 0 .. k-1. Arguments are addresses and row strides in elements (intp):
-    (w, ldw, x, ldx, y, ldy, bias, k); w float32 or, with bf16, uint16 bit patterns widened in registers."""
+    each output one fma chain over i = 0 .. k-1. Arguments: a weight (its type says float32 or bf16 bits, uint16,
+    widened in registers; its value is not used), then addresses and row strides in elements (intp):
+    (weight, w, ldw, x, ldx, y, ldy, bias, k)."""
 
     @intrinsic
-    def block(typingctx, w, ldw, x, ldx, y, ldy, bias, k):
-        sig = types.void(*([types.intp] * 8))
+    def block(typingctx, weight, w, ldw, x, ldx, y, ldy, bias, k):
+        bf16 = weight == types.uint16
+        sig = types.void(weight, *([types.intp] * 8))
 
         def codegen(context, builder, signature, args):
-            wp, ldw, xp, ldx, yp, ldy, bp, k = args
+            _, wp, ldw, xp, ldx, yp, ldy, bp, k = args
             i64 = ir.IntType(64)
             f32 = ir.FloatType()
             vec = ir.VectorType(f32, lanes)
@@ -226,12 +217,9 @@ def _micro(sb: int, nv: int, lanes: int, bf16: bool):
 
 
 _L = BLOCK.lanes
-# float32 / bf16 weights: the main block, a lone stream's block, one vector for one stream, one output for one stream.
-_MAIN, _MAIN16 = _micro(BLOCK.sb, BLOCK.nv, _L, False), _micro(BLOCK.sb, BLOCK.nv, _L, True)
-_ONE, _ONE16 = _micro(1, BLOCK.nv, _L, False), _micro(1, BLOCK.nv, _L, True)
-_LONE, _LONE16 = _micro(1, BLOCK.nv1, _L, False), _micro(1, BLOCK.nv1, _L, True)
-_VEC, _VEC16 = _micro(1, 1, _L, False), _micro(1, 1, _L, True)
-_SCALAR, _SCALAR16 = _micro(1, 1, 1, False), _micro(1, 1, 1, True)
+# The main block, a lone stream's block, one vector for one stream, one output for one stream.
+_MAIN, _ONE, _LONE = _micro(BLOCK.sb, BLOCK.nv, _L), _micro(1, BLOCK.nv, _L), _micro(1, BLOCK.nv1, _L)
+_VEC, _SCALAR = _micro(1, 1, _L), _micro(1, 1, 1)
 # Streams per group: a group's inputs and outputs stay in L1 while each weight panel passes through.
 _GROUP = 16
 
@@ -245,45 +233,30 @@ def _matmul(w, bias, x, nb, y, first, last):
     ldw, ldx, ldy = w.shape[1], x.shape[1], y.shape[1]
     esize = w.itemsize
     wp, xp, yp, bp = w.ctypes.data, x.ctypes.data, y.ctypes.data, bias.ctypes.data
-    bf16 = is_bf16(w)
+    w0 = w[0, 0]  # its type picks the blocks' weight format
     for g0 in range(0, nb, _GROUP):
         g1 = min(nb, g0 + _GROUP)
         n = first
         if g1 - g0 == 1:
             while n + BLOCK.nv1 * _L <= last:
-                if bf16:
-                    _LONE16(wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy, bp + 4 * n, K)
-                else:
-                    _LONE(wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy, bp + 4 * n, K)
+                _LONE(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy, bp + 4 * n, K)
                 n += BLOCK.nv1 * _L
         while n + BLOCK.nv * _L <= last:
             b = g0
             while b + BLOCK.sb <= g1:
-                if bf16:
-                    _MAIN16(wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy, bp + 4 * n, K)
-                else:
-                    _MAIN(wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy, bp + 4 * n, K)
+                _MAIN(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy, bp + 4 * n, K)
                 b += BLOCK.sb
             while b < g1:
-                if bf16:
-                    _ONE16(wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy, bp + 4 * n, K)
-                else:
-                    _ONE(wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy, bp + 4 * n, K)
+                _ONE(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy, bp + 4 * n, K)
                 b += 1
             n += BLOCK.nv * _L
         for b in range(g0, g1):
             m = n
             while m + _L <= last:
-                if bf16:
-                    _VEC16(wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy, bp + 4 * m, K)
-                else:
-                    _VEC(wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy, bp + 4 * m, K)
+                _VEC(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy, bp + 4 * m, K)
                 m += _L
             while m < last:
-                if bf16:
-                    _SCALAR16(wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy, bp + 4 * m, K)
-                else:
-                    _SCALAR(wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy, bp + 4 * m, K)
+                _SCALAR(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy, bp + 4 * m, K)
                 m += 1
 
 
