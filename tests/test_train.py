@@ -128,6 +128,7 @@ def test_init_adds_mel_conditioning_starting_from_the_unconditioned_function(sin
     (["train", "{audio}", "--init", "{tmp}/missing.safetensors", "--out", "{tmp}/r"], "no model file"),
     (["train", "{audio}", "--init", "{badconfig}", "--out", "{tmp}/r"], "not a readable safetensors"),
     (["train", "{audio}", "--init", "{badconfig}", "--preset", "tiny", "--out", "{tmp}/r"], "drop --config"),
+    (["train", "{audio}", "--init", "{badconfig}", "--sample-rate", "8000", "--out", "{tmp}/r"], "--sample-rate"),
     (["train", "--init", "{badconfig}", "--resume", "{tmp}/r"], "pass one of them"),
     (["train", "/nonexistent/folder", "--preset", "tiny", "--out", "{tmp}/r"], "no such file or folder"),
     (["train", "{empty}", "--preset", "tiny", "--out", "{tmp}/r"], "no usable audio"),
