@@ -19,7 +19,7 @@ Two kinds of model share every function, told apart by two scalars:
   logits over classes), LOGISTIC_MIXTURE or GAUSSIAN (`sample_continuous`, two uniforms per sample). The rules are
   those of fastwavenet/sampling.py and fastwavenet/distributions.py.
 The weight matrices are float32 or bf16 bit patterns (uint16; see `CpuWeights`): numba compiles one specialization
-for each from the same source, `widen` turning a weight into float32 exactly.
+for each from the same source, the product blocks (`_micro`) widening each weight to float32 exactly in registers.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 
 class CpuWeights(NamedTuple):
@@ -78,34 +78,6 @@ def fast_tanh(x):
     p = x * (_A1 + x2 * (_A3 + x2 * (_A5 + x2 * (_A7 + x2 * (_A9 + x2 * (_A11 + x2 * _A13))))))
     q = _B0 + x2 * (_B2 + x2 * (_B4 + x2 * _B6))
     return p / q
-
-
-@intrinsic
-def _bf16_to_float32(typingctx, bits):
-    """uint16 bf16 bits -> float32: zero-extend, shift into the upper half, reinterpret (vectorizes to two
-    instructions per vector)."""
-    sig = types.float32(types.uint16)
-
-    def codegen(context, builder, signature, args):
-        wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
-        return builder.bitcast(wide, ir.FloatType())
-
-    return sig, codegen
-
-
-def widen(weight):
-    """A weight as float32: bf16 bits (uint16) are widened, float32 is itself (resolved when numba compiles; this
-    body serves plain Python)."""
-    if isinstance(weight, np.uint16):
-        return (np.uint32(weight) << np.uint32(16)).view(np.float32)
-    return np.float32(weight)
-
-
-@overload(widen, inline="always")
-def _widen(weight):
-    if weight == types.uint16:
-        return lambda weight: _bf16_to_float32(weight)
-    return lambda weight: weight
 
 
 # ---- the matrix products ---------------------------------------------------------------------------------------
@@ -178,7 +150,7 @@ def _micro(sb: int, nv: int, lanes: int):
             wptr, xptr, yptr, bptr = (builder.inttoptr(a, t.as_pointer())
                                       for a, t in ((wp, element), (xp, f32), (yp, f32), (bp, f32)))
 
-            def vector_at(base, index, of=vec, align=4):
+            def vector_at(base, index, of=vec):
                 return builder.bitcast(builder.gep(base, [index]), of.as_pointer())
 
             accs = [[cgutils.alloca_once(builder, vec) for _ in range(nv)] for _ in range(sb)]
