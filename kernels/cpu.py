@@ -82,10 +82,11 @@ def fast_tanh(x):
 
 # ---- the matrix products ---------------------------------------------------------------------------------------
 #
-# Every product is y[b, n] = bias[n] + sum_i x[b, i] * w[i, n] with w in-major (the folded layout), in outer-product
-# form: the vector dimension is the outputs n, and each output's sum is one chain of fused multiply-adds over i in
-# order, starting from its bias. A block of SB streams x NV vectors of outputs keeps SB * NV accumulators in
-# registers, loads NV weight vectors per i and broadcasts one input per stream. No horizontal sums, and since every
+# Every product is y[b, n] = (a[b, n] + bias[n]) + sum_i x[b, i] * w[i, n] with w in-major (the folded layout), a
+# the running sum it adds to (or zeros), in outer-product form: the vector dimension is the outputs n, and each
+# output's sum is one chain of fused multiply-adds over i in order, starting from a + bias. A block of SB streams x
+# NV vectors of outputs keeps SB * NV accumulators in registers, loads NV weight vectors per i and broadcasts one
+# input per stream. No horizontal sums, and since every
 # output is the same chain of fmas whatever block computes it, a stream's numbers never depend on the block shape,
 # on which streams share its tile or on how many there are: one request, one answer holds by construction, and the
 # block shapes are free to follow the register file.
@@ -128,18 +129,19 @@ BLOCK = BLOCKS[VECTOR_BITS]
 
 
 def _micro(sb: int, nv: int, lanes: int):
-    """An intrinsic computing one block: y[s, n] (s < sb, n < nv * lanes) = bias[n] + sum_i x[s, i] * w[i, n],
-    each output one fma chain over i = 0 .. k-1. Arguments: a weight (its type says float32 or bf16 bits, uint16,
-    widened in registers; its value is not used), then addresses and row strides in elements (intp):
-    (weight, w, ldw, x, ldx, y, ldy, bias, k)."""
+    """An intrinsic computing one block: y[s, n] (s < sb, n < nv * lanes) = (a[s, n] + bias[n]) + sum_i x[s, i] *
+    w[i, n], each output one fma chain over i = 0 .. k-1 starting from a + bias (a is where the sum so far lives, or
+    zeros; y may be a). Arguments: a weight (its type says float32 or bf16 bits, uint16, widened in registers; its
+    value is not used), then addresses and row strides in elements (intp):
+    (weight, w, ldw, x, ldx, y, ldy, a, lda, bias, k)."""
 
     @intrinsic
-    def block(typingctx, weight, w, ldw, x, ldx, y, ldy, bias, k):
+    def block(typingctx, weight, w, ldw, x, ldx, y, ldy, a, lda, bias, k):
         bf16 = weight == types.uint16
-        sig = types.void(weight, *([types.intp] * 8))
+        sig = types.void(weight, *([types.intp] * 10))
 
         def codegen(context, builder, signature, args):
-            _, wp, ldw, xp, ldx, yp, ldy, bp, k = args
+            _, wp, ldw, xp, ldx, yp, ldy, ap, lda, bp, k = args
             i64 = ir.IntType(64)
             f32 = ir.FloatType()
             vec = ir.VectorType(f32, lanes)
@@ -147,17 +149,19 @@ def _micro(sb: int, nv: int, lanes: int):
             name = f"llvm.fma.v{lanes}f32"
             fma = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                                                  name)
-            wptr, xptr, yptr, bptr = (builder.inttoptr(a, t.as_pointer())
-                                      for a, t in ((wp, element), (xp, f32), (yp, f32), (bp, f32)))
+            wptr, xptr, yptr, aptr, bptr = (builder.inttoptr(p, t.as_pointer())
+                                            for p, t in ((wp, element), (xp, f32), (yp, f32), (ap, f32), (bp, f32)))
 
             def vector_at(base, index, of=vec):
                 return builder.bitcast(builder.gep(base, [index]), of.as_pointer())
 
             accs = [[cgutils.alloca_once(builder, vec) for _ in range(nv)] for _ in range(sb)]
             for v in range(nv):
-                start = builder.load(vector_at(bptr, ir.Constant(i64, v * lanes)), align=4)
+                column = ir.Constant(i64, v * lanes)
+                bias = builder.load(vector_at(bptr, column), align=4)
                 for s in range(sb):
-                    builder.store(start, accs[s][v])
+                    at = vector_at(aptr, builder.add(builder.mul(ir.Constant(i64, s), lda), column))
+                    builder.store(builder.fadd(builder.load(at, align=4), bias), accs[s][v])
             wide = ir.VectorType(ir.IntType(32), lanes)
             with cgutils.for_range(builder, k) as loop:
                 i = loop.index
@@ -197,47 +201,63 @@ _GROUP = 16
 
 
 @njit(**_OPTIONS)
-def _matmul(w, bias, x, nb, y, first, last):
-    """y[b, n] = bias[n] + sum_i x[b, i] * w[i, n] for n in [first, last), streams b < nb; w (K, N) in-major,
-    float32 or bf16 bits (uint16). x (>= nb, K) and y (>= nb, N) rows contiguous. See the note above `_vector_bits`
-    for why every block gives every stream the same numbers."""
-    K = w.shape[0]
-    ldw, ldx, ldy = w.shape[1], x.shape[1], y.shape[1]
+def _products(w, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
+    """y[b, n - first] = (a[b, n - first] + bias[n]) + sum_{i < K} x[b, i] * w[row0 + i, n] for n in [first, last),
+    streams b < nb. w (rows, N) in-major, float32 or bf16 bits (uint16); the rest are addresses (bias, x, y, a) and
+    row strides in floats (a stride 0 gives every stream a's first row). The running sums of the kernel (skip and
+    residual totals, a layer's taps one after another) accumulate in place this way, with no separate pass over
+    them. See the note above `_vector_bits` for why every block gives every stream the same numbers."""
+    ldw = w.shape[1]
     esize = w.itemsize
-    wp, xp, yp, bp = w.ctypes.data, x.ctypes.data, y.ctypes.data, bias.ctypes.data
+    wp = w.ctypes.data + esize * row0 * ldw
     w0 = w[0, 0]  # its type picks the blocks' weight format
     for g0 in range(0, nb, _GROUP):
         g1 = min(nb, g0 + _GROUP)
         n = first
         if g1 - g0 == 1:
             while n + BLOCK.nv1 * _L <= last:
-                _LONE(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy, bp + 4 * n, K)
+                _LONE(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n - first), ldy,
+                      ap + 4 * (g0 * lda + n - first), lda, bp + 4 * n, K)
                 n += BLOCK.nv1 * _L
         while n + BLOCK.nv * _L <= last:
             b = g0
             while b + BLOCK.sb <= g1:
-                _MAIN(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy, bp + 4 * n, K)
+                _MAIN(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n - first), ldy,
+                      ap + 4 * (b * lda + n - first), lda, bp + 4 * n, K)
                 b += BLOCK.sb
             while b < g1:
-                _ONE(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy, bp + 4 * n, K)
+                _ONE(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n - first), ldy,
+                     ap + 4 * (b * lda + n - first), lda, bp + 4 * n, K)
                 b += 1
             n += BLOCK.nv * _L
         for b in range(g0, g1):
             m = n
             while m + _L <= last:
-                _VEC(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy, bp + 4 * m, K)
+                _VEC(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m - first), ldy,
+                     ap + 4 * (b * lda + m - first), lda, bp + 4 * m, K)
                 m += _L
             while m < last:
-                _SCALAR(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy, bp + 4 * m, K)
+                _SCALAR(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m - first), ldy,
+                        ap + 4 * (b * lda + m - first), lda, bp + 4 * m, K)
                 m += 1
 
 
 @njit(**_OPTIONS)
-def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, taps, z, gated, o, skip, hidden,
-               logits):
+def _matmul(w, bias, x, nb, y, first, last, start):
+    """y[b, n] = (start[b, n] + bias[n]) + sum_i x[b, i] * w[i, n] for n in [first, last), streams b < nb, all
+    arrays: `_products` for whole matrices. start (>= nb, N), or (1, N) for one row every stream starts from (zeros
+    for a plain product); y may be start."""
+    lda = start.shape[1] if start.shape[0] > 1 else 0
+    _products(w, 0, w.shape[0], bias.ctypes.data, x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first, y.shape[1],
+              start.ctypes.data + 4 * first, lda, nb, first, last)
+
+
+@njit(**_OPTIONS)
+def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gated, skip, hidden, logits, zeros):
     """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb] (class codes, or sample values when
     `scalar`); logits[0:nb] receive the head's outputs. w: CpuWeights. cond (B, steps, L, 2G) holds gate terms, read
-    at step s; a conditionless model passes a (0, 0, 0, 0) array."""
+    at step s; a conditionless model passes a (0, 0, 0, 0) array. queues and cond need contiguous last axes.
+    The rest is `_scratch`."""
     embed, dilated_w, dilated_b, out_w, out_b = w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b
     dilations, offsets = w.dilations, w.offsets
     k_in = embed.shape[0]
@@ -271,58 +291,63 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, taps, z
         if k_in > 1:
             inputs[b, k_in - 2] = code
 
+    # The products read a layer's taps where they lie (queue slots, then the new input), the kernel's running sums
+    # accumulate in place (`_products`), and the last layer's residual output, which feeds nothing, is skipped.
+    zp = zeros.ctypes.data
+    qs0, qs1 = queues.strides[0], queues.strides[1]
     for layer in range(L):
         d = dilations[layer]
         n = (k - 1) * d
         off = offsets[layer]
+        wl = dilated_w[layer]
+        for j in range(k - 1):
+            slot = off + (t - (k - 1 - j) * d) % n
+            xp = queues.ctypes.data + b0 * qs0 + slot * qs1
+            if j == 0:
+                if cond.shape[0] > 0:
+                    ap = cond.ctypes.data + b0 * cond.strides[0] + s * cond.strides[1] + layer * cond.strides[2]
+                    _products(wl, 0, R, dilated_b[layer].ctypes.data, xp, qs0 // 4, z.ctypes.data, G2, ap,
+                              cond.strides[0] // 4, nb, 0, G2)
+                else:
+                    _products(wl, 0, R, dilated_b[layer].ctypes.data, xp, qs0 // 4, z.ctypes.data, G2, zp, 0, nb,
+                              0, G2)
+            else:
+                _products(wl, j * R, R, zp, xp, qs0 // 4, z.ctypes.data, G2, z.ctypes.data, G2, nb, 0, G2)
+        _products(wl, (k - 1) * R, R, zp, xs.ctypes.data, R, z.ctypes.data, G2, z.ctypes.data, G2, nb, 0, G2)
         write = off + t % n
         for bb in range(nb):
             b = b0 + bb
-            for j in range(k - 1):
-                slot = off + (t - (k - 1 - j) * d) % n
-                for c in range(R):
-                    taps[bb, j * R + c] = queues[b, slot, c]
             for c in range(R):
-                taps[bb, (k - 1) * R + c] = xs[bb, c]
                 queues[b, write, c] = xs[bb, c]
-        _matmul(dilated_w[layer], dilated_b[layer], taps, nb, z, 0, G2)
-        if cond.shape[0] > 0:
-            for bb in range(nb):
-                for c in range(G2):
-                    z[bb, c] += cond[b0 + bb, s, layer, c]
         for bb in range(nb):
             for c in range(G):
                 a = fast_tanh(z[bb, c])
                 gate = np.float32(0.5) + np.float32(0.5) * fast_tanh(np.float32(0.5) * z[bb, G + c])
                 gated[bb, c] = a * gate
-        # The last layer's residual output feeds nothing: compute its skip rows only.
-        first = R if layer == L - 1 else 0
-        _matmul(out_w[layer], out_b[layer], gated, nb, o, first, RS)
-        for bb in range(nb):
-            if first == 0:
-                for c in range(R):
-                    xs[bb, c] += o[bb, c]
-            for c in range(S):
-                skip[bb, c] += o[bb, R + c]
+        ow, obp, gp = out_w[layer], out_b[layer].ctypes.data, gated.ctypes.data
+        if layer < L - 1:
+            _products(ow, 0, G, obp, gp, G, xs.ctypes.data, R, xs.ctypes.data, R, nb, 0, R)
+        _products(ow, 0, G, obp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)
 
     for bb in range(nb):
         for c in range(S):
             skip[bb, c] = max(skip[bb, c], np.float32(0.0))
-    _matmul(w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[1])
+    _matmul(w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[1], zeros)
     for bb in range(nb):
         for c in range(hidden.shape[1]):
             hidden[bb, c] = max(hidden[bb, c], np.float32(0.0))
-    _matmul(w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1])
+    _matmul(w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros)
 
 
 @njit(**_OPTIONS)
 def _scratch(tile, w):
-    """Per-tile work arrays, (tile, n) each: x, taps, z, gated, out, skip, hidden, logits."""
+    """Per-tile work arrays, (tile, n) each: x, z, gated, skip, hidden, logits; then one row of zeros (1, n) as
+    wide as any matrix (the start of plain products)."""
     f = np.float32
-    return (np.zeros((tile, w.embed.shape[2]), f), np.zeros((tile, w.dilated_w.shape[1]), f),
-            np.zeros((tile, w.dilated_w.shape[2]), f), np.zeros((tile, w.dilated_w.shape[2] // 2), f),
-            np.zeros((tile, w.out_w.shape[2]), f), np.zeros((tile, w.head1_w.shape[0]), f),
-            np.zeros((tile, w.head1_w.shape[1]), f), np.zeros((tile, w.head2_w.shape[1]), f))
+    wide = max(w.dilated_w.shape[2], w.out_w.shape[2], w.head1_w.shape[1], w.head2_w.shape[1])
+    return (np.zeros((tile, w.embed.shape[2]), f), np.zeros((tile, w.dilated_w.shape[2]), f),
+            np.zeros((tile, w.dilated_w.shape[2] // 2), f), np.zeros((tile, w.head1_w.shape[0]), f),
+            np.zeros((tile, w.head1_w.shape[1]), f), np.zeros((tile, w.head2_w.shape[1]), f), np.zeros((1, wide), f))
 
 
 # top-k / top-p sort only the classes within a factor of the most probable one (at first 1/64; the factor shrinks if
@@ -492,13 +517,13 @@ def teacher_forced(codes, scalar, t0, tile, w, queues, inputs, cond, out_logits)
     for ti in prange(tiles):
         b0 = ti * tile
         nb = min(tile, B - b0)
-        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, w)
+        xs, z, gated, skip, hidden, logits, zeros = _scratch(tile, w)
         step_codes = np.empty(tile, codes.dtype)
         for s in range(T):
             for bb in range(nb):
                 step_codes[bb] = codes[b0 + bb, s]
-            _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, taps, z, gated, o,
-                       skip, hidden, logits)
+            _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, z, gated, skip,
+                       hidden, logits, zeros)
             for bb in range(nb):
                 out_logits[b0 + bb, s, :] = logits[bb, :]
 
@@ -523,14 +548,14 @@ def generate(last, scalar, distribution, log_scale_min, t0, u, temperature, top_
     for ti in prange(tiles):
         b0 = ti * tile
         nb = min(tile, B - b0)
-        xs, taps, z, gated, o, skip, hidden, logits = _scratch(tile, w)
+        xs, z, gated, skip, hidden, logits, zeros = _scratch(tile, w)
         p = np.empty(C, np.float32)
         p64 = np.empty(C, np.float64)
         order = np.empty(C, np.int64)
         step_codes = last[b0:b0 + nb].copy()
         for s in range(n):
-            _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, taps, z, gated, o,
-                       skip, hidden, logits)
+            _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, z, gated, skip,
+                       hidden, logits, zeros)
             for bb in range(nb):
                 b = b0 + bb
                 if distribution == SOFTMAX:
@@ -560,7 +585,7 @@ def read_passes(w, passes):
     weight once per sample)."""
     x = np.ones((1, w.shape[0]), np.float32)
     y = np.empty((1, w.shape[1]), np.float32)
-    bias = np.zeros(w.shape[1], np.float32)
+    zeros = np.zeros((1, w.shape[1]), np.float32)
     for _ in range(passes):
-        _matmul(w, bias, x, 1, y, 0, w.shape[1])
+        _matmul(w, zeros[0], x, 1, y, 0, w.shape[1], zeros)
     return y[0, 0]

@@ -3,10 +3,14 @@ shape, random weights, plain sampling, batches 1, 8, 64, 128, alternating, best 
 
 Run: git show 66e561a:kernels/cpu.py > /tmp/cpu_old.py
      OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python recipes/kernel_ab.py /tmp/cpu_old.py float32|bf16
-The old kernel (before 2026-12-02) reads out-major matrices (out, in); this one in-major, as the backend gives them."""
+Kernels before the outer-product blocks (66e561a and older, no `BLOCKS`) read out-major matrices (out, in); they get
+them transposed. Later ones read in-major, as the backend gives them."""
 import importlib.util
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,7 +20,10 @@ from fastwavenet.backends.numba_cpu import NumbaBackend
 from fastwavenet.bench import random_model_file
 from fastwavenet.kernels import cpu as cpu_new
 
-spec = importlib.util.spec_from_file_location("cpu_old", sys.argv[1])
+# A fresh copy each run: numba cannot reload its cached code for a module loaded from a file path like this one.
+fresh = Path(tempfile.mkdtemp()) / "cpu_old.py"
+shutil.copy(sys.argv[1], fresh)
+spec = importlib.util.spec_from_file_location("cpu_old", fresh)
 cpu_old = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cpu_old)
 
@@ -25,8 +32,9 @@ config = preset("standard")
 model = random_model_file(config)
 backend = NumbaBackend(config, model.weights, torch.device("cpu"), prec)
 new_w = backend.weights
-old_w = cpu_old.CpuWeights(**{**new_w._asdict(), **{k: np.ascontiguousarray(getattr(new_w, k).swapaxes(-1, -2))
-                                                     for k in ("dilated_w", "out_w", "head1_w", "head2_w")}})
+transposed = {k: np.ascontiguousarray(getattr(new_w, k).swapaxes(-1, -2))
+              for k in ("dilated_w", "out_w", "head1_w", "head2_w")}
+old_w = new_w if hasattr(cpu_old, "BLOCKS") else cpu_old.CpuWeights(**{**new_w._asdict(), **transposed})
 
 def run(kernel, w, batch, n):
     q = np.zeros((batch, config.queue_length, config.residual_channels), np.float32)

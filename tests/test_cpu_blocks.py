@@ -17,9 +17,14 @@ cpu = pytest.importorskip("fastwavenet.kernels.cpu")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def products(w, bias, x, first, last):
-    y = np.full((x.shape[0], w.shape[1]), np.nan, np.float32)
-    cpu._matmul(w, bias, x, x.shape[0], y, first, last)
+def products(w, bias, x, first, last, start=None):
+    """The kernel's product; with `start`, accumulated onto it in place (y is start)."""
+    if start is None:
+        y = np.full((x.shape[0], w.shape[1]), np.nan, np.float32)
+        cpu._matmul(w, bias, x, x.shape[0], y, first, last, np.zeros((1, w.shape[1]), np.float32))
+        return y
+    y = start.copy()
+    cpu._matmul(w, bias, x, x.shape[0], y, first, last, y)
     return y
 
 
@@ -44,6 +49,32 @@ def test_products_match_float64_and_each_stream_is_the_same_alone(k, n):
     bits = (w.view(np.uint32) >> 16).astype(np.uint16)  # truncated to bf16: any bit pattern widens exactly
     widened = (bits.astype(np.uint32) << 16).view(np.float32)
     assert np.array_equal(products(bits, bias, x, first, n)[:, first:], products(widened, bias, x, first, n)[:, first:])
+
+
+@pytest.mark.parametrize("k, n", [(3, 5), (64, 23), (64, 320)])
+def test_products_accumulate_in_place(k, n):
+    """A running sum (the skip and residual totals, a layer's taps one at a time) is the start of the chain: the
+    result is start + bias + x @ w, each stream's row the same in any batch, outputs before `first` untouched, and
+    a product split over two row ranges (continuing from the first part's sums, no bias) is bit for bit the product
+    over all rows."""
+    rng = np.random.default_rng(k + n)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal((21, k)).astype(np.float32)
+    start = rng.standard_normal((21, n)).astype(np.float32)
+    first = n // 4
+    y = products(w, bias, x, first, n, start)
+    reference = start.astype(np.float64) + bias + x.astype(np.float64) @ w.astype(np.float64)
+    assert np.abs(y[:, first:] - reference[:, first:]).max() <= 1e-5 * (1 + np.abs(reference).max())
+    assert np.array_equal(y[:, :first], start[:, :first])
+    for batch in (1, 4, 5, 16, 17):
+        assert np.array_equal(products(w, bias, x[:batch], first, n, start[:batch]), y[:batch])
+
+    whole = products(w, bias, x, 0, n)
+    half = k // 2
+    part = products(w[:half], bias, np.ascontiguousarray(x[:, :half]), 0, n)
+    cpu._matmul(w[half:].copy(), np.zeros(n, np.float32), np.ascontiguousarray(x[:, half:]), 21, part, 0, n, part)
+    assert np.array_equal(part, whole)
 
 
 def test_block_shape_follows_the_vector_width():
