@@ -67,6 +67,10 @@ def test_numba_bf16_equals_float32_on_the_rounded_weights_bit_for_bit():
     a = sixteen.generate(samples=300, batch=3, seed=4)
     b = thirty_two.generate(samples=300, batch=3, seed=4)
     assert np.array_equal(a, b)
+    # Tiles of many streams run on a float32 copy of the rounded weights, widened once: the same numbers.
+    sixteen.backend.WIDEN_FROM = 1
+    assert sixteen.backend._kernel_weights(1).out_w.dtype == np.float32
+    assert np.array_equal(sixteen.generate(samples=300, batch=3, seed=4), a)
 
 
 def test_generate_and_score_take_the_precision_on_the_command_line(tmp_path, sine_folder):

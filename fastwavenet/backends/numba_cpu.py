@@ -64,6 +64,21 @@ class NumbaBackend(Backend):
             head1_w=matrix(weights.head1_w), head1_b=plain(weights.head1_b),
             head2_w=matrix(weights.head2_w), head2_b=plain(weights.head2_b),
             dilations=layout.dilations, offsets=layout.offsets)
+        # bf16 saves the weight traffic that bounds small tiles; a tile of many streams is bound by arithmetic, where
+        # widening every weight in the inner loop costs more than it saves. Such tiles read a float32 copy of the
+        # same rounded weights, widened exactly once here: the same numbers, bit for bit (tests/test_precision.py).
+        self._widened = self.weights
+        if precision == "bf16":
+            wide = lambda a: np.ascontiguousarray((a.astype(np.uint32) << 16).view(np.float32))  # noqa: E731
+            self._widened = self.weights._replace(**{name: wide(getattr(self.weights, name))
+                                                     for name in ("dilated_w", "out_w", "head1_w", "head2_w")})
+
+    # Streams per tile from which bf16 models run on their widened copy (measured in docs/BENCHMARKS.md: about
+    # even at 16-24, widened 4-12 % faster from 32, bf16 faster below 16).
+    WIDEN_FROM = 32
+
+    def _kernel_weights(self, tile: int):
+        return self._widened if tile >= self.WIDEN_FROM else self.weights
 
     @staticmethod
     def _tile(batch: int) -> int:
@@ -78,8 +93,9 @@ class NumbaBackend(Backend):
         codes = np.ascontiguousarray(codes.cpu().numpy())
         cond = _no_cond() if cond is None else np.ascontiguousarray(cond.cpu().numpy(), np.float32)
         logits = np.empty((state.batch, codes.shape[1], self.config.output_channels), np.float32)
+        tile = self._tile(state.batch)
         with _parallel_guard():
-            cpu.teacher_forced(codes, self.config.scalar_input, state.t, self._tile(state.batch), self.weights,
+            cpu.teacher_forced(codes, self.config.scalar_input, state.t, tile, self._kernel_weights(tile),
                                state.queues.numpy(), state.inputs.numpy(), cond, logits)
         state.t += codes.shape[1]
         return torch.from_numpy(logits)
@@ -96,11 +112,12 @@ class NumbaBackend(Backend):
         top_k = np.array([r.top_k for r in rules], np.int64)
         top_p = np.array([r.top_p for r in rules], np.float32)
         argmax = np.array([r.argmax for r in rules], np.bool_)
+        tile = self._tile(state.batch)
         with _parallel_guard():
             cpu.generate(state.last.numpy(), c.scalar_input, distributions.KERNEL_CODES[c.output],
                          float(c.log_scale_min),
                          state.t, np.ascontiguousarray(u, np.float32).reshape(n, state.batch, -1), temperature,
-                         top_k, top_p, argmax, self._tile(state.batch), self.weights,
+                         top_k, top_p, argmax, tile, self._kernel_weights(tile),
                          state.queues.numpy(), state.inputs.numpy(), cond, out)
         state.t += n
         return torch.from_numpy(out)
