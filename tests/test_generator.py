@@ -185,6 +185,26 @@ def test_numba_sampling_follows_the_rule(sampling):
     assert np.mean(got == expected) >= 0.995, np.flatnonzero(got != expected)[:10]
 
 
+def test_numba_softmax_exp_is_within_a_few_rounding_steps():
+    """The compiled sampler's vectorizable exp (kernels/cpu.py, fast_exp_neg) against float64 exp over the range
+    the softmax uses (x <= 0), and exactly 0 where float32 exp leaves the normal range."""
+    pytest.importorskip("numba")
+    from numba import njit
+
+    from fastwavenet.kernels.cpu import fast_exp_neg
+
+    @njit
+    def each(x):
+        return np.array([fast_exp_neg(v) for v in x], np.float32)
+
+    x = -np.concatenate([np.linspace(0, 87.3, 200_001), np.random.default_rng(3).exponential(2, 100_000)])
+    x = x.astype(np.float32)
+    got, exact = each(x), np.exp(x.astype(np.float64))
+    normal = exact >= np.finfo(np.float32).tiny
+    assert (np.abs(got[normal] - exact[normal]) / exact[normal]).max() < 1e-6
+    assert got[0] == 1.0 and np.all(each(np.array([-87.5, -100, -1e30], np.float32)) == 0)
+
+
 @pytest.mark.parametrize("layer", ["workqueue", "default"])
 def test_numba_generators_run_from_several_threads(tiny_file, layer):
     """Two threads generating at once must neither crash the process (numba's workqueue layer ends it on
