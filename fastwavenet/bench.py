@@ -9,6 +9,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ class BenchResult:
     steps: int
     seconds: float
     of_limit: float | None = None  # samples_per_s / this machine's limit at this batch (Limits.samples_per_s)
+    # The limits this row is held against, measured just before it (machines drift by tens of per cent in minutes)
+    limit_sgemm_gflops: float | None = None
+    limit_weight_passes_per_s: float | None = None
     speedup_vs_r9y9: float | None = None  # over r9y9's incremental_forward (one stream), measured in the same run
     precision: str = "float32"  # of the weight matrices (bf16: rounded, and 16-bit in the numba kernel)
 
@@ -270,9 +274,11 @@ def measure_r9y9(config: WaveNetConfig, min_seconds: float = 1.0) -> BenchResult
 
 def run(model: ModelFile, backends: list[str], batches: list[int], device: str = "cpu", min_seconds: float = 1.0,
         naive_max_batch: int = NAIVE_MAX_BATCH, progress=None, sampling: Sampling = Sampling(),
-        limits: Limits | None = None, precisions: list[str] = ("float32",)) -> list[BenchResult]:
+        limits: Limits | None = None, precisions: list[str] = ("float32",),
+        remeasure: Callable[[], Limits] | None = None) -> list[BenchResult]:
     """Every backend at every batch and precision, `naive` (float32) included where the batch allows, with
-    speedups over naive and, given the machine's limits, the share of the limit each reached."""
+    speedups over naive and, given the machine's limits, the share of the limit each reached. With `remeasure`,
+    the limits are measured again just before each row (not naive's) and that row is held against them."""
     results = []
     for batch in batches:
         naive = None
@@ -281,6 +287,8 @@ def run(model: ModelFile, backends: list[str], batches: list[int], device: str =
                 continue
             naive_run = backend == "naive"
             for precision in ["float32"] if naive_run else precisions:
+                if remeasure is not None and not naive_run:
+                    limits = remeasure()
                 result = measure(model, backend, batch, device, min(min_seconds, 0.5) if naive_run else min_seconds,
                                  max_steps=64 if naive_run else 200_000, sampling=sampling, precision=precision)
                 if backend == "naive":
@@ -288,6 +296,8 @@ def run(model: ModelFile, backends: list[str], batches: list[int], device: str =
                 limit = None if limits is None else limits.samples_per_s(batch, precision)
                 if limit:
                     result.of_limit = result.samples_per_s / limit
+                    result.limit_sgemm_gflops = limits.sgemm_gflops
+                    result.limit_weight_passes_per_s = limits.weight_passes_per_s
                 results.append(result)
                 if progress:
                     progress(result)
@@ -324,6 +334,13 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
                      f"{limits.flops_per_sample / 1e6:.2f} MFLOP per sample = {limits.batched_samples_per_s:,.0f} "
                      f"samples/s batched; one core streams the {limits.weight_bytes / 1e6:.2f} MB of weights "
                      f"{limits.weight_passes_per_s:,.0f} times/s (batch-1 limit)")
+        again = [r for r in results if r.limit_sgemm_gflops is not None]
+        if again:
+            sgemm = [r.limit_sgemm_gflops for r in again]
+            passes = [r.limit_weight_passes_per_s for r in again]
+            lines.append(f"limits measured again before each row, each row held against its own: sgemm "
+                         f"{min(sgemm):,.0f}-{max(sgemm):,.0f} GFLOP/s, weights {min(passes):,.0f}-"
+                         f"{max(passes):,.0f} passes/s")
     lines.append(f"{'backend':<10} {'batch':>6} {'samples/s':>14} {'x realtime':>11} {'vs naive':>10} "
                  f"{'of limit':>9} {'first call':>11}")
     for r in results:

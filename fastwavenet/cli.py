@@ -248,11 +248,13 @@ def cmd_bench(args):
     backends = bench.resolve_backends(args.backend.split(","), args.device)
     sampling = _sampling(args)
     info = bench.machine()
-    # The machine's own limits, measured in this run, so figures from different machines can be compared.
+    # The machine's own limits, measured in this run (and again before each row, since a machine's speed drifts),
+    # so figures from different machines can be compared.
     limits = bench.measure_limits(model) if args.device == "cpu" else None
     print(bench.table([], model.config, info, sampling, limits))
+    remeasure = (lambda: bench.measure_limits(model, 0.25)) if limits is not None else None
     results = bench.run(model, backends, args.batch, args.device, min_seconds=args.min_seconds, sampling=sampling,
-                        limits=limits, precisions=precisions,
+                        limits=limits, precisions=precisions, remeasure=remeasure,
                         progress=lambda r: print(bench.table([r], model.config, info).splitlines()[-1], flush=True))
     if args.r9y9:
         r9y9 = bench.measure_r9y9(model.config, min_seconds=args.min_seconds)
