@@ -254,7 +254,7 @@ def cmd_bench(args):
     print(bench.table([], model.config, info, sampling, limits))
     remeasure = (lambda: bench.measure_limits(model, 0.25)) if limits is not None else None
     results = bench.run(model, backends, args.batch, args.device, min_seconds=args.min_seconds, sampling=sampling,
-                        limits=limits, precisions=precisions, remeasure=remeasure,
+                        limits=limits, precisions=precisions, remeasure=remeasure, repeat=args.repeat,
                         progress=lambda r: print(bench.table([r], model.config, info).splitlines()[-1], flush=True))
     if args.r9y9:
         r9y9 = bench.measure_r9y9(model.config, min_seconds=args.min_seconds)
@@ -526,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_int_list, default=[1, 8, 64], help="comma-separated batch sizes (default 1,8,64)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--min-seconds", type=_positive_float, default=1.0, help="shortest timed run (default 1)")
+    p.add_argument("--repeat", type=_positive_int, default=1,
+                   help="measure each row this many times, in rounds over all rows, and keep the best, held "
+                        "against the best limits measured before it (default 1; for machines whose speed drifts)")
     _add_precision_arg(p, several=True)
     p.add_argument("--r9y9", action="store_true",
                    help="also time r9y9/wavenet_vocoder's own incremental_forward on the same shape, one stream "

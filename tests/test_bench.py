@@ -49,6 +49,38 @@ def test_bench_table_json_and_plot(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.png"], "temporary files left behind"
 
 
+def test_bench_repeat_keeps_each_rows_best_against_the_best_limits(monkeypatch):
+    """--repeat N: N rounds over the rows (naive once), each row's best kept, held against the best limits
+    measured before its own runs; the first call is the first round's."""
+    from fastwavenet import bench
+
+    model = bench.random_model_file(preset("tiny"))
+    rates = iter([100.0, 300.0, 200.0, 150.0])  # numba batch 1, 2, then the second round
+    calls = []
+
+    def fake_measure(model, backend, batch, device, min_seconds, max_steps, sampling, precision):
+        calls.append((backend, batch))
+        rate = 5.0 if backend == "naive" else next(rates)
+        return bench.BenchResult(backend=backend, batch=batch, samples_per_s=rate, realtime_factor=0.0,
+                                 speedup_vs_naive=None, first_call_s=float(len(calls)), steps=2, seconds=1.0,
+                                 precision=precision)
+
+    sgemm = iter([1.0, 2.0, 4.0, 0.5])  # GFLOP/s measured before each numba run, in order
+    limits = lambda g: bench.Limits(sgemm_gflops=g, threads=1, flops_per_sample=1e9,  # noqa: E731
+                                    weight_bytes=1, weight_passes_per_s=1e6)
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    results = bench.run(model, ["naive", "numba"], [1, 2], remeasure=lambda: limits(next(sgemm)), repeat=2,
+                        limits=limits(1.0))
+    assert calls == [("naive", 1), ("numba", 1), ("naive", 2), ("numba", 2), ("numba", 1), ("numba", 2)]
+    rows = {(r.backend, r.batch): r for r in results}
+    one, two = rows[("numba", 1)], rows[("numba", 2)]
+    assert (one.samples_per_s, two.samples_per_s) == (200.0, 300.0)
+    assert (one.limit_sgemm_gflops, two.limit_sgemm_gflops) == (4.0, 2.0)  # best of 1, 4 and of 2, 0.5
+    assert one.of_limit == pytest.approx(200.0 / 4.0) and two.of_limit == pytest.approx(300.0 / 2.0)
+    assert (one.first_call_s, two.first_call_s) == (2.0, 4.0)
+    assert one.speedup_vs_naive == pytest.approx(40.0) and rows[("naive", 1)].speedup_vs_naive == 1.0
+
+
 def test_bench_measures_each_precision_against_its_own_limit(tmp_path):
     out = tmp_path / "b.json"
     result = run_cli("bench", "--preset", "tiny", "--backend", "numba", "--batch", "1", "--min-seconds", "0.05",
@@ -68,6 +100,7 @@ BAD = [
     (["--batch", "0"], "positive integers"),
     (["--batch", "one"], "comma-separated integers"),
     (["--min-seconds", "-1"], "positive number"),
+    (["--repeat", "0"], "positive integer"),
     (["--top-p", "2"], "top-p"),
     (["--backend", "warp"], "not available"),
     (["--preset", "huge"], "unknown preset"),
