@@ -354,27 +354,27 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
         # The queue rows the next layer (or the next step's first) reads: each stream's lie far apart, so no
         # hardware prefetcher finds them, and the products would wait for each.
         ahead, ta = (layer + 1, t) if layer + 1 < L else (0, t + 1)
-        na = (k - 1) * dilations[ahead]
+        na = (k - 1) * dilations[ahead]  # k >= 2 (the config refuses 1)
         for j in range(k - 1):
             row = queues.ctypes.data + b0 * qs0 + (offsets[ahead] + (ta - (k - 1 - j) * dilations[ahead]) % na) * qs1
             for bb in range(nb):
                 for line in range(0, 4 * R, 64):
                     _prefetch(row + bb * qs0 + line)
-        for j in range(k - 1):
-            slot = off + (t - (k - 1 - j) * d) % n
-            xp = queues.ctypes.data + b0 * qs0 + slot * qs1
-            if j == 0:
-                if cond.shape[0] > 0:
-                    ap = cond.ctypes.data + b0 * cond.strides[0] + s * cond.strides[1] + layer * cond.strides[2]
-                    _products(wl, 0, R, dilated_b[layer].ctypes.data, xp, qs0 // 4, z.ctypes.data, G2, ap,
-                              cond.strides[0] // 4, nb, 0, G2)
-                else:
-                    _products(wl, 0, R, dilated_b[layer].ctypes.data, xp, qs0 // 4, z.ctypes.data, G2, zp, 0, nb,
-                              0, G2)
+        zc = z.ctypes.data
+        for j in range(k):  # tap j of k, oldest first: the queue slots, then the new input
+            if j < k - 1:
+                xp, ldx = queues.ctypes.data + b0 * qs0 + (off + (t - (k - 1 - j) * d) % n) * qs1, qs0 // 4
             else:
-                _products(wl, j * R, R, zp, xp, qs0 // 4, z.ctypes.data, G2, z.ctypes.data, G2, nb, 0, G2)
-        _products(wl, (k - 1) * R, R, zp, xs.ctypes.data, R, z.ctypes.data, G2, z.ctypes.data, G2, nb, 0, G2)
-        write = off + t % n
+                xp, ldx = xs.ctypes.data, R
+            if j > 0:  # go on from the taps so far
+                _products(wl, j * R, R, zp, xp, ldx, zc, G2, zc, G2, nb, 0, G2)
+            elif cond.shape[0] > 0:  # start from the layer's conditioning terms and the bias
+                ap = cond.ctypes.data + b0 * cond.strides[0] + s * cond.strides[1] + layer * cond.strides[2]
+                _products(wl, 0, R, dilated_b[layer].ctypes.data, xp, ldx, zc, G2, ap, cond.strides[0] // 4, nb, 0,
+                          G2)
+            else:
+                _products(wl, 0, R, dilated_b[layer].ctypes.data, xp, ldx, zc, G2, zp, 0, nb, 0, G2)
+        write = off + t % n  # after the products: with k = 2 it is the slot they read
         for bb in range(nb):
             b = b0 + bb
             for c in range(R):
