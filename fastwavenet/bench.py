@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -305,9 +305,8 @@ def run(model: ModelFile, backends: list[str], batches: list[int], device: str =
                 best[key] = result
             if limits is not None:
                 seen = best_limits.get(key)
-                best_limits[key] = limits if seen is None else Limits(
-                    sgemm_gflops=max(seen.sgemm_gflops, limits.sgemm_gflops), threads=limits.threads,
-                    flops_per_sample=limits.flops_per_sample, weight_bytes=limits.weight_bytes,
+                best_limits[key] = limits if seen is None else replace(
+                    limits, sgemm_gflops=max(seen.sgemm_gflops, limits.sgemm_gflops),
                     weight_passes_per_s=max(seen.weight_passes_per_s, limits.weight_passes_per_s))
             if progress and (naive_run or round_ == rounds - 1):
                 _hold(best[key], best_limits.get(key))

@@ -260,35 +260,36 @@ def _products(w, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
     ldw = w.shape[1]
     esize = w.itemsize
     wp = w.ctypes.data + esize * row0 * ldw
+    yp, ap = yp - 4 * first, ap - 4 * first  # so that output n of stream b is at yp + 4 * (b * ldy + n)
     w0 = w[0, 0]  # its type picks the blocks' weight format
     for g0 in range(0, nb, _GROUP):
         g1 = min(nb, g0 + _GROUP)
         n = first
         if g1 - g0 == 1:
             while n + BLOCK.nv1 * _L <= last:
-                _LONE(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n - first), ldy,
-                      ap + 4 * (g0 * lda + n - first), lda, bp + 4 * n, K)
+                _LONE(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
+                      ap + 4 * (g0 * lda + n), lda, bp + 4 * n, K)
                 n += BLOCK.nv1 * _L
         while n + BLOCK.nv * _L <= last:
             b = g0
             while b + BLOCK.sb <= g1:
-                _MAIN(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n - first), ldy,
-                      ap + 4 * (b * lda + n - first), lda, bp + 4 * n, K)
+                _MAIN(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy,
+                      ap + 4 * (b * lda + n), lda, bp + 4 * n, K)
                 b += BLOCK.sb
             while b < g1:
-                _ONE(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n - first), ldy,
-                     ap + 4 * (b * lda + n - first), lda, bp + 4 * n, K)
+                _ONE(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy,
+                     ap + 4 * (b * lda + n), lda, bp + 4 * n, K)
                 b += 1
             n += BLOCK.nv * _L
         for b in range(g0, g1):
             m = n
             while m + _L <= last:
-                _VEC(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m - first), ldy,
-                     ap + 4 * (b * lda + m - first), lda, bp + 4 * m, K)
+                _VEC(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy,
+                     ap + 4 * (b * lda + m), lda, bp + 4 * m, K)
                 m += _L
             while m < last:
-                _SCALAR(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m - first), ldy,
-                        ap + 4 * (b * lda + m - first), lda, bp + 4 * m, K)
+                _SCALAR(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy,
+                        ap + 4 * (b * lda + m), lda, bp + 4 * m, K)
                 m += 1
 
 
@@ -300,6 +301,14 @@ def _matmul(w, bias, x, nb, y, first, last, start):
     lda = start.shape[1] if start.shape[0] > 1 else 0
     _products(w, 0, w.shape[0], bias.ctypes.data, x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first, y.shape[1],
               start.ctypes.data + 4 * first, lda, nb, first, last)
+
+
+@njit(**_OPTIONS, inline="always")
+def _tap_row(queues, b0, offset, d, k, j, t):
+    """Address of stream b0's queue row holding tap j (of k, oldest first; j < k - 1) of the layer whose ring starts
+    at `offset` with dilation d, at time t (k >= 2: the config refuses 1). Stream b0 + i's is strides[0] * i on."""
+    return queues.ctypes.data + b0 * queues.strides[0] + (offset + (t - (k - 1 - j) * d) % ((k - 1) * d)) * \
+        queues.strides[1]
 
 
 @njit(**_OPTIONS)
@@ -343,8 +352,8 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
 
     # The products read a layer's taps where they lie (queue slots, then the new input), the kernel's running sums
     # accumulate in place (`_products`), and the last layer's residual output, which feeds nothing, is skipped.
-    zp = zeros.ctypes.data
-    qs0, qs1 = queues.strides[0], queues.strides[1]
+    zp, zc = zeros.ctypes.data, z.ctypes.data
+    qs0 = queues.strides[0]
     for layer in range(L):
         d = dilations[layer]
         n = (k - 1) * d
@@ -353,26 +362,25 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
         # The queue rows the next layer (or the next step's first) reads: each stream's lie far apart, so no
         # hardware prefetcher finds them, and the products would wait for each.
         ahead, ta = (layer + 1, t) if layer + 1 < L else (0, t + 1)
-        na = (k - 1) * dilations[ahead]  # k >= 2 (the config refuses 1)
         for j in range(k - 1):
-            row = queues.ctypes.data + b0 * qs0 + (offsets[ahead] + (ta - (k - 1 - j) * dilations[ahead]) % na) * qs1
+            row = _tap_row(queues, b0, offsets[ahead], dilations[ahead], k, j, ta)
             for bb in range(nb):
                 for line in range(0, 4 * R, 64):
                     _prefetch(row + bb * qs0 + line)
-        zc = z.ctypes.data
+        if cond.shape[0] > 0:  # the first tap starts from the layer's conditioning terms (and the bias)
+            ap = cond.ctypes.data + b0 * cond.strides[0] + s * cond.strides[1] + layer * cond.strides[2]
+            lda = cond.strides[0] // 4
+        else:
+            ap, lda = zp, 0
         for j in range(k):  # tap j of k, oldest first: the queue slots, then the new input
             if j < k - 1:
-                xp, ldx = queues.ctypes.data + b0 * qs0 + (off + (t - (k - 1 - j) * d) % n) * qs1, qs0 // 4
+                xp, ldx = _tap_row(queues, b0, off, d, k, j, t), qs0 // 4
             else:
                 xp, ldx = xs.ctypes.data, R
-            if j > 0:  # go on from the taps so far
+            if j == 0:
+                _products(wl, 0, R, dilated_b[layer].ctypes.data, xp, ldx, zc, G2, ap, lda, nb, 0, G2)
+            else:  # go on from the taps so far
                 _products(wl, j * R, R, zp, xp, ldx, zc, G2, zc, G2, nb, 0, G2)
-            elif cond.shape[0] > 0:  # start from the layer's conditioning terms and the bias
-                ap = cond.ctypes.data + b0 * cond.strides[0] + s * cond.strides[1] + layer * cond.strides[2]
-                _products(wl, 0, R, dilated_b[layer].ctypes.data, xp, ldx, zc, G2, ap, cond.strides[0] // 4, nb, 0,
-                          G2)
-            else:
-                _products(wl, 0, R, dilated_b[layer].ctypes.data, xp, ldx, zc, G2, zp, 0, nb, 0, G2)
         write = off + t % n  # after the products: with k = 2 it is the slot they read
         for bb in range(nb):
             b = b0 + bb
