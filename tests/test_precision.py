@@ -15,7 +15,7 @@ from fastwavenet.generator import Generator
 from fastwavenet.modelfile import ModelFile
 
 from conftest import random_model, run_cli, save_models
-from test_exactness import CONFIGS, conditioning_inputs, model_logits
+from test_exactness import CONFIGS, conditioning_inputs, model_logits, teacher_steps
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [b for b in available_backends(DEVICE) if b != "triton"]  # triton: same weights, one interpreter run
@@ -46,7 +46,7 @@ def test_bf16_logits_match_the_training_model_with_rounded_weights(name, backend
     config = CONFIGS[name]
     model = random_model(config)
     low = unfold(rounded(fold(model), "bf16"), config)  # the training model, evaluated with the rounded weights
-    steps = config.receptive_field + 20 if backend == "naive" else 2 * config.receptive_field + 17
+    steps = teacher_steps(config, backend, short=backend == "naive")
     codes = torch.randint(0, config.classes, (3, steps), generator=torch.Generator().manual_seed(1))
     mel, speaker = conditioning_inputs(config, 3, steps)
     expected = model_logits(low, codes, mel, speaker)
