@@ -250,6 +250,9 @@ def test_leaving_the_loop_early_cancels_the_request(tiny):
 
 
 def test_a_scheduler_failure_ends_every_request_instead_of_hanging(tiny, monkeypatch):
+    # The scheduler thread re-raises what escaped it, so the bug is reported as well as ending the requests.
+    reported = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: reported.append((args.thread.name, args.exc_value)))
     engine = Engine(tiny, max_active=1, warm_up=False)
     monkeypatch.setattr(engine, "_start", lambda r: (_ for _ in ()).throw(RuntimeError("boom")))
     waiting = engine.submit(samples=100, seed=0)
@@ -258,6 +261,7 @@ def test_a_scheduler_failure_ends_every_request_instead_of_hanging(tiny, monkeyp
     with pytest.raises(FastWaveNetError, match="shut down"):
         engine.submit(samples=10)
     engine.close()
+    assert [(name, repr(exc)) for name, exc in reported] == [("fastwavenet-engine", "RuntimeError('boom')")]
 
 
 def test_warm_up_uses_the_model_files_default_sampling():
