@@ -1,0 +1,138 @@
+"""The CPU kernel's step, part by part: a copy of kernels/cpu.py with cycle counters (LLVM's readcyclecounter, the
+TSC on x86) around each part of `_tile_step` and around the sampling in `generate`, run on the `standard` shape
+(random weights, plain sampling), with the cycles per sample and the share of each part. No profiler is needed
+(perf in a VM often has no hardware counters). The counters cost a few per cent; the shares are what to read.
+
+Run: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python recipes/step_profile.py [BATCH] [STEPS]
+The copy is made by inserting lines at fixed places of kernels/cpu.py; if the kernel changes there, this says
+which place it could not find."""
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastwavenet import preset
+from fastwavenet.backends.numba_cpu import NumbaBackend
+from fastwavenet.bench import random_model_file
+
+PARTS = {1: "dilated taps (products)", 2: "queue write + gate", 3: "residual + skip (products)",
+         6: "prefetch of the next rows", 4: "head (relu + 2 products)", 5: "sampling"}
+STEP = 8  # the slot of the whole step
+
+COUNTERS = '''
+@intrinsic
+def _cycles(typingctx):
+    def codegen(context, builder, signature, args):
+        fn = builder.module.globals.get("llvm.readcyclecounter") or ir.Function(
+            builder.module, ir.FunctionType(ir.IntType(64), []), "llvm.readcyclecounter")
+        return builder.call(fn, [])
+
+    return types.int64(), codegen
+
+
+@intrinsic
+def _add_at(typingctx, address, value):
+    def codegen(context, builder, signature, args):
+        p = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        builder.store(builder.add(builder.load(p), args[1]), p)
+        return context.get_dummy_value()
+
+    return types.void(types.intp, types.int64), codegen
+
+
+PROF = np.zeros(16, np.int64)
+_P = PROF.ctypes.data
+
+'''
+
+# (anchor, replacement): each anchor must occur exactly once in kernels/cpu.py.
+EDITS = [
+    ("_L = BLOCK.lanes\n", COUNTERS + "_L = BLOCK.lanes\n"),
+    ("    qs0 = queues.strides[0]\n", "    qs0 = queues.strides[0]\n    c0 = _cycles()\n"),
+    ("        ahead, ta = (layer + 1, t) if layer + 1 < L else (0, t + 1)\n",
+     "        ahead, ta = (layer + 1, t) if layer + 1 < L else (0, t + 1)\n        c1 = _cycles()\n"),
+    ("        if cond.shape[0] > 0:  # the first tap",
+     "        c2 = _cycles()\n        _add_at(_P + 8 * 6, c2 - c1)\n        if cond.shape[0] > 0:  # the first tap"),
+    ("        write = off + t % n",
+     "        c3 = _cycles()\n        _add_at(_P + 8 * 1, c3 - c2)\n        write = off + t % n"),
+    ("        ow, obp, gp = out_w[layer]",
+     "        c4 = _cycles()\n        _add_at(_P + 8 * 2, c4 - c3)\n        ow, obp, gp = out_w[layer]"),
+    ("        _products(ow, 0, G, obp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)\n",
+     "        _products(ow, 0, G, obp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)\n"
+     "        _add_at(_P + 8 * 3, _cycles() - c4)\n"),
+    ("    for bb in range(nb):\n        for c in range(S):\n            skip[bb, c] = max(",
+     "    c5 = _cycles()\n    _add_at(_P + 8 * 7, c5 - c0)\n"
+     "    for bb in range(nb):\n        for c in range(S):\n            skip[bb, c] = max("),
+    ("    _matmul(w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros)\n",
+     "    _matmul(w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros)\n"
+     "    _add_at(_P + 8 * 4, _cycles() - c5)\n"),
+    ("        for s in range(n):\n            _tile_step(",
+     "        for s in range(n):\n            e0 = _cycles()\n            _tile_step("),
+    ("            for bb in range(nb):\n                b = b0 + bb\n                if distribution == SOFTMAX:",
+     "            e1 = _cycles()\n            _add_at(_P + 8 * 8, e1 - e0)\n"
+     "            for bb in range(nb):\n                b = b0 + bb\n                if distribution == SOFTMAX:"),
+    ("                    step_codes[bb] = value\n                    out_codes[b, s] = value\n",
+     "                    step_codes[bb] = value\n                    out_codes[b, s] = value\n"
+     "            _add_at(_P + 8 * 5, _cycles() - e1)\n"),
+]
+
+
+def instrumented():
+    """kernels/cpu.py with the counters in, loaded as a module of its own from a fresh temporary directory."""
+    source = (Path(__file__).resolve().parents[1] / "kernels" / "cpu.py").read_text()
+    for anchor, replacement in EDITS:
+        if source.count(anchor) != 1:
+            sys.exit(f"step_profile: kernels/cpu.py has {source.count(anchor)} of {anchor.strip()!r}, not one")
+        source = source.replace(anchor, replacement)
+    path = Path(tempfile.mkdtemp()) / "cpu_profiled.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("cpu_profiled", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main():
+    batch = int(sys.argv[1]) if len(sys.argv) > 1 else 64
+    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+    cpu = instrumented()
+    config = preset("standard")
+    weights = NumbaBackend(config, random_model_file(config).weights, torch.device("cpu"), "float32").weights
+
+    def run(n):
+        queues = np.zeros((batch, config.queue_length, config.residual_channels), np.float32)
+        inputs = np.full((batch, max(1, config.input_kernel_size - 1)), -1, np.int64)
+        u = np.random.default_rng(0).random((n, batch, 1)).astype(np.float32)
+        t0 = time.perf_counter()
+        cpu.generate(np.full(batch, 128, np.int64), False, 0, -7.0, 0, u, np.ones(batch, np.float32),
+                     np.zeros(batch, np.int64), np.ones(batch, np.float32), np.zeros(batch, np.bool_),
+                     min(64, batch), weights, queues, inputs, np.zeros((0, 0, 0, 0), np.float32),
+                     np.empty((batch, n), np.int64))
+        return batch * n / (time.perf_counter() - t0)
+
+    run(4)  # compiles
+    cpu.PROF[:] = 0
+    rate = run(steps)
+    counts = cpu.PROF.astype(float)
+    total, samples = counts[STEP] + counts[5], batch * steps
+    print(f"standard, batch {batch}, {steps} steps: {rate:,.0f} samples/s (with the counters), "
+          f"{total / samples:,.0f} counter cycles per sample ({total / (samples / rate) / 1e9:.2f} GHz)")
+    c = config
+    flops = {1: 2 * c.layers * c.kernel_size * c.residual_channels * 2 * c.gate_channels,
+             3: 2 * (c.layers * c.gate_channels * (c.residual_channels + c.skip_channels)
+                     - c.gate_channels * c.residual_channels),
+             4: 2 * (c.skip_channels * c.head_channels + c.head_channels * c.classes)}
+    hz = total / (samples / rate)  # counter ticks per second, from the same run
+    for i, name in PARTS.items():
+        speed = f"  {flops[i] * samples / (counts[i] / hz) / 1e9:6.1f} GFLOP/s" if i in flops else ""
+        print(f"  {name:28s} {counts[i] / total:6.1%}  {counts[i] / samples:8,.0f} cycles/sample{speed}")
+    other = total - sum(counts[i] for i in PARTS)
+    print(f"  {'the rest (input, relu, loop)':28s} {other / total:6.1%}  {other / samples:8,.0f} cycles/sample")
+
+
+if __name__ == "__main__":
+    main()
