@@ -14,18 +14,16 @@ from numba import njit
 
 from fastwavenet import preset
 from fastwavenet.backends.numba_cpu import NumbaBackend
-from fastwavenet.bench import random_model_file
+from fastwavenet.bench import flops_per_sample, random_model_file
 from fastwavenet.kernels import cpu
+from kernel_timing import time_generate
 
 batch = int(sys.argv[1]) if len(sys.argv) > 1 else 64
 rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 torch.set_num_threads(1)
 config = preset("standard")
 weights = NumbaBackend(config, random_model_file(config).weights, torch.device("cpu"), "float32").weights
-R, G, S, H, C = (config.residual_channels, config.gate_channels, config.skip_channels, config.head_channels,
-                 config.classes)
-# Per sample: each layer's taps (k R x 2G) and output (G x (R + S), the last layer's residual columns unused), the head.
-step_flops = 2 * (config.layers * (config.kernel_size * R * 2 * G + G * (R + S)) - G * R + S * H + H * C)
+step_flops = flops_per_sample(config)
 
 
 @njit(fastmath=True)
@@ -35,19 +33,10 @@ def repeat_products(w, bias, x, nb, y, start, reps):
 
 
 def step_rate(n):
-    queues = np.zeros((batch, config.queue_length, R), np.float32)
-    inputs = np.full((batch, max(1, config.input_kernel_size - 1)), -1, np.int64)
-    last = np.full(batch, 128, np.int64)
-    u = np.random.default_rng(0).random((n, batch, 1)).astype(np.float32)
-    out = np.empty((batch, n), np.int64)
-    t0 = time.perf_counter()
-    cpu.generate(last, False, 0, -7.0, 0, u, np.ones(batch, np.float32), np.zeros(batch, np.int64),
-                 np.ones(batch, np.float32), np.zeros(batch, np.bool_), min(64, batch), weights, queues, inputs,
-                 np.zeros((0, 0, 0, 0), np.float32), out)
-    return batch * n * step_flops / (time.perf_counter() - t0) / 1e9
+    return time_generate(cpu, weights, config, batch, n)[0] * step_flops / 1e9
 
 
-K, N, nb = R, 2 * G, 16  # one tap of a layer, a group of streams
+K, N, nb = config.residual_channels, 2 * config.gate_channels, 16  # one tap of a layer, a group of streams
 rng = np.random.default_rng(0)
 w, x = rng.random((K, N), np.float32), rng.random((nb, K), np.float32)
 y, bias, start = np.zeros((nb, N), np.float32), np.zeros(N, np.float32), np.zeros((1, N), np.float32)

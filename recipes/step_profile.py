@@ -6,18 +6,15 @@ TSC on x86) around each part of `_tile_step` and around the sampling in `generat
 Run: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python recipes/step_profile.py [BATCH] [STEPS]
 The copy is made by inserting lines at fixed places of kernels/cpu.py; if the kernel changes there, this says
 which place it could not find."""
-import importlib.util
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fastwavenet import preset
 from fastwavenet.backends.numba_cpu import NumbaBackend
 from fastwavenet.bench import random_model_file
+from kernel_timing import load_kernel, time_generate
 
 PARTS = {1: "dilated taps (products)", 2: "queue write + gate", 3: "residual + skip (products)",
          6: "prefetch of the next rows", 4: "head (relu + 2 products)", 5: "sampling"}
@@ -88,12 +85,7 @@ def instrumented():
         if source.count(anchor) != 1:
             sys.exit(f"step_profile: kernels/cpu.py has {source.count(anchor)} of {anchor.strip()!r}, not one")
         source = source.replace(anchor, replacement)
-    path = Path(tempfile.mkdtemp()) / "cpu_profiled.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("cpu_profiled", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_kernel(source, "cpu_profiled")
 
 
 def main():
@@ -104,15 +96,7 @@ def main():
     weights = NumbaBackend(config, random_model_file(config).weights, torch.device("cpu"), "float32").weights
 
     def run(n):
-        queues = np.zeros((batch, config.queue_length, config.residual_channels), np.float32)
-        inputs = np.full((batch, max(1, config.input_kernel_size - 1)), -1, np.int64)
-        u = np.random.default_rng(0).random((n, batch, 1)).astype(np.float32)
-        t0 = time.perf_counter()
-        cpu.generate(np.full(batch, 128, np.int64), False, 0, -7.0, 0, u, np.ones(batch, np.float32),
-                     np.zeros(batch, np.int64), np.ones(batch, np.float32), np.zeros(batch, np.bool_),
-                     min(64, batch), weights, queues, inputs, np.zeros((0, 0, 0, 0), np.float32),
-                     np.empty((batch, n), np.int64))
-        return batch * n / (time.perf_counter() - t0)
+        return time_generate(cpu, weights, config, batch, n)[0]
 
     run(4)  # compiles
     cpu.PROF[:] = 0

@@ -1,0 +1,33 @@
+"""What the kernel recipes share (recipes/kernel_ab.py, products_vs_step.py, step_profile.py): a copy of a CPU
+kernel loaded as a module of its own, and one timed `generate` call on a fresh state."""
+import importlib.util
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def load_kernel(source: str, name: str):
+    """A kernel module from its source text, written to a fresh temporary directory first: numba cannot reload its
+    cached code for a module loaded from a file path, so every run compiles its own copy."""
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def time_generate(kernel, weights, config, batch: int, n: int):
+    """Generate n steps for `batch` streams from an empty state with `kernel` (a kernels/cpu.py module): plain
+    sampling from fixed uniforms, tiles of up to 64 streams. Returns (samples per second, the codes (batch, n))."""
+    queues = np.zeros((batch, config.queue_length, config.residual_channels), np.float32)
+    inputs = np.full((batch, max(1, config.input_kernel_size - 1)), -1, np.int64)
+    u = np.random.default_rng(0).random((n, batch, 1)).astype(np.float32)
+    out = np.empty((batch, n), np.int64)
+    t0 = time.perf_counter()
+    kernel.generate(np.full(batch, 128, np.int64), False, 0, -7.0, 0, u, np.ones(batch, np.float32),
+                    np.zeros(batch, np.int64), np.ones(batch, np.float32), np.zeros(batch, np.bool_),
+                    max(1, min(64, batch)), weights, queues, inputs, np.zeros((0, 0, 0, 0), np.float32), out)
+    return batch * n / (time.perf_counter() - t0), out
