@@ -22,7 +22,7 @@ from fastwavenet.bench import NAIVE_MAX_BATCH, random_model_file, steady_state
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PRESETS = os.environ.get("FASTWAVENET_BENCH_PRESETS", "small,standard,large").split(",")
 BATCHES = [int(b) for b in os.environ.get("FASTWAVENET_BENCH_BATCHES", "1,8,64").split(",")]
-BACKENDS = [b for b in available_backends(DEVICE) if not (b == "triton" and DEVICE == "cpu")]
+BACKENDS = [b for b in available_backends(DEVICE) if not (b.startswith("triton") and DEVICE == "cpu")]
 MODELS = {}
 
 

@@ -405,7 +405,7 @@ def _add_generation_args(p):
     p.add_argument("--speaker", type=_nonnegative_int, help="speaker id, for models with speakers")
     p.add_argument("--global-features", metavar="FILE.npy",
                    help="a model's external global features (r9y9 without a speaker embedding): one vector, .npy")
-    p.add_argument("--backend", default="auto", help="auto, naive, torch, numba or triton")
+    p.add_argument("--backend", default="auto", help="auto, naive, torch, numba, triton or triton-stream")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     _add_precision_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model file (default: the bundled piano demo)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=_nonnegative_int, default=8000, help="port (default 8000; 0: any free port)")
-    p.add_argument("--backend", default="auto", help="auto, naive, torch, numba or triton")
+    p.add_argument("--backend", default="auto", help="auto, naive, torch, numba, triton or triton-stream")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--max-active", type=_positive_int, default=64, help="requests generated at once (default 64)")
     p.add_argument("--max-waiting", type=_nonnegative_int, default=256,

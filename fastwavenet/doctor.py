@@ -71,12 +71,14 @@ def format_report(info: dict) -> str:
 class CompileRow:
     target: str          # sm_80, sm_90, ...
     model: str           # preset name (or "custom")
-    variant: str         # teacher / generate-sampled / generate-argmax, +cond
+    variant: str         # tiled / stream (streams per program: the kernel's TILE, or 1), then teacher /
+                         # generate-sampled / generate-argmax, +cond
     registers: int
     spill_bytes: int     # local memory per thread: registers that did not fit
     shared_bytes: int
     stack_bytes: int
-    programs_per_sm: int  # resident programs (one per stream) an SM can hold, by registers and shared memory
+    programs_per_sm: int  # resident programs (a tile of streams, or one) an SM can hold, by registers and shared
+                          # memory
 
 
 # Per-SM limits of the architectures we compile for (CUDA programming guide, "compute capabilities").
@@ -111,11 +113,12 @@ class _Shapes:
         self.dilated_w = _Shaped((layers, taps * residual, gates))
 
 
-def _variants(config: WaveNetConfig):
+def _variants(config: WaveNetConfig, tiles: dict[str, int]):
     modes = [("teacher", True, False), ("generate-sampled", False, False), ("generate-argmax", False, True)]
-    for label, teacher, argmax in modes:
-        for cond in (False, True):
-            yield label + ("+cond" if cond else ""), teacher, argmax, cond
+    for kind, tile in tiles.items():
+        for label, teacher, argmax in modes:
+            for cond in (False, True):
+                yield f"{kind} {label}" + ("+cond" if cond else ""), teacher, argmax, cond, tile
 
 
 def _resources(cubin: bytes) -> dict:
@@ -134,8 +137,11 @@ def _resources(cubin: bytes) -> dict:
     return {k: int(v) for k, v in found.items()}
 
 
-def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = None) -> list[CompileRow]:
-    """Compile every variant of the Triton kernel that the backend can launch, for each target and model shape."""
+def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = None,
+                modes: set[str] | None = None) -> list[CompileRow]:
+    """Compile every variant of the Triton kernel that the backends can launch, for each target and model shape;
+    `modes` (say {"teacher+cond", "generate-argmax"}) keeps those modes alone, each for the tiled and the lone-stream
+    kernel."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise FastWaveNetError("unset TRITON_INTERPRET to compile for a GPU (the interpreter compiles nothing)")
     if importlib.util.find_spec("triton") is None:
@@ -157,15 +163,18 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
             if gpu.unsupported_reason(config.input_kernel_size):
                 continue
             dist = KERNEL_CODES[config.output]
-            for label, teacher, argmax, cond in _variants(config):
-                constants = gpu.launch_constants(_Shapes(config), teacher, argmax, cond, dist)
+            for label, teacher, argmax, cond, tile in _variants(config, {"tiled": gpu.tile_for(_Shapes(config)),
+                                                                          "stream": 1}):
+                if modes is not None and label.split(" ")[1] not in modes:
+                    continue
+                constants = gpu.launch_constants(_Shapes(config), teacher, argmax, cond, dist, tile)
                 signature = {**gpu.argument_types(dist), **{name: "constexpr" for name in constants}}
                 # FP fusion on, as at launch today (Triton 3.9's default; stated, so its warning stays quiet)
-                options = {"num_warps": gpu.NUM_WARPS, "enable_fp_fusion": True}
+                options = {"num_warps": gpu.num_warps(tile), "enable_fp_fusion": True}
                 kernel = triton.compile(ASTSource(gpu._wavenet_kernel, signature, constants),
                                         target=GPUTarget("cuda", target, 32), options=options)
                 use = _resources(kernel.asm["cubin"])
-                threads = 32 * gpu.NUM_WARPS
+                threads = 32 * gpu.num_warps(tile)
                 by_registers = limits["registers"] // max(1, use.get("REG", 0) * threads)
                 by_shared = limits["shared"] // use["SHARED"] if use.get("SHARED") else limits["blocks"]
                 rows.append(CompileRow(f"sm_{target}", model_name, label, use.get("REG", 0), use.get("LOCAL", 0),
@@ -175,10 +184,10 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
 
 
 def format_compile(rows: list[CompileRow]) -> str:
-    lines = [f"{'target':<7} {'model':<12} {'variant':<22} {'registers':>9} {'spills':>7} {'shared':>7} "
+    lines = [f"{'target':<7} {'model':<12} {'variant':<29} {'registers':>9} {'spills':>7} {'shared':>7} "
              f"{'stack':>6} {'programs/SM':>12}"]
     for r in rows:
-        lines.append(f"{r.target:<7} {r.model:<12} {r.variant:<22} {r.registers:>9} {r.spill_bytes:>7} "
+        lines.append(f"{r.target:<7} {r.model:<12} {r.variant:<29} {r.registers:>9} {r.spill_bytes:>7} "
                      f"{r.shared_bytes:>7} {r.stack_bytes:>6} {r.programs_per_sm:>12}")
     lines.append("top-k / top-p: no kernel variant; the backend samples them on the host per step (not compiled)")
     return "\n".join(lines)

@@ -1,9 +1,12 @@
 """The GPU kernel: one Triton launch generates (or teacher-forces) a whole chunk of steps for a batch of streams.
 
-One program per stream runs the time loop inside the kernel. Its per-layer queues live in GPU memory (the `queues`
-tensor of the state), weights are read through L2 (they fit: 3.5 MB for `standard`), and each vector that feeds a
-matrix-vector product is staged in a small per-stream scratch row so the product can walk the weight matrix in row
-blocks without holding it in registers. Sampling happens inside, from uniforms the host supplies, so a seed fixes the
+Each program runs the time loop inside the kernel for a tile of streams: 8 or 16 of them (the tiled kernel, the
+`triton` backend), whose matrix products are outer products over the tile, so each weight row is read once per tile
+and step instead of once per stream; or one (the `triton-stream` backend), whose products are matrix-vector sums,
+for the shortest step at batch 1. The two are one source told apart by the TILE constant. Per-layer queues live in
+GPU memory (the `queues` tensor of the state), weights are read through L2 (3.5 MB for `standard`), and each vector
+that feeds a product is staged in a per-stream scratch row so the product can walk the weight matrix in row blocks
+without holding it in registers. Sampling happens inside, from uniforms the host supplies, so a seed fixes the
 output. Values written to memory and read back by other threads of the same program are separated by barriers:
 Triton's interpreter (TRITON_INTERPRET=1, which the tests use on the CPU) runs a program as one thread and hides
 missing barriers, so a GPU run is the final word on them.
@@ -55,16 +58,35 @@ def unsupported_reason(input_taps: int) -> str | None:
 
 
 @triton.jit
-def _matvec(vec_ptr, w_ptr, w_stride, n_in, col0, n_out, IN_BLOCK: tl.constexpr, OUT_P: tl.constexpr):
-    """sum_i vec[i] * W[i, col0 + o] for o < n_out, walking W in blocks of IN_BLOCK rows: (OUT_P,) float32."""
+def _product(acc, x_ptr, x_row, x_col, live, w_ptr, w_stride, n_in, col0, n_out, IN_BLOCK: tl.constexpr,
+             OUT_P: tl.constexpr, TILE: tl.constexpr):
+    """acc + x @ W[:, col0:col0 + n_out] for a tile of streams: (TILE, OUT_P) float32. x[m, i] is at
+    x_ptr + m * x_row + i * x_col (rows where `live` is false read zeros); W row-major with row stride w_stride.
+
+    A tile (TILE > 1) takes the inputs one at a time, adding the outer product of x's column and W's row: each output
+    is one chain of fused multiply-adds over i in order, as in the CPU kernel, so a stream's numbers do not depend on
+    which streams share its tile, and nothing but the accumulators stays in registers. (tl.dot in full float32, the
+    first version, compiled to the same fma arithmetic through copies of both operands per thread: 255 registers and
+    up to 6.8 KB of stack per thread for `standard`, `fastwavenet doctor --compile-gpu`.) A lone stream (TILE 1)
+    walks W in blocks of IN_BLOCK rows, summing each block's products across threads."""
     o = tl.arange(0, OUT_P)
-    acc = tl.zeros((OUT_P,), tl.float32)
-    for i0 in range(0, n_in, IN_BLOCK):
-        i = i0 + tl.arange(0, IN_BLOCK)
-        v = tl.load(vec_ptr + i, mask=i < n_in, other=0.0)
-        w = tl.load(w_ptr + i[:, None] * w_stride + col0 + o[None, :],
-                    mask=(i[:, None] < n_in) & (o[None, :] < n_out), other=0.0)
-        acc += tl.sum(v[:, None] * w, axis=0)
+    m = tl.arange(0, TILE)
+    if TILE == 1:
+        for i0 in range(0, n_in, IN_BLOCK):
+            i = i0 + tl.arange(0, IN_BLOCK)
+            x = tl.load(x_ptr + m[:, None] * x_row + i[None, :] * x_col, mask=live[:, None] & (i[None, :] < n_in),
+                        other=0.0)
+            w = tl.load(w_ptr + i[:, None] * w_stride + col0 + o[None, :],
+                        mask=(i[:, None] < n_in) & (o[None, :] < n_out), other=0.0)
+            acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
+    else:
+        xs = x_ptr + m * x_row
+        ws = w_ptr + col0 + o
+        in_w = o < n_out
+        for i in range(n_in):
+            x = tl.load(xs + i * x_col, mask=live, other=0.0)
+            w = tl.load(ws + i * w_stride, mask=in_w, other=0.0)
+            acc += x[:, None] * w[None, :]
     return acc
 
 
@@ -126,6 +148,22 @@ def _sample_continuous(y, c, u0, u1, temperature, log_scale_min, C: tl.constexpr
 
 
 @triton.jit
+def _sample_class(logits, c, u, inv_temperature, C: tl.constexpr, ARGMAX: tl.constexpr):
+    """One class from the logits (C_P,) (c: their indices) and a uniform u: int64."""
+    logits = tl.where(c < C, logits, float("-inf"))
+    if ARGMAX:
+        return tl.argmax(logits, axis=0).to(tl.int64)
+    top = tl.max(logits, axis=0)
+    p = tl.exp((logits - top) * inv_temperature)
+    cdf = tl.cumsum(p, axis=0)
+    target = u * tl.sum(p, axis=0)
+    # Past the end only when rounding leaves the scan at or below u * total: take the last class with p > 0, never
+    # one whose probability is zero.
+    kept = tl.max(tl.where(p > 0, c, 0), axis=0).to(tl.int64)
+    return tl.minimum(tl.sum((cdf <= target).to(tl.int64), axis=0), kept)
+
+
+@triton.jit
 def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_ptr, logits_ptr, out_ptr, scratch_ptr,
                     embed_ptr, dw_ptr, db_ptr, ow_ptr, ob_ptr, h1w_ptr, h1b_ptr, h2w_ptr, h2b_ptr,
                     dil_ptr, off_ptr, t0, steps, B, L, Q, SCR, inv_temperature, log_scale_min,
@@ -134,122 +172,154 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
                     G_P: tl.constexpr, S_P: tl.constexpr, H_P: tl.constexpr,
                     IN_R: tl.constexpr, IN_G: tl.constexpr, IN_S: tl.constexpr, IN_H: tl.constexpr,
                     TEACHER: tl.constexpr, ARGMAX: tl.constexpr, HAS_COND: tl.constexpr,
-                    SCALAR: tl.constexpr, DIST: tl.constexpr):
-    # int64, so that every offset computed from it is: (b * steps + step) * L * 2G for the conditioning terms passes
-    # 2**31 at batch 52 for a `standard` vocoder with 16,384-step chunks.
-    b = tl.program_id(0).to(tl.int64)
+                    SCALAR: tl.constexpr, DIST: tl.constexpr, TILE: tl.constexpr):
+    # Program p runs streams p * TILE .. p * TILE + TILE - 1 (those below B: `live`). Offsets are int64 from the
+    # program id on ((b * steps + step) * L * 2G for the conditioning terms passes 2**31 at batch 52 for a `standard`
+    # vocoder with 16,384-step chunks); within a tile, m * (a stream's stride) stays int32 except for `cond`.
+    # Per-stream values are (TILE,) vectors, which every thread may hold whole: pointers are kept as one scalar base
+    # per tile and rebuilt from m where used, so they do not occupy registers across the loops.
+    first = tl.program_id(0).to(tl.int64) * TILE
+    m = tl.arange(0, TILE)
+    live = first + m < B
     r = tl.arange(0, R_P)
     g = tl.arange(0, G_P)
     s_idx = tl.arange(0, S_P)
     h_idx = tl.arange(0, H_P)
     c = tl.arange(0, C_P)
-    rmask = r < R
+    r_at = live[:, None] & (r[None, :] < R)
     KR: tl.constexpr = K * R
     G2: tl.constexpr = 2 * G
     RS: tl.constexpr = R + S
-    # Scratch row of this stream: x (R) | gated (G) | relu(skip) (S) | head hidden (H).
-    x_buf = scratch_ptr + b * SCR
-    g_buf = x_buf + R
-    s_buf = g_buf + G
-    h_buf = s_buf + S
-    q_base = queues_ptr + b * Q * R
+    # The tile's scratch: x (R) | gated (G) | relu(skip) (S) | head hidden (H) | head outputs (C); the first four
+    # input-major (element (m, i) at i * TILE + m), so a product's column of inputs is one contiguous read.
+    x_buf = scratch_ptr + first * SCR
+    g_buf = x_buf + R * TILE
+    s_buf = g_buf + G * TILE
+    h_buf = s_buf + S * TILE
+    l_buf = h_buf + H * TILE  # the head's outputs, stream-major (C per stream), for the draws
+    q_tile = queues_ptr + first * Q * R
+    QR = Q * R
 
-    code = tl.load(codes_ptr + b * codes_stride)
-    prev = -1
+    code = tl.load(codes_ptr + (first + m) * codes_stride, mask=live, other=0)
+    prev = tl.full((TILE,), -1, tl.int64)
     if K_IN == 2:
-        prev = tl.load(inputs_ptr + b)
+        prev = tl.load(inputs_ptr + first + m, mask=live, other=-1)
     for step in range(steps):
         t = t0 + step
         if SCALAR:  # x = value * weight row + bias row
-            x = code * tl.load(embed_ptr + r, mask=rmask, other=0.0) + tl.load(embed_ptr + R + r, mask=rmask,
-                                                                               other=0.0)
+            x = code[:, None] * tl.load(embed_ptr + r, mask=r < R, other=0.0)[None, :] \
+                + tl.load(embed_ptr + R + r, mask=r < R, other=0.0)[None, :]
         else:  # one table row per tap; before the start a tap contributes nothing
-            x = tl.load(embed_ptr + ((K_IN - 1) * C + code) * R + r, mask=rmask, other=0.0)
+            x = tl.load(embed_ptr + ((K_IN - 1) * C + code)[:, None] * R + r[None, :], mask=r_at, other=0.0)
         if K_IN == 2:
-            tap = tl.load(embed_ptr + tl.maximum(prev, 0) * R + r, mask=rmask, other=0.0)
-            x += tl.where(prev >= 0, tap, 0.0)
+            tap = tl.load(embed_ptr + tl.maximum(prev, 0)[:, None] * R + r[None, :], mask=r_at, other=0.0)
+            x += tl.where(prev[:, None] >= 0, tap, 0.0)
             prev = code
-        skip = tl.zeros((S_P,), tl.float32)
+        skip = tl.zeros((TILE, S_P), tl.float32)
         tl.debug_barrier()
-        tl.store(x_buf + r, x, mask=rmask)
+        tl.store(x_buf + m[:, None] + r[None, :] * TILE, x, mask=r_at)
         tl.debug_barrier()
         for layer in range(L):
             d = tl.load(dil_ptr + layer)
             off = tl.load(off_ptr + layer)
             n = (K - 1) * d
             w_layer = dw_ptr + layer * KR * G2
-            za = tl.load(db_ptr + layer * G2 + g, mask=g < G, other=0.0)
-            zb = tl.load(db_ptr + layer * G2 + G + g, mask=g < G, other=0.0)
-            for j in tl.static_range(K - 1):
-                slot = off + (t - (K - 1 - j) * d + n) % n
-                row = q_base + slot * R
-                za += _matvec(row, w_layer + j * R * G2, G2, R, 0, G, IN_R, G_P)
-                zb += _matvec(row, w_layer + j * R * G2, G2, R, G, G, IN_R, G_P)
-            za += _matvec(x_buf, w_layer + (K - 1) * R * G2, G2, R, 0, G, IN_R, G_P)
-            zb += _matvec(x_buf, w_layer + (K - 1) * R * G2, G2, R, G, G, IN_R, G_P)
+            za = tl.zeros((TILE, G_P), tl.float32) + tl.load(db_ptr + layer * G2 + g, mask=g < G, other=0.0)[None, :]
+            zb = tl.zeros((TILE, G_P), tl.float32) + tl.load(db_ptr + layer * G2 + G + g, mask=g < G,
+                                                             other=0.0)[None, :]
             if HAS_COND:
-                c_row = cond_ptr + ((b * steps + step) * L + layer) * G2
-                za += tl.load(c_row + g, mask=g < G, other=0.0)
-                zb += tl.load(c_row + G + g, mask=g < G, other=0.0)
+                c_at = cond_ptr + ((first + m)[:, None] * steps + step) * L * G2 + layer * G2 + g[None, :]
+                g_live = live[:, None] & (g[None, :] < G)
+                za += tl.load(c_at, mask=g_live, other=0.0)
+                zb += tl.load(c_at + G, mask=g_live, other=0.0)
+            for j in tl.static_range(K):  # tap j of K, oldest first: the queue slots, then the new input
+                if j < K - 1:
+                    taps, tap_row, tap_col = q_tile + (off + (t - (K - 1 - j) * d + n) % n) * R, QR, 1
+                else:
+                    taps, tap_row, tap_col = x_buf, 1, TILE
+                za = _product(za, taps, tap_row, tap_col, live, w_layer + j * R * G2, G2, R, 0, G, IN_R, G_P, TILE)
+                zb = _product(zb, taps, tap_row, tap_col, live, w_layer + j * R * G2, G2, R, G, G, IN_R, G_P, TILE)
             tl.debug_barrier()  # every thread has read the oldest tap before it is overwritten
-            x = tl.load(x_buf + r, mask=rmask, other=0.0)
-            tl.store(q_base + (off + t % n) * R + r, x, mask=rmask)
+            x = tl.load(x_buf + m[:, None] + r[None, :] * TILE, mask=r_at, other=0.0)
+            tl.store(q_tile + m[:, None] * QR + (off + t % n) * R + r[None, :], x, mask=r_at)
             gated = _tanh(za) * tl.sigmoid(zb)
-            tl.store(g_buf + g, gated, mask=g < G)
+            tl.store(g_buf + m[:, None] + g[None, :] * TILE, gated, mask=live[:, None] & (g[None, :] < G))
             tl.debug_barrier()
-            skip += _matvec(g_buf, ow_ptr + layer * G * RS, RS, G, R, S, IN_G, S_P)
-            skip += tl.load(ob_ptr + layer * RS + R + s_idx, mask=s_idx < S, other=0.0)
+            w_out = ow_ptr + layer * G * RS
+            skip = _product(skip, g_buf, 1, TILE, live, w_out, RS, G, R, S, IN_G, S_P, TILE)
+            skip += tl.load(ob_ptr + layer * RS + R + s_idx, mask=s_idx < S, other=0.0)[None, :]
             if layer < L - 1:  # the last layer's residual output feeds nothing
-                res = _matvec(g_buf, ow_ptr + layer * G * RS, RS, G, 0, R, IN_G, R_P)
-                res += tl.load(ob_ptr + layer * RS + r, mask=rmask, other=0.0)
-                x = tl.load(x_buf + r, mask=rmask, other=0.0)
+                res = tl.load(ob_ptr + layer * RS + r, mask=r < R, other=0.0)[None, :] + x
+                res = _product(res, g_buf, 1, TILE, live, w_out, RS, G, 0, R, IN_G, R_P, TILE)
                 tl.debug_barrier()
-                tl.store(x_buf + r, x + res, mask=rmask)
+                tl.store(x_buf + m[:, None] + r[None, :] * TILE, res, mask=r_at)
             tl.debug_barrier()
-        tl.store(s_buf + s_idx, tl.maximum(skip, 0.0), mask=s_idx < S)
+        tl.store(s_buf + m[:, None] + s_idx[None, :] * TILE, tl.maximum(skip, 0.0),
+                 mask=live[:, None] & (s_idx[None, :] < S))
         tl.debug_barrier()
-        hidden = _matvec(s_buf, h1w_ptr, H, S, 0, H, IN_S, H_P)
-        hidden += tl.load(h1b_ptr + h_idx, mask=h_idx < H, other=0.0)
-        tl.store(h_buf + h_idx, tl.maximum(hidden, 0.0), mask=h_idx < H)
+        hidden = tl.zeros((TILE, H_P), tl.float32) + tl.load(h1b_ptr + h_idx, mask=h_idx < H, other=0.0)[None, :]
+        hidden = _product(hidden, s_buf, 1, TILE, live, h1w_ptr, H, S, 0, H, IN_S, H_P, TILE)
+        tl.store(h_buf + m[:, None] + h_idx[None, :] * TILE, tl.maximum(hidden, 0.0),
+                 mask=live[:, None] & (h_idx[None, :] < H))
         tl.debug_barrier()
-        logits = _matvec(h_buf, h2w_ptr, C, H, 0, C, IN_H, C_P)
-        logits += tl.load(h2b_ptr + c, mask=c < C, other=0.0)
+        logits = tl.zeros((TILE, C_P), tl.float32) + tl.load(h2b_ptr + c, mask=c < C, other=0.0)[None, :]
+        logits = _product(logits, h_buf, 1, TILE, live, h2w_ptr, C, H, 0, C, IN_H, C_P, TILE)
         if TEACHER:
-            tl.store(logits_ptr + (b * steps + step) * C + c, logits, mask=c < C)
-            code = tl.load(codes_ptr + b * codes_stride + tl.minimum(step + 1, steps - 1))
-        elif SCALAR:
-            u0 = tl.load(u_ptr + (step * B + b) * 2).to(tl.float64)
-            u1 = tl.load(u_ptr + (step * B + b) * 2 + 1).to(tl.float64)
-            code = _sample_continuous(logits, c, u0, u1, 1.0 / inv_temperature, log_scale_min, C, DIST,
-                                      ARGMAX).to(tl.float32)
-            tl.store(out_ptr + b * steps + step, code)
+            tl.store(logits_ptr + ((first + m) * steps + step)[:, None] * C + c[None, :], logits,
+                     mask=live[:, None] & (c[None, :] < C))
+            code = tl.load(codes_ptr + (first + m) * codes_stride + tl.minimum(step + 1, steps - 1), mask=live,
+                           other=0)
         else:
-            logits = tl.where(c < C, logits, float("-inf"))
-            if ARGMAX:
-                code = tl.argmax(logits, axis=0).to(tl.int64)
-            else:
-                top = tl.max(logits, axis=0)
-                p = tl.exp((logits - top) * inv_temperature)
-                cdf = tl.cumsum(p, axis=0)
-                u = tl.load(u_ptr + step * B + b)
-                target = u * tl.sum(p, axis=0)
-                # Past the end only when rounding leaves the scan at or below u * total: take the last class with
-                # p > 0, never one whose probability is zero.
-                kept = tl.max(tl.where(p > 0, c, 0), axis=0).to(tl.int64)
-                code = tl.minimum(tl.sum((cdf <= target).to(tl.int64), axis=0), kept)
-            tl.store(out_ptr + b * steps + step, code)
+            # Each stream draws alone from its row of logits in scratch, so a draw's reductions run over (C_P,) as in
+            # a lone stream's program whatever the tile. (Drawn for the whole tile at once, the reductions over a
+            # (TILE, C_P) block took 255 registers and spilled.)
+            tl.store(l_buf + m[:, None] * C + c[None, :], logits, mask=live[:, None] & (c[None, :] < C))
+            tl.debug_barrier()
+            for one in range(TILE):
+                stream = first + one
+                row = tl.load(l_buf + one * C + c, mask=c < C, other=0.0)
+                if SCALAR:
+                    u0 = tl.load(u_ptr + (step * B + stream) * 2, mask=stream < B, other=0.5).to(tl.float64)
+                    u1 = tl.load(u_ptr + (step * B + stream) * 2 + 1, mask=stream < B, other=0.5).to(tl.float64)
+                    drawn = _sample_continuous(row, c, u0, u1, 1.0 / inv_temperature, log_scale_min, C, DIST,
+                                               ARGMAX).to(tl.float32)
+                else:
+                    u = tl.load(u_ptr + step * B + stream, mask=stream < B, other=0.0)
+                    drawn = _sample_class(row, c, u, inv_temperature, C, ARGMAX)
+                tl.store(out_ptr + stream * steps + step, drawn, mask=stream < B)
+            tl.debug_barrier()
+            code = tl.load(out_ptr + (first + m) * steps + step, mask=live, other=0)
     if K_IN == 2:
-        tl.store(inputs_ptr + b, prev)
+        tl.store(inputs_ptr + first + m, prev, mask=live)
 
 
 def _block(n_out_p: int, budget: int = 4096) -> int:
-    """Rows per block of a matrix-vector product, so a block holds about `budget` weights."""
+    """Rows per block of a lone stream's product, so a block holds about `budget` weights."""
     return max(1, min(64, budget // n_out_p))
 
 
-def launch_constants(w: GpuWeights, teacher: bool, argmax: bool, has_cond: bool, dist: int = SOFTMAX) -> dict:
-    """The compile-time constants of one kernel variant, from the weights' shapes (any objects with `.shape`) and
-    the output distribution (SOFTMAX, or a continuous one for a scalar-input model)."""
+def tile_for(w: GpuWeights) -> int:
+    """Streams per program of the tiled kernel for these weights (any objects with `.shape`): each weight row read
+    serves that many streams. 16, or 8 where 16 streams' gate and skip accumulators (16 x (2G + S) floats) would not
+    fit the registers of 256 threads: from `fastwavenet doctor --compile-gpu sm_90`, 16 streams of r9y9's LJSpeech
+    shape (2G + S = 1280) spilled at 8 warps, 8 did not; `standard` (384) and `large` (512) fit 16 without spills.
+    A stream's numbers do not depend on the tile (module docstring), so this is a choice of speed alone; it is made
+    by shape, not yet by a measurement on a GPU."""
+    width = triton.next_power_of_2(w.dilated_b.shape[1]) + triton.next_power_of_2(w.out_w.shape[2] - w.embed.shape[2])
+    return 16 if width <= 512 else 8
+
+
+def num_warps(tile: int) -> int:
+    """Warps per program: 4 for a lone stream, 8 for a tile (4 left 16 `standard` streams at 255 registers and 56
+    bytes of stack when sampling; 8 gave 177 registers and none)."""
+    return 4 if tile == 1 else 8
+
+
+def launch_constants(w: GpuWeights, teacher: bool, argmax: bool, has_cond: bool, dist: int = SOFTMAX,
+                     tile: int = 1) -> dict:
+    """The compile-time constants of one kernel variant, from the weights' shapes (any objects with `.shape`), the
+    output distribution (SOFTMAX, or a continuous one for a scalar-input model) and the streams per program (1, or
+    `tile_for(w)` for the tiled kernel)."""
     K_IN, R = w.embed.shape[0], w.embed.shape[2]
     C = w.head2_w.shape[1]
     G = w.dilated_b.shape[1] // 2
@@ -258,12 +328,9 @@ def launch_constants(w: GpuWeights, teacher: bool, argmax: bool, has_cond: bool,
     R_P, G_P, S_P, H_P, C_P = p2(R), p2(G), p2(S), p2(H), p2(C)
     return dict(C=C, R=R, G=G, S=S, H=H, K=w.dilated_w.shape[1] // R, K_IN=K_IN,
                 C_P=C_P, R_P=R_P, G_P=G_P, S_P=S_P, H_P=H_P,
-                IN_R=_block(G_P), IN_G=_block(max(R_P, S_P)), IN_S=_block(H_P), IN_H=_block(C_P),
-                TEACHER=bool(teacher), ARGMAX=bool(argmax), HAS_COND=bool(has_cond), SCALAR=dist != SOFTMAX,
-                DIST=dist)
+                IN_R=_block(G_P), IN_G=_block(max(R_P, S_P)), IN_S=_block(H_P), IN_H=_block(C_P), TEACHER=bool(teacher), ARGMAX=bool(argmax), HAS_COND=bool(has_cond),
+                SCALAR=dist != SOFTMAX, DIST=dist, TILE=tile)
 
-
-NUM_WARPS = 4
 
 # The type of every runtime argument, for compiling a variant ahead of time without a GPU (`fastwavenet doctor`).
 ARGUMENT_TYPES = {"codes_ptr": "*i64", "codes_stride": "i32", "u_ptr": "*fp32", "queues_ptr": "*fp32",
@@ -282,19 +349,21 @@ def argument_types(dist: int = SOFTMAX) -> dict:
 
 
 def run(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_out, teacher: bool,
-        temperature: float = 1.0, argmax: bool = False, dist: int = SOFTMAX, log_scale_min: float = -7.0):
+        temperature: float = 1.0, argmax: bool = False, dist: int = SOFTMAX, log_scale_min: float = -7.0,
+        tile: int = 1):
     """Launch one chunk: T = codes.shape[1] steps (teacher, outputs into logits_out) or u.shape[0] steps (generate,
-    codes or values into codes_out, sampled at `temperature` or by argmax from distribution `dist`). Every shape is
-    read from the arrays."""
+    codes or values into codes_out, sampled at `temperature` or by argmax from distribution `dist`), `tile` streams
+    per program (1, or `tile_for(w)`). Every shape is read from the arrays."""
     B = queues.shape[0]
     steps = codes.shape[1] if teacher else u.shape[0]
-    constants = launch_constants(w, teacher, argmax, cond is not None, dist)
-    R, G, S, H = constants["R"], constants["G"], constants["S"], constants["H"]
-    scratch = torch.empty(B, R + G + S + H, device=queues.device, dtype=torch.float32)
+    constants = launch_constants(w, teacher, argmax, cond is not None, dist, tile)
+    width = sum(constants[name] for name in ("R", "G", "S", "H", "C"))
+    # A tile's scratch rows are its streams' rows, padded to whole tiles.
+    scratch = torch.empty(triton.cdiv(B, tile) * tile, width, device=queues.device, dtype=torch.float32)
     inputs_arg = inputs if inputs.numel() else torch.empty(B, dtype=torch.int64, device=queues.device)
-    _wavenet_kernel[(B,)](
+    _wavenet_kernel[(triton.cdiv(B, tile),)](
         codes, codes.stride(0), u, queues, inputs_arg, queues if cond is None else cond,
         logits_out if teacher else queues, codes_out, scratch,
         w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b, w.head1_w, w.head1_b, w.head2_w, w.head2_b,
         w.dilations, w.offsets, t0, steps, B, w.dilated_b.shape[0], queues.shape[1], scratch.shape[1],
-        1.0 / temperature, log_scale_min, **constants, num_warps=NUM_WARPS)
+        1.0 / temperature, log_scale_min, **constants, num_warps=num_warps(tile))

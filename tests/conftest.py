@@ -139,3 +139,14 @@ def run_cli(*args, env=None):
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "fastwavenet", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=600)
+
+
+def one_triton_on_cpu(backends):
+    """backends without `triton-stream` where Triton runs under its interpreter (seconds a step): it shares all but
+    its matrix products with the tiled `triton`, and test_exactness.py holds its products to the training model on
+    every configuration. Where CUDA is, both stay."""
+    import torch
+
+    if torch.cuda.is_available():
+        return list(backends)
+    return [b for b in backends if getattr(b, "values", (b,))[0] != "triton-stream"]

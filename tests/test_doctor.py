@@ -27,17 +27,19 @@ def test_doctor_refuses_an_unknown_target():
 
 
 def test_gpu_kernel_compiles_for_sm90_without_spills():
-    """What Triton's interpreter cannot check: the kernel compiles for a real GPU (dot shapes, dtypes, constexprs),
-    spills no registers and fits the per-block shared memory (48 KB without opting in), for every variant the
-    backend launches, on the `standard` shape and on r9y9's LJSpeech shape (scalar input, a mixture of logistics
-    sampled in float64, mel conditioning)."""
+    """What Triton's interpreter cannot check: the kernel compiles for a real GPU (dtypes, constexprs, layouts),
+    spills no registers and fits the per-block shared memory (48 KB without opting in), tiled and per stream, on the
+    `standard` shape and on r9y9's LJSpeech shape (scalar input, a mixture of logistics sampled in float64, mel
+    conditioning). Three modes of the six, the conditioned ones being the largest (`fastwavenet doctor
+    --compile-gpu sm_90` compiles them all)."""
     pytest.importorskip("triton")
     script = """
 import json
 from fastwavenet import preset
 from fastwavenet.doctor import compile_gpu, rows_as_json
 models = {"standard": preset("standard"), "r9y9-ljspeech": preset("r9y9-ljspeech")}
-print(json.dumps(rows_as_json(compile_gpu([90], models))))
+modes = {"teacher+cond", "generate-sampled+cond", "generate-argmax"}
+print(json.dumps(rows_as_json(compile_gpu([90], models, modes))))
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, env=env,

@@ -220,8 +220,9 @@ def test_streaming_conditioning_is_the_training_models_under_teacher_forcing(voc
 
 
 def test_triton_requests_alone_or_together_are_bit_identical():
-    """The Triton kernel is one program per stream: under the engine (Triton's interpreter on the CPU here) a
-    request is the same alone or beside others, mixed sampling rules (the plain loop) included."""
+    """The tiled Triton kernel computes each stream of a tile alone (products as fma chains per output, draws one
+    stream at a time): under the engine (Triton's interpreter on the CPU here) a request is the same alone or beside
+    others in its tile, mixed sampling rules (the plain loop) included."""
     pytest.importorskip("triton")
     config = preset("tiny")
     gen = Generator(ModelFile(config, fold(random_model(config, 1))), backend="triton",

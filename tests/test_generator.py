@@ -270,7 +270,7 @@ def test_samplers_never_return_a_dropped_class(sampling, u):
         assert np.array_equal(reference, kept.argmax(axis=1))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS + ["triton"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["triton"])  # the Triton backends draw by one code
 def test_generation_at_extreme_uniforms_keeps_to_the_kept_classes(backend):
     """Every backend's generate path (the kernels' own samplers included) with uniforms all 0 or all at the largest
     float32 below 1: every code is one the reference rule keeps for the logits that preceded it."""
@@ -281,7 +281,7 @@ def test_generation_at_extreme_uniforms_keeps_to_the_kept_classes(backend):
     config = preset("tiny")
     model = random_model(config, 8)
     gen = Generator(ModelFile(config, fold(model)), backend=backend)
-    steps = 12 if backend in ("naive", "triton") else 80
+    steps = 12 if backend == "naive" or backend.startswith("triton") else 80
     for sampling in (Sampling(top_k=20), Sampling(top_p=0.9), Sampling(temperature=0.5)):
         for u in (np.float32(0), U_MAX):
             state = gen.new_state(3)
@@ -315,7 +315,7 @@ def test_files_are_synced_once_each_when_finished(tiny_file, tmp_path, monkeypat
     assert len(paths) == 3 and all(soundfile.info(p).frames == 1000 for p in paths)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS + ["triton"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["triton"])  # the Triton backends draw by one code
 def test_generate_path_draws_what_the_reference_rule_draws(backend):
     """Given the same uniforms, each backend's own generation (the compiled samplers inside the numba and Triton
     kernels included) draws the codes that the reference rule of fastwavenet/sampling.py draws from the training
@@ -329,7 +329,7 @@ def test_generate_path_draws_what_the_reference_rule_draws(backend):
     config = preset("tiny")
     model = random_model(config, 12)
     gen = Generator(ModelFile(config, fold(model)), backend=backend)
-    steps, batch = (10, 3) if backend in ("naive", "triton") else (120, 4)
+    steps, batch = (10, 3) if backend == "naive" or backend.startswith("triton") else (120, 4)
     samplings = [Sampling(), Sampling(temperature=0.7), Sampling(argmax=True), Sampling(top_k=5),
                  Sampling(top_p=0.8)]
     near, draws = 0, 0

@@ -14,13 +14,12 @@ from fastwavenet.folded import MATRICES, rounded
 from fastwavenet.generator import Generator
 from fastwavenet.modelfile import ModelFile
 
-from conftest import random_model, run_cli, save_models
+from conftest import one_triton_on_cpu, random_model, run_cli, save_models
 from test_exactness import CONFIGS, conditioning_inputs, model_logits, teacher_steps
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = [b for b in available_backends(DEVICE) if b != "triton"]  # triton: same weights, one interpreter run
-if "triton" in available_backends(DEVICE):
-    BACKENDS.append("triton")
+# The slow interpreter last.
+BACKENDS = sorted(one_triton_on_cpu(available_backends(DEVICE)), key=lambda b: b.startswith("triton"))
 
 
 def test_rounding_is_to_nearest_bf16_and_only_the_matrices():

@@ -3,7 +3,9 @@
     naive   recompute the receptive field for every sample (the baseline)       backends/naive.py
     torch   per-layer queues in PyTorch ops; CUDA graphs on the GPU             backends/torch_queues.py
     numba   the whole loop compiled for the CPU (kernels/cpu.py)                backends/numba_cpu.py
-    triton  the whole loop in one Triton launch per chunk (kernels/gpu.py)      backends/triton_gpu.py
+    triton  the whole loop in one Triton launch per chunk (kernels/gpu.py),    backends/triton_gpu.py
+            16 streams per program sharing each weight block (tl.dot)
+    triton-stream  the same launch with one stream per program (matrix-vector products)
 
 The interface they share is backends/base.py. This module holds the registry and the `auto` choice; it imports every
 backend, and every backend imports base, so the interface cannot live here without an import cycle. A new backend
@@ -23,11 +25,12 @@ from .base import Backend, full_fp32, resolve_device
 from .naive import NaiveBackend
 from .numba_cpu import NumbaBackend
 from .torch_queues import TorchBackend
-from .triton_gpu import TritonBackend
+from .triton_gpu import TritonBackend, TritonStreamBackend
 
 
 def registry() -> dict[str, type[Backend]]:
-    return {"naive": NaiveBackend, "torch": TorchBackend, "numba": NumbaBackend, "triton": TritonBackend}
+    return {"naive": NaiveBackend, "torch": TorchBackend, "numba": NumbaBackend, "triton": TritonBackend,
+            "triton-stream": TritonStreamBackend}
 
 
 def available_backends(device: torch.device | str) -> list[str]:
@@ -70,5 +73,6 @@ def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, devic
     return cls(config, weights, device, precision)
 
 
-__all__ = ["Backend", "NaiveBackend", "TorchBackend", "NumbaBackend", "TritonBackend", "registry",
+__all__ = ["Backend", "NaiveBackend", "TorchBackend", "NumbaBackend", "TritonBackend", "TritonStreamBackend",
+           "registry",
            "available_backends", "make_backend", "resolve_device", "full_fp32"]

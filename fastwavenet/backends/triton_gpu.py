@@ -1,5 +1,8 @@
-"""`triton`: one Triton launch generates a chunk of samples for a batch of streams (fastwavenet.kernels.gpu, time
-loop inside the kernel). This module is the only place that knows how that kernel wants its arrays."""
+"""`triton` and `triton-stream`: one Triton launch generates a chunk of samples for a batch of streams
+(fastwavenet.kernels.gpu, time loop inside the kernel), in tiles of 8 or 16 streams per program (`triton`: each
+weight row read once for the tile) or one stream per program (`triton-stream`: matrix-vector sums, the shortest step
+at batch 1). Each computes a stream the same way whatever else is in the batch; the two differ from each other by
+float rounding. This module is the only place that knows how that kernel wants its arrays."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ def _on(device: torch.device):
 
 class TritonBackend(Backend):
     name = "triton"
+    tiled = True  # streams per program: the kernel's tile_for(weights), or one
     devices = ("cuda",)
     requires = "triton"
     first_call = "compiling the GPU kernel (first run only, kept in Triton's cache)"
@@ -51,6 +55,7 @@ class TritonBackend(Backend):
             dilated_b=w.dilated_b, out_w=w.out_w, out_b=w.out_b, head1_w=w.head1_w, head1_b=w.head1_b,
             head2_w=w.head2_w, head2_b=w.head2_b, dilations=torch.from_numpy(layout.dilations).to(device),
             offsets=torch.from_numpy(layout.offsets).to(device))
+        self.tile = gpu.tile_for(self.weights) if self.tiled else 1
 
     def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
         from ..kernels import gpu
@@ -63,7 +68,7 @@ class TritonBackend(Backend):
         cond = None if cond is None else cond.to(self.device).contiguous()
         with _on(self.device):
             gpu.run(codes, state.t, unused_u, self.weights, state.queues, state.inputs, cond, logits, unused_codes,
-                    teacher=True, dist=self.dist)
+                    teacher=True, dist=self.dist, tile=self.tile)
         state.t += T
         return logits
 
@@ -85,7 +90,12 @@ class TritonBackend(Backend):
         with _on(self.device):
             gpu.run(first, state.t, u, self.weights, state.queues, state.inputs, cond, None, out, teacher=False,
                     temperature=sampling.temperature, argmax=sampling.argmax, dist=self.dist,
-                    log_scale_min=float(self.config.log_scale_min))
+                    log_scale_min=float(self.config.log_scale_min), tile=self.tile)
         state.t += n
         state.last.copy_(out[:, -1])  # in place, as every backend
         return out
+
+
+class TritonStreamBackend(TritonBackend):
+    name = "triton-stream"
+    tiled = False
