@@ -80,12 +80,9 @@ def _product(acc, x_ptr, x_row, x_col, live, w_ptr, w_stride, n_in, col0, n_out,
                         mask=(i[:, None] < n_in) & (o[None, :] < n_out), other=0.0)
             acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
     else:
-        xs = x_ptr + m * x_row
-        ws = w_ptr + col0 + o
-        in_w = o < n_out
         for i in range(n_in):
-            x = tl.load(xs + i * x_col, mask=live, other=0.0)
-            w = tl.load(ws + i * w_stride, mask=in_w, other=0.0)
+            x = tl.load(x_ptr + m * x_row + i * x_col, mask=live, other=0.0)
+            w = tl.load(w_ptr + i * w_stride + col0 + o, mask=o < n_out, other=0.0)
             acc += x[:, None] * w[None, :]
     return acc
 
