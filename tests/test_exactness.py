@@ -119,3 +119,23 @@ def test_numba_tiles_match_training_model(name, tile, monkeypatch):
     gen = Generator(ModelFile(config, fold(model)), backend="numba", device="cpu")
     got = gen.forward(gen.new_state(9), codes)
     assert (got - expected).abs().max().item() <= 1e-4
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
+def test_triton_tiles_match_training_model(monkeypatch):
+    """The tiled Triton kernel with tiles of 4: a batch of 9 spans three programs, the last with one live stream,
+    so every offset that starts from a tile's first stream (queues, scratch, conditioning terms, logits) is used
+    past the first tile."""
+    from fastwavenet.kernels import gpu
+
+    monkeypatch.setattr(gpu, "tile_for", lambda weights: 4)
+    config = CONFIGS["mel+speaker"]
+    steps = teacher_steps(config, "triton")
+    model = random_model(config, 5)
+    codes = torch.randint(0, config.classes, (9, steps), generator=torch.Generator().manual_seed(6))
+    mel, speaker = conditioning_inputs(config, 9, steps)
+    expected = model_logits(model, codes, mel, speaker)
+    gen = Generator(ModelFile(config, fold(model)), backend="triton", device=DEVICE)
+    assert gen.backend.tile == 4
+    got = gen.forward(gen.new_state(9), codes, gen.conditioning(9, mel, speaker)).cpu()
+    assert (got - expected).abs().max().item() <= 1e-4
