@@ -72,7 +72,7 @@ class CompileRow:
     target: str          # sm_80, sm_90, ...
     model: str           # preset name (or "custom")
     variant: str         # tiled / stream (streams per program: the kernel's TILE, or 1), then teacher /
-                         # generate-sampled / generate-argmax, +cond
+                         # generate-sampled / generate-argmax / generate-truncated (top-k, top-p), +cond
     registers: int
     spill_bytes: int     # local memory per thread: registers that did not fit
     shared_bytes: int
@@ -114,11 +114,14 @@ class _Shapes:
 
 
 def _variants(config: WaveNetConfig, tiles: dict[str, int]):
-    modes = [("teacher", True, False), ("generate-sampled", False, False), ("generate-argmax", False, True)]
+    modes = [("teacher", True, False, False), ("generate-sampled", False, False, False),
+             ("generate-argmax", False, True, False)]
+    if config.output == "softmax":  # top-k / top-p apply to classes only
+        modes.append(("generate-truncated", False, False, True))
     for kind, tile in tiles.items():
-        for label, teacher, argmax in modes:
+        for label, teacher, argmax, truncate in modes:
             for cond in (False, True):
-                yield f"{kind} {label}" + ("+cond" if cond else ""), teacher, argmax, cond, tile
+                yield f"{kind} {label}" + ("+cond" if cond else ""), teacher, argmax, truncate, cond, tile
 
 
 def _resources(cubin: bytes) -> dict:
@@ -163,18 +166,18 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
             if gpu.unsupported_reason(config.input_kernel_size):
                 continue
             dist = KERNEL_CODES[config.output]
-            for label, teacher, argmax, cond, tile in _variants(config, {"tiled": gpu.tile_for(_Shapes(config)),
-                                                                          "stream": 1}):
+            tiles = {"tiled": gpu.tile_for(_Shapes(config)), "stream": 1}
+            for label, teacher, argmax, truncate, cond, tile in _variants(config, tiles):
                 if modes is not None and label.split(" ")[1] not in modes:
                     continue
-                constants = gpu.launch_constants(_Shapes(config), teacher, argmax, cond, dist, tile)
+                constants = gpu.launch_constants(_Shapes(config), teacher, argmax, cond, dist, tile, truncate)
                 signature = {**gpu.argument_types(dist), **{name: "constexpr" for name in constants}}
                 # FP fusion on, as at launch today (Triton 3.9's default; stated, so its warning stays quiet)
-                options = {"num_warps": gpu.num_warps(tile), "enable_fp_fusion": True}
+                options = {**gpu.launch_options(tile), "enable_fp_fusion": True}
                 kernel = triton.compile(ASTSource(gpu._wavenet_kernel, signature, constants),
                                         target=GPUTarget("cuda", target, 32), options=options)
                 use = _resources(kernel.asm["cubin"])
-                threads = 32 * gpu.num_warps(tile)
+                threads = 32 * gpu.launch_options(tile)["num_warps"]
                 by_registers = limits["registers"] // max(1, use.get("REG", 0) * threads)
                 by_shared = limits["shared"] // use["SHARED"] if use.get("SHARED") else limits["blocks"]
                 rows.append(CompileRow(f"sm_{target}", model_name, label, use.get("REG", 0), use.get("LOCAL", 0),
@@ -189,7 +192,6 @@ def format_compile(rows: list[CompileRow]) -> str:
     for r in rows:
         lines.append(f"{r.target:<7} {r.model:<12} {r.variant:<29} {r.registers:>9} {r.spill_bytes:>7} "
                      f"{r.shared_bytes:>7} {r.stack_bytes:>6} {r.programs_per_sm:>12}")
-    lines.append("top-k / top-p: no kernel variant; the backend samples them on the host per step (not compiled)")
     return "\n".join(lines)
 
 

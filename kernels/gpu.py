@@ -145,13 +145,27 @@ def _sample_continuous(y, c, u0, u1, temperature, log_scale_min, C: tl.constexpr
 
 
 @triton.jit
-def _sample_class(logits, c, u, inv_temperature, C: tl.constexpr, ARGMAX: tl.constexpr):
-    """One class from the logits (C_P,) (c: their indices) and a uniform u: int64."""
+def _sample_class(logits, c, u, inv_temperature, top_k, top_p, C: tl.constexpr, ARGMAX: tl.constexpr,
+                  TRUNCATE: tl.constexpr):
+    """One class from the logits (C_P,) (c: their indices) and a uniform u: int64. With TRUNCATE, top-k (top_k > 0)
+    and top-p (top_p < 1) first zero the classes they drop, by the rule of fastwavenet/sampling.py."""
     logits = tl.where(c < C, logits, float("-inf"))
     if ARGMAX:
         return tl.argmax(logits, axis=0).to(tl.int64)
     top = tl.max(logits, axis=0)
     p = tl.exp((logits - top) * inv_temperature)
+    if TRUNCATE:
+        # Classes in order of probability, the lower class first on ties: a probability's bits (p >= 0) order as
+        # integers, so one int64 sort key holds p above the class index reversed. A class is kept while fewer than
+        # top_k rank above it and the probability ranked above it is below top_p of the total; the kept are the
+        # classes whose key is at least the smallest kept key.
+        key = (p.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (c.shape[0] - 1 - c)
+        ranked = tl.sort(key, descending=True)
+        ranked_p = (ranked >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+        before = tl.cumsum(ranked_p, axis=0) - ranked_p
+        rank = tl.arange(0, c.shape[0])
+        keep = (before < top_p * tl.sum(p, axis=0)) & ((rank < top_k) | (top_k == 0))
+        p = tl.where(key >= tl.min(tl.where(keep, ranked, 9223372036854775807), axis=0), p, 0.0)
     cdf = tl.cumsum(p, axis=0)
     target = u * tl.sum(p, axis=0)
     # Past the end only when rounding leaves the scan at or below u * total: take the last class with p > 0, never
@@ -163,12 +177,12 @@ def _sample_class(logits, c, u, inv_temperature, C: tl.constexpr, ARGMAX: tl.con
 @triton.jit
 def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_ptr, logits_ptr, out_ptr, scratch_ptr,
                     embed_ptr, dw_ptr, db_ptr, ow_ptr, ob_ptr, h1w_ptr, h1b_ptr, h2w_ptr, h2b_ptr,
-                    dil_ptr, off_ptr, t0, steps, B, L, Q, SCR, inv_temperature, log_scale_min,
+                    dil_ptr, off_ptr, t0, steps, B, L, Q, SCR, inv_temperature, log_scale_min, top_k, top_p,
                     C: tl.constexpr, R: tl.constexpr, G: tl.constexpr, S: tl.constexpr, H: tl.constexpr,
                     K: tl.constexpr, K_IN: tl.constexpr, C_P: tl.constexpr, R_P: tl.constexpr,
                     G_P: tl.constexpr, S_P: tl.constexpr, H_P: tl.constexpr,
                     IN_R: tl.constexpr, IN_G: tl.constexpr, IN_S: tl.constexpr, IN_H: tl.constexpr,
-                    TEACHER: tl.constexpr, ARGMAX: tl.constexpr, HAS_COND: tl.constexpr,
+                    TEACHER: tl.constexpr, ARGMAX: tl.constexpr, TRUNCATE: tl.constexpr, HAS_COND: tl.constexpr,
                     SCALAR: tl.constexpr, DIST: tl.constexpr, TILE: tl.constexpr):
     # Program p runs streams p * TILE .. p * TILE + TILE - 1 (those below B: `live`). Offsets are int64 from the
     # program id on ((b * steps + step) * L * 2G for the conditioning terms passes 2**31 at batch 52 for a `standard`
@@ -282,7 +296,7 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
                                                ARGMAX).to(tl.float32)
                 else:
                     u = tl.load(u_ptr + step * B + stream, mask=stream < B, other=0.0)
-                    drawn = _sample_class(row, c, u, inv_temperature, C, ARGMAX)
+                    drawn = _sample_class(row, c, u, inv_temperature, top_k, top_p, C, ARGMAX, TRUNCATE)
                 tl.store(out_ptr + stream * steps + step, drawn, mask=stream < B)
             tl.debug_barrier()
             code = tl.load(out_ptr + (first + m) * steps + step, mask=live, other=0)
@@ -306,17 +320,19 @@ def tile_for(w: GpuWeights) -> int:
     return 16 if width <= 512 else 8
 
 
-def num_warps(tile: int) -> int:
-    """Warps per program: 4 for a lone stream, 8 for a tile (4 left 16 `standard` streams at 255 registers and 56
-    bytes of stack when sampling; 8 gave 177 registers and none)."""
-    return 4 if tile == 1 else 8
+def launch_options(tile: int) -> dict:
+    """Warps (and a register ceiling) per program. A lone stream: 4 warps. A tile: 8 warps (4 left 16 `standard`
+    streams at 255 registers and 56 bytes of stack when sampling; 8 gave 177 and none), and ptxas told that every
+    thread may take 255 registers: left to itself it held `small`'s tiles to 128 and spilled (152 bytes of stack,
+    top-k / top-p variant, sm_90)."""
+    return {"num_warps": 4} if tile == 1 else {"num_warps": 8, "maxnreg": 255}
 
 
 def launch_constants(w: GpuWeights, teacher: bool, argmax: bool, has_cond: bool, dist: int = SOFTMAX,
-                     tile: int = 1) -> dict:
+                     tile: int = 1, truncate: bool = False) -> dict:
     """The compile-time constants of one kernel variant, from the weights' shapes (any objects with `.shape`), the
-    output distribution (SOFTMAX, or a continuous one for a scalar-input model) and the streams per program (1, or
-    `tile_for(w)` for the tiled kernel)."""
+    output distribution (SOFTMAX, or a continuous one for a scalar-input model), the streams per program (1, or
+    `tile_for(w)` for the tiled kernel) and whether top-k / top-p apply (SOFTMAX only)."""
     K_IN, R = w.embed.shape[0], w.embed.shape[2]
     C = w.head2_w.shape[1]
     G = w.dilated_b.shape[1] // 2
@@ -325,8 +341,9 @@ def launch_constants(w: GpuWeights, teacher: bool, argmax: bool, has_cond: bool,
     R_P, G_P, S_P, H_P, C_P = p2(R), p2(G), p2(S), p2(H), p2(C)
     return dict(C=C, R=R, G=G, S=S, H=H, K=w.dilated_w.shape[1] // R, K_IN=K_IN,
                 C_P=C_P, R_P=R_P, G_P=G_P, S_P=S_P, H_P=H_P,
-                IN_R=_block(G_P), IN_G=_block(max(R_P, S_P)), IN_S=_block(H_P), IN_H=_block(C_P), TEACHER=bool(teacher), ARGMAX=bool(argmax), HAS_COND=bool(has_cond),
-                SCALAR=dist != SOFTMAX, DIST=dist, TILE=tile)
+                IN_R=_block(G_P), IN_G=_block(max(R_P, S_P)), IN_S=_block(H_P), IN_H=_block(C_P),
+                TEACHER=bool(teacher), ARGMAX=bool(argmax), TRUNCATE=bool(truncate) and not argmax,
+                HAS_COND=bool(has_cond), SCALAR=dist != SOFTMAX, DIST=dist, TILE=tile)
 
 
 # The type of every runtime argument, for compiling a variant ahead of time without a GPU (`fastwavenet doctor`).
@@ -335,7 +352,8 @@ ARGUMENT_TYPES = {"codes_ptr": "*i64", "codes_stride": "i32", "u_ptr": "*fp32", 
                   "scratch_ptr": "*fp32", "embed_ptr": "*fp32", "dw_ptr": "*fp32", "db_ptr": "*fp32",
                   "ow_ptr": "*fp32", "ob_ptr": "*fp32", "h1w_ptr": "*fp32", "h1b_ptr": "*fp32", "h2w_ptr": "*fp32",
                   "h2b_ptr": "*fp32", "dil_ptr": "*i64", "off_ptr": "*i64", "t0": "i32", "steps": "i32", "B": "i32",
-                  "L": "i32", "Q": "i32", "SCR": "i32", "inv_temperature": "fp32", "log_scale_min": "fp32"}
+                  "L": "i32", "Q": "i32", "SCR": "i32", "inv_temperature": "fp32", "log_scale_min": "fp32",
+                  "top_k": "i32", "top_p": "fp32"}
 
 
 def argument_types(dist: int = SOFTMAX) -> dict:
@@ -346,14 +364,15 @@ def argument_types(dist: int = SOFTMAX) -> dict:
 
 
 def run(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_out, teacher: bool,
-        temperature: float = 1.0, argmax: bool = False, dist: int = SOFTMAX, log_scale_min: float = -7.0,
-        tile: int = 1):
+        temperature: float = 1.0, argmax: bool = False, top_k: int = 0, top_p: float = 1.0, dist: int = SOFTMAX,
+        log_scale_min: float = -7.0, tile: int = 1):
     """Launch one chunk: T = codes.shape[1] steps (teacher, outputs into logits_out) or u.shape[0] steps (generate,
-    codes or values into codes_out, sampled at `temperature` or by argmax from distribution `dist`), `tile` streams
-    per program (1, or `tile_for(w)`). Every shape is read from the arrays."""
+    codes or values into codes_out, sampled at `temperature`, truncated by `top_k` / `top_p`, or by argmax, from
+    distribution `dist`), `tile` streams per program (1, or `tile_for(w)`). Every shape is read from the arrays."""
     B = queues.shape[0]
     steps = codes.shape[1] if teacher else u.shape[0]
-    constants = launch_constants(w, teacher, argmax, cond is not None, dist, tile)
+    constants = launch_constants(w, teacher, argmax, cond is not None, dist, tile,
+                                 truncate=not teacher and (top_k > 0 or top_p < 1))
     width = sum(constants[name] for name in ("R", "G", "S", "H", "C"))
     # A tile's scratch rows are its streams' rows, padded to whole tiles.
     scratch = torch.empty(triton.cdiv(B, tile) * tile, width, device=queues.device, dtype=torch.float32)
@@ -363,4 +382,4 @@ def run(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_out
         logits_out if teacher else queues, codes_out, scratch,
         w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b, w.head1_w, w.head1_b, w.head2_w, w.head2_b,
         w.dilations, w.offsets, t0, steps, B, w.dilated_b.shape[0], queues.shape[1], scratch.shape[1],
-        1.0 / temperature, log_scale_min, **constants, num_warps=num_warps(tile))
+        1.0 / temperature, log_scale_min, top_k, top_p, **constants, **launch_options(tile))

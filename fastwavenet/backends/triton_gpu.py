@@ -78,9 +78,8 @@ class TritonBackend(Backend):
         rules = per_stream(sampling, state.batch)
         distributions.check_rules(self.config, rules)
         sampling = rules[0]
-        if sampling.truncates or any(r != sampling for r in rules):
-            # Top-k / top-p need a sort per sample, and the kernel takes one temperature for all streams: the plain
-            # loop does those.
+        if any(r != sampling for r in rules):
+            # The kernel takes one sampling rule for all streams: the plain loop does mixed rules.
             return super().generate(state, n, u, rules, cond)
         B = state.batch
         first = state.last.to(self.device).reshape(B, 1).contiguous()
@@ -89,7 +88,8 @@ class TritonBackend(Backend):
         cond = None if cond is None else cond.to(self.device).contiguous()
         with _on(self.device):
             gpu.run(first, state.t, u, self.weights, state.queues, state.inputs, cond, None, out, teacher=False,
-                    temperature=sampling.temperature, argmax=sampling.argmax, dist=self.dist,
+                    temperature=sampling.temperature, argmax=sampling.argmax, top_k=sampling.top_k,
+                    top_p=sampling.top_p, dist=self.dist,
                     log_scale_min=float(self.config.log_scale_min), tile=self.tile)
         state.t += n
         state.last.copy_(out[:, -1])  # in place, as every backend
