@@ -289,6 +289,7 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
             for one in range(TILE):
                 stream = first + one
                 row = tl.load(l_buf + one * C + c, mask=c < C, other=0.0)
+                row = tl.where(stream < B, row, 0.0)  # a row past B was never written
                 if SCALAR:
                     u0 = tl.load(u_ptr + (step * B + stream) * 2, mask=stream < B, other=0.5).to(tl.float64)
                     u1 = tl.load(u_ptr + (step * B + stream) * 2 + 1, mask=stream < B, other=0.5).to(tl.float64)

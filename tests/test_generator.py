@@ -283,10 +283,12 @@ def test_generation_at_extreme_uniforms_keeps_to_the_kept_classes(backend):
     gen = Generator(ModelFile(config, fold(model)), backend=backend)
     steps = 12 if backend == "naive" or backend.startswith("triton") else 80
     for sampling in (Sampling(top_k=20), Sampling(top_p=0.9), Sampling(temperature=0.5)):
+        # Triton's tl.sort takes about a second a draw under the interpreter: fewer truncated draws there.
+        n = 4 if backend.startswith("triton") and sampling.truncates and not torch.cuda.is_available() else steps
         for u in (np.float32(0), U_MAX):
             state = gen.new_state(3)
             first = state.last.clone()
-            codes = gen.backend.generate(state, steps, np.full((steps, 3), u, np.float32), sampling).cpu()
+            codes = gen.backend.generate(state, n, np.full((n, 3), u, np.float32), sampling).cpu()
             inputs = torch.cat([first[:, None].cpu(), codes[:, :-1]], dim=1)
             with torch.no_grad():
                 logits = model(inputs).transpose(1, 2).reshape(-1, config.classes)
@@ -334,10 +336,12 @@ def test_generate_path_draws_what_the_reference_rule_draws(backend):
                  Sampling(top_p=0.8)]
     near, draws = 0, 0
     for i, sampling in enumerate(samplings):
-        u = np.random.default_rng(i).random((steps, batch), dtype=np.float32)
+        # Triton's tl.sort takes about a second a draw under the interpreter: fewer truncated draws there.
+        n = 4 if backend.startswith("triton") and sampling.truncates and not torch.cuda.is_available() else steps
+        u = np.random.default_rng(i).random((n, batch), dtype=np.float32)
         state = gen.new_state(batch)
         first = state.last.clone().cpu()
-        codes = gen.backend.generate(state, steps, u, sampling).cpu()
+        codes = gen.backend.generate(state, n, u, sampling).cpu()
         with torch.no_grad():
             logits = model(torch.cat([first[:, None], codes[:, :-1]], dim=1)).transpose(1, 2)  # (B, steps, C)
         flat = logits.reshape(-1, config.classes)
