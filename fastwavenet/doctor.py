@@ -57,7 +57,8 @@ def format_report(info: dict) -> str:
     for key, value in info.items():
         if key == "backends":
             lines.append("backends:")
-            lines.extend(f"  {name:<16} {status}" for name, status in value.items())
+            width = max(map(len, value), default=0)
+            lines.extend(f"  {name:<{width}} {status}" for name, status in value.items())
         elif isinstance(value, list):
             lines.append(f"{key}: {', '.join(value) or 'none'}")
         else:
