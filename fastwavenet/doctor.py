@@ -114,7 +114,7 @@ class _Shapes:
         self.dilated_w = _Shaped((layers, taps * residual, gates))
 
 
-def _variants(config: WaveNetConfig, tiles: dict[str, int]):
+def _variants(config: WaveNetConfig, tiles: dict[str, int], only: set[str] | None = None):
     modes = [("teacher", True, False, False), ("generate-sampled", False, False, False),
              ("generate-argmax", False, True, False)]
     if config.output == "softmax":  # top-k / top-p apply to classes only
@@ -122,7 +122,9 @@ def _variants(config: WaveNetConfig, tiles: dict[str, int]):
     for kind, tile in tiles.items():
         for label, teacher, argmax, truncate in modes:
             for cond in (False, True):
-                yield f"{kind} {label}" + ("+cond" if cond else ""), teacher, argmax, truncate, cond, tile
+                mode = label + ("+cond" if cond else "")
+                if only is None or mode in only:
+                    yield f"{kind} {mode}", teacher, argmax, truncate, cond, tile
 
 
 def _resources(cubin: bytes) -> dict:
@@ -167,11 +169,10 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
             if gpu.unsupported_reason(config.input_kernel_size):
                 continue
             dist = KERNEL_CODES[config.output]
-            tiles = {"tiled": gpu.tile_for(_Shapes(config)), "stream": 1}
-            for label, teacher, argmax, truncate, cond, tile in _variants(config, tiles):
-                if modes is not None and label.split(" ")[1] not in modes:
-                    continue
-                constants = gpu.launch_constants(_Shapes(config), teacher, argmax, cond, dist, tile, truncate)
+            shapes = _Shapes(config)
+            tiles = {"tiled": gpu.tile_for(shapes), "stream": 1}
+            for label, teacher, argmax, truncate, cond, tile in _variants(config, tiles, modes):
+                constants = gpu.launch_constants(shapes, teacher, argmax, cond, dist, tile, truncate)
                 signature = {**gpu.argument_types(dist), **{name: "constexpr" for name in constants}}
                 # FP fusion on, as at launch today (Triton 3.9's default; stated, so its warning stays quiet)
                 options = {**gpu.launch_options(tile), "enable_fp_fusion": True}

@@ -4,7 +4,7 @@
     torch   per-layer queues in PyTorch ops; CUDA graphs on the GPU             backends/torch_queues.py
     numba   the whole loop compiled for the CPU (kernels/cpu.py)                backends/numba_cpu.py
     triton  the whole loop in one Triton launch per chunk (kernels/gpu.py),    backends/triton_gpu.py
-            16 streams per program sharing each weight block (tl.dot)
+            8 or 16 streams per program, each weight row read once for them
     triton-stream  the same launch with one stream per program (matrix-vector products)
 
 The interface they share is backends/base.py. This module holds the registry and the `auto` choice; it imports every
