@@ -42,6 +42,9 @@ class BenchResult:
     # The limits this row is held against, measured just before it (machines drift by tens of per cent in minutes)
     limit_sgemm_gflops: float | None = None
     limit_weight_passes_per_s: float | None = None
+    # samples_per_s x FLOPs per sample / the FMA peak of numba's target code (Limits.fma_gflops): vendor-neutral
+    of_peak: float | None = None
+    limit_fma_gflops: float | None = None
     speedup_vs_r9y9: float | None = None  # over r9y9's incremental_forward (one stream), measured in the same run
     precision: str = "float32"  # of the weight matrices (bf16: rounded, and 16-bit in the numba kernel)
 
@@ -90,13 +93,18 @@ class Limits:
     model's FLOPs per sample: samples/s if every multiply-add ran at sgemm speed.
     batch 1: passes/s of one core reading a buffer of the model's weight bytes front to back (the numba kernel's
     lone-stream product, `kernels.cpu.read_passes`): samples/s if each sample read every weight once at that speed.
-    A batch of B streams may reach at most min(B x that, the batched limit)."""
+    A batch of B streams may reach at most min(B x that, the batched limit).
+    peak: fused multiply-adds in registers on full vectors of numba's target ISA, on all of numba's threads
+    (`kernels.cpu.fma_peak`), in GFLOP/s: what no code of that ISA can beat, whoever made the CPU. A vendor's sgemm
+    need not reach it (MKL on AMD reached 40-50 % of it), so rows are held against both."""
 
     sgemm_gflops: float
     threads: int
     flops_per_sample: float
     weight_bytes: int
     weight_passes_per_s: float
+    fma_gflops: float = 0.0  # 0: not measured (numba missing)
+    fma_threads: int = 0
 
     @property
     def batched_samples_per_s(self) -> float:
@@ -106,6 +114,15 @@ class Limits:
         """bf16 weights are half the bytes: held against twice the float32 streaming rate."""
         passes = self.weight_passes_per_s * (2 if precision == "bf16" else 1)
         return min(batch * passes, self.batched_samples_per_s)
+
+    def best(self, other: "Limits | None") -> "Limits":
+        """Each limit the higher of the two measurements (machines drift; best against best compares like with
+        like)."""
+        if other is None:
+            return self
+        return replace(self, sgemm_gflops=max(self.sgemm_gflops, other.sgemm_gflops),
+                       weight_passes_per_s=max(self.weight_passes_per_s, other.weight_passes_per_s),
+                       fma_gflops=max(self.fma_gflops, other.fma_gflops))
 
 
 def flops_per_sample(config: WaveNetConfig) -> float:
@@ -123,7 +140,7 @@ def weight_bytes(model: ModelFile) -> int:
 
 
 def measure_limits(model: ModelFile, seconds: float = 0.5) -> Limits:
-    """Measure this machine's two limits for `model` (see Limits), about `seconds` each."""
+    """Measure this machine's limits for `model` (see Limits), about `seconds` each."""
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
@@ -134,12 +151,14 @@ def measure_limits(model: ModelFile, seconds: float = 0.5) -> Limits:
         torch.mm(a, b)
         best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t0))
     nbytes = weight_bytes(model)
-    passes_per_s = 0.0
+    passes_per_s = fma = 0.0
+    fma_threads = 0
     try:
         from .kernels.cpu import READ_COLUMNS, read_passes
-    except ImportError:  # numba missing: the batch-1 limit is not measured
+    except ImportError:  # numba missing: the batch-1 limit and the peak are not measured
         pass
     else:
+        fma, fma_threads = measure_fma_peak(seconds)
         rows = max(1, nbytes // 4 // READ_COLUMNS)
         buffer = np.random.default_rng(0).standard_normal((rows, READ_COLUMNS)).astype(np.float32)
         read_passes(buffer, 1)
@@ -151,7 +170,32 @@ def measure_limits(model: ModelFile, seconds: float = 0.5) -> Limits:
             elapsed = time.perf_counter() - t0
         passes_per_s = passes / elapsed
     return Limits(sgemm_gflops=best / 1e9, threads=torch.get_num_threads(), flops_per_sample=flops_per_sample(
-        model.config), weight_bytes=nbytes, weight_passes_per_s=passes_per_s)
+        model.config), weight_bytes=nbytes, weight_passes_per_s=passes_per_s, fma_gflops=fma,
+        fma_threads=fma_threads)
+
+
+def measure_fma_peak(seconds: float = 0.5) -> tuple[float, int]:
+    """The FMA peak of numba's target code on all numba threads (GFLOP/s, threads): the best of runs of about 50 ms
+    each over `seconds`."""
+    import numba
+    from .kernels.cpu import BLOCK, PEAK_CHAINS, fma_peak
+
+    threads = numba.get_num_threads()
+    flops = 2.0 * PEAK_CHAINS * BLOCK.lanes * threads  # per iteration
+    iterations, elapsed = 1 << 12, 0.0
+    fma_peak(iterations, threads)
+    while elapsed < 0.05:  # about 50 ms a run, so that starting the threads does not count
+        iterations *= 4
+        t0 = time.perf_counter()
+        fma_peak(iterations, threads)
+        elapsed = time.perf_counter() - t0
+    best = flops * iterations / elapsed
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        fma_peak(iterations, threads)
+        best = max(best, flops * iterations / (time.perf_counter() - t0))
+    return best / 1e9, threads
 
 
 def random_model_file(config: WaveNetConfig, seed: int = 0) -> ModelFile:
@@ -304,10 +348,7 @@ def run(model: ModelFile, backends: list[str], batches: list[int], device: str =
             if key not in best or result.samples_per_s > best[key].samples_per_s:
                 best[key] = result
             if limits is not None:
-                seen = best_limits.get(key)
-                best_limits[key] = limits if seen is None else replace(
-                    limits, sgemm_gflops=max(seen.sgemm_gflops, limits.sgemm_gflops),
-                    weight_passes_per_s=max(seen.weight_passes_per_s, limits.weight_passes_per_s))
+                best_limits[key] = limits.best(best_limits.get(key))
             if progress and (naive_run or round_ == rounds - 1):
                 _hold(best[key], best_limits.get(key))
                 progress(best[key])
@@ -329,6 +370,9 @@ def _hold(result: BenchResult, limits: Limits | None):
         result.of_limit = result.samples_per_s / limit
         result.limit_sgemm_gflops = limits.sgemm_gflops
         result.limit_weight_passes_per_s = limits.weight_passes_per_s
+    if limits is not None and limits.fma_gflops:
+        result.of_peak = result.samples_per_s * limits.flops_per_sample / (limits.fma_gflops * 1e9)
+        result.limit_fma_gflops = limits.fma_gflops
 
 
 def resolve_backends(names: list[str], device: str) -> list[str]:
@@ -358,22 +402,30 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
                      f"{limits.flops_per_sample / 1e6:.2f} MFLOP per sample = {limits.batched_samples_per_s:,.0f} "
                      f"samples/s batched; one core streams the {limits.weight_bytes / 1e6:.2f} MB of weights "
                      f"{limits.weight_passes_per_s:,.0f} times/s (batch-1 limit)")
+        if limits.fma_gflops:
+            bits = info.get("numba_vector_bits")
+            lines.append(f"peak: fused multiply-adds in registers, {bits}-bit vectors (numba's target), "
+                         f"{limits.fma_threads} threads: {limits.fma_gflops:,.0f} GFLOP/s (the `of peak` column: "
+                         f"any vendor's CPU, any row)")
         again = [r for r in results if r.limit_sgemm_gflops is not None]
         if again:
             sgemm = [r.limit_sgemm_gflops for r in again]
             passes = [r.limit_weight_passes_per_s for r in again]
+            peaks = [r.limit_fma_gflops for r in again if r.limit_fma_gflops]
             lines.append(f"limits measured again before each row, each row held against its own (the best of those "
                          f"before its runs, if repeated): sgemm "
                          f"{min(sgemm):,.0f}-{max(sgemm):,.0f} GFLOP/s, weights {min(passes):,.0f}-"
-                         f"{max(passes):,.0f} passes/s")
+                         f"{max(passes):,.0f} passes/s"
+                         + (f", peak {min(peaks):,.0f}-{max(peaks):,.0f} GFLOP/s" if peaks else ""))
     lines.append(f"{'backend':<10} {'batch':>6} {'samples/s':>14} {'x realtime':>11} {'vs naive':>10} "
-                 f"{'of limit':>9} {'first call':>11}")
+                 f"{'of limit':>9} {'of peak':>8} {'first call':>11}")
     for r in results:
         speedup = f"{r.speedup_vs_naive:,.0f}x" if r.speedup_vs_naive else "-"
         share = f"{100 * r.of_limit:.0f} %" if r.of_limit is not None else "-"
+        peak = f"{100 * r.of_peak:.0f} %" if r.of_peak is not None else "-"
         name = r.backend if r.precision == "float32" else f"{r.backend}/{r.precision}"
         lines.append(f"{name:<10} {r.batch:>6} {r.samples_per_s:>14,.0f} {r.realtime_factor:>11.2f} "
-                     f"{speedup:>10} {share:>9} {r.first_call_s:>10.2f}s")
+                     f"{speedup:>10} {share:>9} {peak:>8} {r.first_call_s:>10.2f}s")
     return "\n".join(lines)
 
 

@@ -659,3 +659,46 @@ def read_passes(w, passes):
     for _ in range(passes):
         _matmul(w, zeros[0], x, 1, y, 0, w.shape[1], zeros)
     return y[0, 0]
+
+
+# The FMA peak's independent chains: enough to cover fma latency x fma units on current cores (4-5 cycles x 2), few
+# enough to stay in AVX2's 16 vector registers with the two operands.
+PEAK_CHAINS = 12
+
+
+@intrinsic
+def _fma_chains(typingctx, iterations):
+    """PEAK_CHAINS independent chains of `iterations` fused multiply-adds on full vectors of the target (acc = acc *
+    m + c, which settles near 1: no overflow, no subnormals), then the sum of every lane, so none is dead code."""
+    sig = types.float32(types.intp)
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        vec = ir.VectorType(f32, _L)
+        name = f"llvm.fma.v{_L}f32"
+        fma = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vec, [vec] * 3), name)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [float(j)] * _L)) for j in range(PEAK_CHAINS)]
+        m, c = ir.Constant(vec, [0.999] * _L), ir.Constant(vec, [0.001] * _L)
+        with cgutils.for_range(builder, args[0]):
+            for acc in accs:
+                builder.store(builder.call(fma, [builder.load(acc), m, c]), acc)
+        total = builder.load(accs[0])
+        for acc in accs[1:]:
+            total = builder.fadd(total, builder.load(acc))
+        out = builder.extract_element(total, ir.Constant(ir.IntType(32), 0))
+        for lane in range(1, _L):
+            out = builder.fadd(out, builder.extract_element(total, ir.Constant(ir.IntType(32), lane)))
+        return out
+
+    return sig, codegen
+
+
+@njit(**_OPTIONS, parallel=True)
+def fma_peak(iterations, threads):
+    """Run `_fma_chains(iterations)` on each of `threads` numba threads at once: 2 * PEAK_CHAINS * lanes *
+    iterations floating-point operations per thread, all in registers. The benchmark times it as the machine's
+    batched limit for code of numba's target ISA (vendor-neutral, unlike a vendor's sgemm)."""
+    out = np.zeros(threads, np.float32)
+    for t in prange(threads):
+        out[t] = _fma_chains(iterations)
+    return out.sum()

@@ -30,6 +30,7 @@ def test_bench_table_json_and_plot(tmp_path):
     limits = payload["limits"]
     assert limits["sgemm_gflops"] > 0 and limits["weight_passes_per_s"] > 0 and limits["threads"] >= 1
     assert limits["batched_samples_per_s"] == pytest.approx(limits["sgemm_gflops"] * 1e9 / limits["flops_per_sample"])
+    assert limits["fma_gflops"] > 0 and limits["fma_threads"] >= 1 and "peak:" in result.stdout
     assert payload["sampling"] == {"temperature": 1.0, "top_k": 5, "top_p": 1.0, "argmax": False}
     rows = {(r["backend"], r["batch"]): r for r in payload["results"]}
     assert set(rows) == {(b, n) for b in ("naive", "torch", "numba") for n in (1, 2)}
@@ -43,6 +44,8 @@ def test_bench_table_json_and_plot(tmp_path):
         batched = row["limit_sgemm_gflops"] * 1e9 / limits["flops_per_sample"]
         limit = min(batch * row["limit_weight_passes_per_s"], batched)
         assert row["of_limit"] == pytest.approx(row["samples_per_s"] / limit)
+        flops = row["samples_per_s"] * limits["flops_per_sample"]
+        assert row["of_peak"] == pytest.approx(flops / (row["limit_fma_gflops"] * 1e9))
     assert "measured again before each row" in result.stdout
     assert rows[("naive", 1)]["speedup_vs_naive"] == pytest.approx(1.0)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -67,7 +70,7 @@ def test_bench_repeat_keeps_each_rows_best_against_the_best_limits(monkeypatch):
 
     sgemm = iter([1.0, 2.0, 4.0, 0.5])  # GFLOP/s measured before each numba run, in order
     limits = lambda g: bench.Limits(sgemm_gflops=g, threads=1, flops_per_sample=1e9,  # noqa: E731
-                                    weight_bytes=1, weight_passes_per_s=1e6)
+                                    weight_bytes=1, weight_passes_per_s=1e6, fma_gflops=10 / g)
     monkeypatch.setattr(bench, "measure", fake_measure)
     results = bench.run(model, ["naive", "numba"], [1, 2], remeasure=lambda: limits(next(sgemm)), repeat=2,
                         limits=limits(1.0))
@@ -77,6 +80,9 @@ def test_bench_repeat_keeps_each_rows_best_against_the_best_limits(monkeypatch):
     assert (one.samples_per_s, two.samples_per_s) == (200.0, 300.0)
     assert (one.limit_sgemm_gflops, two.limit_sgemm_gflops) == (4.0, 2.0)  # best of 1, 4 and of 2, 0.5
     assert one.of_limit == pytest.approx(200.0 / 4.0) and two.of_limit == pytest.approx(300.0 / 2.0)
+    # each limit is its own best: the peak (10 / sgemm here) was highest before the runs with the lowest sgemm
+    assert (one.limit_fma_gflops, two.limit_fma_gflops) == (10.0, 20.0)
+    assert one.of_peak == pytest.approx(200.0 / 10.0) and two.of_peak == pytest.approx(300.0 / 20.0)
     assert (one.first_call_s, two.first_call_s) == (2.0, 4.0)
     assert one.speedup_vs_naive == pytest.approx(40.0) and rows[("naive", 1)].speedup_vs_naive == 1.0
 
