@@ -165,7 +165,8 @@ def _run_manifest(args, vocode: bool):
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FastWaveNetError(f"cannot create {out_dir}: {exc.strerror}") from None
-        generator = Generator(args.model, backend=args.backend, device=device, precision=args.precision)
+        generator = Generator(args.model, backend=args.backend, device=device, precision=args.precision,
+                              expected_batch=args.max_active)
         if bool(generator.config.n_mels) != vocode:
             raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode --manifest" if not vocode else
                                    "this model is not a vocoder (it takes no mel features)")
@@ -205,7 +206,8 @@ def cmd_generate(args):
     if args.manifest:
         return _run_manifest(args, vocode=False)
     check_writable(args.output)
-    generator = Generator(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    generator = Generator(args.model, backend=args.backend, device=args.device, precision=args.precision,
+                          expected_batch=args.batch)
     sampling = _sampling(args, generator.sampling)
     if generator.config.n_mels:
         raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode MODEL INPUT")

@@ -242,7 +242,9 @@ class Engine:
                                        f"integer, got {value!r}")
         if not (isinstance(round_seconds, (int, float)) and 0 < round_seconds <= 10):
             raise FastWaveNetError(f"round_seconds must be in (0, 10], got {round_seconds!r}")
-        self.generator = generator = model if isinstance(model, Generator) else Generator(model, backend, device)
+        generator = model if isinstance(model, Generator) else Generator(model, backend, device,
+                                                                         expected_batch=max_active)
+        self.generator = generator
         self.config = generator.config
         self.max_active, self.max_waiting, self.round_seconds = max_active, max_waiting, round_seconds
         self.max_buffered = max(1, int(max_buffered_seconds * self.config.sample_rate))

@@ -77,9 +77,11 @@ class Generator:
     """
 
     def __init__(self, model: str | os.PathLike | ModelFile | None = None, backend: str = "auto",
-                 device: str = "cpu", precision: str = "float32"):
+                 device: str = "cpu", precision: str = "float32", expected_batch: int = 1):
         """precision "bf16" rounds the weight matrices to bf16 (every backend then computes with those; the numba
-        kernel also reads them as 16 bits, half the bytes); tables, biases and conditioning stay float32."""
+        kernel also reads them as 16 bits, half the bytes); tables, biases and conditioning stay float32.
+        expected_batch: the batch `auto` times its candidates at on CUDA (`backends.choose_by_trial`); the
+        generator takes any batch, with the backend chosen once."""
         if model is None:
             from .demo import demo_model_path
 
@@ -91,7 +93,7 @@ class Generator:
         self.device = resolve_device(device)
         self.precision = precision
         self.backend = make_backend(backend, self.config, rounded(self.model.weights, precision), self.device,
-                                    precision)
+                                    precision, batch=expected_batch)
 
     @property
     def sample_rate(self) -> int:

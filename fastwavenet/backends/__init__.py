@@ -14,8 +14,14 @@ is one module beside these and one line in `registry`.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
 import warnings
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import WaveNetConfig
@@ -40,23 +46,137 @@ def available_backends(device: torch.device | str) -> list[str]:
 
 def _auto_order(device: torch.device) -> list[str]:
     """The order `auto` tries. On the CPU numba beats torch at every batch from 1 to 1024 and every preset
-    (`fastwavenet bench`, docs/BENCHMARKS.md); on CUDA the Triton kernel comes first (not yet measured on a GPU)."""
-    return ["numba", "torch"] if device.type == "cpu" else ["triton", "torch"]
+    (`fastwavenet bench`, docs/BENCHMARKS.md): the first available is taken. On CUDA no order has been measured, so
+    `auto` times each available one (`choose_by_trial`) and this order only breaks ties."""
+    return ["numba", "torch"] if device.type == "cpu" else ["triton", "triton-stream", "torch"]
+
+
+# Devices where `auto` chooses by a measured trial rather than by `_auto_order` alone.
+TRIAL_DEVICES = ("cuda",)
+# Steps a trial times per candidate (after a warm-up call and an untimed call of the same size).
+TRIAL_STEPS = 64
+
+
+def auto_cache_path() -> Path:
+    """Where `auto`'s trial results are kept: $FASTWAVENET_CACHE_DIR, else $XDG_CACHE_HOME/fastwavenet, else
+    ~/.cache/fastwavenet; the file auto-backend.json."""
+    root = os.environ.get("FASTWAVENET_CACHE_DIR")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastwavenet"
+    return Path(root) / "auto-backend.json"
+
+
+def _trial_key(config: WaveNetConfig, device: torch.device, precision: str, batch: int) -> str:
+    """What a trial's result depends on: the device's model, the software, the model's shape, precision, batch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        import platform
+
+        where = platform.processor() or platform.machine()
+    software = [f"torch {torch.__version__}"]
+    for package in ("triton", "numba"):
+        try:
+            software.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            pass
+    shape = hashlib.sha256(config.to_json().encode()).hexdigest()[:16]
+    return f"{where} | {', '.join(software)} | model {shape} | {precision} | batch {batch}"
+
+
+def trial_rate(backend: Backend, batch: int, steps: int = TRIAL_STEPS) -> float:
+    """Samples/s of `backend` generating `steps` samples for `batch` streams (plain sampling, zero conditioning),
+    after a warm-up call and an untimed call of the same size (compilation, graph capture at this shape)."""
+    from .. import distributions
+    from ..generator import silence_code
+    from ..sampling import Sampling
+
+    c = backend.config
+    with full_fp32(backend.device):
+        backend.warm_up(Sampling())
+        state = backend.new_state(batch, silence_code(c))
+        cond = (torch.zeros(batch, steps, c.layers, 2 * c.gate_channels, device=backend.device)
+                if c.conditioned else None)
+        u = np.random.default_rng(0).random((steps, batch) + distributions.uniform_shape(c), dtype=np.float32)
+        backend.generate(state, steps, u, Sampling(), cond).cpu()
+        if backend.device.type == "cuda":
+            torch.cuda.synchronize(backend.device)
+        t0 = time.perf_counter()
+        backend.generate(state, steps, u, Sampling(), cond).cpu()  # .cpu() waits for the device
+        return batch * steps / (time.perf_counter() - t0)
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, unreadable or corrupt: trials run again and rewrite it
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+_trials: dict[str, str] = {}  # this process's choices by trial key (the file may be unwritable)
+
+
+def choose_by_trial(candidates: list[str], config: WaveNetConfig, weights: FoldedWeights, device: torch.device,
+                    precision: str = "float32", batch: int = 1, rate=None) -> str:
+    """The fastest of `candidates` (available, supporting this model) at `batch` streams, by a short measured trial
+    at first use, said on stderr; the choice is kept per device model, software versions, model shape, precision
+    and batch in this process and in `auto_cache_path()`, so later runs reuse it without measuring. Ties and
+    failed trials fall back to the candidates' order. `rate(backend, batch)` measures one (default `trial_rate`)."""
+    import sys
+
+    rate = rate or trial_rate
+
+    key = _trial_key(config, device, precision, batch)
+    path = auto_cache_path()
+    chosen = _trials.get(key) or _read_cache(path).get(key, {}).get("backend")
+    if chosen in candidates:
+        return chosen
+    rates: dict[str, float] = {}
+    for name in candidates:
+        try:
+            rates[name] = rate(registry()[name](config, weights, device, precision), batch)
+        except Exception as exc:  # a backend that fails here is not chosen; the others still can be
+            print(f"fastwavenet: auto: {name} failed its trial ({type(exc).__name__}: {exc})", file=sys.stderr)
+    if not rates:
+        return candidates[0]
+    chosen = max(candidates, key=lambda name: rates.get(name, -1.0))  # max keeps the first of equals
+    _trials[key] = chosen
+    said = ", ".join(f"{name} {rates[name]:,.0f}" for name in candidates if name in rates)
+    print(f"fastwavenet: auto: {said} samples/s at batch {batch} -> {chosen} (kept in {path})", file=sys.stderr)
+    try:
+        from ..files import write_json
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cache = _read_cache(path)
+        cache[key] = {"backend": chosen, "samples_per_s": rates, "date": time.strftime("%Y-%m-%d")}
+        write_json(path, cache)
+    except (OSError, FastWaveNetError) as exc:  # no place to keep it: this process still remembers
+        print(f"fastwavenet: auto: cannot keep the choice in {path} ({exc})", file=sys.stderr)
+    return chosen
 
 
 _warned: set[tuple[str, str]] = set()
 
 
 def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, device: torch.device,
-                 precision: str = "float32") -> Backend:
-    """Build backend `name` ('auto' picks the fastest available); unsupported shapes fall back, saying so once."""
+                 precision: str = "float32", batch: int = 1) -> Backend:
+    """Build backend `name`; unsupported shapes fall back, saying so once. 'auto' takes the first available of
+    `_auto_order`, or on CUDA the fastest at `batch` streams by a measured trial (`choose_by_trial`); the backend
+    then serves every batch."""
     backends = registry()
     if name == "auto":
-        for candidate in _auto_order(device):
-            cls = backends[candidate]
-            if cls.unavailable_reason(device) is None and cls.unsupported_reason(config) is None:
-                return cls(config, weights, device, precision)
-        return TorchBackend(config, weights, device, precision)
+        candidates = [candidate for candidate in _auto_order(device)
+                      if backends[candidate].unavailable_reason(device) is None
+                      and backends[candidate].unsupported_reason(config) is None]
+        if not candidates:
+            return TorchBackend(config, weights, device, precision)
+        if device.type in TRIAL_DEVICES and len(candidates) > 1:
+            return backends[choose_by_trial(candidates, config, weights, device, precision, batch)](
+                config, weights, device, precision)
+        return backends[candidates[0]](config, weights, device, precision)
     if name not in backends:
         raise FastWaveNetError(f"unknown backend {name!r}; backends: auto, {', '.join(backends)}")
     cls = backends[name]
@@ -75,4 +195,5 @@ def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, devic
 
 __all__ = ["Backend", "NaiveBackend", "TorchBackend", "NumbaBackend", "TritonBackend", "TritonStreamBackend",
            "registry",
-           "available_backends", "make_backend", "resolve_device", "full_fp32"]
+           "available_backends", "make_backend", "resolve_device", "full_fp32", "choose_by_trial", "trial_rate",
+           "auto_cache_path"]

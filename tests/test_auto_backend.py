@@ -1,0 +1,136 @@
+"""`auto` on CUDA: the fastest available backend by a short measured trial at first use, kept per device model,
+software, model shape, precision and batch. No GPU here: the trial's logic runs with the CPU backends, which are
+timed the same way."""
+
+import json
+
+import pytest
+import torch
+
+from fastwavenet import backends, preset
+from fastwavenet.backends import NumbaBackend, TorchBackend, choose_by_trial, make_backend
+
+from fastwavenet.convert import fold
+from fastwavenet.modelfile import ModelFile
+
+from conftest import random_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTWAVENET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(backends, "_trials", {})  # this process's memory of earlier choices
+    return tmp_path / "cache" / "auto-backend.json"
+
+
+def model_file(name="tiny"):
+    return ModelFile(preset(name), fold(random_model(preset(name))))
+
+
+def tiny():
+    model = model_file()
+    return model.config, model.weights
+
+
+def rates(table, calls):
+    def rate(backend, batch):
+        calls.append((backend.name, batch))
+        if isinstance(table[backend.name], Exception):
+            raise table[backend.name]
+        return table[backend.name]
+    return rate
+
+
+def test_trial_times_real_backends_and_keeps_the_fastest(cache, capsys):
+    config, weights = tiny()
+    chosen = choose_by_trial(["numba", "torch"], config, weights, CPU, batch=3)
+    kept = json.loads(cache.read_text())
+    (key, entry), = kept.items()
+    assert "batch 3" in key and "float32" in key and f"torch {torch.__version__}" in key
+    measured = entry["samples_per_s"]
+    assert set(measured) == {"numba", "torch"} and min(measured.values()) > 0
+    assert chosen == entry["backend"] == max(measured, key=measured.get)
+    assert f"-> {chosen}" in capsys.readouterr().err
+
+
+def test_trial_is_kept_in_the_process_and_in_the_file(cache, monkeypatch):
+    config, weights = tiny()
+    calls = []
+    assert choose_by_trial(["numba", "torch"], config, weights, CPU, rate=rates({"numba": 1.0, "torch": 2.0},
+                                                                                calls)) == "torch"
+    assert calls == [("numba", 1), ("torch", 1)]
+    fail = rates({"numba": RuntimeError("timed again"), "torch": RuntimeError("timed again")}, calls)
+    assert choose_by_trial(["numba", "torch"], config, weights, CPU, rate=fail) == "torch"
+    monkeypatch.setattr(backends, "_trials", {})  # a new process: only the file remembers
+    assert choose_by_trial(["numba", "torch"], config, weights, CPU, rate=fail) == "torch"
+    assert len(calls) == 2, "a kept choice was measured again"
+    # another batch, precision or model shape is another trial
+    choose_by_trial(["numba", "torch"], config, weights, CPU, batch=64, rate=rates({"numba": 3.0, "torch": 2.0},
+                                                                                    calls))
+    choose_by_trial(["numba", "torch"], config, weights, CPU, precision="bf16",
+                    rate=rates({"numba": 3.0, "torch": 2.0}, calls))
+    small = model_file("small")
+    choose_by_trial(["numba", "torch"], small.config, small.weights, CPU,
+                    rate=rates({"numba": 3.0, "torch": 2.0}, calls))
+    assert len(calls) == 8
+    assert sorted(entry["backend"] for entry in json.loads(cache.read_text()).values()) == \
+        ["numba", "numba", "numba", "torch"]
+
+
+def test_trial_ties_failures_and_a_corrupt_or_unwritable_cache(cache, capsys, monkeypatch):
+    config, weights = tiny()
+    calls = []
+    # a tie keeps the candidates' order
+    assert choose_by_trial(["numba", "torch"], config, weights, CPU, rate=rates({"numba": 5.0, "torch": 5.0},
+                                                                                calls)) == "numba"
+    monkeypatch.setattr(backends, "_trials", {})
+    cache.write_text("{not json")
+    # a backend that fails its trial is not chosen, and says why
+    assert choose_by_trial(["numba", "torch"], config, weights, CPU,
+                           rate=rates({"numba": RuntimeError("no kernel"), "torch": 1.0}, calls)) == "torch"
+    assert "numba failed its trial (RuntimeError: no kernel)" in capsys.readouterr().err
+    assert json.loads(cache.read_text())  # the corrupt file was replaced
+    monkeypatch.setattr(backends, "_trials", {})
+    cache.unlink()
+    # all fail: the first candidate, not kept
+    assert choose_by_trial(["numba", "torch"], config, weights, CPU,
+                           rate=rates({"numba": RuntimeError("a"), "torch": RuntimeError("b")}, calls)) == "numba"
+    assert not cache.exists()
+    # a cache that cannot be written: the choice still stands, and is said
+    cache.parent.rmdir()
+    cache.parent.write_text("a file where the cache folder would be")
+    assert choose_by_trial(["numba", "torch"], config, weights, CPU, rate=rates({"numba": 1.0, "torch": 2.0},
+                                                                                calls)) == "torch"
+    assert "cannot keep the choice" in capsys.readouterr().err
+
+
+def test_auto_trials_where_the_device_asks_for_it(cache, monkeypatch):
+    config, weights = tiny()
+    calls = []
+    monkeypatch.setattr(backends, "trial_rate", rates({"numba": 1.0, "torch": 2.0}, calls))
+    assert isinstance(make_backend("auto", config, weights, CPU), NumbaBackend)  # the CPU takes the fixed order
+    assert calls == []
+    monkeypatch.setattr(backends, "TRIAL_DEVICES", ("cpu",))
+    assert isinstance(make_backend("auto", config, weights, CPU, batch=16), TorchBackend)
+    assert calls == [("numba", 16), ("torch", 16)]
+    assert isinstance(make_backend("numba", config, weights, CPU), NumbaBackend)  # a named backend is not timed
+    assert len(calls) == 2
+
+
+def test_generator_and_engine_pass_their_batch_to_auto(monkeypatch):
+    from fastwavenet import Generator, engine
+
+    seen = []
+
+    def spy(name, config, weights, device, precision="float32", batch=1):
+        seen.append((name, batch))
+        return TorchBackend(config, weights, device, precision)
+
+    monkeypatch.setattr("fastwavenet.generator.make_backend", spy)
+    model = model_file()
+    Generator(model, expected_batch=12)
+    with engine.Engine(model, max_active=5, warm_up=False) as e:
+        assert e.max_active == 5
+    assert seen == [("auto", 12), ("auto", 5)]
