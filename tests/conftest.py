@@ -6,6 +6,12 @@ import numpy as np
 import pytest
 import soundfile
 
+# README's test command runs two pytest-xdist workers. Each worker's torch computes on one thread, and OpenMP threads
+# that wait (torch's, numba's omp layer) sleep instead of spinning: with teams of two spinning threads in each of
+# two workers on two cores, a torch test ran 60 times slower than alone (docs/ARCHITECTURE.md, "Tests").
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Without CUDA, Triton kernels run under Triton's interpreter on the CPU. It is read when kernels are decorated,
 # so it must be set before anything imports triton.
 try:
@@ -13,6 +19,8 @@ try:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 except ImportError:
     pass
 
