@@ -171,6 +171,11 @@ def _micro(sb: int, nv: int, lanes: int):
     @intrinsic
     def block(typingctx, weight, w, ldw, x, ldx, y, ldy, a, lda, bias, k):
         bf16 = weight == types.uint16
+        # bf16 in pairs of vectors: one load of 2 x lanes weights as 32-bit words, widened by a shift (the even
+        # columns) and a mask (the odd ones), two plain ALU operations, where a vector at a time takes a widening
+        # load (a shuffle) and a shift each. The pair's accumulators then hold its even and its odd columns, put
+        # back in order once, after the loop; each output's fma chain is the same.
+        paired = bf16 and nv % 2 == 0
         sig = types.void(weight, *([types.intp] * 10))
 
         def codegen(context, builder, signature, args):
@@ -188,19 +193,40 @@ def _micro(sb: int, nv: int, lanes: int):
             def vector_at(base, index, of=vec):
                 return builder.bitcast(builder.gep(base, [index]), of.as_pointer())
 
+            i32 = ir.IntType(32)
+
+            def order(indices):
+                return ir.Constant(ir.VectorType(i32, lanes), indices)
+
             accs = [[cgutils.alloca_once(builder, vec) for _ in range(nv)] for _ in range(sb)]
+            starts = [[None] * nv for _ in range(sb)]
             for v in range(nv):
                 column = ir.Constant(i64, v * lanes)
                 bias = builder.load(vector_at(bptr, column), align=4)
                 for s in range(sb):
                     at = vector_at(aptr, builder.add(builder.mul(ir.Constant(i64, s), lda), column))
-                    builder.store(builder.fadd(builder.load(at, align=4), bias), accs[s][v])
-            wide = ir.VectorType(ir.IntType(32), lanes)
+                    starts[s][v] = builder.fadd(builder.load(at, align=4), bias)
+            for s in range(sb):
+                for v in range(0, nv, 2 if paired else 1):
+                    if paired:  # the pair's 2 x lanes outputs held as even columns, odd columns (see `paired`)
+                        pair = starts[s][v], starts[s][v + 1]
+                        builder.store(builder.shuffle_vector(*pair, order(list(range(0, 2 * lanes, 2)))), accs[s][v])
+                        builder.store(builder.shuffle_vector(*pair, order(list(range(1, 2 * lanes, 2)))),
+                                      accs[s][v + 1])
+                    else:
+                        builder.store(starts[s][v], accs[s][v])
+            wide = ir.VectorType(i32, lanes)
             with cgutils.for_range(builder, k) as loop:
                 i = loop.index
                 row = builder.mul(i, ldw)
                 weights = []
-                for v in range(nv):
+                for v in range(0, nv, 2 if paired else 1):
+                    if paired:  # 2 x lanes bf16 weights in one load, as lanes 32-bit words of two weights each
+                        words = builder.load(vector_at(wptr, builder.add(row, ir.Constant(i64, v * lanes)), wide),
+                                             align=2)
+                        weights.append(builder.bitcast(builder.shl(words, ir.Constant(wide, [16] * lanes)), vec))
+                        weights.append(builder.bitcast(builder.and_(words, ir.Constant(wide, [-65536] * lanes)), vec))
+                        continue
                     at = vector_at(wptr, builder.add(row, ir.Constant(i64, v * lanes)), ir.VectorType(element, lanes))
                     wv = builder.load(at, align=2 if bf16 else 4)
                     if bf16:
@@ -213,11 +239,20 @@ def _micro(sb: int, nv: int, lanes: int):
                                                    ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
                     for v in range(nv):
                         builder.store(builder.call(fma, [splat, weights[v], builder.load(accs[s][v])]), accs[s][v])
+            # back to column order: output j of a pair is its even vector's lane j / 2 or its odd vector's
+            back = [[j // 2 + (lanes if j % 2 else 0) for j in range(half * lanes, (half + 1) * lanes)]
+                    for half in (0, 1)]
             for s in range(sb):
                 for v in range(nv):
                     offset = builder.add(builder.mul(ir.Constant(i64, s), ldy), ir.Constant(i64, v * lanes))
                     at = vector_at(yptr, offset)
-                    builder.store(builder.load(accs[s][v]), at, align=4)
+                    if paired:
+                        first = v - v % 2
+                        out = builder.shuffle_vector(builder.load(accs[s][first]), builder.load(accs[s][first + 1]),
+                                                     order(back[v % 2]))
+                    else:
+                        out = builder.load(accs[s][v])
+                    builder.store(out, at, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
