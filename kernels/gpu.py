@@ -286,7 +286,9 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
             # (TILE, C_P) block took 255 registers and spilled.)
             tl.store(l_buf + m[:, None] * C + c[None, :], logits, mask=live[:, None] & (c[None, :] < C))
             tl.debug_barrier()
-            for one in range(tl.minimum(B - first, TILE)):  # the tile's live streams: a short last tile draws fewer
+            # The tile's live streams: a short last tile draws fewer. (A lone stream keeps the constant bound: the
+            # dynamic one cost its variants up to 16 registers.)
+            for one in range(TILE if TILE == 1 else tl.minimum(B - first, TILE)):
                 stream = first + one
                 row = tl.load(l_buf + one * C + c, mask=c < C, other=0.0)
                 row = tl.where(stream < B, row, 0.0)  # a row past B was never written
