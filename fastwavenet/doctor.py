@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .backends import registry
+from .backends import auto_cache_path, kept_choices, registry
 from .config import PRESETS, WaveNetConfig
 from .distributions import KERNEL_CODES
 from .errors import FastWaveNetError
@@ -49,6 +49,9 @@ def report() -> dict:
             if device == "cuda" and "cuda" not in cls.devices:
                 continue
             info["backends"][f"{name} on {device}"] = cls.unavailable_reason(torch.device(device)) or "available"
+    # What `auto` chose on CUDA by its trials, kept for later runs (backends.choose_by_trial)
+    info["auto_choices"] = [f"{backend} for {key}" for key, backend in kept_choices().items()]
+    info["auto_choices_file"] = str(auto_cache_path())
     return info
 
 

@@ -134,3 +134,15 @@ def test_generator_and_engine_pass_their_batch_to_auto(monkeypatch):
     with engine.Engine(model, max_active=5, warm_up=False) as e:
         assert e.max_active == 5
     assert seen == [("auto", 12), ("auto", 5)]
+
+
+def test_doctor_shows_the_kept_choices(cache):
+    from fastwavenet.doctor import format_report, report
+
+    assert report()["auto_choices"] == []
+    config, weights = tiny()
+    choose_by_trial(["numba", "torch"], config, weights, CPU, batch=7, rate=rates({"numba": 1.0, "torch": 2.0}, []))
+    info = report()
+    (line,) = info["auto_choices"]
+    assert line.startswith("torch for ") and line.endswith("batch 7") and info["auto_choices_file"] == str(cache)
+    assert "auto_choices: torch for " in format_report(info)

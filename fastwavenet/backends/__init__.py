@@ -115,6 +115,12 @@ def _read_cache(path: Path) -> dict:
     return cache if isinstance(cache, dict) else {}
 
 
+def kept_choices() -> dict[str, str]:
+    """The backend `auto` chose for each trial key, as kept in `auto_cache_path()` (empty if none)."""
+    return {key: entry["backend"] for key, entry in _read_cache(auto_cache_path()).items()
+            if isinstance(entry, dict) and isinstance(entry.get("backend"), str)}
+
+
 _trials: dict[str, str] = {}  # this process's choices by trial key (the file may be unwritable)
 
 
@@ -195,4 +201,4 @@ def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, devic
 __all__ = ["Backend", "NaiveBackend", "TorchBackend", "NumbaBackend", "TritonBackend", "TritonStreamBackend",
            "registry",
            "available_backends", "make_backend", "resolve_device", "full_fp32", "choose_by_trial", "trial_rate",
-           "auto_cache_path"]
+           "auto_cache_path", "kept_choices"]
