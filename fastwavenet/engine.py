@@ -231,6 +231,8 @@ class Engine:
     max_active: requests generated at once (the pool's slots); max_waiting: requests queued beyond those, past which
     `submit` raises EngineFull at once; max_buffered_seconds: audio a request may hold unread before it pauses;
     round_seconds: about how long one round of steps takes (time to first audio is about one to two rounds).
+    backend "auto" on CUDA is chosen once, by a trial at max_active streams (`backends.choose_by_trial`): every
+    request runs on that backend, alone or beside others.
     """
 
     def __init__(self, model=None, backend: str = "auto", device: str = "cpu", max_active: int = 64,
