@@ -58,6 +58,14 @@ def unsupported_reason(input_taps: int) -> str | None:
 
 
 @triton.jit
+def _stage(buf, value, m, idx, live, n, TILE: tl.constexpr):
+    """Put a tile's (TILE, N_P) block of values into scratch input-major (element (m, i) at buf + i * TILE + m), so
+    a product reading it takes one input's column for the whole tile in one contiguous read. Rows past B and columns
+    past n are not written."""
+    tl.store(buf + m[:, None] + idx[None, :] * TILE, value, mask=live[:, None] & (idx[None, :] < n))
+
+
+@triton.jit
 def _product(acc, x_ptr, x_row, x_col, live, w_ptr, w_stride, n_in, col0, n_out, IN_BLOCK: tl.constexpr,
              OUT_P: tl.constexpr, TILE: tl.constexpr):
     """acc + x @ W[:, col0:col0 + n_out] for a tile of streams: (TILE, OUT_P) float32. x[m, i] is at
@@ -228,7 +236,7 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
             prev = code
         skip = tl.zeros((TILE, S_P), tl.float32)
         tl.debug_barrier()
-        tl.store(x_buf + m[:, None] + r[None, :] * TILE, x, mask=r_at)
+        _stage(x_buf, x, m, r, live, R, TILE)
         tl.debug_barrier()
         for layer in range(L):
             d = tl.load(dil_ptr + layer)
@@ -254,7 +262,7 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
             x = tl.load(x_buf + m[:, None] + r[None, :] * TILE, mask=r_at, other=0.0)
             tl.store(q_tile + m[:, None] * QR + (off + t % n) * R + r[None, :], x, mask=r_at)
             gated = _tanh(za) * tl.sigmoid(zb)
-            tl.store(g_buf + m[:, None] + g[None, :] * TILE, gated, mask=live[:, None] & (g[None, :] < G))
+            _stage(g_buf, gated, m, g, live, G, TILE)
             tl.debug_barrier()
             w_out = ow_ptr + layer * G * RS
             skip = _product(skip, g_buf, 1, TILE, live, w_out, RS, G, R, S, IN_G, S_P, TILE)
@@ -263,15 +271,13 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
                 res = tl.load(ob_ptr + layer * RS + r, mask=r < R, other=0.0)[None, :] + x
                 res = _product(res, g_buf, 1, TILE, live, w_out, RS, G, 0, R, IN_G, R_P, TILE)
                 tl.debug_barrier()
-                tl.store(x_buf + m[:, None] + r[None, :] * TILE, res, mask=r_at)
+                _stage(x_buf, res, m, r, live, R, TILE)
             tl.debug_barrier()
-        tl.store(s_buf + m[:, None] + s_idx[None, :] * TILE, tl.maximum(skip, 0.0),
-                 mask=live[:, None] & (s_idx[None, :] < S))
+        _stage(s_buf, tl.maximum(skip, 0.0), m, s_idx, live, S, TILE)
         tl.debug_barrier()
         hidden = tl.zeros((TILE, H_P), tl.float32) + tl.load(h1b_ptr + h_idx, mask=h_idx < H, other=0.0)[None, :]
         hidden = _product(hidden, s_buf, 1, TILE, live, h1w_ptr, H, S, 0, H, IN_S, H_P, TILE)
-        tl.store(h_buf + m[:, None] + h_idx[None, :] * TILE, tl.maximum(hidden, 0.0),
-                 mask=live[:, None] & (h_idx[None, :] < H))
+        _stage(h_buf, tl.maximum(hidden, 0.0), m, h_idx, live, H, TILE)
         tl.debug_barrier()
         logits = tl.zeros((TILE, C_P), tl.float32) + tl.load(h2b_ptr + c, mask=c < C, other=0.0)[None, :]
         logits = _product(logits, h_buf, 1, TILE, live, h2w_ptr, C, H, 0, C, IN_H, C_P, TILE)
