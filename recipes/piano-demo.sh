@@ -36,5 +36,5 @@ else
   fastwavenet train --resume runs/piano-demo-3 --steps "$steps"
 fi
 # Default sampling: the setting recipes/sampling_table.py found closest to the recordings (docs/DEMO_MODEL.md).
-fastwavenet export runs/piano-demo-3 -o fastwavenet/models/piano.safetensors --temperature "${TEMPERATURE:-1.2}" \
+fastwavenet export runs/piano-demo-3 -o fastwavenet/models/piano.safetensors --temperature "${TEMPERATURE:-1.15}" \
   --top-p "${TOP_P:-1.0}"
