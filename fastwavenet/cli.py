@@ -605,6 +605,7 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args.func(args)
+        sys.stdout.flush()  # here, so that a reader gone away is the BrokenPipeError below, not one at exit
     except FastWaveNetError as exc:
         print(f"fastwavenet: error: {exc}", file=sys.stderr)
         return 2
@@ -614,6 +615,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("fastwavenet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`fastwavenet info M | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that flushing at exit cannot fail again
+        return 128 + signal.SIGPIPE
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0

@@ -187,3 +187,17 @@ def test_a_slow_first_call_is_announced(model_file, tmp_path, monkeypatch, capsy
             "--backend", "numba"] + (["--quiet"] if quiet else [])
     assert cli.main(args) == 0
     assert ("compiling the CPU kernels" in capsys.readouterr().err) == said
+
+
+
+def test_a_closed_pipe_is_not_a_traceback(model_file):
+    """`fastwavenet info MODEL | head -1`: the reader leaves early; the command stops quietly (exit 141, as cat).
+    Here the reader is gone before the command starts, so every write fails."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([sys.executable, "-m", "fastwavenet", "info", str(model_file)], stdout=write,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert result.stderr == "" and result.returncode == 128 + signal.SIGPIPE
