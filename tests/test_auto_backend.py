@@ -146,3 +146,12 @@ def test_doctor_shows_the_kept_choices(cache):
     (line,) = info["auto_choices"]
     assert line.startswith("torch for ") and line.endswith("batch 7") and info["auto_choices_file"] == str(cache)
     assert "auto_choices: torch for " in format_report(info)
+
+
+def test_auto_uses_the_backend_its_trial_built(cache, monkeypatch):
+    config, weights = tiny()
+    timed = []
+    monkeypatch.setattr(backends, "trial_rate", lambda backend, batch: (timed.append(backend), 1.0)[1])
+    monkeypatch.setattr(backends, "TRIAL_DEVICES", ("cpu",))
+    chosen = make_backend("auto", config, weights, CPU)
+    assert chosen is timed[0]  # numba, first of equals: not built a second time

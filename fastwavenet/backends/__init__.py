@@ -125,11 +125,12 @@ _trials: dict[str, str] = {}  # this process's choices by trial key (the file ma
 
 
 def choose_by_trial(candidates: list[str], config: WaveNetConfig, weights: FoldedWeights, device: torch.device,
-                    precision: str = "float32", batch: int = 1, rate=None) -> str:
+                    precision: str = "float32", batch: int = 1, rate=None, built: dict | None = None) -> str:
     """The fastest of `candidates` (available, supporting this model) at `batch` streams, by a short measured trial
     at first use, said on stderr; the choice is kept per device model, software versions, model shape, precision
     and batch in this process and in `auto_cache_path()`, so later runs reuse it without measuring. Ties and
-    failed trials fall back to the candidates' order. `rate(backend, batch)` measures one (default `trial_rate`)."""
+    failed trials fall back to the candidates' order. `rate(backend, batch)` measures one (default `trial_rate`);
+    `built`, if given, receives the backends the trial built, by name, so the caller need not build the winner again."""
     import sys
 
     rate = rate or trial_rate
@@ -140,9 +141,11 @@ def choose_by_trial(candidates: list[str], config: WaveNetConfig, weights: Folde
     if chosen in candidates:
         return chosen
     rates: dict[str, float] = {}
+    built = {} if built is None else built
     for name in candidates:
         try:
-            rates[name] = rate(registry()[name](config, weights, device, precision), batch)
+            built[name] = registry()[name](config, weights, device, precision)
+            rates[name] = rate(built[name], batch)
         except Exception as exc:  # a backend that fails here is not chosen; the others still can be
             print(f"fastwavenet: auto: {name} failed its trial ({type(exc).__name__}: {exc})", file=sys.stderr)
     if not rates:
@@ -179,8 +182,9 @@ def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, devic
         if not candidates:
             return TorchBackend(config, weights, device, precision)
         if device.type in TRIAL_DEVICES and len(candidates) > 1:
-            return backends[choose_by_trial(candidates, config, weights, device, precision, batch)](
-                config, weights, device, precision)
+            built: dict[str, Backend] = {}  # the trial's own backends: the winner is used as it is
+            chosen = choose_by_trial(candidates, config, weights, device, precision, batch, built=built)
+            return built.get(chosen) or backends[chosen](config, weights, device, precision)
         return backends[candidates[0]](config, weights, device, precision)
     if name not in backends:
         raise FastWaveNetError(f"unknown backend {name!r}; backends: auto, {', '.join(backends)}")
