@@ -177,10 +177,10 @@ def measure_limits(model: ModelFile, seconds: float = 0.5) -> Limits:
 def measure_fma_peak(seconds: float = 0.5) -> tuple[float, int]:
     """The FMA peak of numba's target code on all numba threads (GFLOP/s, threads): the best of runs of about 50 ms
     each over `seconds`."""
-    import numba
+    from .backends.numba_cpu import numba_threads
     from .kernels.cpu import BLOCK, PEAK_CHAINS, fma_peak
 
-    threads = numba.get_num_threads()
+    threads = numba_threads()
     flops = 2.0 * PEAK_CHAINS * BLOCK.lanes * threads  # per iteration
     iterations, elapsed = 1 << 12, 0.0
     fma_peak(iterations, threads)

@@ -158,7 +158,9 @@ def _run_manifest(args, vocode: bool):
         if importlib.util.find_spec("numba") is not None:
             import numba  # ranks on one machine share its cores
 
-            numba.set_num_threads(max(1, min(numba.get_num_threads(), (os.cpu_count() or 1) // local)))
+            from .backends.numba_cpu import numba_threads
+
+            numba.set_num_threads(max(1, min(numba_threads(), (os.cpu_count() or 1) // local)))
     try:
         out_dir = Path(args.out_dir)
         try:

@@ -40,7 +40,9 @@ def report() -> dict:
     if importlib.util.find_spec("numba") is not None:
         import numba
 
-        info["numba_threads"] = numba.get_num_threads()
+        from .backends.numba_cpu import numba_threads
+
+        info["numba_threads"] = numba_threads()
         info["numba_threading_layer"] = numba.config.THREADING_LAYER  # chosen among these at the first parallel call
     info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     info["backends"] = {}

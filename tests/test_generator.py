@@ -233,6 +233,36 @@ sys.exit(0 if all(np.array_equal(alone[i], together[i]) for i in range(3)) else 
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.parametrize("how", ["set_num_threads", "OMP_NUM_THREADS"])
+def test_numba_generation_keeps_the_callers_torch_threads(tiny_file, how):
+    """numba's OpenMP layer sets the process's OpenMP thread count when its pool starts, and torch shares that
+    runtime: a caller's one torch thread became numba's count after the first numba generation. Run in a fresh
+    process (the pool starts once per process), with numba given two threads whatever the machine has."""
+    pytest.importorskip("numba")
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, torch
+if {how == "set_num_threads"}:
+    torch.set_num_threads(1)
+from fastwavenet import Generator
+import numba
+before = torch.get_num_threads()
+Generator({str(tiny_file)!r}, backend="numba").generate(samples=200, batch=4, seed=0)
+print(before, torch.get_num_threads(), numba.get_num_threads())
+"""
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    env.pop("OMP_NUM_THREADS", None)
+    if how == "OMP_NUM_THREADS":
+        env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, after, numba_threads = map(int, result.stdout.split()[-3:])
+    assert (before, after, numba_threads) == (1, 1, 2)
+
+
 U_MAX = np.nextafter(np.float32(1), np.float32(0))  # the largest float32 below 1
 TRUNCATING = [Sampling(top_k=20), Sampling(top_p=0.9), Sampling(top_k=3, top_p=0.6), Sampling()]
 

@@ -16,6 +16,28 @@ from ..state import QueueState
 from .base import Backend
 
 _PARALLEL_LOCK = threading.Lock()
+_START_LOCK = threading.Lock()
+_started = False
+
+
+def numba_threads() -> int:
+    """numba's thread count, its thread pool started the first time, with torch's thread count kept as it was.
+
+    With numba's OpenMP layer (numba's first choice where TBB is missing), starting the pool sets the OpenMP thread
+    count of the whole process, and torch's CPU wheels share that OpenMP runtime: a caller's
+    `torch.set_num_threads(1)` or `OMP_NUM_THREADS=1` silently became numba's count (every core) after the first
+    numba generation. Every use of numba's threads in fastwavenet goes through here."""
+    global _started
+    import numba
+
+    with _START_LOCK:
+        if not _started:
+            before = torch.get_num_threads()
+            numba.get_num_threads()  # starts the pool
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+            _started = True
+    return numba.get_num_threads()
 
 
 def _parallel_guard():
@@ -58,6 +80,8 @@ class NumbaBackend(Backend):
         super().__init__(config, weights, device, precision)
         from ..kernels.cpu import CpuWeights
 
+        numba_threads()  # before any parallel call, so that torch's thread count stays the caller's
+
         # The kernel reads the folded layout, (in, out); at bf16, as 16-bit patterns.
         def matrix(t):
             if precision == "bf16":  # the rounded weights' bit patterns, exact: they are bf16 values already
@@ -93,9 +117,7 @@ class NumbaBackend(Backend):
     @staticmethod
     def _tile(batch: int) -> int:
         """Streams per tile: the batch spread over numba's threads, at most 64 (a tile's scratch stays in cache)."""
-        import numba
-
-        return max(1, min(64, math.ceil(batch / numba.get_num_threads())))
+        return max(1, min(64, math.ceil(batch / numba_threads())))
 
     def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
         from ..kernels import cpu
