@@ -2,25 +2,44 @@
 frame by frame) between held-out input and: (1) the vocoder's resynthesis of it; (2) the vocoder driven by another
 excerpt's mel (mismatched input); (3) unconditioned generation by the bundled demo model, same length.
 
-Run: python recipes/vocoder_eval.py VOCODER.safetensors HELD_OUT_AUDIO [SECONDS] [OUT_DIR]
-Each comparison is the mean over 3 seeds, at temperature 1 and at 0.7."""
+Run: python recipes/vocoder_eval.py VOCODER.safetensors HELD_OUT_AUDIO [--seconds 4] [--excerpts 4]
+         [--temperatures 1,0.7] [--top-p 1] [--out-dir runs]
+Excerpt i is SECONDS long and starts at (1 + 2 i) x SECONDS (the first seconds are often near silence); its
+mismatched mel is excerpt i + 1's (the last one's, excerpt 0's). Each figure is the mean over the excerpts and 3
+seeds (one excerpt alone moved the ratio by 0.1 between checkpoints 250 steps apart). The ratio is resynthesis over
+mismatched: the issue's aim is 0.5 or less. Then teacher forcing: bits per sample of the excerpts given their own
+mel and given the mismatched one. Seed 0's audio of the first excerpt is written to OUT_DIR."""
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from fastwavenet import Generator, Sampling, audio
+from fastwavenet import Generator, Sampling, audio, mulaw
+from fastwavenet.convert import unfold
 from fastwavenet.features import log_mel
+from fastwavenet.model import loss_bits
+from fastwavenet.modelfile import load_model
 
-model_path, source = sys.argv[1], sys.argv[2]
-seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 4.0
-out_dir = Path(sys.argv[4]) if len(sys.argv) > 4 else Path("runs")
-vocoder = Generator(model_path)
+parser = argparse.ArgumentParser()
+parser.add_argument("model")
+parser.add_argument("source")
+parser.add_argument("--seconds", type=float, default=4.0)
+parser.add_argument("--excerpts", type=int, default=4)
+parser.add_argument("--temperatures", default="1,0.7")
+parser.add_argument("--top-p", default="1")
+parser.add_argument("--out-dir", type=Path, default=Path("runs"))
+args = parser.parse_args()
+
+vocoder = Generator(args.model)
 config = vocoder.config
-full = audio.read(source, config.sample_rate)
-n = int(seconds * config.sample_rate)
-excerpt, other = full[n:2 * n], full[4 * n:5 * n]  # skip the first seconds (often near silence)
+full = audio.read(args.source, config.sample_rate)
+n = int(args.seconds * config.sample_rate)
+excerpts = [full[(1 + 2 * i) * n:(2 + 2 * i) * n] for i in range(args.excerpts)]
+if len(excerpts[-1]) < n:
+    raise SystemExit(f"{args.source} is too short for {args.excerpts} excerpts of {args.seconds:g} s")
+mismatched = excerpts[1:] + excerpts[:1]
 
 
 def distance(a, b):
@@ -28,34 +47,31 @@ def distance(a, b):
 
 
 demo = Generator()
-print(f"held-out input: {source}, {seconds:g} s from {seconds:g} s; log-mel L1 distance to the input")
-print(f"{'temperature':>11} {'resynthesis':>12} {'other mel':>10} {'unconditioned':>14}")
-for temperature in (1.0, 0.7):
-    sampling = Sampling(temperature=temperature)
-    rows = []
-    for seed in (0, 1, 2):
-        resynth = vocoder.generate(mel=log_mel(excerpt, config), samples=n, seed=seed, sampling=sampling)[0]
-        mismatched = vocoder.generate(mel=log_mel(other, config), samples=n, seed=seed, sampling=sampling)[0]
-        unconditioned = demo.generate(samples=n, seed=seed, sampling=sampling)[0]
-        rows.append((distance(excerpt, resynth), distance(excerpt, mismatched), distance(excerpt, unconditioned)))
-        if seed == 0:
-            for name, x in (("input", excerpt), ("resynthesis", resynth), ("mismatched", mismatched)):
-                audio.write(out_dir / f"vocoder-{name}-t{temperature:g}.wav", x, config.sample_rate)
-    mean = np.mean(rows, axis=0)
-    print(f"{temperature:>11g} {mean[0]:>12.3f} {mean[1]:>10.3f} {mean[2]:>14.3f}")
+print(f"held-out input: {args.source}, {args.excerpts} excerpts of {args.seconds:g} s; log-mel L1 distance to the "
+      f"input, mean over excerpts and 3 seeds")
+print(f"{'temperature':>11} {'top-p':>5} {'resynthesis':>12} {'other mel':>10} {'ratio':>6} {'unconditioned':>14}")
+for temperature in map(float, args.temperatures.split(",")):
+    for top_p in map(float, args.top_p.split(",")):
+        sampling = Sampling(temperature=temperature, top_p=top_p)
+        rows = []
+        for i, (excerpt, other) in enumerate(zip(excerpts, mismatched)):
+            for seed in (0, 1, 2):
+                resynth = vocoder.generate(mel=log_mel(excerpt, config), samples=n, seed=seed, sampling=sampling)[0]
+                wrong = vocoder.generate(mel=log_mel(other, config), samples=n, seed=seed, sampling=sampling)[0]
+                unconditioned = demo.generate(samples=n, seed=seed, sampling=sampling)[0]
+                rows.append((distance(excerpt, resynth), distance(excerpt, wrong), distance(excerpt, unconditioned)))
+                if i == 0 and seed == 0:
+                    for name, x in (("input", excerpt), ("resynthesis", resynth), ("mismatched", wrong)):
+                        audio.write(args.out_dir / f"vocoder-{name}-t{temperature:g}-p{top_p:g}.wav", x,
+                                    config.sample_rate)
+        mean = np.mean(rows, axis=0)
+        print(f"{temperature:>11g} {top_p:>5g} {mean[0]:>12.3f} {mean[1]:>10.3f} {mean[0] / mean[1]:>6.3f} "
+              f"{mean[2]:>14.3f}", flush=True)
 
-# Teacher forcing: bits per sample of the held-out excerpt given its own mel, and given another excerpt's.
-import torch  # noqa: E402
-
-from fastwavenet import mulaw  # noqa: E402
-from fastwavenet.convert import unfold  # noqa: E402
-from fastwavenet.modelfile import load_model  # noqa: E402
-from fastwavenet.model import loss_bits  # noqa: E402
-
-net = unfold(load_model(model_path).weights, config)
-codes = torch.from_numpy(mulaw.encode(excerpt))[None]
+net = unfold(load_model(args.model).weights, config)
 with torch.no_grad():
-    for name, src in (("its own mel", excerpt), ("another excerpt's mel", other)):
-        bits = loss_bits(net(codes, mel=torch.from_numpy(log_mel(src, config))[None]), codes,
-                         config.receptive_field - 1).item()
-        print(f"teacher-forced, given {name}: {bits:.3f} bits/sample")
+    for name, sources in (("its own mel", excerpts), ("another excerpt's mel", mismatched)):
+        bits = [loss_bits(net(torch.from_numpy(mulaw.encode(x))[None], mel=torch.from_numpy(log_mel(src, config))[None]),
+                          torch.from_numpy(mulaw.encode(x))[None], config.receptive_field - 1).item()
+                for x, src in zip(excerpts, sources)]
+        print(f"teacher-forced, given {name}: {np.mean(bits):.3f} bits/sample")
