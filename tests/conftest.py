@@ -21,6 +21,12 @@ try:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
+        try:  # numba's pool started now, through the function that keeps torch's count (tests call kernels directly)
+            from fastwavenet.backends.numba_cpu import numba_threads
+
+            numba_threads()
+        except ImportError:
+            pass
 except ImportError:
     pass
 
