@@ -4,6 +4,8 @@ A run directory holds:
     config.json       the model config
     train.json        the training options and data paths (what --resume reuses)
     checkpoint.pt     the latest checkpoint (model, optimizer, step, RNG state), replaced atomically
+    best.pt           the weights of the lowest validation loss so far (model, step, val_bits; no optimizer), replaced
+                      atomically whenever validation improves; `fastwavenet export RUN/best.pt -o M` folds it
     log.jsonl         one JSON line per step ({"step", "loss_bits"}) and per validation ({"step", "val_bits"})
 """
 
@@ -71,6 +73,24 @@ def save_checkpoint(path: Path, model: WaveNet, optimizer, step: int):
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def save_best(path: Path, model: WaveNet, step: int, val_bits: float):
+    """The weights of the best validation so far, in the checkpoint format without optimizer state (what export
+    and --init read)."""
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "config": model.config.to_json(),
+               "step": step, "val_bits": val_bits, "model": model.state_dict()}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _best_so_far(run_dir: Path) -> float:
+    """best.pt's validation loss (inf if there is none): a run stopped between a validation and the next checkpoint
+    resumes from the checkpoint, and its best.pt may come from after it."""
+    try:
+        return float(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["val_bits"])
+    except Exception:  # missing or unreadable: the next validation writes it again
+        return math.inf
 
 
 def load_checkpoint(path: str | os.PathLike, config: WaveNetConfig | None = None) -> dict:
@@ -320,6 +340,8 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
         for row in log_rows:
             log.write(json.dumps(row) + "\n")
         log.flush()
+        best_val = min([r["val_bits"] for r in log_rows if "val_bits" in r] + [_best_so_far(run_dir)],
+                       default=math.inf)
 
     start = config.receptive_field - 1
     bar = None
@@ -348,8 +370,13 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
                 if val_batch is not None and (step % options.validate_every == 0 or step == options.steps):
                     val = evaluate(model, val_batch, start)
                     log.write(json.dumps({"step": step, "val_bits": val}) + "\n")
+                    improved = val < best_val
+                    if improved:
+                        best_val = val
+                        save_best(run_dir / "best.pt", model, step, val)
                     if bar is not None:
-                        bar.write(f"step {step}: validation {val:.4f} bits/sample")
+                        bar.write(f"step {step}: validation {val:.4f} bits/sample" + (" (best so far: best.pt)"
+                                                                                       if improved else ""))
                     model.train()
                 if step % options.checkpoint_every == 0 or step == options.steps:
                     log.flush()
