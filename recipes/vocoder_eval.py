@@ -31,6 +31,8 @@ parser.add_argument("--temperatures", default="1,0.7")
 parser.add_argument("--top-p", default="1")
 parser.add_argument("--out-dir", type=Path, default=Path("runs"))
 args = parser.parse_args()
+if args.excerpts < 2:
+    raise SystemExit("--excerpts must be 2 or more: each excerpt's mismatched mel is another excerpt's")
 
 vocoder = Generator(args.model)
 config = vocoder.config
