@@ -21,10 +21,12 @@ steps=${2:-20000}
 common=(--batch-size 8 --target-length 2048 --validation-files piece6.flac --validate-every 250
         --checkpoint-every 250)
 export OMP_NUM_THREADS=1
+# the step a run directory's checkpoint is at (resuming a run that is already there is an error)
+step_of() { python -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=True)['step'])" "$1/checkpoint.pt"; }
 if [ "$steps" = bundled ]; then
   [ -f runs/piano-demo-2.safetensors ] || fastwavenet export runs/piano-demo-2 -o runs/piano-demo-2.safetensors
   if [ -f runs/piano-demo-3-at-3750/checkpoint.pt ]; then
-    fastwavenet train --resume runs/piano-demo-3-at-3750 --steps 3750
+    [ "$(step_of runs/piano-demo-3-at-3750)" -ge 3750 ] || fastwavenet train --resume runs/piano-demo-3-at-3750 --steps 3750
   else
     fastwavenet train "$data" --init runs/piano-demo-2.safetensors --out runs/piano-demo-3-at-3750 --steps 3750 \
       --lr 2e-4 --seed 2 "${common[@]}"
@@ -52,7 +54,7 @@ if [ ! -f runs/piano-demo-4/checkpoint.pt ]; then
     fastwavenet train "$data" --init runs/piano-demo-2.safetensors --out runs/piano-demo-3 --steps 5000 \
       --lr 2e-4 --seed 2 "${common[@]}"
   else
-    fastwavenet train --resume runs/piano-demo-3 --steps 5000
+    [ "$(step_of runs/piano-demo-3)" -ge 5000 ] || fastwavenet train --resume runs/piano-demo-3 --steps 5000
   fi
   fastwavenet export runs/piano-demo-3 -o runs/piano-demo-3.safetensors
   fastwavenet train "$data" --init runs/piano-demo-3.safetensors --out runs/piano-demo-4 --steps "$steps" \
