@@ -61,27 +61,21 @@ class TrainOptions:
 
 # ---- checkpoints -------------------------------------------------------------------------------------------------
 
-def save_checkpoint(path: Path, model: WaveNet, optimizer, step: int):
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "config": model.config.to_json(),
-        "step": step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": torch.get_rng_state(),
-    }
+def _save(path: Path, model: WaveNet, step: int, **extra):
+    """A checkpoint-format file (what load_checkpoint, export and --init read), written atomically."""
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "config": model.config.to_json(),
+               "step": step, "model": model.state_dict(), **extra}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def save_checkpoint(path: Path, model: WaveNet, optimizer, step: int):
+    _save(path, model, step, optimizer=optimizer.state_dict(), rng=torch.get_rng_state())
 
 
 def save_best(path: Path, model: WaveNet, step: int, val_bits: float):
-    """The weights of the best validation so far, in the checkpoint format without optimizer state (what export
-    and --init read)."""
-    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "config": model.config.to_json(),
-               "step": step, "val_bits": val_bits, "model": model.state_dict()}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    """The weights of the best validation so far: the checkpoint format without optimizer state."""
+    _save(path, model, step, val_bits=val_bits)
 
 
 def _best_so_far(run_dir: Path) -> float:

@@ -43,11 +43,13 @@ if count < 2:
 excerpts = [full[(1 + 2 * i) * n:(2 + 2 * i) * n] for i in range(count)]
 if len(excerpts[-1]) < n:
     raise SystemExit(f"{args.source} is too short for {count} excerpts of {args.seconds:g} s")
-mismatched = excerpts[1:] + excerpts[:1]
+mels = [log_mel(x, config) for x in excerpts]  # each excerpt's features, computed once
+others = mels[1:] + mels[:1]
 
 
-def distance(a, b):
-    return float(np.abs(log_mel(a, config) - log_mel(b, config)).mean())
+def distance(mel, x):
+    """Log-mel L1 between an excerpt's features and audio x."""
+    return float(np.abs(mel - log_mel(x, config)).mean())
 
 
 demo = Generator()
@@ -58,12 +60,12 @@ for temperature in map(float, args.temperatures.split(",")):
     for top_p in map(float, args.top_p.split(",")):
         sampling = Sampling(temperature=temperature, top_p=top_p)
         rows = []
-        for i, (excerpt, other) in enumerate(zip(excerpts, mismatched)):
+        for i, (excerpt, mel, other) in enumerate(zip(excerpts, mels, others)):
             for seed in (0, 1, 2):
-                resynth = vocoder.generate(mel=log_mel(excerpt, config), samples=n, seed=seed, sampling=sampling)[0]
-                wrong = vocoder.generate(mel=log_mel(other, config), samples=n, seed=seed, sampling=sampling)[0]
+                resynth = vocoder.generate(mel=mel, samples=n, seed=seed, sampling=sampling)[0]
+                wrong = vocoder.generate(mel=other, samples=n, seed=seed, sampling=sampling)[0]
                 unconditioned = demo.generate(samples=n, seed=seed, sampling=sampling)[0]
-                rows.append((distance(excerpt, resynth), distance(excerpt, wrong), distance(excerpt, unconditioned)))
+                rows.append((distance(mel, resynth), distance(mel, wrong), distance(mel, unconditioned)))
                 if i == 0 and seed == 0:
                     for name, x in (("input", excerpt), ("resynthesis", resynth), ("mismatched", wrong)):
                         audio.write(args.out_dir / f"vocoder-{name}-t{temperature:g}-p{top_p:g}.wav", x,
@@ -76,9 +78,9 @@ for temperature in map(float, args.temperatures.split(",")):
             f"{(1 + 2 * i) * args.seconds:g} s: {r[0] / r[1]:.2f}" for i, r in enumerate(each)))
 
 net = unfold(load_model(args.model).weights, config)
+codes = [torch.from_numpy(mulaw.encode(x))[None] for x in excerpts]
 with torch.no_grad():
-    for name, sources in (("its own mel", excerpts), ("another excerpt's mel", mismatched)):
-        bits = [loss_bits(net(torch.from_numpy(mulaw.encode(x))[None], mel=torch.from_numpy(log_mel(src, config))[None]),
-                          torch.from_numpy(mulaw.encode(x))[None], config.receptive_field - 1).item()
-                for x, src in zip(excerpts, sources)]
+    for name, features in (("its own mel", mels), ("another excerpt's mel", others)):
+        bits = [loss_bits(net(c, mel=torch.from_numpy(f)[None]), c, config.receptive_field - 1).item()
+                for c, f in zip(codes, features)]
         print(f"teacher-forced, given {name}: {np.mean(bits):.3f} bits/sample")

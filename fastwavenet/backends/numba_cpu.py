@@ -30,13 +30,14 @@ def numba_threads() -> int:
     global _started
     import numba
 
-    with _START_LOCK:
-        if not _started:
-            before = torch.get_num_threads()
-            numba.get_num_threads()  # starts the pool
-            if torch.get_num_threads() != before:
-                torch.set_num_threads(before)
-            _started = True
+    if not _started:  # the lock only until the pool has started (this runs on every generation call)
+        with _START_LOCK:
+            if not _started:
+                before = torch.get_num_threads()
+                numba.get_num_threads()  # starts the pool
+                if torch.get_num_threads() != before:
+                    torch.set_num_threads(before)
+                _started = True
     return numba.get_num_threads()
 
 
