@@ -61,6 +61,48 @@ def test_best_validation_weights_are_kept_and_export(sine_folder, tmp_path):
     assert load_checkpoint(run / "best.pt")["step"] == best_step
 
 
+def test_moving_average_is_what_validation_best_and_export_use(sine_folder, tmp_path):
+    """--ema: the average follows w <- d w + (1 - d) w_step from the first step's weights, survives a resume bit for
+    bit, and is what validation scores, best.pt keeps and export folds; the log adds the raw weights' validation."""
+    from fastwavenet.convert import export
+
+    decay = 0.5
+    options = dict(OPTIONS, checkpoint_every=1, validate_every=3)
+    runs = []
+    for steps in range(1, 4):  # the raw weights after each step: runs are deterministic, so stop at each
+        runs.append(tmp_path / f"plain{steps}")
+        train([sine_folder], runs[-1], preset("tiny"), TrainOptions(steps=steps, **options), progress=False)
+    raw = [load_checkpoint(r)["model"] for r in runs]
+    expected = {k: (decay * (decay * raw[0][k] + (1 - decay) * raw[1][k]) + (1 - decay) * raw[2][k]) for k in raw[0]}
+    run = tmp_path / "ema"
+    train([sine_folder], run, preset("tiny"), TrainOptions(steps=2, ema=decay, **options), progress=False)
+    train(None, run, options=TrainOptions(steps=3), resume=True, progress=False)
+    checkpoint = load_checkpoint(run)
+    for name, value in checkpoint["model"].items():  # the average changes nothing about the raw weights
+        assert torch.equal(value, raw[2][name]), name
+    for name, value in checkpoint["ema"].items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+    assert checkpoint["ema_updates"] == 3
+    shipped = model_from_checkpoint(run)
+    for name, value in shipped.state_dict().items():
+        assert torch.equal(value, checkpoint["ema"][name]), name
+    row = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()][-1]
+    assert row["step"] == 3 and row["raw_val_bits"] != row["val_bits"]
+    assert row["raw_val_bits"] == [json.loads(line) for line in
+                                   (runs[2] / "log.jsonl").read_text().splitlines()][-1]["val_bits"]
+    best = load_checkpoint(run / "best.pt")  # the only validation: best.pt is the average at step 3
+    for name, value in best["model"].items():
+        assert torch.equal(value, checkpoint["ema"][name]), name
+    assert best["val_bits"] == row["val_bits"]
+    from fastwavenet.convert import fold
+
+    folded = fold(shipped).tensors()
+    for name, value in export(run, tmp_path / "ema.safetensors").weights.tensors().items():
+        assert torch.equal(value, folded[name]), name
+    with pytest.raises(FastWaveNetError, match="--ema must be"):
+        TrainOptions(ema=1.0)
+
+
 def test_checkpoint_refuses_wrong_version_and_config(sine_folder, tmp_path):
     run = tmp_path / "run"
     train([sine_folder], run, preset("tiny"), TrainOptions(steps=1, **OPTIONS), progress=False)
