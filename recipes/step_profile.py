@@ -3,7 +3,7 @@ TSC on x86) around each part of `_tile_step` and around the sampling in `generat
 (random weights, plain sampling), with the cycles per sample and the share of each part. No profiler is needed
 (perf in a VM often has no hardware counters). The counters cost a few per cent; the shares are what to read.
 
-Run: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python recipes/step_profile.py [BATCH] [STEPS]
+Run: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python recipes/step_profile.py [BATCH] [STEPS] [float32|bf16]
 The copy is made by inserting lines at fixed places of kernels/cpu.py; if the kernel changes there, this says
 which place it could not find."""
 import sys
@@ -91,9 +91,11 @@ def instrumented():
 def main():
     batch = int(sys.argv[1]) if len(sys.argv) > 1 else 64
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+    precision = sys.argv[3] if len(sys.argv) > 3 else "float32"
     cpu = instrumented()
     config = preset("standard")
-    weights = NumbaBackend(config, random_model_file(config).weights, torch.device("cpu"), "float32").weights
+    backend = NumbaBackend(config, random_model_file(config).weights, torch.device("cpu"), precision)
+    weights = backend._kernel_weights(min(batch, 64))  # at bf16, what the backend's tiles of this size read
 
     def run(n):
         return time_generate(cpu, weights, config, batch, n)[0]
@@ -103,7 +105,7 @@ def main():
     rate = run(steps)
     counts = cpu.PROF.astype(float)
     total, samples = counts[STEP] + counts[5], batch * steps
-    print(f"standard, batch {batch}, {steps} steps: {rate:,.0f} samples/s (with the counters), "
+    print(f"standard, {precision}, batch {batch}, {steps} steps: {rate:,.0f} samples/s (with the counters), "
           f"{total / samples:,.0f} counter cycles per sample ({total / (samples / rate) / 1e9:.2f} GHz)")
     c = config
     flops = {1: 2 * c.layers * c.kernel_size * c.residual_channels * 2 * c.gate_channels,
