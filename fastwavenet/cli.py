@@ -56,7 +56,7 @@ def _int_list(text):
 
 def cmd_train(args):
     from .config import WaveNetConfig, preset
-    from .training import TrainOptions, init_config, train
+    from .training import TrainOptions, check_growth, init_config, train
 
     if args.resume and args.init:
         raise FastWaveNetError("--init starts a new run; --resume continues one: pass one of them")
@@ -71,10 +71,14 @@ def cmd_train(args):
     changes = {name: getattr(args, name) for name in ("sample_rate", "n_mels", "hop_length", "n_fft", "fmin", "fmax")
                if getattr(args, name) is not None}
     if args.init:
-        if args.config or args.preset or args.sample_rate is not None:
-            raise FastWaveNetError("--init takes the model's shape and sample rate from the model file; drop "
-                                   "--config, --preset and --sample-rate")
+        if args.preset or args.sample_rate is not None:
+            raise FastWaveNetError("--init takes the model's shape and sample rate from the model file (--config "
+                                   "may add stacks to it); drop --preset and --sample-rate")
         config = init_config(args.init, adds_conditioning=bool(changes or args.speakers_from_folders))
+        if args.config:  # grow the file's model: more stacks, the new layers starting as pass-throughs
+            grown = WaveNetConfig.from_file(args.config)
+            check_growth(config, grown, args.init)
+            config = config.replace(stacks=grown.stacks)
     else:
         config = WaveNetConfig.from_file(args.config) if args.config else preset(args.preset or "small")
     if args.speakers_from_folders:
@@ -465,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--init", metavar="MODEL", help="start a new run from a model file's weights (fresh optimizer, "
                    "step 0; its shape is the run's; --n-mels or --speakers-from-folders add conditioning to an "
-                   "unconditioned model, starting at zero)")
+                   "unconditioned model, and --config with more stacks adds layers, all starting at zero)")
     p.add_argument("--steps", type=_positive_int, help="train until this step (default 1000)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--lr", type=_positive_float, default=1e-3)

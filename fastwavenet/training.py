@@ -262,28 +262,51 @@ def init_config(path: str | os.PathLike, adds_conditioning: bool = False) -> Wav
     return config
 
 
+def check_growth(file_config: WaveNetConfig, config: WaveNetConfig, path) -> None:
+    """Refuse, in one line, a config that `--init` with `--config` cannot grow the model file into: the same shape
+    with more stacks (and, for an unconditioned file, any conditioning the options add)."""
+    same = file_config.replace(stacks=config.stacks, **{name: getattr(config, name) for name in _CONDITIONING_FIELDS})
+    if same != config or config.stacks < file_config.stacks:
+        raise FastWaveNetError(f"--config with --init grows {path}: the config must be the file's shape with more "
+                               f"stacks ({file_config.stacks} now), nothing else changed")
+    if config.stacks > file_config.stacks and file_config.conditioned:
+        raise FastWaveNetError(f"{path} is conditioned: adding stacks covers unconditioned models")
+
+
 def _init_weights(path: str, config: WaveNetConfig) -> WaveNet:
     """The training model holding a model file's weights (unfolded: the same function, fresh optimizer state).
 
     Where `config` adds conditioning to an unconditioned file, the new projections start at zero, so the run starts
     from exactly the file's function and learns how far to follow the conditioning; the mel upsampler keeps its
-    fresh initialization."""
+    fresh initialization. Where `config` has more stacks (a larger receptive field, more layers), the new layers'
+    residual and skip convolutions, and the old last layer's new residual convolution, start at zero: every new
+    layer passes its input through and adds nothing to the skip sum, so again the run starts from exactly the
+    file's function (the new layers' dilated convolutions keep their fresh initialization, so they learn)."""
     from .modelfile import load_model
     from .model import unfold
 
     loaded = load_model(path)
     if loaded.config == config:
         return unfold(loaded.weights, config)
-    with_conditioning = loaded.config.replace(**{name: getattr(config, name) for name in _CONDITIONING_FIELDS})
-    if loaded.config.conditioned or with_conditioning != config:
+    adds_conditioning = any(getattr(config, n) != getattr(loaded.config, n) for n in _CONDITIONING_FIELDS)
+    if adds_conditioning and loaded.config.conditioned:
         raise FastWaveNetError(f"{path} no longer holds the config this run started from")
+    check_growth(loaded.config, config, path)
     base = unfold(loaded.weights, loaded.config)
     model = WaveNet(config)
-    model.load_state_dict(base.state_dict(), strict=False)  # all but the new conditioning parameters
+    model.load_state_dict(base.state_dict(), strict=False)  # all but the new layers and conditioning parameters
     with torch.no_grad():
         for name in ("mel_proj", "speaker_proj"):
             if hasattr(model, name):
                 getattr(model, name).weight.zero_()
+        old = loaded.config.layers
+        for i, block in enumerate(model.blocks):
+            new_convs = [block.residual] if i == old - 1 else [block.residual, block.skip] if i >= old else []
+            for conv in new_convs:
+                if conv is not None:
+                    conv.weight.zero_()
+                    if conv.bias is not None:
+                        conv.bias.zero_()
     return model
 
 

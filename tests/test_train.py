@@ -191,10 +191,43 @@ def test_init_adds_mel_conditioning_starting_from_the_unconditioned_function(sin
     assert not (tmp_path / "r").exists()
 
 
+def test_init_with_more_stacks_starts_from_the_smaller_models_function(sine_folder, tmp_path):
+    """--init with --config holding more stacks: the new layers start as pass-throughs (zero residual and skip
+    convolutions), so at step 0 the grown model gives the file's logits (to rounding: its skip sum has more, zero,
+    terms) with its longer receptive field;
+    training then moves the new layers. Any other change of shape is refused in one line."""
+    from fastwavenet.convert import export
+    from fastwavenet.training import _init_weights
+
+    train([sine_folder], tmp_path / "first", preset("tiny"), TrainOptions(steps=2, **OPTIONS), progress=False)
+    source = export(tmp_path / "first", tmp_path / "first.safetensors")
+    grown = source.config.replace(stacks=source.config.stacks + 1)
+    start = _init_weights(str(tmp_path / "first.safetensors"), grown)
+    plain = model_from_checkpoint(tmp_path / "first")
+    codes = torch.randint(0, grown.classes, (2, grown.receptive_field + 50))
+    with torch.no_grad():
+        assert torch.allclose(start(codes), plain(codes), atol=1e-5)  # the skip sum has more (zero) terms
+
+    (tmp_path / "grown.json").write_text(grown.to_json())
+    result = run_cli("train", sine_folder, "--init", tmp_path / "first.safetensors", "--config",
+                     tmp_path / "grown.json", "--out", tmp_path / "big", "--steps", "2", "--batch-size", "2",
+                     "--target-length", "32", "--quiet")
+    assert result.returncode == 0, result.stderr
+    trained = model_from_checkpoint(tmp_path / "big")
+    assert trained.config == grown
+    assert trained.blocks[-1].skip.weight.abs().max() > 0, "two steps of training left the new layers at zero"
+
+    (tmp_path / "wider.json").write_text(grown.replace(residual_channels=grown.residual_channels * 2).to_json())
+    result = run_cli("train", sine_folder, "--init", tmp_path / "first.safetensors", "--config",
+                     tmp_path / "wider.json", "--out", tmp_path / "w", "--steps", "2")
+    assert result.returncode == 2 and "more stacks" in result.stderr, result.stderr
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("args, words", [
     (["train", "{audio}", "--init", "{tmp}/missing.safetensors", "--out", "{tmp}/r"], "no model file"),
     (["train", "{audio}", "--init", "{badconfig}", "--out", "{tmp}/r"], "not a readable safetensors"),
-    (["train", "{audio}", "--init", "{badconfig}", "--preset", "tiny", "--out", "{tmp}/r"], "drop --config"),
+    (["train", "{audio}", "--init", "{badconfig}", "--preset", "tiny", "--out", "{tmp}/r"], "drop --preset"),
     (["train", "{audio}", "--init", "{badconfig}", "--sample-rate", "8000", "--out", "{tmp}/r"], "--sample-rate"),
     (["train", "--init", "{badconfig}", "--resume", "{tmp}/r"], "pass one of them"),
     (["train", "/nonexistent/folder", "--preset", "tiny", "--out", "{tmp}/r"], "no such file or folder"),
