@@ -9,8 +9,10 @@ Statistics (each on every stream's whole output, then averaged over streams; the
     silence   share of 50 ms frames whose RMS is under -50 dBFS (0.00316)
     clipping  share of samples with |x| >= 0.99
 Distance to the recordings: |ln(flatness / ref)| + |ln(rms / ref)| + |silence - ref| + |clipping - ref| (ratios for
-the two that span orders of magnitude, shares for the two that are shares). The setting with the least distance is
-the one `fastwavenet export --temperature T --top-p P` (or `set_default_sampling` below) should store."""
+the two that span orders of magnitude, shares for the two that are shares). `bounds` says whether a row is within
+issue 16's bounds (flatness within 3x of the recordings', RMS within 2x). The setting to store, with `fastwavenet
+export --temperature T --top-p P` (or `set_default_sampling` below), is the closest of the rows within the bounds
+(the closest of all rows where none is): a closest row whose RMS is a third of the recordings' is not one to ship."""
 
 from __future__ import annotations
 
@@ -51,6 +53,11 @@ def distance(stats: dict, ref: dict) -> float:
             + abs(stats["silence"] - ref["silence"]) + abs(stats["clipping"] - ref["clipping"]))
 
 
+def within_bounds(stats: dict, ref: dict) -> bool:
+    """Flatness within 3x of the recordings' and RMS within 2x, either way (issue 16's bounds for the default)."""
+    return (1 / 3 <= stats["flatness"] / ref["flatness"] <= 3) and (1 / 2 <= stats["rms"] / ref["rms"] <= 2)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -68,19 +75,25 @@ def main():
     ref = mean_statistics([audio.read(p, rate) for p in files], rate)
     print(f"recordings ({len(files)} files): " + ", ".join(f"{k} {v:.4g}" for k, v in ref.items()))
     rows = []
-    print(f"{'temperature':>11} {'top-p':>6} {'flatness':>9} {'rms':>7} {'silence':>8} {'clipping':>9} {'distance':>9}")
+    print(f"{'temperature':>11} {'top-p':>6} {'flatness':>9} {'rms':>7} {'silence':>8} {'clipping':>9} {'distance':>9} bounds")
     for temperature in (float(t) for t in args.temperatures.split(",")):
         for top_p in (float(p) for p in args.top_p.split(",")):
             sampling = Sampling(temperature=temperature, top_p=top_p)
             out = gen.generate(seconds=args.seconds, batch=args.streams, seed=0, sampling=sampling)
             stats = mean_statistics(list(out), rate)
-            row = {"temperature": temperature, "top_p": top_p, **stats, "distance": distance(stats, ref)}
+            row = {"temperature": temperature, "top_p": top_p, **stats, "distance": distance(stats, ref),
+                   "within_bounds": within_bounds(stats, ref)}
             rows.append(row)
             print(f"{temperature:>11g} {top_p:>6g} {stats['flatness']:>9.4f} {stats['rms']:>7.4f} "
-                  f"{stats['silence']:>8.3f} {stats['clipping']:>9.5f} {row['distance']:>9.3f}", flush=True)
-    best = min(rows, key=lambda r: r["distance"])
-    print(f"closest to the recordings: temperature {best['temperature']:g}, top-p {best['top_p']:g} "
-          f"(distance {best['distance']:.3f})")
+                  f"{stats['silence']:>8.3f} {stats['clipping']:>9.5f} {row['distance']:>9.3f} "
+                  f"{'yes' if row['within_bounds'] else 'no'}", flush=True)
+    closest = min(rows, key=lambda r: r["distance"])
+    best = min((r for r in rows if r["within_bounds"]), key=lambda r: r["distance"], default=closest)
+    print(f"closest to the recordings: temperature {closest['temperature']:g}, top-p {closest['top_p']:g} "
+          f"(distance {closest['distance']:.3f}, {'within' if closest['within_bounds'] else 'outside'} the bounds)")
+    if best is not closest:
+        print(f"closest within the bounds, the one to store: temperature {best['temperature']:g}, top-p "
+              f"{best['top_p']:g} (distance {best['distance']:.3f})")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "seconds": args.seconds,
                                                "streams": args.streams, "recordings": ref, "rows": rows,
