@@ -89,7 +89,8 @@ def cmd_train(args):
     validation = args.validation_files.split(",") if args.validation_files else args.validation_count
     options = TrainOptions(steps=args.steps or 1000, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                            target_length=args.target_length, validate_every=args.validate_every,
-                           checkpoint_every=args.checkpoint_every, validation_files=validation, ema=args.ema)
+                           checkpoint_every=args.checkpoint_every, validation_files=validation, ema=args.ema,
+                           warmup=args.warmup)
     train(args.data, args.out, config, options, progress=not args.quiet, init=args.init)
 
 
@@ -481,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=_number(float, lambda v: 0 <= v < 1, "a decay in [0, 1)"), default=0.0,
                    metavar="DECAY", help="keep an exponential moving average of the weights (e.g. 0.999 per step); "
                    "validation, best.pt and export use it (default 0: none)")
+    p.add_argument("--warmup", type=_nonnegative_int, default=0, metavar="STEPS",
+                   help="raise the learning rate linearly over the run's first STEPS steps (default 0: none)")
     p.add_argument("--validation-files", help="comma-separated file names to hold out")
     p.add_argument("--validation-count", type=int, default=1, help="hold out this many files (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -103,6 +103,30 @@ def test_moving_average_is_what_validation_best_and_export_use(sine_folder, tmp_
         TrainOptions(ema=1.0)
 
 
+def test_warmup_raises_the_learning_rate_over_the_first_steps_also_across_a_resume(sine_folder, tmp_path):
+    """--warmup N: step s (1-based) runs at lr * s / N up to N. Adam's first step moves every weight with a gradient
+    by its learning rate (m / sqrt(v) is +-1 there), which shows the rate; a run stopped inside the warmup and
+    resumed follows the same curve."""
+    from fastwavenet.model import WaveNet
+
+    torch.manual_seed(OPTIONS["seed"])
+    initial = WaveNet(preset("tiny")).state_dict()  # the run's step-0 weights (same seed, same construction)
+    first = tmp_path / "first"
+    train([sine_folder], first, preset("tiny"), TrainOptions(steps=1, lr=1e-2, warmup=4, **OPTIONS), progress=False)
+    moved = max((load_checkpoint(first)["model"][k] - initial[k]).abs().max().item() for k in initial)
+    assert moved == pytest.approx(1e-2 / 4, rel=1e-3)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train([sine_folder], straight, preset("tiny"), TrainOptions(steps=6, lr=1e-2, warmup=4, **OPTIONS), progress=False)
+    train([sine_folder], stopped, preset("tiny"), TrainOptions(steps=2, lr=1e-2, warmup=4, **OPTIONS), progress=False)
+    train(None, stopped, options=TrainOptions(steps=6), resume=True, progress=False)
+    assert _losses(straight) == _losses(stopped)
+    plain = tmp_path / "plain"
+    train([sine_folder], plain, preset("tiny"), TrainOptions(steps=6, lr=1e-2, **OPTIONS), progress=False)
+    assert _losses(plain)[1:] != _losses(straight)[1:]  # the first loss is before any step
+    with pytest.raises(FastWaveNetError, match="--warmup must be"):
+        TrainOptions(warmup=-1)
+
+
 def test_checkpoint_refuses_wrong_version_and_config(sine_folder, tmp_path):
     run = tmp_path / "run"
     train([sine_folder], run, preset("tiny"), TrainOptions(steps=1, **OPTIONS), progress=False)
