@@ -307,13 +307,12 @@ def _init_weights(path: str, config: WaveNetConfig) -> WaveNet:
             if hasattr(model, name):
                 getattr(model, name).weight.zero_()
         old = loaded.config.layers
-        for i, block in enumerate(model.blocks):
-            new_convs = [block.residual] if i == old - 1 else [block.residual, block.skip] if i >= old else []
-            for conv in new_convs:
-                if conv is not None:
-                    conv.weight.zero_()
-                    if conv.bias is not None:
-                        conv.bias.zero_()
+        if config.layers > old:  # the old last layer's new residual, and the new layers' residual and skip
+            new = [model.blocks[old - 1].residual] + [c for b in model.blocks[old:] for c in (b.residual, b.skip)]
+            for conv in filter(None, new):  # the new last layer has no residual
+                conv.weight.zero_()
+                if conv.bias is not None:
+                    conv.bias.zero_()
     return model
 
 
@@ -394,8 +393,9 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
             loss = loss_bits(placed.ddp_model(codes, mel=mel, speaker=speaker), codes, start)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            lr = options.lr * min(1.0, (step + 1) / options.warmup) if options.warmup else options.lr
             for group in optimizer.param_groups:  # a function of the step alone, so a resumed run follows it too
-                group["lr"] = options.lr * min(1.0, (step + 1) / options.warmup) if options.warmup else options.lr
+                group["lr"] = lr
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
             optimizer.step()
             if averaged is not None:
