@@ -1,17 +1,18 @@
 """`Engine`: many independent generation requests batched together (continuous batching), audio streamed out as it
 is made.
 
-One scheduler thread owns a pool of stream slots (one QueueState of `max_active` streams). Each round it steps every
-runnable request together, one backend call of n steps, then hands each its chunk; requests join and leave between
-rounds without stopping the others.
+One scheduler thread owns a pool of stream slots (`state.StatePool`: one state of `max_active` streams, of whatever
+kind the backend keeps). Each round it steps every runnable request together, one batched step of n steps
+(`Generator.step`), then hands each its chunk; requests join and leave between rounds without stopping the others.
+The engine touches the state only through the pool (take a slot, release it, bring streams to the front), so every
+backend serves, `naive` included.
 
 One request, one answer: a request's audio depends only on the model, its seed, its options and its conditioning.
 Its uniforms come from its own generator (numpy's default, seeded with its seed); the numba kernel's arithmetic per
 stream does not depend on the other streams of a call (kernels/cpu.py); gate terms are made per stream, per mel
-frame (fastwavenet/conditioning.py). What remains is the clock: the kernels index every stream's queues by one time t
-(layer l writes slot t mod n_l of its ring). Requests start at different times, so a request's rings are laid out
-for the clock it was last stepped under, and rotated once, when it runs again under another: the value of time tau
-sits at slot (tau + shift) mod n_l, for every layer, which is np.roll of each ring by the shift.
+frame (fastwavenet/conditioning.py). What remains is the clock: the queue kernels index every stream's rings by
+one time t, and requests start at different times; the pool keeps each slot laid out for the clock it was last
+stepped under and relays it out when it runs again (`QueueState.relayout_row`).
 
 Round length: n steps, chosen so that a round takes about `round_seconds` at the measured rate (a new request waits
 at most about one round for its first audio); codes never depend on n.
@@ -24,7 +25,7 @@ import collections
 import itertools
 import threading
 import time
-from dataclasses import dataclass
+import weakref
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from .conditioning import Conditioning, StreamConditioning
 from .errors import FastWaveNetError
 from .generator import Generator, check_seed, decode, encode, silence_code
 from .sampling import Sampling
-from .state import QueueState
+from .state import StatePool
 
 
 class EngineFull(FastWaveNetError):
@@ -50,48 +51,149 @@ class Cancelled(FastWaveNetError):
     """The request was cancelled (by its owner, or by an engine shutting down)."""
 
 
-@dataclass
-class _Saved:
-    """Where a request stands between rounds."""
-
-    t: int = 0              # the request's own steps consumed (its time, for its conditioning)
-    layout_clock: int = 0   # the engine clock its rings are laid out for
-
-
-class Request:
-    """A handle on one submitted request: iterate it (plainly or with `async for`) for its audio chunks, 1-D float32
-    arrays in [-1, 1] at the model's rate, as they are made; `cancel()` it; read its `progress`. A streaming vocoding
-    request takes its mel frames by `feed(frames)` and `close()`. Leaving a loop over it early (break, an exception)
-    cancels it, so an abandoned request never holds a slot."""
+class _Job:
+    """The engine's side of one request: where it stands, its uniforms, its conditioning, the audio made and not yet
+    read. The engine holds jobs; owners hold `Request` handles, so a handle dropped unread frees its slot."""
 
     _ids = itertools.count()
 
     def __init__(self, engine: "Engine", end: int | None, rng: np.random.Generator, sampling: Sampling,
                  cond: StreamConditioning | None, prime: np.ndarray | None):
         self.id = next(self._ids)
-        self._engine = engine
-        self._end = end                      # the request's final time; None: a streaming mel's end, not known yet
-        self._rng, self.sampling, self._cond, self._prime = rng, sampling, cond, prime
-        self._pos = _Saved()
-        self._cv = threading.Condition()
-        self._chunks: collections.deque = collections.deque()
-        self._buffered = 0
-        self._async_waiters: list = []
-        self.made = 0                         # samples handed out so far
+        self.engine = engine
+        self.end = end                       # the request's final time; None: a streaming mel's end, not known yet
+        self.rng, self.sampling, self.cond, self.prime = rng, sampling, cond, prime
+        self.t = 0                           # the request's own steps consumed (its time, for its conditioning)
+        self.cv = threading.Condition()
+        self.chunks: collections.deque = collections.deque()
+        self.buffered = 0
+        self.async_waiters: list = []
+        self.made = 0
         self.status = "waiting"               # waiting, running, done, cancelled, failed
         self.error: BaseException | None = None
-        self._cancel = False
+        self.cancelled = False
+        self.drop_reason: str | None = None   # why the engine dropped it (a stalled reader), for its error
         self.submitted = time.monotonic()
-        self.first_audio: float | None = None  # seconds from submission to the first chunk
+        self.last_read = self.submitted
+        self.first_audio: float | None = None
 
-    # ---- what the owner sees --------------------------------------------------------------------------------------
+    @property
+    def start_t(self) -> int:
+        return 0 if self.prime is None else len(self.prime) - 1
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "cancelled", "failed")
+
+    def final_time(self) -> int | None:
+        if self.end is None and self.cond is not None and self.cond.closed:
+            return self.cond.covered
+        return self.end
+
+    def cancel(self):
+        self.cancelled = True
+        self.engine._wake()
+
+    def abandon(self):
+        """The owner's handle was garbage-collected: nobody will read the rest. Only a flag (the collector may run
+        this on any thread, holding any lock); the scheduler sees it within its next wait."""
+        self.cancelled = True
+
+    def take(self):
+        """The next chunk, or None (cv held)."""
+        if not self.chunks:
+            return None
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        self.last_read = time.monotonic()
+        return chunk
+
+    def raise_if_failed(self):
+        if self.status == "cancelled":
+            raise Cancelled(f"request {self.id} was cancelled")
+        if self.status == "failed":
+            raise self.error
+
+    def notify(self):
+        """Wake the owner's readers (cv held). A reader's event loop may be closed under it (an `async for` left
+        by a timeout, then the loop shut): that owner is gone, so its request is cancelled, and nothing of it reaches
+        the scheduler."""
+        waiters, self.async_waiters = self.async_waiters, []
+        self.cv.notify_all()
+        for loop, waiter in waiters:
+            try:
+                loop.call_soon_threadsafe(lambda w=waiter: w.done() or w.set_result(None))
+            except RuntimeError:  # the loop is closed
+                self.cancelled = True
+
+    def put(self, chunk: np.ndarray):
+        with self.cv:
+            if self.first_audio is None:
+                self.first_audio = time.monotonic() - self.submitted
+            self.chunks.append(chunk)
+            self.buffered += len(chunk)
+            self.made += len(chunk)
+            self.notify()
+
+    def finish(self, status: str, error: BaseException | None = None) -> bool:
+        with self.cv:
+            if self.finished:
+                return False
+            self.status, self.error = status, error
+            self.notify()
+            return True
+
+    def runnable(self, n: int) -> bool:
+        if self.buffered >= self.engine.max_buffered:
+            return False  # the owner is not reading: wait, so memory stays bounded
+        cond = self.cond
+        if cond is None or cond.covered is None or cond.closed:
+            return True
+        return cond.covered - self.t >= n
+
+
+class Request:
+    """A handle on one submitted request: iterate it (plainly or with `async for`) for its audio chunks, 1-D float32
+    arrays in [-1, 1] at the model's rate, as they are made; `cancel()` it; read its `progress`. A streaming vocoding
+    request takes its mel frames by `feed(frames)` and `close()`. Leaving a loop over it early (break, an exception)
+    cancels it, and so does dropping the handle: an abandoned request never holds a slot."""
+
+    def __init__(self, job: _Job):
+        self._job = job
+        weakref.finalize(self, job.abandon)
+
+    @property
+    def id(self) -> int:
+        return self._job.id
+
+    @property
+    def sampling(self) -> Sampling:
+        return self._job.sampling
+
+    @property
+    def status(self) -> str:
+        """waiting, running, done, cancelled or failed."""
+        return self._job.status
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._job.error
+
+    @property
+    def made(self) -> int:
+        """Samples handed out so far."""
+        return self._job.made
+
+    @property
+    def first_audio(self) -> float | None:
+        """Seconds from submission to the first chunk."""
+        return self._job.first_audio
+
     @property
     def total(self) -> int | None:
         """Samples this request will make (None while a streaming mel is open)."""
-        end = self._end
-        if end is None and self._cond is not None and self._cond.closed:
-            end = self._cond.covered
-        return None if end is None else max(0, end - self._start_t)
+        end = self._job.final_time()
+        return None if end is None else max(0, end - self._job.start_t)
 
     @property
     def progress(self) -> tuple[int, int | None]:
@@ -100,39 +202,41 @@ class Request:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("done", "cancelled", "failed")
+        return self._job.finished
 
     def cancel(self):
         """Stop this request: it leaves the engine before its next round; iteration ends with `Cancelled`."""
-        self._cancel = True
-        self._engine._wake()
+        self._job.cancel()
 
     def feed(self, frames):
         """Append mel frames (n_mels, f) to a streaming vocoding request."""
-        if self._cond is None or not self._engine.generator.config.n_mels:
+        job = self._job
+        if job.cond is None or not job.engine.config.n_mels:
             raise FastWaveNetError("this request takes no mel frames")
-        self._cond.feed(frames)
-        self._engine._wake()
+        job.cond.feed(frames)
+        job.engine._wake()
 
     def close(self):
         """No more mel frames: the request makes audio up to the end of those it has."""
-        if self._cond is not None and not self._cond.closed:
-            self._cond.close()
-            self._engine._wake()
+        job = self._job
+        if job.cond is not None and not job.cond.closed:
+            job.cond.close()
+            job.engine._wake()
 
     def __iter__(self):
+        job = self._job
         complete = False
         try:
             while True:
-                with self._cv:
-                    while not self._chunks and not self.finished:
-                        self._cv.wait()
-                    chunk = self._take()
+                with job.cv:
+                    while not job.chunks and not job.finished:
+                        job.cv.wait()
+                    chunk = job.take()
                 if chunk is None:
                     complete = True
-                    self._raise_if_failed()
+                    job.raise_if_failed()
                     return
-                self._engine._wake()  # (never with self._cv held: the engine takes its lock first, then ours)
+                job.engine._wake()  # (never with job.cv held: the engine takes its lock first, then a job's)
                 yield chunk
         finally:
             if not complete:
@@ -142,22 +246,23 @@ class Request:
         return self._aiter()
 
     async def _aiter(self):
+        job = self._job
         loop = asyncio.get_running_loop()
         complete = False
         try:
             while True:
-                with self._cv:
-                    chunk = self._take()
+                with job.cv:
+                    chunk = job.take()
                     waiter = None
-                    if chunk is None and not self.finished:
+                    if chunk is None and not job.finished:
                         waiter = loop.create_future()
-                        self._async_waiters.append((loop, waiter))
+                        job.async_waiters.append((loop, waiter))
                 if chunk is not None:
-                    self._engine._wake()
+                    job.engine._wake()
                     yield chunk
                 elif waiter is None:
                     complete = True
-                    self._raise_if_failed()
+                    job.raise_if_failed()
                     return
                 else:
                     await waiter
@@ -169,54 +274,6 @@ class Request:
         """Wait for the whole audio: (samples,) float32."""
         chunks = list(self)
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-
-    # ---- the engine's side ----------------------------------------------------------------------------------------
-    @property
-    def _start_t(self) -> int:
-        return 0 if self._prime is None else len(self._prime) - 1
-
-    def _take(self):
-        if not self._chunks:
-            return None
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        return chunk
-
-    def _raise_if_failed(self):
-        if self.status == "cancelled":
-            raise Cancelled(f"request {self.id} was cancelled")
-        if self.status == "failed":
-            raise self.error
-
-    def _notify(self):
-        waiters, self._async_waiters = self._async_waiters, []
-        self._cv.notify_all()
-        for loop, waiter in waiters:
-            loop.call_soon_threadsafe(lambda w=waiter: w.done() or w.set_result(None))
-
-    def _put(self, chunk: np.ndarray):
-        with self._cv:
-            if self.first_audio is None:
-                self.first_audio = time.monotonic() - self.submitted
-            self._chunks.append(chunk)
-            self._buffered += len(chunk)
-            self.made += len(chunk)
-            self._notify()
-
-    def _finish(self, status: str, error: BaseException | None = None):
-        with self._cv:
-            if self.finished:
-                return
-            self.status, self.error = status, error
-            self._notify()
-
-    def _runnable(self, n: int) -> bool:
-        if self._buffered >= self._engine.max_buffered:
-            return False  # the owner is not reading: wait, so memory stays bounded
-        cond = self._cond
-        if cond is None or cond.covered is None or cond.closed:
-            return True
-        return cond.covered - self._pos.t >= n
 
 
 class Engine:
@@ -230,6 +287,8 @@ class Engine:
 
     max_active: requests generated at once (the pool's slots); max_waiting: requests queued beyond those, past which
     `submit` raises EngineFull at once; max_buffered_seconds: audio a request may hold unread before it pauses;
+    max_unread_seconds: how long a paused request may go unread before it is dropped (it fails with a message
+    saying so), so that an owner that stopped reading cannot hold a slot forever;
     round_seconds: about how long one round of steps takes (time to first audio is about one to two rounds).
     backend "auto" on CUDA is chosen once, by a trial at max_active streams (`backends.choose_by_trial`): every
     request runs on that backend, alone or beside others.
@@ -237,28 +296,30 @@ class Engine:
 
     def __init__(self, model=None, backend: str = "auto", device: str = "cpu", max_active: int = 64,
                  max_waiting: int = 256, max_buffered_seconds: float = 10.0, round_seconds: float = 0.05,
-                 warm_up: bool = True):
+                 max_unread_seconds: float = 30.0, warm_up: bool = True):
         for name, value in (("max_active", max_active), ("max_waiting", max_waiting)):
-            if not isinstance(value, int) or value < (1 if name == "max_active" else 0):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "max_active" else 0):
                 raise FastWaveNetError(f"{name} must be a {'positive' if name == 'max_active' else 'non-negative'} "
                                        f"integer, got {value!r}")
-        if not (isinstance(round_seconds, (int, float)) and 0 < round_seconds <= 10):
-            raise FastWaveNetError(f"round_seconds must be in (0, 10], got {round_seconds!r}")
+        for name, value, top in (("round_seconds", round_seconds, 10), ("max_buffered_seconds", max_buffered_seconds,
+                                                                       3600),
+                                 ("max_unread_seconds", max_unread_seconds, 86400)):
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value <= top):
+                raise FastWaveNetError(f"{name} must be in (0, {top}], got {value!r}")
         generator = model if isinstance(model, Generator) else Generator(model, backend, device,
                                                                          expected_batch=max_active)
         self.generator = generator
         self.config = generator.config
         self.max_active, self.max_waiting, self.round_seconds = max_active, max_waiting, round_seconds
+        self.max_unread_seconds = max_unread_seconds
         self.max_buffered = max(1, int(max_buffered_seconds * self.config.sample_rate))
-        self._silence = silence_code(self.config)
-        self._pool = generator.new_state(max_active)
-        self._layout = self.config.queue_layout()
-        self._serving: list[Request] = []   # slot i holds _serving[i]
-        self._waiting: collections.deque[Request] = collections.deque()
-        self._admitting: list[Request] = []   # taken from _waiting, being given slots
+        self._pool = StatePool(generator.new_state(max_active), silence_code(self.config))
+        self._serving = self._pool.owners   # the jobs in the pool's slots, slot i holding _serving[i]
+        self._waiting: collections.deque[_Job] = collections.deque()
+        self._admitting: list[_Job] = []   # taken from _waiting, being given slots
         self._lock = threading.Condition()
         self._closing = False
-        self._clock = 0
+        self.stopped_because: str | None = None  # set if the scheduler ever stops on a bug
         self._rates: dict[int, float] = {}  # samples per second over all streams, smoothed, by streams per round
         # Counters for /metrics and `stats()`.
         self.samples_total = 0
@@ -308,16 +369,20 @@ class Engine:
                 raise FastWaveNetError(f"the mel spectrogram covers {cond.covered} samples; {end} asked for")
         if prime_codes is not None and cond is not None and cond.covered is not None and cond.covered < start:
             raise FastWaveNetError("the mel frames given must cover the prime")
-        request = Request(self, end, np.random.default_rng(seed), sampling, cond, prime_codes)
+        return self._queue(_Job(self, end, np.random.default_rng(seed), sampling, cond, prime_codes))
+
+    def _queue(self, job: _Job) -> Request:
         with self._lock:
             if self._closing:
-                raise EngineClosed("the engine is shut down")
+                raise EngineClosed("the engine is shut down" if self.stopped_because is None else
+                                   f"the engine is shut down (it stopped: {self.stopped_because})")
             if len(self._serving) + len(self._admitting) + len(self._waiting) >= self.max_active + self.max_waiting:
                 raise EngineFull(f"the engine is full: {len(self._serving)} requests running and "
                                  f"{len(self._waiting)} waiting (max_waiting {self.max_waiting})")
-            self._waiting.append(request)
+            handle = Request(job)
+            self._waiting.append(job)
             self._lock.notify_all()
-        return request
+        return handle
 
     def stats(self) -> dict:
         """Counts and rates for monitoring."""
@@ -326,7 +391,7 @@ class Engine:
             pick = (lambda q: ttfa[min(len(ttfa) - 1, int(q * len(ttfa)))] if ttfa else None)  # noqa: E731
             return dict(active=len(self._serving), waiting=len(self._waiting), samples_total=self.samples_total,
                         samples_per_second=self._last_rate, first_audio_p50=pick(0.5), first_audio_p99=pick(0.99),
-                        finished=dict(self.finished_total))
+                        finished=dict(self.finished_total), stopped_because=self.stopped_because)
 
     def close(self, cancel: bool = False, timeout: float | None = None):
         """Stop taking requests; finish those submitted (or cancel them with `cancel`, or once `timeout` seconds
@@ -343,8 +408,8 @@ class Engine:
 
     def _cancel_all(self):
         with self._lock:
-            for r in itertools.chain(self._serving, self._waiting):
-                r._cancel = True
+            for job in itertools.chain(self._serving, self._waiting):
+                job.cancelled = True
             self._lock.notify_all()
 
     def __enter__(self):
@@ -366,7 +431,7 @@ class Engine:
             if self.config.scalar_input:
                 raise FastWaveNetError("this model reads sample values: prime it with audio, not codes")
             try:
-                return self.generator._codes(arr, 1)[0].numpy()  # the Generator's own check of the range
+                return self.generator.check_codes(arr, 1)[0].numpy()
             except FastWaveNetError as exc:
                 raise FastWaveNetError(f"prime {exc}") from None
         if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
@@ -374,19 +439,20 @@ class Engine:
         return encode(arr, self.config)
 
     def _run(self):
-        """The scheduler thread. Should anything escape a round (a bug), every request ends with the error and the
-        engine refuses new ones: nobody waits forever."""
+        """The scheduler thread. Nothing a request or its owner does can end it: a request's own failure ends that
+        request alone. Should anything still escape a round (a bug in the engine or a backend), it says why on every
+        request, in `stats()` and on stderr, and the engine refuses new requests: nobody waits forever."""
         try:
             self._loop()
         except BaseException as exc:  # noqa: BLE001
-            error = EngineClosed(f"the engine stopped: {type(exc).__name__}: {exc}")
+            self.stopped_because = f"{type(exc).__name__}: {exc}"
+            error = EngineClosed(f"the engine stopped: {self.stopped_because}")
             with self._lock:
                 self._closing = True
-                requests = list(self._admitting) + list(self._serving) + list(self._waiting)
-                self._serving.clear()
+                jobs = list(self._admitting) + list(self._serving) + list(self._waiting)
                 self._waiting.clear()
-            for r in requests:
-                self._end(r, "failed", error)
+            for job in jobs:
+                self._end(job, "failed", error)
             raise
 
     def _loop(self):
@@ -400,31 +466,40 @@ class Engine:
                     while self._waiting and len(self._serving) + len(admit) < self.max_active:
                         admit.append(self._waiting.popleft())
                     n = self._steps()
-                    if admit or any(r._runnable(n) for r in self._serving):
+                    if admit or any(job.runnable(n) for job in self._serving):
                         break
                     self._lock.wait(0.5)
-            for r in list(admit):  # _start takes each out of _admitting (the same list)
-                self._start(r)
+            for job in list(admit):  # _start takes each out of _admitting (the same list)
+                self._start(job)
             with self._lock:
                 self._admitting = []
             n = self._steps()
-            runnable = [r for r in self._serving if r._runnable(n) and not r._cancel]
+            runnable = [job for job in self._serving if job.runnable(n) and not job.cancelled]
             if runnable:
                 self._round(runnable, n)
 
     def _drop_finished(self):
-        """Remove cancelled requests (lock held)."""
-        for r in list(self._waiting):
-            if r._cancel:
-                self._waiting.remove(r)
-                self._end(r, "cancelled")
-        for r in [r for r in self._serving if r._cancel]:
-            self._remove(r)
-            self._end(r, "cancelled")
+        """Remove cancelled requests, and those whose owner has not read for max_unread_seconds (lock held)."""
+        now = time.monotonic()
+        for job in self._serving:
+            if job.buffered >= self.max_buffered and now - job.last_read > self.max_unread_seconds:
+                job.drop_reason = (f"request {job.id} was dropped: its audio went unread for "
+                                   f"{self.max_unread_seconds:g} s")
+                job.cancelled = True
+        for job in list(self._waiting):
+            if job.cancelled:
+                self._waiting.remove(job)
+                self._end(job, "cancelled")
+        for job in [job for job in self._serving if job.cancelled]:
+            self._pool.release(job)
+            if job.drop_reason is not None:
+                self._end(job, "failed", FastWaveNetError(job.drop_reason))
+            else:
+                self._end(job, "cancelled")
 
-    def _end(self, r: Request, status: str, error: BaseException | None = None):
-        r._finish(status, error)
-        self.finished_total[status] += 1
+    def _end(self, job: _Job, status: str, error: BaseException | None = None):
+        if job.finish(status, error):
+            self.finished_total[status] += 1
 
     def _steps(self) -> int:
         """Steps for the next round: about round_seconds at the rate measured with as many streams (or the
@@ -436,117 +511,95 @@ class Engine:
         rate = self._rates[nearest] * min(1.0, streams / nearest)
         return int(min(4096, max(4, rate * self.round_seconds / streams)))
 
-    def _swap(self, i: int, j: int):
-        if i == j:
+    def _start(self, job: _Job):
+        """Give a request a slot: its prime stepped through on a state of its own, then loaded into the slot."""
+        if job.cancelled:
+            self._end(job, "cancelled")
             return
-        pool = self._pool
-        for tensor in (pool.queues, pool.inputs, pool.last):
-            row = tensor[i].clone()
-            tensor[i] = tensor[j]
-            tensor[j] = row
-        s = self._serving
-        s[i], s[j] = s[j], s[i]
-
-    def _remove(self, r: Request):
-        i = self._serving.index(r)
-        self._swap(i, len(self._serving) - 1)
-        self._serving.pop()
-
-    def _start(self, r: Request):
-        """Give a request a slot: its prime stepped through on a state of its own, then copied in."""
-        if r._cancel:
-            self._end(r, "cancelled")
-            return
-        gen, pool = self.generator, self._pool
-        slot = len(self._serving)
+        gen = self.generator
+        primed = None
         try:
-            if r._prime is not None:
-                state = gen.new_state(1)
-                conditioning = None if r._cond is None else Conditioning([r._cond])
-                gen.prime(state, torch.from_numpy(r._prime).reshape(1, -1), conditioning)
-                pool.queues[slot] = state.queues[0].to(pool.queues.device)
-                pool.inputs[slot] = state.inputs[0].to(pool.inputs.device)
-                pool.last[slot] = state.last[0].to(pool.last.device)
-                r._pos = _Saved(t=state.t, layout_clock=state.t)
-            else:
-                self._slot_state(slot).reset(self._silence)
-                r._pos = _Saved(t=0, layout_clock=self._clock)  # empty rings look the same under any clock
+            if job.prime is not None:
+                primed = gen.new_state(1)
+                conditioning = None if job.cond is None else Conditioning([job.cond])
+                gen.prime(primed, torch.from_numpy(job.prime).reshape(1, -1), conditioning)
+                job.t = primed.t
         except Exception as exc:  # noqa: BLE001 - the request fails, the engine goes on
-            self._end(r, "failed", exc if isinstance(exc, FastWaveNetError) else FastWaveNetError(str(exc)))
+            self._end(job, "failed", exc if isinstance(exc, FastWaveNetError) else FastWaveNetError(str(exc)))
             return
-        r.status = "running"
+        job.status = "running"
         with self._lock:
-            # Moved from _admitting to _serving in one step: counted in both, a request would make `submit` see
-            # the engine full while it is not (a spurious EngineFull, a 503 from the server).
-            if r in self._admitting:
-                self._admitting.remove(r)
-            self._serving.append(r)
+            # Moved from _admitting to a slot in one step: counted in both, a request would make `submit` see the
+            # engine full while it is not (a spurious EngineFull, a 503 from the server).
+            if job in self._admitting:
+                self._admitting.remove(job)
+            self._pool.take(job, primed)
 
-    def _slot_state(self, slot: int) -> QueueState:
-        pool = self._pool
-        return QueueState(pool.queues[slot:slot + 1], pool.inputs[slot:slot + 1], pool.last[slot:slot + 1])
-
-    def _rotate(self, slot: int, shift: int):
-        """Lay slot's rings out for a clock `shift` steps later than the one they were written under."""
-        q = self._pool.queues[slot]
-        for off, size in zip(self._layout.offsets, self._layout.sizes):
-            s = shift % int(size)
-            if s:
-                q[off:off + size] = torch.roll(q[off:off + size], s, dims=0)
-
-    def _round(self, runnable: list[Request], n: int):
-        # Runnable requests first, in the pool's leading slots.
-        for i, r in enumerate(runnable):
-            self._swap(i, self._serving.index(r))
-        a, c, pool = len(runnable), self.config, self._pool
+    def _inputs(self, runnable: list[_Job], n: int):
+        """Each request's uniforms and gate terms for the next n steps. A request whose own inputs fail (its
+        conditioning) fails alone and leaves the round; returns those that remain, with their inputs."""
+        c = self.config
         per_sample = distributions.uniform_shape(c)
-        u = np.empty((n, a) + per_sample, np.float32)
-        cond = None
-        if c.conditioned:
-            cond = torch.empty(a, n, c.layers, 2 * c.gate_channels, device=self.generator.device)
+        kept, uniforms, terms = [], [], []
+        for job in runnable:
+            try:
+                u = job.rng.random((n,) + per_sample, dtype=np.float32)
+                term = None
+                if c.conditioned:
+                    term = torch.empty(n, c.layers, 2 * c.gate_channels, device=self.generator.device)
+                    job.cond.terms(job.t, term, pad=True)
+            except Exception as exc:  # noqa: BLE001
+                error = exc if isinstance(exc, FastWaveNetError) else FastWaveNetError(f"request {job.id}: {exc}")
+                with self._lock:
+                    self._pool.release(job)
+                    self._end(job, "failed", error)
+                continue
+            kept.append(job)
+            uniforms.append(u)
+            terms.append(term)
+        if not kept:
+            return kept, None, None
+        cond = torch.stack(terms) if c.conditioned else None
+        return kept, np.stack(uniforms, axis=1), cond
+
+    def _round(self, runnable: list[_Job], n: int):
+        runnable, u, cond = self._inputs(runnable, n)
+        if not runnable:
+            return
+        a, c = len(runnable), self.config
         try:
-            for i, r in enumerate(runnable):
-                if r._pos.layout_clock != self._clock:
-                    self._rotate(i, self._clock - r._pos.layout_clock)
-                    r._pos.layout_clock = self._clock
-                u[:, i] = r._rng.random((n,) + per_sample, dtype=np.float32)
-                if cond is not None:
-                    r._cond.terms(r._pos.t, cond[i], pad=True)
-            view = QueueState(pool.queues[:a], pool.inputs[:a], pool.last[:a], self._clock)
+            view = self._pool.front(runnable)
             started = time.perf_counter()
-            with full_fp32(self.generator.device):
-                codes = self.generator.backend.generate(view, n, u, [r.sampling for r in runnable], cond)
-            codes = codes.cpu().numpy()
+            codes = self.generator.step(view, n, u, [job.sampling for job in runnable], cond)
             elapsed = time.perf_counter() - started
-        except Exception as exc:  # noqa: BLE001 - these requests fail, the engine goes on
+            self._pool.store(view)
+        except Exception as exc:  # noqa: BLE001 - the backend failed: these requests fail, the engine goes on
             error = exc if isinstance(exc, FastWaveNetError) else FastWaveNetError(f"generation failed: {exc}")
             with self._lock:
-                for r in runnable:
-                    self._remove(r)
-                    self._end(r, "failed", error)
+                for job in runnable:
+                    self._pool.release(job)
+                    self._end(job, "failed", error)
             return
         rate = a * n / max(elapsed, 1e-9)
         self._rates[a] = 0.7 * self._rates[a] + 0.3 * rate if a in self._rates else rate
         self._last_rate = self._rates[a]
-        self._clock += n
-        audio = decode(codes, c)
+        audio = decode(codes.numpy(), c)
         done = []
-        for i, r in enumerate(runnable):
-            r._pos.layout_clock = self._clock
-            end = r._end if r._end is not None else (r._cond.covered if r._cond.closed else None)
-            keep = n if end is None else min(n, end - r._pos.t)
-            r._pos.t += n
-            if r._cond is not None:
-                r._cond.forget_before(r._pos.t)
+        for i, job in enumerate(runnable):
+            end = job.final_time()
+            keep = n if end is None else min(n, end - job.t)
+            job.t += n
+            if job.cond is not None:
+                job.cond.forget_before(job.t)
             if keep > 0:
-                r._put(audio[i, :keep])
-                if r.first_audio is not None and r.made == keep:
-                    self.first_audio_recent.append(r.first_audio)
+                job.put(audio[i, :keep])
+                if job.first_audio is not None and job.made == keep:
+                    self.first_audio_recent.append(job.first_audio)
             self.samples_total += max(keep, 0)
-            if end is not None and r._pos.t >= end:
-                r._end = end
-                done.append(r)
+            if end is not None and job.t >= end:
+                job.end = end
+                done.append(job)
         with self._lock:
-            for r in done:
-                self._remove(r)
-                self._end(r, "done")
+            for job in done:
+                self._pool.release(job)
+                self._end(job, "done")

@@ -124,10 +124,11 @@ def expected_shapes(config: WaveNetConfig) -> dict[str, tuple[int, ...]]:
 
 @torch.no_grad()
 def convolve(weights: FoldedWeights, config: WaveNetConfig, codes: torch.Tensor,
-             cond: torch.Tensor | None = None) -> torch.Tensor:
+             cond: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
     """The whole-sequence forward: codes (B, T) int64 (or, for scalar input, sample values (B, T) float32) ->
     outputs (B, O, T) float32 (logits, or a continuous distribution's parameters), with zeros before the start (the
-    training model's causal padding). cond: per-layer gate terms (B, L, 2G, T), or None."""
+    training model's causal padding). cond: per-layer gate terms (B, L, 2G, T), or None. valid: (B, T) bool, False
+    at columns before a stream's start, which then act as that padding (every layer's input is zero there)."""
     w = weights
     k_in, k, r, g = config.input_kernel_size, config.kernel_size, config.residual_channels, config.gate_channels
     T = codes.shape[1]
@@ -136,8 +137,13 @@ def convolve(weights: FoldedWeights, config: WaveNetConfig, codes: torch.Tensor,
     else:
         # The input convolution as table lookups; index `classes` (a zero row) stands for "before the start".
         table = torch.cat([w.embed, torch.zeros_like(w.embed[:, :1])], dim=1)  # (k_in, C + 1, R)
+        if valid is not None:
+            codes = torch.where(valid, codes, config.classes)
         padded = F.pad(codes, (k_in - 1, 0), value=config.classes)
         x = sum(table[j][padded[:, j:j + T]] for j in range(k_in)).transpose(1, 2)  # (B, R, T)
+    mask = None if valid is None else valid[:, None, :].to(x.dtype)
+    if mask is not None:
+        x = x * mask
     skips = 0
     for layer, d in enumerate(config.dilations):
         kernel = w.dilated_w[layer].permute(2, 1, 0)  # (k, R, 2G) -> (2G, R, k): PyTorch's conv1d layout
@@ -147,6 +153,8 @@ def convolve(weights: FoldedWeights, config: WaveNetConfig, codes: torch.Tensor,
         gated = torch.tanh(z[:, :g]) * torch.sigmoid(z[:, g:])
         out = torch.einsum("bgt,go->bot", gated, w.out_w[layer]) + w.out_b[layer][:, None]
         x = x + out[:, :r]  # the last layer's residual columns are zero and x is not read after it
+        if mask is not None:
+            x = x * mask
         skips = skips + out[:, r:]
     hidden = F.relu(torch.einsum("bst,sh->bht", F.relu(skips), w.head1_w) + w.head1_b[:, None])
     return torch.einsum("bht,hc->bct", hidden, w.head2_w) + w.head2_b[:, None]

@@ -136,7 +136,7 @@ class Generator:
     def forward(self, state, codes, conditioning: Conditioning | None = None) -> torch.Tensor:
         """Teacher forcing: consume codes (B, T) (sample values for scalar input) and return the head's outputs after
         each, (B, T, O) float32: logits over classes, or a continuous distribution's parameters."""
-        codes = self._codes(codes, state.batch)
+        codes = self.check_codes(codes, state.batch)
         if codes.shape[1] == 0:
             return torch.empty(state.batch, 0, self.config.output_channels)
         terms = self._terms(state, codes.shape[1], conditioning)
@@ -150,7 +150,7 @@ class Generator:
         field of them is stepped through: what a state holds at time t (each layer's inputs over its queue, the
         input taps) depends on the codes of t - (receptive_field - 1) .. t - 1 alone, so older codes are skipped by
         advancing the clock, and the rings end up in the same slots with the same values."""
-        codes = self._codes(codes, state.batch)
+        codes = self.check_codes(codes, state.batch)
         if codes.shape[1] == 0:
             raise FastWaveNetError("cannot prime with an empty sequence")
         consume = codes[:, :-1]
@@ -186,8 +186,16 @@ class Generator:
             if len(rng) != state.batch:
                 raise FastWaveNetError(f"{len(rng)} random generators for {state.batch} streams")
             u = np.stack([r.random((steps,) + per_sample, dtype=np.float32) for r in rng], axis=1)
+        return self.step(state, steps, u, sampling, terms)
+
+    def step(self, state, n: int, uniforms: np.ndarray, sampling: Sampling | list[Sampling],
+             terms: torch.Tensor | None = None) -> torch.Tensor:
+        """The batched step every caller shares: n codes for each of the B streams of `state`, consuming
+        `state.last` first, from given uniforms (n, B) float32 in [0, 1) ((n, B, 2) for a continuous output) and, for a
+        conditioned model, given gate terms (B, n, L, 2G). sampling: one rule, or one per stream. Returns (B, n) on
+        the CPU (int64 codes, or float32 sample values for scalar input)."""
         with full_fp32(self.device):
-            return self.backend.generate(state, steps, u, sampling, terms).cpu()
+            return self.backend.generate(state, n, uniforms, sampling, terms).cpu()
 
     def stream(self, seconds: float | None = None, samples: int | None = None, batch: int = 1, chunk: int = 4096,
                sampling: Sampling | None = None, seed: int | None = None, prime: np.ndarray | None = None,
@@ -247,7 +255,8 @@ class Generator:
             raise FastWaveNetError(f"samples must be a positive integer, got {samples}")
         return samples
 
-    def _codes(self, codes, batch: int) -> torch.Tensor:
+    def check_codes(self, codes, batch: int) -> torch.Tensor:
+        """codes (B, T) or (T,) as a contiguous tensor of the input's dtype, or a one-line error: shape, range."""
         codes = codes if isinstance(codes, torch.Tensor) else torch.from_numpy(np.array(codes))
         if codes.ndim == 1:
             codes = codes.unsqueeze(0).expand(batch, -1)

@@ -192,7 +192,7 @@ def test_streaming_vocoding_equals_the_whole_mel_at_once(vocoder):
         for lo in range(0, 60, 7):
             streamed.feed(mel[:, lo:lo + 7])
             time.sleep(0.02)
-            assert streamed._cond._frames.shape[1] <= 7 + 4096 // 32 + 1
+            assert streamed._job.cond._frames.shape[1] <= 7 + 4096 // 32 + 1
         assert streamed.total is None
         streamed.close()
         thread.join(60)
@@ -277,3 +277,86 @@ def test_warm_up_uses_the_model_files_default_sampling():
     with Engine(gen, max_active=1):
         pass
     assert seen == [default]
+
+
+@pytest.mark.parametrize("backend", ["naive", "torch", "numba", "triton", "triton-stream"])
+def test_every_backend_serves_requests_that_join_at_different_times(backend):
+    """The engine touches a backend's state only through the pool's row operations, so every state kind serves:
+    three requests (one primed) sharing two slots, joining and leaving at different clocks, each equal to itself
+    alone on that backend."""
+    from fastwavenet.backends import registry
+
+    if registry()[backend].unavailable_reason(torch.device("cpu")):
+        pytest.skip(f"{backend} does not run here")
+    config = preset("tiny")
+    gen = Generator(ModelFile(config, fold(random_model(config, 3))), backend=backend)
+    prime = np.sin(np.arange(90) / 5.0) * 0.5
+    lengths = [60, 25, 40] if backend.startswith("triton") else [300, 120, 200]
+    expected = [alone(gen, 10 + i, n, RULES[i], prime=prime if i == 1 else None) for i, n in enumerate(lengths)]
+    with Engine(gen, max_active=2, round_seconds=0.001, warm_up=False) as engine:
+        requests = [engine.submit(samples=n, seed=10 + i, sampling=RULES[i], prime=prime if i == 1 else None)
+                    for i, n in enumerate(lengths)]
+        got = [r.result() for r in requests]
+    for i in range(3):
+        assert np.array_equal(got[i], expected[i]), i
+
+
+def test_a_dropped_handle_frees_its_slot(tiny):
+    import gc
+
+    with Engine(tiny, max_active=1, round_seconds=0.001) as engine:
+        dropped = engine.submit(samples=10_000_000, seed=0)
+        job = dropped._job
+        del dropped
+        gc.collect()
+        assert wait_until(lambda: job.status == "cancelled")
+        assert len(engine.submit(samples=100, seed=1).result()) == 100
+
+
+def test_a_request_left_unread_loses_its_slot_after_the_stated_time(tiny):
+    with Engine(tiny, max_active=1, round_seconds=0.001, max_buffered_seconds=0.01,
+                max_unread_seconds=0.3) as engine:
+        stalled = engine.submit(samples=10_000_000, seed=0)
+        honest = engine.submit(samples=100, seed=1)  # waits for the only slot
+        assert len(honest.result()) == 100
+        assert stalled.status == "failed"
+        with pytest.raises(FastWaveNetError, match="unread for 0.3 s"):
+            stalled.result()
+
+
+def test_an_event_loop_closed_under_async_for_leaves_the_scheduler_running(tiny):
+    """A reader's loop that ends while its request is running (an `async for` cut by a timeout, then the loop
+    closed): the engine cancels that request and goes on serving."""
+    async def read_briefly(request):
+        async def read():
+            async for _ in request:
+                pass
+        try:
+            await asyncio.wait_for(read(), 0.05)
+        except asyncio.TimeoutError:
+            pass
+
+    with Engine(tiny, max_active=2, round_seconds=0.001, max_buffered_seconds=0.05) as engine:
+        for seed in range(3):
+            request = engine.submit(samples=10_000_000, seed=seed)
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(read_briefly(request))
+            loop.close()
+        assert len(engine.submit(samples=200, seed=9).result()) == 200
+        assert engine.stats()["stopped_because"] is None
+
+
+def test_a_request_whose_inputs_fail_fails_alone(vocoder):
+    """One request's conditioning raising (here, forced) fails that request; the others in its round finish."""
+    mel = np.random.default_rng(0).standard_normal((8, 20)).astype(np.float32)
+    with Engine(vocoder, max_active=3, round_seconds=0.001) as engine:
+        good = [engine.submit(seed=s, mel=mel, speaker=0) for s in range(2)]
+        bad = engine.submit(seed=5, mel=mel, speaker=0)
+
+        def broken(*args, **kwargs):
+            raise ValueError("bad frames")
+        bad._job.cond.terms = broken
+        for r in good:
+            assert len(r.result()) == 20 * 32
+        with pytest.raises(FastWaveNetError, match="bad frames"):
+            bad.result()

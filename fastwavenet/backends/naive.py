@@ -29,12 +29,9 @@ class NaiveBackend(Backend):
         rf = self.config.receptive_field
         out = []
         for t in range(codes.shape[1]):
-            state.history = torch.cat([state.history, codes[:, t:t + 1]], dim=1)[:, -rf:]
-            window = None
-            if cond is not None:
-                step = cond[:, t].to(self.device).unsqueeze(3)  # (B, L, 2G, 1)
-                state.cond = torch.cat([state.cond, step], dim=3)[:, :, :, -rf:]
-                window = state.cond
-            out.append(convolve(self.weights, self.config, state.history, window)[:, :, -1])
-            state.t += 1
+            state.append(codes[:, t], None if cond is None else cond[:, t].to(self.device), rf)
+            # Streams that started later than others in the batch (the engine's pool) have columns from before
+            # their start: those are masked to the training model's zero padding.
+            valid = None if bool(state.valid.all()) else state.valid
+            out.append(convolve(self.weights, self.config, state.history, state.cond, valid)[:, :, -1])
         return torch.stack(out, dim=1)
