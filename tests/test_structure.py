@@ -12,7 +12,7 @@ from fastwavenet import preset
 from fastwavenet.convert import fold
 from fastwavenet.modelfile import save_model
 
-from conftest import random_model
+from helpers import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ("fastwavenet.training", "fastwavenet.data", "fastwavenet.model", "fastwavenet.convert")
