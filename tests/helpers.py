@@ -39,7 +39,7 @@ def vocoder_config(**changes):
 def save_models(folder):
     """Model files of random weights in folder: `tiny` (the preset) and `vocoder` (vocoder_config())."""
     from fastwavenet import preset
-    from fastwavenet.convert import fold
+    from fastwavenet.folded import fold
     from fastwavenet.modelfile import save_model
 
     paths = {"tiny": folder / "tiny.safetensors", "vocoder": folder / "vocoder.safetensors"}

@@ -14,7 +14,7 @@ CHECKPOINT = KERAS / "checkpoint.00358-1.633.hdf5"
 pytestmark = pytest.mark.skipif(not CHECKPOINT.is_file(), reason=f"{CHECKPOINT} is not present")
 
 from fastwavenet import Generator, mulaw  # noqa: E402
-from fastwavenet.convert import fold, unfold  # noqa: E402
+from fastwavenet.folded import fold, unfold  # noqa: E402
 from fastwavenet.modelfile import ModelFile  # noqa: E402
 from fastwavenet.importers.keras import import_keras  # noqa: E402
 from fastwavenet.score import score_audio, score_files  # noqa: E402
