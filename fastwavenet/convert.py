@@ -1,57 +1,15 @@
-"""Training side of the folded layout: a training model -> folded weights (`fold`), and a training checkpoint -> a
-model file (`export`). The way back, folded weights -> a training model, is `model.unfold` (training's `--init`
-needs it, and training must not import this module, which imports training).
-
-The layout itself is defined in fastwavenet/folded.py; the inference path never imports this module.
+"""A training checkpoint -> a model file (`export`). The layout and the way into it and back (`fold`, `unfold`) are
+fastwavenet/folded.py's; the inference path and the importers never import this module, which imports training.
 """
 
 from __future__ import annotations
 
 import os
 
-import torch
-
 from .files import check_writable
-from .folded import FoldedWeights
-from .model import WaveNet, unfold  # noqa: F401  (unfold lives with the model; kept importable here)
+from .folded import fold, unfold  # noqa: F401  (bench.py and some tests still import fold and unfold from here)
 from .modelfile import ModelFile, save_model
 from .training import model_from_checkpoint
-
-
-@torch.no_grad()
-def fold(model: WaveNet) -> FoldedWeights:
-    """Training model -> folded generator weights (float32, CPU)."""
-    config = model.config
-    r, g, s = config.residual_channels, config.gate_channels, config.skip_channels
-    n = config.layers
-    f32 = lambda t: t.detach().to("cpu", torch.float32)  # noqa: E731
-    embed = f32(model.input.weight).permute(2, 1, 0).clone()  # (R, C, k_in) -> (k_in, C, R)
-    embed[-1] += f32(model.input.bias)
-    dilated_w = torch.stack([f32(b.dilated.weight).permute(2, 1, 0) for b in model.blocks])  # (L, k, R, 2G)
-    dilated_b = torch.zeros(n, 2 * g)
-    out_w = torch.zeros(n, g, r + s)
-    out_b = torch.zeros(n, r + s)
-    for i, block in enumerate(model.blocks):
-        if block.dilated.bias is not None:
-            dilated_b[i] = f32(block.dilated.bias)
-        if block.residual is not None:
-            out_w[i, :, :r] = f32(block.residual.weight)[:, :, 0].T
-            if block.residual.bias is not None:
-                out_b[i, :r] = f32(block.residual.bias)
-        out_w[i, :, r:] = f32(block.skip.weight)[:, :, 0].T
-        if block.skip.bias is not None:
-            out_b[i, r:] = f32(block.skip.bias)
-    per_layer = lambda conv: f32(conv.weight)[:, :, 0].reshape(n, 2 * g, -1).transpose(1, 2).contiguous()  # noqa: E731
-    conditioning = {}
-    if config.speakers:
-        conditioning.update(speaker_embed=f32(model.speaker_embed.weight), speaker_w=per_layer(model.speaker_proj))
-    if config.n_mels:
-        conditioning.update(upsample_w=f32(model.upsample.weight), upsample_b=f32(model.upsample.bias),
-                            mel_w=per_layer(model.mel_proj))
-    return FoldedWeights(
-        embed=embed.contiguous(), dilated_w=dilated_w.contiguous(), dilated_b=dilated_b, out_w=out_w, out_b=out_b,
-        head1_w=f32(model.head1.weight)[:, :, 0].T.contiguous(), head1_b=f32(model.head1.bias),
-        head2_w=f32(model.head2.weight)[:, :, 0].T.contiguous(), head2_b=f32(model.head2.bias), **conditioning)
 
 
 def export(checkpoint: str | os.PathLike, out: str | os.PathLike, sampling=None) -> ModelFile:

@@ -11,7 +11,6 @@ from torch import nn
 
 from .config import WaveNetConfig
 from .errors import FastWaveNetError
-from .folded import FoldedWeights
 
 
 class CausalConv1d(nn.Conv1d):
@@ -130,39 +129,3 @@ def loss_bits(logits: torch.Tensor, codes: torch.Tensor, start: int) -> torch.Te
     """
     nats = F.cross_entropy(logits[:, :, start:-1], codes[:, start + 1:])
     return nats / math.log(2)
-
-
-@torch.no_grad()
-def unfold(weights: FoldedWeights, config: WaveNetConfig) -> WaveNet:
-    """Folded weights -> a training model with the same function (for tests and tools that want the nn.Module)."""
-    model = WaveNet(config)
-    r = config.residual_channels
-    embed = weights.embed.clone()
-    bias = embed[-1].mean(dim=0)  # any split of the newest tap's bias is exact: one-hot picks one row
-    embed[-1] -= bias
-    model.input.weight.copy_(embed.permute(2, 1, 0))
-    model.input.bias.copy_(bias)
-    for i, block in enumerate(model.blocks):
-        block.dilated.weight.copy_(weights.dilated_w[i].permute(2, 1, 0))
-        if block.dilated.bias is not None:
-            block.dilated.bias.copy_(weights.dilated_b[i])
-        if block.residual is not None:
-            block.residual.weight.copy_(weights.out_w[i, :, :r].T[:, :, None])
-            if block.residual.bias is not None:
-                block.residual.bias.copy_(weights.out_b[i, :r])
-        block.skip.weight.copy_(weights.out_w[i, :, r:].T[:, :, None])
-        if block.skip.bias is not None:
-            block.skip.bias.copy_(weights.out_b[i, r:])
-    model.head1.weight.copy_(weights.head1_w.T[:, :, None])
-    model.head1.bias.copy_(weights.head1_b)
-    model.head2.weight.copy_(weights.head2_w.T[:, :, None])
-    model.head2.bias.copy_(weights.head2_b)
-    stacked = lambda w: w.transpose(1, 2).reshape(-1, w.shape[1], 1)  # (L, in, 2G) -> (L * 2G, in, 1)  # noqa: E731
-    if config.speakers:
-        model.speaker_embed.weight.copy_(weights.speaker_embed)
-        model.speaker_proj.weight.copy_(stacked(weights.speaker_w))
-    if config.n_mels:
-        model.upsample.weight.copy_(weights.upsample_w)
-        model.upsample.bias.copy_(weights.upsample_b)
-        model.mel_proj.weight.copy_(stacked(weights.mel_w))
-    return model.eval()

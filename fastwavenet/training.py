@@ -290,7 +290,7 @@ def _init_weights(path: str, config: WaveNetConfig) -> WaveNet:
     layer passes its input through and adds nothing to the skip sum, so again the run starts from exactly the
     file's function (the new layers' dilated convolutions keep their fresh initialization, so they learn)."""
     from .modelfile import load_model
-    from .model import unfold
+    from .folded import unfold
 
     loaded = load_model(path)
     if loaded.config == config:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fastwavenet import Generator, Sampling, audio, mulaw
-from fastwavenet.convert import unfold
+from fastwavenet.folded import unfold
 from fastwavenet.features import log_mel
 from fastwavenet.model import loss_bits
 from fastwavenet.modelfile import load_model

@@ -13,7 +13,7 @@ from fastwavenet.backends import NumbaBackend, TorchBackend, choose_by_trial, ma
 from fastwavenet.convert import fold
 from fastwavenet.modelfile import ModelFile
 
-from conftest import random_model
+from helpers import random_model
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,7 @@ import torch
 
 from fastwavenet import preset
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def test_flops_per_sample_counts_every_product():

@@ -13,8 +13,8 @@ from fastwavenet import preset
 from fastwavenet.convert import fold
 from fastwavenet.modelfile import save_model
 
-from conftest import run_cli
-from conftest import random_model
+from helpers import run_cli
+from helpers import random_model
 
 
 @pytest.fixture(scope="module")

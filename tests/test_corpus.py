@@ -18,7 +18,7 @@ from fastwavenet import FastWaveNetError, preset
 from fastwavenet.corpus import Item, derived_seed, read_manifest, shard
 from fastwavenet.sampling import Sampling
 
-from conftest import run_cli, save_models
+from helpers import run_cli, save_models
 
 pytest.importorskip("numba")
 

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 from fastwavenet import FastWaveNetError, audio
 from fastwavenet.data import CropDataset, load_corpus, split_by_file, validation_crops
 
-from conftest import PIANO
+from helpers import PIANO
 
 
 def test_reads_mixes_and_resamples(sine_folder):

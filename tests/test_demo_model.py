@@ -5,7 +5,7 @@ import soundfile
 from fastwavenet import load
 from fastwavenet.demo import DEMO_MODEL
 
-from conftest import run_cli
+from helpers import run_cli
 
 pytestmark = pytest.mark.skipif(not DEMO_MODEL.is_file(), reason="the demo model is not bundled in this checkout")
 

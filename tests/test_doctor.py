@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def test_doctor_report(tmp_path):

@@ -14,7 +14,7 @@ from fastwavenet.convert import fold
 from fastwavenet.engine import Cancelled, Engine, EngineFull
 from fastwavenet.modelfile import ModelFile
 
-from conftest import random_model, vocoder_config, wait_until
+from helpers import random_model, vocoder_config, wait_until
 
 numba = pytest.importorskip("numba")
 

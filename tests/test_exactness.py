@@ -10,7 +10,7 @@ from fastwavenet.convert import fold
 from fastwavenet.generator import Generator
 from fastwavenet.modelfile import ModelFile
 
-from conftest import random_model
+from helpers import random_model
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = available_backends(DEVICE)

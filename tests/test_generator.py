@@ -7,7 +7,7 @@ from fastwavenet.convert import fold, unfold
 from fastwavenet.modelfile import ModelFile, load_model, save_model
 from fastwavenet.sampling import sample
 
-from conftest import random_model
+from helpers import random_model
 
 CPU_BACKENDS = ["naive", "torch", "numba"]
 

@@ -7,19 +7,19 @@ import pytest
 import soundfile
 import torch
 
-from conftest import KERAS, run_cli
+from helpers import KERAS, run_cli
 
 h5py = pytest.importorskip("h5py", reason="h5py is not installed (pip install 'fastwavenet[import]')")
 CHECKPOINT = KERAS / "checkpoint.00358-1.633.hdf5"
 pytestmark = pytest.mark.skipif(not CHECKPOINT.is_file(), reason=f"{CHECKPOINT} is not present")
 
 from fastwavenet import Generator, mulaw  # noqa: E402
-from fastwavenet.convert import fold, unfold  # noqa: E402
+from fastwavenet.folded import fold, unfold  # noqa: E402
 from fastwavenet.modelfile import ModelFile  # noqa: E402
 from fastwavenet.importers.keras import import_keras  # noqa: E402
 from fastwavenet.score import score_audio, score_files  # noqa: E402
 
-from conftest import one_triton_on_cpu  # noqa: E402
+from helpers import one_triton_on_cpu  # noqa: E402
 from test_exactness import BACKENDS, DEVICE  # noqa: E402
 
 BACKENDS = one_triton_on_cpu(BACKENDS)

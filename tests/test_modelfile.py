@@ -13,7 +13,7 @@ from fastwavenet.convert import fold
 from fastwavenet.folded import FoldedWeights
 from fastwavenet.modelfile import MODEL_FORMAT, MODEL_VERSION, checksum, load_model, save_model
 
-from conftest import random_model
+from helpers import random_model
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_default_sampling_is_stored_used_and_overridden_field_by_field(weights, 
     from fastwavenet import Generator, Sampling
     from fastwavenet.engine import Engine
 
-    from conftest import run_cli
+    from helpers import run_cli
 
     config = preset("tiny")
     plain, stamped = tmp_path / "plain.safetensors", tmp_path / "stamped.safetensors"

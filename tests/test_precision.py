@@ -14,7 +14,7 @@ from fastwavenet.folded import MATRICES, rounded
 from fastwavenet.generator import Generator
 from fastwavenet.modelfile import ModelFile
 
-from conftest import one_triton_on_cpu, random_model, run_cli, save_models
+from helpers import one_triton_on_cpu, random_model, run_cli, save_models
 from test_exactness import CONFIGS, conditioning_inputs, model_logits, teacher_steps
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

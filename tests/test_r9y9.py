@@ -16,7 +16,7 @@ from fastwavenet.errors import FastWaveNetError
 from fastwavenet.generator import Generator
 from fastwavenet.importers.r9y9 import import_r9y9
 
-from conftest import one_triton_on_cpu, run_cli
+from helpers import one_triton_on_cpu, run_cli
 from test_exactness import teacher_steps
 
 wavenet_vocoder = pytest.importorskip("wavenet_vocoder", reason="r9y9's wavenet_vocoder==0.1.1 is not installed")

@@ -19,7 +19,7 @@ import soundfile
 from fastwavenet import Generator
 from fastwavenet.serve import pcm16, wav_header
 
-from conftest import save_models, wait_until
+from helpers import save_models, wait_until
 
 pytest.importorskip("aiohttp")
 pytest.importorskip("prometheus_client")

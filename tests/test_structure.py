@@ -1,21 +1,28 @@
 """The shape of the house: no import cycles, and an inference path that does not stand on the training stack."""
 
 import ast
+import json
+import os
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 
 from fastwavenet import preset
-from fastwavenet.convert import fold
+from fastwavenet.folded import fold
 from fastwavenet.modelfile import save_model
 
-from conftest import random_model
+from helpers import random_model, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ("fastwavenet.training", "fastwavenet.data", "fastwavenet.model", "fastwavenet.convert")
+# What the importers must not load: they build the training model (fastwavenet.model) and fold it, no more.
+TRAINING_LOOP = ("fastwavenet.training", "fastwavenet.data", "fastwavenet.convert")
 
 
 def package_modules() -> dict[str, Path]:
@@ -76,6 +83,17 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph[module])
+    return seen - {start}
+
+
 def test_no_import_cycles_in_the_package():
     modules = package_modules()
     assert "fastwavenet.backends.base" in modules and "fastwavenet.kernels.cpu" in modules
@@ -118,6 +136,61 @@ sys.exit(1 if loaded else 0)
                             env={**__import__("os").environ, "TRITON_INTERPRET": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "'naive'" in result.stdout and "'numba'" in result.stdout and "'torch'" in result.stdout
+
+
+def test_the_importers_never_load_the_training_loop():
+    """Importing the Keras and r9y9 importers loads neither the training loop, its data, nor the checkpoint export
+    (issue 32: the Keras importer once reached training through convert.py). In a fresh process, and in the import
+    graph, which also sees the imports inside functions."""
+    script = f"""
+import sys
+import fastwavenet.importers.keras
+import fastwavenet.importers.r9y9
+print(sorted(m for m in {TRAINING_LOOP!r} if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
+    modules = package_modules()
+    graph = {name: imports_of(name, path, modules) for name, path in modules.items()}
+    for importer in ("fastwavenet.importers.keras", "fastwavenet.importers.r9y9"):
+        assert not reachable(graph, importer) & set(TRAINING_LOOP), importer
+
+
+def test_serving_never_loads_the_training_stack(tmp_path):
+    """`fastwavenet serve` with its default backend choice, through one /generate request and a SIGTERM: none of
+    the training modules may be imported along the way."""
+    pytest.importorskip("aiohttp")
+    pytest.importorskip("prometheus_client")
+    model = tmp_path / "tiny.safetensors"
+    save_model(model, preset("tiny"), fold(random_model(preset("tiny"), 1)))
+    script = f"""
+import sys
+from fastwavenet.cli import main
+
+code = main(["serve", "--model", {str(model)!r}, "--port", "0", "--drain-seconds", "1"])
+print("training modules loaded:", sorted(m for m in {TRAINING!r} if m in sys.modules), flush=True)
+sys.exit(code)
+"""
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:  # a file, not a pipe: a pipe nobody reads fills and stops the server
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "TRITON_INTERPRET": "1"})
+    try:
+        assert wait_until(lambda: "serving on http://" in log_path.read_text() or process.poll() is not None,
+                          300), log_path.read_text()
+        url = log_path.read_text().split("serving on ")[1].split()[0]
+        request = urllib.request.Request(url + "/generate", data=json.dumps({"seconds": 0.01, "seed": 0}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            assert response.status == 200
+            samples = round(0.01 * preset("tiny").sample_rate)
+            assert len(response.read()) == 44 + 2 * samples  # the WAV header, then 16-bit samples
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    assert "training modules loaded: []" in log_path.read_text(), log_path.read_text()
 
 
 def test_the_training_side_is_still_reachable_from_the_package():

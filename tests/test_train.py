@@ -12,7 +12,7 @@ import torch
 from fastwavenet import FastWaveNetError, preset
 from fastwavenet.training import TrainOptions, load_checkpoint, model_from_checkpoint, train
 
-from conftest import run_cli
+from helpers import run_cli
 
 OPTIONS = dict(batch_size=2, target_length=64, validate_every=2, checkpoint_every=2, seed=7, validation_files=1)
 

@@ -9,7 +9,7 @@ from fastwavenet.convert import fold
 from fastwavenet.features import log_mel
 from fastwavenet.modelfile import save_model
 
-from conftest import random_model, run_cli, vocoder_config
+from helpers import random_model, run_cli, vocoder_config
 
 VOCODER = vocoder_config()
 SPEAKERS = WaveNetConfig(sample_rate=4410, residual_channels=8, gate_channels=8, skip_channels=16, head_channels=16,

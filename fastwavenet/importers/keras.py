@@ -33,7 +33,7 @@ import torch
 from ..config import WaveNetConfig
 from ..errors import FastWaveNetError
 from ..files import check_writable
-from ..convert import fold
+from ..folded import fold
 from ..model import WaveNet
 from ..modelfile import ModelFile, save_model
 
