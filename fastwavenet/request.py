@@ -256,8 +256,10 @@ def parse_json(text: str | bytes):
     limit, bytes that are not UTF-8."""
     try:
         return json.loads(text, parse_int=_json_integer, parse_float=_json_float, parse_constant=_json_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FastWaveNetError(f"malformed JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise FastWaveNetError(f"malformed JSON: {exc.msg} (at character {exc.pos})") from None
+    except UnicodeDecodeError as exc:
+        raise FastWaveNetError(f"malformed JSON: not UTF-8 (byte {exc.start})") from None
     except RecursionError:
         raise FastWaveNetError("malformed JSON: nested too deeply") from None
 
