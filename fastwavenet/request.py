@@ -151,7 +151,7 @@ class GenerationRequest:
                 and samples > limits.max_seconds * rate:
             raise FastWaveNetError(f"{samples / rate:g} s asked for; the limit is at most {limits.max_seconds:g} s "
                                    f"per request")
-        check_rule(Sampling(**self._sampling_fields()), config)
+        check_rules(config, [Sampling(**self._sampling_fields())])  # top-k within the classes; softmax only
         self._check_speaker(config)
         if self.prime is not None and np.issubdtype(self.prime.dtype, np.integer):
             if config.scalar_input:
@@ -241,13 +241,6 @@ class GenerationRequest:
             except (OSError, ValueError, EOFError) as exc:
                 raise FastWaveNetError(f"cannot read global features {features}: {exc}") from None
         return cls(**given)
-
-
-def check_rule(sampling: Sampling, config: WaveNetConfig):
-    """A sampling rule against a model: top-k and top-p only for a softmax, top-k at most its classes."""
-    check_rules(config, [sampling])
-    if sampling.top_k > config.classes:
-        raise FastWaveNetError(f"top-k {sampling.top_k} is more than this model's {config.classes} classes")
 
 
 def parse_json(text: str | bytes):
