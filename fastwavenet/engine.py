@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from . import distributions
-from .backends import full_fp32
 from .conditioning import Conditioning, StreamConditioning
 from .errors import FastWaveNetError
-from .generator import Generator, check_seed, decode, encode, silence_code
+from .generator import Generator, decode, encode, silence_code
+from .request import GenerationRequest
 from .sampling import Sampling
 from .state import StatePool
 
@@ -336,40 +336,44 @@ class Engine:
     def sample_rate(self) -> int:
         return self.config.sample_rate
 
-    def submit(self, seconds: float | None = None, samples: int | None = None, seed: int | None = None,
-               sampling: Sampling | None = None, speaker: int | None = None, prime=None, mel=None,
-               stream_mel: bool = False) -> Request:
-        """Queue a request and return its handle. Every argument is checked here: a bad one raises
-        FastWaveNetError at once, and a full queue raises EngineFull.
+    def submit(self, request: GenerationRequest | None = None, /, **kwargs) -> Request:
+        """Queue a request and return its handle: a GenerationRequest, or its fields as keywords
+        (`GenerationRequest.from_kwargs`). It is checked here against the model: a bad one raises FastWaveNetError
+        at once, and a full queue raises EngineFull.
 
         seconds / samples: how much to make (a vocoder, by default, makes what its mel covers);
-        seed: a non-negative integer (None: fresh entropy); sampling: the rule (None: the model's default);
-        speaker: for speaker models;
+        seed: a non-negative integer (None: fresh entropy); sampling: the rule (None: the model's default; or its
+        fields temperature, top_k, top_p, argmax, each over the model's default); speaker: for speaker models;
         prime: audio (float array at the model's rate) or codes (integer array) to continue from;
         mel: (n_mels, frames) log-mel frames; stream_mel: more frames will come by `feed`, then `close`."""
+        if request is None:
+            request = GenerationRequest.from_kwargs(**kwargs)
+        elif kwargs or not isinstance(request, GenerationRequest):
+            raise FastWaveNetError("submit takes a GenerationRequest, or its fields as keywords, not both")
         gen, config = self.generator, self.config
-        sampling = gen.sampling if sampling is None else sampling
-        if not isinstance(sampling, Sampling):
-            raise FastWaveNetError("sampling must be a fastwavenet.Sampling")
-        distributions.check_rules(config, [sampling])
-        seed = check_seed(seed)
-        prime_codes = None if prime is None else self._prime_codes(prime)
+        request.check(config)
+        prime_codes = None if request.prime is None else self._prime_codes(request.prime)
         cond = None
-        if config.conditioned or mel is not None or speaker is not None or stream_mel:
-            cond = StreamConditioning(config, gen.model.weights, gen.device, mel, speaker, streaming=stream_mel)
+        if config.conditioned:
+            cond = StreamConditioning(config, gen.model.weights, gen.device, request.mel, request.speaker,
+                                      streaming=request.stream_mel)
         start = 0 if prime_codes is None else len(prime_codes) - 1
-        if config.n_mels and seconds is None and samples is None:
-            end = None if stream_mel else cond.covered
-            if end is not None and end - start < 1:
+        length = request.length(config)
+        if length is None:
+            end = None  # a streaming mel, to its end
+        elif request.samples is None and request.seconds is None:
+            end = length  # a vocoder's default: all its mel covers, the prime included
+            if end - start < 1:
                 raise FastWaveNetError(f"the prime ({start + 1} samples) is as long as the mel spectrogram: "
                                        f"nothing is left to vocode")
         else:
-            end = start + gen._length(seconds, samples)
-            if cond is not None and cond.covered is not None and not stream_mel and end > cond.covered:
+            end = start + length
+            if cond is not None and cond.covered is not None and not request.stream_mel and end > cond.covered:
                 raise FastWaveNetError(f"the mel spectrogram covers {cond.covered} samples; {end} asked for")
         if prime_codes is not None and cond is not None and cond.covered is not None and cond.covered < start:
             raise FastWaveNetError("the mel frames given must cover the prime")
-        return self._queue(_Job(self, end, np.random.default_rng(seed), sampling, cond, prime_codes))
+        sampling = request.sampling(gen.sampling)
+        return self._queue(_Job(self, end, np.random.default_rng(request.seed), sampling, cond, prime_codes))
 
     def _queue(self, job: _Job) -> Request:
         with self._lock:

@@ -119,6 +119,23 @@ class GenerationRequest:
         """`default` (a model's default rule) with this request's sampling fields on top."""
         return default.overridden(**self._sampling_fields())
 
+    def length(self, config: WaveNetConfig) -> int | None:
+        """Samples asked for: samples, or seconds at the model's rate, or for a vocoder given no length, what its
+        mel covers; None for a streaming mel given no length (its end is not known yet)."""
+        rate = config.sample_rate
+        if self.samples is not None:
+            return self.samples
+        if self.seconds is not None:
+            samples = round(self.seconds * rate)
+            if samples < 1:
+                raise FastWaveNetError(f"seconds: {self.seconds:g} s is less than one sample at {rate} Hz")
+            return samples
+        if self.mel is not None and not self.stream_mel:
+            return self.mel.shape[1] * config.hop_length  # what a vocoder makes by default
+        if config.n_mels:
+            return None
+        raise FastWaveNetError("give seconds (or samples): how much audio to make")
+
     def check(self, config: WaveNetConfig, limits: Limits | None = None) -> None:
         """The checks that need the model (and the limits of the entry point): how much audio, mel frames, speaker,
         prime codes, top-k. One-line FastWaveNetError."""
@@ -132,18 +149,7 @@ class GenerationRequest:
             raise FastWaveNetError(f"mel frames must be {saved_layout(config)}, got shape {shape}")
         if self.mel is not None and not self.stream_mel and self.mel.shape[1] == 0:
             raise FastWaveNetError("no mel frames given")
-        if self.samples is not None:
-            samples = self.samples
-        elif self.seconds is not None:
-            samples = round(self.seconds * rate)
-            if samples < 1:
-                raise FastWaveNetError(f"seconds: {self.seconds:g} s is less than one sample at {rate} Hz")
-        elif self.mel is not None and not self.stream_mel:
-            samples = self.mel.shape[1] * config.hop_length  # what a vocoder makes by default
-        elif config.n_mels:
-            samples = None  # a streaming mel: its end is not known yet
-        else:
-            raise FastWaveNetError("give seconds (or samples): how much audio to make")
+        samples = self.length(config)
         if samples is not None and samples > WAV_MAX_FRAMES:
             raise FastWaveNetError(f"{samples} samples asked for ({samples / rate:g} s at {rate} Hz); a WAV file "
                                    f"holds at most {WAV_MAX_FRAMES}")

@@ -33,7 +33,6 @@ from .engine import Engine, EngineClosed, EngineFull
 from .errors import FastWaveNetError
 from .features import bands_first, log_mel
 from .request import GenerationRequest, Limits as RequestLimits, parse_json
-from .sampling import Sampling
 
 
 @dataclass(frozen=True)
@@ -59,12 +58,6 @@ class _BadRequest(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-def _submit_kwargs(wanted: GenerationRequest, default: Sampling) -> dict:
-    """The keywords of Engine.submit for a request (its sampling fields over the model's default rule)."""
-    return dict(seconds=wanted.seconds, samples=wanted.samples, seed=wanted.seed, sampling=wanted.sampling(default),
-                speaker=wanted.speaker, prime=wanted.prime, mel=wanted.mel, stream_mel=wanted.stream_mel)
 
 
 def _npy(raw: bytes) -> np.ndarray:
@@ -171,7 +164,7 @@ def make_app(engine: Engine, limits: Limits = Limits()):
         except FastWaveNetError as exc:
             return error("generate", 400, str(exc))
         return await stream(request, "generate",
-                            lambda: engine.submit(**_submit_kwargs(wanted, engine.generator.sampling)))
+                            lambda: engine.submit(wanted))
 
     async def vocode(request):
         try:
@@ -197,7 +190,7 @@ def make_app(engine: Engine, limits: Limits = Limits()):
         except FastWaveNetError as exc:
             return error("vocode", 400, str(exc))
         return await stream(request, "vocode",
-                            lambda: engine.submit(**_submit_kwargs(wanted, engine.generator.sampling)))
+                            lambda: engine.submit(wanted))
 
     async def health(request):
         stats = engine.stats()

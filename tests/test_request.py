@@ -10,7 +10,7 @@ from fastwavenet import FastWaveNetError, Sampling, preset
 from fastwavenet.audio import WAV_MAX_FRAMES
 from fastwavenet.request import GenerationRequest, Limits, parse_json
 
-from conftest import vocoder_config
+from helpers import vocoder_config
 
 TINY = preset("tiny")  # 4410 Hz, a softmax over 256 classes
 
