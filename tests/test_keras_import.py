@@ -11,12 +11,14 @@ from helpers import KERAS, run_cli
 
 h5py = pytest.importorskip("h5py", reason="h5py is not installed (pip install 'fastwavenet[import]')")
 CHECKPOINT = KERAS / "checkpoint.00358-1.633.hdf5"
-pytestmark = pytest.mark.skipif(not CHECKPOINT.is_file(), reason=f"{CHECKPOINT} is not present")
 
 from fastwavenet import Generator, mulaw  # noqa: E402
+from fastwavenet.cli import main  # noqa: E402
+from fastwavenet.errors import FastWaveNetError  # noqa: E402
 from fastwavenet.folded import fold, unfold  # noqa: E402
 from fastwavenet.modelfile import ModelFile  # noqa: E402
-from fastwavenet.importers.keras import import_keras  # noqa: E402
+from fastwavenet.importers.keras import config_from_keras, import_keras, weight_table  # noqa: E402
+from fastwavenet.model import WaveNet  # noqa: E402
 from fastwavenet.score import score_audio, score_files  # noqa: E402
 
 from helpers import one_triton_on_cpu  # noqa: E402
@@ -26,8 +28,16 @@ BACKENDS = one_triton_on_cpu(BACKENDS)
 
 
 @pytest.fixture(scope="module")
-def imported():
-    return import_keras(CHECKPOINT, KERAS / "config.json")
+def checkpoint():
+    """The real basveeling/wavenet checkpoint in ../shared (MODEL.md there); tests that need it skip without it."""
+    if not CHECKPOINT.is_file():
+        pytest.skip(f"{CHECKPOINT} is not present")
+    return CHECKPOINT
+
+
+@pytest.fixture(scope="module")
+def imported(checkpoint):
+    return import_keras(checkpoint, KERAS / "config.json")
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +108,9 @@ def test_imported_model_generates_speechlike_audio(imported, backend):
     assert score_audio(imported, audio) < 5.0
 
 
-def test_cli_import_and_score(tmp_path, speech):
+def test_cli_import_and_score(checkpoint, tmp_path, speech):
     out = tmp_path / "vctk4k.safetensors"
-    result = run_cli("import", "keras", CHECKPOINT, "--config", KERAS / "config.json", "-o", out)
+    result = run_cli("import", "keras", checkpoint, "--config", KERAS / "config.json", "-o", out)
     assert result.returncode == 0, result.stderr
     result = run_cli("score", out, speech, "--json")
     assert result.returncode == 0, result.stderr
@@ -122,8 +132,8 @@ def _other_hdf5(path):
     ("config_mismatch", "does not match its config"),
     ("missing_file", "no such file"),
 ])
-def test_bad_imports(case, words, tmp_path):
-    checkpoint, config = CHECKPOINT, KERAS / "config.json"
+def test_bad_imports(case, words, checkpoint, tmp_path):
+    config = KERAS / "config.json"
     if case == "not_hdf5":
         checkpoint = tmp_path / "x.hdf5"
         checkpoint.write_text("not hdf5")
@@ -143,3 +153,80 @@ def test_bad_imports(case, words, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], result.stderr
     assert not out.exists()
+
+
+MISSING = object()  # a field left out of the config
+
+
+def small_config(folder, **changes):
+    """A small basveeling/wavenet config.json (4 filters, dilations 1 and 2, one stack, 16 bins) with `changes`
+    (MISSING: left out)."""
+    raw = dict(nb_filters=4, dilation_depth=1, nb_stacks=1, nb_output_bins=16, desired_sample_rate=4000,
+               use_bias=False, use_skip_connections=True, use_ulaw=True)
+    path = folder / "config.json"
+    path.write_text(json.dumps({name: value for name, value in {**raw, **changes}.items() if value is not MISSING}))
+    return path
+
+
+def small_checkpoint(path, config_path, wrong=None):
+    """A Keras 1 weights file holding every weight the config's table names, convolutions as (out, in, taps, 1),
+    random values; the dataset named `wrong` gets one output channel too many."""
+    config = config_from_keras(config_path)
+    params = dict(WaveNet(config).named_parameters())
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        group = f.create_group("model_weights")
+        group.attrs["layer_names"] = [name.encode() for name in weight_table(config)]
+        for name, (target, how) in weight_table(config).items():
+            shape = list(params[target].shape)
+            if how.endswith("half"):
+                shape[0] //= 2
+            if name == wrong:
+                shape[0] += 1
+            layer = group.create_group(name)
+            layer.attrs["weight_names"] = [name.encode()]
+            layer[name] = rng.standard_normal(shape + [1] * (len(shape) == 3)).astype(np.float32)
+    return path
+
+
+def test_a_small_checkpoint_imports_and_a_wrong_shape_is_refused_before_any_data_is_read(tmp_path, monkeypatch):
+    config = small_config(tmp_path)
+    model = import_keras(small_checkpoint(tmp_path / "good.hdf5", config), config)
+    assert model.config.layers == 2 and model.config.receptive_field == 5
+    reads = []
+    original = h5py.Dataset.__getitem__
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda self, key: reads.append(self.name) or original(self, key))
+    bad = small_checkpoint(tmp_path / "bad.hdf5", config, wrong="convolution1d_66_W")
+    with pytest.raises(FastWaveNetError, match=r"convolution1d_66_W has shape \(17, 16, 1\), the config wants "
+                                               r"\(16, 16, 1\)"):
+        import_keras(bad, config)
+    assert reads == []
+
+
+@pytest.mark.parametrize("changes, words", [
+    (dict(nb_filters="32"), "nb_filters must be an integer, got '32'"),
+    (dict(dilation_depth=[7]), "dilation_depth must be an integer, got [7]"),
+    (dict(nb_stacks=None), "nb_stacks must be an integer, got None"),
+    (dict(desired_sample_rate=True), "desired_sample_rate must be an integer, got True"),
+    (dict(nb_output_bins=256.0), "nb_output_bins must be an integer, got 256.0"),
+    (dict(use_bias="false"), "use_bias must be true or false, got 'false'"),
+    (dict(use_ulaw=None), "use_ulaw must be true or false, got None"),
+    (dict(nb_filters=MISSING), "not a basveeling/wavenet config (missing nb_filters)"),
+])
+def test_config_fields_of_the_wrong_type_are_one_line_errors(changes, words, tmp_path, capsys):
+    checkpoint = small_checkpoint(tmp_path / "small.hdf5", small_config(tmp_path))
+    config = small_config(tmp_path, **changes)
+    out = tmp_path / "out.safetensors"
+    assert main(["import", "keras", str(checkpoint), "--config", str(config), "-o", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
+    assert not out.exists()
+
+
+def test_a_config_that_is_not_a_json_object_is_a_one_line_error(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text("[32, 7, 4]")
+    assert main(["import", "keras", str(tmp_path / "x.hdf5"), "--config", str(config), "-o",
+                 str(tmp_path / "out.safetensors")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "must be a JSON object" in lines[0], lines

@@ -429,6 +429,38 @@ def test_hparams_fastwavenet_does_not_run_are_refused(change, message, tmp_path)
         import_r9y9(ckpt, hparams)
 
 
+MISSING = object()  # a field left out of the hparams
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(layers="6"), "layers must be an integer, got '6'"),
+    (dict(stacks=[2]), "stacks must be an integer, got [2]"),
+    (dict(gate_channels=None), "gate_channels must be an integer, got None"),
+    (dict(kernel_size=True), "kernel_size must be an integer, got True"),
+    (dict(log_scale_min="low"), "log_scale_min must be a number, got 'low'"),
+    (dict(legacy="false"), "legacy must be true or false, got 'false'"),
+    (dict(cin_channels=5.0), "cin_channels must be an integer, got 5.0"),
+    (dict(upsample_scales=[2, "3"]), "upsample_scales must be a list of integers, got [2, '3']"),
+    (dict(upsample_params=[4, 4]), "upsample_params must be an object, got [4, 4]"),
+    (dict(upsample_params={"upsample_scales": 6}), "upsample_params: upsample_scales must be a list of integers"),
+    (dict(stacks=0), "stacks must be at least 1, got 0"),
+    (dict(layers=MISSING), "hparams: missing layers"),
+])
+def test_hparams_of_the_wrong_type_are_one_line_errors(change, words, tmp_path, capsys):
+    """A value of the wrong type (a string, a list, null, a bool where a number is wanted) or a missing field: exit
+    2 with one line naming the field, no file written."""
+    from fastwavenet.cli import main
+
+    _, ckpt, hparams = save_r9y9(tmp_path, "mol-mel-speaker")
+    hp = {name: value for name, value in {**HPARAMS["mol-mel-speaker"], **change}.items() if value is not MISSING}
+    hparams.write_text(json.dumps(hp))
+    out = tmp_path / "m.safetensors"
+    assert main(["import", "r9y9", str(ckpt), "--hparams", str(hparams), "-o", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
+    assert not out.exists()
+
+
 def test_top_k_is_refused_for_a_continuous_output(tmp_path):
     from fastwavenet.sampling import Sampling
 

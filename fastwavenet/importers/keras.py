@@ -36,6 +36,12 @@ from ..files import check_writable
 from ..folded import fold
 from ..model import WaveNet
 from ..modelfile import ModelFile, save_model
+from . import check_kinds
+
+# Every config.json field read, with its JSON type in basveeling/wavenet's config.
+CONFIG_KINDS = {**dict.fromkeys(("nb_filters", "dilation_depth", "nb_stacks", "nb_output_bins", "desired_sample_rate"),
+                                "an integer"),
+                **dict.fromkeys(("use_bias", "use_skip_connections", "use_ulaw"), "true or false")}
 
 
 def config_from_keras(path: str | os.PathLike) -> WaveNetConfig:
@@ -46,10 +52,13 @@ def config_from_keras(path: str | os.PathLike) -> WaveNetConfig:
         raise FastWaveNetError(f"cannot read config {path}: {exc.strerror}") from None
     except json.JSONDecodeError:
         raise FastWaveNetError(f"config {path} is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise FastWaveNetError(f"config {path} must be a JSON object")
     needed = ("nb_filters", "dilation_depth", "nb_stacks", "nb_output_bins", "desired_sample_rate", "use_bias")
     missing = [k for k in needed if k not in raw]
     if missing:
         raise FastWaveNetError(f"config {path} is not a basveeling/wavenet config (missing {', '.join(missing)})")
+    check_kinds(raw, CONFIG_KINDS, f"config {path}")
     if not raw.get("use_skip_connections", True):
         raise FastWaveNetError("models without skip connections are not supported")
     if not raw.get("use_ulaw", True):
@@ -85,7 +94,10 @@ def weight_table(config: WaveNetConfig) -> dict[str, tuple[str, str]]:
     return table
 
 
-def _read_hdf5(path: Path) -> dict[str, torch.Tensor]:
+def _read_hdf5(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The weights of a Keras HDF5 file by their short names, which must be those of `shapes` (name -> the shape
+    PyTorch's layout wants; a convolution's trailing axis of 1 in Keras 1's (out, in, taps, 1) is not counted). Every
+    dataset's name and shape is checked before any is read, so a file of another model is refused at once."""
     try:
         import h5py
     except ImportError:
@@ -95,46 +107,49 @@ def _read_hdf5(path: Path) -> dict[str, torch.Tensor]:
     try:
         with h5py.File(path, "r") as f:
             group = f["model_weights"] if "model_weights" in f else f
-            weights = {}
+            datasets = {}
             for layer in group.attrs.get("layer_names", []):
                 layer = layer.decode() if isinstance(layer, bytes) else layer
                 for name in group[layer].attrs.get("weight_names", []):
                     name = name.decode() if isinstance(name, bytes) else name
-                    weights[name.split("/")[-1].split(":")[0]] = torch.from_numpy(group[layer][name][()])
+                    datasets[name.split("/")[-1].split(":")[0]] = group[layer][name]
+            if not datasets:
+                raise FastWaveNetError(f"{path} holds no Keras layer weights")
+            missing = sorted(set(shapes) - set(datasets))
+            extra = sorted(set(datasets) - set(shapes))
+            if missing or extra:
+                detail = "; ".join(p for p in (f"missing {', '.join(missing[:4])}" if missing else "",
+                                               f"unexpected {', '.join(extra[:4])}" if extra else "") if p)
+                raise FastWaveNetError(f"{path} does not match its config ({detail})")
+            for name, want in shapes.items():
+                stored = tuple(datasets[name].shape)
+                have = stored[:3] if len(stored) == 4 and stored[3] == 1 else stored
+                if have != want:
+                    raise FastWaveNetError(f"{name} has shape {have}, the config wants {want}")
+            return {name: torch.from_numpy(dataset[()]) for name, dataset in datasets.items()}
     except OSError:
         raise FastWaveNetError(f"{path} is not an HDF5 file") from None
     except KeyError as exc:
         raise FastWaveNetError(f"{path} is not a Keras weights file ({exc})") from None
-    if not weights:
-        raise FastWaveNetError(f"{path} holds no Keras layer weights")
-    return weights
 
 
 @torch.no_grad()
 def import_keras(checkpoint: str | os.PathLike, config_path: str | os.PathLike) -> ModelFile:
     """Read a basveeling/wavenet checkpoint with its config.json; returns the model as folded weights."""
     config = config_from_keras(config_path)
-    weights = _read_hdf5(Path(checkpoint))
     table = weight_table(config)
-    missing = sorted(set(table) - set(weights))
-    extra = sorted(set(weights) - set(table))
-    if missing or extra:
-        detail = "; ".join(p for p in (f"missing {', '.join(missing[:4])}" if missing else "",
-                                       f"unexpected {', '.join(extra[:4])}" if extra else "") if p)
-        raise FastWaveNetError(f"{checkpoint} does not match its config ({detail})")
     model = WaveNet(config)
     params = dict(model.named_parameters())
     g = config.gate_channels
-    for name, (target, how) in table.items():
+    halves = {"tanh half": slice(0, g), "sigmoid half": slice(g, 2 * g)}
+    parts = {name: params[target][halves.get(how, slice(None))] for name, (target, how) in table.items()}
+    weights = _read_hdf5(Path(checkpoint), {name: tuple(part.shape) for name, part in parts.items()})
+    for name, part in parts.items():
         w = weights[name].to(torch.float32)
         if w.ndim == 4:
             # (out, in, taps, 1), Theano order -> PyTorch's (out, in, taps), taps reversed (see the docstring).
             w = w[:, :, :, 0].flip(-1)
-        dest = params[target]
-        part = {"tanh half": slice(0, g), "sigmoid half": slice(g, 2 * g)}.get(how, slice(None))
-        if tuple(dest[part].shape) != tuple(w.shape):
-            raise FastWaveNetError(f"{name} has shape {tuple(w.shape)}, the config wants {tuple(dest[part].shape)}")
-        dest[part].copy_(w)
+        part.copy_(w)
     return ModelFile(config, fold(model.eval()))
 
 

@@ -50,6 +50,22 @@ from ..errors import FastWaveNetError
 from ..files import check_writable
 from ..folded import FoldedWeights
 from ..modelfile import ModelFile, save_model
+from . import check_kinds
+
+# Every hparams field read, with its JSON type in r9y9's hparams.py; NULLABLE ones may be null there (unset).
+HPARAM_KINDS = {
+    **dict.fromkeys(("layers", "stacks", "residual_channels", "gate_channels", "skip_out_channels", "kernel_size",
+                     "sample_rate", "quantize_channels", "out_channels", "cin_channels", "gin_channels", "n_speakers",
+                     "cin_pad", "hop_size", "fft_size", "freq_axis_kernel_size"), "an integer"),
+    **dict.fromkeys(("log_scale_min", "fmin", "fmax"), "a number"),
+    **dict.fromkeys(("legacy", "upsample_conditional_features", "use_speaker_embedding"), "true or false"),
+    **dict.fromkeys(("input_type", "output_distribution", "upsample_net"), "a string"),
+    "upsample_scales": "a list of integers",
+    "upsample_params": "an object",
+}
+UPSAMPLE_PARAM_KINDS = {"upsample_scales": "a list of integers", "freq_axis_kernel_size": "an integer",
+                        "upsample_activation": "a string", "mode": "a string"}
+NULLABLE = ("n_speakers", "fmax", "upsample_scales")
 
 
 def _read_hparams(path) -> dict:
@@ -76,9 +92,13 @@ def config_from_hparams(hp: dict) -> WaveNetConfig:
     missing = [k for k in needed if k not in hp]
     if missing:
         raise FastWaveNetError(f"hparams: missing {', '.join(missing)}")
+    check_kinds(hp, HPARAM_KINDS, "hparams", NULLABLE)
+    check_kinds(hp.get("upsample_params", {}), UPSAMPLE_PARAM_KINDS, "hparams: upsample_params", NULLABLE)
     input_type = hp.get("input_type", "raw")
     if input_type not in ("raw", "mulaw-quantize"):
         raise FastWaveNetError(f"hparams: input_type {input_type!r} is not supported (raw or mulaw-quantize)")
+    if hp["stacks"] < 1:
+        raise FastWaveNetError(f"hparams: stacks must be at least 1, got {hp['stacks']}")
     if hp["layers"] % hp["stacks"]:
         raise FastWaveNetError(f"hparams: layers {hp['layers']} is not a multiple of stacks {hp['stacks']}")
     if hp["gate_channels"] % 2:
@@ -118,10 +138,10 @@ def config_from_hparams(hp: dict) -> WaveNetConfig:
             if up.get("upsample_activation", "none") != "none" or up.get("mode", "nearest") != "nearest":
                 raise FastWaveNetError("hparams: upsample_params with an activation or a mode other than nearest "
                                        "are not supported")
-            scales, freq = list(up.get("upsample_scales", [4, 4, 4, 4])), up.get("freq_axis_kernel_size", 1)
+            scales, freq = list(up.get("upsample_scales") or [4, 4, 4, 4]), up.get("freq_axis_kernel_size", 1)
             upsampler = dict(upsampler="r9y9-convin", cin_pad=hp.get("cin_pad", 0))
         else:
-            scales, freq = list(hp.get("upsample_scales", [])), hp.get("freq_axis_kernel_size", 3)
+            scales, freq = list(hp.get("upsample_scales") or []), hp.get("freq_axis_kernel_size", 3)
             upsampler = dict(upsampler="r9y9-transpose")
         hop = hp.get("hop_size", math.prod(scales) if scales else 256)
         fields.update(n_mels=hp["cin_channels"], hop_length=hop, n_fft=max(hp.get("fft_size", 1024), hop),
