@@ -28,6 +28,8 @@ class OnnxRuntimeBackend(Backend):
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the thread count the user gave torch
+        # Idle threads sleep: spinning ones would take the cores that the host's sampling runs on between steps.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(step_graph(config, weights), options,
                                                     providers=["CPUExecutionProvider"])
         self.outputs = graph_names(config)[1]
