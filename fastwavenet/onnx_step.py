@@ -32,7 +32,7 @@ def missing_onnx(module: str = "onnx") -> str | None:
     """Why ONNX export (or, for module="onnxruntime", running it) cannot work here, in one line; None if it can."""
     for name in dict.fromkeys([module, "onnx"]):
         if importlib.util.find_spec(name) is None:
-            return f"{name} is not installed ({INSTALL})"
+            return f"{name} is not installed: {INSTALL}"
     return None
 
 
@@ -195,7 +195,7 @@ def export_step(model: ModelFile | str | os.PathLike, out: str | os.PathLike):
     """Write one step of `model` (a ModelFile or a model file's path) as an ONNX file at `out`."""
     reason = missing_onnx()
     if reason:
-        raise FastWaveNetError(f"ONNX export needs the onnx package: {reason}")
+        raise FastWaveNetError(f"ONNX export: {reason}")
     if not isinstance(model, ModelFile):
         if os.path.isdir(model) or str(model).endswith(".pt"):
             raise FastWaveNetError(f"{model} is a training checkpoint: export it to a model file (.safetensors) "

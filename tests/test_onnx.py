@@ -148,6 +148,11 @@ def test_without_onnx_the_command_says_which_extra_in_one_line(tmp_path, monkeyp
     assert not (tmp_path / "step.onnx").exists()
     assert "fastwavenet[onnx]" in OnnxRuntimeBackend.unavailable_reason(torch.device("cpu"))
     assert "onnxruntime" not in available_backends("cpu")
+    wav = tmp_path / "x.wav"
+    assert main(["generate", "--model", str(source), "--backend", "onnxruntime", "-o", str(wav), "--seconds", "0.01",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fastwavenet[onnx]" in err and not wav.exists()
 
 
 def test_a_checkpoint_is_refused_in_one_line(tmp_path, capsys):
