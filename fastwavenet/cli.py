@@ -99,6 +99,12 @@ def cmd_export(args):
     from .files import check_writable
     from .modelfile import load_model, set_default_sampling
 
+    if str(args.output).endswith(".onnx"):  # one incremental step of a model file as an ONNX graph
+        from .onnx_step import export_step
+
+        export_step(args.checkpoint, args.output)
+        print(f"wrote {args.output}")
+        return
     given = (args.temperature, args.top_k, args.top_p)
     if str(args.checkpoint).endswith(".safetensors"):
         # A model file: rewrite it with the default sampling given (fields not given keep its own).
@@ -499,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="fold a training checkpoint into a model file for generation")
     p.add_argument("checkpoint", help="run directory or checkpoint.pt (or a model file, to set its default sampling)")
-    p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    p.add_argument("-o", "--output", required=True,
+                   help="model file to write (.safetensors), or .onnx: one step of a model file (docs/ONNX.md)")
     g = p.add_argument_group("default sampling stored in the file (generate, vocode, serve and corpus use it "
                              "where the user names none; recipes/sampling_table.py measures which is best)")
     g.add_argument("--temperature", type=_positive_float)

@@ -60,6 +60,8 @@ def model_logits(model, codes, mel, speaker):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_teacher_forced_logits_match_training_model(name, backend):
+    if backend == "torch-compile" and name in ("tiny", "k3-nobias-gate"):  # the other two: a compile is 20-40 s
+        pytest.skip("torch-compile is checked on k4-odd and mel+speaker only, for CI's time")
     config = CONFIGS[name]
     steps = teacher_steps(config, backend, short=backend == "naive" and name == "tiny")
     model = random_model(config)

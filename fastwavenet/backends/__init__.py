@@ -6,6 +6,8 @@
     triton  the whole loop in one Triton launch per chunk (kernels/gpu.py),    backends/triton_gpu.py
             8 or 16 streams per program, each weight row read once for them
     triton-stream  the same launch with one stream per program (matrix-vector products)
+    onnxruntime    the exported ONNX step (onnx_step.py) run by ONNX Runtime    backends/onnxruntime_step.py
+    torch-compile  torch's step through torch.compile (and a CUDA graph on CUDA) backends/torch_compile.py
 
 The interface they share is backends/base.py. This module holds the registry and the `auto` choice; it imports every
 backend, and every backend imports base, so the interface cannot live here without an import cycle. A new backend
@@ -30,13 +32,16 @@ from ..folded import FoldedWeights
 from .base import Backend, full_fp32, resolve_device
 from .naive import NaiveBackend
 from .numba_cpu import NumbaBackend
+from .onnxruntime_step import OnnxRuntimeBackend
+from .torch_compile import TorchCompileBackend
 from .torch_queues import TorchBackend
 from .triton_gpu import TritonBackend, TritonStreamBackend
 
 
 def registry() -> dict[str, type[Backend]]:
     return {"naive": NaiveBackend, "torch": TorchBackend, "numba": NumbaBackend, "triton": TritonBackend,
-            "triton-stream": TritonStreamBackend}
+            "triton-stream": TritonStreamBackend, "onnxruntime": OnnxRuntimeBackend,
+            "torch-compile": TorchCompileBackend}
 
 
 def available_backends(device: torch.device | str) -> list[str]:
@@ -203,6 +208,6 @@ def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, devic
 
 
 __all__ = ["Backend", "NaiveBackend", "TorchBackend", "NumbaBackend", "TritonBackend", "TritonStreamBackend",
-           "registry",
+           "OnnxRuntimeBackend", "TorchCompileBackend", "registry",
            "available_backends", "make_backend", "resolve_device", "full_fp32", "choose_by_trial", "trial_rate",
            "auto_cache_path", "kept_choices"]
