@@ -17,7 +17,7 @@ from fastwavenet.convert import fold
 from fastwavenet.folded import FoldedWeights, convolve, expected_shapes
 from fastwavenet.modelfile import ModelFile, save_model
 
-from conftest import random_model
+from helpers import random_model
 from test_exactness import CONFIGS, conditioning_inputs, model_logits
 
 onnx = pytest.importorskip("onnx")
