@@ -18,8 +18,9 @@ What a client can hold, and for how long (`Limits`, the `fastwavenet serve --...
 - a slot in the engine (`--max-active`) or in its queue (`--max-waiting`; beyond, 503 at once), for one request of
   at most `--max-seconds` of audio; released when the request ends, fails, or its client leaves (a waiting request
   leaves the queue at once; a running one before the next round);
-- audio made but not yet sent: the engine pauses a request after 10 s of it; the server's writes to a client must
-  go through within `--write-timeout` (30 s): a client that stops reading loses its stream and its connection;
+- audio made but not yet sent: the engine pauses a request after 10 s of it, the socket holds 64 KiB (SEND_BUFFER_BYTES)
+  and aiohttp's buffer 64 KiB more; the server's writes to a client must go through within `--write-timeout` (30 s):
+  a client that stops reading loses its stream, and its connection is reset;
 - a connection: its request's headers must arrive within `--read-timeout` (30 s) of connecting or of its last
   answer, and its body within `--read-timeout` more (else 408); idle connections close at the same time; a refused
   body is read and dropped for at most 10 s more (aiohttp's lingering close), then the connection closes;
@@ -40,6 +41,7 @@ import concurrent.futures
 import io
 import json
 import math
+import socket
 import struct
 
 import numpy as np
@@ -52,6 +54,11 @@ from .sampling import Sampling
 
 SAMPLING_KEYS = {"temperature": float, "top_k": int, "top_p": float, "argmax": bool}
 
+
+# The kernel's send buffer of a stream's socket. Autotuned, loopback's grows to 4 MB: a client that never reads
+# would absorb minutes of audio (all generated for nobody) before a write blocks and the write timeout can start.
+# 64 KiB (the kernel doubles it) is seconds of audio at any rate: ample for a client that reads in real time.
+SEND_BUFFER_BYTES = 64 << 10
 
 # Uploaded audio files decoded at once: with the length and rate limits, this bounds the memory decoding takes.
 DECODERS = 4
@@ -149,6 +156,7 @@ def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 1
 
     decoders = concurrent.futures.ThreadPoolExecutor(DECODERS, thread_name_prefix="fastwavenet-decode")
     handlers: set[asyncio.Task] = set()  # requests being answered, for the drain
+    closing: set = set()  # transports of cut streams still sending what they hold
     stopping = False
 
     async def body(request) -> bytes:
@@ -175,10 +183,18 @@ def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 1
         if transport is None:
             return
         if at_once:
+            # A reset: a plain close would leave the kernel retrying to send its buffers to a client that never reads.
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             transport.abort()
         else:
             transport.close()
-            asyncio.get_running_loop().call_later(limits.write_timeout, transport.abort)
+            closing.add(transport)
+
+            def drop():
+                closing.discard(transport)
+                transport.abort()
+
+            asyncio.get_running_loop().call_later(limits.write_timeout, drop)
 
     async def stream(request, endpoint: str, submit):
         loop = asyncio.get_running_loop()
@@ -193,6 +209,9 @@ def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 1
         response.content_length = 44 + 2 * job.total
         outcome = "cut"
         try:
+            if request.transport is not None:
+                request.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                                      SEND_BUFFER_BYTES)
             await sent(response.prepare(request))
             await sent(response.write(wav_header(job.total, config.sample_rate)))
             first = True
@@ -311,6 +330,8 @@ def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 1
             task.cancel()
         if cut:  # a cancelled stream ends at once: its next await raises
             await asyncio.wait(cut, timeout=1.0)
+        for transport in closing:  # the process ends now: what they hold is not sent
+            transport.abort()
 
     async def stop_decoding(app):
         decoders.shutdown(wait=False, cancel_futures=True)
