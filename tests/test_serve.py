@@ -401,3 +401,21 @@ def test_sigterm_ends_within_the_drain_while_a_client_streams(models, drain):
     finally:
         sock.close()
         s.stop()
+
+
+def test_uploads_are_mixed_block_by_block_and_refused_above_the_rate_limit(tmp_path):
+    from fastwavenet import FastWaveNetError
+    from fastwavenet.audio import read_bytes
+
+    rng = np.random.default_rng(0)
+    stereo = (0.3 * rng.standard_normal((200_000, 2))).astype(np.float32)  # three blocks and a part
+    soundfile.write(tmp_path / "stereo.wav", stereo, 4410, subtype="FLOAT")
+    data = (tmp_path / "stereo.wav").read_bytes()
+    whole = np.clip(stereo.mean(axis=1), -1, 1)
+    assert np.array_equal(read_bytes(data, 4410, max_seconds=60), whole)
+    assert np.array_equal(read_bytes(data, 4410), whole)
+    with pytest.raises(FastWaveNetError, match=r"upload holds 45.35\d* s of audio; this server makes at most 45 s"):
+        read_bytes(data, 4410, "upload", max_seconds=45)
+    soundfile.write(tmp_path / "fast.wav", np.zeros(10, np.float32), 400_000)
+    with pytest.raises(FastWaveNetError, match="at 400000 Hz; at most 384000 Hz"):
+        read_bytes((tmp_path / "fast.wav").read_bytes(), 4410, "upload", max_seconds=60)
