@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 
 
-def start_server(model: Path, clients: int, round_ms: float, log: Path) -> tuple[subprocess.Popen, str]:
-    """The server, its output to a file (a pipe nobody reads would fill and stop it)."""
+def start_server(model: Path | None, log: Path, *options) -> tuple[subprocess.Popen, str]:
+    """`fastwavenet serve` (numba, any free port; model None: the bundled demo) with `options`, its output to a file
+    (a pipe nobody reads would fill and stop it): the process and its URL."""
+    command = [sys.executable, "-m", "fastwavenet", "serve", "--port", "0", "--backend", "numba", *map(str, options)]
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "fastwavenet", "serve", "--model", str(model), "--port", "0",
-                                    "--backend", "numba", "--max-active", str(clients), "--max-waiting", str(clients),
-                                    "--round-ms", str(round_ms), "--max-seconds", "3600", "--drain-seconds", "0"],
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command + ([] if model is None else ["--model", str(model)]), stdout=out,
+                                   stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         for line in log.read_text().splitlines():
@@ -104,7 +104,9 @@ def main(argv=None):
         save_model(path, config, model.weights)
         for clients in [int(c) for c in args.clients.split(",")]:
             offline = bench.measure(model, "numba", clients, min_seconds=3.0).samples_per_s
-            process, url = start_server(path, clients, args.round_ms, Path(folder) / f"server-{clients}.log")
+            process, url = start_server(path, Path(folder) / f"server-{clients}.log", "--max-active", clients,
+                                        "--max-waiting", clients, "--round-ms", args.round_ms, "--max-seconds", 3600,
+                                        "--drain-seconds", 0)
             try:
                 # A short first round of requests, untimed: the server's first rounds measure its own rate.
                 asyncio.run(load(url, clients, 0.05, 2.0, config.sample_rate))

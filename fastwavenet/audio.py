@@ -13,6 +13,9 @@ import soundfile
 from .errors import FastWaveNetError
 from .files import check_writable, fsync_path, temporary_beside
 
+# The highest sample rate an upload may have: with the length limit, it bounds what one decoding holds.
+UPLOAD_MAX_RATE = 384_000
+
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".mp3", ".opus", ".m4a"}
 
 
@@ -33,15 +36,36 @@ def read(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     return _checked(data, rate, sample_rate, str(path))
 
 
-def read_bytes(data: bytes, sample_rate: int, what: str = "audio") -> np.ndarray:
-    """`read` for the bytes of a file in one of libsndfile's formats (WAV, FLAC, OGG, ...): an upload, say."""
+def read_bytes(data: bytes, sample_rate: int, what: str = "audio",
+               max_seconds: float | None = None) -> np.ndarray:
+    """`read` for the bytes of a file in one of libsndfile's formats (WAV, FLAC, OGG, ...): an upload, say.
+
+    max_seconds: refuse longer audio from the file's header, before decoding it (a few KB of compressed silence can
+    hold hours), and audio above UPLOAD_MAX_RATE Hz; the decoding stops at that length whatever the header says, and
+    mixes channels block by block: at most max_seconds x UPLOAD_MAX_RATE samples of float32 are held."""
     import io
 
     try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            frames, rate = f.frames, f.samplerate
+            if max_seconds is not None:
+                if rate > UPLOAD_MAX_RATE:
+                    raise FastWaveNetError(f"{what} is at {rate} Hz; at most {UPLOAD_MAX_RATE} Hz is taken")
+                if frames > max_seconds * rate:
+                    raise FastWaveNetError(f"{what} holds {frames / rate:g} s of audio; this server makes at most "
+                                           f"{max_seconds:g} s per request")
+                frames = min(frames, int(max_seconds * rate))
+            samples = np.empty(frames, np.float32)
+            made = 0
+            while made < frames:
+                block = f.read(min(1 << 16, frames - made), dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                samples[made:made + len(block)] = block.mean(axis=1)
+                made += len(block)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise FastWaveNetError(f"cannot read {what}: {exc}") from None
-    return _checked(samples.mean(axis=1), rate, sample_rate, what)
+    return _checked(samples[:made], rate, sample_rate, what)
 
 
 def _checked(data: np.ndarray, rate: int, sample_rate: int, what: str) -> np.ndarray:

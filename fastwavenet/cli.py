@@ -363,7 +363,8 @@ def cmd_serve(args):
         print("fastwavenet: loading the model and compiling the kernels (cached after the first run)", flush=True)
     engine = Engine(args.model, backend=args.backend, device=args.device, max_active=args.max_active,
                     max_waiting=args.max_waiting, round_seconds=args.round_ms / 1000)
-    serve(engine, args.host, args.port, Limits(args.max_seconds, int(args.max_body_mb * (1 << 20))),
+    serve(engine, args.host, args.port, Limits(args.max_seconds, int(args.max_body_mb * (1 << 20)), args.read_timeout,
+                                               args.write_timeout),
           drain_seconds=args.drain_seconds, quiet=args.quiet)
 
 
@@ -570,6 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests queued beyond those; more are refused with 503 (default 256)")
     p.add_argument("--max-seconds", type=_positive_float, default=60.0, help="longest audio per request (default 60)")
     p.add_argument("--max-body-mb", type=_positive_float, default=16.0, help="largest request body (default 16)")
+    p.add_argument("--read-timeout", type=_positive_float, default=30.0,
+                   help="seconds a client has to send a request's headers, and again its body (default 30)")
+    p.add_argument("--write-timeout", type=_positive_float, default=30.0,
+                   help="seconds a write of audio may wait for the client to read; then its stream is cut "
+                        "(default 30)")
     p.add_argument("--round-ms", type=_positive_float, default=50.0,
                    help="about how long one round of steps takes; time to first audio is one to two rounds "
                         "(default 50)")

@@ -286,8 +286,19 @@ PRESETS: dict[str, WaveNetConfig] = {
 }
 
 
-def physical_memory() -> int | None:
-    """Bytes of RAM on this machine, or None where the OS does not say."""
+MEMINFO = "/proc/meminfo"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process could take now: Linux's MemAvailable (free memory plus caches the kernel can
+    drop), else the machine's RAM where the OS tells only that, else None."""
+    try:
+        with open(MEMINFO) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # in kB
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -295,11 +306,11 @@ def physical_memory() -> int | None:
 
 
 def check_memory(nbytes: float, what: str):
-    """Refuse, with a clear message, work whose buffers alone would exceed this machine's memory."""
-    total = physical_memory()
-    if total is not None and nbytes > total:
-        raise FastWaveNetError(f"{what} would need about {nbytes / 2**30:,.1f} GiB, more than this machine's "
-                               f"{total / 2**30:,.1f} GiB")
+    """Refuse, with a clear message, work whose buffers alone would exceed the memory this machine has free."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise FastWaveNetError(f"{what} would need about {nbytes / 2**30:,.1f} GiB, more than the "
+                               f"{available / 2**30:,.1f} GiB this machine has free")
 
 
 def preset(name: str) -> WaveNetConfig:

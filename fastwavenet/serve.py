@@ -15,14 +15,35 @@ Audio is 16-bit PCM WAV, mono, at the model's rate; the header carries the exact
 length is known when it starts. Errors are JSON {"error": "..."} with a 4xx status (503 when the engine is full).
 Options are read as fastwavenet.request reads them: strict types (no bool for a number, no string for a bool), finite
 numbers, unknown keys refused, and the same bounds as every other way in.
+
+What a client can hold, and for how long (`Limits`, the `fastwavenet serve --...` flags):
+- a slot in the engine (`--max-active`) or in its queue (`--max-waiting`; beyond, 503 at once), for one request of
+  at most `--max-seconds` of audio; released when the request ends, fails, or its client leaves (a waiting request
+  leaves the queue at once; a running one before the next round);
+- audio made but not yet sent: the engine pauses a request after 10 s of it, the socket holds 64 KiB (SEND_BUFFER_BYTES)
+  and aiohttp's buffer 64 KiB more; the server's writes to a client must go through within `--write-timeout` (30 s):
+  a client that stops reading loses its stream, and its connection is reset;
+- a connection: its request's headers must arrive within `--read-timeout` (30 s) of connecting or of its last
+  answer, and its body within `--read-timeout` more (else 408); idle connections close at the same time; a refused
+  body is read and dropped for at most 10 s more (aiohttp's lingering close), then the connection closes;
+- a body of at most `--max-body-mb` (16) in memory; an uploaded audio file is checked against `--max-seconds` from its
+  header before it is decoded, at most 384 kHz, decoded on DECODERS threads at once (each holds at most
+  max-seconds x 384 kHz float32 samples, 92 MB at the defaults, and its resampling);
+- the count of connections is bounded by the process's open-file limit only: each idle or slow one closes within
+  the read timeout, but put a proxy with a connection limit in front of a server open to the internet.
+A stream that ends short of its promised length (a failure, a cancel, a shutdown) closes its connection, so the
+client sees the cut instead of waiting for bytes that never come. SIGTERM or Ctrl-C: the listening socket and idle
+connections close, requests in flight get `--drain-seconds` to finish, the rest are cut, and the process ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import concurrent.futures
 import io
 import math
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -35,12 +56,27 @@ from .features import bands_first, log_mel
 from .request import GenerationRequest, Limits as RequestLimits, parse_json
 
 
+# The kernel's send buffer of a stream's socket. Autotuned, loopback's grows to 4 MB: a client that never reads
+# would absorb minutes of audio (all generated for nobody) before a write blocks and the write timeout can start.
+# 64 KiB (the kernel doubles it) is seconds of audio at any rate: ample for a client that reads in real time.
+SEND_BUFFER_BYTES = 64 << 10
+
+# Uploaded audio files decoded at once: with the length and rate limits, this bounds the memory decoding takes.
+DECODERS = 4
+
+
+
 @dataclass(frozen=True)
 class Limits(RequestLimits):
-    """The request limits, with the server's defaults, and the largest body it reads."""
+    """The request limits, with the server's defaults, and what one request may hold. max_seconds: audio per
+    request; max_body_bytes: a request's body; read_timeout: seconds for a request's headers to arrive (from
+    connecting, or from the last answer on the connection), and again for its body; write_timeout: seconds one write
+    of audio may wait for the client to read."""
 
     max_seconds: float | None = 60.0
     max_body_bytes: int = 16 << 20
+    read_timeout: float = 30.0
+    write_timeout: float = 30.0
 
 
 def wav_header(samples: int, sample_rate: int) -> bytes:
@@ -85,7 +121,9 @@ def _npy(raw: bytes) -> np.ndarray:
         raise _BadRequest(400, f"malformed .npy: {exc}") from None
 
 
-def make_app(engine: Engine, limits: Limits = Limits()):
+def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 10.0):
+    """The aiohttp application. On shutdown (aiohttp closes the listening socket and idle connections first) requests
+    in flight get `drain_seconds` to finish; the rest are cut. The caller closes the engine."""
     from aiohttp import web
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -108,16 +146,51 @@ def make_app(engine: Engine, limits: Limits = Limits()):
         headers = {"Retry-After": "1"} if status == 503 else None
         return web.json_response({"error": message}, status=status, headers=headers)
 
+    decoders = concurrent.futures.ThreadPoolExecutor(DECODERS, thread_name_prefix="fastwavenet-decode")
+    handlers: set[asyncio.Task] = set()  # requests being answered, for the drain
+    closing: set = set()  # transports of cut streams still sending what they hold
+    stopping = False
+
     async def body(request) -> bytes:
         if request.content_length is not None and request.content_length > limits.max_body_bytes:
             raise _BadRequest(413, f"body of {request.content_length} bytes; the limit is {limits.max_body_bytes}")
         try:
-            return await request.read()
+            async with asyncio.timeout(limits.read_timeout):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise _BadRequest(413, f"body over the limit of {limits.max_body_bytes} bytes") from None
+        except TimeoutError:
+            raise _BadRequest(408, f"the body was not received within {limits.read_timeout:g} s") from None
+
+    async def sent(write):
+        """A write the client must take within the write timeout (TimeoutError otherwise)."""
+        async with asyncio.timeout(limits.write_timeout):
+            await write
+
+    def end_connection(request, at_once: bool):
+        """Close the connection of a stream that ended short of its Content-Length, so the client sees the cut instead
+        of waiting for bytes that never come. at_once: drop what is unsent (the client left, or does not read);
+        else send it first, and drop it if the client has not taken it within the write timeout."""
+        transport = request.transport
+        if transport is None:
+            return
+        if at_once:
+            # A reset: a plain close would leave the kernel retrying to send its buffers to a client that never reads.
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        else:
+            transport.close()
+            closing.add(transport)
+
+            def drop():
+                closing.discard(transport)
+                transport.abort()
+
+            asyncio.get_running_loop().call_later(limits.write_timeout, drop)
 
     async def stream(request, endpoint: str, submit):
-        arrived = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
         try:
             job = submit()
         except (EngineFull, EngineClosed) as exc:
@@ -126,30 +199,36 @@ def make_app(engine: Engine, limits: Limits = Limits()):
             return error(endpoint, 400, str(exc))
         response = web.StreamResponse(headers={"Content-Type": "audio/wav", "X-Request-Id": str(job.id)})
         response.content_length = 44 + 2 * job.total
-        complete = False
+        outcome = "cut"
         try:
-            await response.prepare(request)
-            await response.write(wav_header(job.total, config.sample_rate))
+            if request.transport is not None:
+                request.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                                      SEND_BUFFER_BYTES)
+            await sent(response.prepare(request))
+            await sent(response.write(wav_header(job.total, config.sample_rate)))
             first = True
             async for chunk in job:
                 if first:
-                    first_audio.observe(asyncio.get_running_loop().time() - arrived)
+                    first_audio.observe(loop.time() - arrived)
                     first = False
-                await response.write(pcm16(chunk))
+                await sent(response.write(pcm16(chunk)))
                 samples.inc(len(chunk))
-            await response.write_eof()
-            complete = True
-            requests.labels(endpoint, "200").inc()
+            await sent(response.write_eof())
+            outcome = "200"
         except ConnectionError:  # the client went away: nothing to answer, nothing to log
-            requests.labels(endpoint, "disconnected").inc()
-        except asyncio.CancelledError:  # a shutdown past its drain time
-            requests.labels(endpoint, "cut").inc()
+            outcome = "disconnected"
+        except TimeoutError:  # the client stopped reading
+            outcome = "stalled"
+        except asyncio.CancelledError:  # the client went away (aiohttp cancels its handler), or a drain ran out
+            outcome = "cut" if stopping else "disconnected"
             raise
-        except FastWaveNetError:  # cancelled by a shutdown, or failed: the stream ends short
-            requests.labels(endpoint, "cut").inc()
+        except FastWaveNetError:  # cancelled by the engine, or failed: the stream ends short
+            outcome = "cut"
         finally:
-            if not complete:
+            requests.labels(endpoint, outcome).inc()
+            if outcome != "200":
                 job.cancel()  # frees the slot before the engine's next round
+                end_connection(request, at_once=outcome in ("disconnected", "stalled"))
         return response
 
     async def generate(request):
@@ -180,8 +259,9 @@ def make_app(engine: Engine, limits: Limits = Limits()):
                 mel, length = bands_first(_npy(raw), config), None
             else:
                 loop = asyncio.get_running_loop()
-                samples_in = await loop.run_in_executor(None, audio_io.read_bytes, raw, config.sample_rate, "upload")
-                mel = await loop.run_in_executor(None, log_mel, samples_in, config)
+                samples_in = await loop.run_in_executor(decoders, audio_io.read_bytes, raw, config.sample_rate,
+                                                        "upload", limits.max_seconds)
+                mel = await loop.run_in_executor(decoders, log_mel, samples_in, config)
                 length = len(samples_in)
             wanted = dataclasses.replace(options, samples=length, mel=mel)
             wanted.check(config, limits)
@@ -202,17 +282,45 @@ def make_app(engine: Engine, limits: Limits = Limits()):
     async def metrics(request):
         return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
 
-    app = web.Application(client_max_size=limits.max_body_bytes)
+    @web.middleware
+    async def tracked(request, handler):
+        task = asyncio.current_task()
+        handlers.add(task)
+        try:
+            return await handler(request)
+        finally:
+            handlers.discard(task)
+
+    async def drain(app):
+        nonlocal stopping
+        stopping = True
+        if handlers and drain_seconds > 0:
+            await asyncio.wait(set(handlers), timeout=drain_seconds)
+        cut = [task for task in handlers if not task.done()]
+        for task in cut:
+            task.cancel()
+        if cut:  # a cancelled stream ends at once: its next await raises
+            await asyncio.wait(cut, timeout=1.0)
+        for transport in closing:  # the process ends now: what they hold is not sent
+            transport.abort()
+
+    async def stop_decoding(app):
+        decoders.shutdown(wait=False, cancel_futures=True)
+
+    app = web.Application(client_max_size=limits.max_body_bytes, middlewares=[tracked])
     app.add_routes([web.post("/generate", generate), web.post("/vocode", vocode), web.get("/health", health),
                     web.get("/metrics", metrics)])
+    app.on_shutdown.append(drain)
+    app.on_cleanup.append(stop_decoding)
     return app
 
 
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
           drain_seconds: float = 10.0, quiet: bool = False):
     """Run the server until SIGINT or SIGTERM: then stop taking requests, let those in flight finish for up to
-    `drain_seconds`, cancel the rest (their streams end short), and stop the engine. Port 0 takes a free port; the
-    address is printed once the server listens."""
+    `drain_seconds`, cut the rest (their streams end short, their connections close), and stop the engine: the
+    process ends within about `drain_seconds` plus one round (and any upload being decoded, bounded by the limits).
+    Port 0 takes a free port; the address is printed once the server listens."""
     asyncio.run(_serve(engine, host, port, limits, drain_seconds, quiet))
 
 
@@ -221,13 +329,16 @@ async def _serve(engine, host, port, limits, drain_seconds, quiet):
 
     from aiohttp import web
 
-    app = make_app(engine, limits)
+    app = make_app(engine, limits, drain_seconds)
 
     async def stop_engine(app):
         await asyncio.get_running_loop().run_in_executor(None, lambda: engine.close(cancel=True))
 
     app.on_cleanup.append(stop_engine)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=drain_seconds)
+    # The drain is the app's (make_app); aiohttp's own waits twice its shutdown_timeout and never ends at 0. The
+    # keep-alive timeout also bounds how long a new connection may take to send its first request's headers.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, keepalive_timeout=limits.read_timeout,
+                           shutdown_timeout=1.0)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

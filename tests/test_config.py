@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -60,3 +61,18 @@ def test_unknown_fields_and_bad_json():
         WaveNetConfig.from_json("{")
     with pytest.raises(FastWaveNetError, match="unknown preset"):
         preset("huge")
+
+
+def test_check_memory_counts_available_memory_not_total(tmp_path, monkeypatch):
+    """A machine with 64 GiB of RAM of which 1 GiB is free refuses 2 GiB of buffers (it swapped, or was killed)."""
+    from fastwavenet import config
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       67108864 kB\nMemFree:          524288 kB\nMemAvailable:    1048576 kB\n")
+    monkeypatch.setattr(config, "MEMINFO", str(meminfo))
+    assert config.available_memory() == 1 << 30
+    config.check_memory(0.9 * 2**30, "a batch")
+    with pytest.raises(FastWaveNetError, match=r"a batch would need about 2.0 GiB, more than the 1.0 GiB this machine"):
+        config.check_memory(2 * 2**30, "a batch")
+    monkeypatch.setattr(config, "MEMINFO", str(tmp_path / "absent"))  # not Linux: the machine's RAM
+    assert config.available_memory() == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -264,3 +264,201 @@ def test_sigterm_cuts_requests_in_flight_after_the_drain_and_exits(models):
     finally:
         sock.close()
         s.stop()
+
+
+# ---- resources a client can hold (issue 37) ------------------------------------------------------------------------
+
+def stalled_socket(port: int, body: dict) -> socket.socket:
+    """A /generate request from a client that never reads: a small receive buffer, so the server's writes block
+    soon (loopback buffers would otherwise take megabytes of audio first)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    data = json.dumps(body).encode()
+    sock.sendall(b"POST /generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+    return sock
+
+
+def read_to_end(sock: socket.socket, seconds: float) -> bytes:
+    """What the server sends until it ends the connection; socket.timeout if it does not within `seconds`."""
+    sock.settimeout(seconds)
+    received = b""
+    try:
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+@pytest.fixture(scope="module")
+def strict_server(models):
+    """Short timeouts: 2 s to send a request, 2 s for a write to a client to go through."""
+    s = Server(models["tiny"], "--max-active", 2, "--max-seconds", 600, "--read-timeout", 2, "--write-timeout", 2,
+               "--round-ms", 10)
+    yield s
+    s.stop()
+
+
+def test_a_client_that_does_not_read_loses_its_stream(strict_server):
+    sock = stalled_socket(strict_server.port, {"seconds": 600, "seed": 0})
+    try:
+        assert wait_until(lambda: strict_server.health()["active"] == 1)
+        assert wait_until(lambda: strict_server.health()["active"] == 0, seconds=60)
+        received = read_to_end(sock, 10)  # the server closed the connection: no wait for bytes that never come
+        assert received.startswith(b"HTTP/1.1 200 OK") and len(received) < 2 * 600 * 4410
+    finally:
+        sock.close()
+    assert "Traceback" not in strict_server.log()
+
+
+def test_slow_uploads_and_slow_headers_are_cut(strict_server):
+    body = json.dumps({"seconds": 0.1}).encode()
+    uploader = socket.create_connection(("127.0.0.1", strict_server.port))
+    talker = socket.create_connection(("127.0.0.1", strict_server.port))
+    try:
+        uploader.sendall(b"POST /generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:3])  # the rest never
+        talker.sendall(b"POST /generate HTTP/1.1\r\nHost: loc")  # the headers never end
+        answer = read_to_end(uploader, 20)  # the 408 after 2 s; the close after aiohttp's lingering 10 s more
+        assert answer.startswith(b"HTTP/1.1 408") and b"not received within 2 s" in answer
+        assert read_to_end(talker, 10) == b""  # closed without an answer
+    finally:
+        uploader.close()
+        talker.close()
+    assert strict_server.request("/generate", {"seconds": 0.1})[0] == 200
+
+
+def test_a_waiting_request_whose_client_left_is_dropped_at_once(server):
+    """Three running, one waiting; the waiting client goes away: its request leaves the queue without running."""
+    running = [server.raw({"seconds": 600, "seed": i}) for i in range(3)]
+    try:
+        assert wait_until(lambda: server.health()["active"] == 3)
+        waiting = server.raw({"seconds": 600, "seed": 3})
+        assert wait_until(lambda: server.health()["waiting"] == 1)
+        waiting.close()
+        assert wait_until(lambda: server.health()["waiting"] == 0, seconds=10)
+        assert server.health()["active"] == 3
+    finally:
+        for sock in running:
+            sock.close()
+    assert wait_until(lambda: server.health()["active"] == 0)
+
+
+def test_a_stream_that_fails_midway_ends_the_connection(models):
+    """The promised Content-Length cannot be met: the server closes the connection, so the client sees the cut
+    instead of waiting for bytes that never come."""
+    import asyncio
+
+    from aiohttp.test_utils import TestServer
+
+    from fastwavenet.engine import Engine
+    from fastwavenet.serve import make_app
+
+    engine = Engine(models["tiny"], backend="numba", max_active=1, round_seconds=0.01)
+    generate, rounds = engine.generator.backend.generate, []
+
+    def third_round_fails(*args):
+        rounds.append(1)
+        if len(rounds) == 3:
+            raise RuntimeError("a failing round")
+        return generate(*args)
+
+    engine.generator.backend.generate = third_round_fails
+
+    async def exchange():
+        server = TestServer(make_app(engine))
+        await server.start_server()
+        try:
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            body = json.dumps({"seconds": 60, "seed": 0}).encode()
+            writer.write(b"POST /generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: " +
+                         str(len(body)).encode() + b"\r\n\r\n" + body)
+            received = await asyncio.wait_for(reader.read(), 20)
+            writer.close()
+            return received
+        finally:
+            await server.close()
+
+    try:
+        received = asyncio.run(exchange())
+    finally:
+        engine.close(cancel=True)
+    assert received.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 529244" in received
+    assert len(received) < 529244
+
+
+def peak_memory(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
+def test_vocode_refuses_long_audio_from_its_header_before_decoding(vocoder_server, tmp_path):
+    """Half an hour of silence is a few KB of FLAC: refused from the header, not decoded (115 MB of float32)."""
+    path = tmp_path / "silence.flac"
+    with soundfile.SoundFile(path, "w", samplerate=16000, channels=1, format="FLAC") as f:
+        block = np.zeros(1 << 20, np.float32)
+        for _ in range(16000 * 1800 // len(block)):
+            f.write(block)
+    before = peak_memory(vocoder_server.process.pid)
+    status, _, payload = vocoder_server.request("/vocode", path.read_bytes(), "audio/flac")
+    assert status == 400 and "at most 60 s" in json.loads(payload)["error"]
+    assert peak_memory(vocoder_server.process.pid) - before < 50 << 20
+
+
+@pytest.mark.parametrize("drain", [0, 1.5])
+def test_sigterm_ends_within_the_drain_while_a_client_streams(models, drain):
+    """A client reading slowly (a 600 s request it would take minutes to read): SIGTERM ends the server within the
+    drain plus 3 s (for the engine's last round and the interpreter's exit), with one line and no traceback."""
+    import threading
+
+    s = Server(models["tiny"], "--drain-seconds", drain, "--max-seconds", 600)
+    sock = s.raw({"seconds": 600, "seed": 0})
+
+    def read_slowly():
+        try:
+            while sock.recv(4096):
+                time.sleep(0.05)
+        except OSError:
+            pass
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    try:
+        assert wait_until(lambda: s.health()["active"] == 1)
+        before = s.log().splitlines()
+        signalled = time.monotonic()
+        s.process.send_signal(signal.SIGTERM)
+        try:
+            s.process.wait(drain + 30)
+        except subprocess.TimeoutExpired:
+            pass
+        took = time.monotonic() - signalled
+        assert took < drain + 3, f"{took:.1f} s"
+        assert s.process.returncode == 0
+        after = s.log().splitlines()[len(before):]
+        assert len(after) == 1 and "stopping" in after[0], after
+    finally:
+        sock.close()
+        s.stop()
+
+
+def test_uploads_are_mixed_block_by_block_and_refused_above_the_rate_limit(tmp_path):
+    from fastwavenet import FastWaveNetError
+    from fastwavenet.audio import read_bytes
+
+    rng = np.random.default_rng(0)
+    stereo = (0.3 * rng.standard_normal((200_000, 2))).astype(np.float32)  # three blocks and a part
+    soundfile.write(tmp_path / "stereo.wav", stereo, 4410, subtype="FLOAT")
+    data = (tmp_path / "stereo.wav").read_bytes()
+    whole = np.clip(stereo.mean(axis=1), -1, 1)
+    assert np.array_equal(read_bytes(data, 4410, max_seconds=60), whole)
+    assert np.array_equal(read_bytes(data, 4410), whole)
+    with pytest.raises(FastWaveNetError, match=r"upload holds 45.35\d* s of audio; this server makes at most 45 s"):
+        read_bytes(data, 4410, "upload", max_seconds=45)
+    soundfile.write(tmp_path / "fast.wav", np.zeros(10, np.float32), 400_000)
+    with pytest.raises(FastWaveNetError, match="at 400000 Hz; at most 384000 Hz"):
+        read_bytes((tmp_path / "fast.wav").read_bytes(), 4410, "upload", max_seconds=60)
