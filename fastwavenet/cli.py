@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import json
 import signal
@@ -134,13 +133,8 @@ def cmd_info(args):
 
 
 def _run_manifest(args, vocode: bool):
-    """generate / vocode --manifest: this process's share of the items, through the serving engine."""
-    from pathlib import Path
-
-    from . import corpus
-    from .engine import Engine
-    from .files import write_json
-    from .generator import Generator
+    """generate / vocode --manifest: this process's share of the items (corpus.run_manifest)."""
+    from .corpus import distributed, run_manifest
 
     if not args.out_dir:
         raise FastWaveNetError("--manifest needs --out-dir")
@@ -151,58 +145,17 @@ def _run_manifest(args, vocode: bool):
     if per_line:
         raise FastWaveNetError(f"with --manifest, {', '.join('--' + n.replace('_', '-') for n in per_line)} "
                                f"belong(s) on each line of the manifest")
-    rank, world, local = corpus.distributed()
-    device = args.device
-    dist = None
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo")
-        if device == "cuda":
-            device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
-        if importlib.util.find_spec("numba") is not None:
-            import numba  # ranks on one machine share its cores
-
-            from .backends.numba_cpu import numba_threads
-
-            numba.set_num_threads(max(1, min(numba_threads(), (os.cpu_count() or 1) // local)))
-    try:
-        out_dir = Path(args.out_dir)
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FastWaveNetError(f"cannot create {out_dir}: {exc.strerror}") from None
-        generator = Generator(args.model, backend=args.backend, device=device, precision=args.precision,
-                              expected_batch=args.max_active)
-        if bool(generator.config.n_mels) != vocode:
-            raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode --manifest" if not vocode else
-                                   "this model is not a vocoder (it takes no mel features)")
-        items, errors = corpus.read_manifest(args.manifest, generator.config, vocode, generator.sampling)
-        if rank == 0:
-            for number, message in errors:
-                print(f"fastwavenet: {args.manifest}:{number}: {message}", file=sys.stderr)
-        mine = corpus.shard(items, rank, world)
-        engine = Engine(generator, max_active=args.max_active, max_waiting=2 * args.max_active)
-        try:
-            report = corpus.run(engine, mine, out_dir, rank, progress=not args.quiet)
-        finally:
-            engine.close(cancel=True)
-        reports = [report]
-        if dist is not None:
-            reports = [None] * world
-            dist.all_gather_object(reports, report)
-        summary = corpus.summarize(reports, errors, generator.sample_rate)
-        if rank == 0:
-            write_json(out_dir / "summary.json", summary)
-            print(f"{summary['items_done']} items made, {summary['items_skipped']} already there, "
-                  f"{summary['items_failed']} failed; {summary['seconds_of_audio']:.1f} s of audio at "
-                  f"{summary['samples_per_s']:,.0f} samples/s over {world} process(es); {out_dir / 'summary.json'}")
-        if summary["items_failed"]:
-            raise FastWaveNetError(f"{summary['items_failed']} of {len(items) + len(errors)} items failed "
-                                   f"(see above and summary.json)")
-    finally:
-        if dist is not None and dist.is_initialized():
-            dist.destroy_process_group()
+    summary = run_manifest(args.model, args.manifest, args.out_dir, vocode, backend=args.backend, device=args.device,
+                           precision=args.precision, max_active=args.max_active, progress=not args.quiet)
+    if distributed()[0] > 0:
+        return  # rank 0 speaks for the run
+    print(f"{summary['items_done']} items made, {summary['items_skipped']} already there, "
+          f"{summary['items_failed']} failed; {summary['seconds_of_audio']:.1f} s of audio at "
+          f"{summary['samples_per_s']:,.0f} samples/s over {len(summary['ranks'])} process(es); "
+          f"{os.path.join(args.out_dir, 'summary.json')}")
+    if summary["items_failed"]:
+        total = summary["items_done"] + summary["items_skipped"] + summary["items_failed"]
+        raise FastWaveNetError(f"{summary['items_failed']} of {total} items failed (see above and summary.json)")
 
 
 def cmd_generate(args):
