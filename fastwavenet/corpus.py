@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -38,10 +39,11 @@ import numpy as np
 from . import audio
 from .errors import FastWaveNetError
 from .files import partial_target
+from .request import GenerationRequest, parse_json
 from .sampling import Sampling
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-KEYS = {"id", "seconds", "seed", "temperature", "top_k", "top_p", "argmax", "speaker", "prime", "mel", "audio"}
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,200}")  # fullmatch: `$` would let a trailing newline through
+KEYS = {"id", "prime", "mel", "audio"}  # the corpus's own fields; the others are a GenerationRequest's
 
 
 @dataclass
@@ -87,10 +89,7 @@ def read_manifest(path, config, vocode: bool,
         if not text.strip():
             continue
         try:
-            item = _item(json.loads(text), number, path.parent, config, vocode, sampling)
-        except json.JSONDecodeError as exc:
-            errors.append((number, f"malformed JSON: {exc.msg}"))
-            continue
+            item = _item(parse_json(text), number, path.parent, config, vocode, sampling)
         except FastWaveNetError as exc:
             errors.append((number, str(exc)))
             continue
@@ -107,22 +106,10 @@ def read_manifest(path, config, vocode: bool,
 def _item(obj, number: int, folder: Path, config, vocode: bool, default: Sampling) -> Item:
     if not isinstance(obj, dict):
         raise FastWaveNetError("a line must be a JSON object")
-    unknown = set(obj) - KEYS
-    if unknown:
-        raise FastWaveNetError(f"unknown field(s): {', '.join(sorted(unknown))}")
     item_id = obj.get("id")
-    if not isinstance(item_id, str) or not ID_PATTERN.match(item_id):
+    if not isinstance(item_id, str) or not ID_PATTERN.fullmatch(item_id):
         raise FastWaveNetError("id must be a string of letters, digits, '.', '_' or '-'")
-    seed = obj.get("seed", derived_seed(item_id))
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise FastWaveNetError(f"seed must be a non-negative integer, got {seed!r}")
-    rule = {k: obj[k] for k in ("temperature", "top_k", "top_p", "argmax") if k in obj}
-    if "argmax" in rule and not isinstance(rule["argmax"], bool):
-        raise FastWaveNetError("argmax must be true or false")
-    sampling = default.overridden(**rule)
-    speaker = obj.get("speaker")
-    if speaker is not None and (isinstance(speaker, bool) or not isinstance(speaker, int)):
-        raise FastWaveNetError("speaker must be an integer")
+    request = GenerationRequest.from_manifest({k: v for k, v in obj.items() if k not in KEYS})
 
     def existing(key):
         if key not in obj:
@@ -139,8 +126,10 @@ def _item(obj, number: int, folder: Path, config, vocode: bool, default: Samplin
     if vocode:
         if (mel is None) == (source is None):
             raise FastWaveNetError("a vocoding item needs a mel file or an audio file (one of them)")
-        if "seconds" in obj:
+        if request.seconds is not None:
             raise FastWaveNetError("a vocoding item makes what its mel covers: seconds is not a field")
+        # Its frames are read when it runs: checked here as a request whose frames are still to come.
+        dataclasses.replace(request, stream_mel=True).check(config)
         if mel is not None:
             if mel.suffix.lower() not in (".npy", ".npz"):
                 raise FastWaveNetError("mel must be a .npy or .npz file (audio to resynthesize goes in `audio`)")
@@ -151,14 +140,10 @@ def _item(obj, number: int, folder: Path, config, vocode: bool, default: Samplin
     else:
         if mel is not None or source is not None:
             raise FastWaveNetError("mel and audio are for `fastwavenet vocode --manifest`")
-        seconds = obj.get("seconds")
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not np.isfinite(seconds) \
-                or seconds <= 0:
-            raise FastWaveNetError("seconds must be a positive number")
-        length = int(round(seconds * rate))
-        if length < 1:
-            raise FastWaveNetError("seconds is less than one sample")
-    return Item(number, item_id, length, seed, sampling, speaker, prime, mel, source)
+        request.check(config)
+        length = round(request.seconds * rate)
+    seed = derived_seed(item_id) if request.seed is None else request.seed
+    return Item(number, item_id, length, seed, request.sampling(default), request.speaker, prime, mel, source)
 
 
 def _frames(path: Path, config) -> int:

@@ -42,6 +42,9 @@ def check_rules(config: WaveNetConfig, samplings: Sequence[Sampling]):
     if config.output != "softmax" and any(s.truncates for s in samplings):
         raise FastWaveNetError(f"top-k and top-p choose among classes; this model's output is a {config.output} "
                                f"over sample values (use temperature or argmax)")
+    for s in samplings:
+        if s.top_k > config.classes:
+            raise FastWaveNetError(f"top-k {s.top_k} is more than this model's {config.classes} classes")
 
 
 def uniform_shape(config: WaveNetConfig) -> tuple[int, ...]:

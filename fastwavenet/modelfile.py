@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .config import WaveNetConfig
+from .distributions import check_rules
 from .errors import FastWaveNetError
 from .files import atomic_path
 from .folded import FoldedWeights, expected_shapes
@@ -57,6 +58,7 @@ def save_model(path: str | os.PathLike, config: WaveNetConfig, weights: FoldedWe
     metadata = {"format": MODEL_FORMAT, "format_version": MODEL_VERSION, "config": config.to_json(),
                 "sha256": checksum(tensors)}
     if sampling is not None:
+        check_rules(config, [sampling])
         metadata["sampling"] = json.dumps(sampling.to_dict(), sort_keys=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -102,17 +104,20 @@ def load_model(path: str | os.PathLike) -> ModelFile:
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise FastWaveNetError(f"{path}: tensor {name} holds NaN or infinite values")
-    return ModelFile(config, FoldedWeights(**tensors), _default_sampling(path, metadata.get("sampling")))
+    return ModelFile(config, FoldedWeights(**tensors), _default_sampling(path, metadata.get("sampling"), config))
 
 
-def _default_sampling(path, text: str | None) -> Sampling | None:
+def _default_sampling(path, text: str | None, config: WaveNetConfig) -> Sampling | None:
+    """The stored rule, checked as every rule is (Sampling's bounds, and against the model's output)."""
     if text is None:
         return None
     try:
         fields = json.loads(text)
         if not isinstance(fields, dict) or set(fields) - {"temperature", "top_k", "top_p", "argmax"}:
             raise ValueError("not an object of sampling fields")
-        return Sampling(**fields)
+        sampling = Sampling(**fields)
+        check_rules(config, [sampling])
+        return sampling
     except (ValueError, TypeError, FastWaveNetError) as exc:
         raise FastWaveNetError(f"{path}: its default sampling is malformed ({exc})") from None
 

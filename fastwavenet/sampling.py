@@ -11,13 +11,21 @@ The rule (every backend implements exactly this, in its own arithmetic):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import torch
 
-from .errors import FastWaveNetError
+from .errors import FastWaveNetError, shown
+
+
+# Temperatures outside this range are refused. Below 1e-3 the rule is argmax in all but name (a gap of 0.01 between
+# two logits becomes a factor e**10), and far below it logits / temperature overflow float32 (under about 1e-38 for
+# logits near 1) and the output turns constant; above 1e3 every class is about equally likely (a gap of 10 becomes
+# 1 %): noise, whatever the model. argmax says the first; nothing useful lies past the second.
+TEMPERATURE_RANGE = (1e-3, 1e3)
+# The kernels take top_k as a 32-bit integer; a model's own classes bound it tighter (GenerationRequest.check).
+TOP_K_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -28,13 +36,20 @@ class Sampling:
     argmax: bool = False
 
     def __post_init__(self):
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
-                and self.temperature > 0):
-            raise FastWaveNetError(f"temperature must be a positive number, got {self.temperature}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise FastWaveNetError(f"top-k must be 0 (off) or a positive integer, got {self.top_k}")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise FastWaveNetError(f"top-p must be in (0, 1], got {self.top_p}")
+        # Range checks compare, never convert: float() of an integer of 400 digits raises OverflowError. A bool is
+        # an int to Python, and no number here.
+        low, high = TEMPERATURE_RANGE
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not low <= self.temperature <= high:
+            raise FastWaveNetError(f"temperature must be a number in [{low:g}, {high:g}] (below, use argmax), "
+                                   f"got {shown(self.temperature)}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 0 <= self.top_k <= TOP_K_MAX:
+            raise FastWaveNetError(f"top-k must be 0 (off) or a positive integer up to 2**31 - 1, "
+                                   f"got {shown(self.top_k)}")
+        if isinstance(self.top_p, bool) or not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise FastWaveNetError(f"top-p must be a number in (0, 1], got {shown(self.top_p)}")
+        if not isinstance(self.argmax, bool):
+            raise FastWaveNetError(f"argmax must be true or false, got {shown(self.argmax)}")
 
     @property
     def truncates(self) -> bool:

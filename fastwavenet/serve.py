@@ -13,30 +13,35 @@ which aiohttp's StreamResponse does without an ASGI layer and a separate server 
 
 Audio is 16-bit PCM WAV, mono, at the model's rate; the header carries the exact length, since every request's
 length is known when it starts. Errors are JSON {"error": "..."} with a 4xx status (503 when the engine is full).
+Options are read as fastwavenet.request reads them: strict types (no bool for a number, no string for a bool), finite
+numbers, unknown keys refused, and the same bounds as every other way in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
-import json
 import math
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import audio as audio_io
 from .engine import Engine, EngineClosed, EngineFull
 from .errors import FastWaveNetError
-from .features import bands_first, log_mel, saved_layout
+from .features import bands_first, log_mel
+from .request import GenerationRequest, Limits as RequestLimits, parse_json
 from .sampling import Sampling
 
-SAMPLING_KEYS = {"temperature": float, "top_k": int, "top_p": float, "argmax": bool}
 
+@dataclass(frozen=True)
+class Limits(RequestLimits):
+    """The request limits, with the server's defaults, and the largest body it reads."""
 
-class Limits:
-    def __init__(self, max_seconds: float = 60.0, max_body_bytes: int = 16 << 20):
-        self.max_seconds, self.max_body_bytes = max_seconds, max_body_bytes
+    max_seconds: float | None = 60.0
+    max_body_bytes: int = 16 << 20
 
 
 def wav_header(samples: int, sample_rate: int) -> bytes:
@@ -56,41 +61,35 @@ class _BadRequest(Exception):
         self.status = status
 
 
-def _options(params: dict, config, default: Sampling) -> dict:
-    """Sampling, seed and speaker from JSON or query parameters, checked; unknown keys are refused."""
-    known = {"seconds", "seed", "speaker", *SAMPLING_KEYS}
-    unknown = set(params) - known
-    if unknown:
-        raise _BadRequest(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-    rule = {}
-    for key, kind in SAMPLING_KEYS.items():
-        if key in params:
-            value = params[key]
-            if isinstance(value, str):  # from a query string
-                value = value.lower() in ("1", "true", "yes") if kind is bool else _parse(value, kind, key)
-            if kind is bool and not isinstance(value, bool):
-                raise _BadRequest(400, f"{key} must be true or false")
-            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-                raise _BadRequest(400, f"{key} must be an integer")
-            if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise _BadRequest(400, f"{key} must be a number")
-            rule[key] = value
-    options = dict(sampling=default.overridden(**rule))
-    for key in ("seed", "speaker"):
-        if key in params:
-            value = params[key]
-            value = _parse(value, int, key) if isinstance(value, str) else value
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise _BadRequest(400, f"{key} must be an integer")
-            options[key] = value
-    return options
+def _submit_kwargs(wanted: GenerationRequest, default: Sampling) -> dict:
+    """The keywords of Engine.submit for a request (its sampling fields over the model's default rule)."""
+    return dict(seconds=wanted.seconds, samples=wanted.samples, seed=wanted.seed, sampling=wanted.sampling(default),
+                speaker=wanted.speaker, prime=wanted.prime, mel=wanted.mel, stream_mel=wanted.stream_mel)
 
 
-def _parse(text: str, kind, key: str):
+def _npy(raw: bytes) -> np.ndarray:
+    """The array in the bytes of a .npy file. Its header is read first: an array of numbers whose size is what the
+    body holds, so that a header claiming a huge shape is refused before anything is allocated."""
+    fmt = np.lib.format
+    f = io.BytesIO(raw)
     try:
-        return kind(text)
-    except ValueError:
-        raise _BadRequest(400, f"{key} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        version = fmt.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"version {version[0]}.{version[1]} is not read here")
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    except (ValueError, EOFError) as exc:
+        raise _BadRequest(400, f"malformed .npy: {exc}") from None
+    if not np.issubdtype(dtype, np.floating) and not np.issubdtype(dtype, np.integer):
+        raise _BadRequest(400, f"mel frames must be numbers, got dtype {dtype}")
+    claimed, held = math.prod(shape) * dtype.itemsize, len(raw) - f.tell()
+    if claimed != held:
+        raise _BadRequest(400, f"the .npy header claims shape {shape} of {dtype} ({claimed} bytes); the body holds "
+                               f"{held}")
+    try:
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise _BadRequest(400, f"malformed .npy: {exc}") from None
 
 
 def make_app(engine: Engine, limits: Limits = Limits()):
@@ -160,66 +159,45 @@ def make_app(engine: Engine, limits: Limits = Limits()):
                 job.cancel()  # frees the slot before the engine's next round
         return response
 
-    def check_seconds(seconds: float):
-        if seconds > limits.max_seconds:
-            raise _BadRequest(400, f"{seconds:g} s asked for; this server makes at most {limits.max_seconds:g} s "
-                                   f"per request")
-
     async def generate(request):
         try:
             raw = await body(request)
-            try:
-                params = json.loads(raw or b"{}")
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise _BadRequest(400, f"malformed JSON: {exc}") from None
-            if not isinstance(params, dict):
-                raise _BadRequest(400, "the body must be a JSON object")
             if config.n_mels:
                 raise _BadRequest(400, "this model is a vocoder: POST mel frames or audio to /vocode")
-            seconds = params.get("seconds")
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
-                    or seconds <= 0:
-                raise _BadRequest(400, "seconds must be a positive number")
-            check_seconds(seconds)
-            options = _options(params, config, engine.generator.sampling)
+            wanted = GenerationRequest.from_json(parse_json(raw or b"{}"))
+            wanted.check(config, limits)
         except _BadRequest as exc:
             return error("generate", exc.status, str(exc))
         except FastWaveNetError as exc:
             return error("generate", 400, str(exc))
-        return await stream(request, "generate", lambda: engine.submit(seconds=seconds, **options))
+        return await stream(request, "generate",
+                            lambda: engine.submit(**_submit_kwargs(wanted, engine.generator.sampling)))
 
     async def vocode(request):
         try:
             if not config.n_mels:
                 raise _BadRequest(400, "this model is not a vocoder: use /generate")
-            options = _options(dict(request.query), config, engine.generator.sampling)
-            if "seconds" in options:
+            options = GenerationRequest.from_query(request.query)
+            if options.seconds is not None:
                 raise _BadRequest(400, "/vocode makes what the mel covers; seconds is not an option")
             raw = await body(request)
             if not raw:
                 raise _BadRequest(400, "empty body: send mel frames as .npy, or an audio file")
             if raw[:6] == b"\x93NUMPY":
-                try:
-                    mel = np.load(io.BytesIO(raw), allow_pickle=False)
-                except (ValueError, EOFError, OSError) as exc:
-                    raise _BadRequest(400, f"malformed .npy: {exc}") from None
-                if not np.issubdtype(mel.dtype, np.floating) and not np.issubdtype(mel.dtype, np.integer):
-                    raise _BadRequest(400, f"mel frames must be numbers, got dtype {mel.dtype}")
-                shape, mel = mel.shape, bands_first(mel, config)
-                if mel.ndim != 2 or mel.shape[0] != config.n_mels or mel.shape[1] == 0:
-                    raise _BadRequest(400, f"mel frames must be {saved_layout(config)}, got shape {shape}")
-                length = None
+                mel, length = bands_first(_npy(raw), config), None
             else:
                 loop = asyncio.get_running_loop()
                 samples_in = await loop.run_in_executor(None, audio_io.read_bytes, raw, config.sample_rate, "upload")
                 mel = await loop.run_in_executor(None, log_mel, samples_in, config)
                 length = len(samples_in)
-            check_seconds((length or mel.shape[1] * config.hop_length) / config.sample_rate)
+            wanted = dataclasses.replace(options, samples=length, mel=mel)
+            wanted.check(config, limits)
         except _BadRequest as exc:
             return error("vocode", exc.status, str(exc))
         except FastWaveNetError as exc:
             return error("vocode", 400, str(exc))
-        return await stream(request, "vocode", lambda: engine.submit(samples=length, mel=mel, **options))
+        return await stream(request, "vocode",
+                            lambda: engine.submit(**_submit_kwargs(wanted, engine.generator.sampling)))
 
     async def health(request):
         stats = engine.stats()

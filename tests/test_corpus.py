@@ -157,6 +157,37 @@ def test_per_item_options_belong_in_the_manifest(models, tmp_path, option):
     assert result.returncode == 2 and "each line of the manifest" in result.stderr
 
 
+def test_manifest_lines_refused_that_got_through_or_stopped_the_run(tmp_path):
+    """Each bad line is reported by number with its message (the run goes on with the others); before, these were
+    accepted (and failed inside the engine, every item of the round with them) or raised out of read_manifest."""
+    lines = [
+        {"id": "good", "seconds": 0.1, "seed": 2**63 - 1, "top_k": 256},
+        {"id": "newline\n", "seconds": 1},                   # ID_PATTERN's $ let a trailing newline through
+        {"id": "long", "seconds": 1e7},                       # past what a WAV file holds
+        {"id": "topk", "seconds": 1, "top_k": 10**23},        # the numba backend overflowed
+        {"id": "classes", "seconds": 1, "top_k": 257},
+        {"id": "bool", "seconds": 1, "top_k": True},          # was top-k 1
+        {"id": "seed", "seconds": 1, "seed": 2**63},
+        '{"id": "digits", "seconds": 1, "seed": ' + "9" * 5000 + "}",      # a ValueError out of json.loads
+        '{"id": "nested", "seconds": 1, "x": ' + "[" * 5000 + "]" * 5000 + "}",  # a RecursionError
+        {"id": "cold", "seconds": 1, "temperature": 1e-39},   # constant output
+        {"id": "maybe", "seconds": 1, "argmax": "maybe"},
+        {"id": "null", "seconds": 1, "seed": None},
+        {"id": "volume", "seconds": 1, "volume": 11},
+    ]
+    items, errors = read_manifest(write_manifest(tmp_path, lines), preset("tiny"), vocode=False)
+    assert [item.id for item in items] == ["good"]
+    assert items[0].seed == 2**63 - 1 and items[0].sampling == Sampling(top_k=256) and items[0].length == 441
+    messages = dict(errors)
+    assert sorted(messages) == list(range(2, 14))
+    for line, message in [(2, "id must be"), (3, "a WAV file holds at most"), (4, "top-k must be 0"),
+                          (5, "257 is more than this model's 256 classes"), (6, "top-k must be"),
+                          (7, "seed must be an integer in 0..2**63 - 1"), (8, "a JSON integer of 5000 digits"),
+                          (9, "nested too deeply"), (10, "temperature must be a number in [0.001, 1000]"),
+                          (11, "argmax must be true or false"), (12, "seed is null"), (13, "unknown field(s): volume")]:
+        assert message in messages[line], (line, messages[line])
+
+
 def test_manifest_errors_without_any_item(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(FastWaveNetError, match="no items"):

@@ -154,6 +154,24 @@ def test_bad_requests_get_a_json_4xx(server, body, status, message):
     assert message in json.loads(payload)["error"]
 
 
+@pytest.mark.parametrize("body,message", [
+    ({"seconds": 1, "top_k": 10**23}, "top-k"),             # the numba backend overflowed in the round: all failed
+    ({"seconds": 1, "top_k": 257}, "256 classes"),
+    (b'{"seconds": 1' + b"0" * 400 + b"}", "401 digits"),   # json gives a huge int: math.isfinite overflowed
+    (b'{"seconds": 1e400}', "out of range"),
+    (b'{"seconds": 1, "seed": ' + b"9" * 5000 + b"}", "5000 digits"),  # past Python's int-digits limit
+    (b'{"seconds": 1, "x": ' + b"[" * 4000 + b"]" * 4000 + b"}", "nested too deeply"),
+    ({"seconds": 1, "argmax": "maybe"}, "argmax must be true or false"),  # was false
+    ({"seconds": 1, "seed": 10**30}, "seed must be an integer in 0..2**63 - 1"),
+    ({"seconds": 1, "temperature": 1e-39}, "temperature must be a number in [0.001, 1000]"),  # constant output
+    ({"seconds": 1, "seed": None}, "seed is null"),
+])
+def test_values_that_got_through_or_made_a_500_get_a_400(server, body, message):
+    got, headers, payload = server.request("/generate", body)
+    assert got == 400 and headers["Content-Type"].startswith("application/json")
+    assert message in json.loads(payload)["error"]
+
+
 def test_a_full_server_refuses_at_once_and_a_disconnect_frees_the_slot(server):
     """Three running (ten minutes of audio each), one waiting: the fifth is refused with 503; when the clients go
     away their requests are cancelled and the server is empty again."""
@@ -193,6 +211,31 @@ def test_vocode_mel_frames_and_audio(vocoder_server, models, tmp_path):
 ])
 def test_vocode_refuses_malformed_bodies(vocoder_server, body, message):
     status, _, payload = vocoder_server.request("/vocode", body, "application/octet-stream")
+    assert status == 400 and message in json.loads(payload)["error"]
+
+
+def npy_header(shape, dtype="<f4") -> bytes:
+    """The header of a .npy file of `shape`, without its data."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("query,body,message", [
+    ("?seconds=1", None, "/vocode makes what the mel covers"),    # the check could never fire
+    ("?argmax=maybe", None, "argmax must be true or false, got 'maybe'"),  # was false
+    ("?top_k=1e23", None, "top_k must be an integer"),
+    ("", npy_header((8, 10**15)), "the .npy header claims"),        # np.load tried to allocate 32 PB: a 500
+    ("", npy_header((8, 10)) + b"\0" * 100, "the .npy header claims"),
+    ("", npy_header((8, 10000)) + b"\0" * 320000, "the limit is at most 60 s"),  # refused before reading
+    ("", npy_header((8, 10), "|O"), "mel frames must be numbers"),
+])
+def test_vocode_refuses_bad_options_and_npy_headers_with_a_400(vocoder_server, query, body, message):
+    if body is None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros((8, 20), np.float32))
+        body = buffer.getvalue()
+    status, _, payload = vocoder_server.request("/vocode" + query, body, "application/octet-stream")
     assert status == 400 and message in json.loads(payload)["error"]
 
 
