@@ -7,7 +7,6 @@ import os
 import json
 import signal
 import sys
-import threading
 import warnings
 
 from . import __version__
@@ -38,7 +37,9 @@ _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
 _nonnegative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
-_probability = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+# A request's fields (seconds, seed, sampling, speaker) are only parsed here: GenerationRequest judges their ranges.
+_integer = _number(int, lambda v: True, "an integer")
+_float = _number(float, lambda v: True, "a number")
 
 
 def _int_list(text):
@@ -159,92 +160,19 @@ def _run_manifest(args, vocode: bool):
 
 
 def cmd_generate(args):
-    from . import audio
-    from .files import check_writable
-    from .generator import Generator, generate_to_wav, output_paths
+    from .generator import generate_files
+    from .request import GenerationRequest
 
     if args.manifest:
         return _run_manifest(args, vocode=False)
-    check_writable(args.output)
-    generator = Generator(args.model, backend=args.backend, device=args.device, precision=args.precision,
-                          expected_batch=args.batch)
-    sampling = _sampling(args, generator.sampling)
-    if generator.config.n_mels:
-        raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode MODEL INPUT")
-    generator.check_batch(args.batch)
-    for path in output_paths(args.output, args.batch):
-        check_writable(path)
-    prime = None
-    if args.prime:
-        rate = audio.source_rate(args.prime)
-        prime = audio.read(args.prime, generator.sample_rate)
-        if rate is not None and rate != generator.sample_rate:
-            print(f"fastwavenet: resampled the prime from {rate} Hz to the model's {generator.sample_rate} Hz",
-                  file=sys.stderr)
-    _warm_up(generator, sampling, prime is not None, args.quiet)
-    paths = generate_to_wav(generator, args.output, args.seconds, batch=args.batch, sampling=sampling,
-                            seed=args.seed, prime=prime, progress=not args.quiet, speaker=_speaker(args))
-    where = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
-    print(f"wrote {where} ({args.seconds:g} s at {generator.sample_rate} Hz, backend {generator.backend.name})")
-
-
-def cmd_bench(args):
-    from . import bench
-    from .backends import resolve_device
-    from .config import preset
-    from .files import check_writable
-    from .folded import PRECISIONS
-    from .modelfile import load_model
-
-    resolve_device(args.device)
-    precisions = args.precision.split(",")
-    unknown = [p for p in precisions if p not in PRECISIONS]
-    if unknown:  # now, not after minutes of measuring
-        raise FastWaveNetError(f"unknown precision {unknown[0]!r}; choose {' or '.join(PRECISIONS)}")
-    for path in (args.json, args.plot):
-        if path:  # fail now, not after minutes of measuring
-            check_writable(path)
-    if args.plot:
-        bench.require_matplotlib()
-    model = load_model(args.model) if args.model else bench.random_model_file(preset(args.preset))
-    backends = bench.resolve_backends(args.backend.split(","), args.device)
-    sampling = _sampling(args)
-    info = bench.machine()
-    # The machine's own limits, measured in this run (and again before each row, since a machine's speed drifts),
-    # so figures from different machines can be compared.
-    limits = bench.measure_limits(model) if args.device == "cpu" else None
-    print(bench.table([], model.config, info, sampling, limits))
-    remeasure = (lambda: bench.measure_limits(model, 0.25)) if limits is not None else None
-    results = bench.run(model, backends, args.batch, args.device, min_seconds=args.min_seconds, sampling=sampling,
-                        limits=limits, precisions=precisions, remeasure=remeasure, repeat=args.repeat,
-                        progress=lambda r: print(bench.table([r], model.config, info).splitlines()[-1], flush=True))
-    if args.r9y9:
-        r9y9 = bench.measure_r9y9(model.config, min_seconds=args.min_seconds)
-        print(bench.table([r9y9], model.config, info).splitlines()[-1], flush=True)
-        for r in results:
-            if r.backend == "naive" and r.batch == 1:
-                r9y9.speedup_vs_naive = r9y9.samples_per_s / r.samples_per_s
-            elif r.backend != "naive":
-                r.speedup_vs_r9y9 = r.samples_per_s / r9y9.samples_per_s
-        results.append(r9y9)
-    print()
-    print(bench.table(results, model.config, info, sampling, limits))
-    for r in results:
-        if r.speedup_vs_r9y9:
-            print(f"{r.backend} at batch {r.batch}: {r.speedup_vs_r9y9:,.1f}x r9y9's incremental_forward "
-                  f"(one stream, same shape, same run)")
-    if args.json:
-        bench.write_json(args.json, results, model.config, info, sampling, limits)
-        print(f"wrote {args.json}")
-    if args.plot:
-        bench.plot(args.plot, results, f"{args.model or args.preset} on {info.get('gpu', info['cpu'])}")
-        print(f"wrote {args.plot}")
+    _wrote(generate_files(args.model, args.output, GenerationRequest.from_args(args), batch=args.batch,
+                          prime=args.prime, backend=args.backend, device=args.device, precision=args.precision,
+                          progress=not args.quiet))
 
 
 def cmd_vocode(args):
-    from .features import features_from_file
-    from .files import check_writable
-    from .generator import Generator, generate_to_wav
+    from .generator import generate_files
+    from .request import GenerationRequest
 
     if args.model is not None and args.input is None and not args.manifest:
         args.model, args.input = None, args.model  # one positional: the input, for the bundled vocoder
@@ -256,15 +184,23 @@ def cmd_vocode(args):
         return _run_manifest(args, vocode=True)
     if not args.input or not args.output:
         raise FastWaveNetError("vocode needs INPUT and -o OUTPUT (or --manifest and --out-dir)")
-    check_writable(args.output)
-    generator = Generator(args.model, backend=args.backend, device=args.device, precision=args.precision)
-    sampling = _sampling(args, generator.sampling)
-    mel, samples = features_from_file(args.input, generator.config)
-    _warm_up(generator, sampling, False, args.quiet)
-    generate_to_wav(generator, args.output, samples / generator.sample_rate, sampling=sampling, seed=args.seed,
-                    progress=not args.quiet, mel=mel, speaker=_speaker(args))
-    print(f"wrote {args.output} ({samples / generator.sample_rate:g} s at {generator.sample_rate} Hz, "
-          f"backend {generator.backend.name})")
+    _wrote(generate_files(args.model, args.output, GenerationRequest.from_args(args), features=args.input,
+                          backend=args.backend, device=args.device, precision=args.precision,
+                          progress=not args.quiet))
+
+
+def _wrote(made: dict):
+    paths = made["paths"]
+    where = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
+    print(f"wrote {where} ({made['seconds']:g} s at {made['sample_rate']} Hz, backend {made['backend']})")
+
+
+def cmd_bench(args):
+    from .bench import benchmark
+
+    benchmark(args.model, args.preset, args.backend.split(","), args.batch, args.device, args.precision.split(","),
+              _sampling(args), min_seconds=args.min_seconds, repeat=args.repeat, r9y9=args.r9y9, json_path=args.json,
+              plot_path=args.plot)
 
 
 def cmd_score(args):
@@ -332,28 +268,12 @@ def cmd_import_r9y9(args):
           f"receptive field {c.receptive_field} samples)")
 
 
-def _warm_up(generator, sampling, prime: bool, quiet: bool):
-    """Compile or load the kernels before the progress bar starts; if that takes over a second (a first run),
-    say what is happening instead of showing a bar frozen at a few samples/s."""
-    notice = generator.backend.first_call
-    timer = None
-    if notice and not quiet:
-        timer = threading.Timer(1.0, lambda: print(f"fastwavenet: {notice}", file=sys.stderr, flush=True))
-        timer.daemon = True
-        timer.start()
-    try:
-        generator.warm_up(sampling, prime)
-    finally:
-        if timer is not None:
-            timer.cancel()
-
-
 def _add_sampling_args(p):
-    p.add_argument("--temperature", type=_positive_float,
+    p.add_argument("--temperature", type=_float,
                    help="divides the logits (default: the model file's default sampling, else 1)")
-    p.add_argument("--top-k", type=_nonnegative_int, help="keep the k likeliest classes (0: off; default: the "
+    p.add_argument("--top-k", type=_integer, help="keep the k likeliest classes (0: off; default: the "
                    "model's, else off)")
-    p.add_argument("--top-p", type=_probability, help="nucleus sampling mass in (0, 1] (default: the model's, "
+    p.add_argument("--top-p", type=_float, help="nucleus sampling mass in (0, 1] (default: the model's, "
                    "else 1)")
     p.add_argument("--argmax", action="store_true", help="always take the likeliest class")
 
@@ -361,10 +281,10 @@ def _add_sampling_args(p):
 def _add_generation_args(p):
     """Options that `generate` and `vocode` share: sampling, seed, speaker, backend, device, progress."""
     _add_sampling_args(p)
-    p.add_argument("--seed", type=_nonnegative_int,
+    p.add_argument("--seed", type=_integer,
                    help="fixes the output, bit for bit on the same backend; with --batch N, file i gets what "
                         "--seed SEED+i makes alone")
-    p.add_argument("--speaker", type=_nonnegative_int, help="speaker id, for models with speakers")
+    p.add_argument("--speaker", type=_integer, help="speaker id, for models with speakers")
     p.add_argument("--global-features", metavar="FILE.npy",
                    help="a model's external global features (r9y9 without a speaker embedding): one vector, .npy")
     p.add_argument("--backend", default="auto", help="auto, naive, torch, numba, triton or triton-stream")
@@ -387,26 +307,13 @@ def _add_manifest_args(p):
     g.add_argument("--max-active", type=_positive_int, default=64, help="items generated at once (default 64)")
 
 
-def _speaker(args):
-    """--speaker, or the vector of --global-features (the two are the same argument to the Generator)."""
-    if args.global_features is None:
-        return args.speaker
-    if args.speaker is not None:
-        raise FastWaveNetError("give --speaker or --global-features, not both")
-    import numpy as np
-
-    try:
-        return np.load(args.global_features, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise FastWaveNetError(f"cannot read global features {args.global_features}: {exc}") from None
-
-
 def _sampling(args, default=None):
-    """The rule asked for on the command line, over `default` (a model's default sampling; None: plain)."""
+    """The rule asked for on the command line, over `default` (a model's default sampling; None: plain), judged by
+    the request type."""
+    from .request import GenerationRequest
     from .sampling import Sampling
 
-    return (default or Sampling()).overridden(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                              argmax=args.argmax or None)
+    return GenerationRequest.from_args(args).sampling(default or Sampling())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -455,9 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
     g = p.add_argument_group("default sampling stored in the file (generate, vocode, serve and corpus use it "
                              "where the user names none; recipes/sampling_table.py measures which is best)")
-    g.add_argument("--temperature", type=_positive_float)
-    g.add_argument("--top-k", type=_nonnegative_int)
-    g.add_argument("--top-p", type=_probability)
+    g.add_argument("--temperature", type=_float)
+    g.add_argument("--top-k", type=_integer)
+    g.add_argument("--top-p", type=_float)
     p.set_defaults(func=cmd_export, argmax=False)
 
     p = sub.add_parser("info", help="describe a model file")
@@ -467,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate audio into WAV files")
     p.add_argument("--model", help="model file (default: the bundled piano demo)")
-    p.add_argument("--seconds", type=_positive_float, default=4.0, help="length of each file (default 4)")
+    p.add_argument("--seconds", type=_float, default=4.0, help="length of each file (default 4)")
     p.add_argument("-o", "--output", default="out.wav", help="WAV path; with --batch N, N files NAME-i.wav")
     p.add_argument("--batch", type=_positive_int, default=1, help="independent streams (files) at once")
     p.add_argument("--prime", help="audio to continue (resampled to the model's rate)")
