@@ -55,8 +55,7 @@ def _int_list(text):
 # ---- commands ----------------------------------------------------------------------------------------------------
 
 def cmd_train(args):
-    from .config import WaveNetConfig, preset
-    from .training import TrainOptions, check_growth, init_config, train
+    from .training import TrainOptions, new_run_config, train
 
     if args.resume and args.init:
         raise FastWaveNetError("--init starts a new run; --resume continues one: pass one of them")
@@ -70,22 +69,7 @@ def cmd_train(args):
         raise FastWaveNetError("train needs --out RUN_DIR")
     changes = {name: getattr(args, name) for name in ("sample_rate", "n_mels", "hop_length", "n_fft", "fmin", "fmax")
                if getattr(args, name) is not None}
-    if args.init:
-        if args.preset or args.sample_rate is not None:
-            raise FastWaveNetError("--init takes the model's shape and sample rate from the model file (--config "
-                                   "may add stacks to it); drop --preset and --sample-rate")
-        config = init_config(args.init, adds_conditioning=bool(changes or args.speakers_from_folders))
-        if args.config:  # grow the file's model: more stacks, the new layers starting as pass-throughs
-            grown = WaveNetConfig.from_file(args.config)
-            check_growth(config, grown, args.init)
-            config = config.replace(stacks=grown.stacks)
-    else:
-        config = WaveNetConfig.from_file(args.config) if args.config else preset(args.preset or "small")
-    if args.speakers_from_folders:
-        from .data import speaker_names
-
-        changes["speakers"] = len(speaker_names(args.data))
-    config = config.replace(**changes)
+    config = new_run_config(args.data, args.preset, args.config, args.init, changes, args.speakers_from_folders)
     validation = args.validation_files.split(",") if args.validation_files else args.validation_count
     options = TrainOptions(steps=args.steps or 1000, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                            target_length=args.target_length, validate_every=args.validate_every,
@@ -95,20 +79,10 @@ def cmd_train(args):
 
 
 def cmd_export(args):
-    from .convert import export
-    from .files import check_writable
-    from .modelfile import load_model, set_default_sampling
+    from .convert import export_model
+    from .request import GenerationRequest
 
-    given = (args.temperature, args.top_k, args.top_p)
-    if str(args.checkpoint).endswith(".safetensors"):
-        # A model file: rewrite it with the default sampling given (fields not given keep its own).
-        check_writable(args.output)
-        loaded = load_model(args.checkpoint)
-        sampling = _sampling(args, loaded.sampling) if any(v is not None for v in given) else loaded.sampling
-        set_default_sampling(args.checkpoint, sampling, args.output)
-    else:
-        sampling = _sampling(args) if any(v is not None for v in given) else None
-        export(args.checkpoint, args.output, sampling)
+    sampling = export_model(args.checkpoint, args.output, GenerationRequest.from_args(args))
     note = "" if sampling is None else " (default sampling: " + ", ".join(
         f"{k} {v}" for k, v in sampling.to_dict().items() if k != "argmax") + ")"
     print(f"wrote {args.output}{note}")
@@ -197,9 +171,12 @@ def _wrote(made: dict):
 
 def cmd_bench(args):
     from .bench import benchmark
+    from .request import GenerationRequest
+    from .sampling import Sampling
 
+    sampling = GenerationRequest.from_args(args).sampling(Sampling())
     benchmark(args.model, args.preset, args.backend.split(","), args.batch, args.device, args.precision.split(","),
-              _sampling(args), min_seconds=args.min_seconds, repeat=args.repeat, r9y9=args.r9y9, json_path=args.json,
+              sampling, min_seconds=args.min_seconds, repeat=args.repeat, r9y9=args.r9y9, json_path=args.json,
               plot_path=args.plot)
 
 
@@ -215,22 +192,9 @@ def cmd_score(args):
 
 
 def cmd_doctor(args):
-    from . import doctor
-    from .files import check_writable, write_json
+    from .doctor import diagnose
 
-    if args.json:
-        check_writable(args.json)
-    targets = doctor.parse_targets(args.compile_gpu) if args.compile_gpu else []
-    info = doctor.report()
-    print(doctor.format_report(info))
-    rows = []
-    if targets:
-        print()
-        rows = doctor.compile_gpu(targets)
-        print(doctor.format_compile(rows))
-    if args.json:
-        write_json(args.json, {"report": info, "gpu_compile": doctor.rows_as_json(rows)})
-        print(f"wrote {args.json}")
+    diagnose(args.compile_gpu, args.json)
 
 
 def cmd_serve(args):
@@ -305,15 +269,6 @@ def _add_manifest_args(p):
     g.add_argument("--manifest", help="JSON Lines, one item per line (docs/CORPUS.md); outputs OUT_DIR/<id>.wav")
     g.add_argument("--out-dir", help="folder for the manifest's outputs and summary.json")
     g.add_argument("--max-active", type=_positive_int, default=64, help="items generated at once (default 64)")
-
-
-def _sampling(args, default=None):
-    """The rule asked for on the command line, over `default` (a model's default sampling; None: plain), judged by
-    the request type."""
-    from .request import GenerationRequest
-    from .sampling import Sampling
-
-    return GenerationRequest.from_args(args).sampling(default or Sampling())
 
 
 def build_parser() -> argparse.ArgumentParser:

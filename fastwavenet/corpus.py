@@ -386,7 +386,7 @@ def _share_cores(local: int):
 # Ranks exchange nothing while they generate: each writes its report to out_dir/.reports/rank-K.json when done, and
 # rank 0 waits for them, however long the others take (a rank whose items were all made by an earlier run is done
 # at once). A collective there ended the job when one rank waited longer than gloo's timeout (30 minutes), and could
-# not be interrupted. Rank 0 gives up after REPORT_WAIT_SECONDS without a missing report.
+# not be interrupted. Rank 0 gives up after REPORT_WAIT_SECONDS in which no report arrives.
 REPORTS = ".reports"
 REPORT_WAIT_SECONDS = 24 * 3600.0
 

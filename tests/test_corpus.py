@@ -334,3 +334,17 @@ def test_an_interrupted_run_says_one_line_and_keeps_what_it_finished(models, tmp
     for path in wavs:
         assert soundfile.info(path).frames == (441000 if command == "corpus" else soundfile.info(path).frames)
         assert soundfile.read(path)[0].size > 0
+
+
+def test_rank_zero_takes_only_this_runs_reports_and_gives_up_in_one_line(tmp_path, monkeypatch):
+    from fastwavenet import corpus
+    from fastwavenet.corpus import Report
+
+    corpus._write_report(tmp_path, Report(1, done=["old"], samples=5, seconds=1.0), "earlier-run")
+    monkeypatch.setattr(corpus, "REPORT_WAIT_SECONDS", 0.2)
+    with pytest.raises(FastWaveNetError, match=r"no report from rank\(s\) 1 in .* rerun the same command"):
+        corpus._gather_reports(tmp_path, 2, "this-run", poll_seconds=0.01)
+    corpus._write_report(tmp_path, Report(1, done=["a"], failed=[(3, "b", "bad")], samples=7, seconds=2.0),
+                         "this-run")
+    assert corpus._gather_reports(tmp_path, 2, "this-run", poll_seconds=0.01) == [
+        Report(1, done=["a"], failed=[(3, "b", "bad")], samples=7, seconds=2.0)]
