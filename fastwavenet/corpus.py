@@ -312,7 +312,7 @@ async def _run_all(engine, todo, out_dir, report, bar, max_loaded):
 
 def _let_go(requests):
     """Cancel the requests and wait (blocking) until the engine has ended each. The engine wakes a request's event
-    loop until the request ends, and asyncio.run closes the loop when it returns: after Ctrl-C, a request the engine
+    loop until the request ends, and the loop closes when generate_items returns: after Ctrl-C, a request the engine
     still held made its thread fail on the closed loop, with a traceback."""
     for request in requests:
         request.cancel()
