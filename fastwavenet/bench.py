@@ -468,3 +468,61 @@ def plot(path, results: list[BenchResult], title: str):
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def benchmark(model: str | os.PathLike | None = None, preset: str = "standard", backends: list[str] = ("all",),
+              batches: list[int] = (1, 8, 64), device: str = "cpu", precisions: list[str] = ("float32",),
+              sampling: Sampling = Sampling(), min_seconds: float = 1.0, repeat: int = 1, r9y9: bool = False,
+              json_path: str | os.PathLike | None = None, plot_path: str | os.PathLike | None = None
+              ) -> list[BenchResult]:
+    """What `fastwavenet bench` does: samples/s of each backend (beside naive) at each batch size and precision, on
+    a model file or a preset's shape with random weights; each row printed as it is measured, then the table (and,
+    on the CPU, the machine's limits measured in the same run); optionally r9y9's own generation, a JSON file and a
+    plot. Every option is checked before measuring starts."""
+    from .backends import resolve_device
+    from .config import preset as named_preset
+    from .folded import PRECISIONS
+    from .modelfile import load_model
+
+    resolve_device(device)
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:  # now, not after minutes of measuring
+        raise FastWaveNetError(f"unknown precision {unknown[0]!r}; choose {' or '.join(PRECISIONS)}")
+    for path in (json_path, plot_path):
+        if path:  # fail now, not after minutes of measuring
+            files.check_writable(path)
+    if plot_path:
+        require_matplotlib()
+    model_file = load_model(model) if model else random_model_file(named_preset(preset))
+    backends = resolve_backends(list(backends), device)
+    info = machine()
+    # The machine's own limits, measured in this run (and again before each row, since a machine's speed drifts),
+    # so figures from different machines can be compared.
+    limits = measure_limits(model_file) if device == "cpu" else None
+    print(table([], model_file.config, info, sampling, limits))
+    remeasure = (lambda: measure_limits(model_file, 0.25)) if limits is not None else None
+    results = run(model_file, backends, list(batches), device, min_seconds=min_seconds, sampling=sampling,
+                  limits=limits, precisions=list(precisions), remeasure=remeasure, repeat=repeat,
+                  progress=lambda r: print(table([r], model_file.config, info).splitlines()[-1], flush=True))
+    if r9y9:
+        theirs = measure_r9y9(model_file.config, min_seconds=min_seconds)
+        print(table([theirs], model_file.config, info).splitlines()[-1], flush=True)
+        for r in results:
+            if r.backend == "naive" and r.batch == 1:
+                theirs.speedup_vs_naive = theirs.samples_per_s / r.samples_per_s
+            elif r.backend != "naive":
+                r.speedup_vs_r9y9 = r.samples_per_s / theirs.samples_per_s
+        results.append(theirs)
+    print()
+    print(table(results, model_file.config, info, sampling, limits))
+    for r in results:
+        if r.speedup_vs_r9y9:
+            print(f"{r.backend} at batch {r.batch}: {r.speedup_vs_r9y9:,.1f}x r9y9's incremental_forward "
+                  f"(one stream, same shape, same run)")
+    if json_path:
+        write_json(json_path, results, model_file.config, info, sampling, limits)
+        print(f"wrote {json_path}")
+    if plot_path:
+        plot(plot_path, results, f"{model or preset} on {info.get('gpu', info['cpu'])}")
+        print(f"wrote {plot_path}")
+    return results

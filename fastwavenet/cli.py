@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import json
 import signal
 import sys
-import threading
 import warnings
 
 from . import __version__
@@ -39,7 +37,9 @@ _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
 _nonnegative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
-_probability = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+# A request's fields (seconds, seed, sampling, speaker) are only parsed here: GenerationRequest judges their ranges.
+_integer = _number(int, lambda v: True, "an integer")
+_float = _number(float, lambda v: True, "a number")
 
 
 def _int_list(text):
@@ -55,8 +55,7 @@ def _int_list(text):
 # ---- commands ----------------------------------------------------------------------------------------------------
 
 def cmd_train(args):
-    from .config import WaveNetConfig, preset
-    from .training import TrainOptions, check_growth, init_config, train
+    from .training import TrainOptions, new_run_config, train
 
     if args.resume and args.init:
         raise FastWaveNetError("--init starts a new run; --resume continues one: pass one of them")
@@ -70,22 +69,7 @@ def cmd_train(args):
         raise FastWaveNetError("train needs --out RUN_DIR")
     changes = {name: getattr(args, name) for name in ("sample_rate", "n_mels", "hop_length", "n_fft", "fmin", "fmax")
                if getattr(args, name) is not None}
-    if args.init:
-        if args.preset or args.sample_rate is not None:
-            raise FastWaveNetError("--init takes the model's shape and sample rate from the model file (--config "
-                                   "may add stacks to it); drop --preset and --sample-rate")
-        config = init_config(args.init, adds_conditioning=bool(changes or args.speakers_from_folders))
-        if args.config:  # grow the file's model: more stacks, the new layers starting as pass-throughs
-            grown = WaveNetConfig.from_file(args.config)
-            check_growth(config, grown, args.init)
-            config = config.replace(stacks=grown.stacks)
-    else:
-        config = WaveNetConfig.from_file(args.config) if args.config else preset(args.preset or "small")
-    if args.speakers_from_folders:
-        from .data import speaker_names
-
-        changes["speakers"] = len(speaker_names(args.data))
-    config = config.replace(**changes)
+    config = new_run_config(args.data, args.preset, args.config, args.init, changes, args.speakers_from_folders)
     validation = args.validation_files.split(",") if args.validation_files else args.validation_count
     options = TrainOptions(steps=args.steps or 1000, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                            target_length=args.target_length, validate_every=args.validate_every,
@@ -95,26 +79,10 @@ def cmd_train(args):
 
 
 def cmd_export(args):
-    from .convert import export
-    from .files import check_writable
-    from .modelfile import load_model, set_default_sampling
+    from .convert import export_model
+    from .request import GenerationRequest
 
-    if str(args.output).endswith(".onnx"):  # one incremental step of a model file as an ONNX graph
-        from .onnx_step import export_step
-
-        export_step(args.checkpoint, args.output)
-        print(f"wrote {args.output}")
-        return
-    given = (args.temperature, args.top_k, args.top_p)
-    if str(args.checkpoint).endswith(".safetensors"):
-        # A model file: rewrite it with the default sampling given (fields not given keep its own).
-        check_writable(args.output)
-        loaded = load_model(args.checkpoint)
-        sampling = _sampling(args, loaded.sampling) if any(v is not None for v in given) else loaded.sampling
-        set_default_sampling(args.checkpoint, sampling, args.output)
-    else:
-        sampling = _sampling(args) if any(v is not None for v in given) else None
-        export(args.checkpoint, args.output, sampling)
+    sampling = export_model(args.checkpoint, args.output, GenerationRequest.from_args(args))
     note = "" if sampling is None else " (default sampling: " + ", ".join(
         f"{k} {v}" for k, v in sampling.to_dict().items() if k != "argmax") + ")"
     print(f"wrote {args.output}{note}")
@@ -140,13 +108,8 @@ def cmd_info(args):
 
 
 def _run_manifest(args, vocode: bool):
-    """generate / vocode --manifest: this process's share of the items, through the serving engine."""
-    from pathlib import Path
-
-    from . import corpus
-    from .engine import Engine
-    from .files import write_json
-    from .generator import Generator
+    """generate / vocode --manifest: this process's share of the items (corpus.run_manifest)."""
+    from .corpus import distributed, run_manifest
 
     if not args.out_dir:
         raise FastWaveNetError("--manifest needs --out-dir")
@@ -157,147 +120,33 @@ def _run_manifest(args, vocode: bool):
     if per_line:
         raise FastWaveNetError(f"with --manifest, {', '.join('--' + n.replace('_', '-') for n in per_line)} "
                                f"belong(s) on each line of the manifest")
-    rank, world, local = corpus.distributed()
-    device = args.device
-    dist = None
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo")
-        if device == "cuda":
-            device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
-        if importlib.util.find_spec("numba") is not None:
-            import numba  # ranks on one machine share its cores
-
-            from .backends.numba_cpu import numba_threads
-
-            numba.set_num_threads(max(1, min(numba_threads(), (os.cpu_count() or 1) // local)))
-    try:
-        out_dir = Path(args.out_dir)
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FastWaveNetError(f"cannot create {out_dir}: {exc.strerror}") from None
-        generator = Generator(args.model, backend=args.backend, device=device, precision=args.precision,
-                              expected_batch=args.max_active)
-        if bool(generator.config.n_mels) != vocode:
-            raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode --manifest" if not vocode else
-                                   "this model is not a vocoder (it takes no mel features)")
-        items, errors = corpus.read_manifest(args.manifest, generator.config, vocode, generator.sampling)
-        if rank == 0:
-            for number, message in errors:
-                print(f"fastwavenet: {args.manifest}:{number}: {message}", file=sys.stderr)
-        mine = corpus.shard(items, rank, world)
-        engine = Engine(generator, max_active=args.max_active, max_waiting=2 * args.max_active)
-        try:
-            report = corpus.run(engine, mine, out_dir, rank, progress=not args.quiet)
-        finally:
-            engine.close(cancel=True)
-        reports = [report]
-        if dist is not None:
-            reports = [None] * world
-            dist.all_gather_object(reports, report)
-        summary = corpus.summarize(reports, errors, generator.sample_rate)
-        if rank == 0:
-            write_json(out_dir / "summary.json", summary)
-            print(f"{summary['items_done']} items made, {summary['items_skipped']} already there, "
-                  f"{summary['items_failed']} failed; {summary['seconds_of_audio']:.1f} s of audio at "
-                  f"{summary['samples_per_s']:,.0f} samples/s over {world} process(es); {out_dir / 'summary.json'}")
-        if summary["items_failed"]:
-            raise FastWaveNetError(f"{summary['items_failed']} of {len(items) + len(errors)} items failed "
-                                   f"(see above and summary.json)")
-    finally:
-        if dist is not None and dist.is_initialized():
-            dist.destroy_process_group()
+    summary = run_manifest(args.model, args.manifest, args.out_dir, vocode, backend=args.backend, device=args.device,
+                           precision=args.precision, max_active=args.max_active, progress=not args.quiet)
+    if distributed()[0] > 0:
+        return  # rank 0 speaks for the run
+    print(f"{summary['items_done']} items made, {summary['items_skipped']} already there, "
+          f"{summary['items_failed']} failed; {summary['seconds_of_audio']:.1f} s of audio at "
+          f"{summary['samples_per_s']:,.0f} samples/s over {len(summary['ranks'])} process(es); "
+          f"{os.path.join(args.out_dir, 'summary.json')}")
+    if summary["items_failed"]:
+        total = summary["items_done"] + summary["items_skipped"] + summary["items_failed"]
+        raise FastWaveNetError(f"{summary['items_failed']} of {total} items failed (see above and summary.json)")
 
 
 def cmd_generate(args):
-    from . import audio
-    from .files import check_writable
-    from .generator import Generator, generate_to_wav, output_paths
+    from .generator import generate_files
+    from .request import GenerationRequest
 
     if args.manifest:
         return _run_manifest(args, vocode=False)
-    check_writable(args.output)
-    generator = Generator(args.model, backend=args.backend, device=args.device, precision=args.precision,
-                          expected_batch=args.batch)
-    sampling = _sampling(args, generator.sampling)
-    if generator.config.n_mels:
-        raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode MODEL INPUT")
-    generator.check_batch(args.batch)
-    for path in output_paths(args.output, args.batch):
-        check_writable(path)
-    prime = None
-    if args.prime:
-        rate = audio.source_rate(args.prime)
-        prime = audio.read(args.prime, generator.sample_rate)
-        if rate is not None and rate != generator.sample_rate:
-            print(f"fastwavenet: resampled the prime from {rate} Hz to the model's {generator.sample_rate} Hz",
-                  file=sys.stderr)
-    _warm_up(generator, sampling, prime is not None, args.quiet)
-    paths = generate_to_wav(generator, args.output, args.seconds, batch=args.batch, sampling=sampling,
-                            seed=args.seed, prime=prime, progress=not args.quiet, speaker=_speaker(args))
-    where = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
-    print(f"wrote {where} ({args.seconds:g} s at {generator.sample_rate} Hz, backend {generator.backend.name})")
-
-
-def cmd_bench(args):
-    from . import bench
-    from .backends import resolve_device
-    from .config import preset
-    from .files import check_writable
-    from .folded import PRECISIONS
-    from .modelfile import load_model
-
-    resolve_device(args.device)
-    precisions = args.precision.split(",")
-    unknown = [p for p in precisions if p not in PRECISIONS]
-    if unknown:  # now, not after minutes of measuring
-        raise FastWaveNetError(f"unknown precision {unknown[0]!r}; choose {' or '.join(PRECISIONS)}")
-    for path in (args.json, args.plot):
-        if path:  # fail now, not after minutes of measuring
-            check_writable(path)
-    if args.plot:
-        bench.require_matplotlib()
-    model = load_model(args.model) if args.model else bench.random_model_file(preset(args.preset))
-    backends = bench.resolve_backends(args.backend.split(","), args.device)
-    sampling = _sampling(args)
-    info = bench.machine()
-    # The machine's own limits, measured in this run (and again before each row, since a machine's speed drifts),
-    # so figures from different machines can be compared.
-    limits = bench.measure_limits(model) if args.device == "cpu" else None
-    print(bench.table([], model.config, info, sampling, limits))
-    remeasure = (lambda: bench.measure_limits(model, 0.25)) if limits is not None else None
-    results = bench.run(model, backends, args.batch, args.device, min_seconds=args.min_seconds, sampling=sampling,
-                        limits=limits, precisions=precisions, remeasure=remeasure, repeat=args.repeat,
-                        progress=lambda r: print(bench.table([r], model.config, info).splitlines()[-1], flush=True))
-    if args.r9y9:
-        r9y9 = bench.measure_r9y9(model.config, min_seconds=args.min_seconds)
-        print(bench.table([r9y9], model.config, info).splitlines()[-1], flush=True)
-        for r in results:
-            if r.backend == "naive" and r.batch == 1:
-                r9y9.speedup_vs_naive = r9y9.samples_per_s / r.samples_per_s
-            elif r.backend != "naive":
-                r.speedup_vs_r9y9 = r.samples_per_s / r9y9.samples_per_s
-        results.append(r9y9)
-    print()
-    print(bench.table(results, model.config, info, sampling, limits))
-    for r in results:
-        if r.speedup_vs_r9y9:
-            print(f"{r.backend} at batch {r.batch}: {r.speedup_vs_r9y9:,.1f}x r9y9's incremental_forward "
-                  f"(one stream, same shape, same run)")
-    if args.json:
-        bench.write_json(args.json, results, model.config, info, sampling, limits)
-        print(f"wrote {args.json}")
-    if args.plot:
-        bench.plot(args.plot, results, f"{args.model or args.preset} on {info.get('gpu', info['cpu'])}")
-        print(f"wrote {args.plot}")
+    _wrote(generate_files(args.model, args.output, GenerationRequest.from_args(args), batch=args.batch,
+                          prime=args.prime, backend=args.backend, device=args.device, precision=args.precision,
+                          progress=not args.quiet))
 
 
 def cmd_vocode(args):
-    from .features import features_from_file
-    from .files import check_writable
-    from .generator import Generator, generate_to_wav
+    from .generator import generate_files
+    from .request import GenerationRequest
 
     if args.model is not None and args.input is None and not args.manifest:
         args.model, args.input = None, args.model  # one positional: the input, for the bundled vocoder
@@ -309,15 +158,26 @@ def cmd_vocode(args):
         return _run_manifest(args, vocode=True)
     if not args.input or not args.output:
         raise FastWaveNetError("vocode needs INPUT and -o OUTPUT (or --manifest and --out-dir)")
-    check_writable(args.output)
-    generator = Generator(args.model, backend=args.backend, device=args.device, precision=args.precision)
-    sampling = _sampling(args, generator.sampling)
-    mel, samples = features_from_file(args.input, generator.config)
-    _warm_up(generator, sampling, False, args.quiet)
-    generate_to_wav(generator, args.output, samples / generator.sample_rate, sampling=sampling, seed=args.seed,
-                    progress=not args.quiet, mel=mel, speaker=_speaker(args))
-    print(f"wrote {args.output} ({samples / generator.sample_rate:g} s at {generator.sample_rate} Hz, "
-          f"backend {generator.backend.name})")
+    _wrote(generate_files(args.model, args.output, GenerationRequest.from_args(args), features=args.input,
+                          backend=args.backend, device=args.device, precision=args.precision,
+                          progress=not args.quiet))
+
+
+def _wrote(made: dict):
+    paths = made["paths"]
+    where = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
+    print(f"wrote {where} ({made['seconds']:g} s at {made['sample_rate']} Hz, backend {made['backend']})")
+
+
+def cmd_bench(args):
+    from .bench import benchmark
+    from .request import GenerationRequest
+    from .sampling import Sampling
+
+    sampling = GenerationRequest.from_args(args).sampling(Sampling())
+    benchmark(args.model, args.preset, args.backend.split(","), args.batch, args.device, args.precision.split(","),
+              sampling, min_seconds=args.min_seconds, repeat=args.repeat, r9y9=args.r9y9, json_path=args.json,
+              plot_path=args.plot)
 
 
 def cmd_score(args):
@@ -332,22 +192,9 @@ def cmd_score(args):
 
 
 def cmd_doctor(args):
-    from . import doctor
-    from .files import check_writable, write_json
+    from .doctor import diagnose
 
-    if args.json:
-        check_writable(args.json)
-    targets = doctor.parse_targets(args.compile_gpu) if args.compile_gpu else []
-    info = doctor.report()
-    print(doctor.format_report(info))
-    rows = []
-    if targets:
-        print()
-        rows = doctor.compile_gpu(targets)
-        print(doctor.format_compile(rows))
-    if args.json:
-        write_json(args.json, {"report": info, "gpu_compile": doctor.rows_as_json(rows)})
-        print(f"wrote {args.json}")
+    diagnose(args.compile_gpu, args.json)
 
 
 def cmd_serve(args):
@@ -386,28 +233,12 @@ def cmd_import_r9y9(args):
           f"receptive field {c.receptive_field} samples)")
 
 
-def _warm_up(generator, sampling, prime: bool, quiet: bool):
-    """Compile or load the kernels before the progress bar starts; if that takes over a second (a first run),
-    say what is happening instead of showing a bar frozen at a few samples/s."""
-    notice = generator.backend.first_call
-    timer = None
-    if notice and not quiet:
-        timer = threading.Timer(1.0, lambda: print(f"fastwavenet: {notice}", file=sys.stderr, flush=True))
-        timer.daemon = True
-        timer.start()
-    try:
-        generator.warm_up(sampling, prime)
-    finally:
-        if timer is not None:
-            timer.cancel()
-
-
 def _add_sampling_args(p):
-    p.add_argument("--temperature", type=_positive_float,
+    p.add_argument("--temperature", type=_float,
                    help="divides the logits (default: the model file's default sampling, else 1)")
-    p.add_argument("--top-k", type=_nonnegative_int, help="keep the k likeliest classes (0: off; default: the "
+    p.add_argument("--top-k", type=_integer, help="keep the k likeliest classes (0: off; default: the "
                    "model's, else off)")
-    p.add_argument("--top-p", type=_probability, help="nucleus sampling mass in (0, 1] (default: the model's, "
+    p.add_argument("--top-p", type=_float, help="nucleus sampling mass in (0, 1] (default: the model's, "
                    "else 1)")
     p.add_argument("--argmax", action="store_true", help="always take the likeliest class")
 
@@ -415,10 +246,10 @@ def _add_sampling_args(p):
 def _add_generation_args(p):
     """Options that `generate` and `vocode` share: sampling, seed, speaker, backend, device, progress."""
     _add_sampling_args(p)
-    p.add_argument("--seed", type=_nonnegative_int,
+    p.add_argument("--seed", type=_integer,
                    help="fixes the output, bit for bit on the same backend; with --batch N, file i gets what "
                         "--seed SEED+i makes alone")
-    p.add_argument("--speaker", type=_nonnegative_int, help="speaker id, for models with speakers")
+    p.add_argument("--speaker", type=_integer, help="speaker id, for models with speakers")
     p.add_argument("--global-features", metavar="FILE.npy",
                    help="a model's external global features (r9y9 without a speaker embedding): one vector, .npy")
     p.add_argument("--backend", default="auto", help="auto, naive, torch, numba, triton or triton-stream")
@@ -439,28 +270,6 @@ def _add_manifest_args(p):
     g.add_argument("--manifest", help="JSON Lines, one item per line (docs/CORPUS.md); outputs OUT_DIR/<id>.wav")
     g.add_argument("--out-dir", help="folder for the manifest's outputs and summary.json")
     g.add_argument("--max-active", type=_positive_int, default=64, help="items generated at once (default 64)")
-
-
-def _speaker(args):
-    """--speaker, or the vector of --global-features (the two are the same argument to the Generator)."""
-    if args.global_features is None:
-        return args.speaker
-    if args.speaker is not None:
-        raise FastWaveNetError("give --speaker or --global-features, not both")
-    import numpy as np
-
-    try:
-        return np.load(args.global_features, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise FastWaveNetError(f"cannot read global features {args.global_features}: {exc}") from None
-
-
-def _sampling(args, default=None):
-    """The rule asked for on the command line, over `default` (a model's default sampling; None: plain)."""
-    from .sampling import Sampling
-
-    return (default or Sampling()).overridden(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                              argmax=args.argmax or None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -510,9 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model file to write (.safetensors), or .onnx: one step of a model file (docs/ONNX.md)")
     g = p.add_argument_group("default sampling stored in the file (generate, vocode, serve and corpus use it "
                              "where the user names none; recipes/sampling_table.py measures which is best)")
-    g.add_argument("--temperature", type=_positive_float)
-    g.add_argument("--top-k", type=_nonnegative_int)
-    g.add_argument("--top-p", type=_probability)
+    g.add_argument("--temperature", type=_float)
+    g.add_argument("--top-k", type=_integer)
+    g.add_argument("--top-p", type=_float)
     p.set_defaults(func=cmd_export, argmax=False)
 
     p = sub.add_parser("info", help="describe a model file")
@@ -522,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate audio into WAV files")
     p.add_argument("--model", help="model file (default: the bundled piano demo)")
-    p.add_argument("--seconds", type=_positive_float, default=4.0, help="length of each file (default 4)")
+    p.add_argument("--seconds", type=_float, default=4.0, help="length of each file (default 4)")
     p.add_argument("-o", "--output", default="out.wav", help="WAV path; with --batch N, N files NAME-i.wav")
     p.add_argument("--batch", type=_positive_int, default=1, help="independent streams (files) at once")
     p.add_argument("--prime", help="audio to continue (resampled to the model's rate)")

@@ -21,19 +21,24 @@ redoes only those.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
+import importlib.util
+import json
 import os
 import re
+import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import audio
 from .errors import FastWaveNetError
+from .files import partial_target
 from .request import GenerationRequest, parse_json
 from .sampling import Sampling
 
@@ -174,19 +179,79 @@ def shard(items: list[Item], rank: int, world: int) -> list[Item]:
     return sorted(mine, key=lambda i: i.line)
 
 
-def run(engine, items: list[Item], out_dir: Path, rank: int = 0, progress: bool = False,
-        max_loaded: int | None = None) -> Report:
-    """Generate this rank's items into out_dir through the engine; skip those already complete."""
+def run_manifest(model, manifest, out_dir, vocode: bool = False, backend: str = "auto", device: str = "cpu",
+                 precision: str = "float32", max_active: int = 64, progress: bool = False) -> dict:
+    """Make every item of `manifest` (JSON Lines, docs/CORPUS.md) into out_dir/<id>.wav, skipping those already
+    there: all of them in one process, or this rank's share under torchrun (RANK and WORLD_SIZE in the environment;
+    with device "cuda", each rank takes cuda:LOCAL_RANK). `model`: a model file (None: the bundled demo) or a
+    Generator. Bad lines and failed items are printed to stderr (bad lines by rank 0 only) and the others still run.
+
+    Returns the run's summary (the counts, failures with their lines, seconds of audio, samples/s per rank and in
+    all), which rank 0 also writes to out_dir/summary.json; another rank returns the summary of its own share."""
+    from .engine import Engine
+    from .files import write_json
+    from .generator import Generator
+
+    rank, world, local = distributed()
+    run_id = None
+    if world > 1:
+        run_id = _agree_on_run_id(rank)
+        if device == "cuda":
+            device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+        _share_cores(local)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FastWaveNetError(f"cannot create {out_dir}: {exc.strerror}") from None
+    generator = model if isinstance(model, Generator) else Generator(model, backend=backend, device=device,
+                                                                     precision=precision, expected_batch=max_active)
+    if bool(generator.config.n_mels) != vocode:
+        raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode --manifest" if not vocode else
+                               "this model is not a vocoder (it takes no mel features)")
+    items, errors = read_manifest(manifest, generator.config, vocode, generator.sampling)
+    if rank == 0:
+        for number, message in errors:
+            print(f"fastwavenet: {manifest}:{number}: {message}", file=sys.stderr)
+    engine = Engine(generator, max_active=max_active, max_waiting=2 * max_active)
+    try:
+        report = generate_items(engine, shard(items, rank, world), out_dir, rank, progress=progress)
+    finally:
+        engine.close(cancel=True)
+    if rank > 0:
+        _write_report(out_dir, report, run_id)
+        return summarize([report], [], generator.sample_rate)
+    reports = [report] + (_gather_reports(out_dir, world, run_id) if world > 1 else [])
+    summary = summarize(reports, errors, generator.sample_rate)
+    write_json(out_dir / "summary.json", summary)
+    if world > 1:
+        shutil.rmtree(out_dir / REPORTS, ignore_errors=True)
+    return summary
+
+
+def generate_items(engine, items: list[Item], out_dir: Path, rank: int = 0, progress: bool = False,
+                   max_loaded: int | None = None) -> Report:
+    """Generate items into out_dir/<id>.wav through the engine, skipping those already complete and removing what
+    an interrupted run left of the others (only the rank that makes an item ever writes its file)."""
     report = Report(rank)
     todo = []
+    left_behind = {}  # target name -> temporary files of it, from the one listing of out_dir
+    with os.scandir(out_dir) as entries:
+        complete = set()
+        for entry in entries:
+            if entry.is_file():
+                complete.add(entry.name)
+                target = partial_target(entry.name)
+                if target is not None:
+                    left_behind.setdefault(target, []).append(entry.name)
     for item in items:
-        if (out_dir / f"{item.id}.wav").is_file():
+        name = f"{item.id}.wav"
+        if name in complete:
             report.skipped.append(item.id)
         else:
             todo.append(item)
-            # What a killed run left of this item (only this rank makes it): a hidden, never-finished temporary.
-            for stale in out_dir.glob(f".{item.id}.wav.*.partial"):
-                stale.unlink(missing_ok=True)
+            for stale in left_behind.get(name, []):
+                (out_dir / stale).unlink(missing_ok=True)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -195,7 +260,7 @@ def run(engine, items: list[Item], out_dir: Path, rank: int = 0, progress: bool 
                    desc=f"rank {rank}", position=rank)
     started = time.perf_counter()
     try:
-        asyncio.run(_run_all(engine, todo, out_dir, report, bar, max_loaded or 2 * engine.max_active))
+        _run_to_the_end(_run_all(engine, todo, out_dir, report, bar, max_loaded or 2 * engine.max_active))
     finally:
         report.seconds = time.perf_counter() - started
         if bar is not None:
@@ -203,20 +268,61 @@ def run(engine, items: list[Item], out_dir: Path, rank: int = 0, progress: bool 
     return report
 
 
+def _run_to_the_end(main):
+    """Run the coroutine `main` on a new event loop, as asyncio.run does, except that when Ctrl-C or SIGTERM stops
+    the loop (raised wherever it lands), `main` is cancelled and its cleanup runs before the loop closes. (With
+    asyncio.run, SIGTERM landing inside a task left that task's exception unretrieved, logged with a traceback.)"""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(main)
+    try:
+        loop.run_until_complete(task)
+    finally:
+        try:
+            if not task.done():
+                task.cancel()
+                loop.run_until_complete(asyncio.wait([task]))
+            if not task.cancelled():
+                task.exception()  # raised above already: marked as seen, so that it is not logged again
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
 async def _run_all(engine, todo, out_dir, report, bar, max_loaded):
     # Inputs (mel frames, prime audio) are loaded only when an item is about to be submitted, a bounded number at a
     # time, so a manifest of any size holds a bounded amount in memory.
     gate = asyncio.Semaphore(max_loaded)
-    tasks = [asyncio.create_task(_run_one(engine, item, out_dir, report, bar, gate)) for item in todo]
+    live = set()  # requests submitted and not seen to end
+    tasks = [asyncio.create_task(_run_one(engine, item, out_dir, report, bar, gate, live)) for item in todo]
     try:
-        await asyncio.gather(*tasks)
+        # Not gather's first exception: a Ctrl-C or SIGTERM raised inside an item's task has left the event loop
+        # already, and raised in here as well it would be an exception nobody retrieves (logged, with a traceback).
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                raise outcome  # a bug
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            _let_go(live)
 
 
-async def _run_one(engine, item: Item, out_dir: Path, report: Report, bar, gate):
+def _let_go(requests):
+    """Cancel the requests and wait (blocking) until the engine has ended each. The engine wakes a request's event
+    loop until the request ends, and the loop closes when generate_items returns: after Ctrl-C, a request the engine
+    still held made its thread fail on the closed loop, with a traceback."""
+    for request in requests:
+        request.cancel()
+    for request in requests:
+        with contextlib.suppress(FastWaveNetError):  # Cancelled, or the error it failed with
+            for _ in request:
+                pass
+
+
+async def _run_one(engine, item: Item, out_dir: Path, report: Report, bar, gate, live: set):
     loop = asyncio.get_running_loop()
     async with gate:
         stream = None
@@ -225,6 +331,7 @@ async def _run_one(engine, item: Item, out_dir: Path, report: Report, bar, gate)
             length, kwargs = await loop.run_in_executor(None, _inputs, item, engine.config)
             request = engine.submit(samples=length, seed=item.seed, sampling=item.sampling, speaker=item.speaker,
                                     **kwargs)
+            live.add(request)
             stream = audio.WavStream(out_dir / f"{item.id}.wav", engine.config.sample_rate)
             async for chunk in request:
                 stream.write(chunk)
@@ -237,8 +344,11 @@ async def _run_one(engine, item: Item, out_dir: Path, report: Report, bar, gate)
             report.failed.append((item.line, item.id, str(exc)))
             print(f"fastwavenet: line {item.line} ({item.id}): {exc}", file=sys.stderr)
         finally:
-            if request is not None and not request.finished:
-                request.cancel()
+            if request is not None:
+                if request.finished:
+                    live.discard(request)
+                else:
+                    request.cancel()
             if stream is not None:
                 stream.discard()  # a no-op after close; otherwise the unfinished file goes
 
@@ -260,6 +370,75 @@ def distributed() -> tuple[int, int, int]:
     """(rank, world size, processes on this node) from torchrun's environment; (0, 1, 1) without it."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     return rank, world, int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
+def _share_cores(local: int):
+    """Ranks on one machine share its cores: each gets its part of numba's threads."""
+    if importlib.util.find_spec("numba") is None:
+        return
+    import numba
+
+    from .backends.numba_cpu import numba_threads
+
+    numba.set_num_threads(max(1, min(numba_threads(), (os.cpu_count() or 1) // local)))
+
+
+# Ranks exchange nothing while they generate: each writes its report to out_dir/.reports/rank-K.json when done, and
+# rank 0 waits for them, however long the others take (a rank whose items were all made by an earlier run is done
+# at once). A collective there ended the job when one rank waited longer than gloo's timeout (30 minutes), and could
+# not be interrupted. Rank 0 gives up after REPORT_WAIT_SECONDS in which no report arrives.
+REPORTS = ".reports"
+REPORT_WAIT_SECONDS = 24 * 3600.0
+
+
+def _agree_on_run_id(rank: int) -> str:
+    """A name for this run that every rank knows, so that rank 0 never takes an earlier run's report for this one's:
+    rank 0 draws it and sends it to the others, at the start, when torchrun has just started them all."""
+    import uuid
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    try:
+        chosen = [uuid.uuid4().hex if rank == 0 else None]
+        dist.broadcast_object_list(chosen, src=0)
+    finally:
+        dist.destroy_process_group()
+    return chosen[0]
+
+
+def _write_report(out_dir: Path, report: Report, run_id: str):
+    from .files import write_json
+
+    folder = out_dir / REPORTS
+    folder.mkdir(exist_ok=True)
+    write_json(folder / f"rank-{report.rank}.json", dict(run=run_id, **asdict(report)))
+
+
+def _gather_reports(out_dir: Path, world: int, run_id: str, poll_seconds: float = 0.5) -> list[Report]:
+    """The reports of ranks 1 .. world - 1 of run `run_id`, waited for (interruptibly: Ctrl-C and SIGTERM stop it)."""
+    reports = {}
+    waited_since = time.monotonic()
+    while len(reports) < world - 1:
+        for rank in range(1, world):
+            if rank in reports:
+                continue
+            try:
+                data = json.loads((out_dir / REPORTS / f"rank-{rank}.json").read_text())
+            except FileNotFoundError:
+                continue
+            if data.pop("run") == run_id:
+                data["failed"] = [tuple(f) for f in data["failed"]]
+                reports[rank] = Report(**data)
+                waited_since = time.monotonic()
+        if len(reports) < world - 1:
+            if time.monotonic() - waited_since > REPORT_WAIT_SECONDS:
+                missing = sorted(set(range(1, world)) - set(reports))
+                raise FastWaveNetError(f"no report from rank(s) {', '.join(map(str, missing))} in "
+                                       f"{REPORT_WAIT_SECONDS / 3600:g} hours: rerun the same command to finish "
+                                       f"(finished items are kept)")
+            time.sleep(poll_seconds)
+    return [reports[rank] for rank in range(1, world)]
 
 
 def summarize(reports: list[Report], errors: list[tuple[int, str]], audio_rate: int) -> dict:

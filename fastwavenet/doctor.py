@@ -204,3 +204,26 @@ def format_compile(rows: list[CompileRow]) -> str:
 
 def rows_as_json(rows: list[CompileRow]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+def diagnose(compile_targets: str | None = None, json_path: str | os.PathLike | None = None) -> dict:
+    """What `fastwavenet doctor` does: print the report (versions, CPU, devices, backends) and, given targets such as
+    "sm_80,sm_90", compile the GPU kernel's variants for them and print registers, spills and shared memory; with
+    `json_path`, write both as JSON. Returns {"report": ..., "gpu_compile": [...]}."""
+    from .files import check_writable, write_json
+
+    if json_path:
+        check_writable(json_path)
+    targets = parse_targets(compile_targets) if compile_targets else []
+    info = report()
+    print(format_report(info))
+    rows = []
+    if targets:
+        print()
+        rows = compile_gpu(targets)
+        print(format_compile(rows))
+    result = {"report": info, "gpu_compile": rows_as_json(rows)}
+    if json_path:
+        write_json(json_path, result)
+        print(f"wrote {json_path}")
+    return result

@@ -34,6 +34,16 @@ def temporary_beside(path: Path) -> Path:
     return Path(tmp)
 
 
+def partial_target(name: str) -> str | None:
+    """The name of the file that the temporary file `name` (made by `temporary_beside`) was to become; None if `name`
+    is not one. Exact: mkstemp's random part holds no dot, so the target is all before the last one (the temporary
+    files of `a.wav` and of `a.wav.wav` are told apart, where a pattern `.a.wav.*.partial` took both)."""
+    if not (name.startswith(".") and name.endswith(".partial")):
+        return None
+    target, dot, random_part = name[1:-len(".partial")].rpartition(".")
+    return target if dot and target and random_part else None
+
+
 def give_default_mode(path: Path):
     """The mode a plain open() gives (0666 less the umask): mkstemp, and safetensors, make files for the owner only."""
     umask = os.umask(0)

@@ -331,3 +331,61 @@ def generate_to_wav(generator: Generator, out: str | os.PathLike, seconds: float
     if bar is not None:
         bar.close()
     return paths
+
+
+def generate_files(model, output: str | os.PathLike, request, batch: int = 1, prime: str | os.PathLike | None = None,
+                   features: str | os.PathLike | None = None, backend: str = "auto", device: str = "cpu",
+                   precision: str = "float32", progress: bool = False) -> dict:
+    """What `fastwavenet generate` does (`prime`: an audio file to continue) or, given `features` (an audio file, or
+    saved mel frames: .npy (n_mels, frames), .npz), what `fastwavenet vocode` does: generate into WAV files, all
+    checked before the first sample. `model`: a model file (None: the bundled demo); `request`: a GenerationRequest
+    (seconds, seed, sampling over the model's default, speaker); `output`: a WAV path, with batch N the files
+    NAME-i.wav. Ctrl-C keeps what was made (generate_to_wav).
+
+    Returns {"paths": [Path], "seconds": of each file, "sample_rate": Hz, "backend": its name}."""
+    import sys
+
+    from .features import features_from_file
+    from .files import check_writable
+
+    check_writable(output)
+    generator = Generator(model, backend=backend, device=device, precision=precision, expected_batch=batch)
+    sampling = request.sampling(generator.sampling)
+    if features is None and generator.config.n_mels:
+        raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode MODEL INPUT")
+    generator.check_batch(batch)
+    for path in output_paths(output, batch):
+        check_writable(path)
+    seconds, mel, prime_audio = request.seconds, None, None
+    if features is not None:
+        mel, samples = features_from_file(features, generator.config)
+        seconds = samples / generator.sample_rate
+    if prime is not None:
+        rate = audio.source_rate(prime)
+        prime_audio = audio.read(prime, generator.sample_rate)
+        if rate is not None and rate != generator.sample_rate:
+            print(f"fastwavenet: resampled the prime from {rate} Hz to the model's {generator.sample_rate} Hz",
+                  file=sys.stderr)
+    _warm_up(generator, sampling, prime_audio is not None, say_so=progress)
+    paths = generate_to_wav(generator, output, seconds, batch=batch, sampling=sampling, seed=request.seed,
+                            prime=prime_audio, progress=progress, mel=mel, speaker=request.speaker)
+    return dict(paths=paths, seconds=seconds, sample_rate=generator.sample_rate, backend=generator.backend.name)
+
+
+def _warm_up(generator: Generator, sampling: Sampling, prime: bool, say_so: bool):
+    """Compile or load the kernels before the progress bar starts; if that takes over a second (a first run),
+    say what is happening instead of showing a bar frozen at a few samples/s."""
+    import sys
+    import threading
+
+    notice = generator.backend.first_call
+    timer = None
+    if notice and say_so:
+        timer = threading.Timer(1.0, lambda: print(f"fastwavenet: {notice}", file=sys.stderr, flush=True))
+        timer.daemon = True
+        timer.start()
+    try:
+        generator.warm_up(sampling, prime)
+    finally:
+        if timer is not None:
+            timer.cancel()

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from .config import WaveNetConfig, check_memory
+from .config import WaveNetConfig, check_memory, preset
 from .data import CropDataset, load_corpus, speaker_names, split_by_file, validation_crops
 from .errors import FastWaveNetError
 from .files import atomic_path, write_json
@@ -278,6 +278,28 @@ def check_growth(file_config: WaveNetConfig, config: WaveNetConfig, path) -> Non
                                f"stacks ({file_config.stacks} now), nothing else changed")
     if config.stacks > file_config.stacks and file_config.conditioned:
         raise FastWaveNetError(f"{path} is conditioned: adding stacks covers unconditioned models")
+
+
+def new_run_config(data, preset_name: str | None = None, config_path=None, init=None, changes: dict | None = None,
+                   speakers_from_folders: bool = False) -> WaveNetConfig:
+    """The config a new run starts with, as `fastwavenet train` builds it: a preset (default small) or a config
+    file; or, with `init`, the model file's own (a config file then only adds stacks to it). Then `changes` (sample
+    rate, mel fields) and, with `speakers_from_folders`, one speaker per folder of `data` that holds audio."""
+    changes = dict(changes or {})
+    if init:
+        if preset_name or "sample_rate" in changes:
+            raise FastWaveNetError("--init takes the model's shape and sample rate from the model file (--config "
+                                   "may add stacks to it); drop --preset and --sample-rate")
+        config = init_config(init, adds_conditioning=bool(changes or speakers_from_folders))
+        if config_path:  # grow the file's model: more stacks, the new layers starting as pass-throughs
+            grown = WaveNetConfig.from_file(config_path)
+            check_growth(config, grown, init)
+            config = config.replace(stacks=grown.stacks)
+    else:
+        config = WaveNetConfig.from_file(config_path) if config_path else preset(preset_name or "small")
+    if speakers_from_folders:
+        changes["speakers"] = len(speaker_names(data))
+    return config.replace(**changes)
 
 
 def _init_weights(path: str, config: WaveNetConfig) -> WaveNet:

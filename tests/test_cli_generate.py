@@ -91,7 +91,7 @@ BAD = [
     (["--model", "{model_file}", "--seconds", "0"], "positive number"),
     (["--model", "{model_file}", "--seconds", "-2"], "positive number"),
     (["--model", "{model_file}", "--seconds", "1e9"], "does not fit in a WAV file"),
-    (["--model", "{model_file}", "--temperature", "0"], "positive number"),
+    (["--model", "{model_file}", "--temperature", "0"], "temperature must be a number in"),  # GenerationRequest judges
     (["--model", "{model_file}", "--batch", "0"], "positive integer"),
     (["--model", "{model_file}", "--batch", "10000000000"], "GiB"),
     (["--model", "{model_file}", "--top-p", "1.5"], "(0, 1]"),

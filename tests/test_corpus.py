@@ -194,3 +194,157 @@ def test_manifest_errors_without_any_item(tmp_path):
         read_manifest(tmp_path / "empty.jsonl", preset("tiny"), vocode=False)
     with pytest.raises(FastWaveNetError, match="cannot read manifest"):
         read_manifest(tmp_path / "absent.jsonl", preset("tiny"), vocode=False)
+
+
+def test_an_item_removes_only_its_own_temporary_files(models, tmp_path):
+    """Ids `a` and `a.wav` on different ranks: `.a.wav.*.partial` also matched the other item's file in progress
+    (`.a.wav.wav.XXXXXXXX.partial`), whose rank then failed to rename it (FileNotFoundError)."""
+    from fastwavenet.corpus import generate_items
+    from fastwavenet.engine import Engine
+    from fastwavenet.files import partial_target, temporary_beside
+
+    assert partial_target(temporary_beside(tmp_path / "a.b.wav").name) == "a.b.wav"
+    assert partial_target(".a.wav.wav.abcd1234.partial") == "a.wav.wav"
+    assert partial_target("a.wav") is None and partial_target(".a.partial") is None
+    out = tmp_path / "out"
+    out.mkdir()
+    others = out / ".a.wav.wav.abcd1234.partial"   # item `a.wav`'s file, being written by another rank
+    stale = out / ".a.wav.qwer_678.partial"        # what a killed run left of item `a`
+    others.write_bytes(b"RIFF")
+    stale.write_bytes(b"RIFF")
+    items, _ = read_manifest(write_manifest(tmp_path, [{"id": "a", "seconds": 0.01}]), preset("tiny"), False)
+    with Engine(str(models["tiny"]), backend="numba", max_active=1) as engine:
+        report = generate_items(engine, items, out)
+    assert report.done == ["a"] and soundfile.info(out / "a.wav").frames == round(0.01 * 4410)
+    assert others.exists() and not stale.exists()
+
+
+def _launch_rank(rank: int, port: int, args) -> subprocess.Popen:
+    """One of two ranks, started as torchrun starts them; gloo's default timeout (30 minutes) is 6 s here, so a rank
+    waiting on another in a collective fails in seconds instead of half an hour."""
+    code = ("import datetime, sys; import torch.distributed.distributed_c10d as c10d; "
+            "c10d.default_pg_timeout = datetime.timedelta(seconds=6); "
+            "from fastwavenet.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1", RANK=str(rank),
+               LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port))
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_two_ranks_under_faults(models, tmp_path):
+    """Rank 0's items were all made by an earlier run, so it finishes at once and waits for rank 1; rank 1 is killed
+    (SIGKILL) after an item, rank 0 stopped by SIGTERM; the rerun finishes the corpus. Every item is complete or
+    absent at each point, and the rerun writes summary.json."""
+    manifest = write_manifest(tmp_path, [{"id": f"item{i}", "seconds": 40.0, "seed": i} for i in range(8)])
+    items, _ = read_manifest(manifest, preset("tiny"), vocode=False)
+    first, second = shard(items, 0, 2), shard(items, 1, 2)
+    assert len(first) == len(second) == 4
+    out = tmp_path / "out"
+    out.mkdir()
+    frames = round(40.0 * 4410)
+    for item in first:
+        soundfile.write(out / f"{item.id}.wav", np.zeros(frames, np.float32), 4410, subtype="PCM_16")
+
+    def check_every_item_complete_or_absent():
+        for item in items:
+            path = out / f"{item.id}.wav"
+            assert not path.exists() or soundfile.info(path).frames == frames, item.id
+        names = {p.name for p in out.iterdir() if not p.name.startswith(".")} - {"summary.json"}
+        assert names <= {f"{item.id}.wav" for item in items}, names
+
+    args = ["generate", "--model", models["tiny"], "--manifest", manifest, "--out-dir", out, "--quiet",
+            "--max-active", "1"]
+    port = _free_port()
+    ranks = [_launch_rank(0, port, args), _launch_rank(1, port, args)]
+    try:
+        made_by_one = lambda: [i.id for i in second if (out / f"{i.id}.wav").exists()]  # noqa: E731
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not made_by_one() and ranks[1].poll() is None:
+            time.sleep(0.01)
+        ranks[1].send_signal(signal.SIGKILL)
+        ranks[1].wait(30)
+        kept = {name: (out / f"{name}.wav").stat().st_mtime_ns for name in made_by_one()}
+        assert 1 <= len(kept) < 4, kept
+        assert ranks[0].poll() is None, ranks[0].communicate()[1]  # still waiting for rank 1's report
+        ranks[0].send_signal(signal.SIGTERM)
+        _, stderr = ranks[0].communicate(timeout=30)
+        assert ranks[0].returncode == 143 and stderr.strip() == "fastwavenet: terminated", stderr
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    check_every_item_complete_or_absent()
+    assert not (out / "summary.json").exists()
+
+    port = _free_port()
+    ranks = [_launch_rank(0, port, args), _launch_rank(1, port, args)]
+    try:
+        results = [process.communicate(timeout=300) for process in ranks]
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert [p.returncode for p in ranks] == [0, 0], results
+    assert "Traceback" not in results[0][1] + results[1][1]
+    check_every_item_complete_or_absent()
+    assert sorted(p.name for p in out.glob("*.wav")) == sorted(f"{item.id}.wav" for item in items)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file, no reports folder
+    assert all((out / f"{name}.wav").stat().st_mtime_ns == mtime for name, mtime in kept.items())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["items_skipped"] == 4 + len(kept) and summary["items_done"] == 4 - len(kept)
+    assert summary["items_failed"] == 0 and [r["rank"] for r in summary["ranks"]] == [0, 1]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("command", ["corpus", "vocode"])
+def test_an_interrupted_run_says_one_line_and_keeps_what_it_finished(models, tmp_path, command, sig, code):
+    """Ctrl-C during a corpus run printed the engine thread's traceback (it woke the closed event loop)."""
+    out = tmp_path / "out"
+    if command == "corpus":
+        manifest = write_manifest(tmp_path, [{"id": f"long{i}", "seconds": 100.0, "seed": i} for i in range(16)])
+        args = ["generate", "--model", models["tiny"], "--manifest", manifest, "--out-dir", out, "--max-active", "2"]
+        started = lambda: list(out.glob("*.wav"))  # noqa: E731
+    else:
+        np.save(tmp_path / "long.npy", np.random.default_rng(0).standard_normal((8, 40000)).astype(np.float32))
+        out.mkdir()
+        args = ["vocode", models["vocoder"], tmp_path / "long.npy", "-o", out / "voc.wav"]
+        started = lambda: [p for p in out.glob(".voc.wav.*.partial") if p.stat().st_size > 44 + 2 * 2000]  # noqa
+    # The child's SIGINT restored: a test runner in the background of a shell passes it on ignored.
+    process = subprocess.Popen([sys.executable, "-m", "fastwavenet", *map(str, args), "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not started() and process.poll() is None:
+            time.sleep(0.01)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == code, stderr
+    assert stderr.strip() in ("fastwavenet: interrupted", "fastwavenet: terminated"), stderr
+    wavs = list(out.glob("*.wav"))
+    assert wavs and not list(out.glob(".*"))
+    for path in wavs:
+        assert soundfile.info(path).frames == (441000 if command == "corpus" else soundfile.info(path).frames)
+        assert soundfile.read(path)[0].size > 0
+
+
+def test_rank_zero_takes_only_this_runs_reports_and_gives_up_in_one_line(tmp_path, monkeypatch):
+    from fastwavenet import corpus
+    from fastwavenet.corpus import Report
+
+    corpus._write_report(tmp_path, Report(1, done=["old"], samples=5, seconds=1.0), "earlier-run")
+    monkeypatch.setattr(corpus, "REPORT_WAIT_SECONDS", 0.2)
+    with pytest.raises(FastWaveNetError, match=r"no report from rank\(s\) 1 in .* rerun the same command"):
+        corpus._gather_reports(tmp_path, 2, "this-run", poll_seconds=0.01)
+    corpus._write_report(tmp_path, Report(1, done=["a"], failed=[(3, "b", "bad")], samples=7, seconds=2.0),
+                         "this-run")
+    assert corpus._gather_reports(tmp_path, 2, "this-run", poll_seconds=0.01) == [
+        Report(1, done=["a"], failed=[(3, "b", "bad")], samples=7, seconds=2.0)]
