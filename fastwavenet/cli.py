@@ -281,7 +281,7 @@ def cmd_bench(args):
             print(f"{r.backend} at batch {r.batch}: {r.speedup_vs_r9y9:,.1f}x r9y9's incremental_forward "
                   f"(one stream, same shape, same run)")
     if args.json:
-        bench.write_json(args.json, results, model.config, info, sampling, limits)
+        bench.write_results(args.json, results, model.config, info, sampling, limits)
         print(f"wrote {args.json}")
     if args.plot:
         bench.plot(args.plot, results, f"{args.model or args.preset} on {info.get('gpu', info['cpu'])}")
