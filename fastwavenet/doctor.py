@@ -44,6 +44,7 @@ def report() -> dict:
 
         info["numba_threads"] = numba_threads()
         info["numba_threading_layer"] = numba.config.THREADING_LAYER  # chosen among these at the first parallel call
+        info["numba_cache"] = numba.config.CACHE_DIR or "beside the kernels' source (numba's default)"
     info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     info["backends"] = {}
     for device in ("cpu", "cuda"):
