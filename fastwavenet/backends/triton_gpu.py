@@ -77,13 +77,13 @@ class TritonBackend(Backend):
 
         rules = per_stream(sampling, state.batch)
         distributions.check_rules(self.config, rules)
-        on = dict(device=self.device)
+        device, classes = self.device, self.config.output_channels
         stream_rules = gpu.StreamRules(
-            temperature=torch.tensor([r.temperature for r in rules], dtype=torch.float64, **on),
-            # past the classes, top-k cuts nothing: as many as there are, in int32
-            top_k=torch.tensor([min(r.top_k, self.config.output_channels) for r in rules], dtype=torch.int32, **on),
-            top_p=torch.tensor([r.top_p for r in rules], dtype=torch.float32, **on),
-            argmax=torch.tensor([r.argmax for r in rules], dtype=torch.int8, **on))
+            temperature=torch.tensor([r.temperature for r in rules], dtype=torch.float64, device=device),
+            # top-k past the classes cuts nothing: capped there, any top-k fits int32
+            top_k=torch.tensor([min(r.top_k, classes) for r in rules], dtype=torch.int32, device=device),
+            top_p=torch.tensor([r.top_p for r in rules], dtype=torch.float32, device=device),
+            argmax=torch.tensor([r.argmax for r in rules], dtype=torch.int8, device=device))
         B = state.batch
         first = state.last.to(self.device).reshape(B, 1).contiguous()
         out = torch.empty(B, n, dtype=input_dtype(self.config), device=self.device)
