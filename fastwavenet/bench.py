@@ -92,10 +92,10 @@ class Limits:
     batched: torch's float32 matmul (2048 x 2048 x 2048, all of torch's threads) in GFLOP/s, divided by the
     model's FLOPs per sample: samples/s if every multiply-add ran at sgemm speed.
     batch 1: passes/s of one core reading a buffer of the model's weight bytes front to back (the numba kernel's
-    lone-stream product, `kernels.cpu.read_passes`): samples/s if each sample read every weight once at that speed.
+    lone-stream product, `limits.read_passes`): samples/s if each sample read every weight once at that speed.
     A batch of B streams may reach at most min(B x that, the batched limit).
     peak: fused multiply-adds in registers on full vectors of numba's target ISA, on all of numba's threads
-    (`kernels.cpu.fma_peak`), in GFLOP/s: what no code of that ISA can beat, whoever made the CPU. A vendor's sgemm
+    (`limits.fma_peak`), in GFLOP/s: what no code of that ISA can beat, whoever made the CPU. A vendor's sgemm
     need not reach it (MKL on AMD reached 40-50 % of it), so rows are held against both."""
 
     sgemm_gflops: float
@@ -154,7 +154,7 @@ def measure_limits(model: ModelFile, seconds: float = 0.5) -> Limits:
     passes_per_s = fma = 0.0
     fma_threads = 0
     try:
-        from .kernels.cpu import READ_COLUMNS, read_passes
+        from .limits import READ_COLUMNS, read_passes
     except ImportError:  # numba missing: the batch-1 limit and the peak are not measured
         pass
     else:
@@ -178,7 +178,8 @@ def measure_fma_peak(seconds: float = 0.5) -> tuple[float, int]:
     """The FMA peak of numba's target code on all numba threads (GFLOP/s, threads): the best of runs of about 50 ms
     each over `seconds`."""
     from .backends.numba_cpu import numba_threads
-    from .kernels.cpu import BLOCK, PEAK_CHAINS, fma_peak
+    from .kernels.cpu import BLOCK
+    from .limits import PEAK_CHAINS, fma_peak
 
     threads = numba_threads()
     flops = 2.0 * PEAK_CHAINS * BLOCK.lanes * threads  # per iteration
@@ -203,7 +204,7 @@ def random_model_file(config: WaveNetConfig, seed: int = 0) -> ModelFile:
     shapes fastwavenet does not train, such as imported r9y9 models, each weight drawn with variance 1 / fan-in)."""
     torch.manual_seed(seed)
     if config.output == "softmax" and config.upsampler == "transpose":
-        from .convert import fold
+        from .folded import fold
         from .model import WaveNet
 
         return ModelFile(config, fold(WaveNet(config)))
@@ -429,8 +430,9 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
     return "\n".join(lines)
 
 
-def write_json(path, results: list[BenchResult], config: WaveNetConfig, info: dict, sampling: Sampling = Sampling(),
-               limits: Limits | None = None):
+def write_results(path, results: list[BenchResult], config: WaveNetConfig, info: dict,
+                  sampling: Sampling = Sampling(), limits: Limits | None = None):
+    """The run as JSON: machine, model config, date, sampling, every row, and the limits measured first."""
     payload = {"machine": info, "config": json.loads(config.to_json()), "date": time.strftime("%Y-%m-%d"),
                "sampling": asdict(sampling), "results": [asdict(r) for r in results],
                "limits": None if limits is None else {**asdict(limits),
@@ -520,7 +522,7 @@ def benchmark(model: str | os.PathLike | None = None, preset: str = "standard", 
             print(f"{r.backend} at batch {r.batch}: {r.speedup_vs_r9y9:,.1f}x r9y9's incremental_forward "
                   f"(one stream, same shape, same run)")
     if json_path:
-        write_json(json_path, results, model_file.config, info, sampling, limits)
+        write_results(json_path, results, model_file.config, info, sampling, limits)
         print(f"wrote {json_path}")
     if plot_path:
         plot(plot_path, results, f"{model or preset} on {info.get('gpu', info['cpu'])}")

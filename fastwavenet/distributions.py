@@ -10,8 +10,8 @@ The sampling rule, with two host-supplied uniforms u0, u1 per sample (float64 th
 1. the component k (mixture only): with argmax, the largest logit (the lowest index on ties); otherwise the first
    component whose cumulative softmax(logits / temperature) exceeds u0 * total, the last one where rounding leaves
    none (the rule of fastwavenet/sampling.py for classes);
-2. with argmax, x = mean_k; otherwise v = u1 clamped to [1e-5, 1 - 1e-5] (so a draw is never infinite, r9y9's
-   bound) and x = mean_k + temperature * exp(log_scale_k) * Q(v), the inverse CDF: Q(v) = log(v) - log(1 - v) for
+2. with argmax, x = mean_k; otherwise v = u1 clamped to [U_EDGE, 1 - U_EDGE] (1e-5: a draw is never infinite,
+   r9y9's bound) and x = mean_k + temperature * exp(log_scale_k) * Q(v), the inverse CDF: Q(v) = log(v) - log(1 - v) for
    the logistic, the standard normal quantile for the Gaussian;
 3. x is clamped to [-1, 1].
 Temperature thus divides the mixture logits and multiplies the scale: 1 is the model's own distribution, towards 0
@@ -32,9 +32,9 @@ import torch.nn.functional as F
 
 from .config import WaveNetConfig
 from .errors import FastWaveNetError
+# KERNEL_CODES: the `distribution` code both kernels take for each output, read by the backends from here.
+from .kernels.sampling_constants import KERNEL_CODES, U_EDGE  # noqa: F401
 from .sampling import Sampling
-
-U_EDGE = 1e-5
 
 
 def check_rules(config: WaveNetConfig, samplings: Sequence[Sampling]):
@@ -51,11 +51,6 @@ def uniform_shape(config: WaveNetConfig) -> tuple[int, ...]:
     """The uniforms one sample of one stream takes, as a shape to append: () for classes, (2,) for a continuous
     output (u0 picks the component, u1 makes the draw)."""
     return () if config.output == "softmax" else (2,)
-
-
-# The `distribution` code both kernels take for each output (kernels/cpu.py and kernels/gpu.py name the same values
-# SOFTMAX, LOGISTIC_MIXTURE, GAUSSIAN).
-KERNEL_CODES = {"softmax": 0, "logistic_mixture": 1, "gaussian": 2}
 
 
 def _parameters(config: WaveNetConfig, y: torch.Tensor, k: torch.Tensor | None):

@@ -44,6 +44,7 @@ def report() -> dict:
 
         info["numba_threads"] = numba_threads()
         info["numba_threading_layer"] = numba.config.THREADING_LAYER  # chosen among these at the first parallel call
+        info["numba_cache"] = numba.config.CACHE_DIR or "beside the kernels' source (numba's default)"
     info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     info["backends"] = {}
     for device in ("cpu", "cuda"):
@@ -78,7 +79,7 @@ class CompileRow:
     target: str          # sm_80, sm_90, ...
     model: str           # preset name (or "custom")
     variant: str         # tiled / stream (streams per program: the kernel's TILE, or 1), then teacher /
-                         # generate-sampled / generate-argmax / generate-truncated (top-k, top-p), +cond
+                         # generate / generate-truncated (top-k, top-p compiled in), +cond
     registers: int
     spill_bytes: int     # local memory per thread: registers that did not fit
     shared_bytes: int
@@ -120,16 +121,16 @@ class _Shapes:
 
 
 def _variants(config: WaveNetConfig, tiles: dict[str, int], only: set[str] | None = None):
-    modes = [("teacher", True, False, False), ("generate-sampled", False, False, False),
-             ("generate-argmax", False, True, False)]
+    # Each stream's rule (temperature, argmax) is read at run time; top-k / top-p add the sort at compile time.
+    modes = [("teacher", True, False), ("generate", False, False)]
     if config.output == "softmax":  # top-k / top-p apply to classes only
-        modes.append(("generate-truncated", False, False, True))
+        modes.append(("generate-truncated", False, True))
     for kind, tile in tiles.items():
-        for label, teacher, argmax, truncate in modes:
+        for label, teacher, truncate in modes:
             for cond in (False, True):
                 mode = label + ("+cond" if cond else "")
                 if only is None or mode in only:
-                    yield f"{kind} {mode}", teacher, argmax, truncate, cond, tile
+                    yield f"{kind} {mode}", teacher, truncate, cond, tile
 
 
 def _resources(cubin: bytes) -> dict:
@@ -151,7 +152,7 @@ def _resources(cubin: bytes) -> dict:
 def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = None,
                 modes: set[str] | None = None) -> list[CompileRow]:
     """Compile every variant of the Triton kernel that the backends can launch, for each target and model shape;
-    `modes` (say {"teacher+cond", "generate-argmax"}) keeps those modes alone, each for the tiled and the lone-stream
+    `modes` (say {"teacher+cond", "generate"}) keeps those modes alone, each for the tiled and the lone-stream
     kernel."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise FastWaveNetError("unset TRITON_INTERPRET to compile for a GPU (the interpreter compiles nothing)")
@@ -176,8 +177,8 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
             dist = KERNEL_CODES[config.output]
             shapes = _Shapes(config)
             tiles = {"tiled": gpu.tile_for(shapes), "stream": 1}
-            for label, teacher, argmax, truncate, cond, tile in _variants(config, tiles, modes):
-                constants = gpu.launch_constants(shapes, teacher, argmax, cond, dist, tile, truncate)
+            for label, teacher, truncate, cond, tile in _variants(config, tiles, modes):
+                constants = gpu.launch_constants(shapes, teacher, cond, dist, tile, truncate)
                 signature = {**gpu.argument_types(dist), **{name: "constexpr" for name in constants}}
                 # FP fusion on, as at launch today (Triton 3.9's default; stated, so its warning stays quiet)
                 options = {**gpu.launch_options(tile), "enable_fp_fusion": True}

@@ -33,6 +33,10 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+# Absolute, not relative: recipes load copies of this file as modules of their own (recipes/kernel_timing.py).
+from fastwavenet.kernels.sampling_constants import (GAUSSIAN, NORMAL_A, NORMAL_B, NORMAL_C, NORMAL_D, NORMAL_LOW,
+                                                    SOFTMAX, U_EDGE)
+
 
 class CpuWeights(NamedTuple):
     """The generator's weights as the CPU kernel reads them (float32 unless said; matrices in-major, (in, out), the
@@ -52,9 +56,6 @@ class CpuWeights(NamedTuple):
     head2_b: np.ndarray    # (O,)
     dilations: np.ndarray  # (L,) int64
     offsets: np.ndarray    # (L,) int64: where each layer's ring starts in a stream's queue block
-
-# The output distributions (the `distribution` argument of `generate`).
-SOFTMAX, LOGISTIC_MIXTURE, GAUSSIAN = 0, 1, 2
 
 # fastmath lets reductions reassociate (so dot products vectorize). error_model="numpy" drops Python's
 # ZeroDivisionError check from every division: with it, the loop of the gate nonlinearity (a division per value) ran
@@ -542,33 +543,19 @@ def sample_one(logits, u, temperature, top_k, top_p, argmax, p, order):
     return kept
 
 
-# Acklam's rational approximation of the standard normal quantile (relative error below 1.2e-9), in float64.
-_NA = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02, 1.383577518672690e+02,
-       -3.066479806614716e+01, 2.506628277459239e+00)
-_NB = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02, 6.680131188771972e+01,
-       -1.328068155288572e+01)
-_NC = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00, -2.549732539343734e+00,
-       4.374664141464968e+00, 2.938163982698783e+00)
-_ND = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00, 3.754408661907416e+00)
-_NLOW = 0.02425
-
-
 @njit(**_OPTIONS)
 def normal_quantile(v):
-    """The standard normal distribution's inverse CDF at v in (0, 1)."""
-    if v < _NLOW or v > 1.0 - _NLOW:
-        q = math.sqrt(-2.0 * math.log(v if v < _NLOW else 1.0 - v))
-        x = ((((((_NC[0] * q + _NC[1]) * q + _NC[2]) * q + _NC[3]) * q + _NC[4]) * q + _NC[5])
-             / ((((_ND[0] * q + _ND[1]) * q + _ND[2]) * q + _ND[3]) * q + 1.0))
-        return x if v < _NLOW else -x
+    """The standard normal distribution's inverse CDF at v in (0, 1): Acklam's approximation (sampling_constants)."""
+    a, b, c, d = NORMAL_A, NORMAL_B, NORMAL_C, NORMAL_D
+    if v < NORMAL_LOW or v > 1.0 - NORMAL_LOW:
+        q = math.sqrt(-2.0 * math.log(v if v < NORMAL_LOW else 1.0 - v))
+        x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) \
+            / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
+        return x if v < NORMAL_LOW else -x
     q = v - 0.5
     r = q * q
-    return ((((((_NA[0] * r + _NA[1]) * r + _NA[2]) * r + _NA[3]) * r + _NA[4]) * r + _NA[5]) * q
-            / (((((_NB[0] * r + _NB[1]) * r + _NB[2]) * r + _NB[3]) * r + _NB[4]) * r + 1.0))
-
-
-# The continuous draw's uniform is kept this far from 0 and 1 (r9y9's rule), so a draw is never infinite.
-_U_EDGE = 1e-5
+    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q \
+        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
 
 
 @njit(**_OPTIONS)
@@ -604,7 +591,7 @@ def sample_continuous(y, u0, u1, distribution, temperature, argmax, log_scale_mi
         x = mean
     else:
         scale = math.exp(max(raw_scale, log_scale_min)) * temperature
-        v = min(max(np.float64(u1), _U_EDGE), 1.0 - _U_EDGE)
+        v = min(max(np.float64(u1), U_EDGE), 1.0 - U_EDGE)
         if distribution == GAUSSIAN:
             x = mean + scale * normal_quantile(v)
         else:
@@ -676,64 +663,3 @@ def generate(last, scalar, distribution, log_scale_min, t0, u, temperature, top_
                     out_codes[b, s] = value
         for bb in range(nb):
             last[b0 + bb] = step_codes[bb]
-
-
-# The batch-1 limit's matrix is this many columns wide: one lone-stream block, so a pass reads it front to back.
-READ_COLUMNS = BLOCK.nv1 * BLOCK.lanes
-
-
-@njit(**_OPTIONS)
-def read_passes(w, passes):
-    """Stream w (rows, READ_COLUMNS) float32 through the kernel's lone-stream product `passes` times, on one core:
-    one sequential read of its bytes per pass, with as many independent fma chains as the kernel uses. The benchmark
-    times it over the model's weight bytes as the machine's batch-1 limit (a generator at batch 1 must read every
-    weight once per sample)."""
-    x = np.ones((1, w.shape[0]), np.float32)
-    y = np.empty((1, w.shape[1]), np.float32)
-    zeros = np.zeros((1, w.shape[1]), np.float32)
-    for _ in range(passes):
-        _matmul(w, zeros[0], x, 1, y, 0, w.shape[1], zeros)
-    return y[0, 0]
-
-
-# The FMA peak's independent chains: enough to cover fma latency x fma units on current cores (4-5 cycles x 2), few
-# enough to stay in AVX2's 16 vector registers with the two operands.
-PEAK_CHAINS = 12
-
-
-@intrinsic
-def _fma_chains(typingctx, iterations):
-    """PEAK_CHAINS independent chains of `iterations` fused multiply-adds on full vectors of the target (acc = acc *
-    m + c, which settles near 1: no overflow, no subnormals), then the sum of every lane, so none is dead code."""
-    sig = types.float32(types.intp)
-
-    def codegen(context, builder, signature, args):
-        f32 = ir.FloatType()
-        vec = ir.VectorType(f32, _L)
-        name = f"llvm.fma.v{_L}f32"
-        fma = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vec, [vec] * 3), name)
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [float(j)] * _L)) for j in range(PEAK_CHAINS)]
-        m, c = ir.Constant(vec, [0.999] * _L), ir.Constant(vec, [0.001] * _L)
-        with cgutils.for_range(builder, args[0]):
-            for acc in accs:
-                builder.store(builder.call(fma, [builder.load(acc), m, c]), acc)
-        total = builder.load(accs[0])
-        for acc in accs[1:]:
-            total = builder.fadd(total, builder.load(acc))
-        out = builder.extract_element(total, ir.Constant(ir.IntType(32), 0))
-        for lane in range(1, _L):
-            out = builder.fadd(out, builder.extract_element(total, ir.Constant(ir.IntType(32), lane)))
-        return out
-
-    return sig, codegen
-
-
-@njit(**_OPTIONS, parallel=True)
-def fma_peak(iterations, threads):
-    """Run `_fma_chains(iterations)` on each of `threads` numba threads at once: 2 * PEAK_CHAINS * lanes *
-    iterations floating-point operations per thread, all in registers. The benchmark times it as the machine's
-    batched limit for code of numba's target ISA (vendor-neutral, unlike a vendor's sgemm)."""
-    out = np.zeros(threads, np.float32)
-    for t in prange(threads):
-        out[t] = _fma_chains(iterations)
-    return out.sum()

@@ -7,13 +7,15 @@ for the shortest step at batch 1. The two are one source told apart by the TILE 
 GPU memory (the `queues` tensor of the state), weights are read through L2 (3.5 MB for `standard`), and each vector
 that feeds a product is staged in a per-stream scratch row so the product can walk the weight matrix in row blocks
 without holding it in registers. Sampling happens inside, from uniforms the host supplies, so a seed fixes the
-output. Values written to memory and read back by other threads of the same program are separated by barriers:
-Triton's interpreter (TRITON_INTERPRET=1, which the tests use on the CPU) runs a program as one thread and hides
-missing barriers, so a GPU run is the final word on them.
+output; each stream draws by its own rule (`StreamRules`), so a batch of mixed rules is one launch. Values written
+to memory and read back by other threads of the same program are separated by barriers: Triton's interpreter
+(TRITON_INTERPRET=1, which the tests use on the CPU) runs a program as one thread and hides missing barriers, so a
+GPU run is the final word on them.
 
 Arrays (B streams, T steps): codes (B, T) int64 (teacher forcing) or (B, 1) (the first input when generating),
 u (T, B) float32, queues (B, Q, R) float32, inputs (B, k_in - 1) int64, cond (B, T, L, 2G) float32 gate terms or
-None, logits_out (B, T, O) float32 (teacher), codes_out (B, T) int64; weights: one `GpuWeights`.
+None, logits_out (B, T, O) float32 (teacher), codes_out (B, T) int64; weights: one `GpuWeights`; sampling
+rules: one `StreamRules`.
 
 Scalar-input models (SCALAR): codes and codes_out hold float32 sample values, the input stage is one multiply-add
 (embed (1, 2, R): weight row, bias row), the head's O outputs are a continuous distribution's parameters (DIST:
@@ -27,6 +29,10 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+
+# Absolute, as in kernels/cpu.py. A Triton kernel reads module attributes (rule.U_EDGE), never plain globals.
+from fastwavenet.kernels import sampling_constants as rule
+from fastwavenet.kernels.sampling_constants import GAUSSIAN, LOGISTIC_MIXTURE, SOFTMAX  # noqa: F401
 
 
 class GpuWeights(NamedTuple):
@@ -46,8 +52,14 @@ class GpuWeights(NamedTuple):
     offsets: torch.Tensor    # (L,) int64
 
 
-# The output distributions (the DIST constant), as in kernels/cpu.py.
-SOFTMAX, LOGISTIC_MIXTURE, GAUSSIAN = 0, 1, 2
+class StreamRules(NamedTuple):
+    """Each stream's sampling rule as the GPU kernel reads it (fastwavenet/sampling.py), (B,) tensors on the device,
+    so that the streams of one launch may each sample by their own rule."""
+
+    temperature: torch.Tensor  # float64
+    top_k: torch.Tensor        # int32, 0: off (SOFTMAX only)
+    top_p: torch.Tensor        # float32, 1: off (SOFTMAX only)
+    argmax: torch.Tensor       # int8, 1: the likeliest class or component mean, no uniform used
 
 
 def unsupported_reason(input_taps: int) -> str | None:
@@ -102,35 +114,36 @@ def _tanh(x):
 
 @triton.jit
 def _normal_quantile(v):
-    """Acklam's rational approximation of the standard normal inverse CDF (float64 v in (0, 1)), as kernels/cpu.py."""
-    low = v < 0.02425
-    high = v > 1.0 - 0.02425
+    """Acklam's approximation of the standard normal inverse CDF (float64 v in (0, 1)), as kernels/cpu.py. (The
+    coefficients are named where used: Triton 3.6 takes neither a tuple into a local name nor a tuple argument.)"""
+    edge = tl.full((), rule.NORMAL_LOW, tl.float64)  # a float64 tensor: see `_sample_continuous`'s edge
+    low = v < edge
+    high = v > 1.0 - edge
     q = tl.sqrt(-2.0 * tl.log(tl.where(low, v, 1.0 - v)))
-    tail = (((((-7.784894002430293e-03 * q - 3.223964580411365e-01) * q - 2.400758277161838e+00) * q
-              - 2.549732539343734e+00) * q + 4.374664141464968e+00) * q + 2.938163982698783e+00) \
-        / ((((7.784695709041462e-03 * q + 3.224671290700398e-01) * q + 2.445134137142996e+00) * q
-            + 3.754408661907416e+00) * q + 1.0)
+    tail = (((((rule.NORMAL_C[0] * q + rule.NORMAL_C[1]) * q + rule.NORMAL_C[2]) * q + rule.NORMAL_C[3]) * q
+             + rule.NORMAL_C[4]) * q + rule.NORMAL_C[5]) \
+        / ((((rule.NORMAL_D[0] * q + rule.NORMAL_D[1]) * q + rule.NORMAL_D[2]) * q + rule.NORMAL_D[3]) * q + 1.0)
     m = v - 0.5
     rr = m * m
-    centre = (((((-3.969683028665376e+01 * rr + 2.209460984245205e+02) * rr - 2.759285104469687e+02) * rr
-                + 1.383577518672690e+02) * rr - 3.066479806614716e+01) * rr + 2.506628277459239e+00) * m \
-        / (((((-5.447609879822406e+01 * rr + 1.615858368580409e+02) * rr - 1.556989798598866e+02) * rr
-             + 6.680131188771972e+01) * rr - 1.328068155288572e+01) * rr + 1.0)
+    centre = (((((rule.NORMAL_A[0] * rr + rule.NORMAL_A[1]) * rr + rule.NORMAL_A[2]) * rr + rule.NORMAL_A[3]) * rr
+               + rule.NORMAL_A[4]) * rr + rule.NORMAL_A[5]) * m \
+        / (((((rule.NORMAL_B[0] * rr + rule.NORMAL_B[1]) * rr + rule.NORMAL_B[2]) * rr + rule.NORMAL_B[3]) * rr
+            + rule.NORMAL_B[4]) * rr + 1.0)
     return tl.where(low, tail, tl.where(high, -tail, centre))
 
 
 @triton.jit
-def _sample_continuous(y, c, u0, u1, temperature, log_scale_min, C: tl.constexpr, DIST: tl.constexpr,
-                       ARGMAX: tl.constexpr):
-    """One sample value in [-1, 1] from the head's outputs y (C_P,) (c: their indices), float64 throughout."""
+def _sample_continuous(y, c, u0, u1, temperature, argmax, log_scale_min, C: tl.constexpr, DIST: tl.constexpr):
+    """One sample value in [-1, 1] from the head's outputs y (C_P,) (c: their indices), float64 throughout;
+    temperature (float64) and argmax: this stream's rule."""
     y = y.to(tl.float64)
-    if DIST == 2:  # GAUSSIAN: y[0] mean, y[1] log scale
+    if DIST == rule.GAUSSIAN:  # y[0] mean, y[1] log scale
         mean = tl.sum(tl.where(c == 0, y, 0.0), axis=0)
         raw_scale = tl.sum(tl.where(c == 1, y, 0.0), axis=0)
     else:  # LOGISTIC_MIXTURE: K logits, K means, K log scales
         NMIX: tl.constexpr = C // 3
         logits = tl.where(c < NMIX, y, float("-inf"))
-        if ARGMAX:
+        if argmax:
             k = tl.argmax(logits, axis=0)
         else:
             top = tl.max(logits, axis=0)
@@ -140,12 +153,15 @@ def _sample_continuous(y, c, u0, u1, temperature, log_scale_min, C: tl.constexpr
             k = tl.minimum(tl.sum(below.to(tl.int32), axis=0), NMIX - 1)
         mean = tl.sum(tl.where(c == NMIX + k, y, 0.0), axis=0)
         raw_scale = tl.sum(tl.where(c == 2 * NMIX + k, y, 0.0), axis=0)
-    if ARGMAX:
+    if argmax:
         x = mean
     else:
         scale = tl.exp(tl.maximum(raw_scale, log_scale_min)) * temperature
-        v = tl.minimum(tl.maximum(u1, 1e-5), 1.0 - 1e-5)
-        if DIST == 2:
+        # A float64 tensor, not a Python float: Triton 3.6 rounds a float given to tl.maximum or compared with a
+        # tensor to float32 first.
+        edge = tl.full((), rule.U_EDGE, tl.float64)
+        v = tl.minimum(tl.maximum(u1, edge), 1.0 - edge)
+        if DIST == rule.GAUSSIAN:
             x = mean + scale * _normal_quantile(v)
         else:
             x = mean + scale * (tl.log(v) - tl.log(1.0 - v))
@@ -153,44 +169,49 @@ def _sample_continuous(y, c, u0, u1, temperature, log_scale_min, C: tl.constexpr
 
 
 @triton.jit
-def _sample_class(logits, c, u, inv_temperature, top_k, top_p, C: tl.constexpr, ARGMAX: tl.constexpr,
-                  TRUNCATE: tl.constexpr):
-    """One class from the logits (C_P,) (c: their indices) and a uniform u: int64. With TRUNCATE, top-k (top_k > 0)
-    and top-p (top_p < 1) first zero the classes they drop, by the rule of fastwavenet/sampling.py."""
+def _sample_class(logits, c, u, temperature, top_k, top_p, argmax, C: tl.constexpr, TRUNCATE: tl.constexpr):
+    """One class from the logits (C_P,) (c: their indices) and a uniform u: int64, by this stream's rule
+    (temperature float64, top_k, top_p, argmax). Where TRUNCATE (some stream of the launch truncates), top-k
+    (top_k > 0) and top-p (top_p < 1) first zero the classes they drop, by the rule of fastwavenet/sampling.py."""
     logits = tl.where(c < C, logits, float("-inf"))
-    if ARGMAX:
-        return tl.argmax(logits, axis=0).to(tl.int64)
-    top = tl.max(logits, axis=0)
-    p = tl.exp((logits - top) * inv_temperature)
-    if TRUNCATE:
-        # Classes in order of probability, the lower class first on ties: a probability's bits (p >= 0) order as
-        # integers, so one int64 sort key holds p above the class index reversed. A class is kept while fewer than
-        # top_k rank above it and the probability ranked above it is below top_p of the total; the kept are the
-        # classes whose key is at least the smallest kept key.
-        key = (p.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (c.shape[0] - 1 - c)
-        ranked = tl.sort(key, descending=True)
-        ranked_p = (ranked >> 32).to(tl.int32).to(tl.float32, bitcast=True)
-        before = tl.cumsum(ranked_p, axis=0) - ranked_p
-        rank = tl.arange(0, c.shape[0])
-        keep = (before < top_p * tl.sum(p, axis=0)) & ((rank < top_k) | (top_k == 0))
-        p = tl.where(key >= tl.min(tl.where(keep, ranked, 9223372036854775807), axis=0), p, 0.0)
-    cdf = tl.cumsum(p, axis=0)
-    target = u * tl.sum(p, axis=0)
-    # Past the end only when rounding leaves the scan at or below u * total: take the last class with p > 0, never
-    # one whose probability is zero.
-    kept = tl.max(tl.where(p > 0, c, 0), axis=0).to(tl.int64)
-    return tl.minimum(tl.sum((cdf <= target).to(tl.int64), axis=0), kept)
+    if argmax:
+        drawn = tl.argmax(logits, axis=0).to(tl.int64)
+    else:
+        top = tl.max(logits, axis=0)
+        # 1 / temperature in float64, then float32: the inverse a float32 multiply uses, correctly rounded
+        p = tl.exp((logits - top) * (1.0 / temperature).to(tl.float32))
+        if TRUNCATE:
+            if (top_k > 0) | (top_p < 1.0):
+                # Classes in order of probability, the lower class first on ties: a probability's bits (p >= 0)
+                # order as integers, so one int64 sort key holds p above the class index reversed. A class is kept
+                # while fewer than top_k rank above it and the probability ranked above it is below top_p of the
+                # total; the kept are the classes whose key is at least the smallest kept key.
+                key = (p.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (c.shape[0] - 1 - c)
+                ranked = tl.sort(key, descending=True)
+                ranked_p = (ranked >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+                before = tl.cumsum(ranked_p, axis=0) - ranked_p
+                rank = tl.arange(0, c.shape[0])
+                keep = (before < top_p * tl.sum(p, axis=0)) & ((rank < top_k) | (top_k == 0))
+                p = tl.where(key >= tl.min(tl.where(keep, ranked, 9223372036854775807), axis=0), p, 0.0)
+        cdf = tl.cumsum(p, axis=0)
+        target = u * tl.sum(p, axis=0)
+        # Past the end only when rounding leaves the scan at or below u * total: take the last class with p > 0,
+        # never one whose probability is zero.
+        kept = tl.max(tl.where(p > 0, c, 0), axis=0).to(tl.int64)
+        drawn = tl.minimum(tl.sum((cdf <= target).to(tl.int64), axis=0), kept)
+    return drawn
 
 
 @triton.jit
 def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_ptr, logits_ptr, out_ptr, scratch_ptr,
                     embed_ptr, dw_ptr, db_ptr, ow_ptr, ob_ptr, h1w_ptr, h1b_ptr, h2w_ptr, h2b_ptr,
-                    dil_ptr, off_ptr, t0, steps, B, L, Q, SCR, inv_temperature, log_scale_min, top_k, top_p,
+                    dil_ptr, off_ptr, t0, steps, B, L, Q, SCR, temperature_ptr, top_k_ptr, top_p_ptr, argmax_ptr,
+                    log_scale_min,
                     C: tl.constexpr, R: tl.constexpr, G: tl.constexpr, S: tl.constexpr, H: tl.constexpr,
                     K: tl.constexpr, K_IN: tl.constexpr, C_P: tl.constexpr, R_P: tl.constexpr,
                     G_P: tl.constexpr, S_P: tl.constexpr, H_P: tl.constexpr,
                     IN_R: tl.constexpr, IN_G: tl.constexpr, IN_S: tl.constexpr, IN_H: tl.constexpr,
-                    TEACHER: tl.constexpr, ARGMAX: tl.constexpr, TRUNCATE: tl.constexpr, HAS_COND: tl.constexpr,
+                    TEACHER: tl.constexpr, TRUNCATE: tl.constexpr, HAS_COND: tl.constexpr,
                     SCALAR: tl.constexpr, DIST: tl.constexpr, TILE: tl.constexpr):
     # Program p runs streams p * TILE .. p * TILE + TILE - 1 (those below B: `live`). Offsets are int64 from the
     # program id on ((b * steps + step) * L * 2G for the conditioning terms passes 2**31 at batch 52 for a `standard`
@@ -298,14 +319,19 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
                 stream = first + one
                 row = tl.load(l_buf + one * C + c, mask=c < C, other=0.0)
                 row = tl.where(stream < B, row, 0.0)  # a row past B was never written
+                # This stream's sampling rule: streams of one launch may each have their own.
+                temperature = tl.load(temperature_ptr + stream, mask=stream < B, other=1.0)
+                argmax = tl.load(argmax_ptr + stream, mask=stream < B, other=0) != 0
                 if SCALAR:
                     u0 = tl.load(u_ptr + (step * B + stream) * 2, mask=stream < B, other=0.5).to(tl.float64)
                     u1 = tl.load(u_ptr + (step * B + stream) * 2 + 1, mask=stream < B, other=0.5).to(tl.float64)
-                    drawn = _sample_continuous(row, c, u0, u1, 1.0 / inv_temperature, log_scale_min, C, DIST,
-                                               ARGMAX).to(tl.float32)
+                    drawn = _sample_continuous(row, c, u0, u1, temperature, argmax, log_scale_min, C,
+                                               DIST).to(tl.float32)
                 else:
                     u = tl.load(u_ptr + step * B + stream, mask=stream < B, other=0.0)
-                    drawn = _sample_class(row, c, u, inv_temperature, top_k, top_p, C, ARGMAX, TRUNCATE)
+                    top_k = tl.load(top_k_ptr + stream, mask=stream < B, other=0)
+                    top_p = tl.load(top_p_ptr + stream, mask=stream < B, other=1.0)
+                    drawn = _sample_class(row, c, u, temperature, top_k, top_p, argmax, C, TRUNCATE)
                 tl.store(out_ptr + stream * steps + step, drawn, mask=stream < B)
             tl.debug_barrier()
             code = tl.load(out_ptr + (first + m) * steps + step, mask=live, other=0)
@@ -337,11 +363,12 @@ def launch_options(tile: int) -> dict:
     return {"num_warps": 4} if tile == 1 else {"num_warps": 8, "maxnreg": 255}
 
 
-def launch_constants(w: GpuWeights, teacher: bool, argmax: bool, has_cond: bool, dist: int = SOFTMAX,
-                     tile: int = 1, truncate: bool = False) -> dict:
+def launch_constants(w: GpuWeights, teacher: bool, has_cond: bool, dist: int = SOFTMAX, tile: int = 1,
+                     truncate: bool = False) -> dict:
     """The compile-time constants of one kernel variant, from the weights' shapes (any objects with `.shape`), the
     output distribution (SOFTMAX, or a continuous one for a scalar-input model), the streams per program (1, or
-    `tile_for(w)` for the tiled kernel) and whether top-k / top-p apply (SOFTMAX only)."""
+    `tile_for(w)` for the tiled kernel) and whether top-k / top-p apply to any stream (SOFTMAX only: the sort they
+    need is compiled in only then)."""
     K_IN, R = w.embed.shape[0], w.embed.shape[2]
     C = w.head2_w.shape[1]
     G = w.dilated_b.shape[1] // 2
@@ -351,7 +378,7 @@ def launch_constants(w: GpuWeights, teacher: bool, argmax: bool, has_cond: bool,
     return dict(C=C, R=R, G=G, S=S, H=H, K=w.dilated_w.shape[1] // R, K_IN=K_IN,
                 C_P=C_P, R_P=R_P, G_P=G_P, S_P=S_P, H_P=H_P,
                 IN_R=_block(G_P), IN_G=_block(max(R_P, S_P)), IN_S=_block(H_P), IN_H=_block(C_P),
-                TEACHER=bool(teacher), ARGMAX=bool(argmax), TRUNCATE=bool(truncate) and not argmax,
+                TEACHER=bool(teacher), TRUNCATE=bool(truncate) and not teacher and dist == SOFTMAX,
                 HAS_COND=bool(has_cond), SCALAR=dist != SOFTMAX, DIST=dist, TILE=tile)
 
 
@@ -361,8 +388,8 @@ ARGUMENT_TYPES = {"codes_ptr": "*i64", "codes_stride": "i32", "u_ptr": "*fp32", 
                   "scratch_ptr": "*fp32", "embed_ptr": "*fp32", "dw_ptr": "*fp32", "db_ptr": "*fp32",
                   "ow_ptr": "*fp32", "ob_ptr": "*fp32", "h1w_ptr": "*fp32", "h1b_ptr": "*fp32", "h2w_ptr": "*fp32",
                   "h2b_ptr": "*fp32", "dil_ptr": "*i64", "off_ptr": "*i64", "t0": "i32", "steps": "i32", "B": "i32",
-                  "L": "i32", "Q": "i32", "SCR": "i32", "inv_temperature": "fp32", "log_scale_min": "fp32",
-                  "top_k": "i32", "top_p": "fp32"}
+                  "L": "i32", "Q": "i32", "SCR": "i32", "temperature_ptr": "*fp64", "top_k_ptr": "*i32",
+                  "top_p_ptr": "*fp32", "argmax_ptr": "*i8", "log_scale_min": "fp32"}
 
 
 def argument_types(dist: int = SOFTMAX) -> dict:
@@ -373,15 +400,18 @@ def argument_types(dist: int = SOFTMAX) -> dict:
 
 
 def run(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_out, teacher: bool,
-        temperature: float = 1.0, argmax: bool = False, top_k: int = 0, top_p: float = 1.0, dist: int = SOFTMAX,
-        log_scale_min: float = -7.0, tile: int = 1):
+        rules: StreamRules | None = None, truncate: bool = False, dist: int = SOFTMAX, log_scale_min: float = -7.0,
+        tile: int = 1):
     """Launch one chunk: T = codes.shape[1] steps (teacher, outputs into logits_out) or u.shape[0] steps (generate,
-    codes or values into codes_out, sampled at `temperature`, truncated by `top_k` / `top_p`, or by argmax, from
-    distribution `dist`), `tile` streams per program (1, or `tile_for(w)`). Every shape is read from the arrays."""
+    codes or values into codes_out from distribution `dist`, each stream by its rule in `rules`; `truncate`: whether
+    any of them uses top-k or top-p), `tile` streams per program (1, or `tile_for(w)`). Every shape is read from the
+    arrays."""
     B = queues.shape[0]
     steps = codes.shape[1] if teacher else u.shape[0]
-    constants = launch_constants(w, teacher, argmax, cond is not None, dist, tile,
-                                 truncate=not teacher and (top_k > 0 or top_p < 1))
+    constants = launch_constants(w, teacher, cond is not None, dist, tile, truncate)
+    if rules is None:  # teacher forcing draws nothing: plain rules, never read
+        rules = StreamRules(*(torch.zeros(B, dtype=dtype, device=queues.device)
+                              for dtype in (torch.float64, torch.int32, torch.float32, torch.int8)))
     width = sum(constants[name] for name in ("R", "G", "S", "H", "C"))
     # A tile's scratch rows are its streams' rows, padded to whole tiles.
     scratch = torch.empty(triton.cdiv(B, tile) * tile, width, device=queues.device, dtype=torch.float32)
@@ -391,4 +421,5 @@ def run(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_out
         logits_out if teacher else queues, codes_out, scratch,
         w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b, w.head1_w, w.head1_b, w.head2_w, w.head2_b,
         w.dilations, w.offsets, t0, steps, B, w.dilated_b.shape[0], queues.shape[1], scratch.shape[1],
-        1.0 / temperature, log_scale_min, top_k, top_p, **constants, **launch_options(tile))
+        rules.temperature, rules.top_k, rules.top_p, rules.argmax, log_scale_min, **constants,
+        **launch_options(tile))

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,15 +31,16 @@ def test_gpu_kernel_compiles_for_sm90_without_spills():
     """What Triton's interpreter cannot check: the kernel compiles for a real GPU (dtypes, constexprs, layouts),
     spills no registers and fits the per-block shared memory (48 KB without opting in), tiled and per stream, on the
     `standard` shape and on r9y9's LJSpeech shape (scalar input, a mixture of logistics sampled in float64, mel
-    conditioning). Four modes of the eight, the conditioned ones being the largest (`fastwavenet doctor
-    --compile-gpu sm_90` compiles them all); top-k / top-p (truncated) for class outputs only."""
+    conditioning). Four modes of the six, the conditioned ones being the largest (`fastwavenet doctor
+    --compile-gpu sm_90` compiles them all); top-k / top-p (truncated) for class outputs only. Each stream's
+    sampling rule is read at run time, so every generating variant holds the argmax and the sampled draw."""
     pytest.importorskip("triton")
     script = """
 import json
 from fastwavenet import preset
 from fastwavenet.doctor import compile_gpu, rows_as_json
 models = {"standard": preset("standard"), "r9y9-ljspeech": preset("r9y9-ljspeech")}
-modes = {"teacher+cond", "generate-sampled+cond", "generate-argmax", "generate-truncated"}
+modes = {"teacher+cond", "generate+cond", "generate", "generate-truncated"}
 print(json.dumps(rows_as_json(compile_gpu([90], models, modes))))
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -75,3 +77,44 @@ def test_full_fp32_turns_tf32_off_on_cuda_and_restores_the_users_settings():
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved[:2]
         torch.set_float32_matmul_precision(saved[2])
+
+
+CACHE_SCRIPT = """
+import numpy as np
+from fastwavenet.kernels import cpu
+p, order = np.empty(4, np.float32), np.empty(4, np.int64)
+print(cpu.sample_one(np.zeros(4, np.float32), np.float32(0.5), np.float32(1), 0, np.float32(1), False, p, order))
+"""
+
+
+def numba_cache_files(folder):
+    return {path for path in folder.rglob("*") if path.suffix in (".nbi", ".nbc")}
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["default", "users-own"])
+def test_numba_keeps_its_compiled_kernels_in_the_user_cache_folder(tmp_path, own):
+    """numba's cache of the kernels goes to fastwavenet's user cache folder ($XDG_CACHE_HOME/fastwavenet/numba), or
+    to the user's own NUMBA_CACHE_DIR, never beside the kernels in the installed package (where `pip uninstall` left
+    it, and a later editable install imported an empty `fastwavenet`). `fastwavenet doctor` names the folder."""
+    pytest.importorskip("numba")
+    import fastwavenet.kernels
+
+    kernels = Path(fastwavenet.kernels.__file__).resolve().parent
+    before = numba_cache_files(kernels)
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "FASTWAVENET_CACHE_DIR")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    expected = tmp_path / "xdg" / "fastwavenet" / "numba"
+    if own:
+        expected = env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")
+    result = subprocess.run([sys.executable, "-c", CACHE_SCRIPT], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["2"]  # four equal classes, u = 0.5: the running sum 3 is the first past 2
+    cached = {path.name for path in numba_cache_files(Path(expected))}
+    assert any(name.startswith("cpu.sample_one") and name.endswith(".nbi") for name in cached), cached
+    assert numba_cache_files(kernels) == before, "numba wrote into the package's kernels folder"
+    if not own:
+        assert not (tmp_path / "mine").exists()
+    doctor = subprocess.run([sys.executable, "-m", "fastwavenet", "doctor"], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert f"numba_cache: {expected}" in doctor.stdout, doctor.stdout + doctor.stderr

@@ -31,7 +31,7 @@ from ..errors import FastWaveNetError
 from ..folded import FoldedWeights
 from .base import Backend, full_fp32, resolve_device
 from .naive import NaiveBackend
-from .numba_cpu import NumbaBackend
+from .numba_cpu import NumbaBackend, place_numba_cache
 from .onnxruntime_step import OnnxRuntimeBackend
 from .torch_compile import TorchCompileBackend
 from .torch_queues import TorchBackend
@@ -62,13 +62,22 @@ TRIAL_DEVICES = ("cuda",)
 TRIAL_STEPS = 64
 
 
-def auto_cache_path() -> Path:
-    """Where `auto`'s trial results are kept: $FASTWAVENET_CACHE_DIR, else $XDG_CACHE_HOME/fastwavenet, else
-    ~/.cache/fastwavenet; the file auto-backend.json."""
+def cache_root() -> Path:
+    """fastwavenet's folder in the user's cache: $FASTWAVENET_CACHE_DIR, else $XDG_CACHE_HOME/fastwavenet, else
+    ~/.cache/fastwavenet. `auto`'s choices and numba's compiled kernels are kept there."""
     root = os.environ.get("FASTWAVENET_CACHE_DIR")
     if not root:
         root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastwavenet"
-    return Path(root) / "auto-backend.json"
+    return Path(root)
+
+
+def auto_cache_path() -> Path:
+    """Where `auto`'s trial results are kept: auto-backend.json in `cache_root()`."""
+    return cache_root() / "auto-backend.json"
+
+
+# Importing fastwavenet imports this module before any kernel module: numba's cache is placed now (numba_cpu).
+place_numba_cache(cache_root() / "numba")
 
 
 def _trial_key(config: WaveNetConfig, device: torch.device, precision: str, batch: int) -> str:
@@ -210,4 +219,4 @@ def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, devic
 __all__ = ["Backend", "NaiveBackend", "TorchBackend", "NumbaBackend", "TritonBackend", "TritonStreamBackend",
            "OnnxRuntimeBackend", "TorchCompileBackend", "registry",
            "available_backends", "make_backend", "resolve_device", "full_fp32", "choose_by_trial", "trial_rate",
-           "auto_cache_path", "kept_choices"]
+           "auto_cache_path", "cache_root", "kept_choices"]

@@ -77,10 +77,13 @@ class TritonBackend(Backend):
 
         rules = per_stream(sampling, state.batch)
         distributions.check_rules(self.config, rules)
-        sampling = rules[0]
-        if any(r != sampling for r in rules):
-            # The kernel takes one sampling rule for all streams: the plain loop does mixed rules.
-            return super().generate(state, n, u, rules, cond)
+        device, classes = self.device, self.config.output_channels
+        stream_rules = gpu.StreamRules(
+            temperature=torch.tensor([r.temperature for r in rules], dtype=torch.float64, device=device),
+            # top-k past the classes cuts nothing: capped there, any top-k fits int32
+            top_k=torch.tensor([min(r.top_k, classes) for r in rules], dtype=torch.int32, device=device),
+            top_p=torch.tensor([r.top_p for r in rules], dtype=torch.float32, device=device),
+            argmax=torch.tensor([r.argmax for r in rules], dtype=torch.int8, device=device))
         B = state.batch
         first = state.last.to(self.device).reshape(B, 1).contiguous()
         out = torch.empty(B, n, dtype=input_dtype(self.config), device=self.device)
@@ -88,8 +91,7 @@ class TritonBackend(Backend):
         cond = None if cond is None else cond.to(self.device).contiguous()
         with _on(self.device):
             gpu.run(first, state.t, u, self.weights, state.queues, state.inputs, cond, None, out, teacher=False,
-                    temperature=sampling.temperature, argmax=sampling.argmax, top_k=sampling.top_k,
-                    top_p=sampling.top_p, dist=self.dist,
+                    rules=stream_rules, truncate=any(r.truncates for r in rules), dist=self.dist,
                     log_scale_min=float(self.config.log_scale_min), tile=self.tile)
         state.t += n
         state.last.copy_(out[:, -1])  # in place, as every backend
