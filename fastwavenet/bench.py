@@ -317,10 +317,10 @@ def measure_r9y9(config: WaveNetConfig, min_seconds: float = 1.0) -> BenchResult
                        speedup_vs_naive=None, first_call_s=first, steps=steps, seconds=elapsed)
 
 
-def run(model: ModelFile, backends: list[str], batches: list[int], device: str = "cpu", min_seconds: float = 1.0,
-        naive_max_batch: int = NAIVE_MAX_BATCH, progress=None, sampling: Sampling = Sampling(),
-        limits: Limits | None = None, precisions: list[str] = ("float32",),
-        remeasure: Callable[[], Limits] | None = None, repeat: int = 1) -> list[BenchResult]:
+def measure_rows(model: ModelFile, backends: list[str], batches: list[int], device: str = "cpu",
+                 min_seconds: float = 1.0, naive_max_batch: int = NAIVE_MAX_BATCH, progress=None,
+                 sampling: Sampling = Sampling(), limits: Limits | None = None, precisions: list[str] = ("float32",),
+                 remeasure: Callable[[], Limits] | None = None, repeat: int = 1) -> list[BenchResult]:
     """Every backend at every batch and precision, `naive` (float32) included where the batch allows, with
     speedups over naive and, given the machine's limits, the share of the limit each reached.
 
@@ -503,7 +503,7 @@ def benchmark(model: str | os.PathLike | None = None, preset: str = "standard", 
     limits = measure_limits(model_file) if device == "cpu" else None
     print(table([], model_file.config, info, sampling, limits))
     remeasure = (lambda: measure_limits(model_file, 0.25)) if limits is not None else None
-    results = run(model_file, backends, list(batches), device, min_seconds=min_seconds, sampling=sampling,
+    results = measure_rows(model_file, backends, list(batches), device, min_seconds=min_seconds, sampling=sampling,
                   limits=limits, precisions=list(precisions), remeasure=remeasure, repeat=repeat,
                   progress=lambda r: print(table([r], model_file.config, info).splitlines()[-1], flush=True))
     if r9y9:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from .files import check_writable
-from .folded import fold, unfold  # noqa: F401  (bench.py and some tests still import fold and unfold from here)
+from .folded import fold
 from .modelfile import ModelFile, save_model
 from .training import model_from_checkpoint
 

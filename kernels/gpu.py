@@ -399,9 +399,9 @@ def argument_types(dist: int = SOFTMAX) -> dict:
     return {**ARGUMENT_TYPES, "codes_ptr": "*fp32", "out_ptr": "*fp32"}
 
 
-def run(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_out, teacher: bool,
-        rules: StreamRules | None = None, truncate: bool = False, dist: int = SOFTMAX, log_scale_min: float = -7.0,
-        tile: int = 1):
+def launch(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_out, teacher: bool,
+           rules: StreamRules | None = None, truncate: bool = False, dist: int = SOFTMAX, log_scale_min: float = -7.0,
+           tile: int = 1):
     """Launch one chunk: T = codes.shape[1] steps (teacher, outputs into logits_out) or u.shape[0] steps (generate,
     codes or values into codes_out from distribution `dist`, each stream by its rule in `rules`; `truncate`: whether
     any of them uses top-k or top-p), `tile` streams per program (1, or `tile_for(w)`). Every shape is read from the

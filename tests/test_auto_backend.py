@@ -10,7 +10,7 @@ import torch
 from fastwavenet import backends, preset
 from fastwavenet.backends import NumbaBackend, TorchBackend, choose_by_trial, make_backend
 
-from fastwavenet.convert import fold
+from fastwavenet.folded import fold
 from fastwavenet.modelfile import ModelFile
 
 from helpers import random_model

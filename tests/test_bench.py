@@ -72,7 +72,7 @@ def test_bench_repeat_keeps_each_rows_best_against_the_best_limits(monkeypatch):
     limits = lambda g: bench.Limits(sgemm_gflops=g, threads=1, flops_per_sample=1e9,  # noqa: E731
                                     weight_bytes=1, weight_passes_per_s=1e6, fma_gflops=10 / g)
     monkeypatch.setattr(bench, "measure", fake_measure)
-    results = bench.run(model, ["naive", "numba"], [1, 2], remeasure=lambda: limits(next(sgemm)), repeat=2,
+    results = bench.measure_rows(model, ["naive", "numba"], [1, 2], remeasure=lambda: limits(next(sgemm)), repeat=2,
                         limits=limits(1.0))
     assert calls == [("naive", 1), ("numba", 1), ("naive", 2), ("numba", 2), ("numba", 1), ("numba", 2)]
     rows = {(r.backend, r.batch): r for r in results}

@@ -10,7 +10,7 @@ import soundfile
 from safetensors.torch import save_file
 
 from fastwavenet import preset
-from fastwavenet.convert import fold
+from fastwavenet.folded import fold
 from fastwavenet.modelfile import save_model
 
 from helpers import run_cli

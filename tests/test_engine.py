@@ -10,7 +10,7 @@ import torch
 
 from fastwavenet import FastWaveNetError, Generator, Sampling, preset
 from fastwavenet.conditioning import Conditioning, StreamConditioning
-from fastwavenet.convert import fold
+from fastwavenet.folded import fold
 from fastwavenet.engine import Cancelled, Engine, EngineFull
 from fastwavenet.modelfile import ModelFile
 

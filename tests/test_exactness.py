@@ -6,7 +6,7 @@ import torch
 
 from fastwavenet import Sampling, WaveNetConfig, distributions, preset
 from fastwavenet.backends import available_backends
-from fastwavenet.convert import fold
+from fastwavenet.folded import fold
 from fastwavenet.generator import Generator
 from fastwavenet.modelfile import ModelFile
 

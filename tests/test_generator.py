@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fastwavenet import FastWaveNetError, Generator, Sampling, preset
-from fastwavenet.convert import fold, unfold
+from fastwavenet.folded import fold, unfold
 from fastwavenet.modelfile import ModelFile, load_model, save_model
 from fastwavenet.sampling import sample
 

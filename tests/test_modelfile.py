@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from fastwavenet import FastWaveNetError, preset
-from fastwavenet.convert import fold
+from fastwavenet.folded import fold
 from fastwavenet.folded import FoldedWeights
 from fastwavenet.modelfile import MODEL_FORMAT, MODEL_VERSION, checksum, load_model, save_model
 

@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from fastwavenet import Generator, WaveNetConfig, preset
-from fastwavenet.convert import fold
-from fastwavenet.folded import FoldedWeights, convolve, expected_shapes
+from fastwavenet.folded import FoldedWeights, convolve, expected_shapes, fold
 from fastwavenet.modelfile import ModelFile, save_model
 
 from helpers import random_model

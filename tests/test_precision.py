@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastwavenet.backends import available_backends
-from fastwavenet.convert import fold, unfold
+from fastwavenet.folded import fold, unfold
 from fastwavenet.errors import FastWaveNetError
 from fastwavenet.folded import MATRICES, rounded
 from fastwavenet.generator import Generator

@@ -94,7 +94,7 @@ def test_moving_average_is_what_validation_best_and_export_use(sine_folder, tmp_
     for name, value in best["model"].items():
         assert torch.equal(value, checkpoint["ema"][name]), name
     assert best["val_bits"] == row["val_bits"]
-    from fastwavenet.convert import fold
+    from fastwavenet.folded import fold
 
     folded = fold(shipped).tensors()
     for name, value in export(run, tmp_path / "ema.safetensors").weights.tensors().items():
@@ -158,7 +158,8 @@ def test_cli_train_and_resume(sine_folder, tmp_path):
 def test_init_starts_a_new_run_from_a_model_file(sine_folder, tmp_path):
     """--init: a new run whose step-0 model is the model file's function (unfolded weights), config from the file;
     the run resumes like any other, and its export differs from the file it started from."""
-    from fastwavenet.convert import export, fold
+    from fastwavenet.convert import export
+    from fastwavenet.folded import fold
     from fastwavenet.training import _init_weights
 
     first = tmp_path / "first"

@@ -5,7 +5,7 @@ import pytest
 import soundfile
 
 from fastwavenet import FastWaveNetError, Generator, WaveNetConfig
-from fastwavenet.convert import fold
+from fastwavenet.folded import fold
 from fastwavenet.features import log_mel
 from fastwavenet.modelfile import save_model
 

@@ -67,7 +67,7 @@ class TritonBackend(Backend):
         unused_codes = torch.empty(B, T, dtype=input_dtype(self.config), device=self.device)
         cond = None if cond is None else cond.to(self.device).contiguous()
         with _on(self.device):
-            gpu.run(codes, state.t, unused_u, self.weights, state.queues, state.inputs, cond, logits, unused_codes,
+            gpu.launch(codes, state.t, unused_u, self.weights, state.queues, state.inputs, cond, logits, unused_codes,
                     teacher=True, dist=self.dist, tile=self.tile)
         state.t += T
         return logits
@@ -90,7 +90,7 @@ class TritonBackend(Backend):
         u = torch.from_numpy(np.ascontiguousarray(u, np.float32)).to(self.device)
         cond = None if cond is None else cond.to(self.device).contiguous()
         with _on(self.device):
-            gpu.run(first, state.t, u, self.weights, state.queues, state.inputs, cond, None, out, teacher=False,
+            gpu.launch(first, state.t, u, self.weights, state.queues, state.inputs, cond, None, out, teacher=False,
                     rules=stream_rules, truncate=any(r.truncates for r in rules), dist=self.dist,
                     log_scale_min=float(self.config.log_scale_min), tile=self.tile)
         state.t += n
