@@ -33,7 +33,7 @@ from .sampling import Sampling
 
 SEED_MAX = 2**63 - 1
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "argmax")
-FORMATS = ("wav",)
+FORMATS = ("wav", "pcm", "flac")  # how the server sends the audio (fastwavenet/serve.py)
 # Fields each door takes; the others (samples, mel, prime, stream_mel) are for Python callers, who hold arrays.
 JSON_FIELDS = ("seconds", "seed", *SAMPLING_FIELDS, "speaker", "format")
 MANIFEST_FIELDS = ("seconds", "seed", *SAMPLING_FIELDS, "speaker")
@@ -64,7 +64,7 @@ class GenerationRequest:
     mel: np.ndarray | None = None             # (n_mels, frames) log-mel frames
     stream_mel: bool = False                  # more frames come by Request.feed / close
     prime: np.ndarray | None = None           # float audio at the model's rate, or integer codes
-    format: str = "wav"                       # output format; only "wav" for now
+    format: str = "wav"                       # the server's answer: wav, pcm or flac (FORMATS)
 
     def __post_init__(self):
         if self.seconds is not None and self.samples is not None:

@@ -5,14 +5,24 @@ the engine already runs in its own thread, so the server only needs to hand requ
 which aiohttp's StreamResponse does without an ASGI layer and a separate server process model (uvicorn) between.
 
     POST /generate   JSON {"seconds": 2.0, "seed": 1, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
-                     "argmax": false, "speaker": 0}                              -> audio/wav, streamed
+                     "argmax": false, "speaker": 0, "format": "wav"}                      -> the audio
     POST /vocode     body: mel frames as .npy (n_mels, frames) float, or an audio file (WAV, FLAC, OGG) to
-                     resynthesize; options as query parameters (?seed=1&temperature=0.9)  -> audio/wav, streamed
+                     resynthesize; options as query parameters (?seed=1&temperature=0.9&format=flac)  -> the audio
     GET  /health     JSON: status, model, active and waiting requests
     GET  /metrics    Prometheus text format
 
-Audio is 16-bit PCM WAV, mono, at the model's rate; the header carries the exact length, since every request's
-length is known when it starts. Errors are JSON {"error": "..."} with a 4xx status (503 when the engine is full).
+The audio is mono, 16-bit, at the model's rate, in the format the request names (`format`, wav by default):
+- wav: streamed as it is made, Content-Type audio/wav; the header carries the exact length, since every request's
+  length is known when it starts;
+- pcm: the same samples without a header, 16-bit signed little-endian, streamed as they are made (what a player or
+  a telephony pipeline reads chunk by chunk): Content-Type application/octet-stream (not audio/L16, which RFC 2586
+  defines as big-endian), the rate in the X-Sample-Rate header, Content-Length twice the samples;
+- flac: one FLAC file (lossless: the same samples), sent when the audio is complete (nothing comes before: a
+  client's read timeout must allow for the generation), Content-Type audio/flac. The audio waits in memory as 16-bit
+  samples (at most `--max-seconds` x rate of them per request), is encoded on one of DECODERS threads, and is sent in
+  pieces of WRITE_BYTES, each within the write timeout; a request that fails before its file is sent gets a JSON 500.
+The format is chosen by the body's or the query's `format` only (the Accept header is not read).
+Errors are JSON {"error": "..."} with a 4xx status (503 when the engine is full).
 Options are read as fastwavenet.request reads them: strict types (no bool for a number, no string for a bool), finite
 numbers, unknown keys refused, and the same bounds as every other way in.
 
@@ -28,10 +38,12 @@ What a client can hold, and for how long (`Limits`, the `fastwavenet serve --...
   body is read and dropped for at most 10 s more (aiohttp's lingering close), then the connection closes;
 - a body of at most `--max-body-mb` (16) in memory; an uploaded audio file is checked against `--max-seconds` from its
   header before it is decoded, at most 384 kHz, decoded on DECODERS threads at once (each holds at most
-  max-seconds x 384 kHz float32 samples, 92 MB at the defaults, and its resampling);
+  max-seconds x 384 kHz float32 samples, 92 MB at the defaults, and its resampling); a FLAC answer holds its
+  audio as above, and its file, until it is sent;
 - the count of connections is bounded by the process's open-file limit only: each idle or slow one closes within
   the read timeout, but put a proxy with a connection limit in front of a server open to the internet.
-A stream that ends short of its promised length (a failure, a cancel, a shutdown) closes its connection, so the
+A client that leaves cancels its request, whatever the format (a FLAC one while its audio is made, too). A
+stream that ends short of its promised length (a failure, a cancel, a shutdown) closes its connection, so the
 client sees the cut instead of waiting for bytes that never come. SIGTERM or Ctrl-C: the listening socket and idle
 connections close, requests in flight get `--drain-seconds` to finish, the rest are cut, and the process ends.
 """
@@ -48,6 +60,7 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+import soundfile
 
 from . import audio as audio_io
 from .engine import Engine, EngineClosed, EngineFull
@@ -61,7 +74,14 @@ from .request import GenerationRequest, Limits as RequestLimits, parse_json
 # 64 KiB (the kernel doubles it) is seconds of audio at any rate: ample for a client that reads in real time.
 SEND_BUFFER_BYTES = 64 << 10
 
-# Uploaded audio files decoded at once: with the length and rate limits, this bounds the memory decoding takes.
+# A FLAC file is sent in pieces of this size, each of which the client must take within the write timeout.
+WRITE_BYTES = 64 << 10
+
+# The media type of each answer format (request.FORMATS). Raw PCM is not audio/L16: RFC 2586's L16 is big-endian.
+CONTENT_TYPES = {"wav": "audio/wav", "pcm": "application/octet-stream", "flac": "audio/flac"}
+
+# Uploaded audio files decoded, and FLAC answers encoded, at once: with the length and rate limits, this bounds the
+# memory decoding and encoding take.
 DECODERS = 4
 
 
@@ -87,7 +107,15 @@ def wav_header(samples: int, sample_rate: int) -> bytes:
 
 
 def pcm16(chunk: np.ndarray) -> bytes:
+    """Float samples in [-1, 1] -> 16-bit little-endian PCM."""
     return np.clip(np.round(chunk * 32767.0), -32768, 32767).astype("<i2").tobytes()
+
+
+def flac_file(pcm: bytes, sample_rate: int) -> bytes:
+    """A mono FLAC file of 16-bit little-endian PCM samples."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.frombuffer(pcm, "<i2"), sample_rate, subtype="PCM_16", format="FLAC")
+    return buffer.getvalue()
 
 
 class _BadRequest(Exception):
@@ -188,31 +216,50 @@ def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 1
 
             asyncio.get_running_loop().call_later(limits.write_timeout, drop)
 
-    async def stream(request, endpoint: str, submit):
+    async def stream(request, endpoint: str, wanted: GenerationRequest):
+        """Answer with the audio `wanted` asks for: WAV or PCM streamed as it is made, or a FLAC file once the audio
+        is complete (held until then as 16-bit samples, then encoded on a decoder thread)."""
         loop = asyncio.get_running_loop()
         arrived = loop.time()
         try:
-            job = submit()
+            job = engine.submit(wanted)
         except (EngineFull, EngineClosed) as exc:
             return error(endpoint, 503, str(exc))
         except FastWaveNetError as exc:
             return error(endpoint, 400, str(exc))
-        response = web.StreamResponse(headers={"Content-Type": "audio/wav", "X-Request-Id": str(job.id)})
-        response.content_length = 44 + 2 * job.total
-        outcome = "cut"
+        rate, streamed = config.sample_rate, wanted.format != "flac"
+        response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPES[wanted.format],
+                                               "X-Request-Id": str(job.id)})
+        if wanted.format == "pcm":
+            response.headers["X-Sample-Rate"] = str(rate)
+        outcome, failure, held = "cut", None, bytearray()
         try:
             if request.transport is not None:
                 request.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                                                       SEND_BUFFER_BYTES)
-            await sent(response.prepare(request))
-            await sent(response.write(wav_header(job.total, config.sample_rate)))
+            if streamed:
+                response.content_length = (44 if wanted.format == "wav" else 0) + 2 * job.total
+                await sent(response.prepare(request))
+                if wanted.format == "wav":
+                    await sent(response.write(wav_header(job.total, rate)))
             first = True
             async for chunk in job:
                 if first:
                     first_audio.observe(loop.time() - arrived)
                     first = False
-                await sent(response.write(pcm16(chunk)))
-                samples.inc(len(chunk))
+                if streamed:
+                    await sent(response.write(pcm16(chunk)))
+                    samples.inc(len(chunk))
+                else:
+                    held += pcm16(chunk)
+            if not streamed:
+                file = memoryview(await loop.run_in_executor(decoders, flac_file, held, rate))
+                held = None
+                response.content_length = len(file)
+                await sent(response.prepare(request))
+                for start in range(0, len(file), WRITE_BYTES):  # each piece within the write timeout, as a stream's
+                    await sent(response.write(file[start:start + WRITE_BYTES]))
+                samples.inc(job.total)
             await sent(response.write_eof())
             outcome = "200"
         except ConnectionError:  # the client went away: nothing to answer, nothing to log
@@ -222,13 +269,19 @@ def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 1
         except asyncio.CancelledError:  # the client went away (aiohttp cancels its handler), or a drain ran out
             outcome = "cut" if stopping else "disconnected"
             raise
-        except FastWaveNetError:  # cancelled by the engine, or failed: the stream ends short
-            outcome = "cut"
+        except FastWaveNetError as exc:  # cancelled by the engine, or failed
+            if response.prepared:
+                outcome = "cut"  # the stream ends short
+            else:
+                outcome, failure = "500", str(exc)  # a file not begun: the client can be told
         finally:
             requests.labels(endpoint, outcome).inc()
             if outcome != "200":
                 job.cancel()  # frees the slot before the engine's next round
-                end_connection(request, at_once=outcome in ("disconnected", "stalled"))
+            if outcome in ("cut", "disconnected", "stalled"):
+                end_connection(request, at_once=outcome != "cut")
+        if failure is not None:
+            return web.json_response({"error": failure}, status=500)
         return response
 
     async def generate(request):
@@ -242,8 +295,7 @@ def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 1
             return error("generate", exc.status, str(exc))
         except FastWaveNetError as exc:
             return error("generate", 400, str(exc))
-        return await stream(request, "generate",
-                            lambda: engine.submit(wanted))
+        return await stream(request, "generate", wanted)
 
     async def vocode(request):
         try:
@@ -269,8 +321,7 @@ def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 1
             return error("vocode", exc.status, str(exc))
         except FastWaveNetError as exc:
             return error("vocode", 400, str(exc))
-        return await stream(request, "vocode",
-                            lambda: engine.submit(wanted))
+        return await stream(request, "vocode", wanted)
 
     async def health(request):
         stats = engine.stats()

@@ -70,7 +70,8 @@ def test_sampling_fields_go_on_top_of_the_default_field_by_field():
     (dict(mel=np.zeros(8)), "2-D"), (dict(mel=np.full((8, 2), np.inf)), "NaN or infinite"),
     (dict(mel=np.zeros((8, 2), bool)), "array of numbers"), (dict(mel=[[0.0]]), "array of numbers"),
     (dict(prime=np.zeros(0)), "prime must be a non-empty 1-D"), (dict(prime=np.array([np.nan])), "prime"),
-    (dict(stream_mel=1), "stream_mel"), (dict(format="flac"), "format must be one of wav"),
+    (dict(stream_mel=1), "stream_mel"), (dict(format="mp3"), "format must be one of wav, pcm, flac, got 'mp3'"),
+    (dict(format=["wav"]), "format must be one of wav, pcm, flac, got \\['wav'\\]"),
 ])
 def test_refusals_when_made(fields, message):
     refused(message, lambda: GenerationRequest(**fields))
@@ -122,6 +123,12 @@ def test_from_query_bools_and_numbers():
     assert GenerationRequest.from_query({"argmax": "0"}).argmax is False
     assert GenerationRequest.from_query({"temperature": "1", "seconds": "2e-1"}) == \
         GenerationRequest(temperature=1.0, seconds=0.2)
+
+
+def test_the_http_doors_take_every_format():
+    assert GenerationRequest.from_query({"format": "flac"}).format == "flac"
+    assert GenerationRequest.from_json({"seconds": 1, "format": "pcm"}).format == "pcm"
+    assert GenerationRequest.from_json({"seconds": 1}).format == "wav"
 
 
 def test_from_args_reads_global_features(tmp_path):

@@ -146,6 +146,7 @@ def test_health_and_metrics(server):
     ({"seconds": 1, "seed": "x"}, 400, "seed"),
     ({"seconds": 1, "top_p": 2}, 400, "top-p"), ({"seconds": 1, "argmax": 1}, 400, "argmax"),
     ({"seconds": 1, "volume": 11}, 400, "unknown"), ({"seconds": 1, "speaker": 0}, 400, "speaker"),
+    ({"seconds": 1, "format": "mp3"}, 400, "format must be one of wav, pcm, flac, got 'mp3'"),
     (b"{" + b" " * 20000 + b"}", 413, "limit"),
 ])
 def test_bad_requests_get_a_json_4xx(server, body, status, message):
@@ -206,6 +207,66 @@ def test_vocode_mel_frames_and_audio(vocoder_server, models, tmp_path):
     assert status == 200 and soundfile.info(io.BytesIO(body)).frames == 3000
 
 
+
+def post(url: str, **kwargs) -> tuple[int, dict, bytes]:
+    """A POST by aiohttp's client, the answer read chunk by chunk as it arrives: (status, headers, body)."""
+    import asyncio
+
+    import aiohttp
+
+    async def exchange():
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            async with session.post(url, **kwargs) as response:
+                body = b"".join([chunk async for chunk in response.content.iter_chunked(4096)])
+                return response.status, response.headers, body
+
+    return asyncio.run(exchange())
+
+
+def test_each_format_carries_the_samples_of_the_wav_answer(server):
+    job = {"seconds": 0.3, "seed": 5, "temperature": 0.9}
+    status, headers, wav = post(server.url + "/generate", json={**job, "format": "wav"})
+    assert status == 200 and headers["Content-Type"] == "audio/wav"
+    samples, rate = soundfile.read(io.BytesIO(wav), dtype="int16")
+    assert rate == 4410 and len(samples) == round(0.3 * 4410)
+    status, headers, pcm = post(server.url + "/generate", json={**job, "format": "pcm"})
+    assert status == 200 and headers["Content-Type"] == "application/octet-stream"
+    assert headers["X-Sample-Rate"] == "4410" and int(headers["Content-Length"]) == 2 * len(samples)
+    assert np.array_equal(np.frombuffer(pcm, "<i2"), samples)
+    status, headers, flac = post(server.url + "/generate", json={**job, "format": "flac"})
+    assert status == 200 and headers["Content-Type"] == "audio/flac" and int(headers["Content-Length"]) == len(flac)
+    decoded, rate = soundfile.read(io.BytesIO(flac), dtype="int16")
+    assert soundfile.info(io.BytesIO(flac)).format == "FLAC" and rate == 4410 and np.array_equal(decoded, samples)
+
+
+def test_vocode_answers_flac_when_asked(vocoder_server, models):
+    mel = np.random.default_rng(1).standard_normal((8, 12)).astype(np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, mel)
+    status, headers, flac = post(vocoder_server.url + "/vocode?seed=2&format=flac", data=buffer.getvalue())
+    assert status == 200 and headers["Content-Type"] == "audio/flac"
+    decoded, rate = soundfile.read(io.BytesIO(flac), dtype="int16")
+    wav = expected_wav(models["vocoder"], 2, 12 * 32, mel=mel)
+    assert rate == 4410 and np.array_equal(decoded, np.frombuffer(wav[44:], "<i2"))
+
+
+def disconnected(server) -> float:
+    """Requests to /generate whose client left, by the server's count."""
+    metrics = server.request("/metrics")[2].decode().splitlines()
+    key = 'fastwavenet_requests_total{endpoint="generate",status="disconnected"} '
+    return next((float(line[len(key):]) for line in metrics if line.startswith(key)), 0.0)
+
+
+def test_a_client_that_leaves_before_its_flac_is_made_cancels_it(server):
+    before = disconnected(server)
+    sock = server.raw({"seconds": 600, "seed": 0, "format": "flac"})
+    try:
+        assert wait_until(lambda: server.health()["active"] == 1)
+    finally:
+        sock.close()
+    assert wait_until(lambda: server.health()["active"] == 0, seconds=10)
+    assert disconnected(server) == before + 1 and "Traceback" not in server.log()
+
 @pytest.mark.parametrize("body,message", [
     (b"\x93NUMPY\x01\x00garbage", "malformed .npy"), (b"", "empty body"), (b"not audio at all", "cannot read"),
 ])
@@ -225,6 +286,7 @@ def npy_header(shape, dtype="<f4") -> bytes:
     ("?seconds=1", None, "/vocode makes what the mel covers"),    # the check could never fire
     ("?argmax=maybe", None, "argmax must be true or false, got 'maybe'"),  # was false
     ("?top_k=1e23", None, "top_k must be an integer"),
+    ("?format=ogg", None, "format must be one of wav, pcm, flac, got 'ogg'"),
     ("", npy_header((8, 10**15)), "the .npy header claims"),        # np.load tried to allocate 32 PB: a 500
     ("", npy_header((8, 10)) + b"\0" * 100, "the .npy header claims"),
     ("", npy_header((8, 10000)) + b"\0" * 320000, "the limit is at most 60 s"),  # refused before reading
@@ -346,9 +408,10 @@ def test_a_waiting_request_whose_client_left_is_dropped_at_once(server):
     assert wait_until(lambda: server.health()["active"] == 0)
 
 
-def test_a_stream_that_fails_midway_ends_the_connection(models):
-    """The promised Content-Length cannot be met: the server closes the connection, so the client sees the cut
-    instead of waiting for bytes that never come."""
+@pytest.mark.parametrize("format", ["wav", "flac"])
+def test_a_stream_that_fails_midway_ends_the_connection(models, format):
+    """WAV: the promised Content-Length cannot be met: the server closes the connection, so the client sees the cut
+    instead of waiting for bytes that never come. FLAC: nothing was sent yet: the client is told, in a JSON 500."""
     import asyncio
 
     from aiohttp.test_utils import TestServer
@@ -372,8 +435,10 @@ def test_a_stream_that_fails_midway_ends_the_connection(models):
         await server.start_server()
         try:
             reader, writer = await asyncio.open_connection(server.host, server.port)
-            body = json.dumps({"seconds": 60, "seed": 0}).encode()
-            writer.write(b"POST /generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: " +
+            body = json.dumps({"seconds": 60, "seed": 0, "format": format}).encode()
+            # WAV: the server must end the connection itself; FLAC: the client ends it after the answer.
+            ending = b"" if format == "wav" else b"\r\nConnection: close"
+            writer.write(b"POST /generate HTTP/1.1\r\nHost: localhost" + ending + b"\r\nContent-Length: " +
                          str(len(body)).encode() + b"\r\n\r\n" + body)
             received = await asyncio.wait_for(reader.read(), 20)
             writer.close()
@@ -385,8 +450,13 @@ def test_a_stream_that_fails_midway_ends_the_connection(models):
         received = asyncio.run(exchange())
     finally:
         engine.close(cancel=True)
-    assert received.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 529244" in received
-    assert len(received) < 529244
+    if format == "wav":
+        assert received.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 529244" in received
+        assert len(received) < 529244
+    else:
+        head, _, payload = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 500") and b"application/json" in head
+        assert json.loads(payload) == {"error": "generation failed: a failing round"}
 
 
 def peak_memory(pid: int) -> int:
