@@ -14,6 +14,9 @@ import torch
 
 from .torch_queues import TorchBackend
 
+# Compiled variants of the step one process may hold (models x batch sizes x conditioned or not).
+RECOMPILE_LIMIT = 64
+
 
 class TorchCompileBackend(TorchBackend):
     name = "torch-compile"
@@ -30,6 +33,11 @@ class TorchCompileBackend(TorchBackend):
 
     def __init__(self, config, weights, device, precision="float32"):
         super().__init__(config, weights, device, precision)
+        # Every instance compiles the same code object (TorchBackend._step), and dynamo caches per code object: its
+        # default of 8 entries is reached by a process holding a few models or batch sizes, after which fullgraph
+        # fails. Allow more (a process-wide setting, only raised).
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
         compiled = torch.compile(self._step, fullgraph=True)
 
         def step(queues, inputs, codes, t, cond=None):
