@@ -83,6 +83,51 @@ print(json.dumps([_resources(read.asm["cubin"]), _resources(fma.asm["cubin"]), f
     assert ffma == 16 * 8 + 16
 
 
+SPECIALIZATION_SCRIPT = """
+import numpy as np, torch
+from triton.backends.compiler import GPUTarget
+from triton.compiler import make_backend
+from triton.runtime.jit import create_function_from_signature
+from fastwavenet import Sampling, preset
+from fastwavenet.backends.triton_gpu import TritonStreamBackend
+from fastwavenet.bench import random_model_file
+from fastwavenet.kernels import gpu
+
+kernel = gpu._wavenet_kernel
+bind = create_function_from_signature(kernel.signature, kernel.params, make_backend(GPUTarget("cuda", 90, 32)))
+keys = set()
+
+class Launch:  # what Triton's launcher computes first: the key of the variant it would compile or take from cache
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            _, specialization, options = bind(*args, **kwargs)
+            keys.add(repr((specialization, sorted(options.items()))))
+        return launch
+
+gpu._wavenet_kernel = Launch()
+model = random_model_file(preset("tiny"))
+backend = TritonStreamBackend(model.config, model.weights, torch.device("cpu"))
+for batch in (1, 5, 16):
+    state = backend.new_state(batch, 0)
+    for steps in (1, 7, 16, 32):
+        backend.generate(state, steps, np.full((steps, batch), 0.5, np.float32), Sampling())
+print(len(keys))
+"""
+
+
+def test_gpu_kernel_is_one_variant_for_every_batch_and_position():
+    """Issue 34, without a GPU: Triton's own launcher (its argument binder, for sm_90) keys batches 1, 5 and 16 at
+    positions 0, 1, 8 and 24 with chunks of 1, 7, 16 and 32 steps to one variant. With the batch, position and chunk
+    length specialized (1 and multiples of 16 compiled apart), these launches were 9 variants: 9 compiles, some in
+    the middle of a stream."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", SPECIALIZATION_SCRIPT], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "1"
+
+
 def test_gpu_kernel_compiles_once_for_every_batch_and_position():
     """Issue 34: Triton specialized the batch, the position and the chunk's length (1 and multiples of 16 each
     compiled apart), so a stream paused for a compile when they first took such a value. One variant (generating,
