@@ -3,6 +3,7 @@ side by side with `naive` in the same run, on the same model."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -39,6 +40,7 @@ class BenchResult:
     steps: int
     seconds: float
     of_limit: float | None = None  # samples_per_s / this machine's limit at this batch (Limits.samples_per_s)
+    bound_by: str | None = None    # the limit that binds at this batch: "weights" (their reads) or "flops"
     # The limits this row is held against, measured just before it (machines drift by tens of per cent in minutes)
     limit_sgemm_gflops: float | None = None
     limit_weight_passes_per_s: float | None = None
@@ -115,6 +117,11 @@ class Limits:
         passes = self.weight_passes_per_s * (2 if precision == "bf16" else 1)
         return min(batch * passes, self.batched_samples_per_s)
 
+    def bound_by(self, batch: int, precision: str = "float32") -> str:
+        """Which limit binds at this batch: "weights" (the batch-1 limit times the batch) or "flops" (sgemm)."""
+        passes = self.weight_passes_per_s * (2 if precision == "bf16" else 1)
+        return "weights" if batch * passes < self.batched_samples_per_s else "flops"
+
     def best(self, other: "Limits | None") -> "Limits":
         """Each limit the higher of the two measurements (machines drift; best against best compares like with
         like)."""
@@ -123,6 +130,48 @@ class Limits:
         return replace(self, sgemm_gflops=max(self.sgemm_gflops, other.sgemm_gflops),
                        weight_passes_per_s=max(self.weight_passes_per_s, other.weight_passes_per_s),
                        fma_gflops=max(self.fma_gflops, other.fma_gflops))
+
+
+@dataclass
+class GpuLimits:
+    """A GPU's own limits, measured in the same run as the figures they are held against (measure_gpu_limits).
+
+    batched: the float32 FMA rate (`kernels.gpu.fma_chains_kernel`: chains of dependent fused multiply-adds in
+    registers on every SM, Triton-compiled as the generation kernel is) in GFLOP/s, divided by the model's FLOPs per
+    sample. Every backend computes in float32 on CUDA cores (bf16 weights are rounded values held in float32; tensor
+    cores are off for float32 matmuls, backends.base), so this binds them all.
+    batch 1: passes/s over the model's weight bytes of the whole chip reading a buffer of about that size while it
+    sits in L2 (`kernels.gpu.read_passes_kernel`): samples/s if each sample read every weight once at that speed.
+    A batch of B streams may reach at most min(B x that, the batched limit). The device-to-device copy bandwidth
+    (HBM) and the tensor-core matmul rates (bf16, tf32) are measured for reference: what the chip offers beyond
+    what the kernels use."""
+
+    gpu: str
+    flops_per_sample: float
+    weight_bytes: int
+    l2_bytes: int                 # the device's L2 cache; the weight-read limit is an L2 figure only below it
+    weight_passes_per_s: float    # reads of all the weight bytes per second, from L2
+    fma_gflops: float             # float32 FMA, GFLOP/s (2 per fused multiply-add)
+    copy_gbps: float              # device-to-device tensor copy, GB/s (bytes read + bytes written)
+    bf16_tflops: float            # torch.matmul of 8192 x 8192 x 8192 in bf16 (tensor cores), TFLOP/s
+    tf32_tflops: float            # the same in float32 with TF32 allowed (tensor cores), TFLOP/s
+
+    @property
+    def batched_samples_per_s(self) -> float:
+        return self.fma_gflops * 1e9 / self.flops_per_sample
+
+    def samples_per_s(self, batch: int, precision: str = "float32") -> float:
+        """Any precision alike: on CUDA every backend reads and computes float32."""
+        return min(batch * self.weight_passes_per_s, self.batched_samples_per_s)
+
+    def bound_by(self, batch: int, precision: str = "float32") -> str:
+        return "weights" if batch * self.weight_passes_per_s < self.batched_samples_per_s else "flops"
+
+    def best(self, other: "GpuLimits | None") -> "GpuLimits":
+        if other is None:
+            return self
+        return replace(self, **{name: max(getattr(self, name), getattr(other, name)) for name in (
+            "weight_passes_per_s", "fma_gflops", "copy_gbps", "bf16_tflops", "tf32_tflops")})
 
 
 def flops_per_sample(config: WaveNetConfig) -> float:
@@ -197,6 +246,74 @@ def measure_fma_peak(seconds: float = 0.5) -> tuple[float, int]:
         fma_peak(iterations, threads)
         best = max(best, flops * iterations / (time.perf_counter() - t0))
     return best / 1e9, threads
+
+
+def _best_cuda_seconds(work: Callable[[], None], seconds: float) -> float:
+    """The shortest time of `work` on the current CUDA device (CUDA events), in seconds, over repeats for about
+    `seconds` after one untimed call."""
+    work()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+        start.record()
+        work()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    return best
+
+
+def measure_gpu_limits(model: ModelFile, device: str = "cuda", seconds: float = 0.25) -> GpuLimits | None:
+    """Measure the GPU's limits for `model` (see GpuLimits), the best of about `seconds` of repeats each (a few
+    seconds in all, the probes' compiles included); None without Triton, which compiles two of the probes."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from .kernels.gpu import fma_chains_kernel, read_passes_kernel
+
+    device = torch.device(device)
+    with torch.cuda.device(device):
+        props = torch.cuda.get_device_properties(device)
+        sms = props.multi_processor_count
+
+        # Copy: 1 GiB, far past any L2, so HBM is read and written.
+        source = torch.empty(1 << 28, dtype=torch.float32, device=device).fill_(1.0)
+        target = torch.empty_like(source)
+        copy_gbps = 2 * source.numel() * 4 / _best_cuda_seconds(lambda: target.copy_(source), seconds) / 1e9
+
+        # The weights' bytes in L2: many passes in one launch, so the launch costs little beside them. The buffer
+        # is padded to the same number of 4 KB chunks for every program (none waits on another), and its read rate
+        # counted in passes over the weights' own bytes.
+        nbytes = weight_bytes(model)
+        block, programs = 1024, 4 * sms
+        chunks = -(-nbytes // (4 * block * programs)) * programs
+        weights = torch.ones(chunks * block, dtype=torch.float32, device=device)
+        partial = torch.empty(programs, dtype=torch.float32, device=device)
+        passes = max(16, int(2e9 // (chunks * block * 4)))  # about 2 GB read per launch
+        read_s = _best_cuda_seconds(lambda: read_passes_kernel[(programs,)](weights, chunks, passes, partial,
+                                                                           BLOCK=block), seconds)
+        weight_passes_per_s = passes * weights.numel() * 4 / read_s / nbytes
+
+        # FMA: 4 programs of 128 threads per SM, 16 chains per thread, 8 FMAs per loop iteration.
+        chains, unroll, iterations = 2048, 8, 1 << 14
+        sums = torch.empty(4 * sms, dtype=torch.float32, device=device)
+        fma_s = _best_cuda_seconds(lambda: fma_chains_kernel[(sums.numel(),)](sums, iterations, BLOCK=chains,
+                                                                              UNROLL=unroll, num_warps=4), seconds)
+        fma_gflops = 2 * unroll * chains * iterations * sums.numel() / fma_s / 1e9
+
+        n = 8192
+        a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+        bf16 = 2 * n ** 3 / _best_cuda_seconds(lambda: torch.matmul(a, b), seconds) / 1e12
+        a, b = a.float(), b.float()
+        saved = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls, the user's setting after
+        try:
+            tf32 = 2 * n ** 3 / _best_cuda_seconds(lambda: torch.matmul(a, b), seconds) / 1e12
+        finally:
+            torch.set_float32_matmul_precision(saved)
+    return GpuLimits(gpu=props.name, flops_per_sample=flops_per_sample(model.config), weight_bytes=nbytes,
+                     l2_bytes=props.L2_cache_size, weight_passes_per_s=weight_passes_per_s, fma_gflops=fma_gflops,
+                     copy_gbps=copy_gbps, bf16_tflops=bf16, tf32_tflops=tf32)
 
 
 def random_model_file(config: WaveNetConfig, seed: int = 0) -> ModelFile:
@@ -319,7 +436,8 @@ def measure_r9y9(config: WaveNetConfig, min_seconds: float = 1.0) -> BenchResult
 
 def measure_rows(model: ModelFile, backends: list[str], batches: list[int], device: str = "cpu",
                  min_seconds: float = 1.0, naive_max_batch: int = NAIVE_MAX_BATCH, progress=None,
-                 sampling: Sampling = Sampling(), limits: Limits | None = None, precisions: list[str] = ("float32",),
+                 sampling: Sampling = Sampling(), limits: Limits | GpuLimits | None = None,
+                 precisions: list[str] = ("float32",),
                  remeasure: Callable[[], Limits] | None = None, repeat: int = 1) -> list[BenchResult]:
     """Every backend at every batch and precision, `naive` (float32) included where the batch allows, with
     speedups over naive and, given the machine's limits, the share of the limit each reached.
@@ -364,13 +482,16 @@ def measure_rows(model: ModelFile, backends: list[str], batches: list[int], devi
     return results
 
 
-def _hold(result: BenchResult, limits: Limits | None):
-    """Set a result's share of the machine's limit at its batch and precision, and the limits it is held to."""
+def _hold(result: BenchResult, limits: Limits | GpuLimits | None):
+    """Set a result's share of the machine's limit at its batch and precision, which limit binds there, and the
+    limits it is held to."""
     limit = None if limits is None else limits.samples_per_s(result.batch, result.precision)
     if limit:
         result.of_limit = result.samples_per_s / limit
-        result.limit_sgemm_gflops = limits.sgemm_gflops
+        result.bound_by = limits.bound_by(result.batch, result.precision)
         result.limit_weight_passes_per_s = limits.weight_passes_per_s
+        if isinstance(limits, Limits):
+            result.limit_sgemm_gflops = limits.sgemm_gflops
     if limits is not None and limits.fma_gflops:
         result.of_peak = result.samples_per_s * limits.flops_per_sample / (limits.fma_gflops * 1e9)
         result.limit_fma_gflops = limits.fma_gflops
@@ -388,7 +509,7 @@ def resolve_backends(names: list[str], device: str) -> list[str]:
 
 
 def table(results: list[BenchResult], config: WaveNetConfig, info: dict, sampling: Sampling = Sampling(),
-          limits: Limits | None = None) -> str:
+          limits: Limits | GpuLimits | None = None) -> str:
     lines = [f"machine: {info['cpu']}, {info['cores']} cores, {info.get('isa', '?')}"
              + (f" (numba target {info['numba_cpu_name']})" if info.get("numba_cpu_name", "host") != "host" else "")
              + (f", numba kernel {info['numba_vector_bits']}-bit vectors" if "numba_vector_bits" in info else "")
@@ -398,7 +519,15 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
                 f"{config.output.replace('_', ' ')} ({config.output_channels} outputs)")
              + (f", {config.n_mels} mel bands" if config.n_mels else "") + f", {config.sample_rate} Hz",
              *([f"sampling: {sampling}"] if sampling != Sampling() else [])]
-    if limits is not None:
+    if isinstance(limits, GpuLimits):
+        where = "in L2" if limits.weight_bytes <= limits.l2_bytes else "larger than L2: from memory"
+        lines.append(f"limits: fp32 FMA {limits.fma_gflops:,.0f} GFLOP/s / {limits.flops_per_sample / 1e6:.2f} MFLOP "
+                     f"per sample = {limits.batched_samples_per_s:,.0f} samples/s batched; the GPU reads the "
+                     f"{limits.weight_bytes / 1e6:.2f} MB of weights ({where}, L2 {limits.l2_bytes / 1e6:.0f} MB) "
+                     f"{limits.weight_passes_per_s:,.0f} times/s (batch-1 limit)")
+        lines.append(f"beyond them: device-to-device copy {limits.copy_gbps:,.0f} GB/s (read + write); tensor-core "
+                     f"matmul bf16 {limits.bf16_tflops:,.0f} TFLOP/s, tf32 {limits.tf32_tflops:,.0f} TFLOP/s")
+    elif limits is not None:
         lines.append(f"limits: sgemm {limits.sgemm_gflops:,.0f} GFLOP/s on {limits.threads} threads / "
                      f"{limits.flops_per_sample / 1e6:.2f} MFLOP per sample = {limits.batched_samples_per_s:,.0f} "
                      f"samples/s batched; one core streams the {limits.weight_bytes / 1e6:.2f} MB of weights "
@@ -419,23 +548,25 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
                          f"{max(passes):,.0f} passes/s"
                          + (f", peak {min(peaks):,.0f}-{max(peaks):,.0f} GFLOP/s" if peaks else ""))
     lines.append(f"{'backend':<10} {'batch':>6} {'samples/s':>14} {'x realtime':>11} {'vs naive':>10} "
-                 f"{'of limit':>9} {'of peak':>8} {'first call':>11}")
+                 f"{'of limit':>9} {'bound by':>8} {'of peak':>8} {'first call':>11}")
     for r in results:
         speedup = f"{r.speedup_vs_naive:,.0f}x" if r.speedup_vs_naive else "-"
         share = f"{100 * r.of_limit:.0f} %" if r.of_limit is not None else "-"
         peak = f"{100 * r.of_peak:.0f} %" if r.of_peak is not None else "-"
         name = r.backend if r.precision == "float32" else f"{r.backend}/{r.precision}"
         lines.append(f"{name:<10} {r.batch:>6} {r.samples_per_s:>14,.0f} {r.realtime_factor:>11.2f} "
-                     f"{speedup:>10} {share:>9} {peak:>8} {r.first_call_s:>10.2f}s")
+                     f"{speedup:>10} {share:>9} {r.bound_by or '-':>8} {peak:>8} {r.first_call_s:>10.2f}s")
     return "\n".join(lines)
 
 
 def write_results(path, results: list[BenchResult], config: WaveNetConfig, info: dict,
-                  sampling: Sampling = Sampling(), limits: Limits | None = None):
-    """The run as JSON: machine, model config, date, sampling, every row, and the limits measured first."""
+                  sampling: Sampling = Sampling(), limits: Limits | GpuLimits | None = None):
+    """The run as JSON: machine, model config, date, sampling, every row, and the limits measured first ("kind":
+    "cpu" or "gpu", then the fields of Limits or GpuLimits)."""
     payload = {"machine": info, "config": json.loads(config.to_json()), "date": time.strftime("%Y-%m-%d"),
                "sampling": asdict(sampling), "results": [asdict(r) for r in results],
-               "limits": None if limits is None else {**asdict(limits),
+               "limits": None if limits is None else {"kind": "gpu" if isinstance(limits, GpuLimits) else "cpu",
+                                                      **asdict(limits),
                                                       "batched_samples_per_s": limits.batched_samples_per_s}}
     files.write_json(path, payload)
 
@@ -448,8 +579,10 @@ def require_matplotlib():
     return matplotlib
 
 
-def plot(path, results: list[BenchResult], title: str):
-    """samples/s against batch size, one line per backend, log scales."""
+def plot(path, results: list[BenchResult], title: str, limits: Limits | GpuLimits | None = None):
+    """samples/s against batch size, one line per backend, log scales; with `limits`, the machine's limit at each
+    batch (float32) dashed, and the rates no row is held against (the CPU's FMA peak; a GPU's tensor-core matmuls)
+    dotted, in samples/s at the model's FLOPs per sample."""
     matplotlib = require_matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -459,6 +592,13 @@ def plot(path, results: list[BenchResult], title: str):
         rows = [r for r in results if (r.backend, r.precision) == (backend, precision)]
         label = backend if precision == "float32" else f"{backend}/{precision}"
         ax.plot([r.batch for r in rows], [r.samples_per_s for r in rows], marker="o", label=label)
+    if limits is not None:
+        batches = np.geomspace(min(r.batch for r in results), max(r.batch for r in results), 64)  # the knee too
+        ax.plot(batches, [limits.samples_per_s(b) for b in batches], "k--", label="limit (weight reads, then flops)")
+        beyond = ({"bf16 tensor cores": limits.bf16_tflops * 1e3, "tf32 tensor cores": limits.tf32_tflops * 1e3}
+                  if isinstance(limits, GpuLimits) else {"FMA peak": limits.fma_gflops} if limits.fma_gflops else {})
+        for (label, gflops), style in zip(beyond.items(), ("k:", "C7:")):
+            ax.axhline(gflops * 1e9 / limits.flops_per_sample, linestyle=style[-1], color=style[:-1], label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch (streams)")
@@ -478,8 +618,8 @@ def benchmark(model: str | os.PathLike | None = None, preset: str = "standard", 
               json_path: str | os.PathLike | None = None, plot_path: str | os.PathLike | None = None
               ) -> list[BenchResult]:
     """What `fastwavenet bench` does: samples/s of each backend (beside naive) at each batch size and precision, on
-    a model file or a preset's shape with random weights; each row printed as it is measured, then the table (and,
-    on the CPU, the machine's limits measured in the same run); optionally r9y9's own generation, a JSON file and a
+    a model file or a preset's shape with random weights; each row printed as it is measured, then the table (and
+    the machine's limits, CPU or GPU, measured in the same run); optionally r9y9's own generation, a JSON file and a
     plot. Every option is checked before measuring starts."""
     from .backends import resolve_device
     from .config import preset as named_preset
@@ -498,11 +638,12 @@ def benchmark(model: str | os.PathLike | None = None, preset: str = "standard", 
     model_file = load_model(model) if model else random_model_file(named_preset(preset))
     backends = resolve_backends(list(backends), device)
     info = machine()
-    # The machine's own limits, measured in this run (and again before each row, since a machine's speed drifts),
+    # The machine's own limits, measured in this run (on the CPU again before each row, since a CPU's speed drifts),
     # so figures from different machines can be compared.
-    limits = measure_limits(model_file) if device == "cpu" else None
+    on_cpu = torch.device(device).type == "cpu"
+    limits = measure_limits(model_file) if on_cpu else measure_gpu_limits(model_file, device)
     print(table([], model_file.config, info, sampling, limits))
-    remeasure = (lambda: measure_limits(model_file, 0.25)) if limits is not None else None
+    remeasure = (lambda: measure_limits(model_file, 0.25)) if on_cpu else None
     results = measure_rows(model_file, backends, list(batches), device, min_seconds=min_seconds, sampling=sampling,
                   limits=limits, precisions=list(precisions), remeasure=remeasure, repeat=repeat,
                   progress=lambda r: print(table([r], model_file.config, info).splitlines()[-1], flush=True))
@@ -525,6 +666,6 @@ def benchmark(model: str | os.PathLike | None = None, preset: str = "standard", 
         write_results(json_path, results, model_file.config, info, sampling, limits)
         print(f"wrote {json_path}")
     if plot_path:
-        plot(plot_path, results, f"{model or preset} on {info.get('gpu', info['cpu'])}")
+        plot(plot_path, results, f"{model or preset} on {info.get('gpu', info['cpu'])}", limits)
         print(f"wrote {plot_path}")
     return results

@@ -133,8 +133,8 @@ def _variants(config: WaveNetConfig, tiles: dict[str, int], only: set[str] | Non
                     yield f"{kind} {mode}", teacher, truncate, cond, tile
 
 
-def _resources(cubin: bytes) -> dict:
-    """Registers, local (spill) memory, shared memory and stack of a cubin, read by the cuobjdump in Triton's wheel."""
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    """The output of the cuobjdump in Triton's wheel on a cubin, with `flag` (--dump-resource-usage, --dump-sass)."""
     import tempfile
 
     import triton
@@ -143,9 +143,12 @@ def _resources(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True,
-                              check=True).stdout
-    found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
+        return subprocess.run([str(tool), flag, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def _resources(cubin: bytes) -> dict:
+    """Registers, local (spill) memory, shared memory and stack of a cubin."""
+    found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", _cuobjdump(cubin, "--dump-resource-usage")))
     return {k: int(v) for k, v in found.items()}
 
 

@@ -20,6 +20,9 @@ rules: one `StreamRules`.
 Scalar-input models (SCALAR): codes and codes_out hold float32 sample values, the input stage is one multiply-add
 (embed (1, 2, R): weight row, bias row), the head's O outputs are a continuous distribution's parameters (DIST:
 LOGISTIC_MIXTURE or GAUSSIAN) and u is (T, B, 2): the rule of fastwavenet/distributions.py, in float64.
+
+At the end, two probes of the chip's own limits, compiled by the same Triton (fastwavenet.bench.measure_gpu_limits
+times them): a read of a buffer kept in L2 and a float32 FMA rate.
 """
 
 from __future__ import annotations
@@ -202,7 +205,11 @@ def _sample_class(logits, c, u, temperature, top_k, top_p, argmax, C: tl.constex
     return drawn
 
 
-@triton.jit
+# The integers that change while a program runs (the position, the chunk's length, the batch, a teacher chunk's
+# stride) are not specialized: Triton would otherwise compile a variant apart for the value 1 and for multiples of 16,
+# so a stream paused for a compile when its position or its batch first took such a value (issue 34). Those fixed
+# by the model's shape (L, Q, SCR) stay specialized.
+@triton.jit(do_not_specialize=["codes_stride", "t0", "steps", "B"])
 def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_ptr, logits_ptr, out_ptr, scratch_ptr,
                     embed_ptr, dw_ptr, db_ptr, ow_ptr, ob_ptr, h1w_ptr, h1b_ptr, h2w_ptr, h2b_ptr,
                     dil_ptr, off_ptr, t0, steps, B, L, Q, SCR, temperature_ptr, top_k_ptr, top_p_ptr, argmax_ptr,
@@ -423,3 +430,32 @@ def launch(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_
         w.dilations, w.offsets, t0, steps, B, w.dilated_b.shape[0], queues.shape[1], scratch.shape[1],
         rules.temperature, rules.top_k, rules.top_p, rules.argmax, log_scale_min, **constants,
         **launch_options(tile))
+
+
+# ---- probes of the chip's own limits (fastwavenet.bench.measure_gpu_limits times them) ---------------------------
+
+@triton.jit(do_not_specialize=["passes"])
+def read_passes_kernel(buf_ptr, chunks, passes, out_ptr, BLOCK: tl.constexpr):
+    """Read buf (chunks x BLOCK float32) `passes` times over, all programs together reading each chunk once per
+    pass (each pass shifts which program reads which chunk, so no load repeats one of the pass before). out[program]
+    = the sum of what that program read: passes x sum(buf) over all programs. A buffer that fits in L2 is read from
+    L2 after the first pass."""
+    program, programs = tl.program_id(0), tl.num_programs(0)
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for p in range(passes):
+        for chunk in range(program, chunks, programs):
+            acc += tl.load(buf_ptr + ((chunk + p) % chunks) * BLOCK + tl.arange(0, BLOCK))
+    tl.store(out_ptr + program, tl.sum(acc, axis=0))
+
+
+@triton.jit(do_not_specialize=["iterations"])
+def fma_chains_kernel(out_ptr, iterations, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
+    """BLOCK independent chains per program of UNROLL x `iterations` dependent float32 fused multiply-adds (acc =
+    acc * 0.999 + 0.001, which settles near 1: no overflow, no subnormals), in registers: 2 x UNROLL x BLOCK x
+    iterations floating-point operations per program (UNROLL per loop iteration, so the loop's own instructions
+    count for little). out[program] = the sum of its chains, so none is dead code."""
+    acc = tl.arange(0, BLOCK).to(tl.float32) * 0.001 + tl.program_id(0).to(tl.float32)
+    for _ in range(iterations):
+        for _ in tl.static_range(UNROLL):
+            acc = acc * 0.999 + 0.001
+    tl.store(out_ptr + tl.program_id(0), tl.sum(acc, axis=0))

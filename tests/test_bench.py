@@ -31,6 +31,7 @@ def test_bench_table_json_and_plot(tmp_path):
     assert limits["sgemm_gflops"] > 0 and limits["weight_passes_per_s"] > 0 and limits["threads"] >= 1
     assert limits["batched_samples_per_s"] == pytest.approx(limits["sgemm_gflops"] * 1e9 / limits["flops_per_sample"])
     assert limits["fma_gflops"] > 0 and limits["fma_threads"] >= 1 and "peak:" in result.stdout
+    assert limits["kind"] == "cpu" and "first call" in result.stdout
     assert payload["sampling"] == {"temperature": 1.0, "top_k": 5, "top_p": 1.0, "argmax": False}
     rows = {(r["backend"], r["batch"]): r for r in payload["results"]}
     assert set(rows) == {(b, n) for b in ("naive", "torch", "numba") for n in (1, 2)}
@@ -38,12 +39,14 @@ def test_bench_table_json_and_plot(tmp_path):
         assert row["samples_per_s"] > 0 and row["steps"] >= 2
         assert row["speedup_vs_naive"] > 0  # naive ran at both batches, so every row has a speedup
         assert row["realtime_factor"] == pytest.approx(row["samples_per_s"] / batch / payload["config"]["sample_rate"])
+        assert row["first_call_s"] > 0
         if backend == "naive":
             continue  # its share of the limit is near zero; the limits are not measured again for it
-        # each row is held against the limits measured just before it
+        # each row is held against the limits measured just before it, and names the one that binds
         batched = row["limit_sgemm_gflops"] * 1e9 / limits["flops_per_sample"]
         limit = min(batch * row["limit_weight_passes_per_s"], batched)
         assert row["of_limit"] == pytest.approx(row["samples_per_s"] / limit)
+        assert row["bound_by"] == ("weights" if batch * row["limit_weight_passes_per_s"] < batched else "flops")
         flops = row["samples_per_s"] * limits["flops_per_sample"]
         assert row["of_peak"] == pytest.approx(flops / (row["limit_fma_gflops"] * 1e9))
     assert "measured again before each row" in result.stdout
@@ -85,6 +88,73 @@ def test_bench_repeat_keeps_each_rows_best_against_the_best_limits(monkeypatch):
     assert one.of_peak == pytest.approx(200.0 / 10.0) and two.of_peak == pytest.approx(300.0 / 20.0)
     assert (one.first_call_s, two.first_call_s) == (2.0, 4.0)
     assert one.speedup_vs_naive == pytest.approx(40.0) and rows[("naive", 1)].speedup_vs_naive == 1.0
+
+
+def test_bench_times_the_first_call_apart_from_the_timed_run(monkeypatch):
+    """The first call (compiles, cache loads, graph capture) is reported as first_call_s and left out of the timed
+    run: a clock that advances 5 s in the first call and 10 ms a step in the others."""
+    from fastwavenet import bench
+
+    now = [0.0]
+    calls = []
+
+    class FakeClockGenerator(bench.Generator):
+        def generate_codes(self, state, steps, *args):
+            calls.append(steps)
+            now[0] += 5.0 if len(calls) == 1 else 0.01 * steps
+            return super().generate_codes(state, steps, *args)
+
+    monkeypatch.setattr(bench, "Generator", FakeClockGenerator)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    result = bench.measure(bench.random_model_file(preset("tiny")), "torch", 3, min_seconds=0.5)
+    assert calls == [2, 2, 60]  # the first call, then timed runs grown until one lasts 0.5 s
+    assert result.first_call_s == pytest.approx(5.0)
+    assert (result.steps, result.seconds) == (60, pytest.approx(0.6))
+    assert result.samples_per_s == pytest.approx(60 * 3 / 0.6)
+
+
+def test_gpu_probe_kernels_compute_what_they_count():
+    """The GPU limits' probes (run here by Triton's interpreter where CUDA is absent): the read kernel reads every
+    chunk once a pass, the FMA kernel runs its chains (acc = acc * 0.999 + 0.001) UNROLL x iterations times."""
+    pytest.importorskip("triton")
+    import numpy as np
+
+    from fastwavenet.kernels.gpu import fma_chains_kernel, read_passes_kernel
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    buf = torch.arange(5 * 16, dtype=torch.float32, device=device)
+    partial = torch.zeros(3, dtype=torch.float32, device=device)
+    read_passes_kernel[(3,)](buf, 5, 4, partial, BLOCK=16)
+    assert partial.sum().item() == 4 * buf.sum().item()
+    sums = torch.zeros(2, dtype=torch.float32, device=device)
+    fma_chains_kernel[(2,)](sums, 3, BLOCK=8, UNROLL=2)
+    acc = np.arange(8, dtype=np.float64)[None, :] * 0.001 + np.arange(2)[:, None]
+    for _ in range(3 * 2):
+        acc = acc * 0.999 + 0.001
+    assert sums.cpu().numpy() == pytest.approx(acc.sum(axis=1), rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU's limits are measured on CUDA only")
+def test_bench_on_cuda_holds_rows_against_the_gpus_limits(tmp_path):
+    out, png = tmp_path / "b.json", tmp_path / "b.png"
+    result = run_cli("bench", "--device", "cuda", "--preset", "tiny", "--backend", "torch,triton-stream", "--batch",
+                     "1,64", "--min-seconds", "0.05", "--json", str(out), "--plot", str(png))
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(out.read_text())
+    limits = payload["limits"]
+    assert limits["kind"] == "gpu" and limits["gpu"] == torch.cuda.get_device_name()
+    for name in ("weight_passes_per_s", "fma_gflops", "copy_gbps", "bf16_tflops", "tf32_tflops", "l2_bytes"):
+        assert limits[name] > 0, name
+    batched = limits["fma_gflops"] * 1e9 / limits["flops_per_sample"]
+    assert limits["batched_samples_per_s"] == pytest.approx(batched)
+    for row in payload["results"]:
+        if row["backend"] == "naive":
+            continue
+        limit = min(row["batch"] * limits["weight_passes_per_s"], batched)
+        assert row["of_limit"] == pytest.approx(row["samples_per_s"] / limit)
+        assert row["bound_by"] in ("weights", "flops") and row["first_call_s"] > 0
+    assert "tensor-core" in result.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_measures_each_precision_against_its_own_limit(tmp_path):

@@ -55,6 +55,104 @@ print(json.dumps(rows_as_json(compile_gpu([90], models, modes))))
         assert row["programs_per_sm"] >= 1, row
 
 
+def test_limit_probes_compile_for_sm90_to_fused_multiply_adds():
+    """The GPU limits' probes (kernels/gpu.py) compile for a real GPU without one; the FMA probe's chains are fused
+    multiply-adds in registers (16 chains a thread x 8 per loop iteration, and one each to start), nothing spilled."""
+    pytest.importorskip("triton")
+    script = """
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fastwavenet.doctor import _cuobjdump, _resources
+from fastwavenet.kernels import gpu
+target, options = GPUTarget("cuda", 90, 32), {"num_warps": 4, "enable_fp_fusion": True}
+read = triton.compile(ASTSource(gpu.read_passes_kernel, {"buf_ptr": "*fp32", "chunks": "i32", "passes": "i32",
+                      "out_ptr": "*fp32", "BLOCK": "constexpr"}, {"BLOCK": 1024}), target=target, options=options)
+fma = triton.compile(ASTSource(gpu.fma_chains_kernel, {"out_ptr": "*fp32", "iterations": "i32", "BLOCK": "constexpr",
+                     "UNROLL": "constexpr"}, {"BLOCK": 2048, "UNROLL": 8}), target=target, options=options)
+ffma = _cuobjdump(fma.asm["cubin"], "--dump-sass").count("FFMA")
+print(json.dumps([_resources(read.asm["cubin"]), _resources(fma.asm["cubin"]), ffma]))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    read, fma, ffma = json.loads(result.stdout.strip().splitlines()[-1])
+    assert read.get("LOCAL", 0) == 0 and fma.get("LOCAL", 0) == 0
+    assert ffma == 16 * 8 + 16
+
+
+SPECIALIZATION_SCRIPT = """
+import numpy as np, torch
+from triton.backends.compiler import GPUTarget
+from triton.compiler import make_backend
+from triton.runtime.jit import create_function_from_signature
+from fastwavenet import Sampling, preset
+from fastwavenet.backends.triton_gpu import TritonStreamBackend
+from fastwavenet.bench import random_model_file
+from fastwavenet.kernels import gpu
+
+kernel = gpu._wavenet_kernel
+bind = create_function_from_signature(kernel.signature, kernel.params, make_backend(GPUTarget("cuda", 90, 32)))
+keys = set()
+
+class Launch:  # what Triton's launcher computes first: the key of the variant it would compile or take from cache
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            _, specialization, options = bind(*args, **kwargs)
+            keys.add(repr((specialization, sorted(options.items()))))
+        return launch
+
+gpu._wavenet_kernel = Launch()
+model = random_model_file(preset("tiny"))
+backend = TritonStreamBackend(model.config, model.weights, torch.device("cpu"))
+for batch in (1, 5, 16):
+    state = backend.new_state(batch, 0)
+    for steps in (1, 7, 16, 32):
+        backend.generate(state, steps, np.full((steps, batch), 0.5, np.float32), Sampling())
+print(len(keys))
+"""
+
+
+def test_gpu_kernel_is_one_variant_for_every_batch_and_position():
+    """Issue 34, without a GPU: Triton's own launcher (its argument binder, for sm_90) keys batches 1, 5 and 16 at
+    positions 0, 1, 8 and 24 with chunks of 1, 7, 16 and 32 steps to one variant. With the batch, position and chunk
+    length specialized (1 and multiples of 16 compiled apart), these launches were 9 variants: 9 compiles, some in
+    the middle of a stream."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", SPECIALIZATION_SCRIPT], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "1"
+
+
+def test_gpu_kernel_compiles_once_for_every_batch_and_position():
+    """Issue 34: Triton specialized the batch, the position and the chunk's length (1 and multiples of 16 each
+    compiled apart), so a stream paused for a compile when they first took such a value. One variant (generating,
+    plain sampling) now serves batches 1, 16 and 5 at positions 0, 1, 17 and 33 with chunks of 1, 16 and 7 steps."""
+    import numpy as np
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("counts the kernels Triton compiled for a GPU: needs CUDA")
+    from fastwavenet import preset
+    from fastwavenet.bench import random_model_file
+    from fastwavenet.generator import Generator
+    from fastwavenet.kernels import gpu
+
+    generator = Generator(random_model_file(preset("tiny")), backend="triton-stream", device="cuda")
+    compiled = gpu._wavenet_kernel.device_caches[torch.cuda.current_device()][0]
+    compiled.clear()  # this process's table of compiled variants (Triton's file cache makes refilling it quick)
+    rng = np.random.default_rng(0)
+    for batch, chunks in ((1, [1, 16]), (16, [1, 16, 16]), (5, [7, 16])):
+        state = generator.new_state(batch)
+        for steps in chunks:
+            generator.generate_codes(state, steps, rng=rng)
+    assert len(compiled) == 1, list(compiled)
+
+
 def test_full_fp32_turns_tf32_off_on_cuda_and_restores_the_users_settings():
     """Runs without a GPU: the settings are process-wide flags that can be read and set anywhere."""
     import torch
