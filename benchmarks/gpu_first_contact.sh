@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, the first thing to run whenever a GPU is at hand: about five minutes of GPU time, compiles
-# included (every step under `timeout`; the caps add up to 5 minutes 20 s). In order: versions and device;
-# correctness on CUDA (the Triton exactness and generate-path tests, the engine's determinism test, the GPU tests of
+# included (every step under `timeout`; the caps add up to 6 minutes 20 s). In order: versions and device;
+# correctness on CUDA (the Triton and torch-compile exactness and generate-path tests, the engine's determinism test, the GPU tests of
 # bench and doctor); `standard` and `r9y9-ljspeech` at steady state (3 rounds, each row's best, the first call
 # reported apart) with the GPU's own limits; then `generate` with the bundled model twice (the second run is what a
 # returning user waits for); one summary line per shape, and how long each step took.
@@ -43,7 +43,7 @@ step() {  # step NAME SECONDS COMMAND...: run under a time cap, say how long it 
 step "versions and device" 20 bash -c "nvidia-smi -L || true; fastwavenet doctor | tee '$out/doctor.txt'"
 
 # 2. Correctness on CUDA (conftest picks cuda when it is there; the interpreter stays off).
-step "correctness" 90 bash -c "pytest -q -n 4 -p no:cacheprovider -k 'triton or cuda or probe or compiles_once' \
+step "correctness" 150 bash -c "pytest -q -n 4 -p no:cacheprovider -k 'triton or cuda or probe or compiles_once or compile' \
   tests/test_exactness.py tests/test_generator.py \
   tests/test_engine.py::test_triton_requests_alone_or_together_are_bit_identical tests/test_bench.py \
   tests/test_doctor.py 2>&1 | tee '$out/tests.log' | tail -15"

@@ -127,6 +127,17 @@ def expected_shapes(config: WaveNetConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def gate_and_project(w: FoldedWeights, layer: int, z: torch.Tensor, x: torch.Tensor, last: bool):
+    """One step of a layer after its dilated convolution: z (B, 2G) gate pre-activations, x (B, R) the layer's input.
+    Returns (the next layer's input, this layer's skip (B, S)); the last layer has no residual output."""
+    g, r = w.dilated_w.shape[-1] // 2, x.shape[1]
+    gated = torch.tanh(z[:, :g]) * torch.sigmoid(z[:, g:])
+    if last:
+        return x, torch.addmm(w.out_b[layer, r:], gated, w.out_w[layer, :, r:])
+    o = torch.addmm(w.out_b[layer], gated, w.out_w[layer])
+    return x + o[:, :r], o[:, r:]
+
+
 @torch.no_grad()
 def convolve(weights: FoldedWeights, config: WaveNetConfig, codes: torch.Tensor,
              cond: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ from . import mulaw
 from .config import WaveNetConfig
 from .errors import FastWaveNetError
 from .files import atomic_path
-from .folded import FoldedWeights
+from .folded import FoldedWeights, gate_and_project
 from .modelfile import ModelFile, load_model
 
 OPSET = 17
@@ -117,7 +117,7 @@ class Step(torch.nn.Module):
 
     def forward(self, queues, codes, t, *rest):
         c, w = self.config, self.w
-        r, g, n, k = c.residual_channels, c.gate_channels, c.layers, c.kernel_size
+        r, n, k = c.residual_channels, c.layers, c.kernel_size
         inputs = rest[0] if c.input_kernel_size > 1 else None
         cond = rest[-1] if c.conditioned else None
         if c.scalar_input:
@@ -137,13 +137,7 @@ class Step(torch.nn.Module):
             z = torch.addmm(w.dilated_b[layer], torch.cat([taps[:, layer], x], dim=1), self.dilated[layer])
             if cond is not None:
                 z = z + cond[:, layer]
-            gated = torch.tanh(z[:, :g]) * torch.sigmoid(z[:, g:])
-            if layer == n - 1:
-                s = torch.addmm(w.out_b[layer, r:], gated, w.out_w[layer, :, r:])
-            else:
-                o = torch.addmm(w.out_b[layer], gated, w.out_w[layer])
-                x = x + o[:, :r]
-                s = o[:, r:]
+            x, s = gate_and_project(w, layer, z, x, last=layer == n - 1)
             skip = s if skip is None else skip + s
         h = F.relu(torch.addmm(w.head1_b, F.relu(skip), w.head1_w))
         outputs = torch.addmm(w.head2_b, h, w.head2_w)

@@ -8,6 +8,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from ..folded import gate_and_project
 from ..state import QueueState, input_dtype
 from .base import Backend
 
@@ -43,7 +44,7 @@ class TorchBackend(Backend):
         """One step for every stream: consume codes (B,) at time t (0-dim tensor), with gate terms cond (B, L, 2G)
         or None; return the head's outputs (B, O). Scalar input: codes are sample values (B,) float32."""
         c, w = self.config, self.w
-        r, g, n = c.residual_channels, c.gate_channels, c.layers
+        n = c.layers
         if c.scalar_input:
             x = codes[:, None] * w.embed[0, 0] + w.embed[0, 1]
         else:
@@ -62,13 +63,7 @@ class TorchBackend(Backend):
             z = torch.addmm(w.dilated_b[layer], torch.cat([taps, x], dim=1), self.dilated[layer])
             if cond is not None:
                 z = z + cond[:, layer]
-            gated = torch.tanh(z[:, :g]) * torch.sigmoid(z[:, g:])
-            if layer == n - 1:
-                s = torch.addmm(w.out_b[layer, r:], gated, w.out_w[layer, :, r:])
-            else:
-                o = torch.addmm(w.out_b[layer], gated, w.out_w[layer])
-                x = x + o[:, :r]
-                s = o[:, r:]
+            x, s = gate_and_project(w, layer, z, x, last=layer == n - 1)
             skip = s if skip is None else skip + s
         h = F.relu(torch.addmm(w.head1_b, F.relu(skip), w.head1_w))
         return torch.addmm(w.head2_b, h, w.head2_w)
