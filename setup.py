@@ -29,14 +29,14 @@ setup(
     ],
     extras_require={
         # wavenet_vocoder: r9y9's own code, the reference that imported r9y9 models are tested against.
-        "test": ["pytest>=7", "pytest-xdist>=3", "pytest-benchmark>=4", "triton>=3.0", "h5py>=3.8", "matplotlib>=3.7", "aiohttp>=3.9",
+        "test": ["pytest>=7", "pytest-xdist>=3", "pytest-benchmark>=4", "triton>=3.0", "h5py>=3.8", "matplotlib>=3.7", "aiohttp>=3.14.4",
                  "prometheus-client>=0.17", "wavenet_vocoder==0.1.1", "scipy>=1.8",
                  "onnx>=1.15", "onnxruntime>=1.17"],
         "gpu": ["triton>=3.0"],
         "import": ["h5py>=3.8"],
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],  # fastwavenet export MODEL -o step.onnx; the onnxruntime backend
         "plot": ["matplotlib>=3.7"],
-        "serve": ["aiohttp>=3.9", "prometheus-client>=0.17"],
+        "serve": ["aiohttp>=3.14.4", "prometheus-client>=0.17"],
     },
     entry_points={"console_scripts": ["fastwavenet=fastwavenet.cli:main"]},
 )

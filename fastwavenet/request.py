@@ -40,6 +40,8 @@ MANIFEST_FIELDS = ("seconds", "seed", *SAMPLING_FIELDS, "speaker")
 # A JSON integer longer than this is refused while parsing: no field takes one (a seed has at most 19 digits), and
 # Python refuses to parse one of more than 4,300 digits with a ValueError that json does not turn into its own error.
 MAX_JSON_INTEGER_DIGITS = 40
+# Lists and objects inside each other: no field nests at all, so this is only a bound on what a parser must walk.
+MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -251,16 +253,30 @@ class GenerationRequest:
 
 def parse_json(text: str | bytes):
     """JSON text -> its value, refusing what json would take or fail on uncleanly: NaN and Infinity, numbers that
-    overflow to infinity, integers of more than MAX_JSON_INTEGER_DIGITS digits, nesting past Python's recursion
-    limit, bytes that are not UTF-8."""
+    overflow to infinity, integers of more than MAX_JSON_INTEGER_DIGITS digits, nesting deeper than MAX_JSON_DEPTH,
+    bytes that are not UTF-8."""
     try:
-        return json.loads(text, parse_int=_json_integer, parse_float=_json_float, parse_constant=_json_constant)
+        value = json.loads(text, parse_int=_json_integer, parse_float=_json_float, parse_constant=_json_constant)
     except json.JSONDecodeError as exc:
         raise FastWaveNetError(f"malformed JSON: {exc.msg} (at character {exc.pos})") from None
     except UnicodeDecodeError as exc:
         raise FastWaveNetError(f"malformed JSON: not UTF-8 (byte {exc.start})") from None
-    except RecursionError:
+    except RecursionError:  # (deep enough for this Python's parser to give up)
         raise FastWaveNetError("malformed JSON: nested too deeply") from None
+    if _nested_deeper_than(value, MAX_JSON_DEPTH):  # (what the parser took: how deep it goes differs by Python)
+        raise FastWaveNetError("malformed JSON: nested too deeply")
+    return value
+
+
+def _nested_deeper_than(value, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def _json_integer(text: str) -> int:

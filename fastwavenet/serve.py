@@ -387,7 +387,8 @@ async def _serve(engine, host, port, limits, drain_seconds, quiet):
 
     app.on_cleanup.append(stop_engine)
     # The drain is the app's (make_app); aiohttp's own waits twice its shutdown_timeout and never ends at 0. The
-    # keep-alive timeout also bounds how long a new connection may take to send its first request's headers.
+    # keep-alive timeout also bounds how long a new connection may take to send its first request's headers (from
+    # aiohttp 3.14.4, which starts that timer when a connection is made: setup.py asks for it).
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, keepalive_timeout=limits.read_timeout,
                            shutdown_timeout=1.0)
     await runner.setup()

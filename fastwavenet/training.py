@@ -356,7 +356,12 @@ def _place(model: WaveNet, optimizer) -> _Placement:
     if world > 1:
         use_cuda = torch.cuda.is_available()
         if use_cuda:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            if local >= torch.cuda.device_count():
+                raise FastWaveNetError(f"rank {rank} would train on GPU {local}, and this machine has "
+                                       f"{torch.cuda.device_count()}: start at most that many processes per node, or "
+                                       f"hide the GPUs (CUDA_VISIBLE_DEVICES=) to train on CPU ranks")
+            device = torch.device("cuda", local)
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if use_cuda else "gloo")

@@ -21,7 +21,7 @@ from fastwavenet.serve import pcm16, wav_header
 
 from helpers import save_models, wait_until
 
-pytest.importorskip("aiohttp")
+aiohttp = pytest.importorskip("aiohttp")
 pytest.importorskip("prometheus_client")
 pytest.importorskip("numba")
 
@@ -375,6 +375,9 @@ def test_a_client_that_does_not_read_loses_its_stream(strict_server):
     assert "Traceback" not in strict_server.log()
 
 
+@pytest.mark.skipif(tuple(int(p) for p in aiohttp.__version__.split(".")[:3] if p.isdigit()) < (3, 14, 4),
+                    reason="aiohttp before 3.14.4 never times out a connection that has sent no request yet "
+                           "(setup.py asks for 3.14.4)")
 def test_slow_uploads_and_slow_headers_are_cut(strict_server):
     body = json.dumps({"seconds": 0.1}).encode()
     uploader = socket.create_connection(("127.0.0.1", strict_server.port))

@@ -22,6 +22,17 @@ def _losses(run_dir):
     return [(r["step"], r.get("loss_bits"), r.get("val_bits")) for r in rows]
 
 
+def assert_same_curve(a, b):
+    """Bit for bit on the CPU. Training picks CUDA where it is, and cuDNN's backward passes sum in no fixed order:
+    there, within float32 rounding."""
+    if not torch.cuda.is_available():
+        assert a == b
+        return
+    assert [(s, v is None, w is None) for s, v, w in a] == [(s, v is None, w is None) for s, v, w in b]
+    flat = lambda rows: [x for _, v, w in rows for x in (v, w) if x is not None]  # noqa: E731
+    assert flat(a) == pytest.approx(flat(b), rel=1e-5)
+
+
 def test_resume_gives_the_same_loss_curve(sine_folder, tmp_path):
     straight = tmp_path / "straight"
     train([sine_folder], straight, preset("tiny"), TrainOptions(steps=6, **OPTIONS), progress=False)
@@ -29,11 +40,11 @@ def test_resume_gives_the_same_loss_curve(sine_folder, tmp_path):
     train([sine_folder], stopped, preset("tiny"), TrainOptions(steps=4, **OPTIONS), progress=False)
     assert load_checkpoint(stopped)["step"] == 4
     train(None, stopped, options=TrainOptions(steps=6), resume=True, progress=False)
-    assert _losses(straight) == _losses(stopped)
+    assert_same_curve(_losses(straight), _losses(stopped))
     assert len([r for r in _losses(straight) if r[2] is not None]) == 3  # validation at steps 2, 4, 6
     a, b = model_from_checkpoint(straight), model_from_checkpoint(stopped)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(pa, pb), name
+        assert torch.equal(pa, pb) or (torch.cuda.is_available() and torch.allclose(pa, pb, rtol=1e-4, atol=1e-6)), name
 
 
 def test_best_validation_weights_are_kept_and_export(sine_folder, tmp_path):
@@ -119,7 +130,7 @@ def test_warmup_raises_the_learning_rate_over_the_first_steps_also_across_a_resu
     train([sine_folder], straight, preset("tiny"), TrainOptions(steps=6, lr=1e-2, warmup=4, **OPTIONS), progress=False)
     train([sine_folder], stopped, preset("tiny"), TrainOptions(steps=2, lr=1e-2, warmup=4, **OPTIONS), progress=False)
     train(None, stopped, options=TrainOptions(steps=6), resume=True, progress=False)
-    assert _losses(straight) == _losses(stopped)
+    assert_same_curve(_losses(straight), _losses(stopped))
     plain = tmp_path / "plain"
     train([sine_folder], plain, preset("tiny"), TrainOptions(steps=6, lr=1e-2, **OPTIONS), progress=False)
     assert _losses(plain)[1:] != _losses(straight)[1:]  # the first loss is before any step
@@ -288,7 +299,8 @@ def _free_port() -> int:
 
 def test_ddp_two_cpu_ranks_end_with_identical_weights(sine_folder, tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    # Two CPU ranks, also where a GPU is (one GPU cannot hold two ranks).
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path), CUDA_VISIBLE_DEVICES="")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", str(_free_port()), str(worker), str(sine_folder), str(tmp_path / "run")],
                             capture_output=True, text=True, env=env, timeout=300)
