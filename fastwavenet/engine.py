@@ -152,6 +152,10 @@ class _Job:
         return cond.covered - self.t >= n
 
 
+def _job_field(name: str, doc: str) -> property:
+    return property(lambda self: getattr(self._job, name), doc=doc)
+
+
 class Request:
     """A handle on one submitted request: iterate it (plainly or with `async for`) for its audio chunks, 1-D float32
     arrays in [-1, 1] at the model's rate, as they are made; `cancel()` it; read its `progress`. A streaming vocoding
@@ -162,32 +166,12 @@ class Request:
         self._job = job
         weakref.finalize(self, job.abandon)
 
-    @property
-    def id(self) -> int:
-        return self._job.id
-
-    @property
-    def sampling(self) -> Sampling:
-        return self._job.sampling
-
-    @property
-    def status(self) -> str:
-        """waiting, running, done, cancelled or failed."""
-        return self._job.status
-
-    @property
-    def error(self) -> BaseException | None:
-        return self._job.error
-
-    @property
-    def made(self) -> int:
-        """Samples handed out so far."""
-        return self._job.made
-
-    @property
-    def first_audio(self) -> float | None:
-        """Seconds from submission to the first chunk."""
-        return self._job.first_audio
+    id = _job_field("id", "The request's number, unique in this process.")
+    sampling = _job_field("sampling", "The rule its codes are drawn by (the model's default under its own fields).")
+    status = _job_field("status", "waiting, running, done, cancelled or failed.")
+    error = _job_field("error", "What it failed with, or None.")
+    made = _job_field("made", "Samples handed out so far.")
+    first_audio = _job_field("first_audio", "Seconds from submission to the first chunk (None before it).")
 
     @property
     def total(self) -> int | None:
