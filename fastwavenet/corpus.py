@@ -234,24 +234,13 @@ def generate_items(engine, items: list[Item], out_dir: Path, rank: int = 0, prog
     """Generate items into out_dir/<id>.wav through the engine, skipping those already complete and removing what
     an interrupted run left of the others (only the rank that makes an item ever writes its file)."""
     report = Report(rank)
+    complete = _remove_partials(out_dir, items)
     todo = []
-    left_behind = {}  # target name -> temporary files of it, from the one listing of out_dir
-    with os.scandir(out_dir) as entries:
-        complete = set()
-        for entry in entries:
-            if entry.is_file():
-                complete.add(entry.name)
-                target = partial_target(entry.name)
-                if target is not None:
-                    left_behind.setdefault(target, []).append(entry.name)
     for item in items:
-        name = f"{item.id}.wav"
-        if name in complete:
+        if f"{item.id}.wav" in complete:
             report.skipped.append(item.id)
         else:
             todo.append(item)
-            for stale in left_behind.get(name, []):
-                (out_dir / stale).unlink(missing_ok=True)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -265,7 +254,26 @@ def generate_items(engine, items: list[Item], out_dir: Path, rank: int = 0, prog
         report.seconds = time.perf_counter() - started
         if bar is not None:
             bar.close()
+        # An interrupt can land anywhere, an item's own cleanup included: what is left of unfinished items goes.
+        _remove_partials(out_dir, todo)
     return report
+
+
+def _remove_partials(out_dir: Path, items: list[Item]) -> set[str]:
+    """Remove the temporary files of these items (only the rank that makes an item ever writes them), from one
+    listing of out_dir; return the names of the complete files it holds."""
+    complete, left_behind = set(), {}  # target name -> its temporary files
+    with os.scandir(out_dir) as entries:
+        for entry in entries:
+            if entry.is_file():
+                complete.add(entry.name)
+                target = partial_target(entry.name)
+                if target is not None:
+                    left_behind.setdefault(target, []).append(entry.name)
+    for item in items:
+        for stale in left_behind.get(f"{item.id}.wav", []):
+            (out_dir / stale).unlink(missing_ok=True)
+    return complete
 
 
 def _run_to_the_end(main):
