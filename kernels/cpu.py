@@ -153,18 +153,20 @@ def _vector_bits() -> int:
 
 class Blocks(NamedTuple):
     """Register-block shape of the matrix products: `lanes` floats per vector, SB streams x NV vectors per block
-    (SB * NV accumulators), NV1 vectors for a lone stream."""
+    (SB * NV accumulators), NV1 vectors for a lone stream, NV8 for a lone stream's int8 products."""
 
     lanes: int
     sb: int
     nv: int
     nv1: int
+    nv8: int
 
 
 # Chosen by measurement (docs/BENCHMARKS.md): 32 zmm registers hold 16 accumulators + 4 weight vectors + a
-# broadcast; 16 ymm hold 8 + 2 + 1. A lone stream wants many independent chains (fma latency) and few loads.
-BLOCKS = {512: Blocks(lanes=16, sb=4, nv=4, nv1=8), 256: Blocks(lanes=8, sb=4, nv=2, nv1=8),
-          128: Blocks(lanes=4, sb=4, nv=2, nv1=8)}
+# broadcast; 16 ymm hold 8 + 2 + 1. A lone stream wants many independent chains (fma latency) and few loads; its
+# int8 products also hold a scale vector per accumulator, which 16 ymm registers fit only 4 of (8 spilled them).
+BLOCKS = {512: Blocks(lanes=16, sb=4, nv=4, nv1=8, nv8=8), 256: Blocks(lanes=8, sb=4, nv=2, nv1=8, nv8=4),
+          128: Blocks(lanes=4, sb=4, nv=2, nv1=8, nv8=4)}
 VECTOR_BITS = _vector_bits()
 BLOCK = BLOCKS[VECTOR_BITS]
 
@@ -296,6 +298,7 @@ def _prefetch(typingctx, address):
 _L = BLOCK.lanes
 # The main block, a lone stream's block, one vector for one stream, one output for one stream.
 _MAIN, _ONE, _LONE = _micro(BLOCK.sb, BLOCK.nv, _L), _micro(1, BLOCK.nv, _L), _micro(1, BLOCK.nv1, _L)
+_LONE8 = _micro(1, BLOCK.nv8, _L)
 _VEC, _SCALAR = _micro(1, 1, _L), _micro(1, 1, 1)
 # Streams per group: a group's inputs and outputs stay in L1 while each weight panel passes through.
 _GROUP = 16
@@ -317,7 +320,12 @@ def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
     for g0 in range(0, nb, _GROUP):
         g1 = min(nb, g0 + _GROUP)
         n = first
-        if g1 - g0 == 1:
+        if g1 - g0 == 1 and esize == 1:
+            while n + BLOCK.nv8 * _L <= last:
+                _LONE8(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
+                       ap + 4 * (g0 * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
+                n += BLOCK.nv8 * _L
+        elif g1 - g0 == 1:
             while n + BLOCK.nv1 * _L <= last:
                 _LONE(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
                       ap + 4 * (g0 * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
