@@ -135,8 +135,9 @@ class NumbaBackend(Backend):
         # float32 copy of the same rounded weights: the same numbers, bit for bit (tests/test_precision.py).
         self._widened = self.weights if precision == "float32" else kernel_weights("float32")
 
-    # Streams per tile from which bf16 models run on their widened copy (measured in docs/BENCHMARKS.md: about
-    # even at 16-24, widened 4-12 % faster from 32, bf16 faster below 16).
+    # Streams per tile from which bf16 and int8 models run on their widened copy (measured for bf16 in
+    # docs/BENCHMARKS.md: about even at 16-24, widened 4-12 % faster from 32, bf16 faster below 16; int8 takes the
+    # same, not measured apart).
     WIDEN_FROM = 32
 
     def _kernel_weights(self, tile: int):
