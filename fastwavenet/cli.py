@@ -260,7 +260,7 @@ def _add_generation_args(p):
 
 def _add_precision_arg(p, several: bool = False):
     p.add_argument("--precision", default="float32",
-                   help="float32, bf16 or int8: weight matrices rounded to bf16, or to int8 per output channel (a half or a quarter of the bytes to read per sample; "
+                   help="float32, bf16 or int8: weight matrices rounded to bf16 or int8 (1/2, 1/4 the bytes a sample; "
                         "docs/BENCHMARKS.md has what it costs in bits per sample)"
                    + ("; a comma-separated list measures each" if several else ""))
 

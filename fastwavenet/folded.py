@@ -77,21 +77,52 @@ class FoldedWeights:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
-PRECISIONS = ("float32", "bf16")
-# The matrices a step streams: what bf16 stores in half the bytes. Tables, biases and conditioning stay float32.
+PRECISIONS = ("float32", "bf16", "int8")
+# The matrices a step streams: what bf16 stores in half the bytes and int8 in a quarter. Tables, biases and
+# conditioning stay float32.
 MATRICES = ("dilated_w", "out_w", "head1_w", "head2_w")
 
 
+def int8_parts(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A folded matrix (in, out), or a stack of them (L, in, out) or (L, k, R, out) (one matrix per layer, its
+    taps stacked), quantized per output column of each matrix: (q int8 of its shape, scale float32 of shape
+    (out,) or (L, out)), symmetric, q in [-127, 127], the weight q * scale.
+
+    scale is max|w| / 127 with its last 7 mantissa bits rounded off (17 significant bits), so that q * scale is exact
+    in float32 for every q: the dequantized matrix then holds each column's max as exactly 127 * scale, and
+    quantizing it again gives the same q and scale bit for bit (how the numba backend recovers them from the
+    weights the Generator hands it)."""
+    w = matrix.to(torch.float32)
+    stacked = w.reshape(w.shape[0], -1, w.shape[-1]) if w.dim() > 2 else w[None]
+    peak = stacked.abs().amax(dim=1)  # (L or 1, out)
+    bits = (peak / 127).view(torch.int32)
+    scale = ((bits + 0x40) & ~0x7F).view(torch.float32)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero column: q = 0
+    q = torch.round(stacked / safe[:, None, :]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(matrix.shape), (scale if w.dim() > 2 else scale[0])
+
+
+def _dequantized(matrix: torch.Tensor) -> torch.Tensor:
+    q, scale = int8_parts(matrix)
+    stacked = q.reshape(q.shape[0], -1, q.shape[-1]) if q.dim() > 2 else q[None]
+    scale = scale if q.dim() > 2 else scale[None]
+    return (stacked.to(torch.float32) * scale[:, None, :]).reshape(matrix.shape)
+
+
 def rounded(weights: FoldedWeights, precision: str) -> FoldedWeights:
-    """The weights a generator at `precision` computes with: for bf16, each matrix rounded to the nearest bf16
-    (ties to even), still held as float32; float32 returns them as they are."""
+    """The weights a generator at `precision` computes with, still held as float32: for bf16, each matrix rounded
+    to the nearest bf16 (ties to even); for int8, each matrix quantized per output column (`int8_parts`) and
+    dequantized, q * scale; float32 returns them as they are."""
     if precision not in PRECISIONS:
         from .errors import FastWaveNetError
 
         raise FastWaveNetError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
     if precision == "float32":
         return weights
-    changed = {name: getattr(weights, name).to(torch.bfloat16).to(torch.float32) for name in MATRICES}
+    if precision == "int8":
+        changed = {name: _dequantized(getattr(weights, name)) for name in MATRICES}
+    else:
+        changed = {name: getattr(weights, name).to(torch.bfloat16).to(torch.float32) for name in MATRICES}
     return FoldedWeights(**{**weights.tensors(), **changed})
 
 

@@ -18,8 +18,9 @@ Two kinds of model share every function, told apart by two scalars:
 - `distribution`: what the head's O outputs are and how a sample is drawn from them: SOFTMAX (`sample_one`,
   logits over classes), LOGISTIC_MIXTURE or GAUSSIAN (`sample_continuous`, two uniforms per sample). The rules are
   those of fastwavenet/sampling.py and fastwavenet/distributions.py.
-The weight matrices are float32 or bf16 bit patterns (uint16; see `CpuWeights`): numba compiles one specialization
-for each from the same source, the product blocks (`_micro`) widening each weight to float32 exactly in registers.
+The weight matrices are float32, bf16 bit patterns (uint16) or int8 with column scales (see `CpuWeights`): numba
+compiles one specialization for each from the same source, the product blocks (`_micro`) widening each weight to
+float32 exactly in registers.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ from fastwavenet.kernels.sampling_constants import (GAUSSIAN, NORMAL_A, NORMAL_B
 class CpuWeights(NamedTuple):
     """The generator's weights as the CPU kernel reads them (float32 unless said; matrices in-major, (in, out), the
     folded layout of fastwavenet/folded.py). The four matrices may instead be bf16, stored as uint16 bit patterns
-    (the upper half of a float32): the kernel widens each weight to float32 in registers and accumulates in float32,
-    so it computes exactly what the float32 kernel computes on the same rounded weights, reading half the bytes."""
+    (the upper half of a float32), or int8 with float32 scales per output column (folded.int8_parts, weight
+    q * scale): the kernel widens each weight to float32 in registers and accumulates in float32, so it computes
+    exactly what the float32 kernel computes on the same rounded weights, reading a half or a quarter of the bytes.
+    The scales are empty ((L, 0) or (0,)) unless the matrices are int8."""
 
     embed: np.ndarray      # (k_in, C, R) input taps as tables, j = 0 oldest; the newest holds the bias;
                            # scalar input: (1, 2, R), x = value * embed[0, 0] + embed[0, 1]
@@ -54,6 +57,10 @@ class CpuWeights(NamedTuple):
     head1_b: np.ndarray    # (H,)
     head2_w: np.ndarray    # (H, O)
     head2_b: np.ndarray    # (O,)
+    dilated_s: np.ndarray  # (L, 2G) int8 scales, as the others below: (L, R+S), (H,), (O,)
+    out_s: np.ndarray
+    head1_s: np.ndarray
+    head2_s: np.ndarray
     dilations: np.ndarray  # (L,) int64
     offsets: np.ndarray    # (L,) int64: where each layer's ring starts in a stream's queue block
 
@@ -146,18 +153,20 @@ def _vector_bits() -> int:
 
 class Blocks(NamedTuple):
     """Register-block shape of the matrix products: `lanes` floats per vector, SB streams x NV vectors per block
-    (SB * NV accumulators), NV1 vectors for a lone stream."""
+    (SB * NV accumulators), NV1 vectors for a lone stream, NV8 for a lone stream's int8 products."""
 
     lanes: int
     sb: int
     nv: int
     nv1: int
+    nv8: int
 
 
 # Chosen by measurement (docs/BENCHMARKS.md): 32 zmm registers hold 16 accumulators + 4 weight vectors + a
-# broadcast; 16 ymm hold 8 + 2 + 1. A lone stream wants many independent chains (fma latency) and few loads.
-BLOCKS = {512: Blocks(lanes=16, sb=4, nv=4, nv1=8), 256: Blocks(lanes=8, sb=4, nv=2, nv1=8),
-          128: Blocks(lanes=4, sb=4, nv=2, nv1=8)}
+# broadcast; 16 ymm hold 8 + 2 + 1. A lone stream wants many independent chains (fma latency) and few loads; its
+# int8 products also hold a scale vector per accumulator, which 16 ymm registers fit only 4 of (8 spilled them).
+BLOCKS = {512: Blocks(lanes=16, sb=4, nv=4, nv1=8, nv8=8), 256: Blocks(lanes=8, sb=4, nv=2, nv1=8, nv8=4),
+          128: Blocks(lanes=4, sb=4, nv=2, nv1=8, nv8=4)}
 VECTOR_BITS = _vector_bits()
 BLOCK = BLOCKS[VECTOR_BITS]
 
@@ -165,31 +174,33 @@ BLOCK = BLOCKS[VECTOR_BITS]
 def _micro(sb: int, nv: int, lanes: int):
     """An intrinsic computing one block: y[s, n] (s < sb, n < nv * lanes) = (a[s, n] + bias[n]) + sum_i x[s, i] *
     w[i, n], each output one fma chain over i = 0 .. k-1 starting from a + bias (a is where the sum so far lives, or
-    zeros; y may be a). Arguments: a weight (its type says float32 or bf16 bits, uint16, widened in registers; its
-    value is not used), then addresses and row strides in elements (intp):
-    (weight, w, ldw, x, ldx, y, ldy, a, lda, bias, k)."""
+    zeros; y may be a). Arguments: a weight (its type says float32, bf16 bits (uint16) or int8, widened in
+    registers; its value is not used), then addresses and row strides in elements (intp):
+    (weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale, k). int8 weights are widened to fl(q * scale[n]), scale
+    the output columns' float32 scales (read only for int8)."""
 
     @intrinsic
-    def block(typingctx, weight, w, ldw, x, ldx, y, ldy, a, lda, bias, k):
+    def block(typingctx, weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale, k):
         bf16 = weight == types.uint16
+        int8 = weight == types.int8
         # bf16 in pairs of vectors: one load of 2 x lanes weights as 32-bit words, widened by a shift (the even
         # columns) and a mask (the odd ones), two plain ALU operations, where a vector at a time takes a widening
         # load (a shuffle) and a shift each. The pair's accumulators then hold its even and its odd columns, put
         # back in order once, after the loop; each output's fma chain is the same.
         paired = bf16 and nv % 2 == 0
-        sig = types.void(weight, *([types.intp] * 10))
+        sig = types.void(weight, *([types.intp] * 11))
 
         def codegen(context, builder, signature, args):
-            _, wp, ldw, xp, ldx, yp, ldy, ap, lda, bp, k = args
+            _, wp, ldw, xp, ldx, yp, ldy, ap, lda, bp, sp, k = args
             i64 = ir.IntType(64)
             f32 = ir.FloatType()
             vec = ir.VectorType(f32, lanes)
-            element = ir.IntType(16) if bf16 else f32
+            element = ir.IntType(16) if bf16 else ir.IntType(8) if int8 else f32
             name = f"llvm.fma.v{lanes}f32"
             fma = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                                                  name)
-            wptr, xptr, yptr, aptr, bptr = (builder.inttoptr(p, t.as_pointer())
-                                            for p, t in ((wp, element), (xp, f32), (yp, f32), (ap, f32), (bp, f32)))
+            wptr, xptr, yptr, aptr, bptr, sptr = (builder.inttoptr(p, t.as_pointer()) for p, t in (
+                (wp, element), (xp, f32), (yp, f32), (ap, f32), (bp, f32), (sp, f32)))
 
             def vector_at(base, index, of=vec):
                 return builder.bitcast(builder.gep(base, [index]), of.as_pointer())
@@ -217,6 +228,10 @@ def _micro(sb: int, nv: int, lanes: int):
                     else:
                         builder.store(starts[s][v], accs[s][v])
             wide = ir.VectorType(i32, lanes)
+            # int8: each vector's column scales, loaded once; the widened weight is the exact int -> float32
+            # conversion times its scale, one IEEE multiply (no fast-math flags), which folded.rounded computes too
+            scales = [builder.load(vector_at(sptr, ir.Constant(i64, v * lanes)), align=4) for v in range(nv)] \
+                if int8 else None
             with cgutils.for_range(builder, k) as loop:
                 i = loop.index
                 row = builder.mul(i, ldw)
@@ -229,9 +244,11 @@ def _micro(sb: int, nv: int, lanes: int):
                         weights.append(builder.bitcast(builder.and_(words, ir.Constant(wide, [-65536] * lanes)), vec))
                         continue
                     at = vector_at(wptr, builder.add(row, ir.Constant(i64, v * lanes)), ir.VectorType(element, lanes))
-                    wv = builder.load(at, align=2 if bf16 else 4)
+                    wv = builder.load(at, align=2 if bf16 else 1 if int8 else 4)
                     if bf16:
                         wv = builder.bitcast(builder.shl(builder.zext(wv, wide), ir.Constant(wide, [16] * lanes)), vec)
+                    elif int8:
+                        wv = builder.fmul(builder.sitofp(builder.sext(wv, wide), vec), scales[v])
                     weights.append(wv)
                 for s in range(sb):
                     xs = builder.load(builder.gep(xptr, [builder.add(builder.mul(ir.Constant(i64, s), ldx), i)]))
@@ -281,16 +298,18 @@ def _prefetch(typingctx, address):
 _L = BLOCK.lanes
 # The main block, a lone stream's block, one vector for one stream, one output for one stream.
 _MAIN, _ONE, _LONE = _micro(BLOCK.sb, BLOCK.nv, _L), _micro(1, BLOCK.nv, _L), _micro(1, BLOCK.nv1, _L)
+_LONE8 = _micro(1, BLOCK.nv8, _L)
 _VEC, _SCALAR = _micro(1, 1, _L), _micro(1, 1, 1)
 # Streams per group: a group's inputs and outputs stay in L1 while each weight panel passes through.
 _GROUP = 16
 
 
 @njit(**_OPTIONS)
-def _products(w, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
+def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
     """y[b, n - first] = (a[b, n - first] + bias[n]) + sum_{i < K} x[b, i] * w[row0 + i, n] for n in [first, last),
-    streams b < nb. w (rows, N) in-major, float32 or bf16 bits (uint16); the rest are addresses (bias, x, y, a) and
-    row strides in floats (a stride 0 gives every stream a's first row). The running sums of the kernel (skip and
+    streams b < nb. w (rows, N) in-major, float32, bf16 bits (uint16) or int8 (weight w * scale[n]); the rest are
+    addresses (bias, scale (read for int8 only), x, y, a) and row strides in floats (a stride 0 gives every stream
+    a's first row). The running sums of the kernel (skip and
     residual totals, a layer's taps one after another) accumulate in place this way, with no separate pass over
     them. See the note above `_vector_bits` for why every block gives every stream the same numbers."""
     ldw = w.shape[1]
@@ -301,41 +320,47 @@ def _products(w, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
     for g0 in range(0, nb, _GROUP):
         g1 = min(nb, g0 + _GROUP)
         n = first
-        if g1 - g0 == 1:
+        if g1 - g0 == 1 and esize == 1:
+            while n + BLOCK.nv8 * _L <= last:
+                _LONE8(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
+                       ap + 4 * (g0 * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
+                n += BLOCK.nv8 * _L
+        elif g1 - g0 == 1:
             while n + BLOCK.nv1 * _L <= last:
                 _LONE(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
-                      ap + 4 * (g0 * lda + n), lda, bp + 4 * n, K)
+                      ap + 4 * (g0 * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
                 n += BLOCK.nv1 * _L
         while n + BLOCK.nv * _L <= last:
             b = g0
             while b + BLOCK.sb <= g1:
                 _MAIN(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy,
-                      ap + 4 * (b * lda + n), lda, bp + 4 * n, K)
+                      ap + 4 * (b * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
                 b += BLOCK.sb
             while b < g1:
                 _ONE(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy,
-                     ap + 4 * (b * lda + n), lda, bp + 4 * n, K)
+                     ap + 4 * (b * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
                 b += 1
             n += BLOCK.nv * _L
         for b in range(g0, g1):
             m = n
             while m + _L <= last:
                 _VEC(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy,
-                     ap + 4 * (b * lda + m), lda, bp + 4 * m, K)
+                     ap + 4 * (b * lda + m), lda, bp + 4 * m, sp + 4 * m, K)
                 m += _L
             while m < last:
                 _SCALAR(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy,
-                        ap + 4 * (b * lda + m), lda, bp + 4 * m, K)
+                        ap + 4 * (b * lda + m), lda, bp + 4 * m, sp + 4 * m, K)
                 m += 1
 
 
 @njit(**_OPTIONS)
-def _matmul(w, bias, x, nb, y, first, last, start):
+def _matmul(w, bias, x, nb, y, first, last, start, scale=None):
     """y[b, n] = (start[b, n] + bias[n]) + sum_i x[b, i] * w[i, n] for n in [first, last), streams b < nb, all
     arrays: `_products` for whole matrices. start (>= nb, N), or (1, N) for one row every stream starts from (zeros
-    for a plain product); y may be start."""
+    for a plain product); y may be start. scale (N,): an int8 w's column scales."""
     lda = start.shape[1] if start.shape[0] > 1 else 0
-    _products(w, 0, w.shape[0], bias.ctypes.data, x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first, y.shape[1],
+    sp = 0 if scale is None else scale.ctypes.data
+    _products(w, 0, w.shape[0], bias.ctypes.data, sp, x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first, y.shape[1],
               start.ctypes.data + 4 * first, lda, nb, first, last)
 
 
@@ -394,7 +419,7 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
         d = dilations[layer]
         n = (k - 1) * d
         off = offsets[layer]
-        wl = dilated_w[layer]
+        wl, ws = dilated_w[layer], w.dilated_s[layer].ctypes.data
         # The queue rows the next layer (or the next step's first) reads: each stream's lie far apart, so no
         # hardware prefetcher finds them, and the products would wait for each.
         ahead, ta = (layer + 1, t) if layer + 1 < L else (0, t + 1)
@@ -414,9 +439,9 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
             else:
                 xp, ldx = xs.ctypes.data, R
             if j == 0:
-                _products(wl, 0, R, dilated_b[layer].ctypes.data, xp, ldx, zc, G2, ap, lda, nb, 0, G2)
+                _products(wl, 0, R, dilated_b[layer].ctypes.data, ws, xp, ldx, zc, G2, ap, lda, nb, 0, G2)
             else:  # go on from the taps so far
-                _products(wl, j * R, R, zp, xp, ldx, zc, G2, zc, G2, nb, 0, G2)
+                _products(wl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2)
         write = off + t % n  # after the products: with k = 2 it is the slot they read
         for bb in range(nb):
             b = b0 + bb
@@ -428,18 +453,19 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
                 gate = np.float32(0.5) + np.float32(0.5) * fast_tanh(np.float32(0.5) * z[bb, G + c])
                 gated[bb, c] = a * gate
         ow, obp, gp = out_w[layer], out_b[layer].ctypes.data, gated.ctypes.data
+        osp = w.out_s[layer].ctypes.data
         if layer < L - 1:
-            _products(ow, 0, G, obp, gp, G, xs.ctypes.data, R, xs.ctypes.data, R, nb, 0, R)
-        _products(ow, 0, G, obp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)
+            _products(ow, 0, G, obp, osp, gp, G, xs.ctypes.data, R, xs.ctypes.data, R, nb, 0, R)
+        _products(ow, 0, G, obp, osp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)
 
     for bb in range(nb):
         for c in range(S):
             skip[bb, c] = max(skip[bb, c], np.float32(0.0))
-    _matmul(w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[1], zeros)
+    _matmul(w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[1], zeros, w.head1_s)
     for bb in range(nb):
         for c in range(hidden.shape[1]):
             hidden[bb, c] = max(hidden[bb, c], np.float32(0.0))
-    _matmul(w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros)
+    _matmul(w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros, w.head2_s)
 
 
 @njit(**_OPTIONS)

@@ -17,14 +17,14 @@ cpu = pytest.importorskip("fastwavenet.kernels.cpu")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def products(w, bias, x, first, last, start=None):
-    """The kernel's product; with `start`, accumulated onto it in place (y is start)."""
+def products(w, bias, x, first, last, start=None, scale=None):
+    """The kernel's product; with `start`, accumulated onto it in place (y is start); scale: an int8 w's."""
     if start is None:
         y = np.full((x.shape[0], w.shape[1]), np.nan, np.float32)
-        cpu._matmul(w, bias, x, x.shape[0], y, first, last, np.zeros((1, w.shape[1]), np.float32))
+        cpu._matmul(w, bias, x, x.shape[0], y, first, last, np.zeros((1, w.shape[1]), np.float32), scale)
         return y
     y = start.copy()
-    cpu._matmul(w, bias, x, x.shape[0], y, first, last, y)
+    cpu._matmul(w, bias, x, x.shape[0], y, first, last, y, scale)
     return y
 
 
@@ -32,7 +32,7 @@ def products(w, bias, x, first, last, start=None):
 def test_products_match_float64_and_each_stream_is_the_same_alone(k, n):
     """Every (streams, outputs) remainder of the blocks; each stream's row is bit for bit the row it gets alone and
     in any other batch (each output is one fma chain, whatever block computes it), and bf16 bit patterns give
-    exactly the float32 products of the widened weights."""
+    exactly the float32 products of the widened weights, as do int8 weights and column scales."""
     rng = np.random.default_rng(k * 1000 + n)
     w = rng.standard_normal((k, n)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
@@ -49,6 +49,14 @@ def test_products_match_float64_and_each_stream_is_the_same_alone(k, n):
     bits = (w.view(np.uint32) >> 16).astype(np.uint16)  # truncated to bf16: any bit pattern widens exactly
     widened = (bits.astype(np.uint32) << 16).view(np.float32)
     assert np.array_equal(products(bits, bias, x, first, n)[:, first:], products(widened, bias, x, first, n)[:, first:])
+
+    q = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    scale = rng.random(n).astype(np.float32)  # any scale: the kernel's widening is one float32 multiply, q * scale
+    dequantized = q.astype(np.float32) * scale
+    eight = products(q, bias, x, first, n, scale=scale)
+    assert np.array_equal(eight[:, first:], products(dequantized, bias, x, first, n)[:, first:])
+    for batch in (1, 5, 17):
+        assert np.array_equal(products(q, bias, x[:batch], first, n, scale=scale), eight[:batch], equal_nan=True)
 
 
 @pytest.mark.parametrize("k, n", [(3, 5), (64, 23), (64, 320)])

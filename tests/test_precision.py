@@ -1,5 +1,6 @@
-"""bf16 weights: every backend gives the training model's own logits when that model is evaluated with the same
-rounded weights, and the numba kernel, reading 16-bit weights, computes exactly what it computes in float32 on them."""
+"""bf16 and int8 weights: every backend gives the training model's own logits when that model is evaluated with the
+same rounded weights, and the numba kernel, reading 16-bit or 8-bit weights, computes exactly what it computes in
+float32 on them."""
 
 import json
 
@@ -10,7 +11,7 @@ import torch
 from fastwavenet.backends import available_backends
 from fastwavenet.folded import fold, unfold
 from fastwavenet.errors import FastWaveNetError
-from fastwavenet.folded import MATRICES, rounded
+from fastwavenet.folded import MATRICES, int8_parts, rounded
 from fastwavenet.generator import Generator
 from fastwavenet.modelfile import ModelFile
 
@@ -39,47 +40,115 @@ def test_rounding_is_to_nearest_bf16_and_only_the_matrices():
         rounded(weights, "fp8")
 
 
+def test_int8_is_per_output_column_and_exact_in_float32():
+    """Each matrix's column (of each layer's (in, out) matrix, taps stacked) is q * scale with q in [-127, 127],
+    its largest weight at |q| = 127, every weight within half a step of the original; q * scale is exact in float32,
+    so quantizing the rounded weights again gives them back bit for bit (how the numba backend gets q and scale)."""
+    weights = fold(random_model(CONFIGS["mel+speaker"]))
+    low = rounded(weights, "int8")
+    for name, tensor in weights.tensors().items():
+        got = getattr(low, name)
+        if name not in MATRICES:
+            assert torch.equal(got, tensor), name
+            continue
+        q, scale = int8_parts(got)
+        columns = (scale[None, :] if tensor.dim() == 2 else scale.reshape(scale.shape[0], *[1] * (tensor.dim() - 2),
+                                                                          scale.shape[1]))
+        assert q.dtype == torch.int8 and q.abs().max() <= 127
+        assert torch.equal(q.to(torch.float64) * columns.to(torch.float64), got.to(torch.float64)), name
+        assert torch.all((got - tensor).abs() <= columns * 0.5 * (1 + 2.0 ** -16)), name
+        stacked = q.reshape(q.shape[0], -1, q.shape[-1]) if q.dim() > 2 else q[None]
+        peak = stacked.abs().amax(dim=1)  # 127, or 0 in an all-zero column (the last layer's residual columns)
+        assert torch.all(torch.where(scale.reshape(peak.shape) > 0, peak == 127, peak == 0)), name
+        assert torch.equal(int8_parts(tensor)[0], q) and torch.equal(int8_parts(tensor)[1], scale), name
+    assert torch.equal(rounded(low, "int8").out_w, low.out_w)
+    q, scale = int8_parts(torch.zeros(4, 3))
+    assert torch.equal(q, torch.zeros(4, 3, dtype=torch.int8)) and torch.equal(scale, torch.zeros(3))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("name", ["tiny", "k3-nobias-gate", "mel+speaker"])
-def test_bf16_logits_match_the_training_model_with_rounded_weights(name, backend):
+def test_low_precision_logits_match_the_training_model_with_rounded_weights(name, precision, backend):
     config = CONFIGS[name]
     model = random_model(config)
-    low = unfold(rounded(fold(model), "bf16"), config)  # the training model, evaluated with the rounded weights
+    low = unfold(rounded(fold(model), precision), config)  # the training model, evaluated with the rounded weights
     steps = teacher_steps(config, backend, short=backend == "naive")
     codes = torch.randint(0, config.classes, (3, steps), generator=torch.Generator().manual_seed(1))
     mel, speaker = conditioning_inputs(config, 3, steps)
     expected = model_logits(low, codes, mel, speaker)
-    gen = Generator(ModelFile(config, fold(model)), backend=backend, device=DEVICE, precision="bf16")
+    gen = Generator(ModelFile(config, fold(model)), backend=backend, device=DEVICE, precision=precision)
     state = gen.new_state(3)
     got = gen.forward(state, codes, gen.conditioning(3, mel, speaker)).cpu()
     assert (got - expected).abs().max().item() <= 1e-4
-    if backend == "numba":  # the 16-bit weights are what it stores
-        assert gen.backend.weights.dilated_w.dtype == np.uint16 and gen.backend.weights.embed.dtype == np.float32
+    if backend == "numba":  # the narrow weights are what it stores
+        stored = {"bf16": np.uint16, "int8": np.int8}[precision]
+        assert gen.backend.weights.dilated_w.dtype == stored and gen.backend.weights.embed.dtype == np.float32
+
+
+# int8's cost in the test configs' teacher-forced logits (random weights, 3 seeds): at most 1.5 % of the largest
+# float32 logit (bf16: 0.8 %). The bound holds it to twice that; real models' cost in bits is in docs/BENCHMARKS.md.
+INT8_LOGIT_BOUND = 0.03
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_int8_logits_stay_near_float32(name):
+    config = CONFIGS[name]
+    model = random_model(config, 2)
+    steps = teacher_steps(config, "torch")
+    codes = torch.randint(0, config.classes, (3, steps), generator=torch.Generator().manual_seed(1))
+    mel, speaker = conditioning_inputs(config, 3, steps)
+    expected = model_logits(model, codes, mel, speaker)
+    gen = Generator(ModelFile(config, fold(model)), backend="torch", precision="int8")
+    got = gen.forward(gen.new_state(3), codes, gen.conditioning(3, mel, speaker))
+    difference = (got - expected).abs().max().item()
+    assert 0 < difference <= INT8_LOGIT_BOUND * expected.abs().max().item()
 
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
-def test_numba_bf16_equals_float32_on_the_rounded_weights_bit_for_bit():
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_numba_low_precision_equals_float32_on_the_rounded_weights_bit_for_bit(precision):
     config = CONFIGS["k3-nobias-gate"]
     weights = fold(random_model(config, 2))
-    sixteen = Generator(ModelFile(config, weights), backend="numba", precision="bf16")
-    thirty_two = Generator(ModelFile(config, rounded(weights, "bf16")), backend="numba")
-    a = sixteen.generate(samples=300, batch=3, seed=4)
+    narrow = Generator(ModelFile(config, weights), backend="numba", precision=precision)
+    thirty_two = Generator(ModelFile(config, rounded(weights, precision)), backend="numba")
+    a = narrow.generate(samples=300, batch=3, seed=4)
     b = thirty_two.generate(samples=300, batch=3, seed=4)
     assert np.array_equal(a, b)
-    # Tiles of many streams run on a float32 copy of the rounded weights, widened once: the same numbers.
-    sixteen.backend.WIDEN_FROM = 1
-    assert sixteen.backend._kernel_weights(1).out_w.dtype == np.float32
-    assert np.array_equal(sixteen.generate(samples=300, batch=3, seed=4), a)
+    # Tiles of many streams run on a float32 copy of the rounded weights: the same numbers.
+    narrow.backend.WIDEN_FROM = 1
+    assert narrow.backend._kernel_weights(1).out_w.dtype == np.float32
+    assert np.array_equal(narrow.generate(samples=300, batch=3, seed=4), a)
+
+
+@pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
+@pytest.mark.parametrize("name", ["k4-odd", "mel+speaker"])
+def test_numba_int8_stream_is_the_same_alone_and_in_a_batch(name):
+    """A stream's codes at int8 are bit for bit those it gets alone, in a tile of one (8-bit weights) or in a batch
+    whose tile reads the widened copy."""
+    config = CONFIGS[name]
+    gen = Generator(ModelFile(config, fold(random_model(config, 1))), backend="numba", precision="int8")
+    gen.backend.WIDEN_FROM = 3
+    batch, steps = 5, 40
+    mel, speaker = conditioning_inputs(config, batch, steps)
+    one = lambda t, i: None if t is None else t[i:i + 1]  # noqa: E731
+    together = gen.generate_codes(gen.new_state(batch), steps, rng=[np.random.default_rng(i) for i in range(batch)],
+                                  conditioning=gen.conditioning(batch, mel, speaker))
+    for i in range(batch):
+        alone = gen.generate_codes(gen.new_state(1), steps, rng=[np.random.default_rng(i)],
+                                   conditioning=gen.conditioning(1, one(mel, i), one(speaker, i)))
+        assert torch.equal(together[i:i + 1], alone), i
 
 
 def test_generate_and_score_take_the_precision_on_the_command_line(tmp_path, sine_folder):
     models = save_models(tmp_path)
     scores = {}
-    for precision in ("float32", "bf16"):
+    for precision in ("float32", "bf16", "int8"):
         result = run_cli("score", models["tiny"], sine_folder / "tone0.wav", "--precision", precision, "--json")
         assert result.returncode == 0, result.stderr
         scores[precision] = json.loads(result.stdout)[0]["bits_per_sample"]
-    assert scores["bf16"] != scores["float32"] and abs(scores["bf16"] - scores["float32"]) < 0.05
+    for precision in ("bf16", "int8"):
+        assert scores[precision] != scores["float32"] and abs(scores[precision] - scores["float32"]) < 0.05
     result = run_cli("generate", "--model", models["tiny"], "-o", tmp_path / "a.wav", "--seconds", "0.05",
                      "--precision", "bf16", "--quiet")
     assert result.returncode == 0, result.stderr

@@ -98,37 +98,46 @@ class NumbaBackend(Backend):
 
     def __init__(self, config, weights, device, precision="float32"):
         super().__init__(config, weights, device, precision)
+        from ..folded import int8_parts
         from ..kernels.cpu import CpuWeights
 
         numba_threads()  # before any parallel call, so that torch's thread count stays the caller's
 
-        # The kernel reads the folded layout, (in, out); at bf16, as 16-bit patterns.
-        def matrix(t):
-            if precision == "bf16":  # the rounded weights' bit patterns, exact: they are bf16 values already
+        # The kernel reads the folded layout, (in, out); at bf16 as 16-bit patterns, at int8 as bytes and the
+        # float32 scales of their columns (`int8_parts` of the rounded weights gives back the q and scales that
+        # rounded them, exactly).
+        def matrix(t, store):
+            if store == "bf16":  # the rounded weights' bit patterns, exact: they are bf16 values already
                 t = t.detach().cpu().to(torch.bfloat16).view(torch.int16)
-                return _aligned(t.numpy().view(np.uint16))
-            return _aligned(t.detach().cpu().numpy())
+                return _aligned(t.numpy().view(np.uint16)), np.zeros(t.shape[:-2] + (0,), np.float32)
+            if store == "int8":
+                q, scale = int8_parts(t.detach().cpu())
+                return _aligned(q.numpy()), np.ascontiguousarray(scale.numpy())
+            return _aligned(t.detach().cpu().numpy()), np.zeros(t.shape[:-2] + (0,), np.float32)
 
         plain = lambda t: np.ascontiguousarray(t.detach().cpu().numpy())  # noqa: E731
         layout = config.queue_layout()
-        self.weights = CpuWeights(
-            embed=plain(weights.embed),
-            dilated_w=matrix(weights.dilated_w.reshape(config.layers, -1, 2 * config.gate_channels)),
-            dilated_b=plain(weights.dilated_b), out_w=matrix(weights.out_w), out_b=plain(weights.out_b),
-            head1_w=matrix(weights.head1_w), head1_b=plain(weights.head1_b),
-            head2_w=matrix(weights.head2_w), head2_b=plain(weights.head2_b),
-            dilations=layout.dilations, offsets=layout.offsets)
-        # bf16 saves the weight traffic that bounds small tiles; a tile of many streams is bound by arithmetic, where
-        # widening every weight in the inner loop costs more than it saves. Such tiles read a float32 copy of the
-        # same rounded weights, widened exactly once here: the same numbers, bit for bit (tests/test_precision.py).
-        self._widened = self.weights
-        if precision == "bf16":
-            wide = lambda a: _aligned((a.astype(np.uint32) << 16).view(np.float32))  # noqa: E731
-            self._widened = self.weights._replace(**{name: wide(getattr(self.weights, name))
-                                                     for name in ("dilated_w", "out_w", "head1_w", "head2_w")})
 
-    # Streams per tile from which bf16 models run on their widened copy (measured in docs/BENCHMARKS.md: about
-    # even at 16-24, widened 4-12 % faster from 32, bf16 faster below 16).
+        def kernel_weights(store):
+            dilated_w, dilated_s = matrix(weights.dilated_w.reshape(config.layers, -1, 2 * config.gate_channels),
+                                          store)
+            (out_w, out_s), (head1_w, head1_s), (head2_w, head2_s) = (
+                matrix(weights.out_w, store), matrix(weights.head1_w, store), matrix(weights.head2_w, store))
+            return CpuWeights(
+                embed=plain(weights.embed), dilated_w=dilated_w, dilated_b=plain(weights.dilated_b), out_w=out_w,
+                out_b=plain(weights.out_b), head1_w=head1_w, head1_b=plain(weights.head1_b), head2_w=head2_w,
+                head2_b=plain(weights.head2_b), dilated_s=dilated_s, out_s=out_s, head1_s=head1_s, head2_s=head2_s,
+                dilations=layout.dilations, offsets=layout.offsets)
+
+        self.weights = kernel_weights(precision)
+        # Narrow weights save the weight traffic that bounds small tiles; a tile of many streams is bound by
+        # arithmetic, where widening every weight in the inner loop costs more than it saves. Such tiles read a
+        # float32 copy of the same rounded weights: the same numbers, bit for bit (tests/test_precision.py).
+        self._widened = self.weights if precision == "float32" else kernel_weights("float32")
+
+    # Streams per tile from which bf16 and int8 models run on their widened copy (measured for bf16 in
+    # docs/BENCHMARKS.md: about even at 16-24, widened 4-12 % faster from 32, bf16 faster below 16; int8 takes the
+    # same, not measured apart).
     WIDEN_FROM = 32
 
     def _kernel_weights(self, tile: int):
