@@ -78,8 +78,9 @@ class Generator:
 
     def __init__(self, model: str | os.PathLike | ModelFile | None = None, backend: str = "auto",
                  device: str = "cpu", precision: str = "float32", expected_batch: int = 1):
-        """precision "bf16" rounds the weight matrices to bf16 (every backend then computes with those; the numba
-        kernel also reads them as 16 bits, half the bytes); tables, biases and conditioning stay float32.
+        """precision "bf16" rounds the weight matrices to bf16, "int8" to int8 per output column (every backend then
+        computes with those; the numba kernel also reads them as 16 or 8 bits, a half or a quarter of the bytes);
+        tables, biases and conditioning stay float32.
         expected_batch: the batch `auto` times its candidates at on CUDA (`backends.choose_by_trial`); the
         generator takes any batch, with the backend chosen once."""
         if model is None:

@@ -36,8 +36,9 @@ class Backend:
 
     def __init__(self, config: WaveNetConfig, weights: FoldedWeights, device: torch.device,
                  precision: str = "float32"):
-        """weights are those it computes with: at precision bf16 the Generator has rounded the matrices already
-        (folded.rounded), so every backend computes the same numbers; a backend may also store them in 16 bits."""
+        """weights are those it computes with: at precision bf16 or int8 the Generator has rounded the matrices
+        already (folded.rounded), so every backend computes the same numbers; a backend may also store them in 16 or
+        8 bits."""
         self.config, self.device, self.precision = config, device, precision
 
     @classmethod
