@@ -128,8 +128,11 @@ class _Job:
 
     def put(self, chunk: np.ndarray):
         with self.cv:
+            now = time.monotonic()
             if self.first_audio is None:
-                self.first_audio = time.monotonic() - self.submitted
+                self.first_audio = now - self.submitted
+            if not self.chunks:
+                self.last_read = now  # the unread clock starts when there is something to read
             self.chunks.append(chunk)
             self.buffered += len(chunk)
             self.made += len(chunk)
