@@ -414,20 +414,12 @@ class Engine:
         with self._lock:
             self._lock.notify_all()
 
-    def _prime_codes(self, prime) -> np.ndarray:
-        arr = np.asarray(prime)
-        if arr.ndim != 1 or arr.size == 0:
-            raise FastWaveNetError("prime must be a non-empty 1-D array of audio or codes")
-        if np.issubdtype(arr.dtype, np.integer):
-            if self.config.scalar_input:
-                raise FastWaveNetError("this model reads sample values: prime it with audio, not codes")
-            try:
-                return self.generator.check_codes(arr, 1)[0].numpy()
-            except FastWaveNetError as exc:
-                raise FastWaveNetError(f"prime {exc}") from None
-        if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
-            raise FastWaveNetError("prime audio must be finite floats")
-        return encode(arr, self.config)
+    def _prime_codes(self, prime: np.ndarray) -> np.ndarray:
+        """A prime as codes: an integer array is codes already (GenerationRequest judged its shape and range), audio
+        is encoded."""
+        if np.issubdtype(prime.dtype, np.integer):
+            return prime.astype(np.int64)
+        return encode(prime, self.config)
 
     def _run(self):
         """The scheduler thread. Nothing a request or its owner does can end it: a request's own failure ends that
@@ -527,18 +519,21 @@ class Engine:
             self._pool.take(job, primed)
 
     def _inputs(self, runnable: list[_Job], n: int):
-        """Each request's uniforms and gate terms for the next n steps. A request whose own inputs fail (its
-        conditioning) fails alone and leaves the round; returns those that remain, with their inputs."""
+        """Each request's uniforms (n, a, ...) and gate terms (a, n, L, 2G) for the next n steps, written in place. A
+        request whose own inputs fail (its conditioning) fails alone and leaves the round; returns those that remain,
+        with their inputs."""
         c = self.config
-        per_sample = distributions.uniform_shape(c)
-        kept, uniforms, terms = [], [], []
+        u = np.empty((n, len(runnable)) + distributions.uniform_shape(c), np.float32)
+        cond = None
+        if c.conditioned:
+            cond = torch.empty(len(runnable), n, c.layers, 2 * c.gate_channels, device=self.generator.device)
+        kept = []
         for job in runnable:
+            i = len(kept)
             try:
-                u = job.rng.random((n,) + per_sample, dtype=np.float32)
-                term = None
-                if c.conditioned:
-                    term = torch.empty(n, c.layers, 2 * c.gate_channels, device=self.generator.device)
-                    job.cond.terms(job.t, term, pad=True)
+                u[:, i] = job.rng.random(u.shape[:1] + u.shape[2:], dtype=np.float32)
+                if cond is not None:
+                    job.cond.terms(job.t, cond[i], pad=True)
             except Exception as exc:  # noqa: BLE001
                 error = exc if isinstance(exc, FastWaveNetError) else FastWaveNetError(f"request {job.id}: {exc}")
                 with self._lock:
@@ -546,12 +541,8 @@ class Engine:
                     self._end(job, "failed", error)
                 continue
             kept.append(job)
-            uniforms.append(u)
-            terms.append(term)
-        if not kept:
-            return kept, None, None
-        cond = torch.stack(terms) if c.conditioned else None
-        return kept, np.stack(uniforms, axis=1), cond
+        a = len(kept)
+        return kept, u[:, :a], None if cond is None else cond[:a]
 
     def _round(self, runnable: list[_Job], n: int):
         runnable, u, cond = self._inputs(runnable, n)

@@ -24,6 +24,7 @@ from .config import WaveNetConfig, check_memory
 from .errors import FastWaveNetError
 from .folded import rounded
 from .modelfile import ModelFile, load_model
+from .request import GenerationRequest
 from .sampling import Sampling
 
 
@@ -246,15 +247,10 @@ class Generator:
         return covered - t
 
     def _length(self, seconds, samples) -> int:
-        if (seconds is None) == (samples is None):
-            raise FastWaveNetError("give seconds or samples, not both")
-        if samples is None:
-            if not (isinstance(seconds, (int, float)) and np.isfinite(seconds) and seconds > 0):
-                raise FastWaveNetError(f"seconds must be a positive number, got {seconds}")
-            samples = int(round(seconds * self.config.sample_rate))
-        if not isinstance(samples, int) or samples < 1:
-            raise FastWaveNetError(f"samples must be a positive integer, got {samples}")
-        return samples
+        """Samples for `seconds` or `samples` (one of them), judged as every request's length is."""
+        if seconds is None and samples is None:
+            raise FastWaveNetError("give seconds or samples")
+        return GenerationRequest(seconds=seconds, samples=samples).length(self.config)
 
     def check_codes(self, codes, batch: int) -> torch.Tensor:
         """codes (B, T) or (T,) as a contiguous tensor of the input's dtype, or a one-line error: shape, range."""
