@@ -16,7 +16,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = available_backends(DEVICE)
 if DEVICE == "cpu" and "triton" not in BACKENDS:
     BACKENDS += [pytest.param(name, marks=pytest.mark.skip(reason="triton is not installed"))
-                 for name in ("triton", "triton-stream")]
+                 for name in ("triton", "triton-stream", "triton-spread")]
 
 CONFIGS = {
     "tiny": preset("tiny"),
@@ -36,6 +36,9 @@ def teacher_steps(config, backend, short=False):
     interpreter (seconds a step) and where `short`, the receptive field + 17. Both wrap every ring (the longest
     holds (k - 1) * the largest dilation slots, fewer than the receptive field) and end with steps whose whole
     receptive field is real input."""
+    if backend == "triton-spread" and DEVICE == "cpu":
+        # One interpreter launch a phase, 2 x layers + 2 phases a step: the longest ring and 4 more, wrapping all.
+        return (config.kernel_size - 1) * max(config.dilations) + 4
     if short or (backend.startswith("triton") and DEVICE == "cpu"):
         return config.receptive_field + 17
     return 2 * config.receptive_field + 17
@@ -152,8 +155,9 @@ MIXED_RULES = {
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
+@pytest.mark.parametrize("backend", ["triton", "triton-spread"])
 @pytest.mark.parametrize("name", list(MIXED_RULES))
-def test_triton_mixed_rules_in_one_launch_equal_each_stream_alone(name, monkeypatch):
+def test_triton_mixed_rules_in_one_launch_equal_each_stream_alone(name, backend, monkeypatch):
     """Each stream of one Triton launch samples by its own rule (temperature, top-k, top-p, argmax, read per
     stream in the kernel): a batch of mixed rules gives each stream the codes (or values) it gets alone with its
     rule, bit for bit, and is one launch, not the base class's per-sample loop. The rules with top-k / top-p compile
@@ -167,9 +171,10 @@ def test_triton_mixed_rules_in_one_launch_equal_each_stream_alone(name, monkeypa
         stacks=1, scalar_input=True, input_kernel_size=1, output=name, mixtures=3)
     rules = MIXED_RULES[name]
     model = random_model_file(config, 9)  # of any output kind
-    gen = Generator(model, backend="triton", device=DEVICE)
+    gen = Generator(model, backend=backend, device=DEVICE)
     monkeypatch.setattr(Backend, "generate", lambda *args: pytest.fail("fell back to the per-sample loop"))
-    steps, batch = 6, len(rules)
+    # The spread kernel under the interpreter: one launch a phase, and every program sorts (a second a draw).
+    steps, batch = (3 if backend == "triton-spread" and DEVICE == "cpu" and name == "softmax" else 6), len(rules)
     u = np.random.default_rng(3).random((steps, batch) + distributions.uniform_shape(config), dtype=np.float32)
     together = gen.backend.generate(gen.new_state(batch), steps, u, rules).cpu()
     for i, rule in enumerate(rules):

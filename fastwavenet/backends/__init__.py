@@ -6,6 +6,7 @@
     triton  the whole loop in one Triton launch per chunk (kernels/gpu.py),    backends/triton_gpu.py
             8 or 16 streams per program, each weight row read once for them
     triton-stream  the same launch with one stream per program (matrix-vector products)
+    triton-spread  one stream over many SMs, a barrier between layer phases (kernels/gpu_spread.py)
     onnxruntime    the exported ONNX step (onnx_step.py) run by ONNX Runtime    backends/onnxruntime_step.py
     torch-compile  torch's step through torch.compile (and a CUDA graph on CUDA) backends/torch_compile.py
 
@@ -35,12 +36,12 @@ from .numba_cpu import NumbaBackend, place_numba_cache
 from .onnxruntime_step import OnnxRuntimeBackend
 from .torch_compile import TorchCompileBackend
 from .torch_queues import TorchBackend
-from .triton_gpu import TritonBackend, TritonStreamBackend
+from .triton_gpu import TritonBackend, TritonSpreadBackend, TritonStreamBackend
 
 
 def registry() -> dict[str, type[Backend]]:
     return {"naive": NaiveBackend, "torch": TorchBackend, "numba": NumbaBackend, "triton": TritonBackend,
-            "triton-stream": TritonStreamBackend, "onnxruntime": OnnxRuntimeBackend,
+            "triton-stream": TritonStreamBackend, "triton-spread": TritonSpreadBackend, "onnxruntime": OnnxRuntimeBackend,
             "torch-compile": TorchCompileBackend}
 
 
@@ -53,7 +54,7 @@ def _auto_order(device: torch.device) -> list[str]:
     """The order `auto` tries. On the CPU numba beats torch at every batch from 1 to 1024 and every preset
     (`fastwavenet bench`, docs/BENCHMARKS.md): the first available is taken. On CUDA no order has been measured, so
     `auto` times each available one (`choose_by_trial`) and this order only breaks ties."""
-    return ["numba", "torch"] if device.type == "cpu" else ["triton", "triton-stream", "torch"]
+    return ["numba", "torch"] if device.type == "cpu" else ["triton", "triton-stream", "triton-spread", "torch"]
 
 
 # Devices where `auto` chooses by a measured trial rather than by `_auto_order` alone.

@@ -1,8 +1,10 @@
-"""`triton` and `triton-stream`: one Triton launch generates a chunk of samples for a batch of streams
-(fastwavenet.kernels.gpu, time loop inside the kernel), in tiles of 8 or 16 streams per program (`triton`: each
-weight row read once for the tile) or one stream per program (`triton-stream`: matrix-vector sums, the shortest step
-at batch 1). Each computes a stream the same way whatever else is in the batch; the two differ from each other by
-float rounding. This module is the only place that knows how that kernel wants its arrays."""
+"""`triton`, `triton-stream` and `triton-spread`: one Triton launch generates a chunk of samples for a batch of
+streams (time loop inside the kernel), in tiles of 8 or 16 streams per program (`triton`: each weight row read once
+for the tile), one stream per program (`triton-stream`: matrix-vector sums), both fastwavenet.kernels.gpu, or many
+programs per stream, one per SM, meeting at barriers between layer phases (`triton-spread`,
+fastwavenet.kernels.gpu_spread: the shortest step at batch 1). Each computes a stream the same way whatever else is
+in the batch; they differ from each other by float rounding. This module is the only place that knows how those
+kernels want their arrays."""
 
 from __future__ import annotations
 
@@ -57,9 +59,12 @@ class TritonBackend(Backend):
             offsets=torch.from_numpy(layout.offsets).to(device))
         self.tile = gpu.tile_for(self.weights) if self.tiled else 1
 
-    def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
+    def _launch(self, *args, **kwargs):
         from ..kernels import gpu
 
+        gpu.launch(*args, **kwargs, tile=self.tile)
+
+    def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
         codes = codes.to(self.device).contiguous()
         B, T = codes.shape
         logits = torch.empty(B, T, self.config.output_channels, device=self.device)
@@ -67,8 +72,8 @@ class TritonBackend(Backend):
         unused_codes = torch.empty(B, T, dtype=input_dtype(self.config), device=self.device)
         cond = None if cond is None else cond.to(self.device).contiguous()
         with _on(self.device):
-            gpu.launch(codes, state.t, unused_u, self.weights, state.queues, state.inputs, cond, logits, unused_codes,
-                    teacher=True, dist=self.dist, tile=self.tile)
+            self._launch(codes, state.t, unused_u, self.weights, state.queues, state.inputs, cond, logits,
+                         unused_codes, teacher=True, dist=self.dist)
         state.t += T
         return logits
 
@@ -90,9 +95,9 @@ class TritonBackend(Backend):
         u = torch.from_numpy(np.ascontiguousarray(u, np.float32)).to(self.device)
         cond = None if cond is None else cond.to(self.device).contiguous()
         with _on(self.device):
-            gpu.launch(first, state.t, u, self.weights, state.queues, state.inputs, cond, None, out, teacher=False,
-                    rules=stream_rules, truncate=any(r.truncates for r in rules), dist=self.dist,
-                    log_scale_min=float(self.config.log_scale_min), tile=self.tile)
+            self._launch(first, state.t, u, self.weights, state.queues, state.inputs, cond, None, out, teacher=False,
+                         rules=stream_rules, truncate=any(r.truncates for r in rules), dist=self.dist,
+                         log_scale_min=float(self.config.log_scale_min))
         state.t += n
         state.last.copy_(out[:, -1])  # in place, as every backend
         return out
@@ -101,3 +106,20 @@ class TritonBackend(Backend):
 class TritonStreamBackend(TritonBackend):
     name = "triton-stream"
     tiled = False
+
+
+class TritonSpreadBackend(TritonBackend):
+    name = "triton-spread"
+    tiled = False
+
+    def __init__(self, config, weights, device, precision="float32"):
+        super().__init__(config, weights, device, precision)
+        from ..kernels import gpu_spread
+
+        self.spread = gpu_spread.spread_weights(self.weights)
+        self.programs = gpu_spread.programs_for(self.spread)
+
+    def _launch(self, codes, t0, u, weights, *args, **kwargs):
+        from ..kernels import gpu_spread
+
+        gpu_spread.launch(codes, t0, u, self.spread, *args, **kwargs, programs=self.programs)

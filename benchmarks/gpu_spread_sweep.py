@@ -1,0 +1,97 @@
+"""The spread kernel's batch-1 figures against its programs per stream, and the cost of its barrier (issue 35).
+
+    python benchmarks/gpu_spread_sweep.py [--json PATH]
+
+On a CUDA device: for P programs (one group) meeting at `rounds` barriers, microseconds a barrier; then for
+`standard` and `r9y9-ljspeech` with random weights, samples/s of `triton-spread` at batch 1 for several P
+(FASTWAVENET_SPREAD_PROGRAMS), best of three timed runs after a warm-up, beside `triton-stream`. One line per figure
+on stdout and, with --json, all of them in one file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def barrier_us(programs: int, rounds: int = 20000) -> float:
+    import triton
+
+    from fastwavenet.kernels import gpu_spread
+
+    p_p = triton.next_power_of_2(programs)
+    flags = torch.zeros(1, p_p, dtype=torch.int32, device="cuda")
+    fail = torch.zeros(1, dtype=torch.int32, device="cuda")
+    gpu_spread.barrier_kernel[(programs, 1)](flags, fail, 10, P=programs, P_P=p_p)  # compile, warm
+    best = float("inf")
+    for _ in range(3):
+        flags.zero_()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        gpu_spread.barrier_kernel[(programs, 1)](flags, fail, rounds, P=programs, P_P=p_p)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    if int(fail.item()):
+        raise RuntimeError("barrier timed out")
+    return best / rounds * 1e6
+
+
+def samples_per_s(preset: str, backend: str, programs: int | None, n: int, batch: int = 1, device: str = "cuda") -> float:
+    from fastwavenet import Generator, Sampling, preset as get_preset
+    from fastwavenet.bench import random_model_file
+    from fastwavenet.distributions import uniform_shape
+
+    if programs:
+        os.environ["FASTWAVENET_SPREAD_PROGRAMS"] = str(programs)
+    else:
+        os.environ.pop("FASTWAVENET_SPREAD_PROGRAMS", None)
+    config = get_preset(preset)
+    gen = Generator(random_model_file(config, 0), backend=backend, device=device)
+    u = np.random.default_rng(0).random((n, batch) + uniform_shape(config), dtype=np.float32)
+    state = gen.new_state(batch)
+    gen.backend.generate(state, min(n, 64), u[:min(n, 64)], Sampling())  # compile, warm
+    best = float("inf")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(3):
+        sync()
+        start = time.perf_counter()
+        gen.backend.generate(state, n, u, Sampling())
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return n * batch / best
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("no CUDA device")
+    rows = []
+
+    def say(row):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for programs in (1, 2, 8, 32, 64, 128, sms):
+        say({"what": "barrier", "programs": programs, "us": round(barrier_us(programs), 3)})
+    sweeps = {"standard": (4000, (8, 16, 32, 64)), "r9y9-ljspeech": (1000, (32, 64, 128))}
+    for preset, (n, counts) in sweeps.items():
+        say({"what": "samples_per_s", "preset": preset, "backend": "triton-stream",
+             "value": round(samples_per_s(preset, "triton-stream", None, n // 4))})
+        for programs in counts:
+            say({"what": "samples_per_s", "preset": preset, "backend": "triton-spread", "programs": programs,
+                 "value": round(samples_per_s(preset, "triton-spread", programs, n))})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(0), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
