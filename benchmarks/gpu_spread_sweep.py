@@ -1,10 +1,11 @@
-"""The spread kernel's batch-1 figures against its programs per stream, and the cost of its barrier (issue 35).
+"""The spread kernel's batch-1 figures against its programs per stream, and the cost of one hand-over (issue 35).
 
     python benchmarks/gpu_spread_sweep.py [--json PATH]
 
-On a CUDA device: for P programs (one group) meeting at `rounds` barriers, microseconds a barrier; then for
+On a CUDA device: for P programs handing each other tagged values `rounds` times, microseconds a hand-over; then for
 `standard` and `r9y9-ljspeech` with random weights, samples/s of `triton-spread` at batch 1 for several P
-(FASTWAVENET_SPREAD_PROGRAMS), best of three timed runs after a warm-up, beside `triton-stream`. One line per figure
+(FASTWAVENET_SPREAD_PROGRAMS), with and without merged layers (FASTWAVENET_SPREAD_MERGED) and at 4 or 8 warps a
+program (FASTWAVENET_SPREAD_WARPS), best of three timed runs after a warm-up, beside `triton-stream`. One line per figure
 on stdout and, with --json, all of them in one file."""
 
 from __future__ import annotations
@@ -19,37 +20,39 @@ import numpy as np
 import torch
 
 
-def barrier_us(programs: int, rounds: int = 20000) -> float:
+def handover_us(programs: int, rounds: int = 20000) -> float:
     import triton
 
     from fastwavenet.kernels import gpu_spread
 
     p_p = triton.next_power_of_2(programs)
-    flags = torch.zeros(1, p_p, dtype=torch.int32, device="cuda")
+    talk = torch.zeros(3 * p_p, dtype=torch.int64, device="cuda")
     fail = torch.zeros(1, dtype=torch.int32, device="cuda")
-    gpu_spread.barrier_kernel[(programs, 1)](flags, fail, 10, P=programs, P_P=p_p)  # compile, warm
+    gpu_spread.handover_kernel[(programs,)](talk, fail, 10, P=programs, P_P=p_p)  # compile, warm
     best = float("inf")
     for _ in range(3):
-        flags.zero_()
+        talk.zero_()
         torch.cuda.synchronize()
         start = time.perf_counter()
-        gpu_spread.barrier_kernel[(programs, 1)](flags, fail, rounds, P=programs, P_P=p_p)
+        gpu_spread.handover_kernel[(programs,)](talk, fail, rounds, P=programs, P_P=p_p)
         torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     if int(fail.item()):
-        raise RuntimeError("barrier timed out")
+        raise RuntimeError("hand-over timed out")
     return best / rounds * 1e6
 
 
-def samples_per_s(preset: str, backend: str, programs: int | None, n: int, batch: int = 1, device: str = "cuda") -> float:
+def samples_per_s(preset: str, backend: str, programs: int | None, n: int, batch: int = 1, device: str = "cuda",
+                  **env) -> float:
     from fastwavenet import Generator, Sampling, preset as get_preset
     from fastwavenet.bench import random_model_file
     from fastwavenet.distributions import uniform_shape
 
+    for name in ("FASTWAVENET_SPREAD_PROGRAMS", "FASTWAVENET_SPREAD_MERGED", "FASTWAVENET_SPREAD_WARPS"):
+        os.environ.pop(name, None)
     if programs:
         os.environ["FASTWAVENET_SPREAD_PROGRAMS"] = str(programs)
-    else:
-        os.environ.pop("FASTWAVENET_SPREAD_PROGRAMS", None)
+    os.environ.update({f"FASTWAVENET_SPREAD_{k.upper()}": str(v) for k, v in env.items()})
     config = get_preset(preset)
     gen = Generator(random_model_file(config, 0), backend=backend, device=device)
     u = np.random.default_rng(0).random((n, batch) + uniform_shape(config), dtype=np.float32)
@@ -80,14 +83,17 @@ def main(argv=None):
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for programs in (1, 2, 8, 32, 64, 128, sms):
-        say({"what": "barrier", "programs": programs, "us": round(barrier_us(programs), 3)})
-    sweeps = {"standard": (4000, (8, 16, 32, 64)), "r9y9-ljspeech": (1000, (32, 64, 128))}
-    for preset, (n, counts) in sweeps.items():
+        say({"what": "handover", "programs": programs, "us": round(handover_us(programs), 3)})
+    # (preset, samples timed, programs per stream, extra settings: merged layers, warps per program)
+    sweeps = [("standard", 4000, (8, 16, 32, 64), {"merged": 1}), ("standard", 4000, (16, 64), {"merged": 0}),
+              ("r9y9-ljspeech", 1000, (64, 128), {"warps": 4}), ("r9y9-ljspeech", 1000, (64, 128), {"warps": 8})]
+    for preset in ("standard", "r9y9-ljspeech"):
         say({"what": "samples_per_s", "preset": preset, "backend": "triton-stream",
-             "value": round(samples_per_s(preset, "triton-stream", None, n // 4))})
+             "value": round(samples_per_s(preset, "triton-stream", None, 1000))})
+    for preset, n, counts, env in sweeps:
         for programs in counts:
-            say({"what": "samples_per_s", "preset": preset, "backend": "triton-spread", "programs": programs,
-                 "value": round(samples_per_s(preset, "triton-spread", programs, n))})
+            say({"what": "samples_per_s", "preset": preset, "backend": "triton-spread", "programs": programs, **env,
+                 "value": round(samples_per_s(preset, "triton-spread", programs, n, **env))})
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(0), "rows": rows}, f, indent=1)

@@ -243,9 +243,9 @@ def generate_items(engine, items: list[Item], out_dir: Path, rank: int = 0, prog
             todo.append(item)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from .progress import progress_bar
 
-        bar = tqdm(total=sum(i.length for i in todo), unit="sample", unit_scale=True, dynamic_ncols=True,
+        bar = progress_bar(total=sum(i.length for i in todo), unit="sample", unit_scale=True, dynamic_ncols=True,
                    desc=f"rank {rank}", position=rank)
     started = time.perf_counter()
     try:

@@ -309,9 +309,9 @@ def generate_to_wav(generator: Generator, out: str | os.PathLike, seconds: float
     chunk = chunk or default_chunk(generator.sample_rate, batch)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from .progress import progress_bar
 
-        bar = tqdm(total=total, unit="sample", unit_scale=True, dynamic_ncols=True)
+        bar = progress_bar(total=total, unit="sample", unit_scale=True, dynamic_ncols=True)
     with contextlib.ExitStack() as stack:
         streams = [stack.enter_context(audio.WavStream(p, generator.sample_rate)) for p in paths]
         start = time.perf_counter()

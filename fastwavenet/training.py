@@ -409,9 +409,9 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
     start = config.receptive_field - 1
     bar = None
     if progress and is_main:
-        from tqdm import tqdm
+        from .progress import progress_bar
 
-        bar = tqdm(total=options.steps, initial=step, unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=options.steps, initial=step, unit="step", dynamic_ncols=True)
     placed.ddp_model.train()
     try:
         for batch in loader:

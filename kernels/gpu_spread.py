@@ -14,25 +14,30 @@ each layer's work is split between them by output channel, as nv-wavenet and Dee
                         same numbers), so no phase waits for one program's draw; program 0 writes it.
 
 Each program's share of the weights is the same for every sample, so it stays in that SM's L1 and in L2 when it fits
-(3.5 MB of `standard` over 32 programs: 110 KB each). The weights are laid out output-major here (each output
-channel's inputs contiguous) so a share is whole rows, read in coalesced 16-byte loads.
+(3.5 MB of `standard` over 16 programs: 220 KB each). The weights are laid out output-major here (each output
+channel's inputs contiguous) so a share is whole rows, read in coalesced loads.
 
-Between phases the P programs of a stream meet at a barrier in global memory: each program, after its own threads
-have finished writing (a CTA barrier), writes the phase count into its flag with release semantics; the next phase
-polls all P flags until each has reached the count (volatile loads, `_wait` says why not acquires). The barrier is split: the work of phase A
-that does not depend on the phase before (the queue taps, written steps ago) is done between writing the flag and
-polling, hiding part of the wait. Activations written by other programs are read with `.cg` (L2, never a stale L1
-line). A program that polls for more than SPIN_LIMIT rounds gives up and raises the launch's failure flag (the host
-raises an error) rather than hang the GPU. The P x B programs of a launch must all be resident at once for the
-barriers to complete: the host launches at most one program per SM (streams past that go in further launches).
+The programs of a stream hand each other the vectors of each phase (x, the gated vector, the skip sum, the head's
+hidden and output vectors) with no barrier and no fence: each value travels with a tag in one 8-byte word (the
+float's bits below, the number of the phase that wrote it above), written with one store, which the GPU makes
+visible whole. A reader polls the words it needs (volatile loads, from L2) until every tag is the one it expects,
+and then has the values: one trip through L2 per phase instead of a flag's release, a fence and a second read (the
+flag barriers of the first version cost 0.9-1.1 us each on an H200, benchmarks/gpu_spread_sweep.py). A vector's
+buffer is reused from layer to layer: a writer can reach the next use of a buffer only after reading a vector from
+every program (each owns gate and head channels, `programs_for`), which each wrote after its last read of the
+buffer (the gated vector has two buffers, layer by layer, for that). The queues hold plain floats: each program fences once a step, after its last queue write and before the
+head's vectors, so a queue entry is in L2 before any reader has seen the head's vectors of its step; queue and
+activation reads use `.cg` (L2, never a stale L1 line). A reader that polls for more than SPIN_LIMIT rounds gives up
+and raises the launch's failure flag (the host raises an error) rather than hang the GPU. The P x B programs of a
+launch must all be resident at once: the host launches at most one program per SM (streams past that go in further
+launches).
 
-Without the barriers (SPIN false), one launch runs one phase, and the host launches every phase in turn: that is how
-Triton's interpreter runs this kernel on the CPU (it runs a grid's programs one after another, so a barrier between
-them could never complete), and it computes the same numbers as the persistent launch.
+Under Triton's interpreter, which runs a grid's programs one after another, the host launches one phase at a time
+(every tag a reader polls for was written by an earlier launch); on a GPU one launch runs a whole chunk.
 
-A stream's numbers do not depend on P or on the batch: each output is summed by one program over its inputs in a
-fixed order whatever P is (tiles of IN inputs, a shape fixed by the model, not by P). Arrays as in kernels/gpu.py;
-weights one `SpreadWeights`.
+A stream's numbers do not depend on the batch: P and the tiles of each product are fixed by the model's shape, and
+each output is summed by one program over its inputs in a fixed order. Arrays as in kernels/gpu.py; weights one
+`SpreadWeights`.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import triton.language as tl
 from fastwavenet.kernels import sampling_constants as rule
 from fastwavenet.kernels.gpu import SOFTMAX, StreamRules, _sample_class, _sample_continuous, _tanh
 
-# Polls of a barrier's flags (each an L2 round trip, about half a microsecond) before a program gives up.
+# Polls of a vector's tags (each an L2 round trip, about half a microsecond) before a program gives up.
 SPIN_LIMIT = tl.constexpr(1 << 24)
 
 
@@ -75,31 +80,36 @@ def spread_weights(w) -> SpreadWeights:
 
 
 @triton.jit
-def _arrive(flags, epoch):
-    """Say this program has finished the phase `epoch`: after all its threads' writes (the CTA barrier), with
-    release semantics at GPU scope."""
-    tl.debug_barrier()
-    tl.atomic_xchg(flags + tl.program_id(0), epoch, sem="release", scope="gpu")
+def _give(buf, i, ok, value, tag):
+    """Write float32 values at buf[i] (mask ok), each tagged with `tag` in one 8-byte word."""
+    bits = value.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+    tl.store(buf + i, (tag.to(tl.int64) << 32) | bits, mask=ok)
 
 
 @triton.jit
-def _wait(flags, epoch, fail_ptr, P: tl.constexpr, P_P: tl.constexpr):
-    """Poll the stream's P flags until every program has arrived at `epoch`. The polls are volatile loads (from L2,
-    past L1), not acquire operations: an acquire compiles to an invalidation of the whole L1 (CCTL.IVALL in sm_90
-    SASS), which would evict the program's weights at every barrier. What the other programs wrote before their
-    release is read afterwards with `.cg` loads, from L2, where the release put it: the loads are issued only once
-    the poll has seen every flag and the program's threads have met (the CTA barrier below)."""
-    idx = tl.arange(0, P_P)
-    seen = tl.load(flags + idx, mask=idx < P, other=epoch, volatile=True)
-    waiting = tl.min(seen, axis=0) < epoch
+def _take(buf, i, ok, tag, fail_ptr):
+    """The float32 values at buf[i] (mask ok; 0 where not), once every one carries `tag`. Volatile loads (L2, past
+    L1): not acquires, which compile to an invalidation of the whole L1 (CCTL.IVALL in sm_90 SASS) and would evict
+    the program's weights at every phase."""
+    words = tl.load(buf + i, mask=ok, other=0, volatile=True)
+    ready = tl.min(tl.where(ok, ((words >> 32) == tag).to(tl.int32), 1), axis=0)
     polls = 0
-    while waiting:
-        seen = tl.load(flags + idx, mask=idx < P, other=epoch, volatile=True)
+    while ready == 0:
+        words = tl.load(buf + i, mask=ok, other=0, volatile=True)
         polls += 1
-        waiting = (tl.min(seen, axis=0) < epoch) & (polls < SPIN_LIMIT)
+        ready = tl.min(tl.where(ok, ((words >> 32) == tag).to(tl.int32), 1), axis=0) \
+            | (polls >= SPIN_LIMIT).to(tl.int32)
     if polls >= SPIN_LIMIT:
         tl.atomic_max(fail_ptr, 1, sem="relaxed")
+    return tl.where(ok, (words & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True), 0.0)
+
+
+@triton.jit
+def _fence(word_ptr):
+    """Order every earlier write of this program's threads before its later ones, at GPU scope: a CTA barrier, then
+    a release operation (a MEMBAR.GPU) on a word of the program's own."""
     tl.debug_barrier()
+    tl.atomic_xchg(word_ptr, 0, sem="release", scope="gpu")
 
 
 @triton.jit
@@ -126,35 +136,55 @@ def _rows(acc, x, w_ptr, rows, row_ok, w_stride, i, i_ok):
 
 @triton.jit(do_not_specialize=["codes_stride", "t0", "steps", "phase_lo", "phase_hi", "first", "B"])
 def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_ptr, logits_ptr, out_ptr,
-                   act_ptr, flags_ptr, fail_ptr,
+                   talk_ptr, skip_ptr, xown_ptr, fence_ptr, fail_ptr,
                    embed_ptr, dw_ptr, db_ptr, ow_ptr, ob_ptr, h1w_ptr, h1b_ptr, h2w_ptr, h2b_ptr, dil_ptr, off_ptr,
                    t0, steps, phase_lo, phase_hi, first, B, L, Q,
                    temperature_ptr, top_k_ptr, top_p_ptr, argmax_ptr, log_scale_min,
                    C: tl.constexpr, R: tl.constexpr, G: tl.constexpr, S: tl.constexpr, H: tl.constexpr,
                    K: tl.constexpr, K_IN: tl.constexpr, C_P: tl.constexpr,
-                   P: tl.constexpr, P_P: tl.constexpr, GS: tl.constexpr, GS_P: tl.constexpr, OS: tl.constexpr,
+                   P: tl.constexpr, GS: tl.constexpr, GS_P: tl.constexpr, OS: tl.constexpr,
                    OS_P: tl.constexpr, HS: tl.constexpr, HS_P: tl.constexpr, CS: tl.constexpr, CS_P: tl.constexpr,
                    IN_R: tl.constexpr, IN_G: tl.constexpr, IN_S: tl.constexpr, IN_H: tl.constexpr,
+                   MERGED: tl.constexpr, R_P: tl.constexpr, G_P: tl.constexpr, SS: tl.constexpr,
+                   SS_P: tl.constexpr, RQ: tl.constexpr, RQ_P: tl.constexpr,
                    TEACHER: tl.constexpr, TRUNCATE: tl.constexpr, HAS_COND: tl.constexpr, SCALAR: tl.constexpr,
-                   DIST: tl.constexpr, SPIN: tl.constexpr):
+                   DIST: tl.constexpr):
     p = tl.program_id(0)
     b = first + tl.program_id(1)  # the stream (a launch may run a slice of the batch: `first` onward)
     G2: tl.constexpr = 2 * G
     RS: tl.constexpr = R + S
     KR: tl.constexpr = K * R
-    ACT: tl.constexpr = R + G + S + H + C
-    # The stream's activations: x (R) | gated (G) | skip (S) | head hidden (H) | head outputs (C).
-    x_buf = act_ptr + b * ACT
-    g_buf = x_buf + R
-    s_buf = g_buf + G
-    h_buf = s_buf + S
-    l_buf = h_buf + H
+    TALK: tl.constexpr = R + 2 * G + S + H + C
+    # The stream's tagged vectors (int64 words): x (R) | gated, even and odd layers (2 x G) | relu(skip) (S) | head
+    # hidden (H) | outputs (C). The gated vector alternates between two buffers: between reading layer l's in phase
+    # B and writing layer l + 1's in phase A, a program hears only from the programs that own residual channels.
+    x_talk = talk_ptr + b * TALK
+    g_talks = x_talk + R
+    s_talk = g_talks + 2 * G
+    h_talk = s_talk + S
+    o_talk = h_talk + H
+    # Each program's own: its running skip sums (S floats a stream, each program its channels) and a word to fence on.
+    skip_own = skip_ptr + b * S
+    fence_word = fence_ptr + b * P + p
     queue = queues_ptr + b * Q * R
-    flags = flags_ptr + tl.program_id(1) * P_P
-    if TEACHER:  # phases a step: A and B per layer, two of the head, and (generating) the draw
-        NPH = 2 * L + 2
+    # Phases a step: A and B per layer (merged: one per layer and one to close the last), two of the head, and
+    # (generating) the draw.
+    if MERGED:
+        HEAD = L + 1
     else:
-        NPH = 2 * L + 3
+        HEAD = 2 * L
+    if TEACHER:
+        NPH = HEAD + 2
+    else:
+        NPH = HEAD + 3
+    # Merged: this program's copy of the whole x (R floats), its skip channels and its share of each queue write.
+    x_own = xown_ptr + (b * P + p) * R
+    r_all = tl.arange(0, R_P)
+    g_all = tl.arange(0, G_P)
+    ss = p * SS + tl.arange(0, SS_P)
+    ss_ok = (ss < p * SS + SS) & (ss < S)
+    rq = p * RQ + tl.arange(0, RQ_P)
+    rq_ok = (rq < p * RQ + RQ) & (rq < R)
 
     # This program's shares: gate channels, layer outputs, head hidden channels, head outputs.
     gs = p * GS + tl.arange(0, GS_P)
@@ -188,114 +218,162 @@ def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_
             else:
                 prev = tl.load(out_ptr + b * steps + s0 - 2)
     following = code
-    epoch = 0
 
     for q in range(phase_lo, phase_hi):
         step = q // NPH
         ph = q - step * NPH
         t = t0 + step
-        # A barrier follows every phase but a step's last (below): a phase after one waits at it first.
-        pending = (ph > 0) & (q > phase_lo)
-        if ph < 2 * L:
-            layer = ph // 2
-            d = tl.load(dil_ptr + layer)
-            off = tl.load(off_ptr + layer)
-            n = (K - 1) * d
-            if ph % 2 == 0:
-                # Phase A: the gate channels gs, tanh half za and sigmoid half zb.
+        tag = q + 1  # what this phase writes carries q + 1; it reads what the phase before wrote, tagged q
+        if MERGED:
+            if ph <= L:
+                # Phase l < L: close layer l - 1 (its queue write, residual and skip channels) from the whole gated
+                # vector, then this program's gate channels of layer l. Phase L: close the last layer.
+                layer = tl.minimum(ph, L - 1)
+                d = tl.load(dil_ptr + layer)
+                off = tl.load(off_ptr + layer)
+                n = (K - 1) * d
                 za = tl.load(db_ptr + layer * G2 + gs, mask=g_ok, other=0.0)
                 zb = tl.load(db_ptr + layer * G2 + G + gs, mask=g_ok, other=0.0)
                 if HAS_COND:
                     c_at = cond_ptr + ((b * steps + step) * L + layer) * G2
                     za += tl.load(c_at + gs, mask=g_ok, other=0.0)
                     zb += tl.load(c_at + G + gs, mask=g_ok, other=0.0)
-                w_layer_a = dw_ptr + layer * G2 * KR
-                # The queue's taps first: written steps ago, so this runs before the barrier's wait.
-                for j in tl.static_range(K - 1):
-                    slot = off + (t - (K - 1 - j) * d + n) % n
+                w_gate = dw_ptr + layer * G2 * KR
+                if ph < L:  # the queue's taps, while the others finish the layer before
+                    for j in tl.static_range(K - 1):
+                        slot = off + (t - (K - 1 - j) * d + n) % n
+                        x_m = tl.load(queue + slot * R + r_all, mask=r_all < R, other=0.0, cache_modifier=".cg")
+                        za = _rows(za, x_m, w_gate + j * R, gs, g_ok, KR, r_all, r_all < R)
+                        zb = _rows(zb, x_m, w_gate + j * R, G + gs, g_ok, KR, r_all, r_all < R)
+                if ph == 0:
+                    x_m = _input(embed_ptr, code, prev, r_all, r_all < R, C, R, K_IN, SCALAR)
+                else:
+                    last = ph - 1
+                    d_last = tl.load(dil_ptr + last)
+                    n_last = (K - 1) * d_last
+                    slot_last = tl.load(off_ptr + last) + t % n_last
+                    gated = _take(g_talks + (last % 2) * G, g_all, g_all < G, q, fail_ptr)
+                    tl.debug_barrier()  # this program's threads wrote x_own and its skip sums a phase ago
+                    # The last layer's input joins its queue (this program's share), in the slot of its oldest tap:
+                    # every program has read that slot, as each has given its gated channels since.
+                    tl.store(queue + slot_last * R + rq, tl.load(x_own + rq, mask=rq_ok, other=0.0), mask=rq_ok)
+                    w_out = ow_ptr + last * RS * G
+                    skip_m = tl.zeros((SS_P,), tl.float32)
+                    if last > 0:
+                        skip_m = tl.load(skip_own + ss, mask=ss_ok, other=0.0)
+                    skip_m = _rows(skip_m, gated, w_out, R + ss, ss_ok, G, g_all, g_all < G)
+                    skip_m += tl.load(ob_ptr + last * RS + R + ss, mask=ss_ok, other=0.0)
+                    x_m = tl.load(x_own + r_all, mask=r_all < R, other=0.0)
+                    if ph < L:  # every program computes the whole residual output: no phase to share it
+                        x_m = tl.load(ob_ptr + last * RS + r_all, mask=r_all < R, other=0.0) + x_m
+                        x_m = _rows(x_m, gated, w_out, r_all, r_all < R, G, g_all, g_all < G)
+                    tl.debug_barrier()  # every thread has read x_own and the skip sums before any overwrites them
+                    if ph < L:
+                        tl.store(skip_own + ss, skip_m, mask=ss_ok)
+                    else:
+                        # The step's queue writes are done: fence them before the head's vectors, which every
+                        # program reads before its next step's first queue read.
+                        _fence(fence_word)
+                        _give(s_talk, ss, ss_ok, tl.maximum(skip_m, 0.0), tag)
+                if ph < L:
+                    tl.store(x_own + r_all, x_m, mask=r_all < R)
+                    za = _rows(za, x_m, w_gate + (K - 1) * R, gs, g_ok, KR, r_all, r_all < R)
+                    zb = _rows(zb, x_m, w_gate + (K - 1) * R, G + gs, g_ok, KR, r_all, r_all < R)
+                    _give(g_talks + (layer % 2) * G, gs, g_ok, _tanh(za) * tl.sigmoid(zb), tag)
+        else:
+            if ph < 2 * L:
+                layer = ph // 2
+                d = tl.load(dil_ptr + layer)
+                off = tl.load(off_ptr + layer)
+                n = (K - 1) * d
+                if ph % 2 == 0:
+                    # Phase A: the gate channels gs, tanh half za and sigmoid half zb.
+                    za = tl.load(db_ptr + layer * G2 + gs, mask=g_ok, other=0.0)
+                    zb = tl.load(db_ptr + layer * G2 + G + gs, mask=g_ok, other=0.0)
+                    if HAS_COND:
+                        c_at = cond_ptr + ((b * steps + step) * L + layer) * G2
+                        za += tl.load(c_at + gs, mask=g_ok, other=0.0)
+                        zb += tl.load(c_at + G + gs, mask=g_ok, other=0.0)
+                    w_layer_a = dw_ptr + layer * G2 * KR
+                    # The queue's taps first (written steps ago), then the new input, whose wait this work hides.
+                    for j in tl.static_range(K - 1):
+                        slot = off + (t - (K - 1 - j) * d + n) % n
+                        for i0_a in tl.static_range(0, R, IN_R):
+                            i_a = i0_a + tl.arange(0, IN_R)
+                            i_ok_a = i_a < R
+                            x_a = tl.load(queue + slot * R + i_a, mask=i_ok_a, other=0.0, cache_modifier=".cg")
+                            za = _rows(za, x_a, w_layer_a + j * R, gs, g_ok, KR, i_a, i_ok_a)
+                            zb = _rows(zb, x_a, w_layer_a + j * R, G + gs, g_ok, KR, i_a, i_ok_a)
                     for i0_a in tl.static_range(0, R, IN_R):
                         i_a = i0_a + tl.arange(0, IN_R)
                         i_ok_a = i_a < R
-                        x_a = tl.load(queue + slot * R + i_a, mask=i_ok_a, other=0.0, cache_modifier=".cg")
-                        za = _rows(za, x_a, w_layer_a + j * R, gs, g_ok, KR, i_a, i_ok_a)
-                        zb = _rows(zb, x_a, w_layer_a + j * R, G + gs, g_ok, KR, i_a, i_ok_a)
-                if SPIN:
-                    if pending:
-                        _wait(flags, epoch, fail_ptr, P, P_P)
-                for i0_a in tl.static_range(0, R, IN_R):
-                    i_a = i0_a + tl.arange(0, IN_R)
-                    i_ok_a = i_a < R
-                    if layer == 0:
-                        x_a = _input(embed_ptr, code, prev, i_a, i_ok_a, C, R, K_IN, SCALAR)
-                    else:
-                        x_a = tl.load(x_buf + i_a, mask=i_ok_a, other=0.0, cache_modifier=".cg")
-                    za = _rows(za, x_a, w_layer_a + (K - 1) * R, gs, g_ok, KR, i_a, i_ok_a)
-                    zb = _rows(zb, x_a, w_layer_a + (K - 1) * R, G + gs, g_ok, KR, i_a, i_ok_a)
-                tl.store(g_buf + gs, _tanh(za) * tl.sigmoid(zb), mask=g_ok)
-            else:
-                # Phase B: outputs oc of the layer's 1x1 (residual channels, then skip channels).
-                if SPIN:
-                    if pending:
-                        _wait(flags, epoch, fail_ptr, P, P_P)
-                if layer == 0:
-                    x_b = _input(embed_ptr, code, prev, oc, is_res, C, R, K_IN, SCALAR)
+                        if layer == 0:
+                            x_a = _input(embed_ptr, code, prev, i_a, i_ok_a, C, R, K_IN, SCALAR)
+                        else:
+                            x_a = _take(x_talk, i_a, i_ok_a, q, fail_ptr)
+                        za = _rows(za, x_a, w_layer_a + (K - 1) * R, gs, g_ok, KR, i_a, i_ok_a)
+                        zb = _rows(zb, x_a, w_layer_a + (K - 1) * R, G + gs, g_ok, KR, i_a, i_ok_a)
+                    _give(g_talks + (layer % 2) * G, gs, g_ok, _tanh(za) * tl.sigmoid(zb), tag)
                 else:
-                    x_b = tl.load(x_buf + oc, mask=is_res, other=0.0, cache_modifier=".cg")
-                # The layer's input joins its queue, in the slot of the oldest tap (read in phase A).
-                tl.store(queue + (off + t % n) * R + oc, x_b, mask=is_res)
-                bias = tl.load(ob_ptr + layer * RS + oc, mask=o_ok, other=0.0)
-                skip = tl.zeros((OS_P,), tl.float32)
-                if layer > 0:
-                    skip = tl.load(s_buf + oc - R, mask=is_skip, other=0.0)
-                acc = tl.where(is_res, bias + x_b, skip)
-                # The last layer's residual output feeds nothing. (The layer as a vector: Triton's interpreter
-                # cannot combine a scalar condition with a vector mask.)
-                res_out = is_res & ((oc * 0 + layer) < L - 1)
-                wanted = is_skip | res_out
-                w_layer_b = ow_ptr + layer * RS * G
-                for i0_b in tl.static_range(0, G, IN_G):
-                    i_b = i0_b + tl.arange(0, IN_G)
-                    i_ok_b = i_b < G
-                    gv = tl.load(g_buf + i_b, mask=i_ok_b, other=0.0, cache_modifier=".cg")
-                    acc = _rows(acc, gv, w_layer_b, oc, wanted, G, i_b, i_ok_b)
-                acc = tl.where(is_skip, acc + bias, acc)
-                tl.debug_barrier()  # every thread has read x_b and the skip sum before any overwrites them
-                tl.store(x_buf + oc, acc, mask=res_out)
-                tl.store(s_buf + oc - R, tl.where(layer == L - 1, tl.maximum(acc, 0.0), acc), mask=is_skip)
-        elif ph == 2 * L:
+                    # Phase B: outputs oc of the layer's 1x1 (residual channels, then skip channels).
+                    if layer == 0:
+                        x_b = _input(embed_ptr, code, prev, oc, is_res, C, R, K_IN, SCALAR)
+                    else:  # this program's own residual channels, tagged by phase B of the layer before
+                        x_b = _take(x_talk, oc, is_res, q - 1, fail_ptr)
+                    bias = tl.load(ob_ptr + layer * RS + oc, mask=o_ok, other=0.0)
+                    tl.debug_barrier()  # the skip sums this program's threads wrote in the layer before
+                    skip = tl.zeros((OS_P,), tl.float32)
+                    if layer > 0:
+                        skip = tl.load(skip_own + oc - R, mask=is_skip, other=0.0)
+                    acc = tl.where(is_res, bias + x_b, skip)
+                    # The last layer's residual output feeds nothing. (The layer as a vector: Triton's interpreter
+                    # cannot combine a scalar condition with a vector mask.)
+                    res_out = is_res & ((oc * 0 + layer) < L - 1)
+                    wanted = is_skip | res_out
+                    w_layer_b = ow_ptr + layer * RS * G
+                    for i0_b in tl.static_range(0, G, IN_G):
+                        i_b = i0_b + tl.arange(0, IN_G)
+                        i_ok_b = i_b < G
+                        gv = _take(g_talks + (layer % 2) * G, i_b, i_ok_b, q, fail_ptr)
+                        acc = _rows(acc, gv, w_layer_b, oc, wanted, G, i_b, i_ok_b)
+                    acc = tl.where(is_skip, acc + bias, acc)
+                    # The layer's input joins its queue, in the slot of the oldest tap: every program has read that slot,
+                    # as each has given its gated channels since.
+                    tl.store(queue + (off + t % n) * R + oc, x_b, mask=is_res)
+                    tl.debug_barrier()  # every thread has read the skip sums before any overwrites them
+                    if layer < L - 1:
+                        tl.store(skip_own + oc - R, acc, mask=is_skip)
+                        _give(x_talk, oc, res_out, acc, tag)
+                    else:
+                        # The step's queue writes are done: fence them before the head's vectors, which every program
+                        # reads before its next step's first queue read.
+                        _fence(fence_word)
+                        _give(s_talk, oc - R, is_skip, tl.maximum(acc, 0.0), tag)
+        if ph == HEAD:
             # Head 1: hidden channels hs from relu(skip).
-            if SPIN:
-                if pending:
-                    _wait(flags, epoch, fail_ptr, P, P_P)
             hidden = tl.load(h1b_ptr + hs, mask=h_ok, other=0.0)
             for i0_h in tl.static_range(0, S, IN_S):
                 i_h = i0_h + tl.arange(0, IN_S)
                 i_ok_h = i_h < S
-                sv = tl.load(s_buf + i_h, mask=i_ok_h, other=0.0, cache_modifier=".cg")
+                sv = _take(s_talk, i_h, i_ok_h, q, fail_ptr)
                 hidden = _rows(hidden, sv, h1w_ptr, hs, h_ok, S, i_h, i_ok_h)
-            tl.store(h_buf + hs, tl.maximum(hidden, 0.0), mask=h_ok)
-        elif ph == 2 * L + 1:
+            _give(h_talk, hs, h_ok, tl.maximum(hidden, 0.0), tag)
+        elif ph == HEAD + 1:
             # Head 2: outputs cs (logits, or a continuous distribution's parameters).
-            if SPIN:
-                if pending:
-                    _wait(flags, epoch, fail_ptr, P, P_P)
             out = tl.load(h2b_ptr + cs, mask=c_ok, other=0.0)
             for i0_o in tl.static_range(0, H, IN_H):
                 i_o = i0_o + tl.arange(0, IN_H)
                 i_ok_o = i_o < H
-                hv = tl.load(h_buf + i_o, mask=i_ok_o, other=0.0, cache_modifier=".cg")
+                hv = _take(h_talk, i_o, i_ok_o, q, fail_ptr)
                 out = _rows(out, hv, h2w_ptr, cs, c_ok, H, i_o, i_ok_o)
             if TEACHER:
                 tl.store(logits_ptr + (b * steps + step) * C + cs, out, mask=c_ok)
                 following = tl.load(codes_ptr + b * codes_stride + tl.minimum(step + 1, steps - 1))
             else:
-                tl.store(l_buf + cs, out, mask=c_ok)
-        else:
+                _give(o_talk, cs, c_ok, out, tag)
+        elif ph > HEAD + 1:
             # The draw, by every program alike.
-            if SPIN:
-                if pending:
-                    _wait(flags, epoch, fail_ptr, P, P_P)
-            row = tl.load(l_buf + c_all, mask=c_all < C, other=0.0, cache_modifier=".cg")
+            row = _take(o_talk, c_all, c_all < C, q, fail_ptr)
             temperature = tl.load(temperature_ptr + b)
             argmax = tl.load(argmax_ptr + b) != 0
             if SCALAR:
@@ -313,26 +391,44 @@ def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_
             if K_IN == 2:
                 prev = code
             code = following
-        elif SPIN:
-            # Every phase but a step's last is followed by a barrier (after the last, the next step's first phase
-            # reads only what this program drew or the codes given).
-            epoch += 1
-            _arrive(flags, epoch)
     if K_IN == 2:
         tl.store(inputs_ptr + b, prev, mask=(p == 0) & (phase_hi == steps * NPH))
 
 
 def programs_for(w) -> int:
-    """Programs per stream for these weights (any objects with `.shape`): about two gate channels each (half the
-    gate's width, a power of two), at least 1. Fixed by the model's shape alone, never by the batch, so a stream's
-    tiles and sums are the same whatever the batch (the override FASTWAVENET_SPREAD_PROGRAMS is for measuring)."""
+    """Programs per stream for these weights (any objects with `.shape`): a power of two, about four gate channels
+    each where layers merge (`merged_layers`) and two where they do not, at least 1, and every program owning at
+    least one gate channel and one of the head's hidden channels (the kernel's reuse of its vectors' buffers rests on
+    that). From benchmarks/gpu_spread_sweep.py on an H200 (docs/BENCHMARKS.md): `standard` (merged) 18,142 samples/s
+    at 16 programs, 15,740 at 32; r9y9's LJSpeech shape 5,670 at 128, 4,967 at 64. Fixed by the model's shape alone,
+    never by the batch, so a stream's tiles and sums are the same whatever the batch (FASTWAVENET_SPREAD_PROGRAMS
+    overrides it for measuring, within the same bounds)."""
     import os
 
+    G, H = w.dilated_b.shape[1] // 2, w.head1_w.shape[0]
     override = os.environ.get("FASTWAVENET_SPREAD_PROGRAMS")
     if override:
-        return max(1, int(override))
-    half = max(1, w.dilated_b.shape[1] // 4)
-    return 1 << (half.bit_length() - 1)
+        P = max(1, int(override))
+    else:
+        share = max(1, G // (4 if merged_layers(w) else 2))
+        P = 1 << (share.bit_length() - 1)
+    owns_all = lambda n, p: (p - 1) * -(-n // p) < n  # noqa: E731
+    while P > 1 and not (owns_all(G, P) and owns_all(H, P)):
+        P -= 1
+    return P
+
+
+def merged_layers(w) -> bool:
+    """Whether each program computes the whole residual output itself, one phase a layer instead of two: where the
+    residual matrix (R x G) is at most 8,192 weights (32 KB, read from L2 by every program in every layer, in flight
+    while it waits for the gated vector). FASTWAVENET_SPREAD_MERGED=0 or 1 overrides it, for measuring."""
+    import os
+
+    override = os.environ.get("FASTWAVENET_SPREAD_MERGED")
+    if override in ("0", "1"):
+        return override == "1"
+    R, G = w.embed.shape[2], w.dilated_b.shape[1] // 2
+    return triton.next_power_of_2(R) * triton.next_power_of_2(G) <= 8192
 
 
 def _block(n: int, rows_p: int, budget: int = 2048) -> int:
@@ -342,7 +438,7 @@ def _block(n: int, rows_p: int, budget: int = 2048) -> int:
 
 
 def launch_constants(w: SpreadWeights, programs: int, teacher: bool, has_cond: bool, dist: int = SOFTMAX,
-                     truncate: bool = False, spin: bool = True) -> dict:
+                     truncate: bool = False) -> dict:
     """The compile-time constants of one variant (weights: any objects with `.shape`)."""
     K_IN, R = w.embed.shape[0], w.embed.shape[2]
     C, H = w.head2_w.shape[0], w.head1_w.shape[0]
@@ -352,11 +448,13 @@ def launch_constants(w: SpreadWeights, programs: int, teacher: bool, has_cond: b
     p2 = triton.next_power_of_2
     share = lambda n: -(-n // P)  # noqa: E731
     GS, OS, HS, CS = share(G), share(R + S), share(H), share(C)
-    return dict(C=C, R=R, G=G, S=S, H=H, K=w.dilated_w.shape[2] // R, K_IN=K_IN, C_P=p2(C), P=P, P_P=p2(P),
+    SS, RQ = share(S), share(R)
+    return dict(C=C, R=R, G=G, S=S, H=H, K=w.dilated_w.shape[2] // R, K_IN=K_IN, C_P=p2(C), P=P,
+                MERGED=merged_layers(w), R_P=p2(R), G_P=p2(G), SS=SS, SS_P=p2(SS), RQ=RQ, RQ_P=p2(RQ),
                 GS=GS, GS_P=p2(GS), OS=OS, OS_P=p2(OS), HS=HS, HS_P=p2(HS), CS=CS, CS_P=p2(CS),
                 IN_R=_block(R, p2(GS)), IN_G=_block(G, p2(OS)), IN_S=_block(S, p2(HS)), IN_H=_block(H, p2(CS)),
                 TEACHER=bool(teacher), TRUNCATE=bool(truncate) and not teacher and dist == SOFTMAX,
-                HAS_COND=bool(has_cond), SCALAR=dist != SOFTMAX, DIST=dist, SPIN=bool(spin))
+                HAS_COND=bool(has_cond), SCALAR=dist != SOFTMAX, DIST=dist)
 
 
 def resident_programs(device: torch.device) -> int:
@@ -366,50 +464,50 @@ def resident_programs(device: torch.device) -> int:
 
 def launch(codes, t0, u, w: SpreadWeights, queues, inputs, cond, logits_out, codes_out, teacher: bool,
            rules: StreamRules | None = None, truncate: bool = False, dist: int = SOFTMAX, log_scale_min: float = -7.0,
-           programs: int | None = None, spin: bool | None = None, num_warps: int = 4):
-    """Launch one chunk, as kernels.gpu.launch, with `programs` per stream (default `programs_for(w)`). With
-    `spin` (the default on a GPU) one persistent launch per group of streams that fits the SMs; without (the
-    default under Triton's interpreter) one launch per phase. Raises RuntimeError if a barrier timed out."""
+           programs: int | None = None, num_warps: int = 4):
+    """Launch one chunk, as kernels.gpu.launch, with `programs` per stream (default `programs_for(w)`): on a GPU
+    one launch per group of streams that fits the SMs, under Triton's interpreter one launch per phase. Raises
+    RuntimeError if a program gave up waiting (its group was not all resident at once)."""
     import os
 
     B = queues.shape[0]
     steps = codes.shape[1] if teacher else u.shape[0]
     P = programs or programs_for(w)
-    if spin is None:
-        spin = os.environ.get("TRITON_INTERPRET") != "1"
-    constants = launch_constants(w, P, teacher, cond is not None, dist, truncate, spin)
+    num_warps = int(os.environ.get("FASTWAVENET_SPREAD_WARPS", num_warps))  # for measuring
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    constants = launch_constants(w, P, teacher, cond is not None, dist, truncate)
     device = queues.device
     if rules is None:  # teacher forcing draws nothing: plain rules, never read
         rules = StreamRules(*(torch.zeros(B, dtype=dtype, device=device)
                               for dtype in (torch.float64, torch.int32, torch.float32, torch.int8)))
-    width = sum(constants[name] for name in ("R", "G", "S", "H", "C"))
-    act = torch.empty(B, width, device=device, dtype=torch.float32)
-    group = max(1, resident_programs(device) // P) if spin and device.type == "cuda" else B
-    flags = torch.zeros(min(group, B), constants["P_P"], device=device, dtype=torch.int32)
+    width = sum(constants[name] for name in ("R", "G", "G", "S", "H", "C"))
+    talk = torch.zeros(B, width, device=device, dtype=torch.int64)  # tag 0: written by no phase
+    skip = torch.empty(B, constants["S"], device=device, dtype=torch.float32)
+    x_own = torch.empty(B, P, constants["R"], device=device, dtype=torch.float32)
+    fence = torch.zeros(B, P, device=device, dtype=torch.int32)
     fail = torch.zeros(1, device=device, dtype=torch.int32)
+    group = B if interpreted else max(1, resident_programs(device) // P)
     inputs_arg = inputs if inputs.numel() else torch.empty(B, dtype=torch.int64, device=device)
-    phases = steps * (2 * w.dilated_b.shape[0] + (2 if teacher else 3))
-    spans = [(0, phases)] if spin else [(q, q + 1) for q in range(phases)]
+    layers = w.dilated_b.shape[0]
+    phases = steps * ((layers + 1 if constants["MERGED"] else 2 * layers) + (2 if teacher else 3))
+    spans = [(q, q + 1) for q in range(phases)] if interpreted else [(0, phases)]
     for first in range(0, B, group):
-        n = min(group, B - first)
         for lo, hi in spans:
-            if spin:
-                flags.zero_()
-            _spread_kernel[(P, n)](
+            _spread_kernel[(P, min(group, B - first))](
                 codes, codes.stride(0), u, queues, inputs_arg, queues if cond is None else cond,
-                logits_out if teacher else queues, codes_out, act, flags, fail,
+                logits_out if teacher else queues, codes_out, talk, skip, x_own, fence, fail,
                 w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b, w.head1_w, w.head1_b, w.head2_w, w.head2_b,
                 w.dilations, w.offsets, t0, steps, lo, hi, first, B, w.dilated_b.shape[0], queues.shape[1],
                 rules.temperature, rules.top_k, rules.top_p, rules.argmax, log_scale_min, **constants,
                 num_warps=num_warps)
-    if spin and int(fail.item()):
-        raise RuntimeError("the spread kernel's barrier timed out: its programs were not all resident at once")
+    if int(fail.item()):
+        raise RuntimeError("the spread kernel gave up waiting: its programs were not all resident at once")
 
 
 # The type of every runtime argument, for compiling a variant ahead of time without a GPU (`fastwavenet doctor`).
 ARGUMENT_TYPES = {"codes_ptr": "*i64", "codes_stride": "i32", "u_ptr": "*fp32", "queues_ptr": "*fp32",
                   "inputs_ptr": "*i64", "cond_ptr": "*fp32", "logits_ptr": "*fp32", "out_ptr": "*i64",
-                  "act_ptr": "*fp32", "flags_ptr": "*i32", "fail_ptr": "*i32",
+                  "talk_ptr": "*i64", "skip_ptr": "*fp32", "xown_ptr": "*fp32", "fence_ptr": "*i32", "fail_ptr": "*i32",
                   "embed_ptr": "*fp32", "dw_ptr": "*fp32", "db_ptr": "*fp32", "ow_ptr": "*fp32", "ob_ptr": "*fp32",
                   "h1w_ptr": "*fp32", "h1b_ptr": "*fp32", "h2w_ptr": "*fp32", "h2b_ptr": "*fp32", "dil_ptr": "*i64",
                   "off_ptr": "*i64", "t0": "i32", "steps": "i32", "phase_lo": "i32", "phase_hi": "i32",
@@ -424,13 +522,16 @@ def argument_types(dist: int = SOFTMAX) -> dict:
     return {**ARGUMENT_TYPES, "codes_ptr": "*fp32", "out_ptr": "*fp32"}
 
 
-# ---- a probe of the barrier's own cost (benchmarks/gpu_spread_sweep.py times it) ---------------------------------
+# ---- a probe of one hand-over's cost (benchmarks/gpu_spread_sweep.py times it) ------------------------------------
 
 @triton.jit(do_not_specialize=["rounds"])
-def barrier_kernel(flags_ptr, fail_ptr, rounds, P: tl.constexpr, P_P: tl.constexpr):
-    """`rounds` barriers of the kind the spread kernel's programs meet at, and nothing else: the grid's (P, n)
-    programs, P to a group, as the kernel's streams."""
-    flags = flags_ptr + tl.program_id(1) * P_P
-    for epoch in range(1, rounds + 1):
-        _arrive(flags, epoch)
-        _wait(flags, epoch, fail_ptr, P, P_P)
+def handover_kernel(talk_ptr, fail_ptr, rounds, P: tl.constexpr, P_P: tl.constexpr):
+    """`rounds` hand-overs of the kind the spread kernel's phases make, and nothing else: in each, every one of the
+    P programs gives one tagged value and takes all P."""
+    p = tl.program_id(0)
+    idx = tl.arange(0, P_P)
+    total = tl.zeros((P_P,), tl.float32)
+    for r in range(1, rounds + 1):  # two buffers in turn, so no value is overwritten before all have read it
+        _give(talk_ptr + (r % 2) * P_P, p, p < P, (p + r).to(tl.float32), r)
+        total += _take(talk_ptr + (r % 2) * P_P, idx, idx < P, r, fail_ptr)
+    tl.store(talk_ptr + 2 * P_P + p, tl.sum(total, axis=0).to(tl.int64))

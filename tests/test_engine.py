@@ -219,13 +219,17 @@ def test_streaming_conditioning_is_the_training_models_under_teacher_forcing(voc
     assert (got - expected).abs().max().item() <= 1e-4
 
 
-def test_triton_requests_alone_or_together_are_bit_identical():
+@pytest.mark.parametrize("backend", ["triton", "triton-spread"])
+def test_triton_requests_alone_or_together_are_bit_identical(backend):
     """The tiled Triton kernel computes each stream of a tile alone (products as fma chains per output, draws one
-    stream at a time): under the engine (Triton's interpreter on the CPU here) a request is the same alone or beside
-    others in its tile, mixed sampling rules (the plain loop) included."""
+    stream at a time), and the spread kernel each stream by its own programs: under the engine (Triton's
+    interpreter on the CPU here) a request is the same alone or beside others, mixed sampling rules (the plain
+    loop) included."""
     pytest.importorskip("triton")
+    if backend == "triton-spread" and not torch.cuda.is_available():
+        pytest.skip("the spread kernel runs one launch a phase under the interpreter: minutes for this test")
     config = preset("tiny")
-    gen = Generator(ModelFile(config, fold(random_model(config, 1))), backend="triton",
+    gen = Generator(ModelFile(config, fold(random_model(config, 1))), backend=backend,
                     device="cuda" if torch.cuda.is_available() else "cpu")
     jobs = [dict(seed=s, samples=10 + 8 * s) for s in range(3)]
     expected = [alone(gen, **job) for job in jobs]

@@ -62,9 +62,12 @@ def model_logits(model, codes, mel, speaker):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_teacher_forced_logits_match_training_model(name, backend):
+def test_teacher_forced_logits_match_training_model(name, backend, monkeypatch):
     if backend == "torch-compile" and name in ("tiny", "k3-nobias-gate"):  # the other two: a compile is 20-40 s
         pytest.skip("torch-compile is checked on k4-odd and mel+speaker only, for CI's time")
+    if backend == "triton-spread":
+        # Three programs a stream (these shapes would get one or two): shares that divide no channel count.
+        monkeypatch.setenv("FASTWAVENET_SPREAD_PROGRAMS", "3")
     config = CONFIGS[name]
     steps = teacher_steps(config, backend, short=backend == "naive" and name == "tiny")
     model = random_model(config)
@@ -143,6 +146,28 @@ def test_triton_tiles_match_training_model(monkeypatch):
     gen = Generator(ModelFile(config, fold(model)), backend="triton", device=DEVICE)
     assert gen.backend.tile == 4
     got = gen.forward(gen.new_state(9), codes, gen.conditioning(9, mel, speaker)).cpu()
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
+@pytest.mark.parametrize("name", ["k4-odd", "mel+speaker"])
+def test_spread_kernel_in_two_phases_a_layer_matches_training_model(name, monkeypatch):
+    """The spread kernel's two-phase layers (each program computes a share of the residual and skip outputs; what
+    models too large for merged layers run) give the training model's logits, as its merged layers do in
+    test_teacher_forced_logits_match_training_model (every test configuration is small enough to merge)."""
+    from fastwavenet.kernels import gpu_spread
+
+    monkeypatch.setenv("FASTWAVENET_SPREAD_MERGED", "0")
+    monkeypatch.setenv("FASTWAVENET_SPREAD_PROGRAMS", "3")
+    config = CONFIGS[name]
+    steps = teacher_steps(config, "triton-spread")
+    model = random_model(config, 7)
+    codes = torch.randint(0, config.classes, (2, steps), generator=torch.Generator().manual_seed(8))
+    mel, speaker = conditioning_inputs(config, 2, steps)
+    expected = model_logits(model, codes, mel, speaker)
+    gen = Generator(ModelFile(config, fold(model)), backend="triton-spread", device=DEVICE)
+    assert not gpu_spread.merged_layers(gen.backend.spread) and gen.backend.programs == 3
+    got = gen.forward(gen.new_state(2), codes, gen.conditioning(2, mel, speaker)).cpu()
     assert (got - expected).abs().max().item() <= 1e-4
 
 
