@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU check, the first thing to run whenever a GPU is at hand: about five minutes of GPU time, compiles
 # included (every step under `timeout`; the caps add up to 6 minutes 20 s). In order: versions and device;
-# correctness on CUDA (the Triton and torch-compile exactness and generate-path tests, the engine's determinism test, the GPU tests of
+# correctness on CUDA (the Triton and torch-compile exactness and generate-path tests, the engine's determinism tests, the GPU tests of
 # bench and doctor); `standard` and `r9y9-ljspeech` at steady state (3 rounds, each row's best, the first call
 # reported apart) with the GPU's own limits; then `generate` with the bundled model twice (the second run is what a
 # returning user waits for); one summary line per shape, and how long each step took.
 #
 # Run from the repository root: bash benchmarks/gpu_first_contact.sh [OUT_DIR]   (default OUT_DIR: gpu-first-contact)
-# Writes OUT_DIR/doctor.txt, tests.log, bench-standard.json/.png, bench-r9y9-ljspeech.json/.png, generate.log.
+# Writes OUT_DIR/doctor.txt, tests.log, bench-standard.json/.png, bench-r9y9-ljspeech.json/.png (and each preset's
+# -spread.json), generate.log.
 # On a machine that cannot install packages, put the wheels it lacks in .whl/ first (../shared/gpu/README.md): they
 # are installed into /tmp/site here, and the tests run with `pytest`, not `python -m pytest` (which would put the
 # source folder, without its kernels/, ahead of the installed package).
@@ -54,14 +55,16 @@ step "correctness" 150 bash -c "pytest -q -n 4 -p no:cacheprovider -k 'triton or
   tests/test_doctor.py 2>&1 | tee '$out/tests.log' | tail -15"
 
 # 3. Both presets at steady state, against the GPU's limits (measured in the same run), JSON and plots.
-bench() {  # bench PRESET BATCHES
+bench() {  # bench PRESET BATCHES: the batched kernels at every batch, the spread kernel (a few streams) at 1 and 8
   fastwavenet bench --device cuda --preset "$1" --backend torch,triton,triton-stream --batch "$2" --repeat 3 \
-    --min-seconds 0.3 --json "$out/bench-$1.json" --plot "$out/bench-$1.png"
+    --min-seconds 0.3 --json "$out/bench-$1.json" --plot "$out/bench-$1.png" \
+  && fastwavenet bench --device cuda --preset "$1" --backend triton-spread --batch 1,8 --repeat 3 \
+    --min-seconds 0.3 --json "$out/bench-$1-spread.json"
 }
 export out
 export -f bench
-step "bench standard" 80 bash -c "bench standard 1,64,1024"
-step "bench r9y9-ljspeech" 80 bash -c "bench r9y9-ljspeech 1,64,512"
+step "bench standard" 90 bash -c "bench standard 1,64,1024"
+step "bench r9y9-ljspeech" 90 bash -c "bench r9y9-ljspeech 1,64,512"
 
 # 4. `generate` as a user meets it: the bundled model, `auto` choosing by trial (kept per GPU and shape in the
 #    cache folder), twice. Issue 34's aim: the second run within 5 s of wall time.
@@ -73,6 +76,10 @@ gen() {  # gen RUN
     "$start" "$(date +%s.%N)"
 }
 export -f gen
+# Some GPU images set PYTHONDONTWRITEBYTECODE and carry no bytecode for torch: every process then compiles torch's
+# source again (2.5 s of a 6.7 s run on the H200 machine, cProfile). A user's install has its bytecode: keep it here.
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/fastwavenet-pycache}
 step "generate, first run" 35 bash -c "gen 1 2>&1 | tee '$out/generate.log'"
 step "generate, second run" 15 bash -c "gen 2 2>&1 | tee -a '$out/generate.log'"
 rm -rf "$out/generate.wav" "$out/cache"
@@ -83,9 +90,12 @@ python3 - "$out" <<'EOF'
 import json, sys
 from pathlib import Path
 
+presets = {}  # bench-PRESET.json and bench-PRESET-spread.json: one line per preset
 for path in sorted(Path(sys.argv[1]).glob("bench-*.json")):
-    payload = json.loads(path.read_text())
-    rows = [r for r in payload["results"] if r["backend"] != "naive"]
+    preset = path.stem[len("bench-"):].removesuffix("-spread")
+    presets.setdefault(preset, []).extend(json.loads(path.read_text())["results"])
+for preset, results in presets.items():
+    rows = [r for r in results if r["backend"] != "naive"]
     best = {}
     for r in rows:
         if r["batch"] not in best or r["samples_per_s"] > best[r["batch"]]["samples_per_s"]:
@@ -94,7 +104,7 @@ for path in sorted(Path(sys.argv[1]).glob("bench-*.json")):
              + (f" ({100 * r['of_limit']:.2g} % of the {r['bound_by']} limit)" if r.get("of_limit") else "")
              for b, r in sorted(best.items())]
     first = max((r["first_call_s"] for r in rows), default=0.0)
-    print(f"{path.stem[len('bench-'):]}: " + "; ".join(cells) + f"; slowest first call {first:.1f} s")
+    print(f"{preset}: " + "; ".join(cells) + f"; slowest first call {first:.1f} s")
 EOF
 grep -h "generate run" "$out/generate.log" 2>/dev/null
 echo "== steps"
