@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, the first thing to run whenever a GPU is at hand: about five minutes of GPU time, compiles
-# included (every step under `timeout`; the caps add up to 6 minutes 20 s). In order: versions and device;
+# included (every step under `timeout`; the caps add up to 6 minutes 40 s). In order: versions and device;
 # correctness on CUDA (the Triton and torch-compile exactness and generate-path tests, the engine's determinism tests, the GPU tests of
 # bench and doctor); `standard` and `r9y9-ljspeech` at steady state (3 rounds, each row's best, the first call
 # reported apart) with the GPU's own limits; then `generate` with the bundled model twice (the second run is what a
