@@ -78,14 +78,14 @@ def format_report(info: dict) -> str:
 class CompileRow:
     target: str          # sm_80, sm_90, ...
     model: str           # preset name (or "custom")
-    variant: str         # tiled / stream (streams per program: the kernel's TILE, or 1), then teacher /
-                         # generate / generate-truncated (top-k, top-p compiled in), +cond
+    variant: str         # tiled / stream / spread (kernels/gpu.py with TILE > 1 or 1, kernels/gpu_spread.py), then
+                         # teacher / generate / generate-truncated (top-k, top-p compiled in), +cond
     registers: int
     spill_bytes: int     # local memory per thread: registers that did not fit
     shared_bytes: int
     stack_bytes: int
-    programs_per_sm: int  # resident programs (a tile of streams, or one) an SM can hold, by registers and shared
-                          # memory
+    programs_per_sm: int  # resident programs (a tile of streams, one stream, or a share of one) an SM can hold, by
+                          # registers and shared memory
 
 
 # Per-SM limits of the architectures we compile for (CUDA programming guide, "compute capabilities").
@@ -152,11 +152,21 @@ def _resources(cubin: bytes) -> dict:
     return {k: int(v) for k, v in found.items()}
 
 
+def _spread_shapes(shapes: _Shapes):
+    """The spread kernel's weights (output-major: each weight matrix's last two dimensions swapped) as shapes."""
+    from .kernels.gpu_spread import SpreadWeights
+
+    swapped = lambda a: _Shaped(tuple(a.shape[:-2]) + (a.shape[-1], a.shape[-2]))  # noqa: E731
+    return SpreadWeights(shapes.embed, swapped(shapes.dilated_w), shapes.dilated_b, swapped(shapes.out_w),
+                         shapes.out_b, swapped(shapes.head1_w), shapes.head1_b, swapped(shapes.head2_w),
+                         shapes.head2_b, None, None)
+
+
 def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = None,
                 modes: set[str] | None = None) -> list[CompileRow]:
-    """Compile every variant of the Triton kernel that the backends can launch, for each target and model shape;
-    `modes` (say {"teacher+cond", "generate"}) keeps those modes alone, each for the tiled and the lone-stream
-    kernel."""
+    """Compile every variant of the Triton kernels that the backends can launch, for each target and model shape;
+    `modes` (say {"teacher+cond", "generate"}) keeps those modes alone, each for the tiled, the lone-stream and the
+    spread kernel."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise FastWaveNetError("unset TRITON_INTERPRET to compile for a GPU (the interpreter compiles nothing)")
     if importlib.util.find_spec("triton") is None:
@@ -165,7 +175,7 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .kernels import gpu
+    from .kernels import gpu, gpu_spread
 
     if models is None:
         models = {name: PRESETS[name] for name in ("small", "standard", "large")}
@@ -174,6 +184,19 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
     rows = []
     for target in targets:
         limits = _SM_LIMITS[target]
+
+        def compiled(model_name, label, kernel, signature, constants, options):
+            # FP fusion on, as at launch today (Triton 3.9's default; stated, so its warning stays quiet)
+            binary = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", target, 32),
+                                    options={**options, "enable_fp_fusion": True})
+            use = _resources(binary.asm["cubin"])
+            threads = 32 * options["num_warps"]
+            by_registers = limits["registers"] // max(1, use.get("REG", 0) * threads)
+            by_shared = limits["shared"] // use["SHARED"] if use.get("SHARED") else limits["blocks"]
+            rows.append(CompileRow(f"sm_{target}", model_name, label, use.get("REG", 0), use.get("LOCAL", 0),
+                                   use.get("SHARED", 0), use.get("STACK", 0),
+                                   min(by_registers, by_shared, limits["blocks"])))
+
         for model_name, config in models.items():
             if gpu.unsupported_reason(config.input_kernel_size):
                 continue
@@ -183,17 +206,13 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
             for label, teacher, truncate, cond, tile in _variants(config, tiles, modes):
                 constants = gpu.launch_constants(shapes, teacher, cond, dist, tile, truncate)
                 signature = {**gpu.argument_types(dist), **{name: "constexpr" for name in constants}}
-                # FP fusion on, as at launch today (Triton 3.9's default; stated, so its warning stays quiet)
-                options = {**gpu.launch_options(tile), "enable_fp_fusion": True}
-                kernel = triton.compile(ASTSource(gpu._wavenet_kernel, signature, constants),
-                                        target=GPUTarget("cuda", target, 32), options=options)
-                use = _resources(kernel.asm["cubin"])
-                threads = 32 * gpu.launch_options(tile)["num_warps"]
-                by_registers = limits["registers"] // max(1, use.get("REG", 0) * threads)
-                by_shared = limits["shared"] // use["SHARED"] if use.get("SHARED") else limits["blocks"]
-                rows.append(CompileRow(f"sm_{target}", model_name, label, use.get("REG", 0), use.get("LOCAL", 0),
-                                       use.get("SHARED", 0), use.get("STACK", 0),
-                                       min(by_registers, by_shared, limits["blocks"])))
+                compiled(model_name, label, gpu._wavenet_kernel, signature, constants, gpu.launch_options(tile))
+            spread = _spread_shapes(shapes)
+            programs = gpu_spread.programs_for(spread)
+            for label, teacher, truncate, cond, _ in _variants(config, {"spread": programs}, modes):
+                constants = gpu_spread.launch_constants(spread, programs, teacher, cond, dist, truncate)
+                signature = {**gpu_spread.argument_types(dist), **{name: "constexpr" for name in constants}}
+                compiled(model_name, label, gpu_spread._spread_kernel, signature, constants, {"num_warps": 4})
     return rows
 
 
