@@ -83,7 +83,8 @@ def spread_weights(w) -> SpreadWeights:
 def _give(buf, i, ok, value, tag):
     """Write float32 values at buf[i] (mask ok), each tagged with `tag` in one 8-byte word."""
     bits = value.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
-    tl.store(buf + i, (tag.to(tl.int64) << 32) | bits, mask=ok)
+    tag64 = tag + tl.zeros((), tl.int64)  # an int64 whether `tag` is a tensor or (interpreted) a Python int
+    tl.store(buf + i, (tag64 << 32) | bits, mask=ok)
 
 
 @triton.jit

@@ -209,3 +209,35 @@ def test_triton_mixed_rules_in_one_launch_equal_each_stream_alone(name, backend,
     if name != "softmax" and "numba" in BACKENDS:
         numba = Generator(model, backend="numba")
         assert (numba.backend.generate(numba.new_state(batch), steps, u, rules) - together).abs().max() <= 1e-4
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
+def test_spread_programs_each_own_gate_and_head_channels(monkeypatch):
+    """The spread kernel reuses each vector's buffer from layer to layer, which is safe only if every program owns
+    at least one gate channel and one head channel (kernels/gpu_spread.py): asked for more programs than that
+    allows, it takes the most that do."""
+    from types import SimpleNamespace
+
+    from fastwavenet.kernels import gpu_spread
+
+    def shapes(gate, head):
+        return SimpleNamespace(embed=SimpleNamespace(shape=(1, 256, 16)), dilated_b=SimpleNamespace(shape=(4, 2 * gate)),
+                               head1_w=SimpleNamespace(shape=(head, 32)))
+
+    for gate, head, asked, expected in [(10, 64, 6, 5), (64, 10, 6, 5), (64, 64, 16, 16), (7, 11, 3, 3), (4, 4, 9, 4)]:
+        monkeypatch.setenv("FASTWAVENET_SPREAD_PROGRAMS", str(asked))
+        got = gpu_spread.programs_for(shapes(gate, head))
+        assert got == expected, (gate, head, asked, got)
+        assert all((got - 1) * -(-n // got) < n for n in (gate, head))
+
+
+@pytest.mark.skipif(DEVICE != "cpu" or "triton" not in BACKENDS, reason="the interpreter's check; CUDA runs the sweep")
+def test_spread_handover_probe_counts_every_round():
+    """The hand-over probe (benchmarks/gpu_spread_sweep.py times it on a GPU) under the interpreter, one program:
+    each round's tagged value is taken back whole, so the sum over rounds is exact, and nothing times out."""
+    from fastwavenet.kernels import gpu_spread
+
+    talk = torch.zeros(3, dtype=torch.int64)
+    fail = torch.zeros(1, dtype=torch.int32)
+    gpu_spread.handover_kernel[(1,)](talk, fail, 5, P=1, P_P=1)
+    assert int(fail) == 0 and int(talk[2]) == sum(range(1, 6))
