@@ -15,16 +15,7 @@
 set -uo pipefail
 out=${1:-gpu-first-contact}
 mkdir -p "$out"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 2
-  export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
-  # Tests start `python -m fastwavenet` and `python -c` in the repository root, where the source folder comes first
-  # on sys.path and has no kernels/ (setup.py maps it): link it for this run, as the installed package has it.
-  if [ ! -e fastwavenet/kernels ]; then
-    ln -s ../kernels fastwavenet/kernels && trap 'rm -f fastwavenet/kernels' EXIT
-  fi
-fi
+source benchmarks/gpu_wheels.sh
 export PYTHONUNBUFFERED=1
 python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: nothing to check')" \
   || exit 2

@@ -8,14 +8,7 @@
 set -uo pipefail
 out=${1:-gpu-spread}
 mkdir -p "$out"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 2
-  export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
-  if [ ! -e fastwavenet/kernels ]; then
-    ln -s ../kernels fastwavenet/kernels && trap 'rm -f fastwavenet/kernels' EXIT
-  fi
-fi
+source benchmarks/gpu_wheels.sh
 export PYTHONUNBUFFERED=1
 t() { local s=$(date +%s); echo "== $1"; shift; "$@"; echo "== rc $? in $(( $(date +%s) - s )) s"; }
 t "exactness and determinism on CUDA" timeout 120 bash -c "pytest -q -n 8 -p no:cacheprovider -k spread \

@@ -135,6 +135,28 @@ def _rows(acc, x, w_ptr, rows, row_ok, w_stride, i, i_ok):
     return acc + tl.sum(w * x[None, :], axis=1)
 
 
+@triton.jit
+def _taken_product(acc, talk, tag, fail_ptr, w_ptr, rows, row_ok, N: tl.constexpr, IN: tl.constexpr):
+    """acc + W[rows, :N] @ v for a vector v of N other programs gave (tagged `tag`), taken in blocks of IN."""
+    for i0 in tl.static_range(0, N, IN):
+        i = i0 + tl.arange(0, IN)
+        acc = _rows(acc, _take(talk, i, i < N, tag, fail_ptr), w_ptr, rows, row_ok, N, i, i < N)
+    return acc
+
+
+@triton.jit
+def _gate_start(db_ptr, cond_ptr, layer, gs, g_ok, row, L, G: tl.constexpr, HAS_COND: tl.constexpr):
+    """Gate channels gs of a layer before its products: the bias, plus the step's conditioning terms (`row`: the
+    stream's step, b * steps + step). Returns the tanh half and the sigmoid half."""
+    za = tl.load(db_ptr + layer * 2 * G + gs, mask=g_ok, other=0.0)
+    zb = tl.load(db_ptr + layer * 2 * G + G + gs, mask=g_ok, other=0.0)
+    if HAS_COND:
+        c_at = cond_ptr + (row * L + layer) * 2 * G
+        za += tl.load(c_at + gs, mask=g_ok, other=0.0)
+        zb += tl.load(c_at + G + gs, mask=g_ok, other=0.0)
+    return za, zb
+
+
 @triton.jit(do_not_specialize=["codes_stride", "t0", "steps", "phase_lo", "phase_hi", "first", "B"])
 def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_ptr, logits_ptr, out_ptr,
                    talk_ptr, skip_ptr, xown_ptr, fence_ptr, fail_ptr,
@@ -233,12 +255,7 @@ def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_
                 d = tl.load(dil_ptr + layer)
                 off = tl.load(off_ptr + layer)
                 n = (K - 1) * d
-                za = tl.load(db_ptr + layer * G2 + gs, mask=g_ok, other=0.0)
-                zb = tl.load(db_ptr + layer * G2 + G + gs, mask=g_ok, other=0.0)
-                if HAS_COND:
-                    c_at = cond_ptr + ((b * steps + step) * L + layer) * G2
-                    za += tl.load(c_at + gs, mask=g_ok, other=0.0)
-                    zb += tl.load(c_at + G + gs, mask=g_ok, other=0.0)
+                za, zb = _gate_start(db_ptr, cond_ptr, layer, gs, g_ok, b * steps + step, L, G, HAS_COND)
                 w_gate = dw_ptr + layer * G2 * KR
                 if ph < L:  # the queue's taps, while the others finish the layer before
                     for j in tl.static_range(K - 1):
@@ -289,12 +306,7 @@ def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_
                 n = (K - 1) * d
                 if ph % 2 == 0:
                     # Phase A: the gate channels gs, tanh half za and sigmoid half zb.
-                    za = tl.load(db_ptr + layer * G2 + gs, mask=g_ok, other=0.0)
-                    zb = tl.load(db_ptr + layer * G2 + G + gs, mask=g_ok, other=0.0)
-                    if HAS_COND:
-                        c_at = cond_ptr + ((b * steps + step) * L + layer) * G2
-                        za += tl.load(c_at + gs, mask=g_ok, other=0.0)
-                        zb += tl.load(c_at + G + gs, mask=g_ok, other=0.0)
+                    za, zb = _gate_start(db_ptr, cond_ptr, layer, gs, g_ok, b * steps + step, L, G, HAS_COND)
                     w_layer_a = dw_ptr + layer * G2 * KR
                     # The queue's taps first (written steps ago), then the new input, whose wait this work hides.
                     for j in tl.static_range(K - 1):
@@ -331,12 +343,8 @@ def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_
                     # cannot combine a scalar condition with a vector mask.)
                     res_out = is_res & ((oc * 0 + layer) < L - 1)
                     wanted = is_skip | res_out
-                    w_layer_b = ow_ptr + layer * RS * G
-                    for i0_b in tl.static_range(0, G, IN_G):
-                        i_b = i0_b + tl.arange(0, IN_G)
-                        i_ok_b = i_b < G
-                        gv = _take(g_talks + (layer % 2) * G, i_b, i_ok_b, q, fail_ptr)
-                        acc = _rows(acc, gv, w_layer_b, oc, wanted, G, i_b, i_ok_b)
+                    acc = _taken_product(acc, g_talks + (layer % 2) * G, q, fail_ptr, ow_ptr + layer * RS * G, oc,
+                                         wanted, G, IN_G)
                     acc = tl.where(is_skip, acc + bias, acc)
                     # The layer's input joins its queue, in the slot of the oldest tap: every program has read that slot,
                     # as each has given its gated channels since.
@@ -353,20 +361,12 @@ def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_
         if ph == HEAD:
             # Head 1: hidden channels hs from relu(skip).
             hidden = tl.load(h1b_ptr + hs, mask=h_ok, other=0.0)
-            for i0_h in tl.static_range(0, S, IN_S):
-                i_h = i0_h + tl.arange(0, IN_S)
-                i_ok_h = i_h < S
-                sv = _take(s_talk, i_h, i_ok_h, q, fail_ptr)
-                hidden = _rows(hidden, sv, h1w_ptr, hs, h_ok, S, i_h, i_ok_h)
+            hidden = _taken_product(hidden, s_talk, q, fail_ptr, h1w_ptr, hs, h_ok, S, IN_S)
             _give(h_talk, hs, h_ok, tl.maximum(hidden, 0.0), tag)
         elif ph == HEAD + 1:
             # Head 2: outputs cs (logits, or a continuous distribution's parameters).
             out = tl.load(h2b_ptr + cs, mask=c_ok, other=0.0)
-            for i0_o in tl.static_range(0, H, IN_H):
-                i_o = i0_o + tl.arange(0, IN_H)
-                i_ok_o = i_o < H
-                hv = _take(h_talk, i_o, i_ok_o, q, fail_ptr)
-                out = _rows(out, hv, h2w_ptr, cs, c_ok, H, i_o, i_ok_o)
+            out = _taken_product(out, h_talk, q, fail_ptr, h2w_ptr, cs, c_ok, H, IN_H)
             if TEACHER:
                 tl.store(logits_ptr + (b * steps + step) * C + cs, out, mask=c_ok)
                 following = tl.load(codes_ptr + b * codes_stride + tl.minimum(step + 1, steps - 1))
