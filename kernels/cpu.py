@@ -7,7 +7,9 @@ of outputs x block of streams, see `_matmul`) whose block shape follows the targ
 output is one fma chain in a fixed order, so a stream's arithmetic never depends on which streams share its tile,
 how many there are or where it sits (a request's audio is the same alone or beside 100 others). Tiles run in
 parallel (numba prange), each through all its steps, so one call opens one parallel region however many steps it
-makes. Measured effects of these choices are in docs/BENCHMARKS.md.
+makes. With fewer streams than threads, `generate_split` and `teacher_forced_split` run every stream as one tile and
+split each product's outputs between the threads instead (`_split_products`: a parallel region per product, each
+thread streaming its columns of the weights). Measured effects of these choices are in docs/BENCHMARKS.md.
 
 Shapes (B streams, T or n steps, L layers, R/G/S/H/O channels, k taps, k_in input taps, Q queue slots): see
 `CpuWeights`; queues (B, Q, R) float32, inputs (B, k_in-1) int64 (-1: before the start).
@@ -354,14 +356,50 @@ def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
 
 
 @njit(**_OPTIONS)
-def _matmul(w, bias, x, nb, y, first, last, start, scale=None):
+def _matmul_with(split, w, bias, x, nb, y, first, last, start, scale):
     """y[b, n] = (start[b, n] + bias[n]) + sum_i x[b, i] * w[i, n] for n in [first, last), streams b < nb, all
-    arrays: `_products` for whole matrices. start (>= nb, N), or (1, N) for one row every stream starts from (zeros
-    for a plain product); y may be start. scale (N,): an int8 w's column scales."""
+    arrays: `_product` for whole matrices. start (>= nb, N), or (1, N) for one row every stream starts from (zeros
+    for a plain product); y may be start. scale (N,): an int8 w's column scales (an empty array otherwise)."""
     lda = start.shape[1] if start.shape[0] > 1 else 0
-    sp = 0 if scale is None else scale.ctypes.data
-    _products(w, 0, w.shape[0], bias.ctypes.data, sp, x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first, y.shape[1],
-              start.ctypes.data + 4 * first, lda, nb, first, last)
+    sp = 0 if scale.shape[0] == 0 else scale.ctypes.data
+    _product(split, w, 0, w.shape[0], bias.ctypes.data, sp, x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first,
+             y.shape[1], start.ctypes.data + 4 * first, lda, nb, first, last)
+
+
+@njit(**_OPTIONS)
+def _matmul(w, bias, x, nb, y, first, last, start, scale=None):
+    """`_matmul_with` on one thread; scale None for float32 or bf16 weights."""
+    if scale is None:
+        _matmul_with(1, w, bias, x, nb, y, first, last, start, np.zeros(0, np.float32))
+    else:
+        _matmul_with(1, w, bias, x, nb, y, first, last, start, scale)
+
+
+@njit(**_OPTIONS, parallel=True, nogil=True)
+def _split_products(parts, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
+    """`_products` with the outputs [first, last) split in `parts` (numba's threads), in whole lone-stream blocks where
+    there are enough of them: each thread streams only its columns of w (issue 38: one stream on every core). Each
+    output is the same chain of fmas whichever thread computes it (the note above), so a stream's numbers do not
+    depend on the number of threads. One parallel region per call: a layer takes two or three."""
+    span = (last - first + parts - 1) // parts
+    unit = BLOCK.nv1 * _L if span >= BLOCK.nv1 * _L else _L
+    span = (span + unit - 1) // unit * unit
+    for part in prange(parts):
+        f = first + part * span
+        end = min(last, f + span)
+        if f < end:
+            _products(w, row0, K, bp, sp, xp, ldx, yp + 4 * (f - first), ldy, ap + 4 * (f - first), lda, nb, f, end)
+
+
+@njit(**_OPTIONS)
+def _product(split, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
+    """`_split_products` in `split` parts where split > 1, else `_products`. (A number, not the function as an
+    argument, nor numba's thread count read inside: numba caches no function that takes another as an argument or
+    reads the thread count, and the kernels would compile again in every process.)"""
+    if split > 1:
+        _split_products(split, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last)
+    else:
+        _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last)
 
 
 @njit(**_OPTIONS, inline="always")
@@ -373,11 +411,13 @@ def _tap_row(queues, b0, offset, d, k, j, t):
 
 
 @njit(**_OPTIONS)
-def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gated, skip, hidden, logits, zeros):
+def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gated, skip, hidden, logits, zeros,
+               split):
     """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb] (class codes, or sample values when
     `scalar`); logits[0:nb] receive the head's outputs. w: CpuWeights. cond (B, steps, L, 2G) holds gate terms, read
     at step s; a conditionless model passes a (0, 0, 0, 0) array. queues and cond need contiguous last axes.
-    The rest is `_scratch`."""
+    The rest is `_scratch`; split: the parts each product's outputs are split in between the threads, or 1
+    (`_product`)."""
     embed, dilated_w, dilated_b, out_w, out_b = w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b
     dilations, offsets = w.dilations, w.offsets
     k_in = embed.shape[0]
@@ -439,9 +479,9 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
             else:
                 xp, ldx = xs.ctypes.data, R
             if j == 0:
-                _products(wl, 0, R, dilated_b[layer].ctypes.data, ws, xp, ldx, zc, G2, ap, lda, nb, 0, G2)
+                _product(split, wl, 0, R, dilated_b[layer].ctypes.data, ws, xp, ldx, zc, G2, ap, lda, nb, 0, G2)
             else:  # go on from the taps so far
-                _products(wl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2)
+                _product(split, wl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2)
         write = off + t % n  # after the products: with k = 2 it is the slot they read
         for bb in range(nb):
             b = b0 + bb
@@ -455,17 +495,17 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
         ow, obp, gp = out_w[layer], out_b[layer].ctypes.data, gated.ctypes.data
         osp = w.out_s[layer].ctypes.data
         if layer < L - 1:
-            _products(ow, 0, G, obp, osp, gp, G, xs.ctypes.data, R, xs.ctypes.data, R, nb, 0, R)
-        _products(ow, 0, G, obp, osp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)
+            _product(split, ow, 0, G, obp, osp, gp, G, xs.ctypes.data, R, xs.ctypes.data, R, nb, 0, R)
+        _product(split, ow, 0, G, obp, osp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)
 
     for bb in range(nb):
         for c in range(S):
             skip[bb, c] = max(skip[bb, c], np.float32(0.0))
-    _matmul(w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[1], zeros, w.head1_s)
+    _matmul_with(split, w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[1], zeros, w.head1_s)
     for bb in range(nb):
         for c in range(hidden.shape[1]):
             hidden[bb, c] = max(hidden[bb, c], np.float32(0.0))
-    _matmul(w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros, w.head2_s)
+    _matmul_with(split, w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros, w.head2_s)
 
 
 @njit(**_OPTIONS)
@@ -625,25 +665,69 @@ def sample_continuous(y, u0, u1, distribution, temperature, argmax, log_scale_mi
     return min(max(x, -1.0), 1.0)
 
 
+@njit(**_OPTIONS)
+def _teacher_tile(b0, nb, tile, codes, scalar, t0, w, queues, inputs, cond, out_logits, split):
+    """`teacher_forced` for streams b0 .. b0+nb-1 (nb <= tile)."""
+    T = codes.shape[1]
+    xs, z, gated, skip, hidden, logits, zeros = _scratch(tile, w)
+    step_codes = np.empty(tile, codes.dtype)
+    for s in range(T):
+        for bb in range(nb):
+            step_codes[bb] = codes[b0 + bb, s]
+        _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, z, gated, skip,
+                   hidden, logits, zeros, split)
+        for bb in range(nb):
+            out_logits[b0 + bb, s, :] = logits[bb, :]
+
+
 @njit(**_OPTIONS, parallel=True, nogil=True)
 def teacher_forced(codes, scalar, t0, tile, w, queues, inputs, cond, out_logits):
     """Consume codes (B, T) (int64 class codes, or float32 sample values when `scalar`) from time t0 with weights w
     (CpuWeights) and gate terms cond (B, T, L, 2G) or (0, 0, 0, 0); out_logits (B, T, O) receives the head's
-    outputs after each step. Streams run in tiles of `tile`."""
-    B, T = codes.shape
+    outputs after each step. Streams run in tiles of `tile`, the tiles in parallel."""
+    B = codes.shape[0]
     tiles = (B + tile - 1) // tile
     for ti in prange(tiles):
         b0 = ti * tile
-        nb = min(tile, B - b0)
-        xs, z, gated, skip, hidden, logits, zeros = _scratch(tile, w)
-        step_codes = np.empty(tile, codes.dtype)
-        for s in range(T):
-            for bb in range(nb):
-                step_codes[bb] = codes[b0 + bb, s]
-            _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, z, gated, skip,
-                       hidden, logits, zeros)
-            for bb in range(nb):
-                out_logits[b0 + bb, s, :] = logits[bb, :]
+        _teacher_tile(b0, min(tile, B - b0), tile, codes, scalar, t0, w, queues, inputs, cond, out_logits, 1)
+
+
+@njit(**_OPTIONS, nogil=True)
+def teacher_forced_split(codes, scalar, t0, w, queues, inputs, cond, out_logits, parts):
+    """`teacher_forced` as one tile of every stream, each product's outputs split in `parts` (numba's threads)."""
+    B = codes.shape[0]
+    _teacher_tile(0, B, B, codes, scalar, t0, w, queues, inputs, cond, out_logits, parts)
+
+
+@njit(**_OPTIONS)
+def _generate_tile(b0, nb, tile, last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax,
+                   w, queues, inputs, cond, out_codes, split):
+    """`generate` for streams b0 .. b0+nb-1 (nb <= tile)."""
+    n = u.shape[0]
+    C = w.head2_w.shape[1]
+    xs, z, gated, skip, hidden, logits, zeros = _scratch(tile, w)
+    p = np.empty(C, np.float32)
+    p64 = np.empty(C, np.float64)
+    order = np.empty(C, np.int64)
+    step_codes = last[b0:b0 + nb].copy()
+    for s in range(n):
+        _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, z, gated, skip,
+                   hidden, logits, zeros, split)
+        for bb in range(nb):
+            b = b0 + bb
+            if distribution == SOFTMAX:
+                code = sample_one(logits[bb], u[s, b, 0], temperature[b], top_k[b], top_p[b], argmax[b], p,
+                                  order)
+                step_codes[bb] = code
+                out_codes[b, s] = code
+            else:
+                value = sample_continuous(logits[bb], np.float64(u[s, b, 0]), np.float64(u[s, b, 1]),
+                                          distribution, np.float64(temperature[b]), argmax[b], log_scale_min,
+                                          p64)
+                step_codes[bb] = value
+                out_codes[b, s] = value
+    for bb in range(nb):
+        last[b0 + bb] = step_codes[bb]
 
 
 @njit(**_OPTIONS, parallel=True, nogil=True)
@@ -660,32 +744,19 @@ def generate(last, scalar, distribution, log_scale_min, t0, u, temperature, top_
     sample differently (top_k and top_p apply to SOFTMAX only);
     out_codes (B, n) receives what was drawn; last is updated to the final one.
     """
-    n, B = u.shape[0], u.shape[1]
-    C = w.head2_w.shape[1]
+    B = u.shape[1]
     tiles = (B + tile - 1) // tile
     for ti in prange(tiles):
         b0 = ti * tile
-        nb = min(tile, B - b0)
-        xs, z, gated, skip, hidden, logits, zeros = _scratch(tile, w)
-        p = np.empty(C, np.float32)
-        p64 = np.empty(C, np.float64)
-        order = np.empty(C, np.int64)
-        step_codes = last[b0:b0 + nb].copy()
-        for s in range(n):
-            _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, z, gated, skip,
-                       hidden, logits, zeros)
-            for bb in range(nb):
-                b = b0 + bb
-                if distribution == SOFTMAX:
-                    code = sample_one(logits[bb], u[s, b, 0], temperature[b], top_k[b], top_p[b], argmax[b], p,
-                                      order)
-                    step_codes[bb] = code
-                    out_codes[b, s] = code
-                else:
-                    value = sample_continuous(logits[bb], np.float64(u[s, b, 0]), np.float64(u[s, b, 1]),
-                                              distribution, np.float64(temperature[b]), argmax[b], log_scale_min,
-                                              p64)
-                    step_codes[bb] = value
-                    out_codes[b, s] = value
-        for bb in range(nb):
-            last[b0 + bb] = step_codes[bb]
+        _generate_tile(b0, min(tile, B - b0), tile, last, scalar, distribution, log_scale_min, t0, u, temperature,
+                       top_k, top_p, argmax, w, queues, inputs, cond, out_codes, 1)
+
+
+@njit(**_OPTIONS, nogil=True)
+def generate_split(last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax, w, queues,
+                   inputs, cond, out_codes, parts):
+    """`generate` as one tile of every stream, each product's outputs split in `parts` (numba's threads): for
+    fewer streams than threads on models whose weights are worth splitting (backends/numba_cpu.py decides)."""
+    B = u.shape[1]
+    _generate_tile(0, B, B, last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax, w,
+                   queues, inputs, cond, out_codes, parts)

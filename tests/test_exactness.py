@@ -129,6 +129,30 @@ def test_numba_tiles_match_training_model(name, tile, monkeypatch):
     assert (got - expected).abs().max().item() <= 1e-4
 
 
+@pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+@pytest.mark.parametrize("name", ["k4-odd", "mel+speaker"])
+def test_numba_split_products_equal_tiles_bit_for_bit(name, precision, monkeypatch):
+    """One stream on every core (issue 38): with each product's outputs split in three parts between the threads,
+    the numba kernel gives a stream the numbers its one-thread tile gives, bit for bit, teacher-forced and
+    generating (every output is the same fma chain whichever thread computes it)."""
+    from fastwavenet.backends import NumbaBackend
+
+    config = CONFIGS[name]
+    steps = config.receptive_field + 9
+    gen = Generator(ModelFile(config, fold(random_model(config, 11))), backend="numba", precision=precision)
+    codes = torch.randint(0, config.classes, (1, steps), generator=torch.Generator().manual_seed(12))
+    conditioning = gen.conditioning(1, *conditioning_inputs(config, 1, steps + 20))
+    runs = {}
+    for parts in (1, 3):
+        monkeypatch.setattr(NumbaBackend, "_split_parts", lambda self, batch, parts=parts: parts)
+        state = gen.new_state(1)
+        logits = gen.forward(state, codes, conditioning)
+        drawn = gen.generate_codes(state, 20, rng=np.random.default_rng(13), conditioning=conditioning)
+        runs[parts] = (logits, drawn)
+    assert torch.equal(runs[1][0], runs[3][0]) and torch.equal(runs[1][1], runs[3][1])
+
+
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
 def test_triton_tiles_match_training_model(monkeypatch):
     """The tiled Triton kernel with tiles of 4: a batch of 9 spans three programs, the last with one live stream,

@@ -143,6 +143,25 @@ class NumbaBackend(Backend):
     def _kernel_weights(self, tile: int):
         return self._widened if tile >= self.WIDEN_FROM else self.weights
 
+    # Weights (bytes at the precision in use) from which fewer streams than threads split each product between the
+    # threads (`cpu.generate_split`) instead of leaving threads idle: a product's parallel region costs a few
+    # microseconds, 2L + 2 of them a step, worth it where a step streams megabytes of weights (r9y9's LJSpeech shape,
+    # docs/BENCHMARKS.md), not for `standard`'s 3.5 MB. FASTWAVENET_NUMBA_SPLIT=0 or 1 overrides it, for measuring.
+    SPLIT_FROM_BYTES = 16 << 20
+
+    def _split_parts(self, batch: int) -> int:
+        """The parts each product is split in for this batch: numba's threads where the batch has fewer streams
+        than threads and the weights are worth splitting, else 1 (tiles of streams across the threads)."""
+        threads = numba_threads()
+        if batch >= threads:
+            return 1
+        override = os.environ.get("FASTWAVENET_NUMBA_SPLIT")
+        if override in ("0", "1"):
+            return threads if override == "1" else 1
+        w = self.weights
+        nbytes = sum(a.nbytes for a in (w.dilated_w, w.out_w, w.head1_w, w.head2_w))
+        return threads if nbytes >= self.SPLIT_FROM_BYTES else 1
+
     @staticmethod
     def _tile(batch: int) -> int:
         """Streams per tile: the batch spread over numba's threads, at most 64 (a tile's scratch stays in cache)."""
@@ -154,10 +173,14 @@ class NumbaBackend(Backend):
         codes = np.ascontiguousarray(codes.cpu().numpy())
         cond = _no_cond() if cond is None else np.ascontiguousarray(cond.cpu().numpy(), np.float32)
         logits = np.empty((state.batch, codes.shape[1], self.config.output_channels), np.float32)
-        tile = self._tile(state.batch)
+        tile, parts = self._tile(state.batch), self._split_parts(state.batch)
         with _parallel_guard():
-            cpu.teacher_forced(codes, self.config.scalar_input, state.t, tile, self._kernel_weights(tile),
-                               state.queues.numpy(), state.inputs.numpy(), cond, logits)
+            if parts > 1:
+                cpu.teacher_forced_split(codes, self.config.scalar_input, state.t, self.weights, state.queues.numpy(),
+                                         state.inputs.numpy(), cond, logits, parts)
+            else:
+                cpu.teacher_forced(codes, self.config.scalar_input, state.t, tile, self._kernel_weights(tile),
+                                   state.queues.numpy(), state.inputs.numpy(), cond, logits)
         state.t += codes.shape[1]
         return torch.from_numpy(logits)
 
@@ -173,12 +196,15 @@ class NumbaBackend(Backend):
         top_k = np.array([r.top_k for r in rules], np.int64)
         top_p = np.array([r.top_p for r in rules], np.float32)
         argmax = np.array([r.argmax for r in rules], np.bool_)
-        tile = self._tile(state.batch)
+        tile, parts = self._tile(state.batch), self._split_parts(state.batch)
+        args = (state.last.numpy(), c.scalar_input, distributions.KERNEL_CODES[c.output], float(c.log_scale_min),
+                state.t, np.ascontiguousarray(u, np.float32).reshape(n, state.batch, -1), temperature, top_k, top_p,
+                argmax)
+        arrays = (state.queues.numpy(), state.inputs.numpy(), cond, out)
         with _parallel_guard():
-            cpu.generate(state.last.numpy(), c.scalar_input, distributions.KERNEL_CODES[c.output],
-                         float(c.log_scale_min),
-                         state.t, np.ascontiguousarray(u, np.float32).reshape(n, state.batch, -1), temperature,
-                         top_k, top_p, argmax, tile, self._kernel_weights(tile),
-                         state.queues.numpy(), state.inputs.numpy(), cond, out)
+            if parts > 1:  # a few streams, the narrow weights (the batch stays below WIDEN_FROM)
+                cpu.generate_split(*args, self.weights, *arrays, parts)
+            else:
+                cpu.generate(*args, tile, self._kernel_weights(tile), *arrays)
         state.t += n
         return torch.from_numpy(out)
