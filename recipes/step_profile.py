@@ -58,23 +58,23 @@ EDITS = [
      "        c3 = _cycles()\n        _add_at(_P + 8 * 1, c3 - c2)\n        write = off + t % n"),
     ("        ow, obp, gp = out_w[layer]",
      "        c4 = _cycles()\n        _add_at(_P + 8 * 2, c4 - c3)\n        ow, obp, gp = out_w[layer]"),
-    ("        _products(ow, 0, G, obp, osp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)\n",
-     "        _products(ow, 0, G, obp, osp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)\n"
+    ("        _product(split, ow, 0, G, obp, osp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)\n",
+     "        _product(split, ow, 0, G, obp, osp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)\n"
      "        _add_at(_P + 8 * 3, _cycles() - c4)\n"),
     ("    for bb in range(nb):\n        for c in range(S):\n            skip[bb, c] = max(",
      "    c5 = _cycles()\n    _add_at(_P + 8 * 7, c5 - c0)\n"
      "    for bb in range(nb):\n        for c in range(S):\n            skip[bb, c] = max("),
-    ("    _matmul(w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros, w.head2_s)\n",
-     "    _matmul(w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros, w.head2_s)\n"
+    ("    _matmul_with(split, w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros, w.head2_s)\n",
+     "    _matmul_with(split, w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros, w.head2_s)\n"
      "    _add_at(_P + 8 * 4, _cycles() - c5)\n"),
-    ("        for s in range(n):\n            _tile_step(",
-     "        for s in range(n):\n            e0 = _cycles()\n            _tile_step("),
-    ("            for bb in range(nb):\n                b = b0 + bb\n                if distribution == SOFTMAX:",
-     "            e1 = _cycles()\n            _add_at(_P + 8 * 8, e1 - e0)\n"
-     "            for bb in range(nb):\n                b = b0 + bb\n                if distribution == SOFTMAX:"),
-    ("                    step_codes[bb] = value\n                    out_codes[b, s] = value\n",
-     "                    step_codes[bb] = value\n                    out_codes[b, s] = value\n"
-     "            _add_at(_P + 8 * 5, _cycles() - e1)\n"),
+    ("    for s in range(n):\n        _tile_step(",
+     "    for s in range(n):\n        e0 = _cycles()\n        _tile_step("),
+    ("        for bb in range(nb):\n            b = b0 + bb\n            if distribution == SOFTMAX:",
+     "        e1 = _cycles()\n        _add_at(_P + 8 * 8, e1 - e0)\n"
+     "        for bb in range(nb):\n            b = b0 + bb\n            if distribution == SOFTMAX:"),
+    ("                step_codes[bb] = value\n                out_codes[b, s] = value\n",
+     "                step_codes[bb] = value\n                out_codes[b, s] = value\n"
+     "        _add_at(_P + 8 * 5, _cycles() - e1)\n"),
 ]
 
 
