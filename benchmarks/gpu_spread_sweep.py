@@ -43,7 +43,7 @@ def handover_us(programs: int, rounds: int = 20000) -> float:
 
 
 def samples_per_s(preset: str, backend: str, programs: int | None, n: int, batch: int = 1, device: str = "cuda",
-                  **env) -> float:
+                  precision: str = "float32", **env) -> float:
     from fastwavenet import Generator, Sampling, preset as get_preset
     from fastwavenet.bench import random_model_file
     from fastwavenet.distributions import uniform_shape
@@ -54,7 +54,7 @@ def samples_per_s(preset: str, backend: str, programs: int | None, n: int, batch
         os.environ["FASTWAVENET_SPREAD_PROGRAMS"] = str(programs)
     os.environ.update({f"FASTWAVENET_SPREAD_{k.upper()}": str(v) for k, v in env.items()})
     config = get_preset(preset)
-    gen = Generator(random_model_file(config, 0), backend=backend, device=device)
+    gen = Generator(random_model_file(config, 0), backend=backend, device=device, precision=precision)
     u = np.random.default_rng(0).random((n, batch) + uniform_shape(config), dtype=np.float32)
     state = gen.new_state(batch)
     gen.backend.generate(state, min(n, 64), u[:min(n, 64)], Sampling())  # compile, warm
@@ -86,7 +86,8 @@ def main(argv=None):
         say({"what": "handover", "programs": programs, "us": round(handover_us(programs), 3)})
     # (preset, samples timed, programs per stream, extra settings: merged layers, warps per program)
     sweeps = [("standard", 4000, (8, 16, 32, 64), {"merged": 1}), ("standard", 4000, (16, 64), {"merged": 0}),
-              ("r9y9-ljspeech", 1000, (64, 128), {"warps": 4}), ("r9y9-ljspeech", 1000, (64, 128), {"warps": 8})]
+              ("r9y9-ljspeech", 1000, (64, 128), {"warps": 4}), ("r9y9-ljspeech", 1000, (64, 128), {"warps": 8}),
+              ("r9y9-ljspeech", 1000, (128,), {"precision": "bf16"})]  # 47 MB of weights: within L2
     for preset in ("standard", "r9y9-ljspeech"):
         say({"what": "samples_per_s", "preset": preset, "backend": "triton-stream",
              "value": round(samples_per_s(preset, "triton-stream", None, 1000))})

@@ -265,3 +265,19 @@ def test_spread_handover_probe_counts_every_round():
     fail = torch.zeros(1, dtype=torch.int32)
     gpu_spread.handover_kernel[(1,)](talk, fail, 5, P=1, P_P=1)
     assert int(fail) == 0 and int(talk[2]) == sum(range(1, 6))
+
+
+@pytest.mark.skipif("triton" not in BACKENDS or "numba" not in BACKENDS, reason="triton or numba unavailable")
+def test_spread_kernel_holds_bf16_weights_in_half_the_bytes():
+    """At precision bf16 the spread kernel reads its matrices as bf16 (half the bytes: what lets r9y9's LJSpeech
+    shape sit in an H200's L2), widened exactly in registers: its logits are the bf16 model's, as the numba
+    kernel's bf16 path gives them, within float32 rounding of the sums."""
+    config = CONFIGS["k4-odd"]
+    model = ModelFile(config, fold(random_model(config, 3)))
+    codes = torch.randint(0, config.classes, (1, 12), generator=torch.Generator().manual_seed(1))
+    logits = {}
+    for backend in ("numba", "triton-spread"):
+        gen = Generator(model, backend=backend, device=DEVICE if backend != "numba" else "cpu", precision="bf16")
+        logits[backend] = gen.forward(gen.new_state(1), codes).cpu()
+    assert gen.backend.spread.dilated_w.dtype == torch.bfloat16 and gen.backend.spread.head2_w.dtype == torch.bfloat16
+    assert (logits["numba"] - logits["triton-spread"]).abs().max().item() <= 1e-4

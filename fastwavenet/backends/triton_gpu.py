@@ -116,7 +116,10 @@ class TritonSpreadBackend(TritonBackend):
         super().__init__(config, weights, device, precision)
         from ..kernels import gpu_spread
 
-        self.spread = gpu_spread.spread_weights(self.weights)
+        # bf16: the Generator rounded the weights to bf16 values; held as bf16 they read half the bytes, the same
+        # numbers. (int8 stays float32 here: no kernel of this backend widens int8 yet.)
+        self.spread = gpu_spread.spread_weights(self.weights,
+                                                torch.bfloat16 if precision == "bf16" else torch.float32)
         self.programs = gpu_spread.programs_for(self.spread)
 
     def _launch(self, codes, t0, u, weights, *args, **kwargs):
