@@ -46,10 +46,9 @@ def cmd_train(args):
                if getattr(args, name) is not None}
     config = new_run_config(args.data, args.preset, args.config, args.init, changes, args.speakers_from_folders)
     validation = args.validation_files.split(",") if args.validation_files else args.validation_count
-    options = TrainOptions(steps=args.steps or 1000, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           target_length=args.target_length, validate_every=args.validate_every,
-                           checkpoint_every=args.checkpoint_every, validation_files=validation, ema=args.ema,
-                           warmup=args.warmup)
+    given = ("batch_size", "lr", "seed", "target_length", "validate_every", "checkpoint_every", "ema", "warmup")
+    options = TrainOptions(steps=args.steps or 1000, validation_files=validation,
+                           **{name: getattr(args, name) for name in given})
     train(args.data, args.out, config, options, progress=not args.quiet, init=args.init)
 
 
@@ -64,22 +63,10 @@ def cmd_export(args):
 
 
 def cmd_info(args):
-    from .modelfile import model_info
+    from .modelfile import describe, model_info
 
     info = model_info(args.model)
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return
-    config = info["config"]
-    print(f"model: {info['path']} ({info['file_bytes'] / 1e6:.2f} MB)")
-    print(f"parameters: {info['parameters']:,}")
-    print(f"receptive field: {info['receptive_field_samples']} samples "
-          f"({info['receptive_field_ms']:.1f} ms at {config['sample_rate']} Hz)")
-    for key in sorted(config):
-        print(f"  {key}: {config[key]}")
-    if info["default_sampling"] is not None:
-        rule = ", ".join(f"{k} {v}" for k, v in info["default_sampling"].items())
-        print(f"default sampling: {rule} (the command line overrides it field by field)")
+    print(json.dumps(info, indent=2) if args.json else describe(info))
 
 
 def _run_manifest(args, vocode: bool):

@@ -234,7 +234,8 @@ def add_manifest_arguments(parser):
     group = parser.add_argument_group("corpus generation (one process, or one per rank under torchrun)")
     group.add_argument("--manifest", help="JSON Lines, one item per line (docs/CORPUS.md); outputs OUT_DIR/<id>.wav")
     group.add_argument("--out-dir", help="folder for the manifest's outputs and summary.json")
-    group.add_argument("--max-active", type=arg_positive_integer, default=64, help="items generated at once (default 64)")
+    group.add_argument("--max-active", type=arg_positive_integer, default=64,
+                       help="items generated at once (default 64)")
 
 
 def generate_corpus(model, manifest, out_dir, vocode: bool = False, backend: str = "auto", device: str = "cpu",
