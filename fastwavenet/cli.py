@@ -11,13 +11,22 @@ import sys
 import warnings
 
 from . import __version__
-from .bench import add_arguments as add_benchmark_arguments
-from .corpus import add_manifest_arguments
+from .bench import add_arguments as add_benchmark_arguments, benchmark
+from .corpus import add_manifest_arguments, check_manifest_args, generate_corpus
+from .demo import demo_vocoder_path
+from .doctor import diagnose
 from .errors import FastWaveNetError
 from .folded import add_precision_argument
-from .request import (add_request_arguments, arg_integer, arg_nonnegative_integer, arg_number,
-                      arg_positive_integer, arg_positive_number, arg_type)
-from .serve import ServerOptions
+from .generator import add_generate_arguments, add_vocode_arguments, generate_files
+from .modelfile import describe, model_info
+from .request import (GenerationRequest, arg_integer, arg_nonnegative_integer, arg_number, arg_positive_integer,
+                      arg_positive_number, arg_type)
+from .sampling import Sampling
+from .score import score_files
+from .serve import ServerOptions, serve_model
+
+# The training side (training, convert, the importers) is imported by its own commands only, so that `serve` and
+# `generate` never load it (tests/test_structure.py).
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,7 +63,6 @@ def cmd_train(args):
 
 def cmd_export(args):
     from .convert import export_model
-    from .request import GenerationRequest
 
     sampling = export_model(args.checkpoint, args.output, GenerationRequest.from_args(args))
     note = "" if sampling is None else " (default sampling: " + ", ".join(
@@ -63,33 +71,18 @@ def cmd_export(args):
 
 
 def cmd_info(args):
-    from .modelfile import describe, model_info
-
     info = model_info(args.model)
     print(json.dumps(info, indent=2) if args.json else describe(info))
 
 
 def _run_manifest(args, vocode: bool):
     """generate / vocode --manifest: this process's share of the items (corpus.generate_corpus)."""
-    from .corpus import generate_corpus
-
-    if not args.out_dir:
-        raise FastWaveNetError("--manifest needs --out-dir")
-    per_line = [name for name, default in (("seed", None), ("speaker", None), ("global_features", None),
-                                           ("prime", None), ("temperature", None), ("top_k", None),
-                                           ("top_p", None), ("argmax", False), ("batch", 1))
-                if getattr(args, name, default) != default]
-    if per_line:
-        raise FastWaveNetError(f"with --manifest, {', '.join('--' + n.replace('_', '-') for n in per_line)} "
-                               f"belong(s) on each line of the manifest")
+    check_manifest_args(args)
     generate_corpus(args.model, args.manifest, args.out_dir, vocode, backend=args.backend, device=args.device,
                     precision=args.precision, max_active=args.max_active, progress=not args.quiet)
 
 
 def cmd_generate(args):
-    from .generator import generate_files
-    from .request import GenerationRequest
-
     if args.manifest:
         return _run_manifest(args, vocode=False)
     _wrote(generate_files(args.model, args.output, GenerationRequest.from_args(args), batch=args.batch,
@@ -98,14 +91,9 @@ def cmd_generate(args):
 
 
 def cmd_vocode(args):
-    from .generator import generate_files
-    from .request import GenerationRequest
-
     if args.model is not None and args.input is None and not args.manifest:
         args.model, args.input = None, args.model  # one positional: the input, for the bundled vocoder
     if args.model is None:
-        from .demo import demo_vocoder_path
-
         args.model = str(demo_vocoder_path())
     if args.manifest:
         return _run_manifest(args, vocode=True)
@@ -123,10 +111,6 @@ def _wrote(made: dict):
 
 
 def cmd_bench(args):
-    from .bench import benchmark
-    from .request import GenerationRequest
-    from .sampling import Sampling
-
     sampling = GenerationRequest.from_args(args).sampling(Sampling())
     benchmark(args.model, args.preset, args.backend.split(","), args.batch, args.device, args.precision.split(","),
               sampling, min_seconds=args.min_seconds, repeat=args.repeat, r9y9=args.r9y9, json_path=args.json,
@@ -134,8 +118,6 @@ def cmd_bench(args):
 
 
 def cmd_score(args):
-    from .score import score_files
-
     results = score_files(args.model, args.audio, args.precision)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -145,16 +127,12 @@ def cmd_score(args):
 
 
 def cmd_doctor(args):
-    from .doctor import diagnose
-
     diagnose(args.compile_gpu, args.json)
 
 
 def cmd_serve(args):
-    from .serve import serve_model
-
-    options = ServerOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerOptions)})
-    serve_model(args.model, args.backend, args.device, args.host, args.port, options, quiet=args.quiet)
+    serve_model(ServerOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerOptions)}),
+                quiet=args.quiet)
 
 
 def cmd_import_keras(args):
@@ -173,15 +151,6 @@ def cmd_import_r9y9(args):
     kind = c.output.replace("_", " ") + (f" of {c.mixtures}" if c.output == "logistic_mixture" else "")
     print(f"wrote {args.output} ({c.parameter_count():,} parameters, {kind} output, "
           f"receptive field {c.receptive_field} samples)")
-
-
-def _add_generation_args(p):
-    """Options that `generate` and `vocode` share: a request's fields, backend, device, precision, progress."""
-    add_request_arguments(p)
-    p.add_argument("--backend", default="auto", help="auto, naive, torch, numba, triton or triton-stream")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    add_precision_argument(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,23 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="generate audio into WAV files")
-    p.add_argument("--model", help="model file (default: the bundled piano demo)")
-    p.add_argument("--seconds", type=arg_number, default=4.0, help="length of each file (default 4)")
-    p.add_argument("-o", "--output", default="out.wav", help="WAV path; with --batch N, N files NAME-i.wav")
-    p.add_argument("--batch", type=arg_positive_integer, default=1, help="independent streams (files) at once")
-    p.add_argument("--prime", help="audio to continue (resampled to the model's rate)")
-    _add_generation_args(p)
+    add_generate_arguments(p)
     add_manifest_arguments(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("vocode", help="resynthesize audio from its mel spectrogram (or saved mel frames)")
-    p.add_argument("model", nargs="?", help="a model trained with --n-mels (default: the bundled piano vocoder, "
-                   "when only INPUT is given)")
-    p.add_argument("input", nargs="?",
-                   help="audio file, or log-mel frames as .npy (n_mels, frames) / .npz (mel, hop_length); a model "
-                        "imported from r9y9 takes its features as .npy (frames, n_mels)")
-    p.add_argument("-o", "--output")
-    _add_generation_args(p)
+    add_vocode_arguments(p)
     add_manifest_arguments(p)
     p.set_defaults(func=cmd_vocode)
 
@@ -267,11 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("serve", help="an HTTP server that streams generated audio (needs fastwavenet[serve])")
-    p.add_argument("--model", help="model file (default: the bundled piano demo)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=arg_nonnegative_integer, default=8000, help="port (default 8000; 0: any free port)")
-    p.add_argument("--backend", default="auto", help="auto, naive, torch, numba, triton or triton-stream")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
     for option in dataclasses.fields(ServerOptions):
         p.add_argument("--" + option.name.replace("_", "-"), default=option.default, **option.metadata)
     p.add_argument("--quiet", action="store_true")

@@ -238,6 +238,20 @@ def add_manifest_arguments(parser):
                        help="items generated at once (default 64)")
 
 
+def check_manifest_args(args):
+    """With --manifest (`add_manifest_arguments`): --out-dir given, and none of generate's and vocode's flags that a
+    manifest's line sets for its own item instead. One-line FastWaveNetError."""
+    if not args.out_dir:
+        raise FastWaveNetError("--manifest needs --out-dir")
+    per_line = [name for name, default in (("seed", None), ("speaker", None), ("global_features", None),
+                                           ("prime", None), ("temperature", None), ("top_k", None),
+                                           ("top_p", None), ("argmax", False), ("batch", 1))
+                if getattr(args, name, default) != default]
+    if per_line:
+        raise FastWaveNetError(f"with --manifest, {', '.join('--' + n.replace('_', '-') for n in per_line)} "
+                               f"belong(s) on each line of the manifest")
+
+
 def generate_corpus(model, manifest, out_dir, vocode: bool = False, backend: str = "auto", device: str = "cpu",
                     precision: str = "float32", max_active: int = 64, progress: bool = False) -> dict:
     """What `fastwavenet generate --manifest` (or `vocode --manifest`) does: `run_manifest`, then, on rank 0, the

@@ -108,11 +108,16 @@ def _flag(default, kind, text: str):
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """What `fastwavenet serve` bounds, beside the address it listens on: each field is the flag of its name
-    (`--max-active`), with the argparse type and help of its metadata, in the order --help lists them. The engine takes
+    """What `fastwavenet serve` takes (`serve_model`): each field is the flag of its name (`--max-active`), with the
+    argparse type and help of its metadata, in the order --help lists them. The engine takes model, backend, device,
     max_active, max_waiting and round_ms (milliseconds); max_seconds, max_body_mb (MiB), read_timeout and
-    write_timeout are the Limits (`limits`); drain_seconds is `serve`'s."""
+    write_timeout are the Limits (`limits`); host, port and drain_seconds are `serve`'s."""
 
+    model: str | None = _flag(None, None, "model file (default: the bundled piano demo)")
+    host: str = _flag("127.0.0.1", None, "address to bind (default 127.0.0.1, this machine only)")
+    port: int = _flag(8000, arg_nonnegative_integer, "port (default 8000; 0: any free port)")
+    backend: str = _flag("auto", None, "auto, naive, torch, numba, triton or triton-stream")
+    device: str = _flag("cpu", None, "cpu or cuda")
     max_active: int = _flag(64, arg_positive_integer, "requests generated at once (default 64)")
     max_waiting: int = _flag(256, arg_nonnegative_integer,
                              "requests queued beyond those; more are refused with 503 (default 256)")
@@ -411,18 +416,17 @@ def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, limits: Lim
     asyncio.run(_serve(engine, host, port, limits, drain_seconds, quiet))
 
 
-def serve_model(model=None, backend: str = "auto", device: str = "cpu", host: str = "127.0.0.1", port: int = 8000,
-                options: ServerOptions = ServerOptions(), quiet: bool = False):
-    """What `fastwavenet serve` does: load `model` (a model file; None: the bundled demo) into an Engine on `device`
-    with `backend`, and `serve` it with `options` until SIGINT or SIGTERM."""
+def serve_model(options: ServerOptions = ServerOptions(), quiet: bool = False):
+    """What `fastwavenet serve` does: load `options.model` (a model file; None: the bundled demo) into an Engine,
+    and `serve` it until SIGINT or SIGTERM."""
     missing = [m for m in ("aiohttp", "prometheus_client") if importlib.util.find_spec(m) is None]
     if missing:
         raise FastWaveNetError(f"fastwavenet serve needs {', '.join(missing)}: pip install 'fastwavenet[serve]'")
     if not quiet:
         print("fastwavenet: loading the model and compiling the kernels (cached after the first run)", flush=True)
-    engine = Engine(model, backend=backend, device=device, max_active=options.max_active,
+    engine = Engine(options.model, backend=options.backend, device=options.device, max_active=options.max_active,
                     max_waiting=options.max_waiting, round_seconds=options.round_ms / 1000)
-    serve(engine, host, port, options.limits(), drain_seconds=options.drain_seconds, quiet=quiet)
+    serve(engine, options.host, options.port, options.limits(), drain_seconds=options.drain_seconds, quiet=quiet)
 
 
 async def _serve(engine, host, port, limits, drain_seconds, quiet):
