@@ -625,7 +625,7 @@ def _batch_sizes(text: str) -> list[int]:
     return values
 
 
-def add_arguments(parser: argparse.ArgumentParser):
+def add_benchmark_arguments(parser: argparse.ArgumentParser):
     """`fastwavenet bench`'s flags: `benchmark`'s arguments (the backends and precisions comma-separated)."""
     parser.add_argument("--preset", default="standard", help="model shape, randomly initialized (default standard)")
     parser.add_argument("--model", help="a model file instead of a preset")

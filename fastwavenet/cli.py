@@ -11,7 +11,7 @@ import sys
 import warnings
 
 from . import __version__
-from .bench import add_arguments as add_benchmark_arguments, benchmark
+from .bench import add_benchmark_arguments, benchmark
 from .corpus import add_manifest_arguments, check_manifest_args, generate_corpus
 from .demo import demo_vocoder_path
 from .doctor import diagnose
