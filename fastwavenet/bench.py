@@ -3,6 +3,7 @@ side by side with `naive` in the same run, on the same model."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -20,8 +21,9 @@ from .config import WaveNetConfig
 from .errors import FastWaveNetError
 from . import files
 from .generator import Generator
-from .folded import FoldedWeights, expected_shapes
+from .folded import FoldedWeights, add_precision_argument, expected_shapes
 from .modelfile import ModelFile
+from .request import add_sampling_arguments, arg_positive_integer, arg_positive_number
 from .sampling import Sampling
 from .state import HistoryState
 
@@ -610,6 +612,39 @@ def plot(path, results: list[BenchResult], title: str, limits: Limits | GpuLimit
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def _batch_sizes(text: str) -> list[int]:
+    """--batch: comma-separated positive integers."""
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_benchmark_arguments(parser: argparse.ArgumentParser):
+    """`fastwavenet bench`'s flags: `benchmark`'s arguments (the backends and precisions comma-separated)."""
+    parser.add_argument("--preset", default="standard", help="model shape, randomly initialized (default standard)")
+    parser.add_argument("--model", help="a model file instead of a preset")
+    parser.add_argument("--backend", default="all", help="all, or a comma-separated list (naive is always included)")
+    parser.add_argument("--batch", type=_batch_sizes, default=[1, 8, 64],
+                        help="comma-separated batch sizes (default 1,8,64)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--min-seconds", type=arg_positive_number, default=1.0, help="shortest timed run (default 1)")
+    parser.add_argument("--repeat", type=arg_positive_integer, default=1,
+                        help="measure each row this many times, in rounds over all rows, and keep the best, held "
+                             "against the best limits measured before it (default 1; for machines whose speed "
+                             "drifts)")
+    add_precision_argument(parser, several=True)
+    parser.add_argument("--r9y9", action="store_true",
+                        help="also time r9y9/wavenet_vocoder's own incremental_forward on the same shape, one stream "
+                             "(needs wavenet_vocoder==0.1.1)")
+    add_sampling_arguments(parser)
+    parser.add_argument("--json", help="write the results as JSON")
+    parser.add_argument("--plot", help="write a PNG plot of samples/s against batch size")
 
 
 def benchmark(model: str | os.PathLike | None = None, preset: str = "standard", backends: list[str] = ("all",),

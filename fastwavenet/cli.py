@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import json
 import signal
@@ -10,7 +11,22 @@ import sys
 import warnings
 
 from . import __version__
+from .bench import add_benchmark_arguments, benchmark
+from .corpus import add_manifest_arguments, check_manifest_args, generate_corpus
+from .demo import demo_vocoder_path
+from .doctor import diagnose
 from .errors import FastWaveNetError
+from .folded import add_precision_argument
+from .generator import add_generate_arguments, add_vocode_arguments, generate_files
+from .modelfile import describe, model_info
+from .request import (GenerationRequest, arg_integer, arg_nonnegative_integer, arg_number, arg_positive_integer,
+                      arg_positive_number, arg_type)
+from .sampling import Sampling
+from .score import score_files
+from .serve import ServerOptions, serve_model
+
+# The training side (training, convert, the importers) is imported by its own commands only, so that `serve` and
+# `generate` never load it (tests/test_structure.py).
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,38 +34,6 @@ class _Parser(argparse.ArgumentParser):
         # One line, exit 2: argparse's default prints the whole usage first.
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
-
-
-def _number(kind, accept, wanted):
-    """An argparse type: `kind` parses the text, `accept` judges the value, `wanted` says what was expected."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
-        return value
-    return parse
-
-
-_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-_nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-_positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
-_nonnegative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
-# A request's fields (seconds, seed, sampling, speaker) are only parsed here: GenerationRequest judges their ranges.
-_integer = _number(int, lambda v: True, "an integer")
-_float = _number(float, lambda v: True, "a number")
-
-
-def _int_list(text):
-    try:
-        values = [int(v) for v in text.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 # ---- commands ----------------------------------------------------------------------------------------------------
@@ -71,16 +55,14 @@ def cmd_train(args):
                if getattr(args, name) is not None}
     config = new_run_config(args.data, args.preset, args.config, args.init, changes, args.speakers_from_folders)
     validation = args.validation_files.split(",") if args.validation_files else args.validation_count
-    options = TrainOptions(steps=args.steps or 1000, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           target_length=args.target_length, validate_every=args.validate_every,
-                           checkpoint_every=args.checkpoint_every, validation_files=validation, ema=args.ema,
-                           warmup=args.warmup)
+    given = ("batch_size", "lr", "seed", "target_length", "validate_every", "checkpoint_every", "ema", "warmup")
+    options = TrainOptions(steps=args.steps or 1000, validation_files=validation,
+                           **{name: getattr(args, name) for name in given})
     train(args.data, args.out, config, options, progress=not args.quiet, init=args.init)
 
 
 def cmd_export(args):
     from .convert import export_model
-    from .request import GenerationRequest
 
     sampling = export_model(args.checkpoint, args.output, GenerationRequest.from_args(args))
     note = "" if sampling is None else " (default sampling: " + ", ".join(
@@ -89,54 +71,18 @@ def cmd_export(args):
 
 
 def cmd_info(args):
-    from .modelfile import model_info
-
     info = model_info(args.model)
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return
-    config = info["config"]
-    print(f"model: {info['path']} ({info['file_bytes'] / 1e6:.2f} MB)")
-    print(f"parameters: {info['parameters']:,}")
-    print(f"receptive field: {info['receptive_field_samples']} samples "
-          f"({info['receptive_field_ms']:.1f} ms at {config['sample_rate']} Hz)")
-    for key in sorted(config):
-        print(f"  {key}: {config[key]}")
-    if info["default_sampling"] is not None:
-        rule = ", ".join(f"{k} {v}" for k, v in info["default_sampling"].items())
-        print(f"default sampling: {rule} (the command line overrides it field by field)")
+    print(json.dumps(info, indent=2) if args.json else describe(info))
 
 
 def _run_manifest(args, vocode: bool):
-    """generate / vocode --manifest: this process's share of the items (corpus.run_manifest)."""
-    from .corpus import distributed, run_manifest
-
-    if not args.out_dir:
-        raise FastWaveNetError("--manifest needs --out-dir")
-    per_line = [name for name, default in (("seed", None), ("speaker", None), ("global_features", None),
-                                           ("prime", None), ("temperature", None), ("top_k", None),
-                                           ("top_p", None), ("argmax", False), ("batch", 1))
-                if getattr(args, name, default) != default]
-    if per_line:
-        raise FastWaveNetError(f"with --manifest, {', '.join('--' + n.replace('_', '-') for n in per_line)} "
-                               f"belong(s) on each line of the manifest")
-    summary = run_manifest(args.model, args.manifest, args.out_dir, vocode, backend=args.backend, device=args.device,
-                           precision=args.precision, max_active=args.max_active, progress=not args.quiet)
-    if distributed()[0] > 0:
-        return  # rank 0 speaks for the run
-    print(f"{summary['items_done']} items made, {summary['items_skipped']} already there, "
-          f"{summary['items_failed']} failed; {summary['seconds_of_audio']:.1f} s of audio at "
-          f"{summary['samples_per_s']:,.0f} samples/s over {len(summary['ranks'])} process(es); "
-          f"{os.path.join(args.out_dir, 'summary.json')}")
-    if summary["items_failed"]:
-        total = summary["items_done"] + summary["items_skipped"] + summary["items_failed"]
-        raise FastWaveNetError(f"{summary['items_failed']} of {total} items failed (see above and summary.json)")
+    """generate / vocode --manifest: this process's share of the items (corpus.generate_corpus)."""
+    check_manifest_args(args)
+    generate_corpus(args.model, args.manifest, args.out_dir, vocode, backend=args.backend, device=args.device,
+                    precision=args.precision, max_active=args.max_active, progress=not args.quiet)
 
 
 def cmd_generate(args):
-    from .generator import generate_files
-    from .request import GenerationRequest
-
     if args.manifest:
         return _run_manifest(args, vocode=False)
     _wrote(generate_files(args.model, args.output, GenerationRequest.from_args(args), batch=args.batch,
@@ -145,14 +91,9 @@ def cmd_generate(args):
 
 
 def cmd_vocode(args):
-    from .generator import generate_files
-    from .request import GenerationRequest
-
     if args.model is not None and args.input is None and not args.manifest:
         args.model, args.input = None, args.model  # one positional: the input, for the bundled vocoder
     if args.model is None:
-        from .demo import demo_vocoder_path
-
         args.model = str(demo_vocoder_path())
     if args.manifest:
         return _run_manifest(args, vocode=True)
@@ -170,10 +111,6 @@ def _wrote(made: dict):
 
 
 def cmd_bench(args):
-    from .bench import benchmark
-    from .request import GenerationRequest
-    from .sampling import Sampling
-
     sampling = GenerationRequest.from_args(args).sampling(Sampling())
     benchmark(args.model, args.preset, args.backend.split(","), args.batch, args.device, args.precision.split(","),
               sampling, min_seconds=args.min_seconds, repeat=args.repeat, r9y9=args.r9y9, json_path=args.json,
@@ -181,8 +118,6 @@ def cmd_bench(args):
 
 
 def cmd_score(args):
-    from .score import score_files
-
     results = score_files(args.model, args.audio, args.precision)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -192,27 +127,12 @@ def cmd_score(args):
 
 
 def cmd_doctor(args):
-    from .doctor import diagnose
-
     diagnose(args.compile_gpu, args.json)
 
 
 def cmd_serve(args):
-    import importlib.util
-
-    missing = [m for m in ("aiohttp", "prometheus_client") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise FastWaveNetError(f"fastwavenet serve needs {', '.join(missing)}: pip install 'fastwavenet[serve]'")
-    from .engine import Engine
-    from .serve import Limits, serve
-
-    if not args.quiet:
-        print("fastwavenet: loading the model and compiling the kernels (cached after the first run)", flush=True)
-    engine = Engine(args.model, backend=args.backend, device=args.device, max_active=args.max_active,
-                    max_waiting=args.max_waiting, round_seconds=args.round_ms / 1000)
-    serve(engine, args.host, args.port, Limits(args.max_seconds, int(args.max_body_mb * (1 << 20)), args.read_timeout,
-                                               args.write_timeout),
-          drain_seconds=args.drain_seconds, quiet=args.quiet)
+    serve_model(ServerOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerOptions)}),
+                quiet=args.quiet)
 
 
 def cmd_import_keras(args):
@@ -233,45 +153,6 @@ def cmd_import_r9y9(args):
           f"receptive field {c.receptive_field} samples)")
 
 
-def _add_sampling_args(p):
-    p.add_argument("--temperature", type=_float,
-                   help="divides the logits (default: the model file's default sampling, else 1)")
-    p.add_argument("--top-k", type=_integer, help="keep the k likeliest classes (0: off; default: the "
-                   "model's, else off)")
-    p.add_argument("--top-p", type=_float, help="nucleus sampling mass in (0, 1] (default: the model's, "
-                   "else 1)")
-    p.add_argument("--argmax", action="store_true", help="always take the likeliest class")
-
-
-def _add_generation_args(p):
-    """Options that `generate` and `vocode` share: sampling, seed, speaker, backend, device, progress."""
-    _add_sampling_args(p)
-    p.add_argument("--seed", type=_integer,
-                   help="fixes the output, bit for bit on the same backend; with --batch N, file i gets what "
-                        "--seed SEED+i makes alone")
-    p.add_argument("--speaker", type=_integer, help="speaker id, for models with speakers")
-    p.add_argument("--global-features", metavar="FILE.npy",
-                   help="a model's external global features (r9y9 without a speaker embedding): one vector, .npy")
-    p.add_argument("--backend", default="auto", help="auto, naive, torch, numba, triton or triton-stream")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    _add_precision_arg(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _add_precision_arg(p, several: bool = False):
-    p.add_argument("--precision", default="float32",
-                   help="float32, bf16 or int8: weight matrices rounded to bf16 or int8 (1/2, 1/4 the bytes a sample; "
-                        "docs/BENCHMARKS.md has what it costs in bits per sample)"
-                   + ("; a comma-separated list measures each" if several else ""))
-
-
-def _add_manifest_args(p):
-    g = p.add_argument_group("corpus generation (one process, or one per rank under torchrun)")
-    g.add_argument("--manifest", help="JSON Lines, one item per line (docs/CORPUS.md); outputs OUT_DIR/<id>.wav")
-    g.add_argument("--out-dir", help="folder for the manifest's outputs and summary.json")
-    g.add_argument("--max-active", type=_positive_int, default=64, help="items generated at once (default 64)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastwavenet", description="Train WaveNets and generate audio from them, fast.")
     parser.add_argument("--version", action="version", version=f"fastwavenet {__version__}")
@@ -281,32 +162,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="*", help="audio files or folders (wav, flac, ogg, ...)")
     p.add_argument("--preset", help="tiny, small, standard or large (default: small)")
     p.add_argument("--config", help="a JSON config file instead of a preset")
-    p.add_argument("--sample-rate", type=_positive_int, help="override the config's sample rate (Hz)")
+    p.add_argument("--sample-rate", type=arg_positive_integer, help="override the config's sample rate (Hz)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--init", metavar="MODEL", help="start a new run from a model file's weights (fresh optimizer, "
                    "step 0; its shape is the run's; --n-mels or --speakers-from-folders add conditioning to an "
                    "unconditioned model, and --config with more stacks adds layers, all starting at zero)")
-    p.add_argument("--steps", type=_positive_int, help="train until this step (default 1000)")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--steps", type=arg_positive_integer, help="train until this step (default 1000)")
+    p.add_argument("--batch-size", type=arg_positive_integer, default=8)
+    p.add_argument("--lr", type=arg_positive_number, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target-length", type=_positive_int, default=1024,
+    p.add_argument("--target-length", type=arg_positive_integer, default=1024,
                    help="predicted samples per crop, after the receptive field (default 1024)")
-    p.add_argument("--validate-every", type=_positive_int, default=200)
-    p.add_argument("--checkpoint-every", type=_positive_int, default=200)
-    p.add_argument("--ema", type=_number(float, lambda v: 0 <= v < 1, "a decay in [0, 1)"), default=0.0,
+    p.add_argument("--validate-every", type=arg_positive_integer, default=200)
+    p.add_argument("--checkpoint-every", type=arg_positive_integer, default=200)
+    p.add_argument("--ema", type=arg_type(float, lambda v: 0 <= v < 1, "a decay in [0, 1)"), default=0.0,
                    metavar="DECAY", help="keep an exponential moving average of the weights (e.g. 0.999 per step); "
                    "validation, best.pt and export use it (default 0: none)")
-    p.add_argument("--warmup", type=_nonnegative_int, default=0, metavar="STEPS",
+    p.add_argument("--warmup", type=arg_nonnegative_integer, default=0, metavar="STEPS",
                    help="raise the learning rate linearly over the run's first STEPS steps (default 0: none)")
     p.add_argument("--validation-files", help="comma-separated file names to hold out")
     p.add_argument("--validation-count", type=int, default=1, help="hold out this many files (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("conditioning (override the config)")
-    g.add_argument("--n-mels", type=_positive_int, help="train a vocoder on log-mel frames of this many bands")
-    g.add_argument("--hop-length", type=_positive_int, help="samples per mel frame")
-    g.add_argument("--n-fft", type=_positive_int, help="FFT size of the mel spectrogram")
+    g.add_argument("--n-mels", type=arg_positive_integer, help="train a vocoder on log-mel frames of this many bands")
+    g.add_argument("--hop-length", type=arg_positive_integer, help="samples per mel frame")
+    g.add_argument("--n-fft", type=arg_positive_integer, help="FFT size of the mel spectrogram")
     g.add_argument("--fmin", type=float, help="lowest mel frequency (Hz)")
     g.add_argument("--fmax", type=float, help="highest mel frequency (Hz; 0 for half the sample rate)")
     g.add_argument("--speakers-from-folders", action="store_true",
@@ -319,9 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model file to write (.safetensors), or .onnx: one step of a model file (docs/ONNX.md)")
     g = p.add_argument_group("default sampling stored in the file (generate, vocode, serve and corpus use it "
                              "where the user names none; recipes/sampling_table.py measures which is best)")
-    g.add_argument("--temperature", type=_float)
-    g.add_argument("--top-k", type=_integer)
-    g.add_argument("--top-p", type=_float)
+    g.add_argument("--temperature", type=arg_number)
+    g.add_argument("--top-k", type=arg_integer)
+    g.add_argument("--top-p", type=arg_number)
     p.set_defaults(func=cmd_export, argmax=False)
 
     p = sub.add_parser("info", help="describe a model file")
@@ -330,67 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="generate audio into WAV files")
-    p.add_argument("--model", help="model file (default: the bundled piano demo)")
-    p.add_argument("--seconds", type=_float, default=4.0, help="length of each file (default 4)")
-    p.add_argument("-o", "--output", default="out.wav", help="WAV path; with --batch N, N files NAME-i.wav")
-    p.add_argument("--batch", type=_positive_int, default=1, help="independent streams (files) at once")
-    p.add_argument("--prime", help="audio to continue (resampled to the model's rate)")
-    _add_generation_args(p)
-    _add_manifest_args(p)
+    add_generate_arguments(p)
+    add_manifest_arguments(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("vocode", help="resynthesize audio from its mel spectrogram (or saved mel frames)")
-    p.add_argument("model", nargs="?", help="a model trained with --n-mels (default: the bundled piano vocoder, "
-                   "when only INPUT is given)")
-    p.add_argument("input", nargs="?",
-                   help="audio file, or log-mel frames as .npy (n_mels, frames) / .npz (mel, hop_length); a model "
-                        "imported from r9y9 takes its features as .npy (frames, n_mels)")
-    p.add_argument("-o", "--output")
-    _add_generation_args(p)
-    _add_manifest_args(p)
+    add_vocode_arguments(p)
+    add_manifest_arguments(p)
     p.set_defaults(func=cmd_vocode)
 
     p = sub.add_parser("bench", help="samples per second of every backend, beside naive, in one run")
-    p.add_argument("--preset", default="standard", help="model shape, randomly initialized (default standard)")
-    p.add_argument("--model", help="a model file instead of a preset")
-    p.add_argument("--backend", default="all", help="all, or a comma-separated list (naive is always included)")
-    p.add_argument("--batch", type=_int_list, default=[1, 8, 64], help="comma-separated batch sizes (default 1,8,64)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--min-seconds", type=_positive_float, default=1.0, help="shortest timed run (default 1)")
-    p.add_argument("--repeat", type=_positive_int, default=1,
-                   help="measure each row this many times, in rounds over all rows, and keep the best, held "
-                        "against the best limits measured before it (default 1; for machines whose speed drifts)")
-    _add_precision_arg(p, several=True)
-    p.add_argument("--r9y9", action="store_true",
-                   help="also time r9y9/wavenet_vocoder's own incremental_forward on the same shape, one stream "
-                        "(needs wavenet_vocoder==0.1.1)")
-    _add_sampling_args(p)
-    p.add_argument("--json", help="write the results as JSON")
-    p.add_argument("--plot", help="write a PNG plot of samples/s against batch size")
+    add_benchmark_arguments(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("serve", help="an HTTP server that streams generated audio (needs fastwavenet[serve])")
-    p.add_argument("--model", help="model file (default: the bundled piano demo)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=_nonnegative_int, default=8000, help="port (default 8000; 0: any free port)")
-    p.add_argument("--backend", default="auto", help="auto, naive, torch, numba, triton or triton-stream")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--max-active", type=_positive_int, default=64, help="requests generated at once (default 64)")
-    p.add_argument("--max-waiting", type=_nonnegative_int, default=256,
-                   help="requests queued beyond those; more are refused with 503 (default 256)")
-    p.add_argument("--max-seconds", type=_positive_float, default=60.0, help="longest audio per request (default 60)")
-    p.add_argument("--max-body-mb", type=_positive_float, default=16.0, help="largest request body (default 16)")
-    p.add_argument("--read-timeout", type=_positive_float, default=30.0,
-                   help="seconds a client has to send a request's headers, and again its body (default 30)")
-    p.add_argument("--write-timeout", type=_positive_float, default=30.0,
-                   help="seconds a write of audio may wait for the client to read; then its stream is cut "
-                        "(default 30)")
-    p.add_argument("--round-ms", type=_positive_float, default=50.0,
-                   help="about how long one round of steps takes; time to first audio is one to two rounds "
-                        "(default 50)")
-    p.add_argument("--drain-seconds", type=_nonnegative_float, default=10.0,
-                   help="on SIGTERM or Ctrl-C, how long requests in flight may finish before they are cut "
-                        "(default 10)")
+    for option in dataclasses.fields(ServerOptions):
+        p.add_argument("--" + option.name.replace("_", "-"), default=option.default, **option.metadata)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_serve)
 
@@ -398,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("audio", nargs="+")
     p.add_argument("--json", action="store_true")
-    _add_precision_arg(p)
+    add_precision_argument(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("doctor", help="versions, CPU, devices and backends on one screen, for bug reports")

@@ -39,7 +39,7 @@ import numpy as np
 from . import audio
 from .errors import FastWaveNetError
 from .files import partial_target
-from .request import GenerationRequest, parse_json
+from .request import GenerationRequest, arg_positive_integer, parse_json
 from .sampling import Sampling
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,200}")  # fullmatch: `$` would let a trailing newline through
@@ -226,6 +226,47 @@ def run_manifest(model, manifest, out_dir, vocode: bool = False, backend: str = 
     write_json(out_dir / "summary.json", summary)
     if world > 1:
         shutil.rmtree(out_dir / REPORTS, ignore_errors=True)
+    return summary
+
+
+def add_manifest_arguments(parser):
+    """generate's and vocode's --manifest, --out-dir and --max-active: `generate_corpus` instead of one file."""
+    group = parser.add_argument_group("corpus generation (one process, or one per rank under torchrun)")
+    group.add_argument("--manifest", help="JSON Lines, one item per line (docs/CORPUS.md); outputs OUT_DIR/<id>.wav")
+    group.add_argument("--out-dir", help="folder for the manifest's outputs and summary.json")
+    group.add_argument("--max-active", type=arg_positive_integer, default=64,
+                       help="items generated at once (default 64)")
+
+
+def check_manifest_args(args):
+    """With --manifest (`add_manifest_arguments`): --out-dir given, and none of generate's and vocode's flags that a
+    manifest's line sets for its own item instead. One-line FastWaveNetError."""
+    if not args.out_dir:
+        raise FastWaveNetError("--manifest needs --out-dir")
+    per_line = [name for name, default in (("seed", None), ("speaker", None), ("global_features", None),
+                                           ("prime", None), ("temperature", None), ("top_k", None),
+                                           ("top_p", None), ("argmax", False), ("batch", 1))
+                if getattr(args, name, default) != default]
+    if per_line:
+        raise FastWaveNetError(f"with --manifest, {', '.join('--' + n.replace('_', '-') for n in per_line)} "
+                               f"belong(s) on each line of the manifest")
+
+
+def generate_corpus(model, manifest, out_dir, vocode: bool = False, backend: str = "auto", device: str = "cpu",
+                    precision: str = "float32", max_active: int = 64, progress: bool = False) -> dict:
+    """What `fastwavenet generate --manifest` (or `vocode --manifest`) does: `run_manifest`, then, on rank 0, the
+    run's summary in one line; a FastWaveNetError once it is written if any item failed. Returns the summary."""
+    summary = run_manifest(model, manifest, out_dir, vocode, backend=backend, device=device, precision=precision,
+                           max_active=max_active, progress=progress)
+    if distributed()[0] > 0:
+        return summary  # rank 0 speaks for the run
+    print(f"{summary['items_done']} items made, {summary['items_skipped']} already there, "
+          f"{summary['items_failed']} failed; {summary['seconds_of_audio']:.1f} s of audio at "
+          f"{summary['samples_per_s']:,.0f} samples/s over {len(summary['ranks'])} process(es); "
+          f"{os.path.join(out_dir, 'summary.json')}")
+    if summary["items_failed"]:
+        total = summary["items_done"] + summary["items_skipped"] + summary["items_failed"]
+        raise FastWaveNetError(f"{summary['items_failed']} of {total} items failed (see above and summary.json)")
     return summary
 
 

@@ -78,6 +78,15 @@ class FoldedWeights:
 
 
 PRECISIONS = ("float32", "bf16", "int8")
+
+
+def add_precision_argument(parser, several: bool = False):
+    """The command line's --precision (`several`: a comma-separated list, for bench)."""
+    parser.add_argument("--precision", default="float32",
+                        help="float32, bf16 or int8: weight matrices rounded to bf16 or int8 (1/2, 1/4 the bytes a "
+                             "sample; docs/BENCHMARKS.md has what it costs in bits per sample)"
+                        + ("; a comma-separated list measures each" if several else ""))
+
 # The matrices a step streams: what bf16 stores in half the bytes and int8 in a quarter. Tables, biases and
 # conditioning stay float32.
 MATRICES = ("dilated_w", "out_w", "head1_w", "head2_w")

@@ -22,9 +22,9 @@ from .backends import full_fp32, make_backend, resolve_device
 from .conditioning import Conditioning
 from .config import WaveNetConfig, check_memory
 from .errors import FastWaveNetError
-from .folded import rounded
+from .folded import add_precision_argument, rounded
 from .modelfile import ModelFile, load_model
-from .request import GenerationRequest
+from .request import GenerationRequest, add_request_arguments, arg_number, arg_positive_integer
 from .sampling import Sampling
 
 
@@ -367,6 +367,35 @@ def generate_files(model, output: str | os.PathLike, request, batch: int = 1, pr
     paths = generate_to_wav(generator, output, seconds, batch=batch, sampling=sampling, seed=request.seed,
                             prime=prime_audio, progress=progress, mel=mel, speaker=request.speaker)
     return dict(paths=paths, seconds=seconds, sample_rate=generator.sample_rate, backend=generator.backend.name)
+
+
+def add_generate_arguments(parser):
+    """`fastwavenet generate`'s flags for one set of files: `generate_files`'s arguments and a request's fields."""
+    parser.add_argument("--model", help="model file (default: the bundled piano demo)")
+    parser.add_argument("--seconds", type=arg_number, default=4.0, help="length of each file (default 4)")
+    parser.add_argument("-o", "--output", default="out.wav", help="WAV path; with --batch N, N files NAME-i.wav")
+    parser.add_argument("--batch", type=arg_positive_integer, default=1, help="independent streams (files) at once")
+    parser.add_argument("--prime", help="audio to continue (resampled to the model's rate)")
+    _add_shared_arguments(parser)
+
+
+def add_vocode_arguments(parser):
+    """`fastwavenet vocode`'s flags for one file: `generate_files`'s arguments with `features`, a request's fields."""
+    parser.add_argument("model", nargs="?", help="a model trained with --n-mels (default: the bundled piano "
+                        "vocoder, when only INPUT is given)")
+    parser.add_argument("input", nargs="?",
+                        help="audio file, or log-mel frames as .npy (n_mels, frames) / .npz (mel, hop_length); a "
+                             "model imported from r9y9 takes its features as .npy (frames, n_mels)")
+    parser.add_argument("-o", "--output")
+    _add_shared_arguments(parser)
+
+
+def _add_shared_arguments(parser):
+    add_request_arguments(parser)
+    parser.add_argument("--backend", default="auto", help="auto, naive, torch, numba, triton or triton-stream")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_precision_argument(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _warm_up(generator: Generator, sampling: Sampling, prime: bool, say_so: bool):

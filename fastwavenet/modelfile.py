@@ -142,3 +142,17 @@ def model_info(path: str | os.PathLike) -> dict:
         "file_bytes": Path(path).stat().st_size,
         "default_sampling": None if loaded.sampling is None else loaded.sampling.to_dict(),
     }
+
+
+def describe(info: dict) -> str:
+    """`model_info`'s dict as the lines `fastwavenet info` prints."""
+    config = info["config"]
+    lines = [f"model: {info['path']} ({info['file_bytes'] / 1e6:.2f} MB)",
+             f"parameters: {info['parameters']:,}",
+             f"receptive field: {info['receptive_field_samples']} samples "
+             f"({info['receptive_field_ms']:.1f} ms at {config['sample_rate']} Hz)"]
+    lines += [f"  {key}: {config[key]}" for key in sorted(config)]
+    if info["default_sampling"] is not None:
+        rule = ", ".join(f"{k} {v}" for k, v in info["default_sampling"].items())
+        lines.append(f"default sampling: {rule} (the command line overrides it field by field)")
+    return "\n".join(lines)

@@ -1,6 +1,6 @@
 """One generation request, validated once, whichever door it came in by: the Python API (`from_kwargs`), an HTTP
 JSON body (`from_json`) or query string (`from_query`), a manifest line (`from_manifest`), the command line
-(`from_args`).
+(`from_args`, whose flags `add_request_arguments` adds, with the argparse types every command's numbers take).
 
 A request checks what it can alone when it is made (`__post_init__`), and what needs the model (its rate, classes,
 speakers, mel bands) in `check(config, limits)`. Every refusal is a FastWaveNetError of one line, and its message
@@ -249,6 +249,56 @@ class GenerationRequest:
             except (OSError, ValueError, EOFError) as exc:
                 raise FastWaveNetError(f"cannot read global features {features}: {exc}") from None
         return cls(**given)
+
+
+# ---- the command line ------------------------------------------------------------------------------------------
+
+def arg_type(kind, accept, wanted: str):
+    """An argparse type: `kind` parses the text, `accept` judges the value, `wanted` says what was expected."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+    return parse
+
+
+arg_positive_integer = arg_type(int, lambda v: v >= 1, "a positive integer")
+arg_nonnegative_integer = arg_type(int, lambda v: v >= 0, "an integer >= 0")
+arg_positive_number = arg_type(float, lambda v: 0 < v < float("inf"), "a positive number")
+arg_nonnegative_number = arg_type(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+# A request's fields (seconds, seed, sampling, speaker) are only parsed on the command line: GenerationRequest judges
+# their ranges, as it does for every other door.
+arg_integer = arg_type(int, lambda v: True, "an integer")
+arg_number = arg_type(float, lambda v: True, "a number")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser):
+    """--temperature, --top-k, --top-p and --argmax: the sampling fields `from_args` reads, each over the model
+    file's default where not given."""
+    parser.add_argument("--temperature", type=arg_number,
+                        help="divides the logits (default: the model file's default sampling, else 1)")
+    parser.add_argument("--top-k", type=arg_integer,
+                        help="keep the k likeliest classes (0: off; default: the model's, else off)")
+    parser.add_argument("--top-p", type=arg_number, help="nucleus sampling mass in (0, 1] (default: the model's, "
+                        "else 1)")
+    parser.add_argument("--argmax", action="store_true", help="always take the likeliest class")
+
+
+def add_request_arguments(parser: argparse.ArgumentParser):
+    """The sampling flags, --seed, --speaker and --global-features: a request's fields as `from_args` reads them
+    (`generate` and `vocode`; --seconds is generate's own, with its default)."""
+    add_sampling_arguments(parser)
+    parser.add_argument("--seed", type=arg_integer,
+                        help="fixes the output, bit for bit on the same backend; with --batch N, file i gets what "
+                             "--seed SEED+i makes alone")
+    parser.add_argument("--speaker", type=arg_integer, help="speaker id, for models with speakers")
+    parser.add_argument("--global-features", metavar="FILE.npy",
+                        help="a model's external global features (r9y9 without a speaker embedding): one vector, "
+                             ".npy")
 
 
 def parse_json(text: str | bytes):

@@ -26,7 +26,7 @@ Errors are JSON {"error": "..."} with a 4xx status (503 when the engine is full)
 Options are read as fastwavenet.request reads them: strict types (no bool for a number, no string for a bool), finite
 numbers, unknown keys refused, and the same bounds as every other way in.
 
-What a client can hold, and for how long (`Limits`, the `fastwavenet serve --...` flags):
+What a client can hold, and for how long (`Limits`; the `fastwavenet serve --...` flags are `ServerOptions`):
 - a slot in the engine (`--max-active`) or in its queue (`--max-waiting`; beyond, 503 at once), for one request of
   at most `--max-seconds` of audio; released when the request ends, fails, or its client leaves (a waiting request
   leaves the queue at once; a running one before the next round);
@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import concurrent.futures
+import importlib.util
 import io
 import math
 import socket
@@ -66,7 +67,8 @@ from . import audio as audio_io
 from .engine import Engine, EngineClosed, EngineFull
 from .errors import FastWaveNetError
 from .features import bands_first, log_mel
-from .request import GenerationRequest, Limits as RequestLimits, parse_json
+from .request import (GenerationRequest, Limits as RequestLimits, arg_nonnegative_number, arg_nonnegative_integer,
+                      arg_positive_integer, arg_positive_number, parse_json)
 
 
 # The kernel's send buffer of a stream's socket. Autotuned, loopback's grows to 4 MB: a client that never reads
@@ -97,6 +99,45 @@ class Limits(RequestLimits):
     max_body_bytes: int = 16 << 20
     read_timeout: float = 30.0
     write_timeout: float = 30.0
+
+
+def _flag(default, kind, text: str):
+    """A ServerOptions field: its default, and its flag's argparse type and help."""
+    return dataclasses.field(default=default, metadata=dict(type=kind, help=text))
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """What `fastwavenet serve` takes (`serve_model`): each field is the flag of its name (`--max-active`), with the
+    argparse type and help of its metadata, in the order --help lists them. The engine takes model, backend, device,
+    max_active, max_waiting and round_ms (milliseconds); max_seconds, max_body_mb (MiB), read_timeout and
+    write_timeout are the Limits (`limits`); host, port and drain_seconds are `serve`'s."""
+
+    model: str | None = _flag(None, None, "model file (default: the bundled piano demo)")
+    host: str = _flag("127.0.0.1", None, "address to bind (default 127.0.0.1, this machine only)")
+    port: int = _flag(8000, arg_nonnegative_integer, "port (default 8000; 0: any free port)")
+    backend: str = _flag("auto", None, "auto, naive, torch, numba, triton or triton-stream")
+    device: str = _flag("cpu", None, "cpu or cuda")
+    max_active: int = _flag(64, arg_positive_integer, "requests generated at once (default 64)")
+    max_waiting: int = _flag(256, arg_nonnegative_integer,
+                             "requests queued beyond those; more are refused with 503 (default 256)")
+    max_seconds: float = _flag(Limits.max_seconds, arg_positive_number, "longest audio per request (default 60)")
+    max_body_mb: float = _flag(Limits.max_body_bytes / (1 << 20), arg_positive_number,
+                               "largest request body (default 16)")
+    read_timeout: float = _flag(Limits.read_timeout, arg_positive_number,
+                                "seconds a client has to send a request's headers, and again its body (default 30)")
+    write_timeout: float = _flag(Limits.write_timeout, arg_positive_number,
+                                 "seconds a write of audio may wait for the client to read; then its stream is cut "
+                                 "(default 30)")
+    round_ms: float = _flag(50.0, arg_positive_number,
+                            "about how long one round of steps takes; time to first audio is one to two rounds "
+                            "(default 50)")
+    drain_seconds: float = _flag(10.0, arg_nonnegative_number,
+                                 "on SIGTERM or Ctrl-C, how long requests in flight may finish before they are cut "
+                                 "(default 10)")
+
+    def limits(self) -> Limits:
+        return Limits(self.max_seconds, int(self.max_body_mb * (1 << 20)), self.read_timeout, self.write_timeout)
 
 
 def wav_header(samples: int, sample_rate: int) -> bytes:
@@ -373,6 +414,19 @@ def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, limits: Lim
     process ends within about `drain_seconds` plus one round (and any upload being decoded, bounded by the limits).
     Port 0 takes a free port; the address is printed once the server listens."""
     asyncio.run(_serve(engine, host, port, limits, drain_seconds, quiet))
+
+
+def serve_model(options: ServerOptions = ServerOptions(), quiet: bool = False):
+    """What `fastwavenet serve` does: load `options.model` (a model file; None: the bundled demo) into an Engine,
+    and `serve` it until SIGINT or SIGTERM."""
+    missing = [m for m in ("aiohttp", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise FastWaveNetError(f"fastwavenet serve needs {', '.join(missing)}: pip install 'fastwavenet[serve]'")
+    if not quiet:
+        print("fastwavenet: loading the model and compiling the kernels (cached after the first run)", flush=True)
+    engine = Engine(options.model, backend=options.backend, device=options.device, max_active=options.max_active,
+                    max_waiting=options.max_waiting, round_seconds=options.round_ms / 1000)
+    serve(engine, options.host, options.port, options.limits(), drain_seconds=options.drain_seconds, quiet=quiet)
 
 
 async def _serve(engine, host, port, limits, drain_seconds, quiet):
