@@ -380,15 +380,12 @@ def _split_products(parts, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, fi
     """`_products` with the outputs [first, last) split in `parts` (numba's threads), in whole lone-stream blocks where
     there are enough of them: each thread streams only its columns of w (issue 38: one stream on every core). Each
     output is the same chain of fmas whichever thread computes it (the note above), so a stream's numbers do not
-    depend on the number of threads. One parallel region per call: a layer takes two or three."""
-    span = (last - first + parts - 1) // parts
-    unit = BLOCK.nv1 * _L if span >= BLOCK.nv1 * _L else _L
-    span = (span + unit - 1) // unit * unit
+    depend on the number of threads. One parallel region per call (the head's products; a layer's are split by
+    `_gate_parts` and `_out_parts`, two regions a layer)."""
     for part in prange(parts):
-        f = first + part * span
-        end = min(last, f + span)
+        f, end = _share(part, parts, last - first)
         if f < end:
-            _products(w, row0, K, bp, sp, xp, ldx, yp + 4 * (f - first), ldy, ap + 4 * (f - first), lda, nb, f, end)
+            _products(w, row0, K, bp, sp, xp, ldx, yp + 4 * f, ldy, ap + 4 * f, lda, nb, first + f, first + end)
 
 
 @njit(**_OPTIONS)
@@ -411,6 +408,73 @@ def _tap_row(queues, b0, offset, d, k, j, t):
 
 
 @njit(**_OPTIONS)
+def _share(part, parts, n):
+    """Part `part` of `parts` of n outputs, [first, last): whole lone-stream blocks where there are enough, else
+    whole vectors; empty past the end."""
+    span = (n + parts - 1) // parts
+    unit = BLOCK.nv1 * _L if span >= BLOCK.nv1 * _L else _L
+    span = (span + unit - 1) // unit * unit
+    first = min(n, part * span)
+    return first, min(n, first + span)
+
+
+@njit(**_OPTIONS)
+def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda):
+    """A layer's gate for part `part` of `parts` of its G channels (all of them for one part): the k taps' products
+    into both halves of z for those channels (oldest tap first, the first starting from the bias and `ap`, the
+    conditioning terms or zeros, the next from the sums so far), then the gated values. wl (k*R, 2G) the layer's
+    dilated weights, bias/ws/zp addresses (bias, int8 scales, zeros); the taps are queue rows, then xs."""
+    R, G2 = xs.shape[1], z.shape[1]
+    G = G2 // 2
+    zc, qs0 = z.ctypes.data, queues.strides[0]
+    c0, c1 = (0, G) if parts == 1 else _share(part, parts, G)
+    for j in range(k):  # tap j of k, oldest first: the queue slots, then the new input
+        if j < k - 1:
+            xp, ldx = _tap_row(queues, b0, off, d, k, j, t), qs0 // 4
+        else:
+            xp, ldx = xs.ctypes.data, R
+        for half in range(1 if parts == 1 else 2):  # one part: both halves in one product
+            first, last = (0, G2) if parts == 1 else (half * G + c0, half * G + c1)
+            if j == 0:
+                _products(wl, 0, R, bias, ws, xp, ldx, zc + 4 * first, G2, ap + 4 * first, lda, nb, first, last)
+            else:  # go on from the taps so far
+                _products(wl, j * R, R, zp, ws, xp, ldx, zc + 4 * first, G2, zc + 4 * first, G2, nb, first, last)
+    for bb in range(nb):
+        for c in range(c0, c1):
+            a = fast_tanh(z[bb, c])
+            gate = np.float32(0.5) + np.float32(0.5) * fast_tanh(np.float32(0.5) * z[bb, G + c])
+            gated[bb, c] = a * gate
+
+
+@njit(**_OPTIONS, parallel=True, nogil=True)
+def _gate_parts(parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda):
+    """`_gate_part` for every part, the parts in parallel (one region)."""
+    for part in prange(parts):
+        _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda)
+
+
+@njit(**_OPTIONS)
+def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual):
+    """A layer's 1x1 outputs for part `part` of `parts` of its residual channels (where `residual`: into xs, from
+    xs) and of its skip channels (into the skip sums): ow (G, R+S), obp/osp the bias's and int8 scales' addresses."""
+    R, S, G = xs.shape[1], skip.shape[1], gated.shape[1]
+    gp, xp, sp = gated.ctypes.data, xs.ctypes.data, skip.ctypes.data
+    r0, r1 = (0, R) if parts == 1 else _share(part, parts, R)
+    s0, s1 = (0, S) if parts == 1 else _share(part, parts, S)
+    if residual and r0 < r1:
+        _products(ow, 0, G, obp, osp, gp, G, xp + 4 * r0, R, xp + 4 * r0, R, nb, r0, r1)
+    if s0 < s1:
+        _products(ow, 0, G, obp, osp, gp, G, sp + 4 * s0, S, sp + 4 * s0, S, nb, R + s0, R + s1)
+
+
+@njit(**_OPTIONS, parallel=True, nogil=True)
+def _out_parts(parts, nb, ow, obp, osp, gated, xs, skip, residual):
+    """`_out_part` for every part, the parts in parallel (one region)."""
+    for part in prange(parts):
+        _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual)
+
+
+@njit(**_OPTIONS)
 def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gated, skip, hidden, logits, zeros,
                split):
     """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb] (class codes, or sample values when
@@ -423,9 +487,7 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
     k_in = embed.shape[0]
     R = embed.shape[2]
     L = dilated_w.shape[0]
-    G2 = dilated_w.shape[2]
     k = dilated_w.shape[1] // R
-    G = G2 // 2
     RS = out_w.shape[2]
     S = RS - R
 
@@ -453,7 +515,7 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
 
     # The products read a layer's taps where they lie (queue slots, then the new input), the kernel's running sums
     # accumulate in place (`_products`), and the last layer's residual output, which feeds nothing, is skipped.
-    zp, zc = zeros.ctypes.data, z.ctypes.data
+    zp = zeros.ctypes.data
     qs0 = queues.strides[0]
     for layer in range(L):
         d = dilations[layer]
@@ -473,30 +535,22 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
             lda = cond.strides[0] // 4
         else:
             ap, lda = zp, 0
-        for j in range(k):  # tap j of k, oldest first: the queue slots, then the new input
-            if j < k - 1:
-                xp, ldx = _tap_row(queues, b0, off, d, k, j, t), qs0 // 4
-            else:
-                xp, ldx = xs.ctypes.data, R
-            if j == 0:
-                _product(split, wl, 0, R, dilated_b[layer].ctypes.data, ws, xp, ldx, zc, G2, ap, lda, nb, 0, G2)
-            else:  # go on from the taps so far
-                _product(split, wl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2)
+        bias = dilated_b[layer].ctypes.data
+        if split > 1:  # each thread its share of the gate channels, then of the outputs: two regions a layer
+            _gate_parts(split, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda)
+        else:
+            _gate_part(0, 1, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda)
         write = off + t % n  # after the products: with k = 2 it is the slot they read
         for bb in range(nb):
             b = b0 + bb
             for c in range(R):
                 queues[b, write, c] = xs[bb, c]
-        for bb in range(nb):
-            for c in range(G):
-                a = fast_tanh(z[bb, c])
-                gate = np.float32(0.5) + np.float32(0.5) * fast_tanh(np.float32(0.5) * z[bb, G + c])
-                gated[bb, c] = a * gate
-        ow, obp, gp = out_w[layer], out_b[layer].ctypes.data, gated.ctypes.data
+        ow, obp = out_w[layer], out_b[layer].ctypes.data
         osp = w.out_s[layer].ctypes.data
-        if layer < L - 1:
-            _product(split, ow, 0, G, obp, osp, gp, G, xs.ctypes.data, R, xs.ctypes.data, R, nb, 0, R)
-        _product(split, ow, 0, G, obp, osp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)
+        if split > 1:
+            _out_parts(split, nb, ow, obp, osp, gated, xs, skip, layer < L - 1)
+        else:  # the last layer's residual output feeds nothing
+            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1)
 
     for bb in range(nb):
         for c in range(S):

@@ -16,7 +16,7 @@ from fastwavenet.backends.numba_cpu import NumbaBackend
 from fastwavenet.bench import random_model_file
 from kernel_timing import load_kernel, time_generate
 
-PARTS = {1: "dilated taps (products)", 2: "queue write + gate", 3: "residual + skip (products)",
+PARTS = {1: "dilated taps (products) + gate", 2: "queue write", 3: "residual + skip (products)",
          6: "prefetch of the next rows", 4: "head (relu + 2 products)", 5: "sampling"}
 STEP = 8  # the slot of the whole step
 
@@ -56,10 +56,10 @@ EDITS = [
      "        c2 = _cycles()\n        _add_at(_P + 8 * 6, c2 - c1)\n        if cond.shape[0] > 0:  # the first tap"),
     ("        write = off + t % n",
      "        c3 = _cycles()\n        _add_at(_P + 8 * 1, c3 - c2)\n        write = off + t % n"),
-    ("        ow, obp, gp = out_w[layer]",
-     "        c4 = _cycles()\n        _add_at(_P + 8 * 2, c4 - c3)\n        ow, obp, gp = out_w[layer]"),
-    ("        _product(split, ow, 0, G, obp, osp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)\n",
-     "        _product(split, ow, 0, G, obp, osp, gp, G, skip.ctypes.data, S, skip.ctypes.data, S, nb, R, RS)\n"
+    ("        ow, obp = out_w[layer]",
+     "        c4 = _cycles()\n        _add_at(_P + 8 * 2, c4 - c3)\n        ow, obp = out_w[layer]"),
+    ("            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1)\n",
+     "            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1)\n"
      "        _add_at(_P + 8 * 3, _cycles() - c4)\n"),
     ("    for bb in range(nb):\n        for c in range(S):\n            skip[bb, c] = max(",
      "    c5 = _cycles()\n    _add_at(_P + 8 * 7, c5 - c0)\n"
