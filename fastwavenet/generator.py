@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import audio, distributions, mulaw
-from .backends import full_fp32, make_backend, resolve_device
+from .backends import backend_choices, full_fp32, make_backend, resolve_device
 from .conditioning import Conditioning
 from .config import WaveNetConfig, check_memory
 from .errors import FastWaveNetError
@@ -392,7 +392,7 @@ def add_vocode_arguments(parser):
 
 def _add_shared_arguments(parser):
     add_request_arguments(parser)
-    parser.add_argument("--backend", default="auto", help="auto, naive, torch, numba, triton or triton-stream")
+    parser.add_argument("--backend", default="auto", help=backend_choices())
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     add_precision_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -64,6 +64,7 @@ import numpy as np
 import soundfile
 
 from . import audio as audio_io
+from .backends import backend_choices
 from .engine import Engine, EngineClosed, EngineFull
 from .errors import FastWaveNetError
 from .features import bands_first, log_mel
@@ -116,7 +117,7 @@ class ServerOptions:
     model: str | None = _flag(None, None, "model file (default: the bundled piano demo)")
     host: str = _flag("127.0.0.1", None, "address to bind (default 127.0.0.1, this machine only)")
     port: int = _flag(8000, arg_nonnegative_integer, "port (default 8000; 0: any free port)")
-    backend: str = _flag("auto", None, "auto, naive, torch, numba, triton or triton-stream")
+    backend: str = _flag("auto", None, backend_choices())
     device: str = _flag("cpu", None, "cpu or cuda")
     max_active: int = _flag(64, arg_positive_integer, "requests generated at once (default 64)")
     max_waiting: int = _flag(256, arg_nonnegative_integer,

@@ -48,7 +48,6 @@ import torch
 import triton
 import triton.language as tl
 
-from fastwavenet.kernels import sampling_constants as rule
 from fastwavenet.kernels.gpu import SOFTMAX, StreamRules, _sample_class, _sample_continuous, _tanh
 
 # Polls of a vector's tags (each an L2 round trip, about half a microsecond) before a program gives up.

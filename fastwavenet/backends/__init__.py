@@ -45,6 +45,11 @@ def registry() -> dict[str, type[Backend]]:
             "torch-compile": TorchCompileBackend}
 
 
+def backend_choices() -> str:
+    """The --backend help: every name the option takes."""
+    return "auto, " + ", ".join(registry())
+
+
 def available_backends(device: torch.device | str) -> list[str]:
     device = torch.device(device)
     return [name for name, cls in registry().items() if cls.unavailable_reason(device) is None]
