@@ -523,18 +523,3 @@ def argument_types(dist: int = SOFTMAX) -> dict:
     if dist == SOFTMAX:
         return ARGUMENT_TYPES
     return {**ARGUMENT_TYPES, "codes_ptr": "*fp32", "out_ptr": "*fp32"}
-
-
-# ---- a probe of one hand-over's cost (benchmarks/gpu_spread_sweep.py times it) ------------------------------------
-
-@triton.jit(do_not_specialize=["rounds"])
-def handover_kernel(talk_ptr, fail_ptr, rounds, P: tl.constexpr, P_P: tl.constexpr):
-    """`rounds` hand-overs of the kind the spread kernel's phases make, and nothing else: in each, every one of the
-    P programs gives one tagged value and takes all P."""
-    p = tl.program_id(0)
-    idx = tl.arange(0, P_P)
-    total = tl.zeros((P_P,), tl.float32)
-    for r in range(1, rounds + 1):  # two buffers in turn, so no value is overwritten before all have read it
-        _give(talk_ptr + (r % 2) * P_P, p, p < P, (p + r).to(tl.float32), r)
-        total += _take(talk_ptr + (r % 2) * P_P, idx, idx < P, r, fail_ptr)
-    tl.store(talk_ptr + 2 * P_P + p, tl.sum(total, axis=0).to(tl.int64))

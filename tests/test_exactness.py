@@ -259,11 +259,16 @@ def test_spread_programs_each_own_gate_and_head_channels(monkeypatch):
 def test_spread_handover_probe_counts_every_round():
     """The hand-over probe (benchmarks/gpu_spread_sweep.py times it on a GPU) under the interpreter, one program:
     each round's tagged value is taken back whole, so the sum over rounds is exact, and nothing times out."""
-    from fastwavenet.kernels import gpu_spread
+    import importlib.util
+    from pathlib import Path
 
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_spread_sweep.py"
+    spec = importlib.util.spec_from_file_location("gpu_spread_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
     talk = torch.zeros(3, dtype=torch.int64)
     fail = torch.zeros(1, dtype=torch.int32)
-    gpu_spread.handover_kernel[(1,)](talk, fail, 5, P=1, P_P=1)
+    sweep.handover_kernel[(1,)](talk, fail, 5, P=1, P_P=1)
     assert int(fail) == 0 and int(talk[2]) == sum(range(1, 6))
 
 
