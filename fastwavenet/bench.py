@@ -138,12 +138,12 @@ class Limits:
 class GpuLimits:
     """A GPU's own limits, measured in the same run as the figures they are held against (measure_gpu_limits).
 
-    batched: the float32 FMA rate (`kernels.gpu.fma_chains_kernel`: chains of dependent fused multiply-adds in
+    batched: the float32 FMA rate (`gpu_limits.fma_chains_kernel`: chains of dependent fused multiply-adds in
     registers on every SM, Triton-compiled as the generation kernel is) in GFLOP/s, divided by the model's FLOPs per
     sample. Every backend computes in float32 on CUDA cores (bf16 weights are rounded values held in float32; tensor
     cores are off for float32 matmuls, backends.base), so this binds them all.
     batch 1: passes/s over the model's weight bytes of the whole chip reading a buffer of about that size while it
-    sits in L2 (`kernels.gpu.read_passes_kernel`): samples/s if each sample read every weight once at that speed.
+    sits in L2 (`gpu_limits.read_passes_kernel`): samples/s if each sample read every weight once at that speed.
     A batch of B streams may reach at most min(B x that, the batched limit). The device-to-device copy bandwidth
     (HBM) and the tensor-core matmul rates (bf16, tf32) are measured for reference: what the chip offers beyond
     what the kernels use."""
@@ -271,7 +271,7 @@ def measure_gpu_limits(model: ModelFile, device: str = "cuda", seconds: float = 
     seconds in all, the probes' compiles included); None without Triton, which compiles two of the probes."""
     if importlib.util.find_spec("triton") is None:
         return None
-    from .kernels.gpu import fma_chains_kernel, read_passes_kernel
+    from .gpu_limits import fma_chains_kernel, read_passes_kernel
 
     device = torch.device(device)
     with torch.cuda.device(device):

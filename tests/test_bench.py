@@ -119,7 +119,7 @@ def test_gpu_probe_kernels_compute_what_they_count():
     pytest.importorskip("triton")
     import numpy as np
 
-    from fastwavenet.kernels.gpu import fma_chains_kernel, read_passes_kernel
+    from fastwavenet.gpu_limits import fma_chains_kernel, read_passes_kernel
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     buf = torch.arange(5 * 16, dtype=torch.float32, device=device)

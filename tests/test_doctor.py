@@ -57,7 +57,7 @@ print(json.dumps(rows_as_json(compile_gpu([90], models, modes))))
 
 
 def test_limit_probes_compile_for_sm90_to_fused_multiply_adds():
-    """The GPU limits' probes (kernels/gpu.py) compile for a real GPU without one; the FMA probe's chains are fused
+    """The GPU limits' probes (fastwavenet/gpu_limits.py) compile for a real GPU without one; the FMA probe's chains are fused
     multiply-adds in registers (16 chains a thread x 8 per loop iteration, and one each to start), nothing spilled."""
     pytest.importorskip("triton")
     script = """
@@ -66,7 +66,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from fastwavenet.doctor import _cuobjdump, _resources
-from fastwavenet.kernels import gpu
+from fastwavenet import gpu_limits as gpu
 target, options = GPUTarget("cuda", 90, 32), {"num_warps": 4, "enable_fp_fusion": True}
 read = triton.compile(ASTSource(gpu.read_passes_kernel, {"buf_ptr": "*fp32", "chunks": "i32", "passes": "i32",
                       "out_ptr": "*fp32", "BLOCK": "constexpr"}, {"BLOCK": 1024}), target=target, options=options)
@@ -92,7 +92,7 @@ from triton.runtime.jit import create_function_from_signature
 from fastwavenet import Sampling, preset
 from fastwavenet.backends.triton_gpu import TritonStreamBackend
 from fastwavenet.bench import random_model_file
-from fastwavenet.kernels import gpu
+from fastwavenet import gpu_limits as gpu
 
 kernel = gpu._wavenet_kernel
 bind = create_function_from_signature(kernel.signature, kernel.params, make_backend(GPUTarget("cuda", 90, 32)))
