@@ -45,7 +45,7 @@ def main():
             arrays = (state.queues.numpy(), state.inputs.numpy(), _no_cond(), out)
             start = time.perf_counter()
             if split:
-                cpu.generate_split(*args, weights, *arrays, threads)
+                cpu.generate_split(*args, weights, *arrays, threads, *backend._blocks(threads))
             else:
                 cpu.generate(*args, 1, weights, *arrays)
             return steps / (time.perf_counter() - start)

@@ -302,6 +302,9 @@ _L = BLOCK.lanes
 _MAIN, _ONE, _LONE = _micro(BLOCK.sb, BLOCK.nv, _L), _micro(1, BLOCK.nv, _L), _micro(1, BLOCK.nv1, _L)
 _LONE8 = _micro(1, BLOCK.nv8, _L)
 _VEC, _SCALAR = _micro(1, 1, _L), _micro(1, 1, 1)
+# What the tile path passes for the split path's weight blocks (`split_blocks`): nothing. (A global array of size
+# zero: numba freezes it into the code, which keeps the kernels cacheable.)
+_NO_BLOCKS = np.zeros((0, 0, 0, 0), np.float32)
 # Streams per group: a group's inputs and outputs stay in L1 while each weight panel passes through.
 _GROUP = 16
 
@@ -408,22 +411,30 @@ def _tap_row(queues, b0, offset, d, k, j, t):
 
 
 @njit(**_OPTIONS)
-def _share(part, parts, n):
-    """Part `part` of `parts` of n outputs, [first, last): whole lone-stream blocks where there are enough, else
-    whole vectors; empty past the end."""
+def share_span(parts, n):
+    """Outputs per part when n outputs are split in `parts`: whole lone-stream blocks where there are enough, else
+    whole vectors (the last part may be shorter or empty)."""
     span = (n + parts - 1) // parts
     unit = BLOCK.nv1 * _L if span >= BLOCK.nv1 * _L else _L
-    span = (span + unit - 1) // unit * unit
+    return (span + unit - 1) // unit * unit
+
+
+@njit(**_OPTIONS)
+def _share(part, parts, n):
+    """Part `part` of `parts` of n outputs, [first, last) (`share_span` each; empty past the end)."""
+    span = share_span(parts, n)
     first = min(n, part * span)
     return first, min(n, first + span)
 
 
 @njit(**_OPTIONS)
-def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda):
+def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer):
     """A layer's gate for part `part` of `parts` of its G channels (all of them for one part): the k taps' products
     into both halves of z for those channels (oldest tap first, the first starting from the bias and `ap`, the
     conditioning terms or zeros, the next from the sums so far), then the gated values. wl (k*R, 2G) the layer's
-    dilated weights, bias/ws/zp addresses (bias, int8 scales, zeros); the taps are queue rows, then xs."""
+    dilated weights, bias/ws/zp addresses (bias, int8 scales, zeros); the taps are queue rows, then xs. Split in
+    parts, each part reads its own contiguous block, blocks[layer, part] (`split_blocks`): its tanh columns, then its
+    sigmoid columns, each half `share_span` wide."""
     R, G2 = xs.shape[1], z.shape[1]
     G = G2 // 2
     zc, qs0 = z.ctypes.data, queues.strides[0]
@@ -433,12 +444,23 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
             xp, ldx = _tap_row(queues, b0, off, d, k, j, t), qs0 // 4
         else:
             xp, ldx = xs.ctypes.data, R
-        for half in range(1 if parts == 1 else 2):  # one part: both halves in one product
-            first, last = (0, G2) if parts == 1 else (half * G + c0, half * G + c1)
+        if parts == 1:  # both halves in one product
             if j == 0:
-                _products(wl, 0, R, bias, ws, xp, ldx, zc + 4 * first, G2, ap + 4 * first, lda, nb, first, last)
+                _products(wl, 0, R, bias, ws, xp, ldx, zc, G2, ap, lda, nb, 0, G2)
             else:  # go on from the taps so far
-                _products(wl, j * R, R, zp, ws, xp, ldx, zc + 4 * first, G2, zc + 4 * first, G2, nb, first, last)
+                _products(wl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2)
+            continue
+        wb = blocks[layer, part]
+        span = wb.shape[1] // 2
+        for half in range(2):
+            g0, lf = half * G + c0, half * span  # the half's first output: in z and the bias, in the block
+            shift = 4 * (g0 - lf)  # so that the block's column lf + i reads bias[g0 + i] and scale[g0 + i]
+            if c0 < c1 and j == 0:
+                _products(wb, 0, R, bias + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, ap + 4 * g0, lda, nb, lf,
+                          lf + c1 - c0)
+            elif c0 < c1:
+                _products(wb, j * R, R, zp + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, zc + 4 * g0, G2, nb, lf,
+                          lf + c1 - c0)
     for bb in range(nb):
         for c in range(c0, c1):
             a = fast_tanh(z[bb, c])
@@ -447,41 +469,75 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
 
 
 @njit(**_OPTIONS, parallel=True, nogil=True)
-def _gate_parts(parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda):
+def _gate_parts(parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer):
     """`_gate_part` for every part, the parts in parallel (one region)."""
     for part in prange(parts):
-        _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda)
+        _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer)
 
 
 @njit(**_OPTIONS)
-def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual):
+def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer):
     """A layer's 1x1 outputs for part `part` of `parts` of its residual channels (where `residual`: into xs, from
-    xs) and of its skip channels (into the skip sums): ow (G, R+S), obp/osp the bias's and int8 scales' addresses."""
+    xs) and of its skip channels (into the skip sums): ow (G, R+S), obp/osp the bias's and int8 scales' addresses.
+    Split in parts, each part reads its own contiguous block, blocks[layer, part] (`split_blocks`): its residual
+    columns, then from `share_span(parts, R)` on its skip columns."""
     R, S, G = xs.shape[1], skip.shape[1], gated.shape[1]
     gp, xp, sp = gated.ctypes.data, xs.ctypes.data, skip.ctypes.data
-    r0, r1 = (0, R) if parts == 1 else _share(part, parts, R)
-    s0, s1 = (0, S) if parts == 1 else _share(part, parts, S)
-    if residual and r0 < r1:
-        _products(ow, 0, G, obp, osp, gp, G, xp + 4 * r0, R, xp + 4 * r0, R, nb, r0, r1)
-    if s0 < s1:
-        _products(ow, 0, G, obp, osp, gp, G, sp + 4 * s0, S, sp + 4 * s0, S, nb, R + s0, R + s1)
+    if parts == 1:
+        if residual:
+            _products(ow, 0, G, obp, osp, gp, G, xp, R, xp, R, nb, 0, R)
+        _products(ow, 0, G, obp, osp, gp, G, sp, S, sp, S, nb, R, R + S)
+        return
+    wb = blocks[layer, part]
+    r0, r1 = _share(part, parts, R)
+    s0, s1 = _share(part, parts, S)
+    if residual and r0 < r1:  # block columns [0, r1 - r0) are outputs r0 ..
+        shift = 4 * r0
+        _products(wb, 0, G, obp + shift, osp + shift, gp, G, xp + 4 * r0, R, xp + 4 * r0, R, nb, 0, r1 - r0)
+    if s0 < s1:  # block columns lf .. are outputs R + s0 ..
+        lf = share_span(parts, R)
+        shift = 4 * (R + s0 - lf)
+        _products(wb, 0, G, obp + shift, osp + shift, gp, G, sp + 4 * s0, S, sp + 4 * s0, S, nb, lf, lf + s1 - s0)
 
 
 @njit(**_OPTIONS, parallel=True, nogil=True)
-def _out_parts(parts, nb, ow, obp, osp, gated, xs, skip, residual):
+def _out_parts(parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer):
     """`_out_part` for every part, the parts in parallel (one region)."""
     for part in prange(parts):
-        _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual)
+        _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer)
+
+
+def split_blocks(w, parts: int):
+    """Each part's weights of every layer, contiguous (so a thread streams one block instead of a share of every
+    row, which the prefetchers follow poorly: an int8 product split by columns gained 1.13x on two threads, by
+    blocks 1.42x, docs/BENCHMARKS.md): (gate blocks (L, parts, k*R, 2 x span_G), output blocks (L, parts, G,
+    span_R + span_S)), spans by `share_span`, in the weights' own dtype, zero where a part is short. w: CpuWeights."""
+    L, KR, G2 = w.dilated_w.shape
+    G, RS = G2 // 2, w.out_w.shape[2]
+    R = w.embed.shape[2]
+    S = RS - R
+    sg, sr, ss = share_span(parts, G), share_span(parts, R), share_span(parts, S)
+    gate = np.zeros((L, parts, KR, 2 * sg), w.dilated_w.dtype)
+    out = np.zeros((L, parts, G, sr + ss), w.out_w.dtype)
+    for part in range(parts):
+        c0, c1 = _share(part, parts, G)
+        gate[:, part, :, :c1 - c0] = w.dilated_w[:, :, c0:c1]
+        gate[:, part, :, sg:sg + c1 - c0] = w.dilated_w[:, :, G + c0:G + c1]
+        r0, r1 = _share(part, parts, R)
+        s0, s1 = _share(part, parts, S)
+        out[:, part, :, :r1 - r0] = w.out_w[:, :, r0:r1]
+        out[:, part, :, sr:sr + s1 - s0] = w.out_w[:, :, R + s0:R + s1]
+    return gate, out
 
 
 @njit(**_OPTIONS)
 def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gated, skip, hidden, logits, zeros,
-               split):
+               split, gate_blocks, out_blocks):
     """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb] (class codes, or sample values when
     `scalar`); logits[0:nb] receive the head's outputs. w: CpuWeights. cond (B, steps, L, 2G) holds gate terms, read
     at step s; a conditionless model passes a (0, 0, 0, 0) array. queues and cond need contiguous last axes.
-    The rest is `_scratch`; split: the parts each product's outputs are split in between the threads, or 1
-    (`_product`)."""
+    The rest is `_scratch`; split: the parts each layer's outputs are split in between the threads, or 1, and
+    gate_blocks, out_blocks each part's weights (`split_blocks`; empty arrays for one part)."""
     embed, dilated_w, dilated_b, out_w, out_b = w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b
     dilations, offsets = w.dilations, w.offsets
     k_in = embed.shape[0]
@@ -537,9 +593,10 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
             ap, lda = zp, 0
         bias = dilated_b[layer].ctypes.data
         if split > 1:  # each thread its share of the gate channels, then of the outputs: two regions a layer
-            _gate_parts(split, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda)
+            _gate_parts(split, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, gate_blocks,
+                        layer)
         else:
-            _gate_part(0, 1, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda)
+            _gate_part(0, 1, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, gate_blocks, layer)
         write = off + t % n  # after the products: with k = 2 it is the slot they read
         for bb in range(nb):
             b = b0 + bb
@@ -548,9 +605,9 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
         ow, obp = out_w[layer], out_b[layer].ctypes.data
         osp = w.out_s[layer].ctypes.data
         if split > 1:
-            _out_parts(split, nb, ow, obp, osp, gated, xs, skip, layer < L - 1)
+            _out_parts(split, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer)
         else:  # the last layer's residual output feeds nothing
-            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1)
+            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer)
 
     for bb in range(nb):
         for c in range(S):
@@ -720,7 +777,8 @@ def sample_continuous(y, u0, u1, distribution, temperature, argmax, log_scale_mi
 
 
 @njit(**_OPTIONS)
-def _teacher_tile(b0, nb, tile, codes, scalar, t0, w, queues, inputs, cond, out_logits, split):
+def _teacher_tile(b0, nb, tile, codes, scalar, t0, w, queues, inputs, cond, out_logits, split, gate_blocks,
+                  out_blocks):
     """`teacher_forced` for streams b0 .. b0+nb-1 (nb <= tile)."""
     T = codes.shape[1]
     xs, z, gated, skip, hidden, logits, zeros = _scratch(tile, w)
@@ -729,7 +787,7 @@ def _teacher_tile(b0, nb, tile, codes, scalar, t0, w, queues, inputs, cond, out_
         for bb in range(nb):
             step_codes[bb] = codes[b0 + bb, s]
         _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, z, gated, skip,
-                   hidden, logits, zeros, split)
+                   hidden, logits, zeros, split, gate_blocks, out_blocks)
         for bb in range(nb):
             out_logits[b0 + bb, s, :] = logits[bb, :]
 
@@ -743,19 +801,21 @@ def teacher_forced(codes, scalar, t0, tile, w, queues, inputs, cond, out_logits)
     tiles = (B + tile - 1) // tile
     for ti in prange(tiles):
         b0 = ti * tile
-        _teacher_tile(b0, min(tile, B - b0), tile, codes, scalar, t0, w, queues, inputs, cond, out_logits, 1)
+        _teacher_tile(b0, min(tile, B - b0), tile, codes, scalar, t0, w, queues, inputs, cond, out_logits, 1,
+                      _NO_BLOCKS, _NO_BLOCKS)
 
 
 @njit(**_OPTIONS, nogil=True)
-def teacher_forced_split(codes, scalar, t0, w, queues, inputs, cond, out_logits, parts):
-    """`teacher_forced` as one tile of every stream, each product's outputs split in `parts` (numba's threads)."""
+def teacher_forced_split(codes, scalar, t0, w, queues, inputs, cond, out_logits, parts, gate_blocks, out_blocks):
+    """`teacher_forced` as one tile of every stream, each layer's outputs split in `parts` (numba's threads), each
+    part reading its own weight blocks (`split_blocks(w, parts)`)."""
     B = codes.shape[0]
-    _teacher_tile(0, B, B, codes, scalar, t0, w, queues, inputs, cond, out_logits, parts)
+    _teacher_tile(0, B, B, codes, scalar, t0, w, queues, inputs, cond, out_logits, parts, gate_blocks, out_blocks)
 
 
 @njit(**_OPTIONS)
 def _generate_tile(b0, nb, tile, last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax,
-                   w, queues, inputs, cond, out_codes, split):
+                   w, queues, inputs, cond, out_codes, split, gate_blocks, out_blocks):
     """`generate` for streams b0 .. b0+nb-1 (nb <= tile)."""
     n = u.shape[0]
     C = w.head2_w.shape[1]
@@ -766,7 +826,7 @@ def _generate_tile(b0, nb, tile, last, scalar, distribution, log_scale_min, t0, 
     step_codes = last[b0:b0 + nb].copy()
     for s in range(n):
         _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, z, gated, skip,
-                   hidden, logits, zeros, split)
+                   hidden, logits, zeros, split, gate_blocks, out_blocks)
         for bb in range(nb):
             b = b0 + bb
             if distribution == SOFTMAX:
@@ -803,14 +863,15 @@ def generate(last, scalar, distribution, log_scale_min, t0, u, temperature, top_
     for ti in prange(tiles):
         b0 = ti * tile
         _generate_tile(b0, min(tile, B - b0), tile, last, scalar, distribution, log_scale_min, t0, u, temperature,
-                       top_k, top_p, argmax, w, queues, inputs, cond, out_codes, 1)
+                       top_k, top_p, argmax, w, queues, inputs, cond, out_codes, 1, _NO_BLOCKS, _NO_BLOCKS)
 
 
 @njit(**_OPTIONS, nogil=True)
 def generate_split(last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax, w, queues,
-                   inputs, cond, out_codes, parts):
-    """`generate` as one tile of every stream, each product's outputs split in `parts` (numba's threads): for
-    fewer streams than threads on models whose weights are worth splitting (backends/numba_cpu.py decides)."""
+                   inputs, cond, out_codes, parts, gate_blocks, out_blocks):
+    """`generate` as one tile of every stream, each layer's outputs split in `parts` (numba's threads), each part
+    reading its own weight blocks (`split_blocks(w, parts)`): for fewer streams than threads on models whose weights
+    are worth splitting (backends/numba_cpu.py decides)."""
     B = u.shape[1]
     _generate_tile(0, B, B, last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax, w,
-                   queues, inputs, cond, out_codes, parts)
+                   queues, inputs, cond, out_codes, parts, gate_blocks, out_blocks)

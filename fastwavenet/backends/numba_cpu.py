@@ -162,6 +162,14 @@ class NumbaBackend(Backend):
         nbytes = sum(a.nbytes for a in (w.dilated_w, w.out_w, w.head1_w, w.head2_w))
         return threads if nbytes >= self.SPLIT_FROM_BYTES else 1
 
+    def _blocks(self, parts: int):
+        """Each part's weights, contiguous (`cpu.split_blocks`), made at the first split call for this count."""
+        from ..kernels import cpu
+
+        if getattr(self, "_split", (None,))[0] != parts:
+            self._split = (parts, tuple(_aligned(a) for a in cpu.split_blocks(self.weights, parts)))
+        return self._split[1]
+
     @staticmethod
     def _tile(batch: int) -> int:
         """Streams per tile: the batch spread over numba's threads, at most 64 (a tile's scratch stays in cache)."""
@@ -177,7 +185,7 @@ class NumbaBackend(Backend):
         with _parallel_guard():
             if parts > 1:
                 cpu.teacher_forced_split(codes, self.config.scalar_input, state.t, self.weights, state.queues.numpy(),
-                                         state.inputs.numpy(), cond, logits, parts)
+                                         state.inputs.numpy(), cond, logits, parts, *self._blocks(parts))
             else:
                 cpu.teacher_forced(codes, self.config.scalar_input, state.t, tile, self._kernel_weights(tile),
                                    state.queues.numpy(), state.inputs.numpy(), cond, logits)
@@ -203,7 +211,7 @@ class NumbaBackend(Backend):
         arrays = (state.queues.numpy(), state.inputs.numpy(), cond, out)
         with _parallel_guard():
             if parts > 1:  # a few streams, the narrow weights (the batch stays below WIDEN_FROM)
-                cpu.generate_split(*args, self.weights, *arrays, parts)
+                cpu.generate_split(*args, self.weights, *arrays, parts, *self._blocks(parts))
             else:
                 cpu.generate(*args, tile, self._kernel_weights(tile), *arrays)
         state.t += n
