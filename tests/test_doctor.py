@@ -92,7 +92,7 @@ from triton.runtime.jit import create_function_from_signature
 from fastwavenet import Sampling, preset
 from fastwavenet.backends.triton_gpu import TritonStreamBackend
 from fastwavenet.bench import random_model_file
-from fastwavenet import gpu_limits as gpu
+from fastwavenet.kernels import gpu
 
 kernel = gpu._wavenet_kernel
 bind = create_function_from_signature(kernel.signature, kernel.params, make_backend(GPUTarget("cuda", 90, 32)))
