@@ -191,7 +191,7 @@ def test_spread_kernel_in_two_phases_a_layer_matches_training_model(name, monkey
     mel, speaker = conditioning_inputs(config, 2, steps)
     expected = model_logits(model, codes, mel, speaker)
     gen = Generator(ModelFile(config, fold(model)), backend="triton-spread", device=DEVICE)
-    assert not gpu_spread.merged_layers(gen.backend.spread) and gen.backend.programs == 3
+    assert not gpu_spread.merged_layers(gen.backend.weights) and gen.backend.programs == 3
     got = gen.forward(gen.new_state(2), codes, gen.conditioning(2, mel, speaker)).cpu()
     assert (got - expected).abs().max().item() <= 1e-4
 
@@ -285,5 +285,5 @@ def test_spread_kernel_holds_bf16_weights_in_half_the_bytes():
     for backend in ("numba", "triton-spread"):
         gen = Generator(model, backend=backend, device=DEVICE if backend != "numba" else "cpu", precision="bf16")
         logits[backend] = gen.forward(gen.new_state(1), codes).cpu()
-    assert gen.backend.spread.dilated_w.dtype == torch.bfloat16 and gen.backend.spread.head2_w.dtype == torch.bfloat16
+    assert gen.backend.weights.dilated_w.dtype == torch.bfloat16 and gen.backend.weights.head2_w.dtype == torch.bfloat16
     assert (logits["numba"] - logits["triton-spread"]).abs().max().item() <= 1e-4

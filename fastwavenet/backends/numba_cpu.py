@@ -130,6 +130,8 @@ class NumbaBackend(Backend):
                 dilations=layout.dilations, offsets=layout.offsets)
 
         self.weights = kernel_weights(precision)
+        self._matrix_bytes = sum(a.nbytes for a in (self.weights.dilated_w, self.weights.out_w,
+                                                   self.weights.head1_w, self.weights.head2_w))
         # Narrow weights save the weight traffic that bounds small tiles; a tile of many streams is bound by
         # arithmetic, where widening every weight in the inner loop costs more than it saves. Such tiles read a
         # float32 copy of the same rounded weights: the same numbers, bit for bit (tests/test_precision.py).
@@ -158,9 +160,7 @@ class NumbaBackend(Backend):
         override = os.environ.get("FASTWAVENET_NUMBA_SPLIT")
         if override in ("0", "1"):
             return threads if override == "1" else 1
-        w = self.weights
-        nbytes = sum(a.nbytes for a in (w.dilated_w, w.out_w, w.head1_w, w.head2_w))
-        return threads if nbytes >= self.SPLIT_FROM_BYTES else 1
+        return threads if self._matrix_bytes >= self.SPLIT_FROM_BYTES else 1
 
     def _blocks(self, parts: int):
         """Each part's weights, contiguous (`cpu.split_blocks`), made at the first split call for this count."""

@@ -117,12 +117,13 @@ class TritonSpreadBackend(TritonBackend):
         from ..kernels import gpu_spread
 
         # bf16: the Generator rounded the weights to bf16 values; held as bf16 they read half the bytes, the same
-        # numbers. (int8 stays float32 here: no kernel of this backend widens int8 yet.)
-        self.spread = gpu_spread.spread_weights(self.weights,
-                                                torch.bfloat16 if precision == "bf16" else torch.float32)
-        self.programs = gpu_spread.programs_for(self.spread)
+        # numbers. (int8 stays float32 here: no kernel of this backend widens int8 yet.) The spread layout replaces
+        # the input-major one: no second copy of the weights stays on the device.
+        self.weights = gpu_spread.spread_weights(self.weights,
+                                                 torch.bfloat16 if precision == "bf16" else torch.float32)
+        self.programs = gpu_spread.programs_for(self.weights)
 
-    def _launch(self, codes, t0, u, weights, *args, **kwargs):
+    def _launch(self, *args, **kwargs):
         from ..kernels import gpu_spread
 
-        gpu_spread.launch(codes, t0, u, self.spread, *args, **kwargs, programs=self.programs)
+        gpu_spread.launch(*args, **kwargs, programs=self.programs)
