@@ -10,7 +10,8 @@ all):
   weight widened to float32 in registers, one fma);
 - int8 VNNI: `vnni_product`: the input vector quantized to u8 (`quantize`, timed with it), 4 u8 x int8 products
   summed into each int32 lane per `vpdpbusd`, then y = a + bias + (x_scale * w_scale[n]) * (acc[n] - 128 *
-  colsum[n]); the weights in vpdpbusd's plain layout (K/4, N, 4), and in panels of 8 vectors' columns (128 with AVX-512; `vnni_layout`);
+  colsum[n]) (colsum: the weights' column sums); the weights in vpdpbusd's plain layout (K/4, N, 4), and in
+  panels of 8 vectors' columns (128 with AVX-512; `vnni_layout`);
 - the panels' products once more given the quantized inputs (what the quantization costs).
 Prints each way's best round: Gweights/s and microseconds per sample. The VNNI ways use numba's target's vectors:
 512 bits (AVX-512 VNNI), or 256 (NUMBA_CPU_NAME=alderlake NUMBA_CPU_FEATURES="": AVX-VNNI, the other ways AVX2).
@@ -88,9 +89,9 @@ def _vnni_block(nv: int, lanes: int):
 
 
 # numba's target's vectors (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES apply). 8 chains cover vpdpbusd's latency (5
-# cycles, one issued a cycle); one-vector pieces for the rest.
+# cycles, one issued a cycle); half blocks and one-vector pieces for the rest.
 _LANES, _NV = {512: 16, 256: 8}[cpu.VECTOR_BITS], 8
-_BLOCK, _PIECE = _vnni_block(_NV, _LANES), _vnni_block(1, _LANES)
+_BLOCK, _HALF, _PIECE = _vnni_block(_NV, _LANES), _vnni_block(_NV // 2, _LANES), _vnni_block(1, _LANES)
 
 
 @njit(**_OPTIONS)
@@ -125,6 +126,9 @@ def vnni_sums(wq, xq, acc):
         while n + _LANES * _NV <= width:
             _BLOCK(wp + 4 * n, width, xp, ap + 4 * n, k4)
             n += _LANES * _NV
+        while n + _LANES * _NV // 2 <= width:
+            _HALF(wp + 4 * n, width, xp, ap + 4 * n, k4)
+            n += _LANES * _NV // 2
         while n < width:
             _PIECE(wp + 4 * n, width, xp, ap + 4 * n, k4)
             n += _LANES
@@ -144,12 +148,12 @@ def vnni_product(wq, colsum, wscale, bias, x, xq, acc, start, y, quantized):
 
 
 def vnni_layout(q: np.ndarray, panel: int) -> np.ndarray:
-    """int8 (K, N) -> (N/P, K/4, P, 4), P = min(panel, N): four consecutive inputs of a column in one 32-bit word
-    (vpdpbusd's layout), the columns in panels of P stored one after another. P = N is the plain (K/4, N, 4), each
-    row of K/4 a stride of N words; a narrower panel makes a block's weights one sequential stream. K a multiple
-    of 4, N of P."""
+    """int8 (K, N) -> (N/P, K/4, P, 4): four consecutive inputs of a column in one 32-bit word (vpdpbusd's layout),
+    the columns in panels of P = `panel` stored one after another, or P = N where `panel` does not divide N: the
+    plain (K/4, N, 4), each row of K/4 a stride of N words (a panel makes a block's weights one sequential stream).
+    K a multiple of 4."""
     k, n = q.shape
-    p = min(panel, n)
+    p = panel if n % panel == 0 else n
     return np.ascontiguousarray(q.reshape(k // 4, 4, n // p, p).transpose(2, 0, 3, 1))
 
 

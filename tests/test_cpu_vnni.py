@@ -31,10 +31,12 @@ def probe():
 
 
 @needs_avx512_vnni
-@pytest.mark.parametrize("k, n, panel", [(1536, 512, 128), (1536, 512, 512), (256, 48, 16), (12, 272, 272)])
+@pytest.mark.parametrize("k, n, panel", [(1536, 512, 128), (1536, 512, 512), (256, 48, 16), (12, 272, 272),
+                                          (64, 320, 128)])
 def test_vnni_sums_are_exact(probe, k, n, panel):
     """Every u8 x int8 sum, the extremes included, equals numpy's in int64, in panels and in the plain layout
-    (272 columns: two 8-vector blocks and a lone vector); the code holds vpdpbusd."""
+    (272 columns: two 8-vector blocks and a lone vector; 320, which panels of 128 do not divide: the plain layout,
+    two blocks and a half block); the code holds vpdpbusd."""
     rng = np.random.default_rng(k + n + panel)
     q = rng.integers(-127, 128, (k, n)).astype(np.int8)
     q[:, 0], q[:, 1] = 127, -127
