@@ -12,7 +12,8 @@ all):
   summed into each int32 lane per `vpdpbusd`, then y = a + bias + (x_scale * w_scale[n]) * (acc[n] - 128 *
   colsum[n]) (colsum: the weights' column sums); the weights in vpdpbusd's plain layout (K/4, N, 4), and in
   panels of 8 vectors' columns (128 with AVX-512; `vnni_layout`);
-- the panels' products once more given the quantized inputs (what the quantization costs).
+- the panels' products once more given the quantized inputs (what the quantization costs);
+- the int8 weights read and nothing computed (the memory's limit for one core).
 Prints each way's best round: Gweights/s and microseconds per sample. The VNNI ways use numba's target's vectors:
 512 bits (AVX-512 VNNI), or 256 (NUMBA_CPU_NAME=alderlake NUMBA_CPU_FEATURES="": AVX-VNNI, the other ways AVX2).
 
@@ -195,6 +196,18 @@ def _pass_vnni(wqs, colsums, wscales, biases, xs, xqs, accs, ys, zeros, passes, 
                          ys[m][0], quantized[m])
 
 
+@njit(**_OPTIONS)
+def _pass_read(wqs, passes):
+    """`passes` times every byte of the int8 weights read (an xor of their 64-bit words): the memory's limit."""
+    seen = np.uint64(0)
+    for _ in range(passes):
+        for m in range(len(wqs)):
+            words = wqs[m].reshape(-1).view(np.uint64)
+            for i in range(words.shape[0]):
+                seen ^= words[i]
+    return seen
+
+
 def shapes(config) -> list[tuple[int, int]]:
     """(K, N) of every product of one sample: the dilated (taps stacked), the output ones, the head's two."""
     r, g, s, h, k = (config.residual_channels, config.gate_channels, config.skip_channels, config.head_channels,
@@ -239,6 +252,7 @@ def speed(name: str = "r9y9-ljspeech", rounds: int = 7, passes: int = 40):
         "int8 VNNI (K/4, N, 4), x quantized": vnni("plain", "quantize"),
         f"int8 VNNI panels of {_LANES * _NV}, x quantized": vnni("panels", "quantize"),
         f"int8 VNNI panels of {_LANES * _NV}, products alone": vnni("panels", "given"),
+        "reading the int8 weights, no products": lambda p: _pass_read(t["panels"], p),
     }
     for run in ways.values():  # compile, warm
         run(1)
