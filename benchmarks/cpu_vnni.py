@@ -182,6 +182,7 @@ def _pass_matmul(ws, scales, biases, xs, ys, zeros, passes):
 
 @njit(**_OPTIONS)
 def _pass_float(ws, biases, xs, ys, zeros, passes):
+    """`_pass_matmul` for float32 weights."""
     for _ in range(passes):
         for m in range(len(ws)):
             w = ws[m]
@@ -190,6 +191,7 @@ def _pass_float(ws, biases, xs, ys, zeros, passes):
 
 @njit(**_OPTIONS)
 def _pass_vnni(wqs, colsums, wscales, biases, xs, xqs, accs, ys, zeros, passes, quantized):
+    """`passes` times every product through `vnni_product`, one stream."""
     for _ in range(passes):
         for m in range(len(wqs)):
             vnni_product(wqs[m], colsums[m], wscales[m], biases[m], xs[m][0], xqs[m], accs[m], zeros[m][0],
