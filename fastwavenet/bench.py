@@ -116,7 +116,7 @@ class Limits:
 
     def samples_per_s(self, batch: int, precision: str = "float32") -> float:
         """bf16 weights are half the bytes: held against twice the float32 streaming rate."""
-        passes = self.weight_passes_per_s * {"bf16": 2, "int8": 4}.get(precision, 1)
+        passes = self.weight_passes_per_s * {"bf16": 2, "int8": 4, "w8a8": 4}.get(precision, 1)
         return min(batch * passes, self.batched_samples_per_s)
 
     def bound_by(self, batch: int, precision: str = "float32") -> str:

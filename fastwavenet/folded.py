@@ -77,14 +77,15 @@ class FoldedWeights:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
-PRECISIONS = ("float32", "bf16", "int8")
+PRECISIONS = ("float32", "bf16", "int8", "w8a8")
 
 
 def add_precision_argument(parser, several: bool = False):
     """The command line's --precision (`several`: a comma-separated list, for bench)."""
     parser.add_argument("--precision", default="float32",
                         help="float32, bf16 or int8: weight matrices rounded to bf16 or int8 (1/2, 1/4 the bytes a "
-                             "sample; docs/BENCHMARKS.md has what it costs in bits per sample)"
+                             "sample; docs/BENCHMARKS.md has what it costs in bits per sample); w8a8: int8 weights "
+                             "and 8-bit activations (numba backend only)"
                         + ("; a comma-separated list measures each" if several else ""))
 
 # The matrices a step streams: what bf16 stores in half the bytes and int8 in a quarter. Tables, biases and
@@ -121,14 +122,15 @@ def _dequantized(matrix: torch.Tensor) -> torch.Tensor:
 def rounded(weights: FoldedWeights, precision: str) -> FoldedWeights:
     """The weights a generator at `precision` computes with, still held as float32: for bf16, each matrix rounded
     to the nearest bf16 (ties to even); for int8, each matrix quantized per output column (`int8_parts`) and
-    dequantized, q * scale; float32 returns them as they are."""
+    dequantized, q * scale (w8a8 too: its weights are int8's; the backend rounds the activations); float32 returns
+    them as they are."""
     if precision not in PRECISIONS:
         from .errors import FastWaveNetError
 
         raise FastWaveNetError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
     if precision == "float32":
         return weights
-    if precision == "int8":
+    if precision in ("int8", "w8a8"):
         changed = {name: _dequantized(getattr(weights, name)) for name in MATRICES}
     else:
         changed = {name: getattr(weights, name).to(torch.bfloat16).to(torch.float32) for name in MATRICES}

@@ -55,7 +55,11 @@ def score_audio(model: ModelFile, samples: np.ndarray) -> float:
 
 def score_files(model: str | os.PathLike | ModelFile, paths, precision: str = "float32") -> list[dict]:
     """Bits per sample of each audio file (resampled to the model's rate): [{"path", "samples", "bits_per_sample"}].
-    precision "bf16" scores the model with its matrices rounded to bf16, as a bf16 generator computes."""
+    precision "bf16" scores the model with its matrices rounded to bf16, as a bf16 generator computes. w8a8 is
+    refused: the forward here runs in torch, in float32 activations."""
+    if precision == "w8a8":
+        raise FastWaveNetError("score cannot compute precision 'w8a8' (8-bit activations are the numba generator's); "
+                               "int8 scores its weights")
     model = model if isinstance(model, ModelFile) else load_model(model)
     model = ModelFile(model.config, rounded(model.weights, precision))
     results = []

@@ -22,7 +22,8 @@ Two kinds of model share every function, told apart by two scalars:
   those of fastwavenet/sampling.py and fastwavenet/distributions.py.
 The weight matrices are float32, bf16 bit patterns (uint16) or int8 with column scales (see `CpuWeights`): numba
 compiles one specialization for each from the same source, the product blocks (`_micro`) widening each weight to
-float32 exactly in registers.
+float32 exactly in registers. At w8a8 the int8 weights meet 8-bit activations: integer products, VNNI where the CPU
+has it (`_products8`, the w8a8 note above it); one tile per stream's products, never split between threads.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -65,6 +66,16 @@ class CpuWeights(NamedTuple):
     head2_s: np.ndarray
     dilations: np.ndarray  # (L,) int64
     offsets: np.ndarray    # (L,) int64: where each layer's ring starts in a stream's queue block
+    # w8a8 only (`w8a8_layout`; empty, (L, 0, 0), (0, 0), (L, 0) or (0,), otherwise): the int8 matrices again in
+    # the 8-bit products' layout, and 128 x their column sums (int32) per tap
+    dilated_v: np.ndarray  # (L, k * ceil(R/4), 4 * 2G), each tap its own rows
+    out_v: np.ndarray      # (L, ceil(G/4), 4 * (R+S))
+    head1_v: np.ndarray    # (ceil(S/4), 4 * H)
+    head2_v: np.ndarray    # (ceil(H/4), 4 * O)
+    dilated_c: np.ndarray  # (L, k, 2G)
+    out_c: np.ndarray      # (L, R+S)
+    head1_c: np.ndarray    # (H,)
+    head2_c: np.ndarray    # (O,)
 
 # fastmath lets reductions reassociate (so dot products vectorize). error_model="numpy" drops Python's
 # ZeroDivisionError check from every division: with it, the loop of the gate nonlinearity (a division per value) ran
@@ -402,6 +413,205 @@ def _product(split, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, la
         _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last)
 
 
+# ---- w8a8: 8-bit activations on int8 weights ---------------------------------------------------------------------
+#
+# At precision w8a8 every product's input vector is quantized, per stream and per product, to u8: scale = max|x| /
+# 127, xq = round(x * (127 / max|x|)) + 128 (ties to even) in [1, 255]; the weights are the int8 q of `CpuWeights`
+# (weight q * w_scale[n]). The sums of xq[i] * q[i, n] are int32 and exact, so any block, tile or thread computes
+# the same ones; then y[n] = (a[n] + bias[n]) + (x_scale * w_scale[n]) * float32(acc[n] - 128 * colsum[n]), float32
+# operations in that order with no fast-math (`_quantize8`, `_epilogue8`), so a stream's numbers are the same alone,
+# in any batch, on any CPU. Where numba's target has VNNI (AVX-512 VNNI, or AVX-VNNI for 256-bit vectors) each
+# 32-bit lane gathers four u8 x int8 products per `vpdpbusd`; elsewhere LLVM IR widens the bytes to int32 lanes,
+# multiplies and adds the same sums (slower). Measured in benchmarks/cpu_vnni.py and docs/BENCHMARKS.md.
+
+
+def _has_vnni() -> bool:
+    """numba's target lists VNNI for its vector width (NUMBA_CPU_FEATURES, else the host's features, apply; a CPU
+    named by NUMBA_CPU_NAME with an empty feature list counts as without)."""
+    from numba.core.registry import cpu_target
+
+    features = set(cpu_target.target_context.codegen()._get_host_cpu_features().split(","))
+    if VECTOR_BITS == 512:
+        return "+avx512vnni" in features
+    return VECTOR_BITS == 256 and ("+avxvnni" in features or {"+avx512vnni", "+avx512vl"} <= features)
+
+
+HAS_VNNI = _has_vnni()
+
+
+def _sums8(nv: int, lanes: int, vnni: bool):
+    """An intrinsic: acc[n] (int32, n < nv * lanes) = sum_{i < 4 * k4} xq[i] * q[i, n], xq uint8, q int8 in the
+    layout of `w8a8_layout` (four consecutive inputs of a column in one 32-bit word, rows of ldw words), nv chains of
+    `lanes` int32 lanes: `vpdpbusd` where `vnni`, else each byte widened to int32, multiplied, the four of a word
+    added (the same sums). Arguments, addresses and the row stride in words (intp): (q, ldw, xq, acc, k4), q at
+    column n0's word of row 0, acc at acc[n0]."""
+
+    @intrinsic
+    def block(typingctx, q, ldw, xq, acc, k4):
+        sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            qp, ldw, xp, accp, k4 = args
+            i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+            vec = ir.VectorType(i32, lanes)
+            if vnni:
+                name = f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"  # (acc, u8 x 4 a lane, int8 x 4 a lane)
+                fn = builder.module.globals.get(name) or ir.Function(builder.module,
+                                                                     ir.FunctionType(vec, [vec] * 3), name)
+
+                def dot(a, x, w):
+                    return builder.call(fn, [a, x, w])
+            else:
+                nbytes, wide = ir.VectorType(i8, 4 * lanes), ir.VectorType(i32, 4 * lanes)
+                picks = [ir.Constant(vec, [4 * m + r for m in range(lanes)]) for r in range(4)]
+
+                def dot(a, x, w):
+                    p = builder.mul(builder.zext(builder.bitcast(x, nbytes), wide),
+                                    builder.sext(builder.bitcast(w, nbytes), wide))
+                    r0, r1, r2, r3 = (builder.shuffle_vector(p, ir.Constant(wide, ir.Undefined), pick)
+                                      for pick in picks)
+                    return builder.add(a, builder.add(builder.add(r0, r1), builder.add(r2, r3)))
+            wptr, xptr = builder.inttoptr(qp, i32.as_pointer()), builder.inttoptr(xp, i32.as_pointer())
+            aptr = builder.inttoptr(accp, i32.as_pointer())
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * lanes)) for _ in range(nv)]
+            with cgutils.for_range(builder, k4) as loop:
+                i = loop.index
+                word = builder.load(builder.gep(xptr, [i]), align=4)  # 4 u8 inputs, the same for every column
+                one = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(i32, 0))
+                splat = builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), ir.Constant(vec, [0] * lanes))
+                row = builder.mul(i, ldw)
+                for v in range(nv):
+                    at = builder.bitcast(builder.gep(wptr, [builder.add(row, ir.Constant(i64, lanes * v))]),
+                                         vec.as_pointer())
+                    builder.store(dot(builder.load(accs[v]), splat, builder.load(at, align=4)), accs[v])
+            for v in range(nv):
+                at = builder.bitcast(builder.gep(aptr, [ir.Constant(i64, lanes * v)]), vec.as_pointer())
+                builder.store(builder.load(accs[v]), at, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return block
+
+
+# 8 chains cover vpdpbusd's latency (5 cycles, one issued a cycle); then single vectors, then single columns.
+_NV8 = 8
+_SUMS8, _SUMS8_VEC, _SUMS8_ONE = _sums8(_NV8, _L, HAS_VNNI), _sums8(1, _L, HAS_VNNI), _sums8(1, 1, False)
+
+
+@intrinsic
+def _f32_at(typingctx, address):
+    """A float32 pointer at `address` (intp), for numba.carray."""
+    sig = types.CPointer(types.float32)(types.intp)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.FloatType().as_pointer())
+
+    return sig, codegen
+
+
+@intrinsic
+def _i32_at(typingctx, address):
+    """An int32 pointer at `address` (intp), for numba.carray."""
+    sig = types.CPointer(types.int32)(types.intp)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.IntType(32).as_pointer())
+
+    return sig, codegen
+
+
+# No fast-math, said explicitly (numba's callees inherit their caller's fast-math where they set none): these float32
+# operations are the same on every target, vectorized or not, with no reciprocal or fused multiply-add.
+_EXACT = dict(fastmath=False, error_model="numpy", cache=True)
+
+
+@njit(**_EXACT)
+def quantize8(x, xq):
+    """x (K,) float32 -> xq[:K] uint8 = round(x * (127 / max|x|)) + 128 (ties to even), in [1, 255]; returns the
+    scale max|x| / 127 (a zero vector: every xq 128, scale 0). xq may be longer than K: the rest is left alone."""
+    bits = x.view(np.int32)
+    top = np.int32(0)
+    for i in range(x.shape[0]):  # max|x| as the largest of the bits with the sign cleared (an integer max vectorizes)
+        b = np.int32(bits[i] & np.int32(0x7FFFFFFF))
+        top = b if b > top else top
+    peak = np.int32(top).view(np.float32)
+    if peak == 0:
+        xq[:x.shape[0]] = 128
+        return np.float32(0)
+    inverse = np.float32(127) / peak
+    for i in range(x.shape[0]):
+        xq[i] = np.uint8(np.int32(np.rint(x[i] * inverse)) + 128)
+    return peak / np.float32(127)
+
+
+@njit(**_EXACT)
+def _epilogue8(y, a, bias, scale, colsum, acc, x_scale):
+    """y[n] = (a[n] + bias[n]) + (x_scale * scale[n]) * float32(acc[n] - colsum[n]) (y may be a)."""
+    for n in range(y.shape[0]):
+        y[n] = (a[n] + bias[n]) + (x_scale * scale[n]) * np.float32(acc[n] - colsum[n])
+
+
+@njit(**_OPTIONS)
+def _sums8_range(qp, ldw, k4, xqp, accp, first, last):
+    """acc[n - first] = sum_i xq[i] * q[i, n] for n in [first, last): `_sums8` blocks, vectors, then columns. qp:
+    the product's first row of words, ldw its row stride in words."""
+    n = first
+    while n + _NV8 * _L <= last:
+        _SUMS8(qp + 4 * n, ldw, xqp, accp + 4 * (n - first), k4)
+        n += _NV8 * _L
+    while n + _L <= last:
+        _SUMS8_VEC(qp + 4 * n, ldw, xqp, accp + 4 * (n - first), k4)
+        n += _L
+    while n < last:
+        _SUMS8_ONE(qp + 4 * n, ldw, xqp, accp + 4 * (n - first), k4)
+        n += 1
+
+
+@njit(**_OPTIONS)
+def _products8(qp, ldw, K, bp, sp, cp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
+    """The w8a8 `_products`: y[b, n - first] = (a[b, n - first] + bias[n]) + the product of stream b's x (K,)
+    quantized (`quantize8`) and the int8 weights, for n in [first, last), streams b < nb (see the w8a8 note). qp,
+    ldw: the weights' first row of words (`w8a8_layout`, ceil(K / 4) rows) and its stride in words; bp, sp, cp:
+    bias, column scales and 128 x column sums (int32), indexed by n; x, y, a by address and row stride in floats."""
+    k4 = (K + 3) // 4
+    m = last - first
+    xq = np.zeros(4 * k4, np.uint8)  # past K: zero weights, so any value; 0
+    acc = np.empty(m, np.int32)
+    bias = carray(_f32_at(bp + 4 * first), m)
+    scale = carray(_f32_at(sp + 4 * first), m)
+    colsum = carray(_i32_at(cp + 4 * first), m)
+    for b in range(nb):
+        x_scale = quantize8(carray(_f32_at(xp + 4 * b * ldx), K), xq)
+        _sums8_range(qp, ldw, k4, xq.ctypes.data, acc.ctypes.data, first, last)
+        _epilogue8(carray(_f32_at(yp + 4 * b * ldy), m), carray(_f32_at(ap + 4 * b * lda), m), bias, scale, colsum,
+                   acc, x_scale)
+
+
+@njit(**_OPTIONS)
+def _matmul8(v, bias, scale, colsum, x, nb, y, first, last, start):
+    """`_matmul` at w8a8, whole arrays: v (ceil(K/4), 4N) int8 (`w8a8_layout`), bias, scale (N,) float32, colsum (N,)
+    int32 (128 x column sums), x (>= nb, K), y (>= nb, N), start (>= nb, N) or (1, N) (every stream's)."""
+    lda = start.shape[1] if start.shape[0] > 1 else 0
+    _products8(v.ctypes.data, v.shape[1] // 4, x.shape[1], bias.ctypes.data, scale.ctypes.data, colsum.ctypes.data,
+               x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first, y.shape[1], start.ctypes.data + 4 * first, lda,
+               nb, first, last)
+
+
+def w8a8_layout(q: np.ndarray, taps: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights (..., taps * K, N) (taps stacked, each its own product) -> (the w8a8 products' layout (...,
+    taps * ceil(K/4), 4N) int8: row j of a tap holds, for each column n, its inputs 4j .. 4j+3 in one 32-bit word,
+    zero past K; 128 x each tap's column sums (..., taps, N) int32)."""
+    *lead, rows, n = q.shape
+    k = rows // taps
+    k4 = -(-k // 4)
+    padded = np.zeros((*lead, taps, 4 * k4, n), np.int8)
+    padded[..., :k, :] = q.reshape(*lead, taps, k, n)
+    words = padded.reshape(*lead, taps, k4, 4, n).swapaxes(-1, -2)  # (..., taps, k4, n, 4)
+    layout = np.ascontiguousarray(words).reshape(*lead, taps * k4, 4 * n)
+    return layout, 128 * padded.astype(np.int32).sum(axis=-2, dtype=np.int32)
+
+
 @njit(**_OPTIONS, inline="always")
 def _tap_row(queues, b0, offset, d, k, j, t):
     """Address of stream b0's queue row holding tap j (of k, oldest first; j < k - 1) of the layer whose ring starts
@@ -428,13 +638,15 @@ def _share(part, parts, n):
 
 
 @njit(**_OPTIONS)
-def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer):
+def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer,
+               vp, cp):
     """A layer's gate for part `part` of `parts` of its G channels (all of them for one part): the k taps' products
     into both halves of z for those channels (oldest tap first, the first starting from the bias and `ap`, the
     conditioning terms or zeros, the next from the sums so far), then the gated values. wl (k*R, 2G) the layer's
     dilated weights, bias/ws/zp addresses (bias, int8 scales, zeros); the taps are queue rows, then xs. Split in
     parts, each part reads its own contiguous block, blocks[layer, part] (`split_blocks`): its tanh columns, then its
-    sigmoid columns, each half `share_span` wide."""
+    sigmoid columns, each half `share_span` wide. At w8a8 (one part), vp and cp address the layer's weights in the
+    w8a8 layout and its 128 x column sums (`CpuWeights.dilated_v`, `dilated_c`); 0 otherwise."""
     R, G2 = xs.shape[1], z.shape[1]
     G = G2 // 2
     zc, qs0 = z.ctypes.data, queues.strides[0]
@@ -444,6 +656,13 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
             xp, ldx = _tap_row(queues, b0, off, d, k, j, t), qs0 // 4
         else:
             xp, ldx = xs.ctypes.data, R
+        if vp != 0:  # w8a8: tap j's rows of words, its column sums
+            qp, cj = vp + j * ((R + 3) // 4) * 4 * G2, cp + 4 * j * G2
+            if j == 0:
+                _products8(qp, G2, R, bias, ws, cj, xp, ldx, zc, G2, ap, lda, nb, 0, G2)
+            else:
+                _products8(qp, G2, R, zp, ws, cj, xp, ldx, zc, G2, zc, G2, nb, 0, G2)
+            continue
         if parts == 1:  # both halves in one product
             if j == 0:
                 _products(wl, 0, R, bias, ws, xp, ldx, zc, G2, ap, lda, nb, 0, G2)
@@ -472,17 +691,24 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
 def _gate_parts(parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer):
     """`_gate_part` for every part, the parts in parallel (one region)."""
     for part in prange(parts):
-        _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer)
+        _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer,
+                   0, 0)
 
 
 @njit(**_OPTIONS)
-def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer):
+def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, vp, cp):
     """A layer's 1x1 outputs for part `part` of `parts` of its residual channels (where `residual`: into xs, from
     xs) and of its skip channels (into the skip sums): ow (G, R+S), obp/osp the bias's and int8 scales' addresses.
     Split in parts, each part reads its own contiguous block, blocks[layer, part] (`split_blocks`): its residual
-    columns, then from `share_span(parts, R)` on its skip columns."""
+    columns, then from `share_span(parts, R)` on its skip columns. At w8a8 (one part), vp and cp address the
+    layer's weights in the w8a8 layout and its 128 x column sums (`CpuWeights.out_v`, `out_c`); 0 otherwise."""
     R, S, G = xs.shape[1], skip.shape[1], gated.shape[1]
     gp, xp, sp = gated.ctypes.data, xs.ctypes.data, skip.ctypes.data
+    if vp != 0:
+        if residual:
+            _products8(vp, R + S, G, obp, osp, cp, gp, G, xp, R, xp, R, nb, 0, R)
+        _products8(vp, R + S, G, obp, osp, cp, gp, G, sp, S, sp, S, nb, R, R + S)
+        return
     if parts == 1:
         if residual:
             _products(ow, 0, G, obp, osp, gp, G, xp, R, xp, R, nb, 0, R)
@@ -504,7 +730,7 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
 def _out_parts(parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer):
     """`_out_part` for every part, the parts in parallel (one region)."""
     for part in prange(parts):
-        _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer)
+        _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, 0, 0)
 
 
 def split_blocks(w, parts: int):
@@ -546,6 +772,7 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
     k = dilated_w.shape[1] // R
     RS = out_w.shape[2]
     S = RS - R
+    w8a8 = w.head2_c.shape[0] > 0  # the split path (split > 1) never runs at w8a8 (backends/numba_cpu.py)
 
     for bb in range(nb):
         b = b0 + bb
@@ -596,7 +823,8 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
             _gate_parts(split, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, gate_blocks,
                         layer)
         else:
-            _gate_part(0, 1, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, gate_blocks, layer)
+            _gate_part(0, 1, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, gate_blocks, layer,
+                       w.dilated_v[layer].ctypes.data if w8a8 else 0, w.dilated_c[layer].ctypes.data)
         write = off + t % n  # after the products: with k = 2 it is the slot they read
         for bb in range(nb):
             b = b0 + bb
@@ -607,16 +835,23 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
         if split > 1:
             _out_parts(split, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer)
         else:  # the last layer's residual output feeds nothing
-            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer)
+            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer,
+                      w.out_v[layer].ctypes.data if w8a8 else 0, w.out_c[layer].ctypes.data)
 
     for bb in range(nb):
         for c in range(S):
             skip[bb, c] = max(skip[bb, c], np.float32(0.0))
-    _matmul_with(split, w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[1], zeros, w.head1_s)
+    if w8a8:
+        _matmul8(w.head1_v, w.head1_b, w.head1_s, w.head1_c, skip, nb, hidden, 0, w.head1_w.shape[1], zeros)
+    else:
+        _matmul_with(split, w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[1], zeros, w.head1_s)
     for bb in range(nb):
         for c in range(hidden.shape[1]):
             hidden[bb, c] = max(hidden[bb, c], np.float32(0.0))
-    _matmul_with(split, w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros, w.head2_s)
+    if w8a8:
+        _matmul8(w.head2_v, w.head2_b, w.head2_s, w.head2_c, hidden, nb, logits, 0, w.head2_w.shape[1], zeros)
+    else:
+        _matmul_with(split, w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros, w.head2_s)
 
 
 @njit(**_OPTIONS)
@@ -810,6 +1045,8 @@ def teacher_forced_split(codes, scalar, t0, w, queues, inputs, cond, out_logits,
     """`teacher_forced` as one tile of every stream, each layer's outputs split in `parts` (numba's threads), each
     part reading its own weight blocks (`split_blocks(w, parts)`)."""
     B = codes.shape[0]
+    if w.head2_c.shape[0] > 0:
+        raise ValueError("w8a8 products are not split between threads")
     _teacher_tile(0, B, B, codes, scalar, t0, w, queues, inputs, cond, out_logits, parts, gate_blocks, out_blocks)
 
 
@@ -873,5 +1110,7 @@ def generate_split(last, scalar, distribution, log_scale_min, t0, u, temperature
     reading its own weight blocks (`split_blocks(w, parts)`): for fewer streams than threads on models whose weights
     are worth splitting (backends/numba_cpu.py decides)."""
     B = u.shape[1]
+    if w.head2_c.shape[0] > 0:
+        raise ValueError("w8a8 products are not split between threads")
     _generate_tile(0, B, B, last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax, w,
                    queues, inputs, cond, out_codes, parts, gate_blocks, out_blocks)

@@ -1,8 +1,12 @@
-"""The VNNI probe's product (benchmarks/cpu_vnni.py, issue 38 item 1): its int32 sums are exact, its quantized
-inputs are round(x / scale) + 128, and its outputs are the quantized arithmetic's, on a CPU with AVX-512 VNNI
-(and its 256-bit form with AVX-VNNI)."""
+"""8-bit activations on int8 weights (issue 38 item 1). The kernel's w8a8 products (kernels/cpu.py, `_products8`):
+the quantized arithmetic bit for bit, with VNNI and with the integer fallback of a CPU without it. The VNNI probe's
+product (benchmarks/cpu_vnni.py): its int32 sums are exact, its quantized inputs are round(x / scale) + 128, and its
+outputs are the quantized arithmetic's, on a CPU with AVX-512 VNNI (and its 256-bit form with AVX-VNNI)."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import llvmlite.binding as llvm
@@ -75,10 +79,6 @@ def test_vnni_product_is_the_quantized_arithmetic(probe):
 def test_vnni_sums_are_exact_with_avx_vnni_alone():
     """Compiled for a CPU with AVX-VNNI and no AVX-512 (alderlake, in a subprocess: numba reads its target once),
     the probe takes 256-bit vectors and the VEX-encoded vpdpbusd, with the same exact sums."""
-    import os
-    import subprocess
-    import sys
-
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_vnni.py"
     script = f"""
 import importlib.util, numpy as np
@@ -98,3 +98,103 @@ assert "{{vex}}\\tvpdpbusd" in asm and "zmm" not in asm
     env = {**os.environ, "NUMBA_CPU_NAME": "alderlake", "NUMBA_CPU_FEATURES": ""}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+cpu = pytest.importorskip("fastwavenet.kernels.cpu")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quantized_reference(q, scale, bias, x, start):
+    """The w8a8 product in numpy: x (B, K) quantized per row (scale max|x| / 127, xq = round(x * (127 / max|x|)) +
+    128, ties to even), the sums in int64, then (start + bias) + (x_scale * scale) * float32(sums - 128 * colsum),
+    float32 operations in that order."""
+    peak = np.abs(x).max(axis=1, keepdims=True)
+    safe = np.where(peak > 0, peak, np.float32(1))
+    xq = np.where(peak > 0, np.rint(x * (np.float32(127) / safe)), 0).astype(np.int64) + 128
+    sums = xq @ q.astype(np.int64) - 128 * q.astype(np.int64).sum(axis=0)
+    return (start + bias) + ((peak / np.float32(127)) * scale) * sums.astype(np.float32)
+
+
+def w8a8_product(q, scale, bias, x, start, first):
+    """The kernel's w8a8 product of x (B, K) and int8 q (K, N), columns [first, N) accumulated onto start (B, N)."""
+    layout, colsum = cpu.w8a8_layout(q)
+    y = start.copy()
+    cpu._matmul8(layout, bias, scale, colsum[0], x, x.shape[0], y, first, q.shape[1], y)
+    return y
+
+
+def product_case(k, n, seed):
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    q[:, 0], q[:, -1] = 127, -127
+    x = rng.standard_normal((7, k)).astype(np.float32)
+    x[3] = 0  # a zero vector: scale 0, the product adds nothing
+    x[4, 0] = -np.abs(x[4]).max() * 2  # the extremes: xq 1 and, below, 255
+    x[5, -1] = np.abs(x[5]).max() * 2
+    return (q, rng.uniform(1e-3, 1e-2, n).astype(np.float32), rng.standard_normal(n).astype(np.float32), x,
+            rng.standard_normal((7, n)).astype(np.float32))
+
+
+# (K, N): 8-vector blocks, single vectors and single columns (AVX-512 and AVX2 widths), K not a multiple of 4
+PRODUCT_SHAPES = [(1536, 512), (256, 300), (5, 7), (9, 30), (12, 141)]
+
+
+@pytest.mark.parametrize("k, n", PRODUCT_SHAPES)
+def test_w8a8_products_are_the_quantized_arithmetic_bit_for_bit(k, n):
+    """Every column range from `first`, outputs before it untouched; each stream's row the same in any batch."""
+    q, scale, bias, x, start = product_case(k, n, k + n)
+    first = n // 3
+    y = w8a8_product(q, scale, bias, x, start, first)
+    np.testing.assert_array_equal(y[:, first:], quantized_reference(q, scale, bias, x, start)[:, first:])
+    np.testing.assert_array_equal(y[:, :first], start[:, :first])
+    np.testing.assert_array_equal(y[3, first:], (start[3] + bias)[first:])
+    for b in (0, 4, 6):
+        np.testing.assert_array_equal(w8a8_product(q, scale, bias, x[b:b + 1], start[b:b + 1], first), y[b:b + 1])
+
+
+def test_w8a8_uses_vnni_where_the_target_has_it():
+    if cpu.VECTOR_BITS != 512:
+        pytest.skip("checked for 512-bit targets (AVX-512 VNNI)")
+    assert cpu.HAS_VNNI == _vnni_target()
+
+
+@pytest.mark.skipif(os.environ.get("FASTWAVENET_VNNI_CHILD") == "1", reason="already the child")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
+                    reason="the target without VNNI is reached through numba's x86 CPU names")
+def test_w8a8_without_vnni_gives_the_same_numbers(tmp_path):
+    """Compiled for a CPU without VNNI (haswell, 256-bit vectors, in a subprocess: numba reads its target once), the
+    integer fallback gives the same products and the same teacher-forced logits bit for bit."""
+    script = f"""
+import sys, numpy as np, torch
+sys.path.insert(0, {str(ROOT / "tests")!r})
+from fastwavenet.kernels import cpu
+from test_cpu_vnni import PRODUCT_SHAPES, product_case, w8a8_product, w8a8_logits
+assert not cpu.HAS_VNNI and cpu.VECTOR_BITS == 256
+out = {{f"p{{k}}x{{n}}": w8a8_product(*product_case(k, n, k + n), 1) for k, n in PRODUCT_SHAPES}}
+out["logits"] = w8a8_logits()
+np.savez({str(tmp_path / "child.npz")!r}, **out)
+"""
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "FASTWAVENET_VNNI_CHILD": "1"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    child = np.load(tmp_path / "child.npz")
+    for k, n in PRODUCT_SHAPES:
+        np.testing.assert_array_equal(child[f"p{k}x{n}"], w8a8_product(*product_case(k, n, k + n), 1))
+    np.testing.assert_array_equal(child["logits"], w8a8_logits())
+
+
+def w8a8_logits():
+    """Teacher-forced logits of the numba backend at w8a8 on the k4-odd test config (odd channel counts)."""
+    import torch
+
+    from fastwavenet.folded import fold
+    from fastwavenet.generator import Generator
+    from fastwavenet.modelfile import ModelFile
+    from helpers import random_model
+    from test_exactness import CONFIGS
+
+    config = CONFIGS["k4-odd"]
+    gen = Generator(ModelFile(config, fold(random_model(config, 1))), backend="numba", precision="w8a8")
+    codes = torch.randint(0, config.classes, (3, 60), generator=torch.Generator().manual_seed(1))
+    return gen.forward(gen.new_state(3), codes).numpy()

@@ -140,6 +140,70 @@ def test_numba_int8_stream_is_the_same_alone_and_in_a_batch(name):
         assert torch.equal(together[i:i + 1], alone), i
 
 
+# w8a8's cost in the same logits (numba, 3 seeds each): at most 1.8 % of the largest float32 logit (int8 alone
+# 1.4 % there). The bound holds it to about twice that.
+W8A8_LOGIT_BOUND = 0.04
+
+
+@pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_w8a8_logits_stay_near_float32(name):
+    """8-bit activations on int8 weights (numba): teacher-forced logits within the bound of float32's, and not
+    int8's (the activations are rounded too); the backend keeps no widened float32 copy."""
+    config = CONFIGS[name]
+    model = random_model(config, 2)
+    steps = teacher_steps(config, "numba")
+    codes = torch.randint(0, config.classes, (3, steps), generator=torch.Generator().manual_seed(1))
+    mel, speaker = conditioning_inputs(config, 3, steps)
+    expected = model_logits(model, codes, mel, speaker)
+    got = {}
+    for precision in ("int8", "w8a8"):
+        gen = Generator(ModelFile(config, fold(model)), backend="numba", precision=precision)
+        got[precision] = gen.forward(gen.new_state(3), codes, gen.conditioning(3, mel, speaker))
+    difference = (got["w8a8"] - expected).abs().max().item()
+    assert 0 < difference <= W8A8_LOGIT_BOUND * expected.abs().max().item()
+    assert not torch.equal(got["w8a8"], got["int8"])
+    assert gen.backend._kernel_weights(64) is gen.backend.weights
+
+
+@pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
+@pytest.mark.parametrize("name", ["k4-odd", "mel+speaker"])
+def test_numba_w8a8_stream_is_the_same_alone_and_in_a_batch(name):
+    """A stream's w8a8 codes are bit for bit those it gets alone: its activations are quantized per stream, and
+    its integer sums are exact, in a tile of one or in tiles of several streams on several threads."""
+    config = CONFIGS[name]
+    gen = Generator(ModelFile(config, fold(random_model(config, 1))), backend="numba", precision="w8a8")
+    batch, steps = 5, 40
+    mel, speaker = conditioning_inputs(config, batch, steps)
+    one = lambda t, i: None if t is None else t[i:i + 1]  # noqa: E731
+    together = gen.generate_codes(gen.new_state(batch), steps, rng=[np.random.default_rng(i) for i in range(batch)],
+                                  conditioning=gen.conditioning(batch, mel, speaker))
+    for i in range(batch):
+        alone = gen.generate_codes(gen.new_state(1), steps, rng=[np.random.default_rng(i)],
+                                   conditioning=gen.conditioning(1, one(mel, i), one(speaker, i)))
+        assert torch.equal(together[i:i + 1], alone), i
+
+
+def test_w8a8_is_the_numba_backends_alone():
+    """Other backends refuse w8a8 with one line naming the one that computes it; `auto` on the CPU takes numba."""
+    config = CONFIGS["tiny"]
+    model = ModelFile(config, fold(random_model(config)))
+    with pytest.raises(FastWaveNetError, match="backend 'torch' does not compute precision 'w8a8'; the numba"):
+        Generator(model, backend="torch", precision="w8a8")
+    if "numba" in BACKENDS:
+        assert Generator(model, backend="auto", precision="w8a8").backend.name == "numba"
+
+
+def test_w8a8_misuse_on_the_command_line_exits_2(tmp_path, sine_folder):
+    models = save_models(tmp_path)
+    result = run_cli("score", models["tiny"], sine_folder / "tone0.wav", "--precision", "w8a8")
+    assert result.returncode == 2 and "score cannot compute precision 'w8a8'" in result.stderr
+    result = run_cli("generate", "--model", models["tiny"], "-o", tmp_path / "b.wav", "--seconds", "0.05",
+                     "--backend", "torch", "--precision", "w8a8")
+    assert result.returncode == 2 and "does not compute precision 'w8a8'" in result.stderr
+    assert not (tmp_path / "b.wav").exists()
+
+
 def test_generate_and_score_take_the_precision_on_the_command_line(tmp_path, sine_folder):
     models = save_models(tmp_path)
     scores = {}

@@ -198,7 +198,8 @@ def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, devic
     if name == "auto":
         candidates = [candidate for candidate in _auto_order(device)
                       if backends[candidate].unavailable_reason(device) is None
-                      and backends[candidate].unsupported_reason(config) is None]
+                      and backends[candidate].unsupported_reason(config) is None
+                      and precision in backends[candidate].precisions]
         if not candidates:
             return TorchBackend(config, weights, device, precision)
         if device.type in TRIAL_DEVICES and len(candidates) > 1:

@@ -95,22 +95,23 @@ class NumbaBackend(Backend):
     devices = ("cpu",)
     requires = "numba"
     first_call = "compiling the CPU kernels for this machine (first run only, kept in numba's cache; 20-60 s)"
+    precisions = ("float32", "bf16", "int8", "w8a8")
 
     def __init__(self, config, weights, device, precision="float32"):
         super().__init__(config, weights, device, precision)
         from ..folded import int8_parts
-        from ..kernels.cpu import CpuWeights
+        from ..kernels.cpu import CpuWeights, w8a8_layout
 
         numba_threads()  # before any parallel call, so that torch's thread count stays the caller's
 
-        # The kernel reads the folded layout, (in, out); at bf16 as 16-bit patterns, at int8 as bytes and the
-        # float32 scales of their columns (`int8_parts` of the rounded weights gives back the q and scales that
-        # rounded them, exactly).
+        # The kernel reads the folded layout, (in, out); at bf16 as 16-bit patterns, at int8 (and w8a8) as bytes
+        # and the float32 scales of their columns (`int8_parts` of the rounded weights gives back the q and scales
+        # that rounded them, exactly).
         def matrix(t, store):
             if store == "bf16":  # the rounded weights' bit patterns, exact: they are bf16 values already
                 t = t.detach().cpu().to(torch.bfloat16).view(torch.int16)
                 return _aligned(t.numpy().view(np.uint16)), np.zeros(t.shape[:-2] + (0,), np.float32)
-            if store == "int8":
+            if store in ("int8", "w8a8"):
                 q, scale = int8_parts(t.detach().cpu())
                 return _aligned(q.numpy()), np.ascontiguousarray(scale.numpy())
             return _aligned(t.detach().cpu().numpy()), np.zeros(t.shape[:-2] + (0,), np.float32)
@@ -123,11 +124,25 @@ class NumbaBackend(Backend):
                                           store)
             (out_w, out_s), (head1_w, head1_s), (head2_w, head2_s) = (
                 matrix(weights.out_w, store), matrix(weights.head1_w, store), matrix(weights.head2_w, store))
+            L = config.layers
+            if store == "w8a8":  # the same int8 weights again in the 8-bit products' layout, and column sums
+                (dilated_v, dilated_c), (out_v, out_c), (head1_v, head1_c), (head2_v, head2_c) = (
+                    w8a8_layout(dilated_w, config.kernel_size), w8a8_layout(out_w), w8a8_layout(head1_w),
+                    w8a8_layout(head2_w))
+                dilated_v, out_v, head1_v, head2_v = map(_aligned, (dilated_v, out_v, head1_v, head2_v))
+                out_c, head1_c, head2_c = out_c[:, 0], head1_c[0], head2_c[0]
+            else:
+                dilated_v, out_v = np.zeros((L, 0, 0), np.int8), np.zeros((L, 0, 0), np.int8)
+                head1_v, head2_v = np.zeros((0, 0), np.int8), np.zeros((0, 0), np.int8)
+                dilated_c, out_c = np.zeros((L, 0, 0), np.int32), np.zeros((L, 0), np.int32)
+                head1_c, head2_c = np.zeros(0, np.int32), np.zeros(0, np.int32)
             return CpuWeights(
                 embed=plain(weights.embed), dilated_w=dilated_w, dilated_b=plain(weights.dilated_b), out_w=out_w,
                 out_b=plain(weights.out_b), head1_w=head1_w, head1_b=plain(weights.head1_b), head2_w=head2_w,
                 head2_b=plain(weights.head2_b), dilated_s=dilated_s, out_s=out_s, head1_s=head1_s, head2_s=head2_s,
-                dilations=layout.dilations, offsets=layout.offsets)
+                dilations=layout.dilations, offsets=layout.offsets, dilated_v=dilated_v, out_v=out_v,
+                head1_v=head1_v, head2_v=head2_v, dilated_c=dilated_c, out_c=out_c, head1_c=head1_c,
+                head2_c=head2_c)
 
         self.weights = kernel_weights(precision)
         self._matrix_bytes = sum(a.nbytes for a in (self.weights.dilated_w, self.weights.out_w,
@@ -135,7 +150,8 @@ class NumbaBackend(Backend):
         # Narrow weights save the weight traffic that bounds small tiles; a tile of many streams is bound by
         # arithmetic, where widening every weight in the inner loop costs more than it saves. Such tiles read a
         # float32 copy of the same rounded weights: the same numbers, bit for bit (tests/test_precision.py).
-        self._widened = self.weights if precision == "float32" else kernel_weights("float32")
+        # w8a8 has none: its activations are 8-bit in every tile.
+        self._widened = self.weights if precision in ("float32", "w8a8") else kernel_weights("float32")
 
     # Streams per tile from which bf16 and int8 models run on their widened copy (measured for bf16 in
     # docs/BENCHMARKS.md: about even at 16-24, widened 4-12 % faster from 32, bf16 faster below 16; int8 takes the
@@ -155,7 +171,7 @@ class NumbaBackend(Backend):
         """The parts each product is split in for this batch: numba's threads where the batch has fewer streams
         than threads and the weights are worth splitting, else 1 (tiles of streams across the threads)."""
         threads = numba_threads()
-        if batch >= threads:
+        if batch >= threads or self.precision == "w8a8":  # w8a8's products are not split (kernels/cpu.py)
             return 1
         override = os.environ.get("FASTWAVENET_NUMBA_SPLIT")
         if override in ("0", "1"):
