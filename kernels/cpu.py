@@ -23,7 +23,7 @@ Two kinds of model share every function, told apart by two scalars:
 The weight matrices are float32, bf16 bit patterns (uint16) or int8 with column scales (see `CpuWeights`): numba
 compiles one specialization for each from the same source, the product blocks (`_micro`) widening each weight to
 float32 exactly in registers. At w8a8 the int8 weights meet 8-bit activations: integer products, VNNI where the CPU
-has it (`_products8`, the w8a8 note above it); one tile per stream's products, never split between threads.
+has it (`_products8`, the w8a8 note above it).
 """
 
 from __future__ import annotations
@@ -645,8 +645,9 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
     conditioning terms or zeros, the next from the sums so far), then the gated values. wl (k*R, 2G) the layer's
     dilated weights, bias/ws/zp addresses (bias, int8 scales, zeros); the taps are queue rows, then xs. Split in
     parts, each part reads its own contiguous block, blocks[layer, part] (`split_blocks`): its tanh columns, then its
-    sigmoid columns, each half `share_span` wide. At w8a8 (one part), vp and cp address the layer's weights in the
-    w8a8 layout and its 128 x column sums (`CpuWeights.dilated_v`, `dilated_c`); 0 otherwise."""
+    sigmoid columns, each half `share_span` wide. At w8a8, cp addresses the layer's 128 x column sums
+    (`CpuWeights.dilated_c`), vp its weights in the w8a8 layout (`dilated_v`), and the blocks are in that layout too;
+    both 0 otherwise."""
     R, G2 = xs.shape[1], z.shape[1]
     G = G2 // 2
     zc, qs0 = z.ctypes.data, queues.strides[0]
@@ -656,8 +657,9 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
             xp, ldx = _tap_row(queues, b0, off, d, k, j, t), qs0 // 4
         else:
             xp, ldx = xs.ctypes.data, R
-        if vp != 0:  # w8a8: tap j's rows of words, its column sums
-            qp, cj = vp + j * ((R + 3) // 4) * 4 * G2, cp + 4 * j * G2
+        cj = cp + 4 * j * G2  # w8a8: tap j's column sums
+        if parts == 1 and cp != 0:  # w8a8, both halves in one product: tap j's rows of words
+            qp = vp + j * ((R + 3) // 4) * 4 * G2
             if j == 0:
                 _products8(qp, G2, R, bias, ws, cj, xp, ldx, zc, G2, ap, lda, nb, 0, G2)
             else:
@@ -670,11 +672,19 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
                 _products(wl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2)
             continue
         wb = blocks[layer, part]
-        span = wb.shape[1] // 2
+        span = wb.shape[1] // (8 if cp != 0 else 2)  # w8a8 rows: 4 bytes a column
         for half in range(2):
             g0, lf = half * G + c0, half * span  # the half's first output: in z and the bias, in the block
             shift = 4 * (g0 - lf)  # so that the block's column lf + i reads bias[g0 + i] and scale[g0 + i]
-            if c0 < c1 and j == 0:
+            if c0 < c1 and cp != 0:  # w8a8: tap j's rows of words
+                qp = wb.ctypes.data + j * ((R + 3) // 4) * wb.shape[1]
+                if j == 0:
+                    _products8(qp, 2 * span, R, bias + shift, ws + shift, cj + shift, xp, ldx, zc + 4 * g0, G2,
+                               ap + 4 * g0, lda, nb, lf, lf + c1 - c0)
+                else:
+                    _products8(qp, 2 * span, R, zp + shift, ws + shift, cj + shift, xp, ldx, zc + 4 * g0, G2,
+                               zc + 4 * g0, G2, nb, lf, lf + c1 - c0)
+            elif c0 < c1 and j == 0:
                 _products(wb, 0, R, bias + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, ap + 4 * g0, lda, nb, lf,
                           lf + c1 - c0)
             elif c0 < c1:
@@ -688,11 +698,12 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
 
 
 @njit(**_OPTIONS, parallel=True, nogil=True)
-def _gate_parts(parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer):
+def _gate_parts(parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer, vp,
+                cp):
     """`_gate_part` for every part, the parts in parallel (one region)."""
     for part in prange(parts):
         _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer,
-                   0, 0)
+                   vp, cp)
 
 
 @njit(**_OPTIONS)
@@ -700,11 +711,12 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
     """A layer's 1x1 outputs for part `part` of `parts` of its residual channels (where `residual`: into xs, from
     xs) and of its skip channels (into the skip sums): ow (G, R+S), obp/osp the bias's and int8 scales' addresses.
     Split in parts, each part reads its own contiguous block, blocks[layer, part] (`split_blocks`): its residual
-    columns, then from `share_span(parts, R)` on its skip columns. At w8a8 (one part), vp and cp address the
-    layer's weights in the w8a8 layout and its 128 x column sums (`CpuWeights.out_v`, `out_c`); 0 otherwise."""
+    columns, then from `share_span(parts, R)` on its skip columns. At w8a8, cp addresses the layer's 128 x column
+    sums (`CpuWeights.out_c`), vp its weights in the w8a8 layout (`out_v`), and the blocks are in that layout too;
+    both 0 otherwise."""
     R, S, G = xs.shape[1], skip.shape[1], gated.shape[1]
     gp, xp, sp = gated.ctypes.data, xs.ctypes.data, skip.ctypes.data
-    if vp != 0:
+    if parts == 1 and cp != 0:
         if residual:
             _products8(vp, R + S, G, obp, osp, cp, gp, G, xp, R, xp, R, nb, 0, R)
         _products8(vp, R + S, G, obp, osp, cp, gp, G, sp, S, sp, S, nb, R, R + S)
@@ -717,27 +729,39 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
     wb = blocks[layer, part]
     r0, r1 = _share(part, parts, R)
     s0, s1 = _share(part, parts, S)
+    qp, ldw = wb.ctypes.data, wb.shape[1] // 4  # (w8a8 blocks)
     if residual and r0 < r1:  # block columns [0, r1 - r0) are outputs r0 ..
         shift = 4 * r0
-        _products(wb, 0, G, obp + shift, osp + shift, gp, G, xp + 4 * r0, R, xp + 4 * r0, R, nb, 0, r1 - r0)
+        if cp != 0:
+            _products8(qp, ldw, G, obp + shift, osp + shift, cp + shift, gp, G, xp + 4 * r0, R, xp + 4 * r0, R, nb,
+                       0, r1 - r0)
+        else:
+            _products(wb, 0, G, obp + shift, osp + shift, gp, G, xp + 4 * r0, R, xp + 4 * r0, R, nb, 0, r1 - r0)
     if s0 < s1:  # block columns lf .. are outputs R + s0 ..
         lf = share_span(parts, R)
         shift = 4 * (R + s0 - lf)
-        _products(wb, 0, G, obp + shift, osp + shift, gp, G, sp + 4 * s0, S, sp + 4 * s0, S, nb, lf, lf + s1 - s0)
+        if cp != 0:
+            _products8(qp, ldw, G, obp + shift, osp + shift, cp + shift, gp, G, sp + 4 * s0, S, sp + 4 * s0, S, nb,
+                       lf, lf + s1 - s0)
+        else:
+            _products(wb, 0, G, obp + shift, osp + shift, gp, G, sp + 4 * s0, S, sp + 4 * s0, S, nb, lf,
+                      lf + s1 - s0)
 
 
 @njit(**_OPTIONS, parallel=True, nogil=True)
-def _out_parts(parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer):
+def _out_parts(parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, vp, cp):
     """`_out_part` for every part, the parts in parallel (one region)."""
     for part in prange(parts):
-        _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, 0, 0)
+        _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, vp, cp)
 
 
 def split_blocks(w, parts: int):
     """Each part's weights of every layer, contiguous (so a thread streams one block instead of a share of every
     row, which the prefetchers follow poorly: an int8 product split by columns gained 1.13x on two threads, by
     blocks 1.42x, docs/BENCHMARKS.md): (gate blocks (L, parts, k*R, 2 x span_G), output blocks (L, parts, G,
-    span_R + span_S)), spans by `share_span`, in the weights' own dtype, zero where a part is short. w: CpuWeights."""
+    span_R + span_S)), spans by `share_span`, in the weights' own dtype, zero where a part is short (at w8a8 in
+    `w8a8_layout`: (L, parts, k * ceil(R/4), 4 x 2 span_G), (L, parts, ceil(G/4), 4 (span_R + span_S))).
+    w: CpuWeights."""
     L, KR, G2 = w.dilated_w.shape
     G, RS = G2 // 2, w.out_w.shape[2]
     R = w.embed.shape[2]
@@ -753,6 +777,8 @@ def split_blocks(w, parts: int):
         s0, s1 = _share(part, parts, S)
         out[:, part, :, :r1 - r0] = w.out_w[:, :, r0:r1]
         out[:, part, :, sr:sr + s1 - s0] = w.out_w[:, :, R + s0:R + s1]
+    if w.head2_c.shape[0] > 0:  # w8a8: the blocks in its products' layout
+        return w8a8_layout(gate, KR // R)[0], w8a8_layout(out)[0]
     return gate, out
 
 
@@ -772,7 +798,7 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
     k = dilated_w.shape[1] // R
     RS = out_w.shape[2]
     S = RS - R
-    w8a8 = w.head2_c.shape[0] > 0  # the split path (split > 1) never runs at w8a8 (backends/numba_cpu.py)
+    w8a8 = w.head2_c.shape[0] > 0  # (the head's w8a8 products are not split: 1.5 % of r9y9's weights)
 
     for bb in range(nb):
         b = b0 + bb
@@ -819,12 +845,13 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
         else:
             ap, lda = zp, 0
         bias = dilated_b[layer].ctypes.data
+        vp, cp = (w.dilated_v[layer].ctypes.data, w.dilated_c[layer].ctypes.data) if w8a8 else (0, 0)
         if split > 1:  # each thread its share of the gate channels, then of the outputs: two regions a layer
             _gate_parts(split, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, gate_blocks,
-                        layer)
+                        layer, vp, cp)
         else:
             _gate_part(0, 1, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, gate_blocks, layer,
-                       w.dilated_v[layer].ctypes.data if w8a8 else 0, w.dilated_c[layer].ctypes.data)
+                       vp, cp)
         write = off + t % n  # after the products: with k = 2 it is the slot they read
         for bb in range(nb):
             b = b0 + bb
@@ -832,11 +859,11 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
                 queues[b, write, c] = xs[bb, c]
         ow, obp = out_w[layer], out_b[layer].ctypes.data
         osp = w.out_s[layer].ctypes.data
-        if split > 1:
-            _out_parts(split, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer)
-        else:  # the last layer's residual output feeds nothing
-            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer,
-                      w.out_v[layer].ctypes.data if w8a8 else 0, w.out_c[layer].ctypes.data)
+        vp, cp = (w.out_v[layer].ctypes.data, w.out_c[layer].ctypes.data) if w8a8 else (0, 0)
+        if split > 1:  # the last layer's residual output feeds nothing
+            _out_parts(split, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, vp, cp)
+        else:
+            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, vp, cp)
 
     for bb in range(nb):
         for c in range(S):
@@ -1045,8 +1072,6 @@ def teacher_forced_split(codes, scalar, t0, w, queues, inputs, cond, out_logits,
     """`teacher_forced` as one tile of every stream, each layer's outputs split in `parts` (numba's threads), each
     part reading its own weight blocks (`split_blocks(w, parts)`)."""
     B = codes.shape[0]
-    if w.head2_c.shape[0] > 0:
-        raise ValueError("w8a8 products are not split between threads")
     _teacher_tile(0, B, B, codes, scalar, t0, w, queues, inputs, cond, out_logits, parts, gate_blocks, out_blocks)
 
 
@@ -1110,7 +1135,5 @@ def generate_split(last, scalar, distribution, log_scale_min, t0, u, temperature
     reading its own weight blocks (`split_blocks(w, parts)`): for fewer streams than threads on models whose weights
     are worth splitting (backends/numba_cpu.py decides)."""
     B = u.shape[1]
-    if w.head2_c.shape[0] > 0:
-        raise ValueError("w8a8 products are not split between threads")
     _generate_tile(0, B, B, last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax, w,
                    queues, inputs, cond, out_codes, parts, gate_blocks, out_blocks)

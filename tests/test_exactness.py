@@ -131,7 +131,7 @@ def test_numba_tiles_match_training_model(name, tile, monkeypatch):
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
 @pytest.mark.parametrize("name,precision", [("k4-odd", "float32"), ("mel+speaker", "float32"), ("k4-odd", "int8"),
-                                            ("mel+speaker", "bf16")])
+                                            ("mel+speaker", "bf16"), ("k4-odd", "w8a8"), ("mel+speaker", "w8a8")])
 def test_numba_split_products_equal_tiles_bit_for_bit(name, precision, monkeypatch):
     """One stream on every core (issue 38): with each layer's outputs split in three parts between the threads,
     each part reading its own weight blocks, the numba kernel gives a stream the numbers its one-thread tile gives,

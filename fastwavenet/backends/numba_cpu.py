@@ -171,7 +171,7 @@ class NumbaBackend(Backend):
         """The parts each product is split in for this batch: numba's threads where the batch has fewer streams
         than threads and the weights are worth splitting, else 1 (tiles of streams across the threads)."""
         threads = numba_threads()
-        if batch >= threads or self.precision == "w8a8":  # w8a8's products are not split (kernels/cpu.py)
+        if batch >= threads:
             return 1
         override = os.environ.get("FASTWAVENET_NUMBA_SPLIT")
         if override in ("0", "1"):
