@@ -33,17 +33,16 @@ class Backend:
     requires: str | None = None  # the module this backend's kernel needs, if any beyond torch
     # What the first call does that later ones do not, said on screen by the CLI when it takes a while (None: nothing)
     first_call = None
-    precisions = ("float32", "bf16", "int8")  # w8a8 (8-bit activations too) where the backend computes it
-
+    precisions = ("float32", "bf16", "int8")  # and w8a8 (8-bit activations too) where the backend computes it
 
     def __init__(self, config: WaveNetConfig, weights: FoldedWeights, device: torch.device,
                  precision: str = "float32"):
         """weights are those it computes with: at precision bf16 or int8 the Generator has rounded the matrices
         already (folded.rounded), so every backend computes the same numbers; a backend may also store them in 16 or
-        8 bits. A precision the backend does not compute (w8a8 but where implemented) is the user's error."""
-        if precision not in self.precisions:  # w8a8, the one precision some backends lack
+        8 bits. A precision not in `precisions` (w8a8, which numba alone computes) is the user's error."""
+        if precision not in self.precisions:
             raise FastWaveNetError(f"backend {self.name!r} does not compute precision {precision!r}; "
-                                   f"the numba backend (CPU) does")
+                                   "the numba backend (CPU) does")
         self.config, self.device, self.precision = config, device, precision
 
     @classmethod
