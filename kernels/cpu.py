@@ -316,16 +316,26 @@ _VEC, _SCALAR = _micro(1, 1, _L), _micro(1, 1, 1)
 # What the tile path passes for the split path's weight blocks (`split_blocks`): nothing. (A global array of size
 # zero: numba freezes it into the code, which keeps the kernels cacheable.)
 _NO_BLOCKS = np.zeros((0, 0, 0, 0), np.float32)
-# Streams per group: a group's inputs and outputs stay in L1 while each weight panel passes through.
-_GROUP = 16
+# Streams per group (a tile's streams: tiles hold at most 64) and rows per chunk of a group's products: each block of
+# streams takes a chunk of a weight panel (64 rows x NV vectors, 16 KB of float32) after the one before it, from L1,
+# while the next chunk is prefetched, where whole panels (a vocoder layer's 512 rows, rows 2 KB apart, which the
+# hardware prefetchers do not follow across pages) came from L2 or L3 for every block. On r9y9's shape, one thread,
+# 64 streams: the whole step 1.3x (docs/BENCHMARKS.md); `standard` the same as before. A chunk goes on from the
+# sums so far plus -0.0 (`_scratch`'s `zeros`), an identity for every float, so each output is still the one fma
+# chain in input order it was unchunked.
+_GROUP = 64
+_CHUNK = 64
+# Bytes of weights a product reads from which its chunks are prefetched: vocoder-size products (r9y9's, at every
+# precision); `standard`'s (32-256 KB, from L2) ran 10 % slower at 8 streams with the prefetches.
+_PREFETCH_FROM = 192 << 10
 
 
 @njit(**_OPTIONS)
-def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
+def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
     """y[b, n - first] = (a[b, n - first] + bias[n]) + sum_{i < K} x[b, i] * w[row0 + i, n] for n in [first, last),
     streams b < nb. w (rows, N) in-major, float32, bf16 bits (uint16) or int8 (weight w * scale[n]); the rest are
-    addresses (bias, scale (read for int8 only), x, y, a) and row strides in floats (a stride 0 gives every stream
-    a's first row). The running sums of the kernel (skip and
+    addresses (bias, scale (read for int8 only), x, y, a, and zp: at least `last` floats of -0.0) and row strides
+    in floats (a stride 0 gives every stream a's first row). The running sums of the kernel (skip and
     residual totals, a layer's taps one after another) accumulate in place this way, with no separate pass over
     them. See the note above `_vector_bits` for why every block gives every stream the same numbers."""
     ldw = w.shape[1]
@@ -336,26 +346,48 @@ def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
     for g0 in range(0, nb, _GROUP):
         g1 = min(nb, g0 + _GROUP)
         n = first
-        if g1 - g0 == 1 and esize == 1:
+        if g1 - g0 > 1:  # the blocks' columns chunk by chunk (`_CHUNK`), the rest below
+            span = (last - first) // (BLOCK.nv * _L) * (BLOCK.nv * _L)
+            ahead = esize * K * ldw >= _PREFETCH_FROM
+            for k0 in range(0, K, _CHUNK):
+                kc = min(_CHUNK, K - k0)
+                wk, xk = wp + esize * k0 * ldw, xp + 4 * k0
+                c = first
+                while c < first + span:
+                    # the next panel's chunk (or the next chunk's first panel) on its way while this one is used
+                    nc, nk = (c + BLOCK.nv * _L, k0) if c + BLOCK.nv * _L < first + span else (first, k0 + _CHUNK)
+                    if ahead and nk < K:
+                        for i in range(min(_CHUNK, K - nk)):
+                            row = wp + esize * ((nk + i) * ldw + nc)
+                            for line in range(0, esize * BLOCK.nv * _L, 64):
+                                _prefetch(row + line)
+                    b = g0
+                    while b < g1:
+                        sb = BLOCK.sb if b + BLOCK.sb <= g1 else 1
+                        at = yp + 4 * (b * ldy + c)
+                        a, la, bias = (ap + 4 * (b * lda + c), lda, bp + 4 * c) if k0 == 0 else (at, ldy, zp + 4 * c)
+                        if sb == 1:
+                            _ONE(w0, wk + esize * c, ldw, xk + 4 * b * ldx, ldx, at, ldy, a, la, bias, sp + 4 * c,
+                                 kc)
+                        else:
+                            _MAIN(w0, wk + esize * c, ldw, xk + 4 * b * ldx, ldx, at, ldy, a, la, bias, sp + 4 * c,
+                                  kc)
+                        b += sb
+                    c += BLOCK.nv * _L
+            n = first + span
+        elif esize == 1:
             while n + BLOCK.nv8 * _L <= last:
                 _LONE8(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
                        ap + 4 * (g0 * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
                 n += BLOCK.nv8 * _L
-        elif g1 - g0 == 1:
+        else:
             while n + BLOCK.nv1 * _L <= last:
                 _LONE(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
                       ap + 4 * (g0 * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
                 n += BLOCK.nv1 * _L
-        while n + BLOCK.nv * _L <= last:
-            b = g0
-            while b + BLOCK.sb <= g1:
-                _MAIN(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy,
-                      ap + 4 * (b * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
-                b += BLOCK.sb
-            while b < g1:
-                _ONE(w0, wp + esize * n, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + n), ldy,
-                     ap + 4 * (b * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
-                b += 1
+        while n + BLOCK.nv * _L <= last:  # a lone stream's last vectors
+            _ONE(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
+                 ap + 4 * (g0 * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
             n += BLOCK.nv * _L
         for b in range(g0, g1):
             m = n
@@ -370,27 +402,29 @@ def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
 
 
 @njit(**_OPTIONS)
-def _matmul_with(split, w, bias, x, nb, y, first, last, start, scale):
+def _matmul_with(split, w, bias, x, nb, y, first, last, start, scale, zeros):
     """y[b, n] = (start[b, n] + bias[n]) + sum_i x[b, i] * w[i, n] for n in [first, last), streams b < nb, all
     arrays: `_product` for whole matrices. start (>= nb, N), or (1, N) for one row every stream starts from (zeros
-    for a plain product); y may be start. scale (N,): an int8 w's column scales (an empty array otherwise)."""
+    for a plain product); y may be start. scale (N,): an int8 w's column scales (an empty array otherwise). zeros
+    (1, >= N): -0.0 (`_products`)."""
     lda = start.shape[1] if start.shape[0] > 1 else 0
     sp = 0 if scale.shape[0] == 0 else scale.ctypes.data
     _product(split, w, 0, w.shape[0], bias.ctypes.data, sp, x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first,
-             y.shape[1], start.ctypes.data + 4 * first, lda, nb, first, last)
+             y.shape[1], start.ctypes.data + 4 * first, lda, nb, first, last, zeros.ctypes.data)
 
 
 @njit(**_OPTIONS)
 def _matmul(w, bias, x, nb, y, first, last, start, scale=None):
     """`_matmul_with` on one thread; scale None for float32 or bf16 weights."""
+    zeros = np.full((1, w.shape[1]), -0.0, np.float32)
     if scale is None:
-        _matmul_with(1, w, bias, x, nb, y, first, last, start, np.zeros(0, np.float32))
+        _matmul_with(1, w, bias, x, nb, y, first, last, start, np.zeros(0, np.float32), zeros)
     else:
-        _matmul_with(1, w, bias, x, nb, y, first, last, start, scale)
+        _matmul_with(1, w, bias, x, nb, y, first, last, start, scale, zeros)
 
 
 @njit(**_OPTIONS, parallel=True, nogil=True)
-def _split_products(parts, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
+def _split_products(parts, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
     """`_products` with the outputs [first, last) split in `parts` (numba's threads), in whole lone-stream blocks where
     there are enough of them: each thread streams only its columns of w (issue 38: one stream on every core). Each
     output is the same chain of fmas whichever thread computes it (the note above), so a stream's numbers do not
@@ -399,18 +433,19 @@ def _split_products(parts, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, fi
     for part in prange(parts):
         f, end = _share(part, parts, last - first)
         if f < end:
-            _products(w, row0, K, bp, sp, xp, ldx, yp + 4 * f, ldy, ap + 4 * f, lda, nb, first + f, first + end)
+            _products(w, row0, K, bp, sp, xp, ldx, yp + 4 * f, ldy, ap + 4 * f, lda, nb, first + f, first + end,
+                      zp)
 
 
 @njit(**_OPTIONS)
-def _product(split, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
+def _product(split, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
     """`_split_products` in `split` parts where split > 1, else `_products`. (A number, not the function as an
     argument, nor numba's thread count read inside: numba caches no function that takes another as an argument or
     reads the thread count, and the kernels would compile again in every process.)"""
     if split > 1:
-        _split_products(split, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last)
+        _split_products(split, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp)
     else:
-        _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last)
+        _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp)
 
 
 # ---- w8a8: 8-bit activations on int8 weights ---------------------------------------------------------------------
@@ -667,9 +702,9 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
             continue
         if parts == 1:  # both halves in one product
             if j == 0:
-                _products(wl, 0, R, bias, ws, xp, ldx, zc, G2, ap, lda, nb, 0, G2)
+                _products(wl, 0, R, bias, ws, xp, ldx, zc, G2, ap, lda, nb, 0, G2, zp)
             else:  # go on from the taps so far
-                _products(wl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2)
+                _products(wl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2, zp)
             continue
         wb = blocks[layer, part]
         span = wb.shape[1] // (8 if cp != 0 else 2)  # w8a8 rows: 4 bytes a column
@@ -686,10 +721,10 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
                                zc + 4 * g0, G2, nb, lf, lf + c1 - c0)
             elif c0 < c1 and j == 0:
                 _products(wb, 0, R, bias + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, ap + 4 * g0, lda, nb, lf,
-                          lf + c1 - c0)
+                          lf + c1 - c0, zp)
             elif c0 < c1:
                 _products(wb, j * R, R, zp + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, zc + 4 * g0, G2, nb, lf,
-                          lf + c1 - c0)
+                          lf + c1 - c0, zp)
     for bb in range(nb):
         for c in range(c0, c1):
             a = fast_tanh(z[bb, c])
@@ -707,7 +742,7 @@ def _gate_parts(parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, ga
 
 
 @njit(**_OPTIONS)
-def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, vp, cp):
+def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp):
     """A layer's 1x1 outputs for part `part` of `parts` of its residual channels (where `residual`: into xs, from
     xs) and of its skip channels (into the skip sums): ow (G, R+S), obp/osp the bias's and int8 scales' addresses.
     Split in parts, each part reads its own contiguous block, blocks[layer, part] (`split_blocks`): its residual
@@ -723,8 +758,8 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
         return
     if parts == 1:
         if residual:
-            _products(ow, 0, G, obp, osp, gp, G, xp, R, xp, R, nb, 0, R)
-        _products(ow, 0, G, obp, osp, gp, G, sp, S, sp, S, nb, R, R + S)
+            _products(ow, 0, G, obp, osp, gp, G, xp, R, xp, R, nb, 0, R, zp)
+        _products(ow, 0, G, obp, osp, gp, G, sp, S, sp, S, nb, R, R + S, zp)
         return
     wb = blocks[layer, part]
     r0, r1 = _share(part, parts, R)
@@ -736,7 +771,8 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
             _products8(qp, ldw, G, obp + shift, osp + shift, cp + shift, gp, G, xp + 4 * r0, R, xp + 4 * r0, R, nb,
                        0, r1 - r0)
         else:
-            _products(wb, 0, G, obp + shift, osp + shift, gp, G, xp + 4 * r0, R, xp + 4 * r0, R, nb, 0, r1 - r0)
+            _products(wb, 0, G, obp + shift, osp + shift, gp, G, xp + 4 * r0, R, xp + 4 * r0, R, nb, 0, r1 - r0,
+                      zp)
     if s0 < s1:  # block columns lf .. are outputs R + s0 ..
         lf = share_span(parts, R)
         shift = 4 * (R + s0 - lf)
@@ -745,14 +781,14 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
                        lf, lf + s1 - s0)
         else:
             _products(wb, 0, G, obp + shift, osp + shift, gp, G, sp + 4 * s0, S, sp + 4 * s0, S, nb, lf,
-                      lf + s1 - s0)
+                      lf + s1 - s0, zp)
 
 
 @njit(**_OPTIONS, parallel=True, nogil=True)
-def _out_parts(parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, vp, cp):
+def _out_parts(parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp):
     """`_out_part` for every part, the parts in parallel (one region)."""
     for part in prange(parts):
-        _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, vp, cp)
+        _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp)
 
 
 def split_blocks(w, parts: int):
@@ -860,10 +896,10 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
         ow, obp = out_w[layer], out_b[layer].ctypes.data
         osp = w.out_s[layer].ctypes.data
         vp, cp = (w.out_v[layer].ctypes.data, w.out_c[layer].ctypes.data) if w8a8 else (0, 0)
-        if split > 1:  # the last layer's residual output feeds nothing
-            _out_parts(split, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, vp, cp)
-        else:
-            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, vp, cp)
+        if split > 1:
+            _out_parts(split, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, zp, vp, cp)
+        else:  # the last layer's residual output feeds nothing
+            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, zp, vp, cp)
 
     for bb in range(nb):
         for c in range(S):
@@ -871,25 +907,28 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
     if w8a8:
         _matmul8(w.head1_v, w.head1_b, w.head1_s, w.head1_c, skip, nb, hidden, 0, w.head1_w.shape[1], zeros)
     else:
-        _matmul_with(split, w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[1], zeros, w.head1_s)
+        _matmul_with(split, w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[1], zeros, w.head1_s, zeros)
     for bb in range(nb):
         for c in range(hidden.shape[1]):
             hidden[bb, c] = max(hidden[bb, c], np.float32(0.0))
     if w8a8:
         _matmul8(w.head2_v, w.head2_b, w.head2_s, w.head2_c, hidden, nb, logits, 0, w.head2_w.shape[1], zeros)
     else:
-        _matmul_with(split, w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros, w.head2_s)
+        _matmul_with(split, w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros, w.head2_s,
+                     zeros)
 
 
 @njit(**_OPTIONS)
 def _scratch(tile, w):
     """Per-tile work arrays, (tile, n) each: x, z, gated, skip, hidden, logits; then one row of zeros (1, n) as
-    wide as any matrix (the start of plain products)."""
+    wide as any matrix (the start of plain products, and what chunks of a product add to the sums so far): -0.0,
+    which adds to every float exactly (+0.0 turns -0.0 into +0.0)."""
     f = np.float32
     wide = max(w.dilated_w.shape[2], w.out_w.shape[2], w.head1_w.shape[1], w.head2_w.shape[1])
     return (np.zeros((tile, w.embed.shape[2]), f), np.zeros((tile, w.dilated_w.shape[2]), f),
             np.zeros((tile, w.dilated_w.shape[2] // 2), f), np.zeros((tile, w.head1_w.shape[0]), f),
-            np.zeros((tile, w.head1_w.shape[1]), f), np.zeros((tile, w.head2_w.shape[1]), f), np.zeros((1, wide), f))
+            np.zeros((tile, w.head1_w.shape[1]), f), np.zeros((tile, w.head2_w.shape[1]), f),
+            np.full((1, wide), -0.0, f))
 
 
 # top-k / top-p sort only the classes within a factor of the most probable one (at first 1/64; the factor shrinks if

@@ -1,10 +1,13 @@
 """The CPU kernel against an older version of itself, side by side in one process: generate on the `standard`
-shape, random weights, plain sampling, batches 1, 8, 64, 128, alternating, best of three each.
+shape (batches 1, 8, 64, 128), or on `vocoder`, r9y9's LJSpeech shape as a class model (R 512, G 256, S and H 256,
+3 taps, 24 layers: the same products; 256 classes, no conditioning; batches 1, 8, 64), random weights, plain
+sampling, alternating, best of three each, with the weights the backend's tiles of that size read.
 
 Run: git show 66e561a:kernels/cpu.py > /tmp/cpu_old.py
-     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python recipes/kernel_ab.py /tmp/cpu_old.py float32|bf16
+     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python recipes/kernel_ab.py /tmp/cpu_old.py float32|bf16|int8 [vocoder]
 Kernels before the outer-product blocks (66e561a and older, no `BLOCKS`) read out-major matrices (out, in); they get
 them transposed. Later ones read in-major, as the backend gives them."""
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -20,16 +23,20 @@ from kernel_timing import load_kernel, time_generate
 cpu_old = load_kernel(Path(sys.argv[1]).read_text(), "cpu_old")
 
 prec = sys.argv[2] if len(sys.argv) > 2 else "float32"
+vocoder = len(sys.argv) > 3 and sys.argv[3] == "vocoder"
 config = preset("standard")
+if vocoder:
+    config = dataclasses.replace(config, residual_channels=512, gate_channels=256, skip_channels=256,
+                                 head_channels=256, kernel_size=3, layers_per_stack=6, stacks=4, input_kernel_size=1)
 model = random_model_file(config)
 backend = NumbaBackend(config, model.weights, torch.device("cpu"), prec)
-new_w = backend.weights
-transposed = {k: np.ascontiguousarray(getattr(new_w, k).swapaxes(-1, -2))
-              for k in ("dilated_w", "out_w", "head1_w", "head2_w")}
-old_w = new_w if hasattr(cpu_old, "BLOCKS") else cpu_old.CpuWeights(**{**new_w._asdict(), **transposed})
 
-for batch in (1, 8, 64, 128):
-    n = max(64, 8192 // batch)
+for batch in (1, 8, 64) if vocoder else (1, 8, 64, 128):
+    new_w = backend._kernel_weights(min(batch, 64))
+    transposed = {k: np.ascontiguousarray(getattr(new_w, k).swapaxes(-1, -2))
+                  for k in ("dilated_w", "out_w", "head1_w", "head2_w")}
+    old_w = new_w if hasattr(cpu_old, "BLOCKS") else cpu_old.CpuWeights(**{**new_w._asdict(), **transposed})
+    n = max(8, 512 // batch) if vocoder else max(64, 8192 // batch)
     _, a = time_generate(cpu_old, old_w, config, batch, 64)
     _, b = time_generate(cpu_new, new_w, config, batch, 64)
     best = {"old": 0, "new": 0}
