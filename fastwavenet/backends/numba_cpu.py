@@ -210,7 +210,8 @@ class NumbaSplitBackend(NumbaBackend):
     batch has fewer streams than threads, instead of leaving threads idle; from as many streams as threads, numba's
     own tiles. A stream's numbers are numba's, bit for bit. A product's parallel region costs a few microseconds,
     2L + 2 of them a step: worth it where a step streams megabytes of weights (r9y9's LJSpeech shape,
-    docs/BENCHMARKS.md), not for `standard`'s 3.5 MB; `auto` chooses between the two by a trial."""
+    docs/BENCHMARKS.md), not for `standard`'s 3.5 MB; and each region waits for every thread, so where other work
+    holds the cores a step waits for it 2L + 2 times. `auto` chooses between the two by a trial."""
 
     name = "numba-split"
 
