@@ -161,3 +161,19 @@ def test_auto_uses_the_backend_its_trial_built(cache, monkeypatch):
     monkeypatch.setattr(backends, "numba_threads", lambda: 2)
     chosen = make_backend("auto", config, weights, CPU)
     assert chosen is timed[0]  # numba, first of equals: not built a second time
+
+
+def test_cpu_trial_stops_after_its_seconds(monkeypatch):
+    """On the CPU a trial times calls of 8 steps until its steps or its seconds are spent: a candidate slowed by
+    other work on the cores (numba-split's regions wait for every thread) is timed for about `seconds`, not for 64
+    slow steps."""
+    config, weights = tiny()
+    backend = TorchBackend(config, weights, CPU)
+    calls = []
+    generate = backend.generate
+    monkeypatch.setattr(backend, "generate", lambda state, n, *rest: (calls.append(n), generate(state, n, *rest))[1])
+    assert backends.trial_rate(backend, 2, steps=64, seconds=1e9) > 0
+    assert calls[calls.index(8):] == [8] * 9  # after the warm-up: the untimed call, then 64 steps in 8 calls
+    calls.clear()
+    assert backends.trial_rate(backend, 2, steps=64, seconds=0.0) > 0
+    assert calls[calls.index(8):] == [8, 8]  # the untimed call and one timed call

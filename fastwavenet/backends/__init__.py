@@ -78,8 +78,11 @@ def _trial_candidates(candidates: list[str], device: torch.device, batch: int) -
     return []
 
 
-# Steps a trial times per candidate (after a warm-up call and an untimed call of the same size).
+# Steps a trial times per candidate (after a warm-up call and an untimed call), and the seconds after which it stops
+# early: a candidate that other work on the cores slows (numba-split's regions wait for every thread) is not timed
+# for long.
 TRIAL_STEPS = 64
+TRIAL_SECONDS = 0.5
 
 
 def cache_root() -> Path:
@@ -121,25 +124,29 @@ def _trial_key(config: WaveNetConfig, device: torch.device, precision: str, batc
     return f"{where} | {', '.join(software)} | model {shape} | {precision} | batch {batch}"
 
 
-def trial_rate(backend: Backend, batch: int, steps: int = TRIAL_STEPS) -> float:
-    """Samples/s of `backend` generating `steps` samples for `batch` streams (plain sampling, zero conditioning),
-    after a warm-up call and an untimed call of the same size (compilation, graph capture at this shape)."""
+def trial_rate(backend: Backend, batch: int, steps: int = TRIAL_STEPS, seconds: float = TRIAL_SECONDS) -> float:
+    """Samples/s of `backend` generating up to `steps` samples for `batch` streams (plain sampling, zero
+    conditioning), after a warm-up call and an untimed call (compilation, graph capture at this shape). On CUDA one
+    call of `steps` (graphs are captured per call size); on the CPU calls of 8 steps until `steps` or `seconds`."""
     from .. import distributions
     from ..sampling import Sampling
 
     c = backend.config
+    piece = steps if backend.device.type == "cuda" else min(8, steps)
     with full_fp32(backend.device):
         backend.warm_up(Sampling())
         state = backend.new_state(batch, 0)  # what the streams start from does not change the work
-        cond = (torch.zeros(batch, steps, c.layers, 2 * c.gate_channels, device=backend.device)
+        cond = (torch.zeros(batch, piece, c.layers, 2 * c.gate_channels, device=backend.device)
                 if c.conditioned else None)
-        u = np.random.default_rng(0).random((steps, batch) + distributions.uniform_shape(c), dtype=np.float32)
-        backend.generate(state, steps, u, Sampling(), cond).cpu()
+        u = np.random.default_rng(0).random((piece, batch) + distributions.uniform_shape(c), dtype=np.float32)
+        backend.generate(state, piece, u, Sampling(), cond).cpu()
         if backend.device.type == "cuda":
             torch.cuda.synchronize(backend.device)
-        t0 = time.perf_counter()
-        backend.generate(state, steps, u, Sampling(), cond).cpu()  # .cpu() waits for the device
-        return batch * steps / (time.perf_counter() - t0)
+        done, t0 = 0, time.perf_counter()
+        while done < steps and (done == 0 or time.perf_counter() - t0 < seconds):
+            backend.generate(state, piece, u, Sampling(), cond).cpu()  # .cpu() waits for the device
+            done += piece
+        return batch * done / (time.perf_counter() - t0)
 
 
 def _read_cache(path: Path) -> dict:
