@@ -4,7 +4,8 @@ works, the others wait), paired rounds in one process, for each precision.
 
     python benchmarks/cpu_split.py [PRESET] [STEPS] [ROUNDS]    (default r9y9-ljspeech 300 5)
 
-Prints one line per precision: the best round of each and their ratio."""
+Prints one line per precision: the best round of each and their ratio. Through the backends that `auto` chooses
+between: `fastwavenet bench --backend numba,numba-split --batch 1`."""
 
 from __future__ import annotations
 

@@ -549,14 +549,15 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
                          f"{min(sgemm):,.0f}-{max(sgemm):,.0f} GFLOP/s, weights {min(passes):,.0f}-"
                          f"{max(passes):,.0f} passes/s"
                          + (f", peak {min(peaks):,.0f}-{max(peaks):,.0f} GFLOP/s" if peaks else ""))
-    lines.append(f"{'backend':<10} {'batch':>6} {'samples/s':>14} {'x realtime':>11} {'vs naive':>10} "
+    names = [r.backend if r.precision == "float32" else f"{r.backend}/{r.precision}" for r in results]
+    width = max([10, *map(len, names)])  # `numba-split/int8` and `triton-stream` keep the columns in line
+    lines.append(f"{'backend':<{width}} {'batch':>6} {'samples/s':>14} {'x realtime':>11} {'vs naive':>10} "
                  f"{'of limit':>9} {'bound by':>8} {'of peak':>8} {'first call':>11}")
-    for r in results:
+    for r, name in zip(results, names):
         speedup = f"{r.speedup_vs_naive:,.0f}x" if r.speedup_vs_naive else "-"
         share = f"{100 * r.of_limit:.0f} %" if r.of_limit is not None else "-"
         peak = f"{100 * r.of_peak:.0f} %" if r.of_peak is not None else "-"
-        name = r.backend if r.precision == "float32" else f"{r.backend}/{r.precision}"
-        lines.append(f"{name:<10} {r.batch:>6} {r.samples_per_s:>14,.0f} {r.realtime_factor:>11.2f} "
+        lines.append(f"{name:<{width}} {r.batch:>6} {r.samples_per_s:>14,.0f} {r.realtime_factor:>11.2f} "
                      f"{speedup:>10} {share:>9} {r.bound_by or '-':>8} {peak:>8} {r.first_call_s:>10.2f}s")
     return "\n".join(lines)
 

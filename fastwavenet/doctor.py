@@ -52,7 +52,7 @@ def report() -> dict:
             if device == "cuda" and "cuda" not in cls.devices:
                 continue
             info["backends"][f"{name} on {device}"] = cls.unavailable_reason(torch.device(device)) or "available"
-    # What `auto` chose on CUDA by its trials, kept for later runs (backends.choose_by_trial)
+    # What `auto` chose by its trials, kept for later runs (backends.choose_by_trial)
     info["auto_choices"] = [f"{backend} for {key}" for key, backend in kept_choices().items()]
     info["auto_choices_file"] = str(auto_cache_path())
     return info

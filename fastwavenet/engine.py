@@ -277,8 +277,9 @@ class Engine:
     max_unread_seconds: how long a paused request may go unread before it is dropped (it fails with a message
     saying so), so that an owner that stopped reading cannot hold a slot forever;
     round_seconds: about how long one round of steps takes (time to first audio is about one to two rounds).
-    backend "auto" on CUDA is chosen once, by a trial at max_active streams (`backends.choose_by_trial`): every
-    request runs on that backend, alone or beside others.
+    backend "auto" is chosen once, on CUDA (and on the CPU where max_active is below numba's thread count) by a
+    trial at max_active streams (`backends.choose_by_trial`): every request runs on that backend, alone or beside
+    others.
     """
 
     def __init__(self, model=None, backend: str = "auto", device: str = "cpu", max_active: int = 64,

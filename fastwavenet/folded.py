@@ -85,7 +85,7 @@ def add_precision_argument(parser, several: bool = False):
     parser.add_argument("--precision", default="float32",
                         help="float32, bf16 or int8: weight matrices rounded to bf16 or int8 (1/2, 1/4 the bytes a "
                              "sample; docs/BENCHMARKS.md has what it costs in bits per sample); w8a8: int8 weights "
-                             "and 8-bit activations (numba backend only)"
+                             "and 8-bit activations (numba backends only)"
                         + ("; a comma-separated list measures each" if several else ""))
 
 # The matrices a step streams: what bf16 stores in half the bytes and int8 in a quarter. Tables, biases and

@@ -82,9 +82,9 @@ class Generator:
         """precision "bf16" rounds the weight matrices to bf16, "int8" to int8 per output column (every backend then
         computes with those; the numba kernel also reads them as 16 or 8 bits, a half or a quarter of the bytes);
         tables, biases and conditioning stay float32. "w8a8" takes int8's weights and rounds every product's input
-        vector to 8 bits as well (numba backend only; kernels/cpu.py).
-        expected_batch: the batch `auto` times its candidates at on CUDA (`backends.choose_by_trial`); the
-        generator takes any batch, with the backend chosen once."""
+        vector to 8 bits as well (numba backends only; kernels/cpu.py).
+        expected_batch: the batch `auto` times its candidates at (`backends.choose_by_trial`: on CUDA, and on the
+        CPU below numba's thread count); the generator takes any batch, with the backend chosen once."""
         if model is None:
             from .demo import demo_model_path
 

@@ -1,8 +1,18 @@
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+
+# `auto`'s trials (numba against numba-split on the CPU) timed under the tests' load would be kept in the user's
+# cache and chosen from in later runs: the tests keep theirs in a folder of their own, and numba's compiled kernels
+# where they always are (set before fastwavenet is imported, which places numba's cache).
+if not os.environ.get("FASTWAVENET_CACHE_DIR"):
+    _user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastwavenet"
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(_user_cache / "numba"))
+    os.environ["FASTWAVENET_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastwavenet-tests-")
 
 # README's test command runs two pytest-xdist workers. Each worker's torch computes on one thread, and OpenMP threads
 # that wait (torch's, numba's omp layer) sleep instead of spinning: with teams of two spinning threads in each of

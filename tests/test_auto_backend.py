@@ -1,6 +1,7 @@
-"""`auto` on CUDA: the fastest available backend by a short measured trial at first use, kept per device model,
-software, model shape, precision and batch. No GPU here: the trial's logic runs with the CPU backends, which are
-timed the same way."""
+"""`auto`: the fastest of its candidates by a short measured trial at first use, kept per device model, software,
+model shape, precision and batch; on CUDA every available backend, on the CPU numba against numba-split at fewer
+streams than numba's threads. No GPU here: the trial's logic runs with the CPU backends, which are timed the same
+way."""
 
 import json
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from fastwavenet import backends, preset
-from fastwavenet.backends import NumbaBackend, TorchBackend, choose_by_trial, make_backend
+from fastwavenet.backends import NumbaBackend, NumbaSplitBackend, TorchBackend, choose_by_trial, make_backend
 
 from fastwavenet.folded import fold
 from fastwavenet.modelfile import ModelFile
@@ -48,7 +49,7 @@ def test_trial_times_real_backends_and_keeps_the_fastest(cache, capsys):
     chosen = choose_by_trial(["numba", "torch"], config, weights, CPU, batch=3)
     kept = json.loads(cache.read_text())
     (key, entry), = kept.items()
-    assert "batch 3" in key and "float32" in key and f"torch {torch.__version__}" in key
+    assert "batch 3" in key and "float32" in key and f"torch {torch.__version__}" in key and "numba threads" in key
     measured = entry["samples_per_s"]
     assert set(measured) == {"numba", "torch"} and min(measured.values()) > 0
     assert chosen == entry["backend"] == max(measured, key=measured.get)
@@ -106,16 +107,21 @@ def test_trial_ties_failures_and_a_corrupt_or_unwritable_cache(cache, capsys, mo
     assert "cannot keep the choice" in capsys.readouterr().err
 
 
-def test_auto_trials_where_the_device_asks_for_it(cache, monkeypatch):
+def test_auto_on_the_cpu_times_numba_against_numba_split_at_fewer_streams_than_threads(cache, monkeypatch):
+    """Below numba's thread count `auto` times numba and numba-split (never torch) and takes the faster; from as
+    many streams as threads, numba untimed (numba-split runs numba's tiles there)."""
     config, weights = tiny()
     calls = []
-    monkeypatch.setattr(backends, "trial_rate", rates({"numba": 1.0, "torch": 2.0}, calls))
-    assert isinstance(make_backend("auto", config, weights, CPU), NumbaBackend)  # the CPU takes the fixed order
-    assert calls == []
-    monkeypatch.setattr(backends, "TRIAL_DEVICES", ("cpu",))
-    assert isinstance(make_backend("auto", config, weights, CPU, batch=16), TorchBackend)
-    assert calls == [("numba", 16), ("torch", 16)]
-    assert isinstance(make_backend("numba", config, weights, CPU), NumbaBackend)  # a named backend is not timed
+    monkeypatch.setattr(backends, "numba_threads", lambda: 2)
+    monkeypatch.setattr(backends, "trial_rate", rates({"numba": 1.0, "numba-split": 2.0, "torch": 3.0}, calls))
+    assert type(make_backend("auto", config, weights, CPU, batch=1)) is NumbaSplitBackend
+    assert calls == [("numba", 1), ("numba-split", 1)]
+    for batch in (2, 16):
+        assert type(make_backend("auto", config, weights, CPU, batch=batch)) is NumbaBackend
+    assert type(make_backend("numba", config, weights, CPU)) is NumbaBackend  # a named backend is not timed
+    assert len(calls) == 2
+    monkeypatch.setattr(backends, "_trials", {})  # a new process: the file keeps the choice
+    assert type(make_backend("auto", config, weights, CPU, batch=1)) is NumbaSplitBackend
     assert len(calls) == 2
 
 
@@ -152,6 +158,22 @@ def test_auto_uses_the_backend_its_trial_built(cache, monkeypatch):
     config, weights = tiny()
     timed = []
     monkeypatch.setattr(backends, "trial_rate", lambda backend, batch: (timed.append(backend), 1.0)[1])
-    monkeypatch.setattr(backends, "TRIAL_DEVICES", ("cpu",))
+    monkeypatch.setattr(backends, "numba_threads", lambda: 2)
     chosen = make_backend("auto", config, weights, CPU)
     assert chosen is timed[0]  # numba, first of equals: not built a second time
+
+
+def test_cpu_trial_stops_after_its_seconds(monkeypatch):
+    """On the CPU a trial times calls of 8 steps until its steps or its seconds are spent: a candidate slowed by
+    other work on the cores (numba-split's regions wait for every thread) is timed for about `seconds`, not for 64
+    slow steps."""
+    config, weights = tiny()
+    backend = TorchBackend(config, weights, CPU)
+    calls = []
+    generate = backend.generate
+    monkeypatch.setattr(backend, "generate", lambda state, n, *rest: (calls.append(n), generate(state, n, *rest))[1])
+    assert backends.trial_rate(backend, 2, steps=64, seconds=1e9) > 0
+    assert calls[calls.index(8):] == [8] * 9  # after the warm-up: the untimed call, then 64 steps in 8 calls
+    calls.clear()
+    assert backends.trial_rate(backend, 2, steps=64, seconds=0.0) > 0
+    assert calls[calls.index(8):] == [8, 8]  # the untimed call and one timed call

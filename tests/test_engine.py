@@ -283,8 +283,8 @@ def test_warm_up_uses_the_model_files_default_sampling():
     assert seen == [default]
 
 
-@pytest.mark.parametrize("backend", ["naive", "torch", "numba", "triton", "triton-stream", "onnxruntime",
-                                     "torch-compile"])
+@pytest.mark.parametrize("backend", ["naive", "torch", "numba", "numba-split", "triton", "triton-stream",
+                                     "onnxruntime", "torch-compile"])
 def test_every_backend_serves_requests_that_join_at_different_times(backend):
     """The engine touches a backend's state only through the pool's row operations, so every state kind serves:
     three requests (one primed) sharing two slots, joining and leaving at different clocks, each equal to itself

@@ -154,6 +154,33 @@ def test_numba_split_products_equal_tiles_bit_for_bit(name, precision, monkeypat
     assert torch.equal(runs[1][0], runs[3][0]) and torch.equal(runs[1][1], runs[3][1])
 
 
+@pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
+@pytest.mark.parametrize("precision", ["float32", "int8", "w8a8"])
+def test_numba_split_backend_equals_numba_bit_for_bit(precision):
+    """`numba-split` at one stream (each product split between numba's threads) gives `numba`'s numbers bit for
+    bit, teacher-forced and generating: `auto` may take either (tests/test_auto_backend.py)."""
+    from fastwavenet.backends.numba_cpu import numba_threads
+
+    if numba_threads() < 2:
+        pytest.skip("one numba thread: numba-split has nothing to split")
+    config = CONFIGS["mel+speaker"]
+    model = ModelFile(config, fold(random_model(config, 14)))
+    steps = config.receptive_field + 9
+    codes = torch.randint(0, config.classes, (1, steps), generator=torch.Generator().manual_seed(15))
+    runs = {}
+    for backend in ("numba", "numba-split"):
+        gen = Generator(model, backend=backend, precision=precision)
+        assert gen.backend.name == backend and gen.backend._split_parts(1) == (
+            1 if backend == "numba" else numba_threads())
+        conditioning = gen.conditioning(1, *conditioning_inputs(config, 1, steps + 20))
+        state = gen.new_state(1)
+        logits = gen.forward(state, codes, conditioning)
+        drawn = gen.generate_codes(state, 20, rng=np.random.default_rng(16), conditioning=conditioning)
+        runs[backend] = (logits, drawn)
+    assert torch.equal(runs["numba"][0], runs["numba-split"][0])
+    assert torch.equal(runs["numba"][1], runs["numba-split"][1])
+
+
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
 def test_triton_tiles_match_training_model(monkeypatch):
     """The tiled Triton kernel with tiles of 4: a batch of 9 spans three programs, the last with one live stream,

@@ -3,6 +3,7 @@
     naive   recompute the receptive field for every sample (the baseline)       backends/naive.py
     torch   per-layer queues in PyTorch ops; CUDA graphs on the GPU             backends/torch_queues.py
     numba   the whole loop compiled for the CPU (kernels/cpu.py)                backends/numba_cpu.py
+    numba-split    numba with each product split between the cores where the batch has fewer streams than cores
     triton  the whole loop in one Triton launch per chunk (kernels/gpu.py),    backends/triton_gpu.py
             8 or 16 streams per program, each weight row read once for them
     triton-stream  the same launch with one stream per program (matrix-vector products)
@@ -32,7 +33,7 @@ from ..errors import FastWaveNetError
 from ..folded import FoldedWeights
 from .base import Backend, full_fp32, resolve_device
 from .naive import NaiveBackend
-from .numba_cpu import NumbaBackend, place_numba_cache
+from .numba_cpu import NumbaBackend, NumbaSplitBackend, numba_threads, place_numba_cache
 from .onnxruntime_step import OnnxRuntimeBackend
 from .torch_compile import TorchCompileBackend
 from .torch_queues import TorchBackend
@@ -40,9 +41,9 @@ from .triton_gpu import TritonBackend, TritonSpreadBackend, TritonStreamBackend
 
 
 def registry() -> dict[str, type[Backend]]:
-    return {"naive": NaiveBackend, "torch": TorchBackend, "numba": NumbaBackend, "triton": TritonBackend,
-            "triton-stream": TritonStreamBackend, "triton-spread": TritonSpreadBackend, "onnxruntime": OnnxRuntimeBackend,
-            "torch-compile": TorchCompileBackend}
+    return {"naive": NaiveBackend, "torch": TorchBackend, "numba": NumbaBackend, "numba-split": NumbaSplitBackend,
+            "triton": TritonBackend, "triton-stream": TritonStreamBackend, "triton-spread": TritonSpreadBackend,
+            "onnxruntime": OnnxRuntimeBackend, "torch-compile": TorchCompileBackend}
 
 
 def backend_choices() -> str:
@@ -56,16 +57,32 @@ def available_backends(device: torch.device | str) -> list[str]:
 
 
 def _auto_order(device: torch.device) -> list[str]:
-    """The order `auto` tries. On the CPU numba beats torch at every batch from 1 to 1024 and every preset
-    (`fastwavenet bench`, docs/BENCHMARKS.md): the first available is taken. On CUDA no order has been measured, so
-    `auto` times each available one (`choose_by_trial`) and this order only breaks ties."""
-    return ["numba", "torch"] if device.type == "cpu" else ["triton", "triton-stream", "triton-spread", "torch"]
+    """The order `auto` tries; `_trial_candidates` says which of the available ones it times. On the CPU numba beats
+    torch at every batch from 1 to 1024 and every preset (`fastwavenet bench`, docs/BENCHMARKS.md), so torch is
+    taken only where numba is missing; numba or numba-split by a trial. On CUDA no order has been measured, so
+    `auto` times each available one and this order only breaks ties."""
+    return (["numba", "numba-split", "torch"] if device.type == "cpu"
+            else ["triton", "triton-stream", "triton-spread", "torch"])
 
 
-# Devices where `auto` chooses by a measured trial rather than by `_auto_order` alone.
-TRIAL_DEVICES = ("cuda",)
-# Steps a trial times per candidate (after a warm-up call and an untimed call of the same size).
+def _trial_candidates(candidates: list[str], device: torch.device, batch: int) -> list[str]:
+    """Those of `candidates` (available, in `_auto_order`) that `auto` times at `batch` streams (`choose_by_trial`);
+    with fewer than two it takes the first candidate untimed. On CUDA every one. On the CPU numba against
+    numba-split where the batch has fewer streams than numba's threads (whether splitting each product pays depends
+    on the model's size and the machine: docs/BENCHMARKS.md, "One stream on every core"); from as many streams as
+    threads they run the same code, so none."""
+    if device.type == "cuda":
+        return candidates
+    if "numba-split" in candidates and batch < numba_threads():
+        return ["numba", "numba-split"]
+    return []
+
+
+# Steps a trial times per candidate (after a warm-up call and an untimed call), and the seconds after which it stops
+# early: a candidate that other work on the cores slows (numba-split's regions wait for every thread) is not timed
+# for long.
 TRIAL_STEPS = 64
+TRIAL_SECONDS = 0.5
 
 
 def cache_root() -> Path:
@@ -87,7 +104,8 @@ place_numba_cache(cache_root() / "numba")
 
 
 def _trial_key(config: WaveNetConfig, device: torch.device, precision: str, batch: int) -> str:
-    """What a trial's result depends on: the device's model, the software, the model's shape, precision, batch."""
+    """What a trial's result depends on: the device's model (on the CPU with numba's thread count), the software,
+    the model's shape, precision, batch."""
     from importlib.metadata import PackageNotFoundError, version
 
     if device.type == "cuda":
@@ -95,7 +113,7 @@ def _trial_key(config: WaveNetConfig, device: torch.device, precision: str, batc
     else:
         import platform
 
-        where = platform.processor() or platform.machine()
+        where = f"{platform.processor() or platform.machine()}, {numba_threads()} numba threads"
     software = [f"torch {torch.__version__}"]
     for package in ("triton", "numba"):
         try:
@@ -106,25 +124,29 @@ def _trial_key(config: WaveNetConfig, device: torch.device, precision: str, batc
     return f"{where} | {', '.join(software)} | model {shape} | {precision} | batch {batch}"
 
 
-def trial_rate(backend: Backend, batch: int, steps: int = TRIAL_STEPS) -> float:
-    """Samples/s of `backend` generating `steps` samples for `batch` streams (plain sampling, zero conditioning),
-    after a warm-up call and an untimed call of the same size (compilation, graph capture at this shape)."""
+def trial_rate(backend: Backend, batch: int, steps: int = TRIAL_STEPS, seconds: float = TRIAL_SECONDS) -> float:
+    """Samples/s of `backend` generating up to `steps` samples for `batch` streams (plain sampling, zero
+    conditioning), after a warm-up call and an untimed call (compilation, graph capture at this shape). On CUDA one
+    call of `steps` (graphs are captured per call size); on the CPU calls of 8 steps until `steps` or `seconds`."""
     from .. import distributions
     from ..sampling import Sampling
 
     c = backend.config
+    piece = steps if backend.device.type == "cuda" else min(8, steps)
     with full_fp32(backend.device):
         backend.warm_up(Sampling())
         state = backend.new_state(batch, 0)  # what the streams start from does not change the work
-        cond = (torch.zeros(batch, steps, c.layers, 2 * c.gate_channels, device=backend.device)
+        cond = (torch.zeros(batch, piece, c.layers, 2 * c.gate_channels, device=backend.device)
                 if c.conditioned else None)
-        u = np.random.default_rng(0).random((steps, batch) + distributions.uniform_shape(c), dtype=np.float32)
-        backend.generate(state, steps, u, Sampling(), cond).cpu()
+        u = np.random.default_rng(0).random((piece, batch) + distributions.uniform_shape(c), dtype=np.float32)
+        backend.generate(state, piece, u, Sampling(), cond).cpu()
         if backend.device.type == "cuda":
             torch.cuda.synchronize(backend.device)
-        t0 = time.perf_counter()
-        backend.generate(state, steps, u, Sampling(), cond).cpu()  # .cpu() waits for the device
-        return batch * steps / (time.perf_counter() - t0)
+        done, t0 = 0, time.perf_counter()
+        while done < steps and (done == 0 or time.perf_counter() - t0 < seconds):
+            backend.generate(state, piece, u, Sampling(), cond).cpu()  # .cpu() waits for the device
+            done += piece
+        return batch * done / (time.perf_counter() - t0)
 
 
 def _read_cache(path: Path) -> dict:
@@ -191,9 +213,9 @@ _warned: set[tuple[str, str]] = set()
 
 def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, device: torch.device,
                  precision: str = "float32", batch: int = 1) -> Backend:
-    """Build backend `name`; unsupported shapes fall back, saying so once. 'auto' takes the first available of
-    `_auto_order`, or on CUDA the fastest at `batch` streams by a measured trial (`choose_by_trial`); the backend
-    then serves every batch."""
+    """Build backend `name`; unsupported shapes fall back, saying so once. 'auto' takes the fastest of
+    `_trial_candidates` at `batch` streams by a measured trial (`choose_by_trial`), else the first available of
+    `_auto_order`; the backend then serves every batch."""
     backends = registry()
     if name == "auto":
         candidates = [candidate for candidate in _auto_order(device)
@@ -202,9 +224,10 @@ def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, devic
                       and precision in backends[candidate].precisions]
         if not candidates:
             return TorchBackend(config, weights, device, precision)
-        if device.type in TRIAL_DEVICES and len(candidates) > 1:
+        timed = _trial_candidates(candidates, device, batch)
+        if len(timed) > 1:
             built: dict[str, Backend] = {}  # the trial's own backends: the winner is used as it is
-            chosen = choose_by_trial(candidates, config, weights, device, precision, batch, built=built)
+            chosen = choose_by_trial(timed, config, weights, device, precision, batch, built=built)
             return built.get(chosen) or backends[chosen](config, weights, device, precision)
         return backends[candidates[0]](config, weights, device, precision)
     if name not in backends:
@@ -223,7 +246,7 @@ def make_backend(name: str, config: WaveNetConfig, weights: FoldedWeights, devic
     return cls(config, weights, device, precision)
 
 
-__all__ = ["Backend", "NaiveBackend", "TorchBackend", "NumbaBackend", "TritonBackend", "TritonStreamBackend",
-           "OnnxRuntimeBackend", "TorchCompileBackend", "registry",
+__all__ = ["Backend", "NaiveBackend", "TorchBackend", "NumbaBackend", "NumbaSplitBackend", "TritonBackend",
+           "TritonStreamBackend", "OnnxRuntimeBackend", "TorchCompileBackend", "registry",
            "available_backends", "make_backend", "resolve_device", "full_fp32", "choose_by_trial", "trial_rate",
            "auto_cache_path", "cache_root", "kept_choices"]

@@ -39,10 +39,10 @@ class Backend:
                  precision: str = "float32"):
         """weights are those it computes with: at precision bf16 or int8 the Generator has rounded the matrices
         already (folded.rounded), so every backend computes the same numbers; a backend may also store them in 16 or
-        8 bits. A precision not in `precisions` (w8a8, which numba alone computes) is the user's error."""
+        8 bits. A precision not in `precisions` (w8a8, which the numba backends alone compute) is the user's error."""
         if precision not in self.precisions:
             raise FastWaveNetError(f"backend {self.name!r} does not compute precision {precision!r}; "
-                                   "the numba backend (CPU) does")
+                                   "numba and numba-split (CPU) do")
         self.config, self.device, self.precision = config, device, precision
 
     @classmethod

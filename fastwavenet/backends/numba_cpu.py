@@ -1,5 +1,6 @@
 """`numba`: the whole generation loop compiled for the CPU (fastwavenet.kernels.cpu), sampling included, streams in
-tiles across cores. This module is the only place that knows how that kernel wants its arrays."""
+tiles across cores; `numba-split`: the same, with every product split between the cores where the batch has fewer
+streams than cores. This module is the only place that knows how that kernel wants its arrays."""
 
 from __future__ import annotations
 
@@ -145,8 +146,6 @@ class NumbaBackend(Backend):
                 head2_c=head2_c)
 
         self.weights = kernel_weights(precision)
-        self._matrix_bytes = sum(a.nbytes for a in (self.weights.dilated_w, self.weights.out_w,
-                                                   self.weights.head1_w, self.weights.head2_w))
         # Narrow weights save the weight traffic that bounds small tiles; a tile of many streams is bound by
         # arithmetic, where widening every weight in the inner loop costs more than it saves. Such tiles read a
         # float32 copy of the same rounded weights: the same numbers, bit for bit (tests/test_precision.py).
@@ -161,22 +160,10 @@ class NumbaBackend(Backend):
     def _kernel_weights(self, tile: int):
         return self._widened if tile >= self.WIDEN_FROM else self.weights
 
-    # Weights (bytes at the precision in use) from which fewer streams than threads split each product between the
-    # threads (`cpu.generate_split`) instead of leaving threads idle: a product's parallel region costs a few
-    # microseconds, 2L + 2 of them a step, worth it where a step streams megabytes of weights (r9y9's LJSpeech shape,
-    # docs/BENCHMARKS.md), not for `standard`'s 3.5 MB. FASTWAVENET_NUMBA_SPLIT=0 or 1 overrides it, for measuring.
-    SPLIT_FROM_BYTES = 16 << 20
-
     def _split_parts(self, batch: int) -> int:
-        """The parts each product is split in for this batch: numba's threads where the batch has fewer streams
-        than threads and the weights are worth splitting, else 1 (tiles of streams across the threads)."""
-        threads = numba_threads()
-        if batch >= threads:
-            return 1
-        override = os.environ.get("FASTWAVENET_NUMBA_SPLIT")
-        if override in ("0", "1"):
-            return threads if override == "1" else 1
-        return threads if self._matrix_bytes >= self.SPLIT_FROM_BYTES else 1
+        """The parts each product is split in for `batch` streams: 1, tiles of streams across the threads
+        (`NumbaSplitBackend` splits)."""
+        return 1
 
     def _blocks(self, parts: int):
         """Each part's weights, contiguous (`cpu.split_blocks`), made at the first split call for this count."""
@@ -232,3 +219,18 @@ class NumbaBackend(Backend):
                 cpu.generate(*args, tile, self._kernel_weights(tile), *arrays)
         state.t += n
         return torch.from_numpy(out)
+
+
+class NumbaSplitBackend(NumbaBackend):
+    """`numba` with one tile whose every product is split between numba's threads (`cpu.generate_split`) where the
+    batch has fewer streams than threads, instead of leaving threads idle; from as many streams as threads, numba's
+    own tiles. A stream's numbers are numba's, bit for bit. A product's parallel region costs a few microseconds,
+    2L + 2 of them a step: worth it where a step streams megabytes of weights (r9y9's LJSpeech shape,
+    docs/BENCHMARKS.md), not for `standard`'s 3.5 MB; and each region waits for every thread, so where other work
+    holds the cores a step waits for it 2L + 2 times. `auto` chooses between the two by a trial."""
+
+    name = "numba-split"
+
+    def _split_parts(self, batch: int) -> int:
+        threads = numba_threads()
+        return threads if batch < threads else 1
