@@ -198,8 +198,6 @@ def test_w8a8_is_the_numba_backends_alone():
 
 def test_w8a8_misuse_on_the_command_line_exits_2(tmp_path, sine_folder):
     models = save_models(tmp_path)
-    result = run_cli("score", models["tiny"], sine_folder / "tone0.wav", "--precision", "w8a8")
-    assert result.returncode == 2 and "score cannot compute precision 'w8a8'" in result.stderr
     result = run_cli("generate", "--model", models["tiny"], "-o", tmp_path / "b.wav", "--seconds", "0.05",
                      "--backend", "torch", "--precision", "w8a8")
     assert result.returncode == 2 and "does not compute precision 'w8a8'" in result.stderr
@@ -222,3 +220,19 @@ def test_generate_and_score_take_the_precision_on_the_command_line(tmp_path, sin
                      "--precision", "fp8")
     assert result.returncode == 2 and "unknown precision 'fp8'" in result.stderr
     assert not (tmp_path / "b.wav").exists()
+
+
+@pytest.mark.skipif("numba" not in BACKENDS, reason="w8a8 is the numba kernel's")
+def test_score_at_w8a8_runs_the_numba_generator(tmp_path, sine_folder):
+    """score --precision w8a8 scores with the numba kernel's 8-bit activations: a few bits per sample, near int8's
+    (the torch forward with int8's weights), not equal to them; through the CLI too."""
+    from fastwavenet.score import score_files
+
+    config = CONFIGS["tiny"]
+    model = ModelFile(config, fold(random_model(config)))
+    tone = sine_folder / "tone0.wav"
+    int8 = score_files(model, [tone], "int8")[0]["bits_per_sample"]
+    w8a8 = score_files(model, [tone], "w8a8")[0]["bits_per_sample"]
+    assert 0 < w8a8 < 16 and w8a8 != int8 and abs(w8a8 - int8) < 0.05 * int8
+    result = run_cli("score", save_models(tmp_path)["tiny"], tone, "--precision", "w8a8")
+    assert result.returncode == 0, result.stderr
