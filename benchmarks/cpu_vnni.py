@@ -36,10 +36,7 @@ import sys
 import time
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 from numba.typed import List
 
 from fastwavenet.kernels import cpu
@@ -47,52 +44,11 @@ from fastwavenet.kernels import cpu
 _OPTIONS = dict(fastmath=True, error_model="numpy")
 
 
-def _vnni_block(nv: int, lanes: int):
-    """An intrinsic: acc[n] (int32, n < lanes * nv) = sum_{i < 4 * k4} xq[i] * wq[i, n], xq uint8, wq int8 in the
-    vpdpbusd layout (K/4, N, 4) (four consecutive inputs of a column in one 32-bit word), nv independent chains of
-    vpdpbusd on vectors of `lanes` int32 (16: AVX-512 VNNI; 8: the 256-bit form, which AVX-VNNI alone also has).
-    Arguments: addresses and the row stride in 32-bit words (intp): (w, ldw, x, acc, k4); w at column n0's first
-    word of row 0, acc at acc[n0]."""
-
-    @intrinsic
-    def block(typingctx, w, ldw, x, acc, k4):
-        sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp)
-
-        def codegen(context, builder, signature, args):
-            wp, ldw, xp, accp, k4 = args
-            i32, i64 = ir.IntType(32), ir.IntType(64)
-            vec = ir.VectorType(i32, lanes)
-            name = f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"  # (acc, u8 x 4 lanes, int8 x 4 lanes) as <lanes x i32>
-            dot = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                                                 name)
-            wptr, xptr = builder.inttoptr(wp, i32.as_pointer()), builder.inttoptr(xp, i32.as_pointer())
-            aptr = builder.inttoptr(accp, i32.as_pointer())
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * lanes)) for _ in range(nv)]
-            with cgutils.for_range(builder, k4) as loop:
-                i = loop.index
-                word = builder.load(builder.gep(xptr, [i]), align=4)  # 4 u8 inputs, the same for every column
-                one = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(i32, 0))
-                splat = builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), ir.Constant(vec, [0] * lanes))
-                row = builder.mul(i, ldw)
-                for v in range(nv):
-                    at = builder.bitcast(builder.gep(wptr, [builder.add(row, ir.Constant(i64, lanes * v))]),
-                                         vec.as_pointer())
-                    wv = builder.load(at, align=4)
-                    builder.store(builder.call(dot, [builder.load(accs[v]), splat, wv]), accs[v])
-            for v in range(nv):
-                at = builder.bitcast(builder.gep(aptr, [ir.Constant(i64, lanes * v)]), vec.as_pointer())
-                builder.store(builder.load(accs[v]), at, align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return block
-
-
 # numba's target's vectors (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES apply). 8 chains cover vpdpbusd's latency (5
 # cycles, one issued a cycle); half blocks and one-vector pieces for the rest.
 _LANES, _NV = {512: 16, 256: 8}[cpu.VECTOR_BITS], 8
-_BLOCK, _HALF, _PIECE = _vnni_block(_NV, _LANES), _vnni_block(_NV // 2, _LANES), _vnni_block(1, _LANES)
+# The kernel's own VNNI sums (`kernels.cpu._sums8`, the vpdpbusd form), on this probe's layouts.
+_BLOCK, _HALF, _PIECE = (cpu._sums8(nv, _LANES, True) for nv in (_NV, _NV // 2, 1))
 
 
 @njit(**_OPTIONS)
