@@ -76,6 +76,11 @@ class CpuWeights(NamedTuple):
     out_c: np.ndarray      # (L, R+S)
     head1_c: np.ndarray    # (H,)
     head2_c: np.ndarray    # (O,)
+    # Many-stream tiles only (`panel_layout`; (L, 0, 0, 0) otherwise): dilated_w and out_w again, float32, in
+    # panels of BLOCK.panel columns, each panel's rows contiguous, which `_panel_products` reads. Where they are
+    # given, dilated_w and out_w may be empty ((L, 0, 0)): the kernel then reads only these.
+    dilated_p: np.ndarray  # (L, ceil(2G/P), k*R, P)
+    out_p: np.ndarray      # (L, ceil((R+S)/P), G, P)
 
 # fastmath lets reductions reassociate (so dot products vectorize). error_model="numpy" drops Python's
 # ZeroDivisionError check from every division: with it, the loop of the gate nonlinearity (a division per value) ran
@@ -166,25 +171,36 @@ def _vector_bits() -> int:
 
 class Blocks(NamedTuple):
     """Register-block shape of the matrix products: `lanes` floats per vector, SB streams x NV vectors per block
-    (SB * NV accumulators), NV1 vectors for a lone stream, NV8 for a lone stream's int8 products."""
+    (SB * NV accumulators), NV1 vectors for a lone stream, NV8 for a lone stream's int8 products; PS streams x PV
+    vectors per block of the panel products (`_panel_products`), whose panels are PV vectors wide."""
 
     lanes: int
     sb: int
     nv: int
     nv1: int
     nv8: int
+    ps: int
+    pv: int
+
+    @property
+    def panel(self) -> int:
+        """Columns per panel of `CpuWeights.dilated_p` and `out_p`."""
+        return self.pv * self.lanes
 
 
 # Chosen by measurement (docs/BENCHMARKS.md): 32 zmm registers hold 16 accumulators + 4 weight vectors + a
 # broadcast; 16 ymm hold 8 + 2 + 1. A lone stream wants many independent chains (fma latency) and few loads; its
 # int8 products also hold a scale vector per accumulator, which 16 ymm registers fit only 4 of (8 spilled them).
-BLOCKS = {512: Blocks(lanes=16, sb=4, nv=4, nv1=8, nv8=8), 256: Blocks(lanes=8, sb=4, nv=2, nv1=8, nv8=4),
-          128: Blocks(lanes=4, sb=4, nv=2, nv1=8, nv8=4)}
+# Panel blocks hold more streams on fewer vectors (32 zmm: 24 accumulators + 2 weights + a broadcast; 16 ymm: 12 +
+# 2 + 1): a third of the weight bytes per fma that 4 x 4 reads, where many streams share each weight.
+BLOCKS = {512: Blocks(lanes=16, sb=4, nv=4, nv1=8, nv8=8, ps=12, pv=2),
+          256: Blocks(lanes=8, sb=4, nv=2, nv1=8, nv8=4, ps=6, pv=2),
+          128: Blocks(lanes=4, sb=4, nv=2, nv1=8, nv8=4, ps=6, pv=2)}
 VECTOR_BITS = _vector_bits()
 BLOCK = BLOCKS[VECTOR_BITS]
 
 
-def _micro(sb: int, nv: int, lanes: int):
+def _micro(sb: int, nv: int, lanes: int, k_major: bool = False):
     """An intrinsic computing one block: y[s, n] (s < sb, n < nv * lanes) = (a[s, n] + bias[n]) + sum_i x[s, i] *
     w[i, n], each output one fma chain over i = 0 .. k-1 starting from a + bias (a is where the sum so far lives, or
     zeros; y may be a). Arguments: a weight (its type says float32, bf16 bits (uint16) or int8, widened in
@@ -264,7 +280,9 @@ def _micro(sb: int, nv: int, lanes: int):
                         wv = builder.fmul(builder.sitofp(builder.sext(wv, wide), vec), scales[v])
                     weights.append(wv)
                 for s in range(sb):
-                    xs = builder.load(builder.gep(xptr, [builder.add(builder.mul(ir.Constant(i64, s), ldx), i)]))
+                    xs = builder.load(builder.gep(xptr, [builder.add(builder.mul(i, ldx), ir.Constant(i64, s))
+                                                         if k_major else
+                                                         builder.add(builder.mul(ir.Constant(i64, s), ldx), i)]))
                     one = builder.insert_element(ir.Constant(vec, ir.Undefined), xs, ir.Constant(ir.IntType(32), 0))
                     splat = builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
                                                    ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
@@ -312,6 +330,8 @@ _L = BLOCK.lanes
 # The main block, a lone stream's block, one vector for one stream, one output for one stream.
 _MAIN, _ONE, _LONE = _micro(BLOCK.sb, BLOCK.nv, _L), _micro(1, BLOCK.nv, _L), _micro(1, BLOCK.nv1, _L)
 _LONE8 = _micro(1, BLOCK.nv8, _L)
+# The panel products' blocks: many streams, a few streams, one stream, each a panel wide.
+_PANEL, _PANEL4, _PANEL1 = _micro(BLOCK.ps, BLOCK.pv, _L), _micro(4, BLOCK.pv, _L), _micro(1, BLOCK.pv, _L)
 _VEC, _SCALAR = _micro(1, 1, _L), _micro(1, 1, 1)
 # What the tile path passes for the split path's weight blocks (`split_blocks`): nothing. (A global array of size
 # zero: numba freezes it into the code, which keeps the kernels cacheable.)
@@ -399,6 +419,69 @@ def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp
                 _SCALAR(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy,
                         ap + 4 * (b * lda + m), lda, bp + 4 * m, sp + 4 * m, K)
                 m += 1
+
+
+# Rows of a panel each block takes in turn (32 KB of float32 at 32 columns, read from L1 by every block of streams
+# while the next chunk is prefetched).
+_PANEL_CHUNK = 256
+
+
+def panel_layout(m: np.ndarray, panel: int = BLOCK.panel) -> np.ndarray:
+    """Matrices (..., rows, N), in-major, as float32 panels of `panel` columns, each panel's rows contiguous:
+    (..., ceil(N / panel), rows, panel), zero past column N (`CpuWeights.dilated_p`, `out_p`)."""
+    *lead, rows, n = m.shape
+    panels = -(-n // panel)
+    padded = np.zeros((*lead, rows, panels * panel), np.float32)
+    padded[..., :n] = m
+    return np.ascontiguousarray(np.moveaxis(padded.reshape(*lead, rows, panels, panel), -2, -3))
+
+
+@njit(**_OPTIONS)
+def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
+    """`_products` for many streams, on float32 weights in panels (`panel_layout`): pw (panels, rows, P), the
+    product's rows row0 .. row0+K-1 of each panel, its outputs [first, last). Each panel's chunk of `_PANEL_CHUNK`
+    rows is taken by every block of BLOCK.ps streams in turn (panel blocks: PS streams x PV vectors), from L1, the
+    next chunk prefetched for products of `_PREFETCH_FROM` bytes or more; each output is the same fma chain as in
+    `_products` (a chunk goes on from the sums so far plus -0.0), so the layouts give the same numbers."""
+    P, rows = pw.shape[2], pw.shape[1]
+    yp, ap = yp - 4 * first, ap - 4 * first  # so that output n of stream b is at yp + 4 * (b * ldy + n)
+    w0 = pw[0, 0, 0]
+    ahead = 4 * K * (last - first) >= _PREFETCH_FROM
+    p1 = (last + P - 1) // P
+    for p in range(first // P, p1):
+        c0, c1 = max(first, p * P), min(last, p * P + P)
+        base = pw.ctypes.data + 4 * ((p * rows + row0) * P + c0 - p * P)
+        for k0 in range(0, K, _PANEL_CHUNK):
+            kc = min(_PANEL_CHUNK, K - k0)
+            wk = base + 4 * k0 * P
+            if ahead and (k0 + kc < K or p + 1 < p1):  # this panel's next chunk, or the next panel's first
+                nxt, nk = (wk + 4 * kc * P, min(_PANEL_CHUNK, K - k0 - kc)) if k0 + kc < K else \
+                    (pw.ctypes.data + 4 * ((p + 1) * rows + row0) * P, min(_PANEL_CHUNK, K))
+                for line in range(0, 4 * nk * P, 64):
+                    _prefetch(nxt + line)
+            b = 0
+            while b < nb:
+                at, x = yp + 4 * (b * ldy + c0), xp + 4 * (b * ldx + k0)
+                a, la, bias = (ap + 4 * (b * lda + c0), lda, bp + 4 * c0) if k0 == 0 else (at, ldy, zp + 4 * c0)
+                if c1 - c0 == P:
+                    if b + BLOCK.ps <= nb:
+                        _PANEL(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+                        b += BLOCK.ps
+                    elif b + 4 <= nb:
+                        _PANEL4(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+                        b += 4
+                    else:
+                        _PANEL1(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+                        b += 1
+                    continue
+                m = 0  # a panel cut by first or last: its columns vector by vector, then one by one
+                while m + _L <= c1 - c0:
+                    _VEC(w0, wk + 4 * m, P, x, ldx, at + 4 * m, ldy, a + 4 * m, la, bias + 4 * m, 0, kc)
+                    m += _L
+                while m < c1 - c0:
+                    _SCALAR(w0, wk + 4 * m, P, x, ldx, at + 4 * m, ldy, a + 4 * m, la, bias + 4 * m, 0, kc)
+                    m += 1
+                b += 1
 
 
 @njit(**_OPTIONS)
@@ -674,7 +757,7 @@ def _share(part, parts, n):
 
 @njit(**_OPTIONS)
 def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer,
-               vp, cp):
+               vp, cp, pl):
     """A layer's gate for part `part` of `parts` of its G channels (all of them for one part): the k taps' products
     into both halves of z for those channels (oldest tap first, the first starting from the bias and `ap`, the
     conditioning terms or zeros, the next from the sums so far), then the gated values. wl (k*R, 2G) the layer's
@@ -682,7 +765,8 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
     parts, each part reads its own contiguous block, blocks[layer, part] (`split_blocks`): its tanh columns, then its
     sigmoid columns, each half `share_span` wide. At w8a8, cp addresses the layer's 128 x column sums
     (`CpuWeights.dilated_c`), vp its weights in the w8a8 layout (`dilated_v`), and the blocks are in that layout too;
-    both 0 otherwise."""
+    both 0 otherwise. pl: the layer's weights in panels (`CpuWeights.dilated_p`), read instead of wl where given
+    (one part only), or empty."""
     R, G2 = xs.shape[1], z.shape[1]
     G = G2 // 2
     zc, qs0 = z.ctypes.data, queues.strides[0]
@@ -699,6 +783,12 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
                 _products8(qp, G2, R, bias, ws, cj, xp, ldx, zc, G2, ap, lda, nb, 0, G2)
             else:
                 _products8(qp, G2, R, zp, ws, cj, xp, ldx, zc, G2, zc, G2, nb, 0, G2)
+            continue
+        if parts == 1 and pl.shape[0] > 0:  # many streams: the weights in panels
+            if j == 0:
+                _panel_products(pl, 0, R, bias, xp, ldx, zc, G2, ap, lda, nb, 0, G2, zp)
+            else:
+                _panel_products(pl, j * R, R, zp, xp, ldx, zc, G2, zc, G2, nb, 0, G2, zp)
             continue
         if parts == 1:  # both halves in one product
             if j == 0:
@@ -734,27 +824,33 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
 
 @njit(**_OPTIONS, parallel=True, nogil=True)
 def _gate_parts(parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer, vp,
-                cp):
+                cp, pl):
     """`_gate_part` for every part, the parts in parallel (one region)."""
     for part in prange(parts):
         _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer,
-                   vp, cp)
+                   vp, cp, pl)
 
 
 @njit(**_OPTIONS)
-def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp):
+def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp, pl):
     """A layer's 1x1 outputs for part `part` of `parts` of its residual channels (where `residual`: into xs, from
     xs) and of its skip channels (into the skip sums): ow (G, R+S), obp/osp the bias's and int8 scales' addresses.
     Split in parts, each part reads its own contiguous block, blocks[layer, part] (`split_blocks`): its residual
     columns, then from `share_span(parts, R)` on its skip columns. At w8a8, cp addresses the layer's 128 x column
     sums (`CpuWeights.out_c`), vp its weights in the w8a8 layout (`out_v`), and the blocks are in that layout too;
-    both 0 otherwise."""
+    both 0 otherwise. pl: the layer's weights in panels (`CpuWeights.out_p`), read instead of ow where given (one
+    part only), or empty."""
     R, S, G = xs.shape[1], skip.shape[1], gated.shape[1]
     gp, xp, sp = gated.ctypes.data, xs.ctypes.data, skip.ctypes.data
     if parts == 1 and cp != 0:
         if residual:
             _products8(vp, R + S, G, obp, osp, cp, gp, G, xp, R, xp, R, nb, 0, R)
         _products8(vp, R + S, G, obp, osp, cp, gp, G, sp, S, sp, S, nb, R, R + S)
+        return
+    if parts == 1 and pl.shape[0] > 0:
+        if residual:
+            _panel_products(pl, 0, G, obp, gp, G, xp, R, xp, R, nb, 0, R, zp)
+        _panel_products(pl, 0, G, obp, gp, G, sp, S, sp, S, nb, R, R + S, zp)
         return
     if parts == 1:
         if residual:
@@ -785,10 +881,10 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
 
 
 @njit(**_OPTIONS, parallel=True, nogil=True)
-def _out_parts(parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp):
+def _out_parts(parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp, pl):
     """`_out_part` for every part, the parts in parallel (one region)."""
     for part in prange(parts):
-        _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp)
+        _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp, pl)
 
 
 def split_blocks(w, parts: int):
@@ -830,9 +926,9 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
     dilations, offsets = w.dilations, w.offsets
     k_in = embed.shape[0]
     R = embed.shape[2]
-    L = dilated_w.shape[0]
-    k = dilated_w.shape[1] // R
-    RS = out_w.shape[2]
+    L = dilated_b.shape[0]
+    k = max(dilated_w.shape[1], w.dilated_p.shape[2]) // R  # (dilated_w may be empty where the panels are given)
+    RS = out_b.shape[1]
     S = RS - R
     w8a8 = w.head2_c.shape[0] > 0  # (the head's w8a8 products are not split: 1.5 % of r9y9's weights)
 
@@ -882,12 +978,13 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
             ap, lda = zp, 0
         bias = dilated_b[layer].ctypes.data
         vp, cp = (w.dilated_v[layer].ctypes.data, w.dilated_c[layer].ctypes.data) if w8a8 else (0, 0)
+        pl = w.dilated_p[layer]
         if split > 1:  # each thread its share of the gate channels, then of the outputs: two regions a layer
             _gate_parts(split, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, gate_blocks,
-                        layer, vp, cp)
+                        layer, vp, cp, pl)
         else:
             _gate_part(0, 1, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, gate_blocks, layer,
-                       vp, cp)
+                       vp, cp, pl)
         write = off + t % n  # after the products: with k = 2 it is the slot they read
         for bb in range(nb):
             b = b0 + bb
@@ -896,10 +993,11 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
         ow, obp = out_w[layer], out_b[layer].ctypes.data
         osp = w.out_s[layer].ctypes.data
         vp, cp = (w.out_v[layer].ctypes.data, w.out_c[layer].ctypes.data) if w8a8 else (0, 0)
+        pl = w.out_p[layer]
         if split > 1:
-            _out_parts(split, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, zp, vp, cp)
+            _out_parts(split, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, zp, vp, cp, pl)
         else:  # the last layer's residual output feeds nothing
-            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, zp, vp, cp)
+            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, zp, vp, cp, pl)
 
     for bb in range(nb):
         for c in range(S):
@@ -924,9 +1022,9 @@ def _scratch(tile, w):
     wide as any matrix (the start of plain products, and what chunks of a product add to the sums so far): -0.0,
     which adds to every float exactly (+0.0 turns -0.0 into +0.0)."""
     f = np.float32
-    wide = max(w.dilated_w.shape[2], w.out_w.shape[2], w.head1_w.shape[1], w.head2_w.shape[1])
-    return (np.zeros((tile, w.embed.shape[2]), f), np.zeros((tile, w.dilated_w.shape[2]), f),
-            np.zeros((tile, w.dilated_w.shape[2] // 2), f), np.zeros((tile, w.head1_w.shape[0]), f),
+    wide = max(w.dilated_b.shape[1], w.out_b.shape[1], w.head1_w.shape[1], w.head2_w.shape[1])
+    return (np.zeros((tile, w.embed.shape[2]), f), np.zeros((tile, w.dilated_b.shape[1]), f),
+            np.zeros((tile, w.dilated_b.shape[1] // 2), f), np.zeros((tile, w.head1_w.shape[0]), f),
             np.zeros((tile, w.head1_w.shape[1]), f), np.zeros((tile, w.head2_w.shape[1]), f),
             np.full((1, wide), -0.0, f))
 

@@ -29,13 +29,25 @@ if vocoder:
     config = dataclasses.replace(config, residual_channels=512, gate_channels=256, skip_channels=256,
                                  head_channels=256, kernel_size=3, layers_per_stack=6, stacks=4, input_kernel_size=1)
 model = random_model_file(config)
+
+
+def unpanelled(panels, bias):
+    """(L, panels, rows, P) panels back to (L, rows, N) matrices, N = bias.shape[1]."""
+    L, count, rows, width = panels.shape
+    return np.ascontiguousarray(panels.transpose(0, 2, 1, 3).reshape(L, rows, count * width)[..., :bias.shape[1]])
+
+
 backend = NumbaBackend(config, model.weights, torch.device("cpu"), prec)
 
 for batch in (1, 8, 64) if vocoder else (1, 8, 64, 128):
     new_w = backend._kernel_weights(min(batch, 64))
+    if new_w.dilated_p.shape[1] and not hasattr(cpu_old, "panel_layout"):  # older kernels: no panels
+        new_w = new_w._replace(dilated_w=unpanelled(new_w.dilated_p, new_w.dilated_b),
+                               out_w=unpanelled(new_w.out_p, new_w.out_b))
     transposed = {k: np.ascontiguousarray(getattr(new_w, k).swapaxes(-1, -2))
                   for k in ("dilated_w", "out_w", "head1_w", "head2_w")}
     old_w = new_w if hasattr(cpu_old, "BLOCKS") else cpu_old.CpuWeights(**{**new_w._asdict(), **transposed})
+    new_w = backend._kernel_weights(min(batch, 64))
     n = max(8, 512 // batch) if vocoder else max(64, 8192 // batch)
     _, a = time_generate(cpu_old, old_w, config, batch, 64)
     _, b = time_generate(cpu_new, new_w, config, batch, 64)

@@ -58,8 +58,8 @@ EDITS = [
      "        c3 = _cycles()\n        _add_at(_P + 8 * 1, c3 - c2)\n        write = off + t % n"),
     ("        ow, obp = out_w[layer]",
      "        c4 = _cycles()\n        _add_at(_P + 8 * 2, c4 - c3)\n        ow, obp = out_w[layer]"),
-    ("            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, zp, vp, cp)\n",
-     "            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, zp, vp, cp)\n"
+    ("            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, zp, vp, cp, pl)\n",
+     "            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, zp, vp, cp, pl)\n"
      "        _add_at(_P + 8 * 3, _cycles() - c4)\n"),
     ("    for bb in range(nb):\n        for c in range(S):\n            skip[bb, c] = max(",
      "    c5 = _cycles()\n    _add_at(_P + 8 * 7, c5 - c0)\n"

@@ -130,6 +130,34 @@ def test_numba_tiles_match_training_model(name, tile, monkeypatch):
 
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
+@pytest.mark.parametrize("name", ["k4-odd", "mel+speaker"])
+def test_numba_panel_tiles_equal_natural_tiles_bit_for_bit(name, monkeypatch):
+    """Tiles of many streams read the layers' weights in panels (`cpu.panel_layout`, from WIDEN_FROM streams a tile):
+    the training model's logits, and each stream's numbers those of the natural layout, bit for bit, teacher-forced
+    and generating. These channel counts cut panels short."""
+    from fastwavenet.backends import NumbaBackend
+
+    config = CONFIGS[name]
+    steps = config.receptive_field + 9
+    model = random_model(config, 21)
+    gen = Generator(ModelFile(config, fold(model)), backend="numba")
+    codes = torch.randint(0, config.classes, (13, steps), generator=torch.Generator().manual_seed(22))
+    mel, speaker = conditioning_inputs(config, 13, steps + 20)
+    conditioning = gen.conditioning(13, mel, speaker)
+    monkeypatch.setattr(NumbaBackend, "_tile", staticmethod(lambda batch: 13))
+    runs = {}
+    for widen_from in (10 ** 9, 13):
+        monkeypatch.setattr(NumbaBackend, "WIDEN_FROM", widen_from)
+        state = gen.new_state(13)
+        logits = gen.forward(state, codes, conditioning)
+        drawn = gen.generate_codes(state, 20, rng=np.random.default_rng(23), conditioning=conditioning)
+        runs[widen_from] = (logits, drawn)
+    assert gen.backend._kernel_weights(13).dilated_p.shape[1] > 0  # the panels were read
+    assert torch.equal(runs[13][0], runs[10 ** 9][0]) and torch.equal(runs[13][1], runs[10 ** 9][1])
+    assert (runs[13][0] - model_logits(model, codes, mel, speaker)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
 @pytest.mark.parametrize("name,precision", [("k4-odd", "float32"), ("mel+speaker", "float32"), ("k4-odd", "int8"),
                                             ("mel+speaker", "bf16"), ("k4-odd", "w8a8"), ("mel+speaker", "w8a8")])
 def test_numba_split_products_equal_tiles_bit_for_bit(name, precision, monkeypatch):

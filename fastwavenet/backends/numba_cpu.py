@@ -101,7 +101,7 @@ class NumbaBackend(Backend):
     def __init__(self, config, weights, device, precision="float32"):
         super().__init__(config, weights, device, precision)
         from ..folded import int8_parts
-        from ..kernels.cpu import CpuWeights, w8a8_layout
+        from ..kernels.cpu import CpuWeights, panel_layout, w8a8_layout
 
         numba_threads()  # before any parallel call, so that torch's thread count stays the caller's
 
@@ -137,28 +137,41 @@ class NumbaBackend(Backend):
                 head1_v, head2_v = np.zeros((0, 0), np.int8), np.zeros((0, 0), np.int8)
                 dilated_c, out_c = np.zeros((L, 0, 0), np.int32), np.zeros((L, 0), np.int32)
                 head1_c, head2_c = np.zeros(0, np.int32), np.zeros(0, np.int32)
+            no_panels = np.zeros((L, 0, 0, 0), np.float32)
             return CpuWeights(
                 embed=plain(weights.embed), dilated_w=dilated_w, dilated_b=plain(weights.dilated_b), out_w=out_w,
                 out_b=plain(weights.out_b), head1_w=head1_w, head1_b=plain(weights.head1_b), head2_w=head2_w,
                 head2_b=plain(weights.head2_b), dilated_s=dilated_s, out_s=out_s, head1_s=head1_s, head2_s=head2_s,
                 dilations=layout.dilations, offsets=layout.offsets, dilated_v=dilated_v, out_v=out_v,
                 head1_v=head1_v, head2_v=head2_v, dilated_c=dilated_c, out_c=out_c, head1_c=head1_c,
-                head2_c=head2_c)
+                head2_c=head2_c, dilated_p=no_panels, out_p=no_panels)
+
+        def panelled():
+            # float32 (the same rounded weights at bf16 and int8), the layers' matrices in panels only
+            w = self.weights if precision == "float32" else kernel_weights("float32")
+            none = np.zeros((config.layers, 0, 0), np.float32)
+            return w._replace(dilated_w=none, out_w=none, dilated_p=_aligned(panel_layout(w.dilated_w)),
+                              out_p=_aligned(panel_layout(w.out_w)))
 
         self.weights = kernel_weights(precision)
-        # Narrow weights save the weight traffic that bounds small tiles; a tile of many streams is bound by
-        # arithmetic, where widening every weight in the inner loop costs more than it saves. Such tiles read a
-        # float32 copy of the same rounded weights: the same numbers, bit for bit (tests/test_precision.py).
-        # w8a8 has none: its activations are 8-bit in every tile.
-        self._widened = self.weights if precision in ("float32", "w8a8") else kernel_weights("float32")
+        self._make_panelled, self._panelled = panelled, None
 
-    # Streams per tile from which bf16 and int8 models run on their widened copy (measured for bf16 in
-    # docs/BENCHMARKS.md: about even at 16-24, widened 4-12 % faster from 32, bf16 faster below 16; int8 takes the
-    # same, not measured apart).
+    # Streams per tile from which the layers' products read the weights as float32 panels (`cpu._panel_products`;
+    # made at the first such tile and kept, so a float32 model then holds its layers' weights twice). Narrow
+    # weights save the weight traffic that bounds small tiles; a tile of many streams is bound by arithmetic, where
+    # widening every weight in the inner loop costs more than it saves, and the panels' blocks of 12 streams read a
+    # third of the weight bytes per fma that the 4 x 4 blocks of the natural layout read. The same numbers, bit for
+    # bit, in every layout and precision (tests/test_precision.py, tests/test_exactness.py). w8a8 has none: its
+    # activations are 8-bit in every tile. (For bf16, measured before the panels in docs/BENCHMARKS.md: about even
+    # at 16-24, widened 4-12 % faster from 32, bf16 faster below 16.)
     WIDEN_FROM = 32
 
     def _kernel_weights(self, tile: int):
-        return self._widened if tile >= self.WIDEN_FROM else self.weights
+        if tile < self.WIDEN_FROM or self.precision == "w8a8":
+            return self.weights
+        if self._panelled is None:
+            self._panelled = self._make_panelled()
+        return self._panelled
 
     def _split_parts(self, batch: int) -> int:
         """The parts each product is split in for `batch` streams: 1, tiles of streams across the threads
