@@ -200,7 +200,7 @@ VECTOR_BITS = _vector_bits()
 BLOCK = BLOCKS[VECTOR_BITS]
 
 
-def _micro(sb: int, nv: int, lanes: int, k_major: bool = False):
+def _micro(sb: int, nv: int, lanes: int):
     """An intrinsic computing one block: y[s, n] (s < sb, n < nv * lanes) = (a[s, n] + bias[n]) + sum_i x[s, i] *
     w[i, n], each output one fma chain over i = 0 .. k-1 starting from a + bias (a is where the sum so far lives, or
     zeros; y may be a). Arguments: a weight (its type says float32, bf16 bits (uint16) or int8, widened in
@@ -280,9 +280,7 @@ def _micro(sb: int, nv: int, lanes: int, k_major: bool = False):
                         wv = builder.fmul(builder.sitofp(builder.sext(wv, wide), vec), scales[v])
                     weights.append(wv)
                 for s in range(sb):
-                    xs = builder.load(builder.gep(xptr, [builder.add(builder.mul(i, ldx), ir.Constant(i64, s))
-                                                         if k_major else
-                                                         builder.add(builder.mul(ir.Constant(i64, s), ldx), i)]))
+                    xs = builder.load(builder.gep(xptr, [builder.add(builder.mul(ir.Constant(i64, s), ldx), i)]))
                     one = builder.insert_element(ir.Constant(vec, ir.Undefined), xs, ir.Constant(ir.IntType(32), 0))
                     splat = builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
                                                    ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
