@@ -186,10 +186,18 @@ class NumbaBackend(Backend):
             self._split = (parts, tuple(_aligned(a) for a in cpu.split_blocks(self.weights, parts)))
         return self._split[1]
 
-    @staticmethod
-    def _tile(batch: int) -> int:
-        """Streams per tile: the batch spread over numba's threads, at most 64 (a tile's scratch stays in cache)."""
-        return max(1, min(64, math.ceil(batch / numba_threads())))
+    # Float32 bytes of one layer's matrices from which tiles take up to 128 streams instead of 64: each tile step
+    # streams every weight from L3 or memory once, so a vocoder's (r9y9's 3.9 MB a layer) pays per stream half as
+    # much in tiles twice as large (1.08-1.17x on r9y9's shape, docs/BENCHMARKS.md), where `standard`'s (0.1 MB a
+    # layer, read from L2) lost 10 % to the larger tile's scratch.
+    LARGE_TILES_FROM = 1 << 20
+
+    def _tile(self, batch: int) -> int:
+        """Streams per tile: the batch spread over numba's threads, at most 64 (a tile's scratch stays in cache), or
+        128 for models with large layers (LARGE_TILES_FROM)."""
+        c = self.config
+        layer = 4 * c.gate_channels * (2 * c.kernel_size * c.residual_channels + c.residual_channels + c.skip_channels)
+        return max(1, min(128 if layer >= self.LARGE_TILES_FROM else 64, math.ceil(batch / numba_threads())))
 
     def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
         from ..kernels import cpu
