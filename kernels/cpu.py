@@ -200,16 +200,26 @@ VECTOR_BITS = _vector_bits()
 BLOCK = BLOCKS[VECTOR_BITS]
 
 
-def _micro(sb: int, nv: int, lanes: int):
+def _emit_prefetch(builder, address):
+    """LLVM's prefetch of the cache line at `address` (an i64): read, keep in all levels."""
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    name = "llvm.prefetch.p0"
+    fn = builder.module.globals.get(name) or ir.Function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name)
+    builder.call(fn, [builder.inttoptr(address, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
+
+def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False):
     """An intrinsic computing one block: y[s, n] (s < sb, n < nv * lanes) = (a[s, n] + bias[n]) + sum_i x[s, i] *
     w[i, n], each output one fma chain over i = 0 .. k-1 starting from a + bias (a is where the sum so far lives, or
     zeros; y may be a). Arguments: a weight (its type says float32, bf16 bits (uint16) or int8, widened in
     registers; its value is not used), then addresses and row strides in elements (intp):
     (weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale, k). int8 weights are widened to fl(q * scale[n]), scale
-    the output columns' float32 scales (read only for int8)."""
+    the output columns' float32 scales (read only for int8). With `prefetch`, one more address, ahead: the block
+    asks for the k cache lines from it, one an iteration, so weights to come arrive while these are used (a burst of
+    prefetches before the block, measured against this, stalled it: docs/BENCHMARKS.md)."""
 
-    @intrinsic
-    def block(typingctx, weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale, k):
+    def typed(weight):
         bf16 = weight == types.uint16
         int8 = weight == types.int8
         # bf16 in pairs of vectors: one load of 2 x lanes weights as 32-bit words, widened by a shift (the even
@@ -217,10 +227,10 @@ def _micro(sb: int, nv: int, lanes: int):
         # load (a shuffle) and a shift each. The pair's accumulators then hold its even and its odd columns, put
         # back in order once, after the loop; each output's fma chain is the same.
         paired = bf16 and nv % 2 == 0
-        sig = types.void(weight, *([types.intp] * 11))
+        sig = types.void(weight, *([types.intp] * (12 if prefetch else 11)))
 
         def codegen(context, builder, signature, args):
-            _, wp, ldw, xp, ldx, yp, ldy, ap, lda, bp, sp, k = args
+            _, wp, ldw, xp, ldx, yp, ldy, ap, lda, bp, sp, k = args[:12]
             i64 = ir.IntType(64)
             f32 = ir.FloatType()
             vec = ir.VectorType(f32, lanes)
@@ -264,6 +274,8 @@ def _micro(sb: int, nv: int, lanes: int):
             with cgutils.for_range(builder, k) as loop:
                 i = loop.index
                 row = builder.mul(i, ldw)
+                if prefetch:
+                    _emit_prefetch(builder, builder.add(args[12], builder.mul(i, ir.Constant(i64, 64))))
                 weights = []
                 for v in range(0, nv, 2 if paired else 1):
                     if paired:  # 2 x lanes bf16 weights in one load, as lanes 32-bit words of two weights each
@@ -304,6 +316,14 @@ def _micro(sb: int, nv: int, lanes: int):
 
         return sig, codegen
 
+    if prefetch:
+        @intrinsic
+        def block(typingctx, weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale, k, pf):
+            return typed(weight)
+    else:
+        @intrinsic
+        def block(typingctx, weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale, k):
+            return typed(weight)
     return block
 
 
@@ -313,12 +333,7 @@ def _prefetch(typingctx, address):
     sig = types.void(types.intp)
 
     def codegen(context, builder, signature, args):
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        name = "llvm.prefetch.p0"
-        fn = builder.module.globals.get(name) or ir.Function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name)
-        builder.call(fn, [builder.inttoptr(args[0], i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                          ir.Constant(i32, 1)])
+        _emit_prefetch(builder, args[0])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -328,8 +343,10 @@ _L = BLOCK.lanes
 # The main block, a lone stream's block, one vector for one stream, one output for one stream.
 _MAIN, _ONE, _LONE = _micro(BLOCK.sb, BLOCK.nv, _L), _micro(1, BLOCK.nv, _L), _micro(1, BLOCK.nv1, _L)
 _LONE8 = _micro(1, BLOCK.nv8, _L)
-# The panel products' blocks: many streams, a few streams, one stream, each a panel wide.
+# The panel products' blocks: many streams (and the same asking for the next chunk), a few streams, one stream,
+# each a panel wide.
 _PANEL, _PANEL4, _PANEL1 = _micro(BLOCK.ps, BLOCK.pv, _L), _micro(4, BLOCK.pv, _L), _micro(1, BLOCK.pv, _L)
+_PANEL_AHEAD = _micro(BLOCK.ps, BLOCK.pv, _L, prefetch=True)
 _VEC, _SCALAR = _micro(1, 1, _L), _micro(1, 1, 1)
 # What the tile path passes for the split path's weight blocks (`split_blocks`): nothing. (A global array of size
 # zero: numba freezes it into the code, which keeps the kernels cacheable.)
@@ -438,9 +455,10 @@ def panel_layout(m: np.ndarray, panel: int = BLOCK.panel) -> np.ndarray:
 def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
     """`_products` for many streams, on float32 weights in panels (`panel_layout`): pw (panels, rows, P), the
     product's rows row0 .. row0+K-1 of each panel, its outputs [first, last). Each panel's chunk of `_PANEL_CHUNK`
-    rows is taken by every block of BLOCK.ps streams in turn (panel blocks: PS streams x PV vectors), from L1, the
-    next chunk prefetched for products of `_PREFETCH_FROM` bytes or more; each output is the same fma chain as in
-    `_products` (a chunk goes on from the sums so far plus -0.0), so the layouts give the same numbers."""
+    rows is taken by every block of BLOCK.ps streams in turn (panel blocks: PS streams x PV vectors), from L1; for
+    products of `_PREFETCH_FROM` bytes or more the first blocks ask for the next chunk as they go, a cache line an
+    iteration. Each output is the same fma chain as in `_products` (a chunk goes on from the sums so far plus -0.0),
+    so the layouts give the same numbers."""
     P, rows = pw.shape[2], pw.shape[1]
     yp, ap = yp - 4 * first, ap - 4 * first  # so that output n of stream b is at yp + 4 * (b * ldy + n)
     w0 = pw[0, 0, 0]
@@ -452,17 +470,21 @@ def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
         for k0 in range(0, K, _PANEL_CHUNK):
             kc = min(_PANEL_CHUNK, K - k0)
             wk = base + 4 * k0 * P
-            if ahead and (k0 + kc < K or p + 1 < p1):  # this panel's next chunk, or the next panel's first
-                nxt, nk = (wk + 4 * kc * P, min(_PANEL_CHUNK, K - k0 - kc)) if k0 + kc < K else \
-                    (pw.ctypes.data + 4 * ((p + 1) * rows + row0) * P, min(_PANEL_CHUNK, K))
-                for line in range(0, 4 * nk * P, 64):
-                    _prefetch(nxt + line)
+            # this panel's next chunk, or the next panel's first: asked for by the first blocks, a line an fma row
+            nxt, nk = (wk + 4 * kc * P, min(_PANEL_CHUNK, K - k0 - kc)) if k0 + kc < K else \
+                (pw.ctypes.data + 4 * ((p + 1) * rows + row0) * P, min(_PANEL_CHUNK, K) if p + 1 < p1 else 0)
+            nbytes = 4 * nk * P if ahead else 0
+            line = 0
             b = 0
             while b < nb:
                 at, x = yp + 4 * (b * ldy + c0), xp + 4 * (b * ldx + k0)
                 a, la, bias = (ap + 4 * (b * lda + c0), lda, bp + 4 * c0) if k0 == 0 else (at, ldy, zp + 4 * c0)
                 if c1 - c0 == P:
-                    if b + BLOCK.ps <= nb:
+                    if b + BLOCK.ps <= nb and line < nbytes:  # (lines past the chunk: harmless)
+                        _PANEL_AHEAD(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, nxt + line)
+                        line += 64 * kc
+                        b += BLOCK.ps
+                    elif b + BLOCK.ps <= nb:
                         _PANEL(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
                         b += BLOCK.ps
                     elif b + 4 <= nb:
@@ -480,6 +502,9 @@ def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
                     _SCALAR(w0, wk + 4 * m, P, x, ldx, at + 4 * m, ldy, a + 4 * m, la, bias + 4 * m, 0, kc)
                     m += 1
                 b += 1
+            while line < nbytes:  # what the blocks did not ask for (few streams, a short next chunk)
+                _prefetch(nxt + line)
+                line += 64
 
 
 @njit(**_OPTIONS)
