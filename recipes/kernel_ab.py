@@ -18,7 +18,7 @@ from fastwavenet import preset
 from fastwavenet.backends.numba_cpu import NumbaBackend
 from fastwavenet.bench import random_model_file
 from fastwavenet.kernels import cpu as cpu_new
-from kernel_timing import load_kernel, time_generate
+from kernel_timing import load_kernel, time_generate, unpanelled
 
 cpu_old = load_kernel(Path(sys.argv[1]).read_text(), "cpu_old")
 
@@ -29,14 +29,6 @@ if vocoder:
     config = dataclasses.replace(config, residual_channels=512, gate_channels=256, skip_channels=256,
                                  head_channels=256, kernel_size=3, layers_per_stack=6, stacks=4, input_kernel_size=1)
 model = random_model_file(config)
-
-
-def unpanelled(panels, bias):
-    """(L, panels, rows, P) panels back to (L, rows, N) matrices, N = bias.shape[1]."""
-    L, count, rows, width = panels.shape
-    return np.ascontiguousarray(panels.transpose(0, 2, 1, 3).reshape(L, rows, count * width)[..., :bias.shape[1]])
-
-
 backend = NumbaBackend(config, model.weights, torch.device("cpu"), prec)
 
 for batch in (1, 8, 64) if vocoder else (1, 8, 64, 128):

@@ -1,5 +1,6 @@
-"""What the kernel recipes share (recipes/kernel_ab.py, products_vs_step.py, step_profile.py): a copy of a CPU
-kernel loaded as a module of its own, and one timed `generate` call on a fresh state."""
+"""What the kernel recipes share (recipes/kernel_ab.py, kernel_ab_tiles.py, products_vs_step.py, step_profile.py): a
+copy of a CPU kernel loaded as a module of its own, one timed `generate` call on a fresh state, and the weights in
+the layout older kernels read."""
 import importlib.util
 import tempfile
 import time
@@ -19,9 +20,9 @@ def load_kernel(source: str, name: str):
     return module
 
 
-def time_generate(kernel, weights, config, batch: int, n: int):
+def time_generate(kernel, weights, config, batch: int, n: int, tile: int = 64):
     """Generate n steps for `batch` streams from an empty state with `kernel` (a kernels/cpu.py module): plain
-    sampling from fixed uniforms, tiles of up to 64 streams. Returns (samples per second, the codes (batch, n))."""
+    sampling from fixed uniforms, tiles of up to `tile` streams. Returns (samples per second, the codes (batch, n))."""
     queues = np.zeros((batch, config.queue_length, config.residual_channels), np.float32)
     inputs = np.full((batch, max(1, config.input_kernel_size - 1)), -1, np.int64)
     u = np.random.default_rng(0).random((n, batch, 1)).astype(np.float32)
@@ -29,5 +30,12 @@ def time_generate(kernel, weights, config, batch: int, n: int):
     t0 = time.perf_counter()
     kernel.generate(np.full(batch, 128, np.int64), False, 0, -7.0, 0, u, np.ones(batch, np.float32),
                     np.zeros(batch, np.int64), np.ones(batch, np.float32), np.zeros(batch, np.bool_),
-                    max(1, min(64, batch)), weights, queues, inputs, np.zeros((0, 0, 0, 0), np.float32), out)
+                    max(1, min(tile, batch)), weights, queues, inputs, np.zeros((0, 0, 0, 0), np.float32), out)
     return batch * n / (time.perf_counter() - t0), out
+
+
+def unpanelled(panels, bias):
+    """`CpuWeights.dilated_p` or `out_p` (L, panels, rows, P) back to the natural layout (L, rows, N), N =
+    bias.shape[1], for kernels older than the panels."""
+    L, count, rows, width = panels.shape
+    return np.ascontiguousarray(panels.transpose(0, 2, 1, 3).reshape(L, rows, count * width)[..., :bias.shape[1]])

@@ -1,0 +1,42 @@
+"""The CPU kernel against an older version of itself on r9y9's LJSpeech shape as a class model (recipes/kernel_ab.py's
+`vocoder`), each at its own tile size: generate `batch` streams on numba's threads, old tiles of OLD_TILE streams,
+new tiles as the numba backend sizes them now; random weights, plain sampling, alternating, best of three each.
+
+Run: git show 9528f4e:kernels/cpu.py > /tmp/cpu_old.py
+     NUMBA_NUM_THREADS=2 python recipes/kernel_ab_tiles.py /tmp/cpu_old.py BATCH [OLD_TILE] [STEPS]"""
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastwavenet import preset
+from fastwavenet.backends.numba_cpu import NumbaBackend, numba_threads
+from fastwavenet.bench import random_model_file
+from fastwavenet.kernels import cpu as cpu_new
+from kernel_timing import load_kernel, time_generate, unpanelled
+
+cpu_old = load_kernel(Path(sys.argv[1]).read_text(), "cpu_old")
+batch = int(sys.argv[2])
+old_tile = int(sys.argv[3]) if len(sys.argv) > 3 else min(64, math.ceil(batch / numba_threads()))
+steps = int(sys.argv[4]) if len(sys.argv) > 4 else 16
+config = dataclasses.replace(preset("standard"), residual_channels=512, gate_channels=256, skip_channels=256,
+                             head_channels=256, kernel_size=3, layers_per_stack=6, stacks=4, input_kernel_size=1)
+backend = NumbaBackend(config, random_model_file(config).weights, torch.device("cpu"), "float32")
+new_tile = backend._tile(batch)
+new_w = backend._kernel_weights(new_tile)
+old_w = backend._kernel_weights(old_tile)
+if old_w.dilated_p.shape[1]:  # the old kernel reads the natural layout
+    old_w = old_w._replace(dilated_w=unpanelled(old_w.dilated_p, old_w.dilated_b),
+                           out_w=unpanelled(old_w.out_p, old_w.out_b))
+_, a = time_generate(cpu_old, old_w, config, batch, 8, old_tile)
+_, b = time_generate(cpu_new, new_w, config, batch, 8, new_tile)
+best = {"old": 0, "new": 0}
+for _ in range(3):
+    best["old"] = max(best["old"], time_generate(cpu_old, old_w, config, batch, steps, old_tile)[0])
+    best["new"] = max(best["new"], time_generate(cpu_new, new_w, config, batch, steps, new_tile)[0])
+print(f"batch {batch}, {numba_threads()} threads: old (tiles of {old_tile}) {best['old']:,.0f}  new (tiles of "
+      f"{new_tile}) {best['new']:,.0f}  new/old {best['new'] / best['old']:.2f}x  (first 8 codes equal: "
+      f"{np.mean(a == b):.0%})")
