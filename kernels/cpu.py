@@ -215,9 +215,10 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False):
     zeros; y may be a). Arguments: a weight (its type says float32, bf16 bits (uint16) or int8, widened in
     registers; its value is not used), then addresses and row strides in elements (intp):
     (weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale, k). int8 weights are widened to fl(q * scale[n]), scale
-    the output columns' float32 scales (read only for int8). With `prefetch`, one more address, ahead: the block
-    asks for the k cache lines from it, one an iteration, so weights to come arrive while these are used (a burst of
-    prefetches before the block, measured against this, stalled it: docs/BENCHMARKS.md)."""
+    the output columns' float32 scales (read only for int8). With `prefetch`, two more: an address ahead and a
+    stride in bytes: the block asks for the cache line at ahead + i * stride in iteration i, so weights to come
+    arrive while these are used (a burst of prefetches before the block, measured against this, stalled it:
+    docs/BENCHMARKS.md)."""
 
     def typed(weight):
         bf16 = weight == types.uint16
@@ -227,7 +228,7 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False):
         # load (a shuffle) and a shift each. The pair's accumulators then hold its even and its odd columns, put
         # back in order once, after the loop; each output's fma chain is the same.
         paired = bf16 and nv % 2 == 0
-        sig = types.void(weight, *([types.intp] * (12 if prefetch else 11)))
+        sig = types.void(weight, *([types.intp] * (13 if prefetch else 11)))
 
         def codegen(context, builder, signature, args):
             _, wp, ldw, xp, ldx, yp, ldy, ap, lda, bp, sp, k = args[:12]
@@ -275,7 +276,7 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False):
                 i = loop.index
                 row = builder.mul(i, ldw)
                 if prefetch:
-                    _emit_prefetch(builder, builder.add(args[12], builder.mul(i, ir.Constant(i64, 64))))
+                    _emit_prefetch(builder, builder.add(args[12], builder.mul(i, args[13])))
                 weights = []
                 for v in range(0, nv, 2 if paired else 1):
                     if paired:  # 2 x lanes bf16 weights in one load, as lanes 32-bit words of two weights each
@@ -318,7 +319,7 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False):
 
     if prefetch:
         @intrinsic
-        def block(typingctx, weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale, k, pf):
+        def block(typingctx, weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale, k, ahead, stride):
             return typed(weight)
     else:
         @intrinsic
@@ -342,6 +343,7 @@ def _prefetch(typingctx, address):
 _L = BLOCK.lanes
 # The main block, a lone stream's block, one vector for one stream, one output for one stream.
 _MAIN, _ONE, _LONE = _micro(BLOCK.sb, BLOCK.nv, _L), _micro(1, BLOCK.nv, _L), _micro(1, BLOCK.nv1, _L)
+_MAIN_AHEAD = _micro(BLOCK.sb, BLOCK.nv, _L, prefetch=True)
 _LONE8 = _micro(1, BLOCK.nv8, _L)
 # The panel products' blocks: many streams (and the same asking for the next chunk), a few streams, one stream,
 # each a panel wide.
@@ -390,18 +392,28 @@ def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp
                 c = first
                 while c < first + span:
                     # the next panel's chunk (or the next chunk's first panel) on its way while this one is used
+                    # (rows of one or two cache lines, bf16 and int8: each block asks for one line of every row, a row
+                    # an iteration, 1.1-1.35x at 4-16 streams; float32's four: all at once first, which ran 0.9-1.1x
+                    # the other way; lines no block will ask for, at fewer blocks than lines, first too)
                     nc, nk = (c + BLOCK.nv * _L, k0) if c + BLOCK.nv * _L < first + span else (first, k0 + _CHUNK)
-                    if ahead and nk < K:
+                    lines = esize * BLOCK.nv * _L // 64 if ahead and nk < K else 0
+                    nxt = wp + esize * (nk * ldw + nc)
+                    line = 0
+                    asked = min(lines, (g1 - g0) // BLOCK.sb) if lines <= 2 else 0
+                    for early in range(asked, lines):
                         for i in range(min(_CHUNK, K - nk)):
-                            row = wp + esize * ((nk + i) * ldw + nc)
-                            for line in range(0, esize * BLOCK.nv * _L, 64):
-                                _prefetch(row + line)
+                            _prefetch(nxt + esize * i * ldw + 64 * early)
+                    lines = asked
                     b = g0
                     while b < g1:
                         sb = BLOCK.sb if b + BLOCK.sb <= g1 else 1
                         at = yp + 4 * (b * ldy + c)
                         a, la, bias = (ap + 4 * (b * lda + c), lda, bp + 4 * c) if k0 == 0 else (at, ldy, zp + 4 * c)
-                        if sb == 1:
+                        if sb > 1 and line < lines:
+                            _MAIN_AHEAD(w0, wk + esize * c, ldw, xk + 4 * b * ldx, ldx, at, ldy, a, la, bias,
+                                        sp + 4 * c, kc, nxt + 64 * line, esize * ldw)
+                            line += 1
+                        elif sb == 1:
                             _ONE(w0, wk + esize * c, ldw, xk + 4 * b * ldx, ldx, at, ldy, a, la, bias, sp + 4 * c,
                                  kc)
                         else:
@@ -481,7 +493,7 @@ def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
                 a, la, bias = (ap + 4 * (b * lda + c0), lda, bp + 4 * c0) if k0 == 0 else (at, ldy, zp + 4 * c0)
                 if c1 - c0 == P:
                     if b + BLOCK.ps <= nb and line < nbytes:  # (lines past the chunk: harmless)
-                        _PANEL_AHEAD(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, nxt + line)
+                        _PANEL_AHEAD(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, nxt + line, 64)
                         line += 64 * kc
                         b += BLOCK.ps
                     elif b + BLOCK.ps <= nb:
