@@ -154,7 +154,7 @@ class NumbaBackend(Backend):
                               out_p=_aligned(panel_layout(w.out_w)))
 
         self.weights = kernel_weights(precision)
-        self._make_panelled, self._panelled = panelled, None
+        self._make_panelled, self._panelled, self._panel_lock = panelled, None, threading.Lock()
 
     # Streams per tile from which the layers' products read the weights as float32 panels (`cpu._panel_products`;
     # made at the first such tile and kept, so a float32 model then holds its layers' weights twice). Narrow
@@ -169,8 +169,9 @@ class NumbaBackend(Backend):
     def _kernel_weights(self, tile: int):
         if tile < self.WIDEN_FROM or self.precision == "w8a8":
             return self.weights
-        if self._panelled is None:
-            self._panelled = self._make_panelled()
+        with self._panel_lock:  # made once, and the closure that holds the torch weights goes
+            if self._panelled is None:
+                self._panelled, self._make_panelled = self._make_panelled(), None
         return self._panelled
 
     def _split_parts(self, batch: int) -> int:
