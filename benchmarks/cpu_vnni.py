@@ -8,7 +8,7 @@ all):
 - float32: `kernels.cpu._matmul` on float32 weights (the `--precision float32` products);
 - int8 widened: `kernels.cpu._matmul` on int8 weights with column scales (the `--precision int8` products: each
   weight widened to float32 in registers, one fma);
-- int8 VNNI: `vnni_product`: the input vector quantized to u8 (`quantize`, timed with it), 4 u8 x int8 products
+- int8 VNNI: `vnni_product`: the input vector quantized to u8 (`kernels.cpu.quantize8`, timed with it), 4 u8 x int8 products
   summed into each int32 lane per `vpdpbusd`, then y = a + bias + (x_scale * w_scale[n]) * (acc[n] - 128 *
   colsum[n]) (colsum: the weights' column sums); the weights in vpdpbusd's plain layout (K/4, N, 4), and in
   panels of 8 vectors' columns (128 with AVX-512; `vnni_layout`);
@@ -21,7 +21,7 @@ Prints each way's best round: Gweights/s and microseconds per sample. The VNNI w
 
 bits: bits per sample of AUDIO under MODEL, teacher-forced (fastwavenet.score's windows and likelihood), at float32,
 int8 weights (`folded.rounded(weights, "int8")`, what `fastwavenet score --precision int8` gives), and int8 weights
-(and float32 weights) with every product's input fake-quantized to 8 bits per vector as `quantize` does (scale
+(and float32 weights) with every product's input fake-quantized to 8 bits per vector as `cpu.quantize8` does (scale
 max|x| / 127, round(x / scale) * scale): the dilated products' taps (residual stream values), the output products'
 gated values, the head's two inputs. The dilated taps two ways: one scale per residual vector (each tap its own, as
 a queue of quantized vectors would hold them) and one scale over the k stacked taps (as `vnni_product` quantizes
@@ -52,26 +52,6 @@ _BLOCK, _HALF, _PIECE = (cpu._sums8(nv, _LANES, True) for nv in (_NV, _NV // 2, 
 
 
 @njit(**_OPTIONS)
-def quantize(x, xq):
-    """x (K,) float32 -> xq (K,) uint8 = round(x / scale) + 128 in [1, 255]; returns scale = max|x| / 127 (0 for a
-    zero vector, all xq 128)."""
-    # max|x| as the largest of the bits with the sign cleared (an integer max vectorizes; the float max did not)
-    bits = x.view(np.int32)
-    top = np.int32(0)
-    for i in range(x.shape[0]):
-        b = np.int32(bits[i] & np.int32(0x7FFFFFFF))
-        top = b if b > top else top
-    peak = np.int32(top).view(np.float32)
-    if peak == 0:
-        xq[:] = 128
-        return np.float32(0)
-    inverse = np.float32(127) / peak
-    for i in range(x.shape[0]):
-        xq[i] = np.uint8(np.int32(np.rint(x[i] * inverse)) + 128)
-    return peak / np.float32(127)
-
-
-@njit(**_OPTIONS)
 def vnni_sums(wq, xq, acc):
     """acc (N,) int32 = sum_i xq[i] * w[i, n], xq (K,) uint8, the int8 weights w in panels of P columns (`vnni_layout`):
     wq (N/P, K/4, P, 4), w[4j + r, p * P + c] at wq[p, j, c, r]; P a multiple of _LANES."""
@@ -93,12 +73,12 @@ def vnni_sums(wq, xq, acc):
 
 @njit(**_OPTIONS)
 def vnni_product(wq, colsum, wscale, bias, x, xq, acc, start, y, quantized):
-    """y (N,) = start + bias + (x_scale * wscale) * (acc - colsum), acc = `vnni_sums` of x quantized by `quantize`
+    """y (N,) = start + bias + (x_scale * wscale) * (acc - colsum), acc = `vnni_sums` of x quantized by `cpu.quantize8`
     (the 128 added to each input taken back off through colsum). wq (N/P, K/4, P, 4) int8 (`vnni_layout`); colsum
     (N,) int32: 128 * each column's sum of the weights; wscale (N,) float32 column scales; x (K,) float32; xq (K,)
     uint8 and acc (N,) int32 scratch; quantized (2,) float32: [0, -] quantizes x, [1, scale] takes xq as it is and
     x_scale = scale (timing the products alone)."""
-    scale = quantize(x, xq) if quantized[0] == 0 else quantized[1]
+    scale = cpu.quantize8(x, xq) if quantized[0] == 0 else quantized[1]
     vnni_sums(wq, xq, acc)
     for n in range(y.shape[0]):
         y[n] = start[n] + bias[n] + (scale * wscale[n]) * np.float32(acc[n] - colsum[n])
@@ -233,7 +213,7 @@ def speed(name: str = "r9y9-ljspeech", rounds: int = 7, passes: int = 40):
 
 
 def fake_quantized(v, scale=None):
-    """v (B, C, T) rounded per vector (each column t over C) as `quantize` does: round(v / s) * s, s = max|v| / 127
+    """v (B, C, T) rounded per vector (each column t over C) as `cpu.quantize8` does: round(v / s) * s, s = max|v| / 127
     over the column, or the given scale (B, 1, T)."""
     import torch
 
@@ -248,15 +228,12 @@ def convolve_quantized(weights, config, codes, taps: str):
     import torch
     import torch.nn.functional as F
 
+    from fastwavenet.folded import embed_input
+
     w = weights
-    k_in, k, r, g = config.input_kernel_size, config.kernel_size, config.residual_channels, config.gate_channels
+    k, r, g = config.kernel_size, config.residual_channels, config.gate_channels
     T = codes.shape[1]
-    if config.scalar_input:
-        x = codes.to(torch.float32)[:, None, :] * w.embed[0, 0][None, :, None] + w.embed[0, 1][None, :, None]
-    else:
-        table = torch.cat([w.embed, torch.zeros_like(w.embed[:, :1])], dim=1)
-        padded = F.pad(codes, (k_in - 1, 0), value=config.classes)
-        x = sum(table[j][padded[:, j:j + T]] for j in range(k_in)).transpose(1, 2)
+    x = embed_input(w, config, codes)
     skips = 0
     for layer, d in enumerate(config.dilations):
         padded = F.pad(x, ((k - 1) * d, 0))

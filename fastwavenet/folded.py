@@ -180,6 +180,20 @@ def gate_and_project(w: FoldedWeights, layer: int, z: torch.Tensor, x: torch.Ten
     return x + o[:, :r], o[:, r:]
 
 
+def embed_input(weights: FoldedWeights, config: WaveNetConfig, codes: torch.Tensor,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The input stage of `convolve`: codes (B, T) -> the first layer's input (B, R, T), before `valid`'s mask."""
+    w, k_in, T = weights, config.input_kernel_size, codes.shape[1]
+    if config.scalar_input:
+        return codes.to(torch.float32)[:, None, :] * w.embed[0, 0][None, :, None] + w.embed[0, 1][None, :, None]
+    # The input convolution as table lookups; index `classes` (a zero row) stands for "before the start".
+    table = torch.cat([w.embed, torch.zeros_like(w.embed[:, :1])], dim=1)  # (k_in, C + 1, R)
+    if valid is not None:
+        codes = torch.where(valid, codes, config.classes)
+    padded = F.pad(codes, (k_in - 1, 0), value=config.classes)
+    return sum(table[j][padded[:, j:j + T]] for j in range(k_in)).transpose(1, 2)  # (B, R, T)
+
+
 @torch.no_grad()
 def convolve(weights: FoldedWeights, config: WaveNetConfig, codes: torch.Tensor,
              cond: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -188,17 +202,9 @@ def convolve(weights: FoldedWeights, config: WaveNetConfig, codes: torch.Tensor,
     training model's causal padding). cond: per-layer gate terms (B, L, 2G, T), or None. valid: (B, T) bool, False
     at columns before a stream's start, which then act as that padding (every layer's input is zero there)."""
     w = weights
-    k_in, k, r, g = config.input_kernel_size, config.kernel_size, config.residual_channels, config.gate_channels
+    k, r, g = config.kernel_size, config.residual_channels, config.gate_channels
     T = codes.shape[1]
-    if config.scalar_input:
-        x = codes.to(torch.float32)[:, None, :] * w.embed[0, 0][None, :, None] + w.embed[0, 1][None, :, None]
-    else:
-        # The input convolution as table lookups; index `classes` (a zero row) stands for "before the start".
-        table = torch.cat([w.embed, torch.zeros_like(w.embed[:, :1])], dim=1)  # (k_in, C + 1, R)
-        if valid is not None:
-            codes = torch.where(valid, codes, config.classes)
-        padded = F.pad(codes, (k_in - 1, 0), value=config.classes)
-        x = sum(table[j][padded[:, j:j + T]] for j in range(k_in)).transpose(1, 2)  # (B, R, T)
+    x = embed_input(w, config, codes, valid)
     mask = None if valid is None else valid[:, None, :].to(x.dtype)
     if mask is not None:
         x = x * mask

@@ -18,7 +18,7 @@ from fastwavenet import preset
 from fastwavenet.backends.numba_cpu import NumbaBackend
 from fastwavenet.bench import random_model_file
 from fastwavenet.kernels import cpu as cpu_new
-from kernel_timing import load_kernel, time_generate, unpanelled
+from kernel_timing import load_kernel, natural, time_generate
 
 cpu_old = load_kernel(Path(sys.argv[1]).read_text(), "cpu_old")
 
@@ -33,13 +33,11 @@ backend = NumbaBackend(config, model.weights, torch.device("cpu"), prec)
 
 for batch in (1, 8, 64) if vocoder else (1, 8, 64, 128):
     new_w = backend._kernel_weights(min(batch, 64))
-    if new_w.dilated_p.shape[1] and not hasattr(cpu_old, "panel_layout"):  # older kernels: no panels
-        new_w = new_w._replace(dilated_w=unpanelled(new_w.dilated_p, new_w.dilated_b),
-                               out_w=unpanelled(new_w.out_p, new_w.out_b))
-    transposed = {k: np.ascontiguousarray(getattr(new_w, k).swapaxes(-1, -2))
-                  for k in ("dilated_w", "out_w", "head1_w", "head2_w")}
-    old_w = new_w if hasattr(cpu_old, "BLOCKS") else cpu_old.CpuWeights(**{**new_w._asdict(), **transposed})
-    new_w = backend._kernel_weights(min(batch, 64))
+    old_w = new_w if hasattr(cpu_old, "panel_layout") else natural(new_w)
+    if not hasattr(cpu_old, "BLOCKS"):
+        fields = {k: v for k, v in old_w._asdict().items() if k in cpu_old.CpuWeights._fields}
+        old_w = cpu_old.CpuWeights(**{**fields, **{k: np.ascontiguousarray(fields[k].swapaxes(-1, -2))
+                                                   for k in ("dilated_w", "out_w", "head1_w", "head2_w")}})
     n = max(8, 512 // batch) if vocoder else max(64, 8192 // batch)
     _, a = time_generate(cpu_old, old_w, config, batch, 64)
     _, b = time_generate(cpu_new, new_w, config, batch, 64)

@@ -16,7 +16,7 @@ from fastwavenet import preset
 from fastwavenet.backends.numba_cpu import NumbaBackend, numba_threads
 from fastwavenet.bench import random_model_file
 from fastwavenet.kernels import cpu as cpu_new
-from kernel_timing import load_kernel, time_generate, unpanelled
+from kernel_timing import load_kernel, natural, time_generate
 
 cpu_old = load_kernel(Path(sys.argv[1]).read_text(), "cpu_old")
 batch = int(sys.argv[2])
@@ -27,10 +27,7 @@ config = dataclasses.replace(preset("standard"), residual_channels=512, gate_cha
 backend = NumbaBackend(config, random_model_file(config).weights, torch.device("cpu"), "float32")
 new_tile = backend._tile(batch)
 new_w = backend._kernel_weights(new_tile)
-old_w = backend._kernel_weights(old_tile)
-if old_w.dilated_p.shape[1]:  # the old kernel reads the natural layout
-    old_w = old_w._replace(dilated_w=unpanelled(old_w.dilated_p, old_w.dilated_b),
-                           out_w=unpanelled(old_w.out_p, old_w.out_b))
+old_w = natural(backend._kernel_weights(old_tile))  # the old kernel reads the natural layout
 _, a = time_generate(cpu_old, old_w, config, batch, 8, old_tile)
 _, b = time_generate(cpu_new, new_w, config, batch, 8, new_tile)
 best = {"old": 0, "new": 0}

@@ -34,8 +34,14 @@ def time_generate(kernel, weights, config, batch: int, n: int, tile: int = 64):
     return batch * n / (time.perf_counter() - t0), out
 
 
-def unpanelled(panels, bias):
-    """`CpuWeights.dilated_p` or `out_p` (L, panels, rows, P) back to the natural layout (L, rows, N), N =
-    bias.shape[1], for kernels older than the panels."""
-    L, count, rows, width = panels.shape
-    return np.ascontiguousarray(panels.transpose(0, 2, 1, 3).reshape(L, rows, count * width)[..., :bias.shape[1]])
+def natural(weights):
+    """`CpuWeights` whose layers' matrices are given in panels only (a tile of many streams) with them back in the
+    natural layout, for kernels older than the panels; other weights as they are."""
+    def unpanelled(panels, bias):  # (L, panels, rows, P) -> (L, rows, N), N = bias.shape[1]
+        L, count, rows, width = panels.shape
+        return np.ascontiguousarray(panels.transpose(0, 2, 1, 3).reshape(L, rows, count * width)[..., :bias.shape[1]])
+
+    if weights.dilated_p.shape[1] == 0:
+        return weights
+    return weights._replace(dilated_w=unpanelled(weights.dilated_p, weights.dilated_b),
+                            out_w=unpanelled(weights.out_p, weights.out_b))

@@ -121,14 +121,8 @@ def test_numba_low_precision_equals_float32_on_the_rounded_weights_bit_for_bit(p
     assert np.array_equal(narrow.generate(samples=300, batch=3, seed=4), a)
 
 
-@pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
-@pytest.mark.parametrize("name", ["k4-odd", "mel+speaker"])
-def test_numba_int8_stream_is_the_same_alone_and_in_a_batch(name):
-    """A stream's codes at int8 are bit for bit those it gets alone, in a tile of one (8-bit weights) or in a batch
-    whose tile reads the widened copy."""
-    config = CONFIGS[name]
-    gen = Generator(ModelFile(config, fold(random_model(config, 1))), backend="numba", precision="int8")
-    gen.backend.WIDEN_FROM = 3
+def assert_alone_equals_batched(gen, config):
+    """Five streams generated together: each one's codes bit for bit those it gets generated alone."""
     batch, steps = 5, 40
     mel, speaker = conditioning_inputs(config, batch, steps)
     one = lambda t, i: None if t is None else t[i:i + 1]  # noqa: E731
@@ -138,6 +132,17 @@ def test_numba_int8_stream_is_the_same_alone_and_in_a_batch(name):
         alone = gen.generate_codes(gen.new_state(1), steps, rng=[np.random.default_rng(i)],
                                    conditioning=gen.conditioning(1, one(mel, i), one(speaker, i)))
         assert torch.equal(together[i:i + 1], alone), i
+
+
+@pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
+@pytest.mark.parametrize("name", ["k4-odd", "mel+speaker"])
+def test_numba_int8_stream_is_the_same_alone_and_in_a_batch(name):
+    """A stream's codes at int8 are bit for bit those it gets alone, in a tile of one (8-bit weights) or in a batch
+    whose tile reads the widened copy."""
+    config = CONFIGS[name]
+    gen = Generator(ModelFile(config, fold(random_model(config, 1))), backend="numba", precision="int8")
+    gen.backend.WIDEN_FROM = 3
+    assert_alone_equals_batched(gen, config)
 
 
 # w8a8's cost in the same logits (numba, 3 seeds each): at most 1.8 % of the largest float32 logit (int8 alone
@@ -173,15 +178,7 @@ def test_numba_w8a8_stream_is_the_same_alone_and_in_a_batch(name):
     its integer sums are exact, in a tile of one or in tiles of several streams on several threads."""
     config = CONFIGS[name]
     gen = Generator(ModelFile(config, fold(random_model(config, 1))), backend="numba", precision="w8a8")
-    batch, steps = 5, 40
-    mel, speaker = conditioning_inputs(config, batch, steps)
-    one = lambda t, i: None if t is None else t[i:i + 1]  # noqa: E731
-    together = gen.generate_codes(gen.new_state(batch), steps, rng=[np.random.default_rng(i) for i in range(batch)],
-                                  conditioning=gen.conditioning(batch, mel, speaker))
-    for i in range(batch):
-        alone = gen.generate_codes(gen.new_state(1), steps, rng=[np.random.default_rng(i)],
-                                   conditioning=gen.conditioning(1, one(mel, i), one(speaker, i)))
-        assert torch.equal(together[i:i + 1], alone), i
+    assert_alone_equals_batched(gen, config)
 
 
 def test_w8a8_is_the_numba_backends_alone():
