@@ -2,7 +2,8 @@
 between numba's threads (`cpu.generate_split`) against the one-thread tile (`cpu.generate`, tile 1: one core
 works, the others wait), paired rounds in one process, for each precision.
 
-    python benchmarks/cpu_split.py [PRESET] [STEPS] [ROUNDS]    (default r9y9-ljspeech 300 5)
+    python benchmarks/cpu_split.py [PRESET] [STEPS] [ROUNDS] [PRECISIONS]
+        (default r9y9-ljspeech 300 5 float32,bf16,int8,w8a8)
 
 Prints one line per precision: the best round of each and their ratio. Through the backends that `auto` chooses
 between: `fastwavenet bench --backend numba,numba-split --batch 1`."""
@@ -27,8 +28,9 @@ def main():
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
     config = preset(name)
     model = random_model_file(config, 0)
+    precisions = sys.argv[4].split(",") if len(sys.argv) > 4 else ["float32", "bf16", "int8", "w8a8"]
     threads = numba_threads()
-    for precision in ("float32", "bf16", "int8"):
+    for precision in precisions:
         import torch
 
         backend = NumbaBackend(config, model.weights, torch.device("cpu"), precision)

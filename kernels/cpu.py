@@ -8,8 +8,9 @@ output is one fma chain in a fixed order, so a stream's arithmetic never depends
 how many there are or where it sits (a request's audio is the same alone or beside 100 others). Tiles run in
 parallel (numba prange), each through all its steps, so one call opens one parallel region however many steps it
 makes. With fewer streams than threads, `generate_split` and `teacher_forced_split` run every stream as one tile and
-split each product's outputs between the threads instead (`_split_products`: a parallel region per product, each
-thread streaming its columns of the weights). Measured effects of these choices are in docs/BENCHMARKS.md.
+split each layer's outputs between the threads instead, each thread streaming its own block of the weights, the
+threads inside one parallel region for the whole call and meeting at a barrier between phases (the note above
+`_claim`). Measured effects of these choices are in docs/BENCHMARKS.md.
 
 Shapes (B streams, T or n steps, L layers, R/G/S/H/O channels, k taps, k_in input taps, Q queue slots): see
 `CpuWeights`; queues (B, Q, R) float32, inputs (B, k_in-1) int64 (-1: before the start).
@@ -29,6 +30,8 @@ has it (`_products8`, the w8a8 note above it).
 from __future__ import annotations
 
 import math
+import platform
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -520,50 +523,25 @@ def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
 
 
 @njit(**_OPTIONS)
-def _matmul_with(split, w, bias, x, nb, y, first, last, start, scale, zeros):
+def _matmul_with(w, bias, x, nb, y, first, last, start, scale, zeros):
     """y[b, n] = (start[b, n] + bias[n]) + sum_i x[b, i] * w[i, n] for n in [first, last), streams b < nb, all
-    arrays: `_product` for whole matrices. start (>= nb, N), or (1, N) for one row every stream starts from (zeros
+    arrays: `_products` for whole matrices. start (>= nb, N), or (1, N) for one row every stream starts from (zeros
     for a plain product); y may be start. scale (N,): an int8 w's column scales (an empty array otherwise). zeros
     (1, >= N): -0.0 (`_products`)."""
     lda = start.shape[1] if start.shape[0] > 1 else 0
     sp = 0 if scale.shape[0] == 0 else scale.ctypes.data
-    _product(split, w, 0, w.shape[0], bias.ctypes.data, sp, x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first,
-             y.shape[1], start.ctypes.data + 4 * first, lda, nb, first, last, zeros.ctypes.data)
+    _products(w, 0, w.shape[0], bias.ctypes.data, sp, x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first,
+              y.shape[1], start.ctypes.data + 4 * first, lda, nb, first, last, zeros.ctypes.data)
 
 
 @njit(**_OPTIONS)
 def _matmul(w, bias, x, nb, y, first, last, start, scale=None):
-    """`_matmul_with` on one thread; scale None for float32 or bf16 weights."""
+    """`_matmul_with`; scale None for float32 or bf16 weights."""
     zeros = np.full((1, w.shape[1]), -0.0, np.float32)
     if scale is None:
-        _matmul_with(1, w, bias, x, nb, y, first, last, start, np.zeros(0, np.float32), zeros)
+        _matmul_with(w, bias, x, nb, y, first, last, start, np.zeros(0, np.float32), zeros)
     else:
-        _matmul_with(1, w, bias, x, nb, y, first, last, start, scale, zeros)
-
-
-@njit(**_OPTIONS, parallel=True, nogil=True)
-def _split_products(parts, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
-    """`_products` with the outputs [first, last) split in `parts` (numba's threads), in whole lone-stream blocks where
-    there are enough of them: each thread streams only its columns of w (issue 38: one stream on every core). Each
-    output is the same chain of fmas whichever thread computes it (the note above), so a stream's numbers do not
-    depend on the number of threads. One parallel region per call (the head's products; a layer's are split by
-    `_gate_parts` and `_out_parts`, two regions a layer)."""
-    for part in prange(parts):
-        f, end = _share(part, parts, last - first)
-        if f < end:
-            _products(w, row0, K, bp, sp, xp, ldx, yp + 4 * f, ldy, ap + 4 * f, lda, nb, first + f, first + end,
-                      zp)
-
-
-@njit(**_OPTIONS)
-def _product(split, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
-    """`_split_products` in `split` parts where split > 1, else `_products`. (A number, not the function as an
-    argument, nor numba's thread count read inside: numba caches no function that takes another as an argument or
-    reads the thread count, and the kernels would compile again in every process.)"""
-    if split > 1:
-        _split_products(split, w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp)
-    else:
-        _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp)
+        _matmul_with(w, bias, x, nb, y, first, last, start, scale, zeros)
 
 
 # ---- w8a8: 8-bit activations on int8 weights ---------------------------------------------------------------------
@@ -722,33 +700,65 @@ def _sums8_range(qp, ldw, k4, xqp, accp, first, last):
 
 
 @njit(**_OPTIONS)
-def _products8(qp, ldw, K, bp, sp, cp, xp, ldx, yp, ldy, ap, lda, nb, first, last):
+def _quantize_rows(xp, ldx, K, nb, work):
+    """Quantize streams b < nb's x (K,) (by address and row stride in floats) for `_products8`: into work's rows
+    (`work8`, one part's), xq[b, :K] and x_scale[b] (`quantize8`). Once per product input, however many products
+    (both halves of a gate, residual and skip) read it."""
+    xq, x_scale = work[0], work[1]
+    for b in range(nb):
+        x_scale[b] = quantize8(carray(_f32_at(xp + 4 * b * ldx), K), xq[b])
+
+
+@njit(**_OPTIONS)
+def _products8(qp, ldw, K, bp, sp, cp, work, yp, ldy, ap, lda, nb, first, last):
     """The w8a8 `_products`: y[b, n - first] = (a[b, n - first] + bias[n]) + the product of stream b's x (K,)
-    quantized (`quantize8`) and the int8 weights, for n in [first, last), streams b < nb (see the w8a8 note). qp,
-    ldw: the weights' first row of words (`w8a8_layout`, ceil(K / 4) rows) and its stride in words; bp, sp, cp:
-    bias, column scales and 128 x column sums (int32), indexed by n; x, y, a by address and row stride in floats."""
+    quantized (`_quantize_rows`, into work) and the int8 weights, for n in [first, last), streams b < nb (see the
+    w8a8 note). qp, ldw: the weights' first row of words (`w8a8_layout`, ceil(K / 4) rows) and its stride in words;
+    bp, sp, cp: bias, column scales and 128 x column sums (int32), indexed by n; y, a by address and row stride in
+    floats; work: one part's `work8` (its int32 sums too: no allocation in the hot path)."""
     k4 = (K + 3) // 4
     m = last - first
-    xq = np.zeros(4 * k4, np.uint8)  # past K: zero weights, so any value; 0
-    acc = np.empty(m, np.int32)
+    xq, x_scale, acc = work
     bias = carray(_f32_at(bp + 4 * first), m)
     scale = carray(_f32_at(sp + 4 * first), m)
     colsum = carray(_i32_at(cp + 4 * first), m)
     for b in range(nb):
-        x_scale = quantize8(carray(_f32_at(xp + 4 * b * ldx), K), xq)
-        _sums8_range(qp, ldw, k4, xq.ctypes.data, acc.ctypes.data, first, last)
+        _sums8_range(qp, ldw, k4, xq[b].ctypes.data, acc.ctypes.data, first, last)
         _epilogue8(carray(_f32_at(yp + 4 * b * ldy), m), carray(_f32_at(ap + 4 * b * lda), m), bias, scale, colsum,
-                   acc, x_scale)
+                   acc[:m], x_scale[b])
+
+
+@njit(**_OPTIONS)
+def work8(parts, tile, k, n):
+    """w8a8 work arrays for `parts` parts of a tile of streams, inputs of up to k, outputs of up to n: xq (parts,
+    tile, 4 ceil(k/4)) uint8 (past an input's K any value: its weights are zero there), x_scale (parts, tile)
+    float32, acc (parts, n) int32. Where no product is w8a8, k = n = 0. `part8` gives one part's."""
+    return (np.zeros((parts, tile, 4 * ((k + 3) // 4)), np.uint8), np.zeros((parts, tile), np.float32),
+            np.zeros((parts, n), np.int32))
+
+
+@njit(**_OPTIONS, inline="always")
+def part8(work, part):
+    """Part `part`'s `work8` arrays: (xq (tile, k4), x_scale (tile,), acc (n,))."""
+    return work[0][part], work[1][part], work[2][part]
+
+
+@njit(**_OPTIONS)
+def _matmul8_with(v, bias, scale, colsum, x, nb, y, first, last, start, work):
+    """`_matmul` at w8a8, whole arrays: v (ceil(K/4), 4N) int8 (`w8a8_layout`), bias, scale (N,) float32, colsum (N,)
+    int32 (128 x column sums), x (>= nb, K), y (>= nb, N), start (>= nb, N) or (1, N) (every stream's); work: one
+    part's `work8`."""
+    lda = start.shape[1] if start.shape[0] > 1 else 0
+    _quantize_rows(x.ctypes.data, x.shape[1], x.shape[1], nb, work)
+    _products8(v.ctypes.data, v.shape[1] // 4, x.shape[1], bias.ctypes.data, scale.ctypes.data, colsum.ctypes.data,
+               work, y.ctypes.data + 4 * first, y.shape[1], start.ctypes.data + 4 * first, lda, nb, first, last)
 
 
 @njit(**_OPTIONS)
 def _matmul8(v, bias, scale, colsum, x, nb, y, first, last, start):
-    """`_matmul` at w8a8, whole arrays: v (ceil(K/4), 4N) int8 (`w8a8_layout`), bias, scale (N,) float32, colsum (N,)
-    int32 (128 x column sums), x (>= nb, K), y (>= nb, N), start (>= nb, N) or (1, N) (every stream's)."""
-    lda = start.shape[1] if start.shape[0] > 1 else 0
-    _products8(v.ctypes.data, v.shape[1] // 4, x.shape[1], bias.ctypes.data, scale.ctypes.data, colsum.ctypes.data,
-               x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first, y.shape[1], start.ctypes.data + 4 * first, lda,
-               nb, first, last)
+    """`_matmul8_with` with work arrays of its own."""
+    _matmul8_with(v, bias, scale, colsum, x, nb, y, first, last, start,
+                  part8(work8(1, max(nb, 1), x.shape[1], v.shape[1] // 4), 0))
 
 
 def w8a8_layout(q: np.ndarray, taps: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -792,7 +802,7 @@ def _share(part, parts, n):
 
 @njit(**_OPTIONS)
 def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer,
-               vp, cp, pl):
+               vp, cp, pl, work):
     """A layer's gate for part `part` of `parts` of its G channels (all of them for one part): the k taps' products
     into both halves of z for those channels (oldest tap first, the first starting from the bias and `ap`, the
     conditioning terms or zeros, the next from the sums so far), then the gated values. wl (k*R, 2G) the layer's
@@ -800,8 +810,8 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
     parts, each part reads its own contiguous block, blocks[layer, part] (`split_blocks`): its tanh columns, then its
     sigmoid columns, each half `share_span` wide. At w8a8, cp addresses the layer's 128 x column sums
     (`CpuWeights.dilated_c`), vp its weights in the w8a8 layout (`dilated_v`), and the blocks are in that layout too;
-    both 0 otherwise. pl: the layer's weights in panels (`CpuWeights.dilated_p`), read instead of wl where given
-    (one part only), or empty."""
+    both 0 otherwise, and work is the part's `work8`. pl: the layer's weights in panels (`CpuWeights.dilated_p`),
+    read instead of wl where given (one part only), or empty."""
     R, G2 = xs.shape[1], z.shape[1]
     G = G2 // 2
     zc, qs0 = z.ctypes.data, queues.strides[0]
@@ -812,12 +822,14 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
         else:
             xp, ldx = xs.ctypes.data, R
         cj = cp + 4 * j * G2  # w8a8: tap j's column sums
+        if cp != 0 and c0 < c1:  # w8a8: the tap quantized once for both halves
+            _quantize_rows(xp, ldx, R, nb, work)
         if parts == 1 and cp != 0:  # w8a8, both halves in one product: tap j's rows of words
             qp = vp + j * ((R + 3) // 4) * 4 * G2
             if j == 0:
-                _products8(qp, G2, R, bias, ws, cj, xp, ldx, zc, G2, ap, lda, nb, 0, G2)
+                _products8(qp, G2, R, bias, ws, cj, work, zc, G2, ap, lda, nb, 0, G2)
             else:
-                _products8(qp, G2, R, zp, ws, cj, xp, ldx, zc, G2, zc, G2, nb, 0, G2)
+                _products8(qp, G2, R, zp, ws, cj, work, zc, G2, zc, G2, nb, 0, G2)
             continue
         if parts == 1 and pl.shape[0] > 0:  # many streams: the weights in panels
             if j == 0:
@@ -839,10 +851,10 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
             if c0 < c1 and cp != 0:  # w8a8: tap j's rows of words
                 qp = wb.ctypes.data + j * ((R + 3) // 4) * wb.shape[1]
                 if j == 0:
-                    _products8(qp, 2 * span, R, bias + shift, ws + shift, cj + shift, xp, ldx, zc + 4 * g0, G2,
+                    _products8(qp, 2 * span, R, bias + shift, ws + shift, cj + shift, work, zc + 4 * g0, G2,
                                ap + 4 * g0, lda, nb, lf, lf + c1 - c0)
                 else:
-                    _products8(qp, 2 * span, R, zp + shift, ws + shift, cj + shift, xp, ldx, zc + 4 * g0, G2,
+                    _products8(qp, 2 * span, R, zp + shift, ws + shift, cj + shift, work, zc + 4 * g0, G2,
                                zc + 4 * g0, G2, nb, lf, lf + c1 - c0)
             elif c0 < c1 and j == 0:
                 _products(wb, 0, R, bias + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, ap + 4 * g0, lda, nb, lf,
@@ -857,30 +869,23 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
             gated[bb, c] = a * gate
 
 
-@njit(**_OPTIONS, parallel=True, nogil=True)
-def _gate_parts(parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer, vp,
-                cp, pl):
-    """`_gate_part` for every part, the parts in parallel (one region)."""
-    for part in prange(parts):
-        _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer,
-                   vp, cp, pl)
-
-
 @njit(**_OPTIONS)
-def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp, pl):
+def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp, pl, work):
     """A layer's 1x1 outputs for part `part` of `parts` of its residual channels (where `residual`: into xs, from
     xs) and of its skip channels (into the skip sums): ow (G, R+S), obp/osp the bias's and int8 scales' addresses.
     Split in parts, each part reads its own contiguous block, blocks[layer, part] (`split_blocks`): its residual
     columns, then from `share_span(parts, R)` on its skip columns. At w8a8, cp addresses the layer's 128 x column
     sums (`CpuWeights.out_c`), vp its weights in the w8a8 layout (`out_v`), and the blocks are in that layout too;
-    both 0 otherwise. pl: the layer's weights in panels (`CpuWeights.out_p`), read instead of ow where given (one
-    part only), or empty."""
+    both 0 otherwise, and work is the part's `work8`. pl: the layer's weights in panels (`CpuWeights.out_p`), read
+    instead of ow where given (one part only), or empty."""
     R, S, G = xs.shape[1], skip.shape[1], gated.shape[1]
     gp, xp, sp = gated.ctypes.data, xs.ctypes.data, skip.ctypes.data
+    if cp != 0:  # w8a8: the gated values quantized once for the residual and the skip outputs
+        _quantize_rows(gp, G, G, nb, work)
     if parts == 1 and cp != 0:
         if residual:
-            _products8(vp, R + S, G, obp, osp, cp, gp, G, xp, R, xp, R, nb, 0, R)
-        _products8(vp, R + S, G, obp, osp, cp, gp, G, sp, S, sp, S, nb, R, R + S)
+            _products8(vp, R + S, G, obp, osp, cp, work, xp, R, xp, R, nb, 0, R)
+        _products8(vp, R + S, G, obp, osp, cp, work, sp, S, sp, S, nb, R, R + S)
         return
     if parts == 1 and pl.shape[0] > 0:
         if residual:
@@ -899,8 +904,8 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
     if residual and r0 < r1:  # block columns [0, r1 - r0) are outputs r0 ..
         shift = 4 * r0
         if cp != 0:
-            _products8(qp, ldw, G, obp + shift, osp + shift, cp + shift, gp, G, xp + 4 * r0, R, xp + 4 * r0, R, nb,
-                       0, r1 - r0)
+            _products8(qp, ldw, G, obp + shift, osp + shift, cp + shift, work, xp + 4 * r0, R, xp + 4 * r0, R, nb, 0,
+                       r1 - r0)
         else:
             _products(wb, 0, G, obp + shift, osp + shift, gp, G, xp + 4 * r0, R, xp + 4 * r0, R, nb, 0, r1 - r0,
                       zp)
@@ -908,18 +913,11 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
         lf = share_span(parts, R)
         shift = 4 * (R + s0 - lf)
         if cp != 0:
-            _products8(qp, ldw, G, obp + shift, osp + shift, cp + shift, gp, G, sp + 4 * s0, S, sp + 4 * s0, S, nb,
-                       lf, lf + s1 - s0)
+            _products8(qp, ldw, G, obp + shift, osp + shift, cp + shift, work, sp + 4 * s0, S, sp + 4 * s0, S, nb, lf,
+                       lf + s1 - s0)
         else:
             _products(wb, 0, G, obp + shift, osp + shift, gp, G, sp + 4 * s0, S, sp + 4 * s0, S, nb, lf,
                       lf + s1 - s0, zp)
-
-
-@njit(**_OPTIONS, parallel=True, nogil=True)
-def _out_parts(parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp, pl):
-    """`_out_part` for every part, the parts in parallel (one region)."""
-    for part in prange(parts):
-        _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp, pl)
 
 
 def split_blocks(w, parts: int):
@@ -950,23 +948,11 @@ def split_blocks(w, parts: int):
 
 
 @njit(**_OPTIONS)
-def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gated, skip, hidden, logits, zeros,
-               split, gate_blocks, out_blocks):
-    """Advance streams b0 .. b0+nb-1 by one step, consuming codes[0:nb] (class codes, or sample values when
-    `scalar`); logits[0:nb] receive the head's outputs. w: CpuWeights. cond (B, steps, L, 2G) holds gate terms, read
-    at step s; a conditionless model passes a (0, 0, 0, 0) array. queues and cond need contiguous last axes.
-    The rest is `_scratch`; split: the parts each layer's outputs are split in between the threads, or 1, and
-    gate_blocks, out_blocks each part's weights (`split_blocks`; empty arrays for one part)."""
-    embed, dilated_w, dilated_b, out_w, out_b = w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b
-    dilations, offsets = w.dilations, w.offsets
-    k_in = embed.shape[0]
-    R = embed.shape[2]
-    L = dilated_b.shape[0]
-    k = max(dilated_w.shape[1], w.dilated_p.shape[2]) // R  # (dilated_w may be empty where the panels are given)
-    RS = out_b.shape[1]
-    S = RS - R
-    w8a8 = w.head2_c.shape[0] > 0  # (the head's w8a8 products are not split: 1.5 % of r9y9's weights)
-
+def _step_input(b0, nb, codes, scalar, w, inputs, xs, skip):
+    """A step's input stage for streams b0 .. b0+nb-1: each one's input vector xs[bb] from codes[bb] (class codes,
+    or sample values when `scalar`) and, with input taps, its past codes (`inputs`, shifted on); skip sums zeroed."""
+    embed = w.embed
+    k_in, R, S = embed.shape[0], embed.shape[2], skip.shape[1]
     for bb in range(nb):
         b = b0 + bb
         for c in range(S):
@@ -989,79 +975,285 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
         if k_in > 1:
             inputs[b, k_in - 2] = code
 
-    # The products read a layer's taps where they lie (queue slots, then the new input), the kernel's running sums
-    # accumulate in place (`_products`), and the last layer's residual output, which feeds nothing, is skipped.
-    zp = zeros.ctypes.data
-    qs0 = queues.strides[0]
-    for layer in range(L):
-        d = dilations[layer]
-        n = (k - 1) * d
-        off = offsets[layer]
-        wl, ws = dilated_w[layer], w.dilated_s[layer].ctypes.data
-        # The queue rows the next layer (or the next step's first) reads: each stream's lie far apart, so no
-        # hardware prefetcher finds them, and the products would wait for each.
-        ahead, ta = (layer + 1, t) if layer + 1 < L else (0, t + 1)
-        for j in range(k - 1):
-            row = _tap_row(queues, b0, offsets[ahead], dilations[ahead], k, j, ta)
-            for bb in range(nb):
-                for line in range(0, 4 * R, 64):
-                    _prefetch(row + bb * qs0 + line)
-        if cond.shape[0] > 0:  # the first tap starts from the layer's conditioning terms (and the bias)
-            ap = cond.ctypes.data + b0 * cond.strides[0] + s * cond.strides[1] + layer * cond.strides[2]
-            lda = cond.strides[0] // 4
-        else:
-            ap, lda = zp, 0
-        bias = dilated_b[layer].ctypes.data
-        vp, cp = (w.dilated_v[layer].ctypes.data, w.dilated_c[layer].ctypes.data) if w8a8 else (0, 0)
-        pl = w.dilated_p[layer]
-        if split > 1:  # each thread its share of the gate channels, then of the outputs: two regions a layer
-            _gate_parts(split, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, gate_blocks,
-                        layer, vp, cp, pl)
-        else:
-            _gate_part(0, 1, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, gate_blocks, layer,
-                       vp, cp, pl)
-        write = off + t % n  # after the products: with k = 2 it is the slot they read
-        for bb in range(nb):
-            b = b0 + bb
-            for c in range(R):
-                queues[b, write, c] = xs[bb, c]
-        ow, obp = out_w[layer], out_b[layer].ctypes.data
-        osp = w.out_s[layer].ctypes.data
-        vp, cp = (w.out_v[layer].ctypes.data, w.out_c[layer].ctypes.data) if w8a8 else (0, 0)
-        pl = w.out_p[layer]
-        if split > 1:
-            _out_parts(split, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, zp, vp, cp, pl)
-        else:  # the last layer's residual output feeds nothing
-            _out_part(0, 1, nb, ow, obp, osp, gated, xs, skip, layer < L - 1, out_blocks, layer, zp, vp, cp, pl)
 
-    for bb in range(nb):
-        for c in range(S):
-            skip[bb, c] = max(skip[bb, c], np.float32(0.0))
-    if w8a8:
-        _matmul8(w.head1_v, w.head1_b, w.head1_s, w.head1_c, skip, nb, hidden, 0, w.head1_w.shape[1], zeros)
-    else:
-        _matmul_with(split, w.head1_w, w.head1_b, skip, nb, hidden, 0, w.head1_w.shape[1], zeros, w.head1_s, zeros)
-    for bb in range(nb):
-        for c in range(hidden.shape[1]):
-            hidden[bb, c] = max(hidden[bb, c], np.float32(0.0))
-    if w8a8:
-        _matmul8(w.head2_v, w.head2_b, w.head2_s, w.head2_c, hidden, nb, logits, 0, w.head2_w.shape[1], zeros)
-    else:
-        _matmul_with(split, w.head2_w, w.head2_b, hidden, nb, logits, 0, w.head2_w.shape[1], zeros, w.head2_s,
-                     zeros)
+@njit(**_OPTIONS)
+def _taps(w):
+    """The layers' taps k (dilated_w may be empty where the panels are given)."""
+    return max(w.dilated_w.shape[1], w.dilated_p.shape[2]) // w.embed.shape[2]
 
 
 @njit(**_OPTIONS)
-def _scratch(tile, w):
+def _prefetch_rows(queues, w, b0, nb, layer, t):
+    """Ask for the queue rows the layer after `layer` reads at time t (after the last, the first layer's at t + 1),
+    for streams b0 .. b0+nb-1: each stream's lie far apart, so no hardware prefetcher finds them, and the products
+    would wait for each."""
+    k, L, R = _taps(w), w.dilated_b.shape[0], w.embed.shape[2]
+    ahead, ta = (layer + 1, t) if layer + 1 < L else (0, t + 1)
+    qs0 = queues.strides[0]
+    for j in range(k - 1):
+        row = _tap_row(queues, b0, w.offsets[ahead], w.dilations[ahead], k, j, ta)
+        for bb in range(nb):
+            for line in range(0, 4 * R, 64):
+                _prefetch(row + bb * qs0 + line)
+
+
+@njit(**_OPTIONS)
+def _gate_layer(part, parts, nb, w, queues, b0, t, cond, s, layer, xs, z, gated, zeros, blocks, work):
+    """Layer `layer`'s gate, part `part` of `parts` (`_gate_part`) for streams b0 .. b0+nb-1 at time t, step s of the
+    call (its conditioning terms: cond[b, s, layer], or none where cond is empty); zeros: `_scratch`'s."""
+    zp = zeros.ctypes.data
+    if cond.shape[0] > 0:  # the first tap starts from the layer's conditioning terms (and the bias)
+        ap = cond.ctypes.data + b0 * cond.strides[0] + s * cond.strides[1] + layer * cond.strides[2]
+        lda = cond.strides[0] // 4
+    else:
+        ap, lda = zp, 0
+    w8a8 = w.head2_c.shape[0] > 0
+    vp, cp = (w.dilated_v[layer].ctypes.data, w.dilated_c[layer].ctypes.data) if w8a8 else (0, 0)
+    _gate_part(part, parts, nb, w.dilated_w[layer], w.dilated_b[layer].ctypes.data, w.dilated_s[layer].ctypes.data,
+               zp, queues, b0, w.offsets[layer], w.dilations[layer], _taps(w), t, xs, z, gated, ap, lda, blocks,
+               layer, vp, cp, w.dilated_p[layer], work)
+
+
+@njit(**_OPTIONS)
+def _out_layer(part, parts, nb, w, queues, b0, t, layer, xs, gated, skip, zeros, blocks, work):
+    """Layer `layer`'s outputs, part `part` of `parts`, for streams b0 .. b0+nb-1 at time t: first the part's share
+    of the layer's input channels into the queue slot for time t (after the gate's products, which with k = 2 read
+    that slot, and before the residual products change them), then `_out_part` (the last layer's residual output,
+    which feeds nothing, skipped; its skip sums, the part's share, through a relu)."""
+    R, S, L = xs.shape[1], skip.shape[1], w.dilated_b.shape[0]
+    r0, r1 = (0, R) if parts == 1 else _share(part, parts, R)
+    write = w.offsets[layer] + t % ((_taps(w) - 1) * w.dilations[layer])
+    for bb in range(nb):
+        for c in range(r0, r1):
+            queues[b0 + bb, write, c] = xs[bb, c]
+    w8a8 = w.head2_c.shape[0] > 0
+    vp, cp = (w.out_v[layer].ctypes.data, w.out_c[layer].ctypes.data) if w8a8 else (0, 0)
+    _out_part(part, parts, nb, w.out_w[layer], w.out_b[layer].ctypes.data, w.out_s[layer].ctypes.data, gated, xs,
+              skip, layer < L - 1, blocks, layer, zeros.ctypes.data, vp, cp, w.out_p[layer], work)
+    if layer == L - 1:
+        s0, s1 = (0, S) if parts == 1 else _share(part, parts, S)
+        for bb in range(nb):
+            for c in range(s0, s1):
+                skip[bb, c] = max(skip[bb, c], np.float32(0.0))
+
+
+@njit(**_OPTIONS)
+def _head_part(part, parts, stage, nb, w, skip, hidden, logits, zeros, work):
+    """The head, part `part` of `parts` of its outputs: stage 1 the hidden layer (through a relu) from the skip
+    sums, stage 2 the outputs from the hidden layer. At w8a8 one part only (its products are 1.5 % of r9y9's
+    weights)."""
+    x, y, m = (skip, hidden, w.head1_w) if stage == 1 else (hidden, logits, w.head2_w)
+    N = m.shape[1]
+    f, end = (0, N) if parts == 1 else _share(part, parts, N)
+    if w.head2_c.shape[0] > 0:
+        if stage == 1:
+            _matmul8_with(w.head1_v, w.head1_b, w.head1_s, w.head1_c, x, nb, y, 0, N, zeros, work)
+        else:
+            _matmul8_with(w.head2_v, w.head2_b, w.head2_s, w.head2_c, x, nb, y, 0, N, zeros, work)
+    elif f < end:
+        if stage == 1:
+            _matmul_with(m, w.head1_b, x, nb, y, f, end, zeros, w.head1_s, zeros)
+        else:
+            _matmul_with(m, w.head2_b, x, nb, y, f, end, zeros, w.head2_s, zeros)
+    if stage == 1:
+        for bb in range(nb):
+            for c in range(f, end):
+                y[bb, c] = max(y[bb, c], np.float32(0.0))
+
+
+@njit(**_OPTIONS)
+def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gated, skip, hidden, logits, zeros,
+               work):
+    """Advance streams b0 .. b0+nb-1 by one step on this thread, consuming codes[0:nb] (class codes, or sample
+    values when `scalar`); logits[0:nb] receive the head's outputs. w: CpuWeights. cond (B, steps, L, 2G) holds gate
+    terms, read at step s; a conditionless model passes a (0, 0, 0, 0) array. queues and cond need contiguous last
+    axes. The rest is `_scratch` (work: its `work8`, one part's). The products read a layer's taps where they lie
+    (queue slots, then the new input) and accumulate in place (`_products`)."""
+    _step_input(b0, nb, codes, scalar, w, inputs, xs, skip)
+    for layer in range(w.dilated_b.shape[0]):
+        _prefetch_rows(queues, w, b0, nb, layer, t)
+        _gate_layer(0, 1, nb, w, queues, b0, t, cond, s, layer, xs, z, gated, zeros, _NO_BLOCKS, work)
+        _out_layer(0, 1, nb, w, queues, b0, t, layer, xs, gated, skip, zeros, _NO_BLOCKS, work)
+    _head_part(0, 1, 1, nb, w, skip, hidden, logits, zeros, work)
+    _head_part(0, 1, 2, nb, w, skip, hidden, logits, zeros, work)
+
+
+# ---- one stream on every core: the threads meet at barriers inside one region ----------------------------------
+#
+# `generate_split` and `teacher_forced_split` run one tile of every stream on `parts` threads that stay inside one
+# parallel region for the whole call. A step is a sequence of phases (a layer's gate, its outputs, each head
+# product: `parts` parts each, one per thread's share of the outputs; the sampling and the next input: one part),
+# and a phase starts when every part of the one before is done. Each part of each phase is done exactly once, by
+# whichever thread claims it: a thread first claims the part with its own number (so in the usual case a thread
+# always reads the same weight blocks), then any other part not yet claimed, and only then waits for the phase to
+# end. So a thread that is late (descheduled on a busy machine, or never started because the threading layer ran
+# the region's iterations one after another) costs time, never a deadlock: the others do its parts. sync
+# (parts, 16) int64, -1 at first: [p, 0] the last phase part p was claimed in, [p, 8] the last it was done in (a
+# cache line apart). Waits spin with the CPU's pause hint, then yield the core (`_SPINS`). Every part computes the
+# same fma chains in the same order whichever thread runs it, so a stream's numbers do not depend on the number of
+# threads. Measured against a parallel region per phase in docs/BENCHMARKS.md.
+
+_SPINS = 2000  # pause hints before a wait starts yielding the core (about 30-100 us)
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+@intrinsic
+def _load_acquire(typingctx, address):
+    """The int64 at `address`, an atomic load (acquire: what its writer stored before it is visible after)."""
+    def codegen(context, builder, signature, args):
+        return builder.load_atomic(builder.inttoptr(args[0], ir.IntType(64).as_pointer()), "acquire", 8)
+
+    return types.int64(types.intp), codegen
+
+
+@intrinsic
+def _store_release(typingctx, address, value):
+    """Store an int64 at `address` atomically (release: what this thread stored before is visible first)."""
+    def codegen(context, builder, signature, args):
+        builder.store_atomic(args[1], builder.inttoptr(args[0], ir.IntType(64).as_pointer()), "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(types.intp, types.int64), codegen
+
+
+@intrinsic
+def _compare_exchange(typingctx, address, expected, value):
+    """Atomically: if the int64 at `address` is `expected`, store `value` there; whether it did."""
+    def codegen(context, builder, signature, args):
+        pair = builder.cmpxchg(builder.inttoptr(args[0], ir.IntType(64).as_pointer()), args[1], args[2], "acq_rel",
+                               "acquire")
+        return builder.extract_value(pair, 1)
+
+    return types.boolean(types.intp, types.int64, types.int64), codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    """The x86 spin-wait hint (nothing elsewhere)."""
+    def codegen(context, builder, signature, args):
+        if _X86:
+            name = "llvm.x86.sse2.pause"
+            fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                                 name)
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def _yield_core(typingctx):
+    """sched_yield(2): let another thread have this core (nothing on Windows, which has no such call)."""
+    def codegen(context, builder, signature, args):
+        if not sys.platform.startswith("win"):
+            fn = builder.module.globals.get("sched_yield") or ir.Function(
+                builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@njit(**_OPTIONS)
+def _claim(sync, part, phase):
+    """Claim part `part` of phase `phase` (true: this thread does it; false: another thread has)."""
+    address = sync[part].ctypes.data
+    seen = _load_acquire(address)
+    while seen < phase:
+        if _compare_exchange(address, seen, phase):
+            return True
+        seen = _load_acquire(address)
+    return False
+
+
+@njit(**_OPTIONS)
+def _done(sync, part, phase):
+    """Part `part` of phase `phase` is done (its results visible to whoever sees this)."""
+    _store_release(sync[part].ctypes.data + 64, phase)
+
+
+@njit(**_OPTIONS)
+def _wait(sync, parts, phase):
+    """Wait until parts 0 .. parts-1 of phase `phase` are done."""
+    spins = 0
+    for part in range(parts):
+        address = sync[part].ctypes.data + 64
+        while _load_acquire(address) < phase:
+            if spins < _SPINS:
+                _pause()
+                spins += 1
+            else:
+                _yield_core()
+
+
+@njit(**_OPTIONS)
+def _phase_part(kind, part, parts, layer, nb, t, s, w, queues, cond, xs, z, gated, skip, hidden, logits, zeros,
+                work, gate_blocks, out_blocks):
+    """Part `part` of a split phase of streams 0 .. nb-1: kind 0 layer `layer`'s gate, 1 its outputs, 2 and 3 the
+    head's stages (`_head_part`). work: `work8` for every part."""
+    if kind == 0:
+        _gate_layer(part, parts, nb, w, queues, 0, t, cond, s, layer, xs, z, gated, zeros, gate_blocks,
+                    part8(work, part))
+    elif kind == 1:
+        _out_layer(part, parts, nb, w, queues, 0, t, layer, xs, gated, skip, zeros, out_blocks, part8(work, part))
+    else:
+        _head_part(part, parts, kind - 1, nb, w, skip, hidden, logits, zeros, part8(work, part))
+
+
+@njit(**_OPTIONS)
+def _split_layers(tid, parts, sync, phase, nb, t, s, w, queues, cond, xs, z, gated, skip, hidden, logits, zeros,
+                  work, gate_blocks, out_blocks):
+    """Thread `tid`'s share of one step's layers and head for streams 0 .. nb-1 (input in xs, outputs into logits),
+    from phase `phase` on, `parts` parts a phase (the w8a8 head: one); returns the next phase."""
+    L = w.dilated_b.shape[0]
+    head_parts = 1 if w.head2_c.shape[0] > 0 else parts
+    for i in range(2 * L + 2):
+        kind, layer = (i % 2, i // 2) if i < 2 * L else (2 + i - 2 * L, 0)
+        m = parts if kind < 2 else head_parts
+        if kind == 0:
+            _prefetch_rows(queues, w, 0, nb, layer, t)  # into this thread's caches
+        for j in range(m):
+            part = (tid + j) % m
+            if _claim(sync, part, phase):
+                _phase_part(kind, part, m, layer, nb, t, s, w, queues, cond, xs, z, gated, skip, hidden, logits,
+                            zeros, work, gate_blocks, out_blocks)
+                _done(sync, part, phase)
+        _wait(sync, m, phase)
+        phase += 1
+    return phase
+
+
+@njit(**_OPTIONS)
+def _sample_tile(b0, nb, s, logits, distribution, log_scale_min, u, temperature, top_k, top_p, argmax, step_codes,
+                 out_codes, p, p64, order):
+    """Draw step s's code (or sample value) of streams b0 .. b0+nb-1 from logits[0:nb] into step_codes[0:nb] and
+    out_codes[b, s] (`generate`'s arguments); p, p64, order: scratch (C,)."""
+    for bb in range(nb):
+        b = b0 + bb
+        if distribution == SOFTMAX:
+            code = sample_one(logits[bb], u[s, b, 0], temperature[b], top_k[b], top_p[b], argmax[b], p, order)
+            step_codes[bb] = code
+            out_codes[b, s] = code
+        else:
+            value = sample_continuous(logits[bb], np.float64(u[s, b, 0]), np.float64(u[s, b, 1]), distribution,
+                                      np.float64(temperature[b]), argmax[b], log_scale_min, p64)
+            step_codes[bb] = value
+            out_codes[b, s] = value
+
+
+@njit(**_OPTIONS)
+def _scratch(tile, w, parts):
     """Per-tile work arrays, (tile, n) each: x, z, gated, skip, hidden, logits; then one row of zeros (1, n) as
     wide as any matrix (the start of plain products, and what chunks of a product add to the sums so far): -0.0,
-    which adds to every float exactly (+0.0 turns -0.0 into +0.0)."""
+    which adds to every float exactly (+0.0 turns -0.0 into +0.0); then `work8` for `parts` parts (empty unless the
+    weights are w8a8)."""
     f = np.float32
-    wide = max(w.dilated_b.shape[1], w.out_b.shape[1], w.head1_w.shape[1], w.head2_w.shape[1])
-    return (np.zeros((tile, w.embed.shape[2]), f), np.zeros((tile, w.dilated_b.shape[1]), f),
-            np.zeros((tile, w.dilated_b.shape[1] // 2), f), np.zeros((tile, w.head1_w.shape[0]), f),
-            np.zeros((tile, w.head1_w.shape[1]), f), np.zeros((tile, w.head2_w.shape[1]), f),
-            np.full((1, wide), -0.0, f))
+    R, G2, S, H = w.embed.shape[2], w.dilated_b.shape[1], w.head1_w.shape[0], w.head1_w.shape[1]
+    wide = max(G2, w.out_b.shape[1], H, w.head2_w.shape[1])
+    w8a8 = w.head2_c.shape[0] > 0
+    return (np.zeros((tile, R), f), np.zeros((tile, G2), f), np.zeros((tile, G2 // 2), f), np.zeros((tile, S), f),
+            np.zeros((tile, H), f), np.zeros((tile, w.head2_w.shape[1]), f), np.full((1, wide), -0.0, f),
+            work8(parts, tile, max(R, G2 // 2, S, H) if w8a8 else 0, wide if w8a8 else 0))
 
 
 # top-k / top-p sort only the classes within a factor of the most probable one (at first 1/64; the factor shrinks if
@@ -1211,17 +1403,16 @@ def sample_continuous(y, u0, u1, distribution, temperature, argmax, log_scale_mi
 
 
 @njit(**_OPTIONS)
-def _teacher_tile(b0, nb, tile, codes, scalar, t0, w, queues, inputs, cond, out_logits, split, gate_blocks,
-                  out_blocks):
+def _teacher_tile(b0, nb, tile, codes, scalar, t0, w, queues, inputs, cond, out_logits):
     """`teacher_forced` for streams b0 .. b0+nb-1 (nb <= tile)."""
     T = codes.shape[1]
-    xs, z, gated, skip, hidden, logits, zeros = _scratch(tile, w)
+    xs, z, gated, skip, hidden, logits, zeros, work = _scratch(tile, w, 1)
     step_codes = np.empty(tile, codes.dtype)
     for s in range(T):
         for bb in range(nb):
             step_codes[bb] = codes[b0 + bb, s]
         _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, z, gated, skip,
-                   hidden, logits, zeros, split, gate_blocks, out_blocks)
+                   hidden, logits, zeros, part8(work, 0))
         for bb in range(nb):
             out_logits[b0 + bb, s, :] = logits[bb, :]
 
@@ -1235,45 +1426,47 @@ def teacher_forced(codes, scalar, t0, tile, w, queues, inputs, cond, out_logits)
     tiles = (B + tile - 1) // tile
     for ti in prange(tiles):
         b0 = ti * tile
-        _teacher_tile(b0, min(tile, B - b0), tile, codes, scalar, t0, w, queues, inputs, cond, out_logits, 1,
-                      _NO_BLOCKS, _NO_BLOCKS)
+        _teacher_tile(b0, min(tile, B - b0), tile, codes, scalar, t0, w, queues, inputs, cond, out_logits)
 
 
-@njit(**_OPTIONS, nogil=True)
+@njit(**_OPTIONS, parallel=True, nogil=True)
 def teacher_forced_split(codes, scalar, t0, w, queues, inputs, cond, out_logits, parts, gate_blocks, out_blocks):
-    """`teacher_forced` as one tile of every stream, each layer's outputs split in `parts` (numba's threads), each
-    part reading its own weight blocks (`split_blocks(w, parts)`)."""
-    B = codes.shape[0]
-    _teacher_tile(0, B, B, codes, scalar, t0, w, queues, inputs, cond, out_logits, parts, gate_blocks, out_blocks)
+    """`teacher_forced` as one tile of every stream on `parts` threads inside one region (the note above), each
+    layer's outputs split in `parts`, each part reading its own weight blocks (`split_blocks(w, parts)`)."""
+    B, T = codes.shape
+    xs, z, gated, skip, hidden, logits, zeros, work = _scratch(B, w, parts)
+    sync = np.full((parts, 16), -1, np.int64)
+    for tid in prange(parts):
+        phase = 0
+        for s in range(T):
+            if _claim(sync, 0, phase):  # the last step's logits out, this step's input in
+                if s > 0:
+                    for b in range(B):
+                        out_logits[b, s - 1, :] = logits[b, :]
+                _step_input(0, B, codes[:, s], scalar, w, inputs, xs, skip)
+                _done(sync, 0, phase)
+            _wait(sync, 1, phase)
+            phase = _split_layers(tid, parts, sync, phase + 1, B, t0 + s, s, w, queues, cond, xs, z, gated, skip,
+                                  hidden, logits, zeros, work, gate_blocks, out_blocks)
+    if T > 0:
+        for b in range(B):
+            out_logits[b, T - 1, :] = logits[b, :]
 
 
 @njit(**_OPTIONS)
 def _generate_tile(b0, nb, tile, last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax,
-                   w, queues, inputs, cond, out_codes, split, gate_blocks, out_blocks):
+                   w, queues, inputs, cond, out_codes):
     """`generate` for streams b0 .. b0+nb-1 (nb <= tile)."""
     n = u.shape[0]
     C = w.head2_w.shape[1]
-    xs, z, gated, skip, hidden, logits, zeros = _scratch(tile, w)
-    p = np.empty(C, np.float32)
-    p64 = np.empty(C, np.float64)
-    order = np.empty(C, np.int64)
+    xs, z, gated, skip, hidden, logits, zeros, work = _scratch(tile, w, 1)
+    p, p64, order = np.empty(C, np.float32), np.empty(C, np.float64), np.empty(C, np.int64)
     step_codes = last[b0:b0 + nb].copy()
     for s in range(n):
         _tile_step(b0, nb, step_codes, scalar, t0 + s, w, queues, inputs, cond, s, xs, z, gated, skip,
-                   hidden, logits, zeros, split, gate_blocks, out_blocks)
-        for bb in range(nb):
-            b = b0 + bb
-            if distribution == SOFTMAX:
-                code = sample_one(logits[bb], u[s, b, 0], temperature[b], top_k[b], top_p[b], argmax[b], p,
-                                  order)
-                step_codes[bb] = code
-                out_codes[b, s] = code
-            else:
-                value = sample_continuous(logits[bb], np.float64(u[s, b, 0]), np.float64(u[s, b, 1]),
-                                          distribution, np.float64(temperature[b]), argmax[b], log_scale_min,
-                                          p64)
-                step_codes[bb] = value
-                out_codes[b, s] = value
+                   hidden, logits, zeros, part8(work, 0))
+        _sample_tile(b0, nb, s, logits, distribution, log_scale_min, u, temperature, top_k, top_p, argmax,
+                     step_codes, out_codes, p, p64, order)
     for bb in range(nb):
         last[b0 + bb] = step_codes[bb]
 
@@ -1297,15 +1490,34 @@ def generate(last, scalar, distribution, log_scale_min, t0, u, temperature, top_
     for ti in prange(tiles):
         b0 = ti * tile
         _generate_tile(b0, min(tile, B - b0), tile, last, scalar, distribution, log_scale_min, t0, u, temperature,
-                       top_k, top_p, argmax, w, queues, inputs, cond, out_codes, 1, _NO_BLOCKS, _NO_BLOCKS)
+                       top_k, top_p, argmax, w, queues, inputs, cond, out_codes)
 
 
-@njit(**_OPTIONS, nogil=True)
+@njit(**_OPTIONS, parallel=True, nogil=True)
 def generate_split(last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax, w, queues,
                    inputs, cond, out_codes, parts, gate_blocks, out_blocks):
-    """`generate` as one tile of every stream, each layer's outputs split in `parts` (numba's threads), each part
-    reading its own weight blocks (`split_blocks(w, parts)`): for fewer streams than threads on models whose weights
-    are worth splitting (backends/numba_cpu.py decides)."""
-    B = u.shape[1]
-    _generate_tile(0, B, B, last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax, w,
-                   queues, inputs, cond, out_codes, parts, gate_blocks, out_blocks)
+    """`generate` as one tile of every stream on `parts` threads inside one region (the note above), each layer's
+    outputs split in `parts`, each part reading its own weight blocks (`split_blocks(w, parts)`): for fewer streams
+    than threads on models whose weights are worth splitting (backends/numba_cpu.py decides)."""
+    n, B = u.shape[0], u.shape[1]
+    C = w.head2_w.shape[1]
+    xs, z, gated, skip, hidden, logits, zeros, work = _scratch(B, w, parts)
+    p, p64, order = np.empty(C, np.float32), np.empty(C, np.float64), np.empty(C, np.int64)
+    step_codes = last.copy()
+    sync = np.full((parts, 16), -1, np.int64)
+    for tid in prange(parts):
+        phase = 0
+        for s in range(n):
+            if _claim(sync, 0, phase):  # the last step's draw, this step's input
+                if s > 0:
+                    _sample_tile(0, B, s - 1, logits, distribution, log_scale_min, u, temperature, top_k, top_p,
+                                 argmax, step_codes, out_codes, p, p64, order)
+                _step_input(0, B, step_codes, scalar, w, inputs, xs, skip)
+                _done(sync, 0, phase)
+            _wait(sync, 1, phase)
+            phase = _split_layers(tid, parts, sync, phase + 1, B, t0 + s, s, w, queues, cond, xs, z, gated, skip,
+                                  hidden, logits, zeros, work, gate_blocks, out_blocks)
+    if n > 0:
+        _sample_tile(0, B, n - 1, logits, distribution, log_scale_min, u, temperature, top_k, top_p, argmax,
+                     step_codes, out_codes, p, p64, order)
+    last[:] = step_codes
