@@ -1,12 +1,13 @@
-"""One stream on every core (issue 38, item 2): batch-1 samples/s of the numba kernel with each product split
+"""One stream on every core (issue 38, item 2): batch-1 samples/s of the numba kernel with each layer split
 between numba's threads (`cpu.generate_split`) against the one-thread tile (`cpu.generate`, tile 1: one core
-works, the others wait), paired rounds in one process, for each precision.
+works, the others wait), paired rounds in one process, for each precision; first, what one of the split kernel's
+barriers costs (`cpu._claim`, `_done`, `_wait` with nothing to do between them).
 
     python benchmarks/cpu_split.py [PRESET] [STEPS] [ROUNDS] [PRECISIONS]
         (default r9y9-ljspeech 300 5 float32,bf16,int8,w8a8)
 
-Prints one line per precision: the best round of each and their ratio. Through the backends that `auto` chooses
-between: `fastwavenet bench --backend numba,numba-split --batch 1`."""
+Prints the barrier's cost, then one line per precision: the best round of each and their ratio. Through the
+backends that `auto` chooses between: `fastwavenet bench --backend numba,numba-split --batch 1`."""
 
 from __future__ import annotations
 
@@ -14,12 +15,37 @@ import sys
 import time
 
 import numpy as np
+from numba import njit, prange
 
 from fastwavenet import distributions, preset
 from fastwavenet.backends.numba_cpu import NumbaBackend, _no_cond, numba_threads
 from fastwavenet.bench import random_model_file
 from fastwavenet.generator import silence_code
 from fastwavenet.kernels import cpu
+
+
+@njit(parallel=True)
+def _barriers(parts, phases, sync):
+    """`phases` phases of `parts` empty parts each, as the split kernel claims, marks and waits for them."""
+    for tid in prange(parts):
+        for phase in range(phases):
+            for j in range(parts):
+                part = (tid + j) % parts
+                if cpu._claim(sync, part, phase):
+                    cpu._done(sync, part, phase)
+            cpu._wait(sync, parts, phase)
+
+
+def barrier_cost(parts: int, phases: int = 200_000) -> float:
+    """Microseconds a phase of `parts` empty parts takes on numba's threads (best of 3)."""
+    _barriers(parts, 10, np.full((parts, 16), -1, np.int64))  # compile or load
+    best = float("inf")
+    for _ in range(3):
+        sync = np.full((parts, 16), -1, np.int64)
+        start = time.perf_counter()
+        _barriers(parts, phases, sync)
+        best = min(best, (time.perf_counter() - start) / phases)
+    return best * 1e6
 
 
 def main():
@@ -30,6 +56,7 @@ def main():
     model = random_model_file(config, 0)
     precisions = sys.argv[4].split(",") if len(sys.argv) > 4 else ["float32", "bf16", "int8", "w8a8"]
     threads = numba_threads()
+    print(f"a barrier of {threads} threads: {barrier_cost(threads):.2f} us", flush=True)
     for precision in precisions:
         import torch
 

@@ -165,8 +165,8 @@ def test_auto_uses_the_backend_its_trial_built(cache, monkeypatch):
 
 def test_cpu_trial_stops_after_its_seconds(monkeypatch):
     """On the CPU a trial times calls of 8 steps until its steps or its seconds are spent: a candidate slowed by
-    other work on the cores (numba-split's regions wait for every thread) is timed for about `seconds`, not for 64
-    slow steps."""
+    other work on the cores (numba-split's barriers wait for the layer's other parts) is timed for about `seconds`,
+    not for 64 slow steps."""
     config, weights = tiny()
     backend = TorchBackend(config, weights, CPU)
     calls = []

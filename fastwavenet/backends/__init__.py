@@ -79,8 +79,8 @@ def _trial_candidates(candidates: list[str], device: torch.device, batch: int) -
 
 
 # Steps a trial times per candidate (after a warm-up call and an untimed call), and the seconds after which it stops
-# early: a candidate that other work on the cores slows (numba-split's regions wait for every thread) is not timed
-# for long.
+# early: a candidate that other work on the cores slows (numba-split's barriers wait for the layer's other parts) is
+# not timed for long.
 TRIAL_STEPS = 64
 TRIAL_SECONDS = 0.5
 

@@ -244,12 +244,13 @@ class NumbaBackend(Backend):
 
 
 class NumbaSplitBackend(NumbaBackend):
-    """`numba` with one tile whose every product is split between numba's threads (`cpu.generate_split`) where the
+    """`numba` with one tile whose every layer is split between numba's threads (`cpu.generate_split`) where the
     batch has fewer streams than threads, instead of leaving threads idle; from as many streams as threads, numba's
-    own tiles. A stream's numbers are numba's, bit for bit. A product's parallel region costs a few microseconds,
-    2L + 2 of them a step: worth it where a step streams megabytes of weights (r9y9's LJSpeech shape,
-    docs/BENCHMARKS.md), not for `standard`'s 3.5 MB; and each region waits for every thread, so where other work
-    holds the cores a step waits for it 2L + 2 times. `auto` chooses between the two by a trial."""
+    own tiles. A stream's numbers are numba's, bit for bit. The threads stay in one parallel region for a call and
+    meet at a barrier 2L + 3 times a step (about 0.3 us each on two cores, plus the layer's values crossing between
+    the cores): worth it where a step streams megabytes of weights (r9y9's LJSpeech shape at every precision;
+    `standard` in float32, not with its narrow weights: docs/BENCHMARKS.md). A thread that other work keeps off its
+    core costs time, not a stall: the others do its parts. `auto` chooses between the two by a trial."""
 
     name = "numba-split"
 
