@@ -1,0 +1,71 @@
+"""Does the split kernel give the one-thread kernel's numbers, bit for bit, call after call? r9y9's shape (random
+weights, mel conditioning), teacher-forced, T steps of one stream: `cpu.teacher_forced_split` on numba's threads
+against `cpu.teacher_forced` (one tile, one thread), ROUNDS split calls a precision, one reference before and one
+after. Prints, per precision, how many split calls differed from the reference, whether the two references agree
+and whether the split calls agree among themselves, and where the first difference lies.
+
+Run it beside other work too (`yes > /dev/null &` on a two-core machine): in stop 43 a few such runs found split
+calls that differed from the reference (under load: float32 3 of 12, int8 10 of 12, bf16 12 of 12 in one process,
+2 of 4 bf16 in another; and once, on a quiet machine, every w8a8 call of one process), while most runs found none;
+the kernel before the barriers (871256d) showed the same (float32, 1 of 2 calls, in 3 of 4 runs under load). Not
+explained yet: see docs/BENCHMARKS.md, "One stream on every core, inside one region".
+
+    python recipes/split_stress.py [ROUNDS] [PRECISIONS] [T]    (default 6 float32,bf16,int8,w8a8 64)
+    KERNEL=old_cpu.py python recipes/split_stress.py ...         (a copy of kernels/cpu.py instead)
+"""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastwavenet import preset
+from fastwavenet.backends.numba_cpu import NumbaBackend, numba_threads
+from fastwavenet.bench import random_model_file
+from fastwavenet.kernels import cpu
+from kernel_timing import load_kernel
+
+
+def main():
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 6
+    precisions = sys.argv[2].split(",") if len(sys.argv) > 2 else ["float32", "bf16", "int8", "w8a8"]
+    T = int(sys.argv[3]) if len(sys.argv) > 3 else 64
+    kernel = load_kernel(Path(os.environ["KERNEL"]).read_text(), "cpu_stress") if os.environ.get("KERNEL") else cpu
+    config = preset("r9y9-ljspeech")
+    model = random_model_file(config, 0)
+    parts = max(2, numba_threads())
+    rng = np.random.default_rng(1)
+    codes = rng.random((1, T), dtype=np.float32) * 2 - 1  # r9y9's shape takes sample values
+    cond = rng.standard_normal((1, T, config.layers, 2 * config.gate_channels)).astype(np.float32)
+    for precision in precisions:
+        backend = NumbaBackend(config, model.weights, torch.device("cpu"), precision)
+        weights = backend._kernel_weights(1)
+
+        def run(split: bool) -> np.ndarray:
+            state = backend.new_state(1, 0.0)
+            out = np.zeros((1, T, config.output_channels), np.float32)
+            arrays = (weights, state.queues.numpy(), state.inputs.numpy(), cond, out)
+            if split:
+                kernel.teacher_forced_split(codes, True, 0, *arrays, parts, *backend._blocks(parts))
+            else:
+                kernel.teacher_forced(codes, True, 0, 1, *arrays)
+            return out[0]
+
+        reference = run(False)
+        outs = [run(True) for _ in range(rounds)]
+        again = run(False)
+        unlike = [o for o in outs if not np.array_equal(o, reference)]
+        line = (f"{precision}: {len(unlike)} of {rounds} split calls unlike the one-thread kernel; references "
+                f"{'agree' if np.array_equal(reference, again) else 'DIFFER'}; split calls "
+                f"{'agree' if all(np.array_equal(o, outs[0]) for o in outs) else 'DIFFER'}")
+        if unlike:
+            d = np.abs(unlike[0] - reference)
+            steps = np.flatnonzero(d.max(axis=1) > 0)
+            line += (f"; first at step {steps[0]} of {T} ({steps.size} steps differ), largest difference "
+                     f"{d.max():.3g}")
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
