@@ -7,8 +7,10 @@ and whether the split calls agree among themselves, and where the first differen
 Run it beside other work too (`yes > /dev/null &` on a two-core machine): in stop 43 a few such runs found split
 calls that differed from the reference (under load: float32 3 of 12, int8 10 of 12, bf16 12 of 12 in one process,
 2 of 4 bf16 in another; and once, on a quiet machine, every w8a8 call of one process), while most runs found none;
-the kernel before the barriers (871256d) showed the same (float32, 1 of 2 calls, in 3 of 4 runs under load). Not
-explained yet: see docs/BENCHMARKS.md, "One stream on every core, inside one region".
+the kernel before the barriers (871256d) showed the same (float32, 1 of 2 calls, in 3 of 4 runs under load).
+Narrowed since: the run that compiles the split kernel (a fresh FASTWAVENET_CACHE_DIR) differs from step 0, even on
+one thread; a run loading it from the cache does not. See docs/BENCHMARKS.md, "One stream on every core, inside
+one region".
 
     python recipes/split_stress.py [ROUNDS] [PRECISIONS] [T]    (default 6 float32,bf16,int8,w8a8 64)
     KERNEL=old_cpu.py python recipes/split_stress.py ...         (a copy of kernels/cpu.py instead)
