@@ -15,6 +15,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 from numba import njit, prange
 
 from fastwavenet import distributions, preset
@@ -58,8 +59,6 @@ def main():
     threads = numba_threads()
     print(f"a barrier of {threads} threads: {barrier_cost(threads):.2f} us", flush=True)
     for precision in precisions:
-        import torch
-
         backend = NumbaBackend(config, model.weights, torch.device("cpu"), precision)
         weights = backend._kernel_weights(1)
         u = np.random.default_rng(0).random((steps, 1) + distributions.uniform_shape(config),

@@ -977,6 +977,12 @@ def _step_input(b0, nb, codes, scalar, w, inputs, xs, skip):
 
 
 @njit(**_OPTIONS)
+def _is_w8a8(w):
+    """Whether the weights are w8a8 (`CpuWeights`: its 8-bit layouts and column sums are given)."""
+    return w.head2_c.shape[0] > 0
+
+
+@njit(**_OPTIONS)
 def _taps(w):
     """The layers' taps k (dilated_w may be empty where the panels are given)."""
     return max(w.dilated_w.shape[1], w.dilated_p.shape[2]) // w.embed.shape[2]
@@ -1007,8 +1013,7 @@ def _gate_layer(part, parts, nb, w, queues, b0, t, cond, s, layer, xs, z, gated,
         lda = cond.strides[0] // 4
     else:
         ap, lda = zp, 0
-    w8a8 = w.head2_c.shape[0] > 0
-    vp, cp = (w.dilated_v[layer].ctypes.data, w.dilated_c[layer].ctypes.data) if w8a8 else (0, 0)
+    vp, cp = (w.dilated_v[layer].ctypes.data, w.dilated_c[layer].ctypes.data) if _is_w8a8(w) else (0, 0)
     _gate_part(part, parts, nb, w.dilated_w[layer], w.dilated_b[layer].ctypes.data, w.dilated_s[layer].ctypes.data,
                zp, queues, b0, w.offsets[layer], w.dilations[layer], _taps(w), t, xs, z, gated, ap, lda, blocks,
                layer, vp, cp, w.dilated_p[layer], work)
@@ -1026,8 +1031,7 @@ def _out_layer(part, parts, nb, w, queues, b0, t, layer, xs, gated, skip, zeros,
     for bb in range(nb):
         for c in range(r0, r1):
             queues[b0 + bb, write, c] = xs[bb, c]
-    w8a8 = w.head2_c.shape[0] > 0
-    vp, cp = (w.out_v[layer].ctypes.data, w.out_c[layer].ctypes.data) if w8a8 else (0, 0)
+    vp, cp = (w.out_v[layer].ctypes.data, w.out_c[layer].ctypes.data) if _is_w8a8(w) else (0, 0)
     _out_part(part, parts, nb, w.out_w[layer], w.out_b[layer].ctypes.data, w.out_s[layer].ctypes.data, gated, xs,
               skip, layer < L - 1, blocks, layer, zeros.ctypes.data, vp, cp, w.out_p[layer], work)
     if layer == L - 1:
@@ -1042,19 +1046,16 @@ def _head_part(part, parts, stage, nb, w, skip, hidden, logits, zeros, work):
     """The head, part `part` of `parts` of its outputs: stage 1 the hidden layer (through a relu) from the skip
     sums, stage 2 the outputs from the hidden layer. At w8a8 one part only (its products are 1.5 % of r9y9's
     weights)."""
-    x, y, m = (skip, hidden, w.head1_w) if stage == 1 else (hidden, logits, w.head2_w)
+    if stage == 1:
+        x, y, m, v, bias, scale, colsum = skip, hidden, w.head1_w, w.head1_v, w.head1_b, w.head1_s, w.head1_c
+    else:
+        x, y, m, v, bias, scale, colsum = hidden, logits, w.head2_w, w.head2_v, w.head2_b, w.head2_s, w.head2_c
     N = m.shape[1]
     f, end = (0, N) if parts == 1 else _share(part, parts, N)
-    if w.head2_c.shape[0] > 0:
-        if stage == 1:
-            _matmul8_with(w.head1_v, w.head1_b, w.head1_s, w.head1_c, x, nb, y, 0, N, zeros, work)
-        else:
-            _matmul8_with(w.head2_v, w.head2_b, w.head2_s, w.head2_c, x, nb, y, 0, N, zeros, work)
+    if _is_w8a8(w):
+        _matmul8_with(v, bias, scale, colsum, x, nb, y, 0, N, zeros, work)
     elif f < end:
-        if stage == 1:
-            _matmul_with(m, w.head1_b, x, nb, y, f, end, zeros, w.head1_s, zeros)
-        else:
-            _matmul_with(m, w.head2_b, x, nb, y, f, end, zeros, w.head2_s, zeros)
+        _matmul_with(m, bias, x, nb, y, f, end, zeros, scale, zeros)
     if stage == 1:
         for bb in range(nb):
             for c in range(f, end):
@@ -1206,7 +1207,7 @@ def _split_layers(tid, parts, sync, phase, nb, t, s, w, queues, cond, xs, z, gat
     """Thread `tid`'s share of one step's layers and head for streams 0 .. nb-1 (input in xs, outputs into logits),
     from phase `phase` on, `parts` parts a phase (the w8a8 head: one); returns the next phase."""
     L = w.dilated_b.shape[0]
-    head_parts = 1 if w.head2_c.shape[0] > 0 else parts
+    head_parts = 1 if _is_w8a8(w) else parts
     for i in range(2 * L + 2):
         kind, layer = (i % 2, i // 2) if i < 2 * L else (2 + i - 2 * L, 0)
         m = parts if kind < 2 else head_parts
@@ -1250,7 +1251,7 @@ def _scratch(tile, w, parts):
     f = np.float32
     R, G2, S, H = w.embed.shape[2], w.dilated_b.shape[1], w.head1_w.shape[0], w.head1_w.shape[1]
     wide = max(G2, w.out_b.shape[1], H, w.head2_w.shape[1])
-    w8a8 = w.head2_c.shape[0] > 0
+    w8a8 = _is_w8a8(w)
     return (np.zeros((tile, R), f), np.zeros((tile, G2), f), np.zeros((tile, G2 // 2), f), np.zeros((tile, S), f),
             np.zeros((tile, H), f), np.zeros((tile, w.head2_w.shape[1]), f), np.full((1, wide), -0.0, f),
             work8(parts, tile, max(R, G2 // 2, S, H) if w8a8 else 0, wide if w8a8 else 0))
