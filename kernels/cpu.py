@@ -85,10 +85,16 @@ class CpuWeights(NamedTuple):
     dilated_p: np.ndarray  # (L, ceil(2G/P), k*R, P)
     out_p: np.ndarray      # (L, ceil((R+S)/P), G, P)
 
-# fastmath lets reductions reassociate (so dot products vectorize). error_model="numpy" drops Python's
-# ZeroDivisionError check from every division: with it, the loop of the gate nonlinearity (a division per value) ran
-# scalar and cost a quarter of a batched step. cache=True keeps the compiled code between runs.
-_OPTIONS = dict(fastmath=True, error_model="numpy", cache=True)
+# fastmath lets reductions reassociate (so dot products vectorize), every flag but `arcp`: with it, LLVM divides
+# vectors by an approximate reciprocal and a Newton step (vrcpps) and scalars exactly (vdivss), so a loop that LLVM
+# keeps in two versions, vector and scalar, chosen at run time by whether its arrays' addresses might overlap (the
+# gate nonlinearity's, z into gated), gave a stream different tanh values from call to call as the scratch arrays
+# fell in memory (half of the split calls on a one-layer model, 2026-12-05; tests/test_cpu_split.py). Exact
+# division costs about 2 us a step on r9y9's shape. error_model="numpy" drops Python's ZeroDivisionError check from
+# every division: with it, the loop of the gate nonlinearity (a division per value) ran scalar and cost a quarter of
+# a batched step. cache=True keeps the compiled code between runs.
+_FAST = {"nnan", "ninf", "nsz", "contract", "afn", "reassoc"}
+_OPTIONS = dict(fastmath=_FAST, error_model="numpy", cache=True)
 
 # Eigen's rational approximation of tanh for float32 (max abs error 3.4e-7 against float64 tanh). libm's tanh is
 # not vectorized and cost more than the matrix work at these sizes.

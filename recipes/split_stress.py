@@ -4,13 +4,12 @@ against `cpu.teacher_forced` (one tile, one thread), ROUNDS split calls a precis
 after. Prints, per precision, how many split calls differed from the reference, whether the two references agree
 and whether the split calls agree among themselves, and where the first difference lies.
 
-Run it beside other work too (`yes > /dev/null &` on a two-core machine): in stop 43 a few such runs found split
-calls that differed from the reference (under load: float32 3 of 12, int8 10 of 12, bf16 12 of 12 in one process,
-2 of 4 bf16 in another; and once, on a quiet machine, every w8a8 call of one process), while most runs found none;
-the kernel before the barriers (871256d) showed the same (float32, 1 of 2 calls, in 3 of 4 runs under load).
-Narrowed since: the run that compiles the split kernel (a fresh FASTWAVENET_CACHE_DIR) differs from step 0, even on
-one thread; a run loading it from the cache does not. See docs/BENCHMARKS.md, "One stream on every core, inside
-one region".
+In stop 43 such runs found split calls that differed from the reference in some processes and not in others.
+The cause (found the next session, docs/BENCHMARKS.md, "One stream on every core, inside one region"): the gate
+nonlinearity's loop, compiled both vectorized and scalar, took one or the other by where the call's scratch arrays
+lay, and fast-math's `arcp` made the vector division approximate; the kernels no longer use `arcp`. Run it beside
+other work too (`yes > /dev/null &` on a two-core machine) and with a fresh FASTWAVENET_CACHE_DIR: every split call
+should agree with the reference.
 
     python recipes/split_stress.py [ROUNDS] [PRECISIONS] [T]    (default 6 float32,bf16,int8,w8a8 64)
     KERNEL=old_cpu.py python recipes/split_stress.py ...         (a copy of kernels/cpu.py instead)

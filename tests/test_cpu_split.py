@@ -53,3 +53,41 @@ def test_every_part_of_every_phase_runs_once_and_in_order(parts):
             want[ph, p] = 1
     np.testing.assert_array_equal(runs, want)
     np.testing.assert_array_equal(values, expected)
+
+
+def test_a_stream_gets_the_same_numbers_call_after_call_split_or_not():
+    """The split kernel (on however many threads numba has; both parts on one thread if one) gives the one-thread
+    kernel's logits bit for bit, call after call, while the scratch arrays fall at different addresses each call.
+    A one-layer model of r9y9's widths (sample-value input, a mixture of logistics): with LLVM's approximate vector
+    division (`arcp`, dropped from kernels/cpu.py's fast-math flags) 25 of these 60 split calls differed,
+    the gate nonlinearity's loop taking its vector or its scalar version by where its arrays lay."""
+    import dataclasses
+
+    import torch
+
+    from fastwavenet import preset
+    from fastwavenet.backends.numba_cpu import NumbaBackend
+    from fastwavenet.bench import random_model_file
+
+    config = dataclasses.replace(preset("r9y9-ljspeech"), layers_per_stack=1, stacks=1)
+    backend = NumbaBackend(config, random_model_file(config, 0).weights, torch.device("cpu"), "float32")
+    weights, parts, T = backend._kernel_weights(1), 2, 3
+    rng = np.random.default_rng(1)
+    codes = rng.random((1, T), dtype=np.float32) * 2 - 1
+    cond = rng.standard_normal((1, T, config.layers, 2 * config.gate_channels)).astype(np.float32)
+
+    blocks = backend._blocks(parts)
+
+    def run(split):
+        state = backend.new_state(1, 0.0)
+        out = np.zeros((1, T, config.output_channels), np.float32)
+        arrays = (weights, state.queues.numpy(), state.inputs.numpy(), cond, out)
+        if split:
+            cpu.teacher_forced_split(codes, True, 0, *arrays, parts, *blocks)
+        else:
+            cpu.teacher_forced(codes, True, 0, 1, *arrays)
+        return out
+
+    outs = [run(split) for split in [False] * 20 + [True] * 60]  # kept, so that each call's arrays lie elsewhere
+    unlike = [not np.array_equal(out, outs[0]) for out in outs]
+    assert not any(unlike), f"{sum(unlike[:20])} of 20 one-thread and {sum(unlike[20:])} of 60 split calls differ"

@@ -246,9 +246,8 @@ class NumbaBackend(Backend):
 class NumbaSplitBackend(NumbaBackend):
     """`numba` with one tile whose every layer is split between numba's threads (`cpu.generate_split`) where the
     batch has fewer streams than threads, instead of leaving threads idle; from as many streams as threads, numba's
-    own tiles. A stream's numbers are numba's, bit for bit, in every test and once the kernel comes from numba's
-    cache; in the process that first compiles it, r9y9's shape showed last-bit differences (open: docs/BENCHMARKS.md,
-    recipes/split_stress.py). The threads stay in one parallel region for a call and
+    own tiles. A stream's numbers are numba's, bit for bit, call after call (tests/test_cpu_split.py, and
+    recipes/split_stress.py for r9y9's shape). The threads stay in one parallel region for a call and
     meet at a barrier 2L + 3 times a step (about 0.3 us each on two cores, plus the layer's values crossing between
     the cores): worth it where a step streams megabytes of weights (r9y9's LJSpeech shape at every precision;
     `standard` in float32, not with its narrow weights: docs/BENCHMARKS.md). A thread that other work keeps off its
