@@ -85,14 +85,14 @@ class CpuWeights(NamedTuple):
     dilated_p: np.ndarray  # (L, ceil(2G/P), k*R, P)
     out_p: np.ndarray      # (L, ceil((R+S)/P), G, P)
 
-# fastmath lets reductions reassociate (so dot products vectorize), every flag but `arcp`: with it, LLVM divides
-# vectors by an approximate reciprocal and a Newton step (vrcpps) and scalars exactly (vdivss), so a loop that LLVM
-# keeps in two versions, vector and scalar, chosen at run time by whether its arrays' addresses might overlap (the
-# gate nonlinearity's, z into gated), gave a stream different tanh values from call to call as the scratch arrays
-# fell in memory (half of the split calls on a one-layer model, 2026-12-05; tests/test_cpu_split.py). Exact
-# division costs about 2 us a step on r9y9's shape. error_model="numpy" drops Python's ZeroDivisionError check from
-# every division: with it, the loop of the gate nonlinearity (a division per value) ran scalar and cost a quarter of
-# a batched step. cache=True keeps the compiled code between runs.
+# fastmath lets reductions reassociate (so dot products vectorize): every flag but `arcp`, with which LLVM divides
+# vectors by an approximate reciprocal and a Newton step (vrcpps) but scalars exactly (vdivss). A loop that LLVM
+# keeps in two versions, vector and scalar, and picks at run time by whether its arrays' addresses might overlap
+# then gives different numbers by where its arrays lie: the gate nonlinearity's loop did (z into gated), and split
+# calls differed from the one-thread kernel in their last bits (2026-12-05; now `_gate_block`, and
+# tests/test_cpu_split.py). error_model="numpy" drops Python's ZeroDivisionError check from every division: with
+# it, the loop of the gate nonlinearity (a division per value) ran scalar and cost a quarter of a batched step.
+# cache=True keeps the compiled code between runs.
 _FAST = {"nnan", "ninf", "nsz", "contract", "afn", "reassoc"}
 _OPTIONS = dict(fastmath=_FAST, error_model="numpy", cache=True)
 
@@ -106,13 +106,51 @@ _B0, _B2, _B4, _B6 = (np.float32(4.89352518554385e-03), np.float32(2.26843463243
                       np.float32(1.18534705686654e-04), np.float32(1.19825839466702e-06))
 
 
-@njit(**_OPTIONS, inline="always")
-def fast_tanh(x):
-    x = min(max(x, -_CLAMP), _CLAMP)
-    x2 = x * x
-    p = x * (_A1 + x2 * (_A3 + x2 * (_A5 + x2 * (_A7 + x2 * (_A9 + x2 * (_A11 + x2 * _A13))))))
-    q = _B0 + x2 * (_B2 + x2 * (_B4 + x2 * _B6))
-    return p / q
+def _gate_block(lanes: int):
+    """An intrinsic computing `lanes` gated values: g[i] = tanh(z[i]) * (0.5 + 0.5 tanh(0.5 z[G + i])) for i <
+    lanes, arguments (z, g, G): z and g addresses of float32, G the offset of the sigmoid half in floats. tanh is
+    Eigen's rational function (the constants above), every operation written out (clamp, fmas, an exact division)
+    with no fast-math flags, so a value is the same whichever block computes it, and no run-time check of where
+    the arrays lie picks between versions of a loop (the note above `_OPTIONS`)."""
+    def codegen(context, builder, signature, args):
+        zp, gp, half = args
+        f32 = ir.FloatType()
+        vec = ir.VectorType(f32, lanes)
+        name = f"llvm.fma.v{lanes}f32"
+        fma_fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                                                  name)
+
+        def const(v):
+            return ir.Constant(vec, [float(v)] * lanes)
+
+        def fma(a, b, c):
+            return builder.call(fma_fn, [a, b, c])
+
+        def tanh(x):
+            lo, hi = const(-_CLAMP), const(_CLAMP)
+            x = builder.select(builder.fcmp_ordered("<", x, lo), lo, x)
+            x = builder.select(builder.fcmp_ordered(">", x, hi), hi, x)
+            x2 = builder.fmul(x, x)
+            p = const(_A13)
+            for a in (_A11, _A9, _A7, _A5, _A3, _A1):
+                p = fma(x2, p, const(a))
+            q = const(_B6)
+            for b in (_B4, _B2, _B0):
+                q = fma(x2, q, const(b))
+            return builder.fdiv(builder.fmul(x, p), q)
+
+        zptr = builder.inttoptr(zp, f32.as_pointer())
+        gptr = builder.inttoptr(gp, f32.as_pointer())
+        a = builder.load(builder.bitcast(zptr, vec.as_pointer()), align=4)
+        b = builder.load(builder.bitcast(builder.gep(zptr, [half]), vec.as_pointer()), align=4)
+        gate = fma(const(0.5), tanh(builder.fmul(const(0.5), b)), const(0.5))
+        builder.store(builder.fmul(tanh(a), gate), builder.bitcast(gptr, vec.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def block(typingctx, z, g, half):
+        return types.void(types.intp, types.intp, types.intp), codegen
+    return block
 
 
 @intrinsic
@@ -353,6 +391,7 @@ _L = BLOCK.lanes
 # The main block, a lone stream's block, one vector for one stream, one output for one stream.
 _MAIN, _ONE, _LONE = _micro(BLOCK.sb, BLOCK.nv, _L), _micro(1, BLOCK.nv, _L), _micro(1, BLOCK.nv1, _L)
 _MAIN_AHEAD = _micro(BLOCK.sb, BLOCK.nv, _L, prefetch=True)
+_GATE, _GATE_ONE = _gate_block(_L), _gate_block(1)
 _LONE8 = _micro(1, BLOCK.nv8, _L)
 # The panel products' blocks: many streams (and the same asking for the next chunk), a few streams, one stream,
 # each a panel wide.
@@ -868,11 +907,15 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
             elif c0 < c1:
                 _products(wb, j * R, R, zp + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, zc + 4 * g0, G2, nb, lf,
                           lf + c1 - c0, zp)
-    for bb in range(nb):
-        for c in range(c0, c1):
-            a = fast_tanh(z[bb, c])
-            gate = np.float32(0.5) + np.float32(0.5) * fast_tanh(np.float32(0.5) * z[bb, G + c])
-            gated[bb, c] = a * gate
+    gc, zs, gs = gated.ctypes.data, z.strides[0], gated.strides[0]
+    for bb in range(nb):  # vectors, then single values: the same operations (`_gate_block`)
+        c = c0
+        while c + _L <= c1:
+            _GATE(zc + bb * zs + 4 * c, gc + bb * gs + 4 * c, G)
+            c += _L
+        while c < c1:
+            _GATE_ONE(zc + bb * zs + 4 * c, gc + bb * gs + 4 * c, G)
+            c += 1
 
 
 @njit(**_OPTIONS)

@@ -58,9 +58,11 @@ def test_every_part_of_every_phase_runs_once_and_in_order(parts):
 def test_a_stream_gets_the_same_numbers_call_after_call_split_or_not():
     """The split kernel (on however many threads numba has; both parts on one thread if one) gives the one-thread
     kernel's logits bit for bit, call after call, while the scratch arrays fall at different addresses each call.
-    A one-layer model of r9y9's widths (sample-value input, a mixture of logistics): with LLVM's approximate vector
-    division (`arcp`, dropped from kernels/cpu.py's fast-math flags) 25 of these 60 split calls differed,
-    the gate nonlinearity's loop taking its vector or its scalar version by where its arrays lay."""
+    A one-layer model of r9y9's widths (sample-value input, a mixture of logistics). When the gate nonlinearity
+    was a numba loop that LLVM compiled twice (vector, with fast-math's approximate division, and scalar, exact)
+    and picked between by where its arrays lay, 25 of these 60 split calls differed (kernels/cpu.py, the note above
+    `_OPTIONS`).
+    """
     import dataclasses
 
     import torch
