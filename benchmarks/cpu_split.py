@@ -6,7 +6,9 @@ barriers costs (`cpu._claim`, `_done`, `_wait` with nothing to do between them).
     python benchmarks/cpu_split.py [PRESET] [STEPS] [ROUNDS] [PRECISIONS]
         (default r9y9-ljspeech 300 5 float32,bf16,int8,w8a8)
 
-Prints the barrier's cost, then one line per precision: the best round of each and their ratio. Through the
+Prints the barrier's cost, then per precision the best round of each and their ratio, and beside them the rates
+at which the kernels read their weights and at which plain passes over as many bytes stream on one thread and on
+all of them (`stream_rate`: the ceiling splitting meets where a step is bound by reading its weights). Through the
 backends that `auto` chooses between: `fastwavenet bench --backend numba,numba-split --batch 1`."""
 
 from __future__ import annotations
@@ -49,6 +51,46 @@ def barrier_cost(parts: int, phases: int = 200_000) -> float:
     return best * 1e6
 
 
+@njit(fastmath=True)
+def _words(a, lo, hi):
+    total = np.uint64(0)
+    for i in range(lo, hi):
+        total += a[i]
+    return total
+
+
+@njit(parallel=True)
+def _passes(a, parts, reps, out):
+    """`reps` passes over a, split in `parts` contiguous shares, one a thread."""
+    n = a.shape[0]
+    for p in prange(parts):
+        total = np.uint64(0)
+        for _ in range(reps):
+            total += _words(a, p * n // parts, (p + 1) * n // parts)
+        out[p] = total
+
+
+def stream_rate(nbytes: int, threads: int, reps: int = 10) -> float:
+    """GB/s at which `threads` threads read an array of nbytes, each its own contiguous share, over and over (a
+    plain loop of 8-byte words, no prefetches): what the cores can stream from wherever that many bytes stay."""
+    a = np.ones(max(1, nbytes // 8), np.uint64)
+    out = np.zeros(threads, np.uint64)
+    _passes(a, threads, 1, out)
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        _passes(a, threads, reps, out)
+        best = max(best, reps * a.nbytes / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def weight_bytes(weights) -> int:
+    """Bytes of matrices a step reads: the w8a8 layouts where given, else the matrices as stored."""
+    names = ("dilated_v", "out_v", "head1_v", "head2_v") if cpu._is_w8a8(weights) else \
+        ("dilated_w", "out_w", "head1_w", "head2_w")
+    return sum(getattr(weights, name).nbytes for name in names)
+
+
 def main():
     name = sys.argv[1] if len(sys.argv) > 1 else "r9y9-ljspeech"
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 300
@@ -86,6 +128,11 @@ def main():
             split.append(run(True))
         print(f"{name} {precision} batch 1: one core {max(one):,.0f} samples/s, split over {threads} threads "
               f"{max(split):,.0f} ({max(split) / max(one):.2f}x)", flush=True)
+        nbytes = weight_bytes(weights)
+        alone, together = stream_rate(nbytes, 1), stream_rate(nbytes, threads)
+        print(f"    {nbytes / 1e6:.1f} MB of weights a step: the kernels read {max(one) * nbytes / 1e9:.1f} and "
+              f"{max(split) * nbytes / 1e9:.1f} GB/s; a plain pass over as many bytes streams {alone:.1f} GB/s on "
+              f"one thread, {together:.1f} on {threads} ({together / alone:.2f}x)", flush=True)
 
 
 if __name__ == "__main__":

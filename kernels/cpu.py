@@ -1093,16 +1093,15 @@ def _out_layer(part, parts, nb, w, queues, b0, t, layer, xs, gated, skip, zeros,
 @njit(**_OPTIONS)
 def _head_part(part, parts, stage, nb, w, skip, hidden, logits, zeros, work):
     """The head, part `part` of `parts` of its outputs: stage 1 the hidden layer (through a relu) from the skip
-    sums, stage 2 the outputs from the hidden layer. At w8a8 one part only (its products are 1.5 % of r9y9's
-    weights)."""
+    sums, stage 2 the outputs from the hidden layer (at w8a8 each part quantizes the stage's input for itself)."""
     if stage == 1:
         x, y, m, v, bias, scale, colsum = skip, hidden, w.head1_w, w.head1_v, w.head1_b, w.head1_s, w.head1_c
     else:
         x, y, m, v, bias, scale, colsum = hidden, logits, w.head2_w, w.head2_v, w.head2_b, w.head2_s, w.head2_c
     N = m.shape[1]
     f, end = (0, N) if parts == 1 else _share(part, parts, N)
-    if _is_w8a8(w):
-        _matmul8_with(v, bias, scale, colsum, x, nb, y, 0, N, zeros, work)
+    if _is_w8a8(w) and f < end:
+        _matmul8_with(v, bias, scale, colsum, x, nb, y, f, end, zeros, work)
     elif f < end:
         _matmul_with(m, bias, x, nb, y, f, end, zeros, scale, zeros)
     if stage == 1:
@@ -1254,21 +1253,19 @@ def _phase_part(kind, part, parts, layer, nb, t, s, w, queues, cond, xs, z, gate
 def _split_layers(tid, parts, sync, phase, nb, t, s, w, queues, cond, xs, z, gated, skip, hidden, logits, zeros,
                   work, gate_blocks, out_blocks):
     """Thread `tid`'s share of one step's layers and head for streams 0 .. nb-1 (input in xs, outputs into logits),
-    from phase `phase` on, `parts` parts a phase (the w8a8 head: one); returns the next phase."""
+    from phase `phase` on, `parts` parts a phase; returns the next phase."""
     L = w.dilated_b.shape[0]
-    head_parts = 1 if _is_w8a8(w) else parts
     for i in range(2 * L + 2):
         kind, layer = (i % 2, i // 2) if i < 2 * L else (2 + i - 2 * L, 0)
-        m = parts if kind < 2 else head_parts
         if kind == 0:
             _prefetch_rows(queues, w, 0, nb, layer, t)  # into this thread's caches
-        for j in range(m):
-            part = (tid + j) % m
+        for j in range(parts):
+            part = (tid + j) % parts
             if _claim(sync, part, phase):
-                _phase_part(kind, part, m, layer, nb, t, s, w, queues, cond, xs, z, gated, skip, hidden, logits,
+                _phase_part(kind, part, parts, layer, nb, t, s, w, queues, cond, xs, z, gated, skip, hidden, logits,
                             zeros, work, gate_blocks, out_blocks)
                 _done(sync, part, phase)
-        _wait(sync, m, phase)
+        _wait(sync, parts, phase)
         phase += 1
     return phase
 
