@@ -1100,10 +1100,11 @@ def _head_part(part, parts, stage, nb, w, skip, hidden, logits, zeros, work):
         x, y, m, v, bias, scale, colsum = hidden, logits, w.head2_w, w.head2_v, w.head2_b, w.head2_s, w.head2_c
     N = m.shape[1]
     f, end = (0, N) if parts == 1 else _share(part, parts, N)
-    if _is_w8a8(w) and f < end:
-        _matmul8_with(v, bias, scale, colsum, x, nb, y, f, end, zeros, work)
-    elif f < end:
-        _matmul_with(m, bias, x, nb, y, f, end, zeros, scale, zeros)
+    if f < end:
+        if _is_w8a8(w):
+            _matmul8_with(v, bias, scale, colsum, x, nb, y, f, end, zeros, work)
+        else:
+            _matmul_with(m, bias, x, nb, y, f, end, zeros, scale, zeros)
     if stage == 1:
         for bb in range(nb):
             for c in range(f, end):
