@@ -91,6 +91,32 @@ def weight_bytes(weights) -> int:
     return sum(getattr(weights, name).nbytes for name in names)
 
 
+def uniforms(config, steps: int) -> np.ndarray:
+    """Fixed uniforms for `steps` steps of one stream, as the kernel's `u` takes them."""
+    return np.random.default_rng(0).random((steps, 1) + distributions.uniform_shape(config),
+                                           dtype=np.float32).reshape(steps, 1, -1)
+
+
+def generate_rate(kernel, backend, weights, u, split: int = 0):
+    """One timed call generating u.shape[0] steps of one stream from a fresh state, plain sampling: `kernel` (a
+    kernels/cpu.py module, this one or an older copy) `generate_split` on `split` threads (the backend's blocks for
+    that many parts, made before the clock starts), else `generate` at tile 1. Returns (samples/s, the codes)."""
+    config, steps = backend.config, u.shape[0]
+    state = backend.new_state(1, silence_code(config))
+    out = np.empty((1, steps), np.float32 if config.scalar_input else np.int64)
+    rule = (np.ones(1, np.float32), np.zeros(1, np.int64), np.ones(1, np.float32), np.zeros(1, np.bool_))
+    args = (state.last.numpy(), config.scalar_input, distributions.KERNEL_CODES[config.output],
+            float(config.log_scale_min), 0, u, *rule)
+    arrays = (state.queues.numpy(), state.inputs.numpy(), _no_cond(), out)
+    blocks = backend._blocks(split) if split else ()
+    start = time.perf_counter()
+    if split:
+        kernel.generate_split(*args, weights, *arrays, split, *blocks)
+    else:
+        kernel.generate(*args, 1, weights, *arrays)
+    return steps / (time.perf_counter() - start), out
+
+
 def main():
     name = sys.argv[1] if len(sys.argv) > 1 else "r9y9-ljspeech"
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 300
@@ -103,23 +129,10 @@ def main():
     for precision in precisions:
         backend = NumbaBackend(config, model.weights, torch.device("cpu"), precision)
         weights = backend._kernel_weights(1)
-        u = np.random.default_rng(0).random((steps, 1) + distributions.uniform_shape(config),
-                                            dtype=np.float32).reshape(steps, 1, -1)
-        rule = (np.ones(1, np.float32), np.zeros(1, np.int64), np.ones(1, np.float32), np.zeros(1, np.bool_))
-        code = distributions.KERNEL_CODES[config.output]
-        silence = silence_code(config)
+        u = uniforms(config, steps)
 
         def run(split: bool) -> float:
-            state = backend.new_state(1, silence)
-            out = np.empty((1, steps), np.float32 if config.scalar_input else np.int64)
-            args = (state.last.numpy(), config.scalar_input, code, float(config.log_scale_min), 0, u, *rule)
-            arrays = (state.queues.numpy(), state.inputs.numpy(), _no_cond(), out)
-            start = time.perf_counter()
-            if split:
-                cpu.generate_split(*args, weights, *arrays, threads, *backend._blocks(threads))
-            else:
-                cpu.generate(*args, 1, weights, *arrays)
-            return steps / (time.perf_counter() - start)
+            return generate_rate(cpu, backend, weights, u, threads if split else 0)[0]
 
         run(False), run(True)  # compile or load, warm
         one, split = [], []

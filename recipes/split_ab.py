@@ -8,18 +8,19 @@ Run: git show 5fa0775:kernels/cpu.py > /tmp/cpu_old.py
 Kernels as old as the split's barriers (649890d) or newer: their `generate_split` takes the arguments this one
 passes. (The one-thread kernel against an older one: recipes/kernel_ab.py.)"""
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fastwavenet import distributions, preset
-from fastwavenet.backends.numba_cpu import NumbaBackend, _no_cond, numba_threads
+from fastwavenet import preset
+from fastwavenet.backends.numba_cpu import NumbaBackend, numba_threads
 from fastwavenet.bench import random_model_file
-from fastwavenet.generator import silence_code
 from fastwavenet.kernels import cpu as cpu_new
 from kernel_timing import load_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from cpu_split import generate_rate, uniforms  # noqa: E402  (benchmarks/ is no package)
 
 
 def main():
@@ -31,22 +32,13 @@ def main():
     config = preset(name)
     model = random_model_file(config, 0)
     threads = max(2, numba_threads())
-    code, silence = distributions.KERNEL_CODES[config.output], silence_code(config)
-    u = np.random.default_rng(0).random((steps, 1) + distributions.uniform_shape(config),
-                                        dtype=np.float32).reshape(steps, 1, -1)
-    rule = (np.ones(1, np.float32), np.zeros(1, np.int64), np.ones(1, np.float32), np.zeros(1, np.bool_))
+    u = uniforms(config, steps)
     for precision in precisions:
         backend = NumbaBackend(config, model.weights, torch.device("cpu"), precision)
-        weights, blocks = backend._kernel_weights(1), backend._blocks(threads)
+        weights = backend._kernel_weights(1)
 
         def run(kernel):
-            state = backend.new_state(1, silence)
-            out = np.empty((1, steps), np.float32 if config.scalar_input else np.int64)
-            args = (state.last.numpy(), config.scalar_input, code, float(config.log_scale_min), 0, u, *rule)
-            start = time.perf_counter()
-            kernel.generate_split(*args, weights, state.queues.numpy(), state.inputs.numpy(), _no_cond(), out,
-                                  threads, *blocks)
-            return steps / (time.perf_counter() - start), out
+            return generate_rate(kernel, backend, weights, u, threads)
 
         _, a = run(cpu_old)  # compile or load, warm
         _, b = run(cpu_new)
