@@ -21,7 +21,7 @@ import torch
 from numba import njit, prange
 
 from fastwavenet import distributions, preset
-from fastwavenet.backends.numba_cpu import NumbaBackend, _no_cond, numba_threads
+from fastwavenet.backends.numba_cpu import NumbaBackend, _aligned, _no_cond, numba_threads
 from fastwavenet.bench import random_model_file
 from fastwavenet.generator import silence_code
 from fastwavenet.kernels import cpu
@@ -99,8 +99,9 @@ def uniforms(config, steps: int) -> np.ndarray:
 
 def generate_rate(kernel, backend, weights, u, split: int = 0):
     """One timed call generating u.shape[0] steps of one stream from a fresh state, plain sampling: `kernel` (a
-    kernels/cpu.py module, this one or an older copy) `generate_split` on `split` threads (the backend's blocks for
-    that many parts, made before the clock starts), else `generate` at tile 1. Returns (samples/s, the codes)."""
+    kernels/cpu.py module, this one or an older copy) `generate_split` on `split` threads (the blocks for
+    that many parts, by the kernel's own `split_blocks`, made before the clock starts), else `generate` at tile 1.
+    Returns (samples/s, the codes)."""
     config, steps = backend.config, u.shape[0]
     state = backend.new_state(1, silence_code(config))
     out = np.empty((1, steps), np.float32 if config.scalar_input else np.int64)
@@ -108,7 +109,7 @@ def generate_rate(kernel, backend, weights, u, split: int = 0):
     args = (state.last.numpy(), config.scalar_input, distributions.KERNEL_CODES[config.output],
             float(config.log_scale_min), 0, u, *rule)
     arrays = (state.queues.numpy(), state.inputs.numpy(), _no_cond(), out)
-    blocks = backend._blocks(split) if split else ()
+    blocks = tuple(_aligned(a) for a in kernel.split_blocks(weights, split)) if split else ()
     start = time.perf_counter()
     if split:
         kernel.generate_split(*args, weights, *arrays, split, *blocks)

@@ -400,7 +400,7 @@ _PANEL_AHEAD = _micro(BLOCK.ps, BLOCK.pv, _L, prefetch=True)
 _VEC, _SCALAR = _micro(1, 1, _L), _micro(1, 1, 1)
 # What the tile path passes for the split path's weight blocks (`split_blocks`): nothing. (A global array of size
 # zero: numba freezes it into the code, which keeps the kernels cacheable.)
-_NO_BLOCKS = np.zeros((0, 0, 0, 0), np.float32)
+_NO_BLOCKS, _NO_GATE_BLOCKS = np.zeros((0, 0, 0, 0), np.float32), np.zeros((0, 0, 0, 0, 0), np.float32)
 # Streams per group (a tile's streams: tiles hold at most 64) and rows per chunk of a group's products: each block of
 # streams takes a chunk of a weight panel (64 rows x NV vectors, 16 KB of float32) after the one before it, from L1,
 # while the next chunk is prefetched, where whole panels (a vocoder layer's 512 rows, rows 2 KB apart, which the
@@ -852,8 +852,8 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
     into both halves of z for those channels (oldest tap first, the first starting from the bias and `ap`, the
     conditioning terms or zeros, the next from the sums so far), then the gated values. wl (k*R, 2G) the layer's
     dilated weights, bias/ws/zp addresses (bias, int8 scales, zeros); the taps are queue rows, then xs. Split in
-    parts, each part reads its own contiguous block, blocks[layer, part] (`split_blocks`): its tanh columns, then its
-    sigmoid columns, each half `share_span` wide. At w8a8, cp addresses the layer's 128 x column sums
+    parts, each part reads its own contiguous blocks, blocks[layer, part, half] (`split_blocks`): its tanh columns,
+    then its sigmoid columns, each `share_span` wide. At w8a8, cp addresses the layer's 128 x column sums
     (`CpuWeights.dilated_c`), vp its weights in the w8a8 layout (`dilated_v`), and the blocks are in that layout too;
     both 0 otherwise, and work is the part's `work8`. pl: the layer's weights in panels (`CpuWeights.dilated_p`),
     read instead of wl where given (one part only), or empty."""
@@ -888,25 +888,24 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
             else:  # go on from the taps so far
                 _products(wl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2, zp)
             continue
-        wb = blocks[layer, part]
-        span = wb.shape[1] // (8 if cp != 0 else 2)  # w8a8 rows: 4 bytes a column
         for half in range(2):
-            g0, lf = half * G + c0, half * span  # the half's first output: in z and the bias, in the block
-            shift = 4 * (g0 - lf)  # so that the block's column lf + i reads bias[g0 + i] and scale[g0 + i]
+            wb = blocks[layer, part, half]
+            g0 = half * G + c0  # the half's first output, in z and the bias: the block's column 0
+            shift = 4 * g0  # so that the block's column i reads bias[g0 + i] and scale[g0 + i]
             if c0 < c1 and cp != 0:  # w8a8: tap j's rows of words
                 qp = wb.ctypes.data + j * ((R + 3) // 4) * wb.shape[1]
                 if j == 0:
-                    _products8(qp, 2 * span, R, bias + shift, ws + shift, cj + shift, work, zc + 4 * g0, G2,
-                               ap + 4 * g0, lda, nb, lf, lf + c1 - c0)
+                    _products8(qp, wb.shape[1] // 4, R, bias + shift, ws + shift, cj + shift, work, zc + 4 * g0, G2,
+                               ap + 4 * g0, lda, nb, 0, c1 - c0)
                 else:
-                    _products8(qp, 2 * span, R, zp + shift, ws + shift, cj + shift, work, zc + 4 * g0, G2,
-                               zc + 4 * g0, G2, nb, lf, lf + c1 - c0)
+                    _products8(qp, wb.shape[1] // 4, R, zp + shift, ws + shift, cj + shift, work, zc + 4 * g0, G2,
+                               zc + 4 * g0, G2, nb, 0, c1 - c0)
             elif c0 < c1 and j == 0:
-                _products(wb, 0, R, bias + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, ap + 4 * g0, lda, nb, lf,
-                          lf + c1 - c0, zp)
+                _products(wb, 0, R, bias + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, ap + 4 * g0, lda, nb, 0,
+                          c1 - c0, zp)
             elif c0 < c1:
-                _products(wb, j * R, R, zp + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, zc + 4 * g0, G2, nb, lf,
-                          lf + c1 - c0, zp)
+                _products(wb, j * R, R, zp + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, zc + 4 * g0, G2, nb, 0,
+                          c1 - c0, zp)
     gc, zs, gs = gated.ctypes.data, z.strides[0], gated.strides[0]
     for bb in range(nb):  # vectors, then single values: the same operations (`_gate_block`)
         c = c0
@@ -972,21 +971,23 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
 def split_blocks(w, parts: int):
     """Each part's weights of every layer, contiguous (so a thread streams one block instead of a share of every
     row, which the prefetchers follow poorly: an int8 product split by columns gained 1.13x on two threads, by
-    blocks 1.42x, docs/BENCHMARKS.md): (gate blocks (L, parts, k*R, 2 x span_G), output blocks (L, parts, G,
+    blocks 1.42x, docs/BENCHMARKS.md): (gate blocks (L, parts, 2, k*R, span_G), a part's tanh columns, then its
+    sigmoid columns, each half a block of its own (a product reads whole rows: 1.07-1.11x on r9y9's shape over the
+    halves side by side in one block's rows, float32, bf16 and int8; w8a8 the same), output blocks (L, parts, G,
     span_R + span_S)), spans by `share_span`, in the weights' own dtype, zero where a part is short (at w8a8 in
-    `w8a8_layout`: (L, parts, k * ceil(R/4), 4 x 2 span_G), (L, parts, ceil(G/4), 4 (span_R + span_S))).
+    `w8a8_layout`: (L, parts, 2, k * ceil(R/4), 4 span_G), (L, parts, ceil(G/4), 4 (span_R + span_S))).
     w: CpuWeights."""
     L, KR, G2 = w.dilated_w.shape
     G, RS = G2 // 2, w.out_w.shape[2]
     R = w.embed.shape[2]
     S = RS - R
     sg, sr, ss = share_span(parts, G), share_span(parts, R), share_span(parts, S)
-    gate = np.zeros((L, parts, KR, 2 * sg), w.dilated_w.dtype)
+    gate = np.zeros((L, parts, 2, KR, sg), w.dilated_w.dtype)
     out = np.zeros((L, parts, G, sr + ss), w.out_w.dtype)
     for part in range(parts):
         c0, c1 = _share(part, parts, G)
-        gate[:, part, :, :c1 - c0] = w.dilated_w[:, :, c0:c1]
-        gate[:, part, :, sg:sg + c1 - c0] = w.dilated_w[:, :, G + c0:G + c1]
+        gate[:, part, 0, :, :c1 - c0] = w.dilated_w[:, :, c0:c1]
+        gate[:, part, 1, :, :c1 - c0] = w.dilated_w[:, :, G + c0:G + c1]
         r0, r1 = _share(part, parts, R)
         s0, s1 = _share(part, parts, S)
         out[:, part, :, :r1 - r0] = w.out_w[:, :, r0:r1]
@@ -1122,7 +1123,7 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
     _step_input(b0, nb, codes, scalar, w, inputs, xs, skip)
     for layer in range(w.dilated_b.shape[0]):
         _prefetch_rows(queues, w, b0, nb, layer, t)
-        _gate_layer(0, 1, nb, w, queues, b0, t, cond, s, layer, xs, z, gated, zeros, _NO_BLOCKS, work)
+        _gate_layer(0, 1, nb, w, queues, b0, t, cond, s, layer, xs, z, gated, zeros, _NO_GATE_BLOCKS, work)
         _out_layer(0, 1, nb, w, queues, b0, t, layer, xs, gated, skip, zeros, _NO_BLOCKS, work)
     _head_part(0, 1, 1, nb, w, skip, hidden, logits, zeros, work)
     _head_part(0, 1, 2, nb, w, skip, hidden, logits, zeros, work)

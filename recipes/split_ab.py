@@ -1,6 +1,7 @@
 """The split kernel (one stream on every core, `cpu.generate_split`) against an older version of itself, side by
 side in one process: batch 1 on a preset's shape (random weights, plain sampling from fixed uniforms), old and new
-alternating, best of ROUNDS each, for each precision; the codes of the two compared.
+alternating, best of ROUNDS each, for each precision, each kernel reading the weight blocks of its own
+`split_blocks`; the codes of the two compared.
 
 Run: git show 5fa0775:kernels/cpu.py > /tmp/cpu_old.py
      python recipes/split_ab.py /tmp/cpu_old.py [PRESET] [PRECISIONS] [STEPS] [ROUNDS]
