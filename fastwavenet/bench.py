@@ -46,6 +46,8 @@ class BenchResult:
     # The limits this row is held against, measured just before it (machines drift by tens of per cent in minutes)
     limit_sgemm_gflops: float | None = None
     limit_weight_passes_per_s: float | None = None
+    # all cores together (Limits.split_passes_per_s): the batch-1 limit of rows that split one tile over every core
+    limit_split_passes_per_s: float | None = None
     # samples_per_s x FLOPs per sample / the FMA peak of numba's target code (Limits.fma_gflops): vendor-neutral
     of_peak: float | None = None
     limit_fma_gflops: float | None = None
@@ -97,7 +99,10 @@ class Limits:
     model's FLOPs per sample: samples/s if every multiply-add ran at sgemm speed.
     batch 1: passes/s of one core reading a buffer of the model's weight bytes front to back (the numba kernel's
     lone-stream product, `limits.read_passes`): samples/s if each sample read every weight once at that speed.
-    A batch of B streams may reach at most min(B x that, the batched limit).
+    A batch of B streams may reach at most min(B x that, the batched limit). A backend that splits one tile of
+    fewer streams than threads over every core (`numba-split`) is held to the passes/s of all numba's threads
+    reading their shares of such a buffer at once (`limits.read_passes_split`) instead. Narrow weights are fewer
+    bytes: bf16 rows are held to twice the passes, int8 and w8a8 to four times.
     peak: fused multiply-adds in registers on full vectors of numba's target ISA, on all of numba's threads
     (`limits.fma_peak`), in GFLOP/s: what no code of that ISA can beat, whoever made the CPU. A vendor's sgemm
     need not reach it (MKL on AMD reached 40-50 % of it), so rows are held against both."""
@@ -109,20 +114,29 @@ class Limits:
     weight_passes_per_s: float
     fma_gflops: float = 0.0  # 0: not measured (numba missing)
     fma_threads: int = 0
+    split_passes_per_s: float = 0.0  # 0: not measured (numba missing)
+    split_threads: int = 0
 
     @property
     def batched_samples_per_s(self) -> float:
         return self.sgemm_gflops * 1e9 / self.flops_per_sample
 
-    def samples_per_s(self, batch: int, precision: str = "float32") -> float:
-        """bf16 weights are half the bytes: held against twice the float32 streaming rate."""
-        passes = self.weight_passes_per_s * {"bf16": 2, "int8": 4, "w8a8": 4}.get(precision, 1)
-        return min(batch * passes, self.batched_samples_per_s)
+    def passes_per_s(self, precision: str = "float32", split: bool = False) -> float:
+        """Passes over the weights a second at batch 1, in the precision's bytes: one core's, or where `split` all
+        `split_threads` cores' together."""
+        passes = self.split_passes_per_s if split and self.split_passes_per_s else self.weight_passes_per_s
+        return passes * _NARROW.get(precision, 1)
 
-    def bound_by(self, batch: int, precision: str = "float32") -> str:
+    def samples_per_s(self, batch: int, precision: str = "float32", split: bool = False) -> float:
+        return min(batch * self.passes_per_s(precision, split), self.batched_samples_per_s)
+
+    def bound_by(self, batch: int, precision: str = "float32", split: bool = False) -> str:
         """Which limit binds at this batch: "weights" (the batch-1 limit times the batch) or "flops" (sgemm)."""
-        passes = self.weight_passes_per_s * (2 if precision == "bf16" else 1)
-        return "weights" if batch * passes < self.batched_samples_per_s else "flops"
+        return "weights" if batch * self.passes_per_s(precision, split) < self.batched_samples_per_s else "flops"
+
+    def splits(self, backend: str, batch: int) -> bool:
+        """Whether a row of `backend` at `batch` runs one tile on every core (`numba-split` below its threads)."""
+        return backend == "numba-split" and batch < self.split_threads
 
     def best(self, other: "Limits | None") -> "Limits":
         """Each limit the higher of the two measurements (machines drift; best against best compares like with
@@ -131,7 +145,12 @@ class Limits:
             return self
         return replace(self, sgemm_gflops=max(self.sgemm_gflops, other.sgemm_gflops),
                        weight_passes_per_s=max(self.weight_passes_per_s, other.weight_passes_per_s),
-                       fma_gflops=max(self.fma_gflops, other.fma_gflops))
+                       fma_gflops=max(self.fma_gflops, other.fma_gflops),
+                       split_passes_per_s=max(self.split_passes_per_s, other.split_passes_per_s))
+
+
+# Bytes of a float32 weight over the bytes of the same weight in each narrower precision.
+_NARROW = {"bf16": 2, "int8": 4, "w8a8": 4}
 
 
 @dataclass
@@ -162,12 +181,15 @@ class GpuLimits:
     def batched_samples_per_s(self) -> float:
         return self.fma_gflops * 1e9 / self.flops_per_sample
 
-    def samples_per_s(self, batch: int, precision: str = "float32") -> float:
+    def samples_per_s(self, batch: int, precision: str = "float32", split: bool = False) -> float:
         """Any precision alike: on CUDA every backend reads and computes float32."""
         return min(batch * self.weight_passes_per_s, self.batched_samples_per_s)
 
-    def bound_by(self, batch: int, precision: str = "float32") -> str:
+    def bound_by(self, batch: int, precision: str = "float32", split: bool = False) -> str:
         return "weights" if batch * self.weight_passes_per_s < self.batched_samples_per_s else "flops"
+
+    def splits(self, backend: str, batch: int) -> bool:
+        return False
 
     def best(self, other: "GpuLimits | None") -> "GpuLimits":
         if other is None:
@@ -202,27 +224,40 @@ def measure_limits(model: ModelFile, seconds: float = 0.5) -> Limits:
         torch.mm(a, b)
         best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t0))
     nbytes = weight_bytes(model)
-    passes_per_s = fma = 0.0
-    fma_threads = 0
+    passes_per_s = split_passes_per_s = fma = 0.0
+    fma_threads = split_threads = 0
     try:
-        from .limits import READ_COLUMNS, read_passes
-    except ImportError:  # numba missing: the batch-1 limit and the peak are not measured
+        import numba
+
+        from .limits import READ_COLUMNS, read_passes, read_passes_split
+    except ImportError:  # numba missing: the batch-1 limits and the peak are not measured
         pass
     else:
         fma, fma_threads = measure_fma_peak(seconds)
         rows = max(1, nbytes // 4 // READ_COLUMNS)
         buffer = np.random.default_rng(0).standard_normal((rows, READ_COLUMNS)).astype(np.float32)
-        read_passes(buffer, 1)
-        passes, elapsed = 8, 0.0
-        while elapsed < seconds:
-            passes *= 2
-            t0 = time.perf_counter()
-            read_passes(buffer, passes)
-            elapsed = time.perf_counter() - t0
-        passes_per_s = passes / elapsed
+        passes_per_s = _passes_per_s(lambda n: read_passes(buffer, n), seconds)
+        split_threads = numba.get_num_threads()
+        if rows >= split_threads:  # each thread its share of the rows (the few left over: their part of a pass)
+            shares = buffer[:rows - rows % split_threads].reshape(split_threads, -1, READ_COLUMNS)
+            split_passes_per_s = _passes_per_s(lambda n: read_passes_split(shares, n), seconds) * shares.size / \
+                buffer.size
     return Limits(sgemm_gflops=best / 1e9, threads=torch.get_num_threads(), flops_per_sample=flops_per_sample(
         model.config), weight_bytes=nbytes, weight_passes_per_s=passes_per_s, fma_gflops=fma,
-        fma_threads=fma_threads)
+        fma_threads=fma_threads, split_passes_per_s=split_passes_per_s, split_threads=split_threads)
+
+
+def _passes_per_s(passes: Callable[[int], object], seconds: float) -> float:
+    """Calls of `passes(n)` (n passes over a buffer) a second: one call first (compile or load), then doubling n
+    until a call lasts `seconds`."""
+    passes(1)
+    n, elapsed = 8, 0.0
+    while elapsed < seconds:
+        n *= 2
+        t0 = time.perf_counter()
+        passes(n)
+        elapsed = time.perf_counter() - t0
+    return n / elapsed
 
 
 def measure_fma_peak(seconds: float = 0.5) -> tuple[float, int]:
@@ -487,13 +522,15 @@ def measure_rows(model: ModelFile, backends: list[str], batches: list[int], devi
 def _hold(result: BenchResult, limits: Limits | GpuLimits | None):
     """Set a result's share of the machine's limit at its batch and precision, which limit binds there, and the
     limits it is held to."""
-    limit = None if limits is None else limits.samples_per_s(result.batch, result.precision)
+    split = limits is not None and limits.splits(result.backend, result.batch)
+    limit = None if limits is None else limits.samples_per_s(result.batch, result.precision, split)
     if limit:
         result.of_limit = result.samples_per_s / limit
-        result.bound_by = limits.bound_by(result.batch, result.precision)
+        result.bound_by = limits.bound_by(result.batch, result.precision, split)
         result.limit_weight_passes_per_s = limits.weight_passes_per_s
         if isinstance(limits, Limits):
             result.limit_sgemm_gflops = limits.sgemm_gflops
+            result.limit_split_passes_per_s = limits.split_passes_per_s or None
     if limits is not None and limits.fma_gflops:
         result.of_peak = result.samples_per_s * limits.flops_per_sample / (limits.fma_gflops * 1e9)
         result.limit_fma_gflops = limits.fma_gflops
@@ -533,7 +570,9 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
         lines.append(f"limits: sgemm {limits.sgemm_gflops:,.0f} GFLOP/s on {limits.threads} threads / "
                      f"{limits.flops_per_sample / 1e6:.2f} MFLOP per sample = {limits.batched_samples_per_s:,.0f} "
                      f"samples/s batched; one core streams the {limits.weight_bytes / 1e6:.2f} MB of weights "
-                     f"{limits.weight_passes_per_s:,.0f} times/s (batch-1 limit)")
+                     f"{limits.weight_passes_per_s:,.0f} times/s (batch-1 limit)"
+                     + (f", {limits.split_threads} cores their shares {limits.split_passes_per_s:,.0f} times/s "
+                        f"(numba-split's)" if limits.split_passes_per_s else ""))
         if limits.fma_gflops:
             bits = info.get("numba_vector_bits")
             lines.append(f"peak: fused multiply-adds in registers, {bits}-bit vectors (numba's target), "

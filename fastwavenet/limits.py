@@ -32,6 +32,17 @@ def read_passes(w, passes):
     return y[0, 0]
 
 
+@njit(cache=True, parallel=True)
+def read_passes_split(shares, passes):
+    """`read_passes` on shares.shape[0] numba threads at once, thread t streaming its own share shares[t] (rows,
+    READ_COLUMNS), as a stream split over the cores reads its weights (`numba-split`): the benchmark times it over
+    the model's weight bytes as the batch-1 limit of rows that run one tile on every core."""
+    out = np.zeros(shares.shape[0], np.float32)
+    for t in prange(shares.shape[0]):
+        out[t] = read_passes(shares[t], passes)
+    return out.sum()
+
+
 # The FMA peak's independent chains: enough to cover fma latency x fma units on current cores (4-5 cycles x 2), few
 # enough to stay in AVX2's 16 vector registers with the two operands.
 PEAK_CHAINS = 12

@@ -90,6 +90,32 @@ def test_bench_repeat_keeps_each_rows_best_against_the_best_limits(monkeypatch):
     assert one.speedup_vs_naive == pytest.approx(40.0) and rows[("naive", 1)].speedup_vs_naive == 1.0
 
 
+def test_split_rows_and_narrow_weights_are_held_to_their_own_batch_1_limits():
+    """numba-split below its thread count reads a stream's weights on every core: held to all cores' passes (at its
+    thread count it runs tiles, one core each); int8 and w8a8 weights are a quarter of the bytes: four times the
+    passes, for the share and for which limit binds alike."""
+    from fastwavenet import bench
+
+    limits = bench.Limits(sgemm_gflops=1.0, threads=2, flops_per_sample=1e6, weight_bytes=1, weight_passes_per_s=100.0,
+                          split_passes_per_s=180.0, split_threads=2)  # batched: 1,000 samples/s
+
+    def held(backend, batch, precision="float32"):
+        result = bench.BenchResult(backend=backend, batch=batch, samples_per_s=90.0, realtime_factor=0.0,
+                                   speedup_vs_naive=None, first_call_s=0.0, steps=2, seconds=1.0, precision=precision)
+        bench._hold(result, limits)
+        return result
+
+    assert held("numba", 1).of_limit == pytest.approx(90 / 100)
+    split = held("numba-split", 1)
+    assert split.of_limit == pytest.approx(90 / 180) and split.limit_split_passes_per_s == 180.0
+    assert held("numba-split", 2).of_limit == pytest.approx(90 / 200)
+    narrow = held("numba-split", 1, "w8a8")
+    assert narrow.of_limit == pytest.approx(90 / 720) and narrow.bound_by == "weights"
+    assert (held("numba", 2, "int8").bound_by, held("numba", 2, "int8").of_limit) == ("weights", pytest.approx(90 / 800))
+    assert (held("numba", 3, "int8").bound_by, held("numba", 3, "int8").of_limit) == ("flops", pytest.approx(90 / 1000))
+    assert (held("numba", 3).bound_by, held("numba", 3).of_limit) == ("weights", pytest.approx(90 / 300))
+
+
 def test_bench_times_the_first_call_apart_from_the_timed_run(monkeypatch):
     """The first call (compiles, cache loads, graph capture) is reported as first_call_s and left out of the timed
     run: a clock that advances 5 s in the first call and 10 ms a step in the others."""
