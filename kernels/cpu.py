@@ -774,12 +774,32 @@ def _products8(qp, ldw, K, bp, sp, cp, work, yp, ldy, ap, lda, nb, first, last):
 
 
 @njit(**_OPTIONS)
+def _lines(nbytes):
+    """nbytes of zeros (uint8) starting on a cache line. numba's own arrays start on 32 bytes, so two threads'
+    parts of one array could share the line at their bound and pass it to and fro as each writes its part (the
+    split's scratch: 1.05-1.19x on `standard`, docs/BENCHMARKS.md); with every part's bound at a multiple of 64
+    bytes (`share_span`: whole vectors) from an array that starts on a line, none do."""
+    raw = np.zeros(nbytes + 64, np.uint8)
+    skip = -raw.ctypes.data % 64
+    return raw[skip:skip + nbytes]
+
+
+@njit(**_OPTIONS)
+def _floats(rows, cols):
+    """A (rows, cols) float32 array of zeros starting on a cache line (`_lines`)."""
+    return _lines(4 * rows * cols).view(np.float32).reshape((rows, cols))
+
+
+@njit(**_OPTIONS)
 def work8(parts, tile, k, n):
     """w8a8 work arrays for `parts` parts of a tile of streams, inputs of up to k, outputs of up to n: xq (parts,
-    tile, 4 ceil(k/4)) uint8 (past an input's K any value: its weights are zero there), x_scale (parts, tile)
-    float32, acc (parts, n) int32. Where no product is w8a8, k = n = 0. `part8` gives one part's."""
-    return (np.zeros((parts, tile, 4 * ((k + 3) // 4)), np.uint8), np.zeros((parts, tile), np.float32),
-            np.zeros((parts, n), np.int32))
+    tile, at least 4 ceil(k/4)) uint8 (past an input's K any value: its weights are zero there), x_scale (parts, at
+    least tile) float32, acc (parts, at least n) int32, each part's rows on cache lines of their own (`_lines`).
+    Where no product is w8a8, k = n = 0. `part8` gives one part's."""
+    k64, t16, n16 = (k + 63) // 64 * 64, (tile + 15) // 16 * 16, (n + 15) // 16 * 16
+    return (_lines(parts * tile * k64).reshape((parts, tile, k64)),
+            _lines(4 * parts * t16).view(np.float32).reshape((parts, t16)),
+            _lines(4 * parts * n16).view(np.int32).reshape((parts, n16)))
 
 
 @njit(**_OPTIONS, inline="always")
@@ -1295,13 +1315,14 @@ def _scratch(tile, w, parts):
     """Per-tile work arrays, (tile, n) each: x, z, gated, skip, hidden, logits; then one row of zeros (1, n) as
     wide as any matrix (the start of plain products, and what chunks of a product add to the sums so far): -0.0,
     which adds to every float exactly (+0.0 turns -0.0 into +0.0); then `work8` for `parts` parts (empty unless the
-    weights are w8a8)."""
-    f = np.float32
+    weights are w8a8). Each starts on a cache line (`_lines`)."""
     R, G2, S, H = w.embed.shape[2], w.dilated_b.shape[1], w.head1_w.shape[0], w.head1_w.shape[1]
     wide = max(G2, w.out_b.shape[1], H, w.head2_w.shape[1])
     w8a8 = _is_w8a8(w)
-    return (np.zeros((tile, R), f), np.zeros((tile, G2), f), np.zeros((tile, G2 // 2), f), np.zeros((tile, S), f),
-            np.zeros((tile, H), f), np.zeros((tile, w.head2_w.shape[1]), f), np.full((1, wide), -0.0, f),
+    zeros = _floats(1, wide)
+    zeros[:] = -0.0
+    return (_floats(tile, R), _floats(tile, G2), _floats(tile, G2 // 2), _floats(tile, S), _floats(tile, H),
+            _floats(tile, w.head2_w.shape[1]), zeros,
             work8(parts, tile, max(R, G2 // 2, S, H) if w8a8 else 0, wide if w8a8 else 0))
 
 
