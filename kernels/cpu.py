@@ -397,7 +397,7 @@ _LONE8 = _micro(1, BLOCK.nv8, _L)
 # each a panel wide.
 _PANEL, _PANEL4, _PANEL1 = _micro(BLOCK.ps, BLOCK.pv, _L), _micro(4, BLOCK.pv, _L), _micro(1, BLOCK.pv, _L)
 _PANEL_AHEAD = _micro(BLOCK.ps, BLOCK.pv, _L, prefetch=True)
-_VEC, _SCALAR = _micro(1, 1, _L), _micro(1, 1, 1)
+_VEC, _SCALAR, _TWO = _micro(1, 1, _L), _micro(1, 1, 1), _micro(1, 2, _L)
 # What the tile path passes for the split path's weight blocks (`split_blocks`): nothing. (A global array of size
 # zero: numba freezes it into the code, which keeps the kernels cacheable.)
 _NO_BLOCKS, _NO_GATE_BLOCKS = np.zeros((0, 0, 0, 0), np.float32), np.zeros((0, 0, 0, 0, 0), np.float32)
@@ -484,6 +484,10 @@ def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp
             _ONE(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
                  ap + 4 * (g0 * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
             n += BLOCK.nv * _L
+        if g1 - g0 == 1 and n + 2 * _L <= last:  # two vectors in one loop, two chains at once (a split's short part)
+            _TWO(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
+                 ap + 4 * (g0 * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
+            n += 2 * _L
         for b in range(g0, g1):
             m = n
             while m + _L <= last:
