@@ -781,7 +781,7 @@ def _products8(qp, ldw, K, bp, sp, cp, work, yp, ldy, ap, lda, nb, first, last):
 def _lines(nbytes):
     """nbytes of zeros (uint8) starting on a cache line. numba's own arrays start on 32 bytes, so two threads'
     parts of one array could share the line at their bound and pass it to and fro as each writes its part (the
-    split's scratch: 1.05-1.19x on `standard`, docs/BENCHMARKS.md); with every part's bound at a multiple of 64
+    split's scratch: w8a8 1.07-1.10x, docs/BENCHMARKS.md); with every part's bound at a multiple of 64
     bytes (`share_span`: whole vectors) from an array that starts on a line, none do."""
     raw = np.zeros(nbytes + 64, np.uint8)
     skip = -raw.ctypes.data % 64
@@ -996,8 +996,8 @@ def split_blocks(w, parts: int):
     """Each part's weights of every layer, contiguous (so a thread streams one block instead of a share of every
     row, which the prefetchers follow poorly: an int8 product split by columns gained 1.13x on two threads, by
     blocks 1.42x, docs/BENCHMARKS.md): (gate blocks (L, parts, 2, k*R, span_G), a part's tanh columns, then its
-    sigmoid columns, each half a block of its own (a product reads whole rows: 1.07-1.11x on r9y9's shape over the
-    halves side by side in one block's rows, float32, bf16 and int8; w8a8 the same), output blocks (L, parts, G,
+    sigmoid columns, each half a block of its own (a product reads whole rows: 1.02-1.14x on r9y9's shape over the
+    halves side by side in one block's rows, docs/BENCHMARKS.md), output blocks (L, parts, G,
     span_R + span_S)), spans by `share_span`, in the weights' own dtype, zero where a part is short (at w8a8 in
     `w8a8_layout`: (L, parts, 2, k * ceil(R/4), 4 span_G), (L, parts, ceil(G/4), 4 (span_R + span_S))).
     w: CpuWeights."""
