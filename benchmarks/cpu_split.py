@@ -97,6 +97,18 @@ def uniforms(config, steps: int) -> np.ndarray:
                                            dtype=np.float32).reshape(steps, 1, -1)
 
 
+_MADE: dict = {}
+
+
+def _blocks(kernel, weights, parts: int):
+    """`kernel`'s `split_blocks` of `weights` for `parts` parts, aligned as the backend aligns them; made once per
+    kernel, weights and parts (a vocoder's float32 blocks are 95 MB of copies)."""
+    key = (id(kernel), id(weights), parts)
+    if key not in _MADE:  # the weights are kept with their blocks, so their id is not reused meanwhile
+        _MADE[key] = (weights, tuple(_aligned(a) for a in kernel.split_blocks(weights, parts)))
+    return _MADE[key][1]
+
+
 def generate_rate(kernel, backend, weights, u, split: int = 0):
     """One timed call generating u.shape[0] steps of one stream from a fresh state, plain sampling: `kernel` (a
     kernels/cpu.py module, this one or an older copy) `generate_split` on `split` threads (the blocks for
@@ -109,7 +121,7 @@ def generate_rate(kernel, backend, weights, u, split: int = 0):
     args = (state.last.numpy(), config.scalar_input, distributions.KERNEL_CODES[config.output],
             float(config.log_scale_min), 0, u, *rule)
     arrays = (state.queues.numpy(), state.inputs.numpy(), _no_cond(), out)
-    blocks = tuple(_aligned(a) for a in kernel.split_blocks(weights, split)) if split else ()
+    blocks = _blocks(kernel, weights, split) if split else ()
     start = time.perf_counter()
     if split:
         kernel.generate_split(*args, weights, *arrays, split, *blocks)

@@ -48,6 +48,7 @@ class BenchResult:
     limit_weight_passes_per_s: float | None = None
     # all cores together (Limits.split_passes_per_s): the batch-1 limit of rows that split one tile over every core
     limit_split_passes_per_s: float | None = None
+    split: bool = False  # one tile split over every core (Backend.splits): held to all cores' weight passes
     # samples_per_s x FLOPs per sample / the FMA peak of numba's target code (Limits.fma_gflops): vendor-neutral
     of_peak: float | None = None
     limit_fma_gflops: float | None = None
@@ -89,6 +90,10 @@ def vector_isa(flags: set[str], arch: str) -> str:
     if arch in ("aarch64", "arm64") or "asimd" in flags:
         return "neon"
     return "sse2" if "sse2" in flags else arch
+
+
+# Bytes of a float32 weight over the bytes of the same weight in each narrower precision.
+_NARROW = {"bf16": 2, "int8": 4, "w8a8": 4}
 
 
 @dataclass
@@ -134,10 +139,6 @@ class Limits:
         """Which limit binds at this batch: "weights" (the batch-1 limit times the batch) or "flops" (sgemm)."""
         return "weights" if batch * self.passes_per_s(precision, split) < self.batched_samples_per_s else "flops"
 
-    def splits(self, backend: str, batch: int) -> bool:
-        """Whether a row of `backend` at `batch` runs one tile on every core (`numba-split` below its threads)."""
-        return backend == "numba-split" and batch < self.split_threads
-
     def best(self, other: "Limits | None") -> "Limits":
         """Each limit the higher of the two measurements (machines drift; best against best compares like with
         like)."""
@@ -147,10 +148,6 @@ class Limits:
                        weight_passes_per_s=max(self.weight_passes_per_s, other.weight_passes_per_s),
                        fma_gflops=max(self.fma_gflops, other.fma_gflops),
                        split_passes_per_s=max(self.split_passes_per_s, other.split_passes_per_s))
-
-
-# Bytes of a float32 weight over the bytes of the same weight in each narrower precision.
-_NARROW = {"bf16": 2, "int8": 4, "w8a8": 4}
 
 
 @dataclass
@@ -187,9 +184,6 @@ class GpuLimits:
 
     def bound_by(self, batch: int, precision: str = "float32", split: bool = False) -> str:
         return "weights" if batch * self.weight_passes_per_s < self.batched_samples_per_s else "flops"
-
-    def splits(self, backend: str, batch: int) -> bool:
-        return False
 
     def best(self, other: "GpuLimits | None") -> "GpuLimits":
         if other is None:
@@ -422,7 +416,8 @@ def measure(model: ModelFile, backend: str, batch: int, device: str = "cpu", min
     rate = steps * batch / elapsed
     return BenchResult(backend=gen.backend.name, batch=batch, samples_per_s=rate,
                        realtime_factor=rate / batch / model.config.sample_rate, speedup_vs_naive=None,
-                       first_call_s=first, steps=steps, seconds=elapsed, precision=precision)
+                       first_call_s=first, steps=steps, seconds=elapsed, precision=precision,
+                       split=gen.backend.splits(batch))
 
 
 def measure_r9y9(config: WaveNetConfig, min_seconds: float = 1.0) -> BenchResult:
@@ -522,11 +517,10 @@ def measure_rows(model: ModelFile, backends: list[str], batches: list[int], devi
 def _hold(result: BenchResult, limits: Limits | GpuLimits | None):
     """Set a result's share of the machine's limit at its batch and precision, which limit binds there, and the
     limits it is held to."""
-    split = limits is not None and limits.splits(result.backend, result.batch)
-    limit = None if limits is None else limits.samples_per_s(result.batch, result.precision, split)
+    limit = None if limits is None else limits.samples_per_s(result.batch, result.precision, result.split)
     if limit:
         result.of_limit = result.samples_per_s / limit
-        result.bound_by = limits.bound_by(result.batch, result.precision, split)
+        result.bound_by = limits.bound_by(result.batch, result.precision, result.split)
         result.limit_weight_passes_per_s = limits.weight_passes_per_s
         if isinstance(limits, Limits):
             result.limit_sgemm_gflops = limits.sgemm_gflops

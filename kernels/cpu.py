@@ -802,7 +802,7 @@ def work8(parts, tile, k, n):
     Where no product is w8a8, k = n = 0. `part8` gives one part's."""
     k64, t16, n16 = (k + 63) // 64 * 64, (tile + 15) // 16 * 16, (n + 15) // 16 * 16
     return (_lines(parts * tile * k64).reshape((parts, tile, k64)),
-            _lines(4 * parts * t16).view(np.float32).reshape((parts, t16)),
+            _floats(parts, t16),
             _lines(4 * parts * n16).view(np.int32).reshape((parts, n16)))
 
 

@@ -101,7 +101,8 @@ def test_split_rows_and_narrow_weights_are_held_to_their_own_batch_1_limits():
 
     def held(backend, batch, precision="float32"):
         result = bench.BenchResult(backend=backend, batch=batch, samples_per_s=90.0, realtime_factor=0.0,
-                                   speedup_vs_naive=None, first_call_s=0.0, steps=2, seconds=1.0, precision=precision)
+                                   speedup_vs_naive=None, first_call_s=0.0, steps=2, seconds=1.0, precision=precision,
+                                   split=backend == "numba-split" and batch < limits.split_threads)
         bench._hold(result, limits)
         return result
 
@@ -114,6 +115,13 @@ def test_split_rows_and_narrow_weights_are_held_to_their_own_batch_1_limits():
     assert (held("numba", 2, "int8").bound_by, held("numba", 2, "int8").of_limit) == ("weights", pytest.approx(90 / 800))
     assert (held("numba", 3, "int8").bound_by, held("numba", 3, "int8").of_limit) == ("flops", pytest.approx(90 / 1000))
     assert (held("numba", 3).bound_by, held("numba", 3).of_limit) == ("weights", pytest.approx(90 / 300))
+    # what the bench records as `split` for a row: the backend's own rule
+    from fastwavenet.backends.numba_cpu import NumbaBackend, NumbaSplitBackend, numba_threads
+
+    model = bench.random_model_file(preset("tiny"))
+    split_backend = NumbaSplitBackend(model.config, model.weights, torch.device("cpu"), "float32")
+    assert split_backend.splits(1) == (numba_threads() > 1) and not split_backend.splits(numba_threads())
+    assert not NumbaBackend(model.config, model.weights, torch.device("cpu"), "float32").splits(1)
 
 
 def test_bench_times_the_first_call_apart_from_the_timed_run(monkeypatch):

@@ -70,6 +70,11 @@ class Backend:
     def new_state(self, batch: int, silence) -> QueueState:
         return QueueState.new(self.config, batch, silence, self.device)
 
+    def splits(self, batch: int) -> bool:
+        """Whether `batch` streams run as one tile split over every core (numba-split below its thread count), so
+        that all cores together read each weight once a step."""
+        return False
+
     def forward(self, state, codes: torch.Tensor, cond=None) -> torch.Tensor:
         raise NotImplementedError
 

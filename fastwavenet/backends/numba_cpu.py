@@ -179,6 +179,9 @@ class NumbaBackend(Backend):
         (`NumbaSplitBackend` splits)."""
         return 1
 
+    def splits(self, batch: int) -> bool:
+        return self._split_parts(batch) > 1
+
     def _blocks(self, parts: int):
         """Each part's weights, contiguous (`cpu.split_blocks`), made at the first split call for this count."""
         from ..kernels import cpu
