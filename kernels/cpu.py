@@ -520,8 +520,8 @@ def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
     """`_products` for many streams, on float32 weights in panels (`panel_layout`): pw (panels, rows, P), the
     product's rows row0 .. row0+K-1 of each panel, its outputs [first, last). Each panel's chunk of `_PANEL_CHUNK`
     rows is taken by every block of BLOCK.ps streams in turn (panel blocks: PS streams x PV vectors), from L1; for
-    products of `_PREFETCH_FROM` bytes or more the first blocks ask for the next chunk as they go, a cache line an
-    iteration. Each output is the same fma chain as in `_products` (a chunk goes on from the sums so far plus -0.0),
+    products of `_PREFETCH_FROM` bytes or more the whole blocks ask for the next chunk as they go, each its share, a
+    few bytes on every iteration (`spread`). Each output is the same fma chain as in `_products` (a chunk goes on from the sums so far plus -0.0),
     so the layouts give the same numbers."""
     P, rows = pw.shape[2], pw.shape[1]
     yp, ap = yp - 4 * first, ap - 4 * first  # so that output n of stream b is at yp + 4 * (b * ldy + n)
@@ -538,6 +538,13 @@ def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
             nxt, nk = (wk + 4 * kc * P, min(_PANEL_CHUNK, K - k0 - kc)) if k0 + kc < K else \
                 (pw.ctypes.data + 4 * ((p + 1) * rows + row0) * P, min(_PANEL_CHUNK, K) if p + 1 < p1 else 0)
             nbytes = 4 * nk * P if ahead else 0
+            # spread over every whole block of the chunk: the whole next chunk asked for by the first two blocks (a
+            # line an iteration) kept the core's line-fill buffers full of requests to memory, where the blocks'
+            # inputs from L2 then waited; spread, a few are in flight at a time (r9y9's products from memory, 128
+            # streams: 1.08-1.10x, docs/BENCHMARKS.md). Iterations ask for the same line several times over; a
+            # request for a line already on its way costs a load slot, not a fill buffer.
+            whole = nb // BLOCK.ps
+            spread = 64 if whole == 0 else ((nbytes + whole * kc - 1) // (whole * kc) + 3) // 4 * 4
             line = 0
             b = 0
             while b < nb:
@@ -545,8 +552,8 @@ def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
                 a, la, bias = (ap + 4 * (b * lda + c0), lda, bp + 4 * c0) if k0 == 0 else (at, ldy, zp + 4 * c0)
                 if c1 - c0 == P:
                     if b + BLOCK.ps <= nb and line < nbytes:  # (lines past the chunk: harmless)
-                        _PANEL_AHEAD(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, nxt + line, 64)
-                        line += 64 * kc
+                        _PANEL_AHEAD(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, nxt + line, spread)
+                        line += spread * kc
                         b += BLOCK.ps
                     elif b + BLOCK.ps <= nb:
                         _PANEL(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
@@ -870,6 +877,14 @@ def _share(part, parts, n):
 
 
 @njit(**_OPTIONS)
+def _write_slot(queues, b0, nb, row, xs, c0, c1):
+    """Channels [c0, c1) of the layer's input xs into queue row `row` of streams b0 .. b0+nb-1."""
+    for bb in range(nb):
+        for c in range(c0, c1):
+            queues[b0 + bb, row, c] = xs[bb, c]
+
+
+@njit(**_OPTIONS)
 def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer,
                vp, cp, pl, work):
     """A layer's gate for part `part` of `parts` of its G channels (all of them for one part): the k taps' products
@@ -886,6 +901,8 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
     zc, qs0 = z.ctypes.data, queues.strides[0]
     c0, c1 = (0, G) if parts == 1 else _share(part, parts, G)
     for j in range(k):  # tap j of k, oldest first: the queue slots, then the new input
+        if parts == 1 and j == 1:  # tap 0's slot, read, is where the input goes (`_out_layer` says why here)
+            _write_slot(queues, b0, nb, off + t % ((k - 1) * d), xs, 0, R)
         if j < k - 1:
             xp, ldx = _tap_row(queues, b0, off, d, k, j, t), qs0 // 4
         else:
@@ -1066,7 +1083,9 @@ def _taps(w):
 def _prefetch_rows(queues, w, b0, nb, layer, t):
     """Ask for the queue rows the layer after `layer` reads at time t (after the last, the first layer's at t + 1),
     for streams b0 .. b0+nb-1: each stream's lie far apart, so no hardware prefetcher finds them, and the products
-    would wait for each."""
+    would wait for each. The split path's threads ask for them; tiles do not (for a tile of 128 of r9y9's streams
+    the burst of requests was 2.7 % of the step and its removal gained 1.03x; `standard` and small tiles 0.99-1.01x:
+    a row's 2 KB are a run the prefetchers follow once the products start on it)."""
     k, L, R = _taps(w), w.dilated_b.shape[0], w.embed.shape[2]
     ahead, ta = (layer + 1, t) if layer + 1 < L else (0, t + 1)
     qs0 = queues.strides[0]
@@ -1098,13 +1117,13 @@ def _out_layer(part, parts, nb, w, queues, b0, t, layer, xs, gated, skip, zeros,
     """Layer `layer`'s outputs, part `part` of `parts`, for streams b0 .. b0+nb-1 at time t: first the part's share
     of the layer's input channels into the queue slot for time t (after the gate's products, which with k = 2 read
     that slot, and before the residual products change them), then `_out_part` (the last layer's residual output,
-    which feeds nothing, skipped; its skip sums, the part's share, through a relu)."""
+    which feeds nothing, skipped; its skip sums, the part's share, through a relu). One part writes the slot sooner,
+    in `_gate_part`, right after tap 0's products read it: written here, after the gate's weights had passed
+    through the caches, every slot's lines came from memory again (4 % of r9y9's step at 128 streams)."""
     R, S, L = xs.shape[1], skip.shape[1], w.dilated_b.shape[0]
-    r0, r1 = (0, R) if parts == 1 else _share(part, parts, R)
-    write = w.offsets[layer] + t % ((_taps(w) - 1) * w.dilations[layer])
-    for bb in range(nb):
-        for c in range(r0, r1):
-            queues[b0 + bb, write, c] = xs[bb, c]
+    if parts > 1:
+        r0, r1 = _share(part, parts, R)
+        _write_slot(queues, b0, nb, w.offsets[layer] + t % ((_taps(w) - 1) * w.dilations[layer]), xs, r0, r1)
     vp, cp = (w.out_v[layer].ctypes.data, w.out_c[layer].ctypes.data) if _is_w8a8(w) else (0, 0)
     _out_part(part, parts, nb, w.out_w[layer], w.out_b[layer].ctypes.data, w.out_s[layer].ctypes.data, gated, xs,
               skip, layer < L - 1, blocks, layer, zeros.ctypes.data, vp, cp, w.out_p[layer], work)
@@ -1146,7 +1165,6 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
     (queue slots, then the new input) and accumulate in place (`_products`)."""
     _step_input(b0, nb, codes, scalar, w, inputs, xs, skip)
     for layer in range(w.dilated_b.shape[0]):
-        _prefetch_rows(queues, w, b0, nb, layer, t)
         _gate_layer(0, 1, nb, w, queues, b0, t, cond, s, layer, xs, z, gated, zeros, _NO_GATE_BLOCKS, work)
         _out_layer(0, 1, nb, w, queues, b0, t, layer, xs, gated, skip, zeros, _NO_BLOCKS, work)
     _head_part(0, 1, 1, nb, w, skip, hidden, logits, zeros, work)

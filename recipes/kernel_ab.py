@@ -7,7 +7,6 @@ Run: git show 66e561a:kernels/cpu.py > /tmp/cpu_old.py
      OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python recipes/kernel_ab.py /tmp/cpu_old.py float32|bf16|int8 [vocoder]
 Kernels before the outer-product blocks (66e561a and older, no `BLOCKS`) read out-major matrices (out, in); they get
 them transposed. Later ones read in-major, as the backend gives them."""
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -18,16 +17,13 @@ from fastwavenet import preset
 from fastwavenet.backends.numba_cpu import NumbaBackend
 from fastwavenet.bench import random_model_file
 from fastwavenet.kernels import cpu as cpu_new
-from kernel_timing import load_kernel, natural, time_generate
+from kernel_timing import load_kernel, natural, time_generate, vocoder_config
 
 cpu_old = load_kernel(Path(sys.argv[1]).read_text(), "cpu_old")
 
 prec = sys.argv[2] if len(sys.argv) > 2 else "float32"
 vocoder = len(sys.argv) > 3 and sys.argv[3] == "vocoder"
-config = preset("standard")
-if vocoder:
-    config = dataclasses.replace(config, residual_channels=512, gate_channels=256, skip_channels=256,
-                                 head_channels=256, kernel_size=3, layers_per_stack=6, stacks=4, input_kernel_size=1)
+config = vocoder_config() if vocoder else preset("standard")
 model = random_model_file(config)
 backend = NumbaBackend(config, model.weights, torch.device("cpu"), prec)
 

@@ -4,7 +4,6 @@ new tiles as the numba backend sizes them now; random weights, plain sampling, a
 
 Run: git show 9528f4e:kernels/cpu.py > /tmp/cpu_old.py
      NUMBA_NUM_THREADS=2 python recipes/kernel_ab_tiles.py /tmp/cpu_old.py BATCH [OLD_TILE] [STEPS]"""
-import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -12,18 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastwavenet import preset
 from fastwavenet.backends.numba_cpu import NumbaBackend, numba_threads
 from fastwavenet.bench import random_model_file
 from fastwavenet.kernels import cpu as cpu_new
-from kernel_timing import load_kernel, natural, time_generate
+from kernel_timing import load_kernel, natural, time_generate, vocoder_config
 
 cpu_old = load_kernel(Path(sys.argv[1]).read_text(), "cpu_old")
 batch = int(sys.argv[2])
 old_tile = int(sys.argv[3]) if len(sys.argv) > 3 else min(64, math.ceil(batch / numba_threads()))
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else 16
-config = dataclasses.replace(preset("standard"), residual_channels=512, gate_channels=256, skip_channels=256,
-                             head_channels=256, kernel_size=3, layers_per_stack=6, stacks=4, input_kernel_size=1)
+config = vocoder_config()
 backend = NumbaBackend(config, random_model_file(config).weights, torch.device("cpu"), "float32")
 new_tile = backend._tile(batch)
 new_w = backend._kernel_weights(new_tile)

@@ -1,12 +1,22 @@
 """What the kernel recipes share (recipes/kernel_ab.py, kernel_ab_tiles.py, products_vs_step.py, step_profile.py): a
 copy of a CPU kernel loaded as a module of its own, one timed `generate` call on a fresh state, and the weights in
 the layout older kernels read."""
+import dataclasses
 import importlib.util
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from fastwavenet import preset
+
+
+def vocoder_config():
+    """r9y9's LJSpeech shape (R 512, G 256, S and H 256, 24 layers in 4 stacks of 6, 3 taps) as a class model on
+    `standard`'s head: the shape the batched vocoder figures of docs/BENCHMARKS.md are measured on."""
+    return dataclasses.replace(preset("standard"), residual_channels=512, gate_channels=256, skip_channels=256,
+                               head_channels=256, kernel_size=3, layers_per_stack=6, stacks=4, input_kernel_size=1)
 
 
 def load_kernel(source: str, name: str):

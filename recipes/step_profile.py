@@ -3,7 +3,8 @@ TSC on x86) around each part of `_tile_step` and around the sampling in `generat
 (random weights, plain sampling), with the cycles per sample and the share of each part. No profiler is needed
 (perf in a VM often has no hardware counters). The counters cost a few per cent; the shares are what to read.
 
-Run: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python recipes/step_profile.py [BATCH] [STEPS] [float32|bf16]
+Run: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python recipes/step_profile.py [BATCH] [STEPS] [float32|bf16] [SHAPE]
+(SHAPE: a preset, or `vocoder`, r9y9's LJSpeech shape as a class model; tiles as the backend sizes them)
 The copy is made by inserting lines at fixed places of kernels/cpu.py; if the kernel changes there, this says
 which place it could not find."""
 import sys
@@ -14,7 +15,7 @@ import torch
 from fastwavenet import preset
 from fastwavenet.backends.numba_cpu import NumbaBackend
 from fastwavenet.bench import random_model_file
-from kernel_timing import load_kernel, time_generate
+from kernel_timing import load_kernel, time_generate, vocoder_config
 
 PARTS = {1: "dilated taps (products) + gate", 2: "queue write", 3: "residual + skip (products)",
          6: "prefetch of the next rows", 4: "head (relu + 2 products)", 5: "sampling"}
@@ -87,13 +88,15 @@ def main():
     batch = int(sys.argv[1]) if len(sys.argv) > 1 else 64
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 300
     precision = sys.argv[3] if len(sys.argv) > 3 else "float32"
+    shape = sys.argv[4] if len(sys.argv) > 4 else "standard"
     cpu = instrumented()
-    config = preset("standard")
+    config = vocoder_config() if shape == "vocoder" else preset(shape)
     backend = NumbaBackend(config, random_model_file(config).weights, torch.device("cpu"), precision)
-    weights = backend._kernel_weights(min(batch, 64))  # at bf16, what the backend's tiles of this size read
+    tile = backend._tile(batch)
+    weights = backend._kernel_weights(tile)  # what the backend's tiles of this size read
 
     def run(n):
-        return time_generate(cpu, weights, config, batch, n)[0]
+        return time_generate(cpu, weights, config, batch, n, tile)[0]
 
     run(4)  # compiles
     cpu.PROF[:] = 0
@@ -101,7 +104,7 @@ def main():
     counts = cpu.PROF.astype(float)
     counts[3] -= counts[2]  # the queue write is timed inside the outputs' slot
     total, samples = counts[STEP] + counts[5], batch * steps
-    print(f"standard, {precision}, batch {batch}, {steps} steps: {rate:,.0f} samples/s (with the counters), "
+    print(f"{shape}, {precision}, batch {batch}, {steps} steps: {rate:,.0f} samples/s (with the counters), "
           f"{total / samples:,.0f} counter cycles per sample ({total / (samples / rate) / 1e9:.2f} GHz)")
     c = config
     flops = {1: 2 * c.layers * c.kernel_size * c.residual_channels * 2 * c.gate_channels,
