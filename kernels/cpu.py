@@ -521,8 +521,8 @@ def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
     product's rows row0 .. row0+K-1 of each panel, its outputs [first, last). Each panel's chunk of `_PANEL_CHUNK`
     rows is taken by every block of BLOCK.ps streams in turn (panel blocks: PS streams x PV vectors), from L1; for
     products of `_PREFETCH_FROM` bytes or more the whole blocks ask for the next chunk as they go, each its share, a
-    few bytes on every iteration (`spread`). Each output is the same fma chain as in `_products` (a chunk goes on from the sums so far plus -0.0),
-    so the layouts give the same numbers."""
+    few bytes on every iteration (`spread`). Each output is the same fma chain as in `_products` (a chunk goes on
+    from the sums so far plus -0.0), so the layouts give the same numbers."""
     P, rows = pw.shape[2], pw.shape[1]
     yp, ap = yp - 4 * first, ap - 4 * first  # so that output n of stream b is at yp + 4 * (b * ldy + n)
     w0 = pw[0, 0, 0]
@@ -540,9 +540,9 @@ def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
             nbytes = 4 * nk * P if ahead else 0
             # spread over every whole block of the chunk: the whole next chunk asked for by the first two blocks (a
             # line an iteration) kept the core's line-fill buffers full of requests to memory, where the blocks'
-            # inputs from L2 then waited; spread, a few are in flight at a time (r9y9's products from memory, 128
-            # streams: 1.08-1.10x, docs/BENCHMARKS.md). Iterations ask for the same line several times over; a
-            # request for a line already on its way costs a load slot, not a fill buffer.
+            # inputs from L2 then waited; spread, a few are in flight at a time (one r9y9 tap's product alone, from
+            # memory, 128 streams: 1.09-1.11x; the step 1.05x, docs/BENCHMARKS.md). Iterations ask for the same
+            # line again; a request for a line already on its way costs a load slot, not a fill buffer.
             whole = nb // BLOCK.ps
             spread = 64 if whole == 0 else ((nbytes + whole * kc - 1) // (whole * kc) + 3) // 4 * 4
             line = 0
