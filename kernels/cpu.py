@@ -393,10 +393,11 @@ _MAIN, _ONE, _LONE = _micro(BLOCK.sb, BLOCK.nv, _L), _micro(1, BLOCK.nv, _L), _m
 _MAIN_AHEAD = _micro(BLOCK.sb, BLOCK.nv, _L, prefetch=True)
 _GATE, _GATE_ONE = _gate_block(_L), _gate_block(1)
 _LONE8 = _micro(1, BLOCK.nv8, _L)
-# The panel products' blocks: many streams (and the same asking for the next chunk), a few streams, one stream,
-# each a panel wide.
-_PANEL, _PANEL4, _PANEL1 = _micro(BLOCK.ps, BLOCK.pv, _L), _micro(4, BLOCK.pv, _L), _micro(1, BLOCK.pv, _L)
-_PANEL_AHEAD = _micro(BLOCK.ps, BLOCK.pv, _L, prefetch=True)
+# The panel products' blocks, each a panel wide: PS - d streams for d = 0 .. 4 (`_PB*`, and the same asking for
+# lines ahead, `_PA*`: a tile's streams in blocks of even size, `_panel_products`), a few streams, one stream.
+_PB0, _PB1, _PB2, _PB3, _PB4 = (_micro(BLOCK.ps - d, BLOCK.pv, _L) for d in range(5))
+_PA0, _PA1, _PA2, _PA3, _PA4 = (_micro(BLOCK.ps - d, BLOCK.pv, _L, prefetch=True) for d in range(5))
+_PANEL4, _PANEL1 = _micro(4, BLOCK.pv, _L), _micro(1, BLOCK.pv, _L)
 _VEC, _SCALAR, _TWO = _micro(1, 1, _L), _micro(1, 1, 1), _micro(1, 2, _L)
 # What the tile path passes for the split path's weight blocks (`split_blocks`): nothing. (A global array of size
 # zero: numba freezes it into the code, which keeps the kernels cacheable.)
@@ -515,13 +516,41 @@ def panel_layout(m: np.ndarray, panel: int = BLOCK.panel) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(padded.reshape(*lead, rows, panels, panel), -2, -3))
 
 
+@njit(**_OPTIONS, inline="always")
+def _panel_block(d, ask, w0, wk, P, x, ldx, at, ldy, a, la, bias, kc, ahead, stride):
+    """One panel block of BLOCK.ps - d streams (d <= 4), asking for lines ahead where `ask` (`_micro`)."""
+    if ask:
+        if d == 0:
+            _PA0(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, ahead, stride)
+        elif d == 1:
+            _PA1(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, ahead, stride)
+        elif d == 2:
+            _PA2(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, ahead, stride)
+        elif d == 3:
+            _PA3(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, ahead, stride)
+        else:
+            _PA4(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, ahead, stride)
+    elif d == 0:
+        _PB0(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+    elif d == 1:
+        _PB1(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+    elif d == 2:
+        _PB2(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+    elif d == 3:
+        _PB3(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+    else:
+        _PB4(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+
+
 @njit(**_OPTIONS)
 def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
     """`_products` for many streams, on float32 weights in panels (`panel_layout`): pw (panels, rows, P), the
     product's rows row0 .. row0+K-1 of each panel, its outputs [first, last). Each panel's chunk of `_PANEL_CHUNK`
-    rows is taken by every block of BLOCK.ps streams in turn (panel blocks: PS streams x PV vectors), from L1; for
-    products of `_PREFETCH_FROM` bytes or more the whole blocks ask for the next chunk as they go, each its share, a
-    few bytes on every iteration (`spread`). Each output is the same fma chain as in `_products` (a chunk goes on
+    rows is taken by every block of streams in turn, from L1: the fewest blocks of at most PS streams (x PV vectors),
+    their sizes within one of each other and at least PS - 4 (32 streams as 11 + 11 + 10, not 12 + 12 + 4 + 4, whose
+    blocks of 4 ran at half the rate: 1.04-1.09x on r9y9's step at tiles of 32); tiles too small for that take
+    blocks of PS, then 4, then 1. For products of `_PREFETCH_FROM` bytes or more the whole blocks ask for the next
+    chunk as they go, each its share, a few bytes on every iteration (`spread`). Each output is the same fma chain as in `_products` (a chunk goes on
     from the sums so far plus -0.0), so the layouts give the same numbers."""
     P, rows = pw.shape[2], pw.shape[1]
     yp, ap = yp - 4 * first, ap - 4 * first  # so that output n of stream b is at yp + 4 * (b * ldy + n)
@@ -543,20 +572,31 @@ def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
             # inputs from L2 then waited; spread, a few are in flight at a time (one r9y9 tap's product alone, from
             # memory, 128 streams: 1.09-1.11x; the step 1.05x, docs/BENCHMARKS.md). Iterations ask for the same
             # line again; a request for a line already on its way costs a load slot, not a fill buffer.
-            whole = nb // BLOCK.ps
+            blocks = (nb + BLOCK.ps - 1) // BLOCK.ps
+            even = nb // blocks >= BLOCK.ps - 4 and c1 - c0 == P
+            whole = blocks if even else nb // BLOCK.ps
             spread = 64 if whole == 0 else ((nbytes + whole * kc - 1) // (whole * kc) + 3) // 4 * 4
             line = 0
             b = 0
-            while b < nb:
+            if even:  # blocks of nb // blocks + 1 streams, then of nb // blocks
+                for i in range(blocks):
+                    size = nb // blocks + (1 if i < nb % blocks else 0)
+                    at, x = yp + 4 * (b * ldy + c0), xp + 4 * (b * ldx + k0)
+                    a, la, bias = (ap + 4 * (b * lda + c0), lda, bp + 4 * c0) if k0 == 0 else (at, ldy, zp + 4 * c0)
+                    _panel_block(BLOCK.ps - size, line < nbytes, w0, wk, P, x, ldx, at, ldy, a, la, bias, kc,
+                                 nxt + line, spread)
+                    line += spread * kc
+                    b += size
+            while b < nb:  # (none left after even blocks)
                 at, x = yp + 4 * (b * ldy + c0), xp + 4 * (b * ldx + k0)
                 a, la, bias = (ap + 4 * (b * lda + c0), lda, bp + 4 * c0) if k0 == 0 else (at, ldy, zp + 4 * c0)
                 if c1 - c0 == P:
                     if b + BLOCK.ps <= nb and line < nbytes:  # (lines past the chunk: harmless)
-                        _PANEL_AHEAD(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, nxt + line, spread)
+                        _PA0(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, nxt + line, spread)
                         line += spread * kc
                         b += BLOCK.ps
                     elif b + BLOCK.ps <= nb:
-                        _PANEL(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+                        _PB0(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
                         b += BLOCK.ps
                     elif b + 4 <= nb:
                         _PANEL4(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)

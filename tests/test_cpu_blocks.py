@@ -89,19 +89,19 @@ def test_products_accumulate_in_place(k, n):
                                          (1000, 64, 0)])
 def test_panel_products_equal_the_natural_layout_bit_for_bit(k, n, first):
     """Many-stream tiles read the layers' weights in panels (`panel_layout`, `_panel_products`): the same numbers
-    as `_products` on the natural layout for every remainder of the panel blocks (streams, panels cut by first or
-    last, rows past a chunk, chunks prefetched), from a bias and a start row shared by every stream or one each, and a product over a
-    range of rows (a tap) reads only those rows of each panel."""
+    as `_products` on the natural layout for every size and remainder of the panel blocks (streams, panels cut by
+    first or last, rows past a chunk, chunks prefetched), from a bias and a start row shared by every stream or one
+    each, and a product over a range of rows (a tap) reads only those rows of each panel."""
     rng = np.random.default_rng(k * 7 + n)
     w = rng.standard_normal((k, n)).astype(np.float32)
     panels = cpu.panel_layout(w)
     assert panels.shape == (-(-n // cpu.BLOCK.panel), k, cpu.BLOCK.panel)
     bias = rng.standard_normal(n).astype(np.float32)
     zeros = np.full((1, n), -0.0, np.float32)
-    x = rng.standard_normal((37, k)).astype(np.float32)
-    own = rng.standard_normal((37, n)).astype(np.float32)
+    x = rng.standard_normal((64, k)).astype(np.float32)
+    own = rng.standard_normal((64, n)).astype(np.float32)
     for start, lda in ((np.zeros((1, n), np.float32), 0), (own, n)):
-        for batch in (1, 3, 4, 5, 12, 13, 16, 17, 37):
+        for batch in (1, 3, 4, 5, 12, 13, 16, 17, 22, 32, 37, 64):  # blocks of every even size, and the rest
             y = np.full((batch, n), np.nan, np.float32)
             cpu._panel_products(panels, 0, k, bias.ctypes.data, x.ctypes.data, k, y.ctypes.data + 4 * first, n,
                                 start.ctypes.data + 4 * first, lda, batch, first, n, zeros.ctypes.data)
