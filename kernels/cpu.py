@@ -550,8 +550,8 @@ def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
     their sizes within one of each other and at least PS - 4 (32 streams as 11 + 11 + 10, not 12 + 12 + 4 + 4, whose
     blocks of 4 ran at half the rate: 1.04-1.09x on r9y9's step at tiles of 32); tiles too small for that take
     blocks of PS, then 4, then 1. For products of `_PREFETCH_FROM` bytes or more the whole blocks ask for the next
-    chunk as they go, each its share, a few bytes on every iteration (`spread`). Each output is the same fma chain as in `_products` (a chunk goes on
-    from the sums so far plus -0.0), so the layouts give the same numbers."""
+    chunk as they go, each its share, a few bytes on every iteration (`spread`). Each output is the same fma chain
+    as in `_products` (a chunk goes on from the sums so far plus -0.0), so the layouts give the same numbers."""
     P, rows = pw.shape[2], pw.shape[1]
     yp, ap = yp - 4 * first, ap - 4 * first  # so that output n of stream b is at yp + 4 * (b * ldy + n)
     w0 = pw[0, 0, 0]
