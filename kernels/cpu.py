@@ -892,11 +892,16 @@ def w8a8_layout(q: np.ndarray, taps: int = 1) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(**_OPTIONS, inline="always")
+def _tap_slot(offset, d, k, j, t):
+    """The queue row holding tap j (of k, oldest first; j < k - 1) of the layer whose ring starts at `offset` with
+    dilation d, at time t (k >= 2: the config refuses 1). Tap 0's is the slot the layer's input at t goes to."""
+    return offset + (t - (k - 1 - j) * d) % ((k - 1) * d)
+
+
+@njit(**_OPTIONS, inline="always")
 def _tap_row(queues, b0, offset, d, k, j, t):
-    """Address of stream b0's queue row holding tap j (of k, oldest first; j < k - 1) of the layer whose ring starts
-    at `offset` with dilation d, at time t (k >= 2: the config refuses 1). Stream b0 + i's is strides[0] * i on."""
-    return queues.ctypes.data + b0 * queues.strides[0] + (offset + (t - (k - 1 - j) * d) % ((k - 1) * d)) * \
-        queues.strides[1]
+    """Address of stream b0's queue row `_tap_slot`. Stream b0 + i's is strides[0] * i on."""
+    return queues.ctypes.data + b0 * queues.strides[0] + _tap_slot(offset, d, k, j, t) * queues.strides[1]
 
 
 @njit(**_OPTIONS)
@@ -942,7 +947,7 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
     c0, c1 = (0, G) if parts == 1 else _share(part, parts, G)
     for j in range(k):  # tap j of k, oldest first: the queue slots, then the new input
         if parts == 1 and j == 1:  # tap 0's slot, read, is where the input goes (`_out_layer` says why here)
-            _write_slot(queues, b0, nb, off + t % ((k - 1) * d), xs, 0, R)
+            _write_slot(queues, b0, nb, _tap_slot(off, d, k, 0, t), xs, 0, R)
         if j < k - 1:
             xp, ldx = _tap_row(queues, b0, off, d, k, j, t), qs0 // 4
         else:
@@ -1163,7 +1168,7 @@ def _out_layer(part, parts, nb, w, queues, b0, t, layer, xs, gated, skip, zeros,
     R, S, L = xs.shape[1], skip.shape[1], w.dilated_b.shape[0]
     if parts > 1:
         r0, r1 = _share(part, parts, R)
-        _write_slot(queues, b0, nb, w.offsets[layer] + t % ((_taps(w) - 1) * w.dilations[layer]), xs, r0, r1)
+        _write_slot(queues, b0, nb, _tap_slot(w.offsets[layer], w.dilations[layer], _taps(w), 0, t), xs, r0, r1)
     vp, cp = (w.out_v[layer].ctypes.data, w.out_c[layer].ctypes.data) if _is_w8a8(w) else (0, 0)
     _out_part(part, parts, nb, w.out_w[layer], w.out_b[layer].ctypes.data, w.out_s[layer].ctypes.data, gated, xs,
               skip, layer < L - 1, blocks, layer, zeros.ctypes.data, vp, cp, w.out_p[layer], work)
