@@ -95,6 +95,7 @@ class CpuWeights(NamedTuple):
 # cache=True keeps the compiled code between runs.
 _FAST = {"nnan", "ninf", "nsz", "contract", "afn", "reassoc"}
 _OPTIONS = dict(fastmath=_FAST, error_model="numpy", cache=True)
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 # Eigen's rational approximation of tanh for float32 (max abs error 3.4e-7 against float64 tanh). libm's tanh is
 # not vectorized and cost more than the matrix work at these sizes.
@@ -256,6 +257,24 @@ def _emit_prefetch(builder, address):
     builder.call(fn, [builder.inttoptr(address, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
+def _pin(builder, slots):
+    """An empty asm statement that reads and writes the vectors in `slots` (allocas) in registers, on x86 (elsewhere
+    nothing): what a block computes before it stays before it, what comes after stays after. `_micro` pins each
+    stream's sums after its fmas. Unpinned, LLVM's scheduler put every stream's broadcast above the first fma, and
+    12 broadcasts, 24 sums and 2 weight vectors are more than 32 registers: sums went to the stack and back on every
+    iteration (14 stack references in the 12 x 2 block's loop for an Intel target; 48 in two iterations for znver4,
+    where r9y9's step at 128 streams then ran 1.53x slower, docs/BENCHMARKS.md). The core reorders the loop anyway."""
+    if not _X86:
+        return
+    vec = slots[0].type.pointee
+    values = [builder.load(a) for a in slots]
+    ties = ",".join(["=v"] * len(slots) + [str(i) for i in range(len(slots))])
+    pinned = builder.asm(ir.FunctionType(ir.LiteralStructType([vec] * len(slots)), [vec] * len(slots)), "", ties,
+                         values, True)
+    for i, a in enumerate(slots):
+        builder.store(builder.extract_value(pinned, i), a)
+
+
 def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False):
     """An intrinsic computing one block: y[s, n] (s < sb, n < nv * lanes) = (a[s, n] + bias[n]) + sum_i x[s, i] *
     w[i, n], each output one fma chain over i = 0 .. k-1 starting from a + bias (a is where the sum so far lives, or
@@ -346,6 +365,8 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False):
                                                    ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
                     for v in range(nv):
                         builder.store(builder.call(fma, [splat, weights[v], builder.load(accs[s][v])]), accs[s][v])
+                    if s < sb - 1:
+                        _pin(builder, accs[s])
             # back to column order: output j of a pair is its even vector's lane j / 2 or its odd vector's
             back = [[j // 2 + (lanes if j % 2 else 0) for j in range(half * lanes, (half + 1) * lanes)]
                     for half in (0, 1)]
@@ -1232,7 +1253,6 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
 # threads. Measured against a parallel region per phase in docs/BENCHMARKS.md.
 
 _SPINS = 2000  # pause hints before a wait starts yielding the core (about 30-100 us)
-_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 
 @intrinsic
