@@ -33,7 +33,9 @@ def load_kernel(source: str, name: str):
 def time_generate(kernel, weights, config, batch: int, n: int, tile: int = 64):
     """Generate n steps for `batch` streams from an empty state with `kernel` (a kernels/cpu.py module): plain
     sampling from fixed uniforms, tiles of up to `tile` streams. Returns (samples per second, the codes (batch, n))."""
-    queues = np.zeros((batch, config.queue_length, config.residual_channels), np.float32)
+    queues = np.empty((batch, config.queue_length, config.residual_channels), np.float32)
+    queues.fill(0.0)  # written, as a generator's are after its first steps: untouched pages of zeros all map to one
+    # page of the OS's, so the kernel's reads of them would hit in cache whatever the layout
     inputs = np.full((batch, max(1, config.input_kernel_size - 1)), -1, np.int64)
     u = np.random.default_rng(0).random((n, batch, 1)).astype(np.float32)
     out = np.empty((batch, n), np.int64)
