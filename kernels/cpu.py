@@ -259,11 +259,13 @@ def _emit_prefetch(builder, address):
 
 def _pin(builder, slots):
     """An empty asm statement that reads and writes the vectors in `slots` (allocas) in registers, on x86 (elsewhere
-    nothing): what a block computes before it stays before it, what comes after stays after. `_micro` pins each
-    stream's sums after its fmas. Unpinned, LLVM's scheduler put every stream's broadcast above the first fma, and
-    12 broadcasts, 24 sums and 2 weight vectors are more than 32 registers: sums went to the stack and back on every
-    iteration (14 stack references in the 12 x 2 block's loop for an Intel target; 48 in two iterations for znver4,
-    where r9y9's step at 128 streams then ran 1.53x slower, docs/BENCHMARKS.md). The core reorders the loop anyway."""
+    nothing): what a block computes before it stays before it, what comes after stays after. `_micro(pin=True)`
+    (the panel blocks) pins each stream's sums after its fmas. Unpinned, LLVM's scheduler put every stream's
+    broadcast above the first fma, and 12 broadcasts, 24 sums and 2 weight vectors are more than 32 registers: sums
+    went to the stack and back on every iteration (the 12 x 2 block's loop: 14 stack references for an Intel target;
+    48 in two iterations for znver4, whose model spilled from 8 x 2 up; r9y9's step at 128 streams on Zen 4 ran
+    1.53x slower, docs/BENCHMARKS.md). The core reorders the loop anyway. The 4 x 4 block (24 registers) is left to
+    the scheduler: pinned, r9y9's batch 8 ran 0.88x on Zen 4."""
     if not _X86:
         return
     vec = slots[0].type.pointee
@@ -275,7 +277,7 @@ def _pin(builder, slots):
         builder.store(builder.extract_value(pinned, i), a)
 
 
-def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False):
+def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = False):
     """An intrinsic computing one block: y[s, n] (s < sb, n < nv * lanes) = (a[s, n] + bias[n]) + sum_i x[s, i] *
     w[i, n], each output one fma chain over i = 0 .. k-1 starting from a + bias (a is where the sum so far lives, or
     zeros; y may be a). Arguments: a weight (its type says float32, bf16 bits (uint16) or int8, widened in
@@ -284,7 +286,7 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False):
     the output columns' float32 scales (read only for int8). With `prefetch`, two more: an address ahead and a
     stride in bytes: the block asks for the cache line at ahead + i * stride in iteration i, so weights to come
     arrive while these are used (a burst of prefetches before the block, measured against this, stalled it:
-    docs/BENCHMARKS.md)."""
+    docs/BENCHMARKS.md). With `pin`, each stream's sums are pinned after its fmas (`_pin`)."""
 
     def typed(weight):
         bf16 = weight == types.uint16
@@ -365,7 +367,7 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False):
                                                    ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
                     for v in range(nv):
                         builder.store(builder.call(fma, [splat, weights[v], builder.load(accs[s][v])]), accs[s][v])
-                    if s < sb - 1:
+                    if pin and s < sb - 1:
                         _pin(builder, accs[s])
             # back to column order: output j of a pair is its even vector's lane j / 2 or its odd vector's
             back = [[j // 2 + (lanes if j % 2 else 0) for j in range(half * lanes, (half + 1) * lanes)]
@@ -416,8 +418,8 @@ _GATE, _GATE_ONE = _gate_block(_L), _gate_block(1)
 _LONE8 = _micro(1, BLOCK.nv8, _L)
 # The panel products' blocks, each a panel wide: PS - d streams for d = 0 .. 4 (`_PB*`, and the same asking for
 # lines ahead, `_PA*`: a tile's streams in blocks of even size, `_panel_products`), a few streams, one stream.
-_PB0, _PB1, _PB2, _PB3, _PB4 = (_micro(BLOCK.ps - d, BLOCK.pv, _L) for d in range(5))
-_PA0, _PA1, _PA2, _PA3, _PA4 = (_micro(BLOCK.ps - d, BLOCK.pv, _L, prefetch=True) for d in range(5))
+_PB0, _PB1, _PB2, _PB3, _PB4 = (_micro(BLOCK.ps - d, BLOCK.pv, _L, pin=True) for d in range(5))
+_PA0, _PA1, _PA2, _PA3, _PA4 = (_micro(BLOCK.ps - d, BLOCK.pv, _L, prefetch=True, pin=True) for d in range(5))
 _PANEL4, _PANEL1 = _micro(4, BLOCK.pv, _L), _micro(1, BLOCK.pv, _L)
 _VEC, _SCALAR, _TWO = _micro(1, 1, _L), _micro(1, 1, 1), _micro(1, 2, _L)
 # What the tile path passes for the split path's weight blocks (`split_blocks`): nothing. (A global array of size
