@@ -5,6 +5,7 @@ exactness tests again in subprocesses whose numba target has 256-bit and 128-bit
 NUMBA_CPU_FEATURES), so every shape is held to the training model on any development machine."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,26 @@ def test_panel_products_equal_the_natural_layout_bit_for_bit(k, n, first):
 def test_block_shape_follows_the_vector_width():
     assert cpu.BLOCK == cpu.BLOCKS[cpu.VECTOR_BITS]
     assert cpu.BLOCK.lanes * 32 == cpu.VECTOR_BITS
+
+
+@pytest.mark.skipif(not cpu._X86, reason="the pin is an x86 asm statement; elsewhere LLVM's scheduler decides")
+def test_panel_blocks_keep_their_sums_in_registers():
+    """The widest panel block's loop, as numba compiles it for this machine, touches no stack: each stream's sums
+    are pinned after its fmas (`cpu._pin`). Unpinned, LLVM hoisted every broadcast above the fmas and moved sums to
+    the stack and back on every iteration (docs/BENCHMARKS.md, "Register blocks pinned")."""
+    from numba import njit
+
+    @njit(fastmath=cpu._FAST, error_model="numpy")
+    def block(w0, wp, ldw, xp, ldx, yp, ldy, k):
+        cpu._PB0(w0, wp, ldw, xp, ldx, yp, ldy, yp, ldy, yp, 0, k)
+
+    P, S = cpu.BLOCK.panel, cpu.BLOCK.ps
+    w, x, y = np.zeros((64, P), np.float32), np.zeros((S, 64), np.float32), np.zeros((S, P), np.float32)
+    block(w[0, 0], w.ctypes.data, P, x.ctypes.data, 64, y.ctypes.data, P, 64)
+    asm = next(iter(block.inspect_asm().values()))
+    loop = max(re.split(r"\n\.LBB\S*:", asm), key=lambda part: part.count("vfmadd"))
+    assert loop.count("vfmadd") >= S * cpu.BLOCK.pv
+    assert "rsp" not in loop, loop
 
 
 TARGETS = {256: "haswell", 128: "nehalem"}
