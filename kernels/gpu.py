@@ -24,6 +24,7 @@ LOGISTIC_MIXTURE or GAUSSIAN) and u is (T, B, 2): the rule of fastwavenet/distri
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -70,41 +71,70 @@ def unsupported_reason(input_taps: int) -> str | None:
 
 
 @triton.jit
-def _stage(buf, value, m, idx, live, n, TILE: tl.constexpr):
-    """Put a tile's (TILE, N_P) block of values into scratch input-major (element (m, i) at buf + i * TILE + m), so
-    a product reading it takes one input's column for the whole tile in one contiguous read. Rows past B and columns
-    past n are not written."""
-    tl.store(buf + m[:, None] + idx[None, :] * TILE, value, mask=live[:, None] & (idx[None, :] < n))
+def _stage(buf, value, m, idx, live, n, row):
+    """Put a tile's (TILE, N_P) block of values into scratch stream-major (element (m, i) at buf + m * row + i).
+    Rows past B and columns past n are not written."""
+    tl.store(buf + m[:, None] * row + idx[None, :], value, mask=live[:, None] & (idx[None, :] < n))
 
 
 @triton.jit
-def _product(acc, x_ptr, x_row, x_col, live, w_ptr, w_stride, n_in, col0, n_out, IN_BLOCK: tl.constexpr,
-             OUT_P: tl.constexpr, TILE: tl.constexpr):
-    """acc + x @ W[:, col0:col0 + n_out] for a tile of streams: (TILE, OUT_P) float32. x[m, i] is at
-    x_ptr + m * x_row + i * x_col (rows where `live` is false read zeros); W row-major with row stride w_stride.
-
-    A tile (TILE > 1) takes the inputs one at a time, adding the outer product of x's column and W's row: each output
-    is one chain of fused multiply-adds over i in order, as in the CPU kernel, so a stream's numbers do not depend on
-    which streams share its tile, and nothing but the accumulators stays in registers. (tl.dot in full float32, the
-    first version, compiled to the same fma arithmetic through copies of both operands per thread: 255 registers and
-    up to 6.8 KB of stack per thread for `standard`, `fastwavenet doctor --compile-gpu`.) A lone stream (TILE 1)
-    walks W in blocks of IN_BLOCK rows, summing each block's products across threads."""
+def _product(acc, x_ptr, live, w_ptr, w_stride, n_in, col0, n_out, IN_BLOCK: tl.constexpr, OUT_P: tl.constexpr):
+    """acc + x @ W[:, col0:col0 + n_out] for a lone stream: (1, OUT_P) float32, x contiguous at x_ptr (zeros unless
+    `live`), W row-major with row stride w_stride, walked in blocks of IN_BLOCK rows whose products are summed
+    across threads."""
     o = tl.arange(0, OUT_P)
-    m = tl.arange(0, TILE)
-    if TILE == 1:
-        for i0 in range(0, n_in, IN_BLOCK):
-            i = i0 + tl.arange(0, IN_BLOCK)
-            x = tl.load(x_ptr + m[:, None] * x_row + i[None, :] * x_col, mask=live[:, None] & (i[None, :] < n_in),
-                        other=0.0)
-            w = tl.load(w_ptr + i[:, None] * w_stride + col0 + o[None, :],
-                        mask=(i[:, None] < n_in) & (o[None, :] < n_out), other=0.0)
-            acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
-    else:
-        for i in range(n_in):
-            x = tl.load(x_ptr + m * x_row + i * x_col, mask=live, other=0.0)
-            w = tl.load(w_ptr + i * w_stride + col0 + o, mask=o < n_out, other=0.0)
-            acc += x[:, None] * w[None, :]
+    for i0 in range(0, n_in, IN_BLOCK):
+        i = i0 + tl.arange(0, IN_BLOCK)
+        x = tl.load(x_ptr + i[None, :], mask=live[:, None] & (i[None, :] < n_in), other=0.0)
+        w = tl.load(w_ptr + i[:, None] * w_stride + col0 + o[None, :],
+                    mask=(i[:, None] < n_in) & (o[None, :] < n_out), other=0.0)
+        acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
     return acc
+
+
+@triton.jit
+def _tile_dot(acc, a_ptr, a_row, live, w_ptr, w_stride, col0, N_IN: tl.constexpr, N_OUT: tl.constexpr,
+              RELU: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, TILE: tl.constexpr):
+    """acc + A @ W[:, col0:col0 + BN] for a tile of streams, on tensor cores: acc (TILE, BN) float32; A (TILE, N_IN)
+    with A[m, i] at a_ptr + m * a_row + i (rows where `live` is false read zeros; RELU: max(A, 0)); W (N_IN, N_OUT)
+    row-major with row stride w_stride, its columns from N_OUT on read as zeros; col0 a multiple of BN. K is walked
+    in blocks of BK. (The bounds are compile-time and the blocks start at multiples of BK and BN, so the masks are
+    known to be whole over each 4-float vector and the loads are vectorized; a bound known only at run time made
+    every load one float wide.)
+
+    3xTF32: Triton splits each float32 operand into its TF32 rounding and the TF32 rounding of the rest, and adds the
+    three products that matter in float32, which keeps about float32's accuracy (tests/test_tf32.py measures it
+    against float32 and against plain TF32 on the test models). An output row is a sum over its own row of A only,
+    in an order fixed by the blocks, so a stream's numbers do not depend on which streams share its tile."""
+    m = tl.arange(0, TILE)
+    o = col0 + tl.arange(0, BN)
+    for kb in range(0, tl.cdiv(N_IN, BK)):
+        k = kb * BK + tl.arange(0, BK)
+        a = tl.load(a_ptr + m[:, None] * a_row + k[None, :], mask=live[:, None] & (k[None, :] < N_IN), other=0.0)
+        if RELU:
+            a = tl.maximum(a, 0.0)
+        w = tl.load(w_ptr + k[:, None] * w_stride + o[None, :], mask=(k[:, None] < N_IN) & (o[None, :] < N_OUT),
+                    other=0.0)
+        acc = tl.dot(a, w, acc, input_precision="tf32x3")
+    return acc
+
+
+@triton.jit
+def _tile_gate_dot(za, zb, a_ptr, a_row, live, w_ptr, w_stride, col0, N_IN: tl.constexpr, HALF: tl.constexpr,
+                   BK: tl.constexpr, BN: tl.constexpr, TILE: tl.constexpr):
+    """_tile_dot for both halves of a gate at once: za + A @ W[:, col0:col0 + BN] and
+    zb + A @ W[:, HALF + col0:HALF + col0 + BN] (columns from HALF on, in each half, read as zeros), each block of A
+    read once."""
+    m = tl.arange(0, TILE)
+    o = col0 + tl.arange(0, BN)
+    for kb in range(0, tl.cdiv(N_IN, BK)):
+        k = kb * BK + tl.arange(0, BK)
+        a = tl.load(a_ptr + m[:, None] * a_row + k[None, :], mask=live[:, None] & (k[None, :] < N_IN), other=0.0)
+        at = w_ptr + k[:, None] * w_stride + o[None, :]
+        w_ok = (k[:, None] < N_IN) & (o[None, :] < HALF)
+        za = tl.dot(a, tl.load(at, mask=w_ok, other=0.0), za, input_precision="tf32x3")
+        zb = tl.dot(a, tl.load(at + HALF, mask=w_ok, other=0.0), zb, input_precision="tf32x3")
+    return za, zb
 
 
 @triton.jit
@@ -216,7 +246,8 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
                     G_P: tl.constexpr, S_P: tl.constexpr, H_P: tl.constexpr,
                     IN_R: tl.constexpr, IN_G: tl.constexpr, IN_S: tl.constexpr, IN_H: tl.constexpr,
                     TEACHER: tl.constexpr, TRUNCATE: tl.constexpr, HAS_COND: tl.constexpr,
-                    SCALAR: tl.constexpr, DIST: tl.constexpr, TILE: tl.constexpr):
+                    SCALAR: tl.constexpr, DIST: tl.constexpr, TILE: tl.constexpr, BK: tl.constexpr,
+                    BN: tl.constexpr):
     # Program p runs streams p * TILE .. p * TILE + TILE - 1 (those below B: `live`). Offsets are int64 from the
     # program id on ((b * steps + step) * L * 2G for the conditioning terms passes 2**31 at batch 52 for a `standard`
     # vocoder with 16,384-step chunks); within a tile, m * (a stream's stride) stays int32 except for `cond`.
@@ -234,8 +265,8 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
     KR: tl.constexpr = K * R
     G2: tl.constexpr = 2 * G
     RS: tl.constexpr = R + S
-    # The tile's scratch: x (R) | gated (G) | relu(skip) (S) | head hidden (H) | head outputs (C); the first four
-    # input-major (element (m, i) at i * TILE + m), so a product's column of inputs is one contiguous read.
+    # The tile's scratch: x (R) | gated (G) | skip (S; relu(skip) for a lone stream) | head hidden (H) | head outputs
+    # (C), each stream-major (element (m, i) at m * width + i): a tile's product reads a (TILE, BK) block of it.
     x_buf = scratch_ptr + first * SCR
     g_buf = x_buf + R * TILE
     s_buf = g_buf + G * TILE
@@ -261,61 +292,129 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
             prev = code
         skip = tl.zeros((TILE, S_P), tl.float32)
         tl.debug_barrier()
-        _stage(x_buf, x, m, r, live, R, TILE)
+        _stage(x_buf, x, m, r, live, R, R)
+        if TILE > 1:  # a tile's skip sum lives in scratch
+            _stage(s_buf, skip, m, s_idx, live, S, S)
         tl.debug_barrier()
         for layer in range(L):
             d = tl.load(dil_ptr + layer)
             off = tl.load(off_ptr + layer)
             n = (K - 1) * d
             w_layer = dw_ptr + layer * KR * G2
-            za = tl.zeros((TILE, G_P), tl.float32) + tl.load(db_ptr + layer * G2 + g, mask=g < G, other=0.0)[None, :]
-            zb = tl.zeros((TILE, G_P), tl.float32) + tl.load(db_ptr + layer * G2 + G + g, mask=g < G,
-                                                             other=0.0)[None, :]
-            if HAS_COND:
-                c_at = cond_ptr + ((first + m)[:, None] * steps + step) * L * G2 + layer * G2 + g[None, :]
-                g_live = live[:, None] & (g[None, :] < G)
-                za += tl.load(c_at, mask=g_live, other=0.0)
-                zb += tl.load(c_at + G, mask=g_live, other=0.0)
-            for j in tl.static_range(K):  # tap j of K, oldest first: the queue slots, then the new input
-                if j < K - 1:
-                    taps, tap_row, tap_col = q_tile + (off + (t - (K - 1 - j) * d + n) % n) * R, QR, 1
-                else:
-                    taps, tap_row, tap_col = x_buf, 1, TILE
-                za = _product(za, taps, tap_row, tap_col, live, w_layer + j * R * G2, G2, R, 0, G, IN_R, G_P, TILE)
-                zb = _product(zb, taps, tap_row, tap_col, live, w_layer + j * R * G2, G2, R, G, G, IN_R, G_P, TILE)
-            tl.debug_barrier()  # every thread has read the oldest tap before it is overwritten
-            x = tl.load(x_buf + m[:, None] + r[None, :] * TILE, mask=r_at, other=0.0)
-            tl.store(q_tile + m[:, None] * QR + (off + t % n) * R + r[None, :], x, mask=r_at)
-            gated = _tanh(za) * tl.sigmoid(zb)
-            _stage(g_buf, gated, m, g, live, G, TILE)
-            tl.debug_barrier()
             w_out = ow_ptr + layer * G * RS
-            skip = _product(skip, g_buf, 1, TILE, live, w_out, RS, G, R, S, IN_G, S_P, TILE)
-            skip += tl.load(ob_ptr + layer * RS + R + s_idx, mask=s_idx < S, other=0.0)[None, :]
-            if layer < L - 1:  # the last layer's residual output feeds nothing
-                res = tl.load(ob_ptr + layer * RS + r, mask=r < R, other=0.0)[None, :] + x
-                res = _product(res, g_buf, 1, TILE, live, w_out, RS, G, 0, R, IN_G, R_P, TILE)
+            if TILE == 1:
+                za = tl.zeros((TILE, G_P), tl.float32) + tl.load(db_ptr + layer * G2 + g, mask=g < G,
+                                                                 other=0.0)[None, :]
+                zb = tl.zeros((TILE, G_P), tl.float32) + tl.load(db_ptr + layer * G2 + G + g, mask=g < G,
+                                                                 other=0.0)[None, :]
+                if HAS_COND:
+                    c_at = cond_ptr + ((first + m)[:, None] * steps + step) * L * G2 + layer * G2 + g[None, :]
+                    g_live = live[:, None] & (g[None, :] < G)
+                    za += tl.load(c_at, mask=g_live, other=0.0)
+                    zb += tl.load(c_at + G, mask=g_live, other=0.0)
+                for j in tl.static_range(K):  # tap j of K, oldest first: the queue slots, then the new input
+                    if j < K - 1:
+                        taps = q_tile + (off + (t - (K - 1 - j) * d + n) % n) * R
+                    else:
+                        taps = x_buf
+                    za = _product(za, taps, live, w_layer + j * R * G2, G2, R, 0, G, IN_R, G_P)
+                    zb = _product(zb, taps, live, w_layer + j * R * G2, G2, R, G, G, IN_R, G_P)
+                tl.debug_barrier()  # every thread has read the oldest tap before it is overwritten
+                x = tl.load(x_buf + m[:, None] * R + r[None, :], mask=r_at, other=0.0)
+                tl.store(q_tile + m[:, None] * QR + (off + t % n) * R + r[None, :], x, mask=r_at)
+                gated = _tanh(za) * tl.sigmoid(zb)
+                _stage(g_buf, gated, m, g, live, G, G)
                 tl.debug_barrier()
-                _stage(x_buf, res, m, r, live, R, TILE)
+                skip = _product(skip, g_buf, live, w_out, RS, G, R, S, IN_G, S_P)
+                skip += tl.load(ob_ptr + layer * RS + R + s_idx, mask=s_idx < S, other=0.0)[None, :]
+                if layer < L - 1:  # the last layer's residual output feeds nothing
+                    res = tl.load(ob_ptr + layer * RS + r, mask=r < R, other=0.0)[None, :] + x
+                    res = _product(res, g_buf, live, w_out, RS, G, 0, R, IN_G, R_P)
+                    tl.debug_barrier()
+                    _stage(x_buf, res, m, r, live, R, R)
+                tl.debug_barrier()
+            else:
+                # A tile: each product in blocks of BN output columns, each block's epilogue (gate, residual sum,
+                # skip sum) applied as it leaves the tensor cores and its result put in scratch.
+                o = tl.arange(0, BN)
+                for nb in range(0, tl.cdiv(G, BN)):
+                    n0 = nb * BN
+                    cols = n0 + o
+                    za = tl.zeros((TILE, BN), tl.float32) + tl.load(db_ptr + layer * G2 + cols, mask=cols < G,
+                                                                    other=0.0)[None, :]
+                    zb = tl.zeros((TILE, BN), tl.float32) + tl.load(db_ptr + layer * G2 + G + cols, mask=cols < G,
+                                                                    other=0.0)[None, :]
+                    if HAS_COND:
+                        c_at = cond_ptr + ((first + m)[:, None] * steps + step) * L * G2 + layer * G2 + cols[None, :]
+                        c_live = live[:, None] & (cols[None, :] < G)
+                        za += tl.load(c_at, mask=c_live, other=0.0)
+                        zb += tl.load(c_at + G, mask=c_live, other=0.0)
+                    for j in tl.static_range(K):  # tap j of K, oldest first: the queue slots, then the new input
+                        if j < K - 1:
+                            taps, tap_row = q_tile + (off + (t - (K - 1 - j) * d + n) % n) * R, QR
+                        else:
+                            taps, tap_row = x_buf, R
+                        za, zb = _tile_gate_dot(za, zb, taps, tap_row, live, w_layer + j * R * G2, G2, n0, R, G, BK,
+                                                BN, TILE)
+                    _stage(g_buf, _tanh(za) * tl.sigmoid(zb), m, cols, live, G, G)
+                tl.debug_barrier()  # the gate is whole, and every thread has read the oldest tap
+                for nb in range(0, tl.cdiv(R, BN)):  # the layer's input into its queue slot; the residual in place
+                    n0 = nb * BN
+                    cols = n0 + o
+                    at = live[:, None] & (cols[None, :] < R)
+                    xb = tl.load(x_buf + m[:, None] * R + cols[None, :], mask=at, other=0.0)
+                    tl.store(q_tile + m[:, None] * QR + (off + t % n) * R + cols[None, :], xb, mask=at)
+                    if layer < L - 1:  # the last layer's residual output feeds nothing
+                        res = xb + tl.load(ob_ptr + layer * RS + cols, mask=cols < R, other=0.0)[None, :]
+                        res = _tile_dot(res, g_buf, G, live, w_out, RS, n0, G, R, False, BK, BN, TILE)
+                        _stage(x_buf, res, m, cols, live, R, R)
+                for nb in range(0, tl.cdiv(S, BN)):
+                    n0 = nb * BN
+                    cols = n0 + o
+                    sk = tl.load(s_buf + m[:, None] * S + cols[None, :], mask=live[:, None] & (cols[None, :] < S),
+                                 other=0.0) + tl.load(ob_ptr + layer * RS + R + cols, mask=cols < S, other=0.0)[None, :]
+                    sk = _tile_dot(sk, g_buf, G, live, w_out + R, RS, n0, G, S, False, BK, BN, TILE)
+                    _stage(s_buf, sk, m, cols, live, S, S)
+                tl.debug_barrier()
+        if TILE == 1:
+            _stage(s_buf, tl.maximum(skip, 0.0), m, s_idx, live, S, S)
             tl.debug_barrier()
-        _stage(s_buf, tl.maximum(skip, 0.0), m, s_idx, live, S, TILE)
-        tl.debug_barrier()
-        hidden = tl.zeros((TILE, H_P), tl.float32) + tl.load(h1b_ptr + h_idx, mask=h_idx < H, other=0.0)[None, :]
-        hidden = _product(hidden, s_buf, 1, TILE, live, h1w_ptr, H, S, 0, H, IN_S, H_P, TILE)
-        _stage(h_buf, tl.maximum(hidden, 0.0), m, h_idx, live, H, TILE)
-        tl.debug_barrier()
-        logits = tl.zeros((TILE, C_P), tl.float32) + tl.load(h2b_ptr + c, mask=c < C, other=0.0)[None, :]
-        logits = _product(logits, h_buf, 1, TILE, live, h2w_ptr, C, H, 0, C, IN_H, C_P, TILE)
+            hidden = tl.zeros((TILE, H_P), tl.float32) + tl.load(h1b_ptr + h_idx, mask=h_idx < H, other=0.0)[None, :]
+            hidden = _product(hidden, s_buf, live, h1w_ptr, H, S, 0, H, IN_S, H_P)
+            _stage(h_buf, tl.maximum(hidden, 0.0), m, h_idx, live, H, H)
+            tl.debug_barrier()
+            logits = tl.zeros((TILE, C_P), tl.float32) + tl.load(h2b_ptr + c, mask=c < C, other=0.0)[None, :]
+            logits = _product(logits, h_buf, live, h2w_ptr, C, H, 0, C, IN_H, C_P)
+            if TEACHER:
+                tl.store(logits_ptr + ((first + m) * steps + step)[:, None] * C + c[None, :], logits,
+                         mask=live[:, None] & (c[None, :] < C))
+            else:
+                tl.store(l_buf + m[:, None] * C + c[None, :], logits, mask=live[:, None] & (c[None, :] < C))
+        else:
+            o = tl.arange(0, BN)
+            for nb in range(0, tl.cdiv(H, BN)):
+                n0 = nb * BN
+                cols = n0 + o
+                hidden = tl.zeros((TILE, BN), tl.float32) + tl.load(h1b_ptr + cols, mask=cols < H, other=0.0)[None, :]
+                hidden = _tile_dot(hidden, s_buf, S, live, h1w_ptr, H, n0, S, H, True, BK, BN, TILE)
+                _stage(h_buf, tl.maximum(hidden, 0.0), m, cols, live, H, H)
+            tl.debug_barrier()
+            for nb in range(0, tl.cdiv(C, BN)):
+                n0 = nb * BN
+                cols = n0 + o
+                out = tl.zeros((TILE, BN), tl.float32) + tl.load(h2b_ptr + cols, mask=cols < C, other=0.0)[None, :]
+                out = _tile_dot(out, h_buf, H, live, h2w_ptr, C, n0, H, C, False, BK, BN, TILE)
+                if TEACHER:
+                    tl.store(logits_ptr + ((first + m) * steps + step)[:, None] * C + cols[None, :], out,
+                             mask=live[:, None] & (cols[None, :] < C))
+                else:
+                    _stage(l_buf, out, m, cols, live, C, C)
         if TEACHER:
-            tl.store(logits_ptr + ((first + m) * steps + step)[:, None] * C + c[None, :], logits,
-                     mask=live[:, None] & (c[None, :] < C))
             code = tl.load(codes_ptr + (first + m) * codes_stride + tl.minimum(step + 1, steps - 1), mask=live,
                            other=0)
         else:
             # Each stream draws alone from its row of logits in scratch, so a draw's reductions run over (C_P,) as in
-            # a lone stream's program whatever the tile. (Drawn for the whole tile at once, the reductions over a
-            # (TILE, C_P) block took 255 registers and spilled.)
-            tl.store(l_buf + m[:, None] * C + c[None, :], logits, mask=live[:, None] & (c[None, :] < C))
+            # a lone stream's program whatever the tile.
             tl.debug_barrier()
             # The tile's live streams: a short last tile draws fewer. (A lone stream keeps the constant bound: the
             # dynamic one cost its variants up to 16 registers.)
@@ -349,22 +448,26 @@ def _block(n_out_p: int, budget: int = 4096) -> int:
 
 
 def tile_for(w: GpuWeights) -> int:
-    """Streams per program of the tiled kernel for these weights (any objects with `.shape`): each weight row read
-    serves that many streams. 16, or 8 where 16 streams' gate and skip accumulators (16 x (2G + S) floats) would not
-    fit the registers of 256 threads: from `fastwavenet doctor --compile-gpu sm_90`, 16 streams of r9y9's LJSpeech
-    shape (2G + S = 1280) spilled at 8 warps, 8 did not; `standard` (384) and `large` (512) fit 16 without spills.
-    A stream's numbers do not depend on the tile (module docstring), so this is a choice of speed alone; it is made
-    by shape, not yet by a measurement on a GPU."""
-    width = triton.next_power_of_2(w.dilated_b.shape[1]) + triton.next_power_of_2(w.out_w.shape[2] - w.embed.shape[2])
-    return 16 if width <= 512 else 8
+    """Streams per program of the tiled kernel for these weights (any objects with `.shape`): the M of its
+    tensor-core products, at least 16 (the M of one mma instruction). Every weight block read serves that many
+    streams. A stream's numbers do not depend on the tile (`_tile_dot`), so this is a choice of speed alone, not yet
+    made by a measurement on a GPU; FASTWAVENET_TILE sets it for measuring."""
+    return int(os.environ.get("FASTWAVENET_TILE", 16))
+
+
+def tile_blocks() -> tuple[int, int]:
+    """(BK, BN) of the tiled kernel's products: each tl.dot multiplies a (tile, BK) block of inputs by a (BK, BN)
+    block of weights. FASTWAVENET_TILE_BLOCKS ("32x64") sets them for measuring."""
+    bk, bn = os.environ.get("FASTWAVENET_TILE_BLOCKS", "32x64").split("x")
+    return int(bk), int(bn)
 
 
 def launch_options(tile: int) -> dict:
-    """Warps (and a register ceiling) per program. A lone stream: 4 warps. A tile: 8 warps (4 left 16 `standard`
-    streams at 255 registers and 56 bytes of stack when sampling; 8 gave 177 and none), and ptxas told that every
-    thread may take 255 registers: left to itself it held `small`'s tiles to 128 and spilled (152 bytes of stack,
-    top-k / top-p variant, sm_90)."""
-    return {"num_warps": 4} if tile == 1 else {"num_warps": 8, "maxnreg": 255}
+    """Warps per program: 4 for a lone stream; 8 for a tile, whose (tile, BN) products share their BN columns among
+    the warps (`fastwavenet doctor --compile-gpu sm_90`, Triton 3.6: tiles of 16 at 4 warps spilled nothing but held
+    248-255 registers, tiles of 32 at 4 warps spilled; at 8 warps neither spilled). FASTWAVENET_TILE_WARPS sets a
+    tile's for measuring."""
+    return {"num_warps": 4 if tile == 1 else int(os.environ.get("FASTWAVENET_TILE_WARPS", 8))}
 
 
 def launch_constants(w: GpuWeights, teacher: bool, has_cond: bool, dist: int = SOFTMAX, tile: int = 1,
@@ -383,7 +486,8 @@ def launch_constants(w: GpuWeights, teacher: bool, has_cond: bool, dist: int = S
                 C_P=C_P, R_P=R_P, G_P=G_P, S_P=S_P, H_P=H_P,
                 IN_R=_block(G_P), IN_G=_block(max(R_P, S_P)), IN_S=_block(H_P), IN_H=_block(C_P),
                 TEACHER=bool(teacher), TRUNCATE=bool(truncate) and not teacher and dist == SOFTMAX,
-                HAS_COND=bool(has_cond), SCALAR=dist != SOFTMAX, DIST=dist, TILE=tile)
+                HAS_COND=bool(has_cond), SCALAR=dist != SOFTMAX, DIST=dist, TILE=tile,
+                **dict(zip(("BK", "BN"), tile_blocks() if tile > 1 else (16, 16))))
 
 
 # The type of every runtime argument, for compiling a variant ahead of time without a GPU (`fastwavenet doctor`).

@@ -29,9 +29,8 @@ def test_doctor_refuses_an_unknown_target():
 
 def test_gpu_kernel_compiles_for_sm90_without_spills():
     """What Triton's interpreter cannot check: the kernel compiles for a real GPU (dtypes, constexprs, layouts),
-    spills no registers and fits the per-block shared memory (48 KB without opting in), tiled, per stream and
-    spread, on the
-    `standard` shape and on r9y9's LJSpeech shape (scalar input, a mixture of logistics sampled in float64, mel
+    spills no registers and fits an SM's shared memory (227 KB a block on sm_90; Triton opts in above 48 KB), tiled
+    (tensor cores), per stream and spread, on the `standard` shape and on r9y9's LJSpeech shape (scalar input, a mixture of logistics sampled in float64, mel
     conditioning). Four modes of the six, the conditioned ones being the largest (`fastwavenet doctor
     --compile-gpu sm_90` compiles them all); top-k / top-p (truncated) for class outputs only. Each stream's
     sampling rule is read at run time, so every generating variant holds the argmax and the sampled draw."""
@@ -51,8 +50,12 @@ print(json.dumps(rows_as_json(compile_gpu([90], models, modes))))
     rows = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(rows) == 21  # three kernels; r9y9's continuous output has no truncated mode
     for row in rows:
-        assert row["spill_bytes"] == 0 and row["stack_bytes"] == 0, row
-        assert row["shared_bytes"] <= 48 * 1024 and 0 < row["registers"] <= 255, row
+        # The lone-stream kernel's variants as they run (pointers 16-byte aligned, which the compile report has
+        # asked for since the tiled kernel went to tensor cores) keep 8-40 bytes of stack for `standard` at 128
+        # registers under Triton 3.9 (none under 3.6), also with 192 allowed: a stack frame, not register spills.
+        stack = 64 if row["variant"].startswith("stream") else 0
+        assert row["spill_bytes"] == 0 and row["stack_bytes"] <= stack, row
+        assert row["shared_bytes"] <= 227 * 1024 and 0 < row["registers"] <= 255, row
         assert row["programs_per_sm"] >= 1, row
 
 
