@@ -232,6 +232,21 @@ def _sample_class(logits, c, u, temperature, top_k, top_p, argmax, C: tl.constex
     return drawn
 
 
+@triton.jit
+def _sample_classes(logits, c, u, temperature, argmax, C: tl.constexpr):
+    """`_sample_class` without top-k / top-p for a tile's rows at once: logits (TILE, C_P), c (C_P,) the class
+    indices, u, temperature (float64) and argmax (TILE,) each stream's. Each row is reduced alone, by the same steps
+    as `_sample_class`, so a stream's draw does not depend on the other rows."""
+    logits = tl.where(c[None, :] < C, logits, float("-inf"))
+    top = tl.max(logits, axis=1)
+    p = tl.exp((logits - top[:, None]) * (1.0 / temperature).to(tl.float32)[:, None])
+    cdf = tl.cumsum(p, axis=1)
+    target = u * tl.sum(p, axis=1)
+    kept = tl.max(tl.where(p > 0, c[None, :], 0), axis=1).to(tl.int64)
+    drawn = tl.minimum(tl.sum((cdf <= target[:, None]).to(tl.int64), axis=1), kept)
+    return tl.where(argmax, tl.argmax(logits, axis=1).to(tl.int64), drawn)
+
+
 # The integers that change while a program runs (the position, the chunk's length, the batch, a teacher chunk's
 # stride) are not specialized: Triton would otherwise compile a variant apart for the value 1 and for multiples of 16,
 # so a stream paused for a compile when its position or its batch first took such a value (issue 34). Those fixed
@@ -413,29 +428,36 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
             code = tl.load(codes_ptr + (first + m) * codes_stride + tl.minimum(step + 1, steps - 1), mask=live,
                            other=0)
         else:
-            # Each stream draws alone from its row of logits in scratch, so a draw's reductions run over (C_P,) as in
-            # a lone stream's program whatever the tile.
             tl.debug_barrier()
-            # The tile's live streams: a short last tile draws fewer. (A lone stream keeps the constant bound: the
-            # dynamic one cost its variants up to 16 registers.)
-            for one in range(TILE if TILE == 1 else tl.minimum(B - first, TILE)):
-                stream = first + one
-                row = tl.load(l_buf + one * C + c, mask=c < C, other=0.0)
-                row = tl.where(stream < B, row, 0.0)  # a row past B was never written
-                # This stream's sampling rule: streams of one launch may each have their own.
-                temperature = tl.load(temperature_ptr + stream, mask=stream < B, other=1.0)
-                argmax = tl.load(argmax_ptr + stream, mask=stream < B, other=0) != 0
-                if SCALAR:
-                    u0 = tl.load(u_ptr + (step * B + stream) * 2, mask=stream < B, other=0.5).to(tl.float64)
-                    u1 = tl.load(u_ptr + (step * B + stream) * 2 + 1, mask=stream < B, other=0.5).to(tl.float64)
-                    drawn = _sample_continuous(row, c, u0, u1, temperature, argmax, log_scale_min, C,
-                                               DIST).to(tl.float32)
-                else:
-                    u = tl.load(u_ptr + step * B + stream, mask=stream < B, other=0.0)
-                    top_k = tl.load(top_k_ptr + stream, mask=stream < B, other=0)
-                    top_p = tl.load(top_p_ptr + stream, mask=stream < B, other=1.0)
-                    drawn = _sample_class(row, c, u, temperature, top_k, top_p, argmax, C, TRUNCATE)
-                tl.store(out_ptr + stream * steps + step, drawn, mask=stream < B)
+            if (TILE > 1) and (not SCALAR) and (not TRUNCATE):
+                # A tile's classes drawn for all its streams at once, each row reduced on its own
+                rows = tl.load(l_buf + m[:, None] * C + c[None, :], mask=live[:, None] & (c[None, :] < C), other=0.0)
+                drawn = _sample_classes(rows, c, tl.load(u_ptr + step * B + first + m, mask=live, other=0.0),
+                                        tl.load(temperature_ptr + first + m, mask=live, other=1.0),
+                                        tl.load(argmax_ptr + first + m, mask=live, other=0) != 0, C)
+                tl.store(out_ptr + (first + m) * steps + step, drawn, mask=live)
+            else:
+                # Each stream draws alone from its row of logits in scratch, its reductions over (C_P,) as in a lone
+                # stream's program whatever the tile; a short last tile draws fewer. (A lone stream keeps the
+                # constant bound: the dynamic one cost its variants up to 16 registers.)
+                for one in range(TILE if TILE == 1 else tl.minimum(B - first, TILE)):
+                    stream = first + one
+                    row = tl.load(l_buf + one * C + c, mask=c < C, other=0.0)
+                    row = tl.where(stream < B, row, 0.0)  # a row past B was never written
+                    # This stream's sampling rule: streams of one launch may each have their own.
+                    temperature = tl.load(temperature_ptr + stream, mask=stream < B, other=1.0)
+                    argmax = tl.load(argmax_ptr + stream, mask=stream < B, other=0) != 0
+                    if SCALAR:
+                        u0 = tl.load(u_ptr + (step * B + stream) * 2, mask=stream < B, other=0.5).to(tl.float64)
+                        u1 = tl.load(u_ptr + (step * B + stream) * 2 + 1, mask=stream < B, other=0.5).to(tl.float64)
+                        drawn = _sample_continuous(row, c, u0, u1, temperature, argmax, log_scale_min, C,
+                                                   DIST).to(tl.float32)
+                    else:
+                        u = tl.load(u_ptr + step * B + stream, mask=stream < B, other=0.0)
+                        top_k = tl.load(top_k_ptr + stream, mask=stream < B, other=0)
+                        top_p = tl.load(top_p_ptr + stream, mask=stream < B, other=1.0)
+                        drawn = _sample_class(row, c, u, temperature, top_k, top_p, argmax, C, TRUNCATE)
+                    tl.store(out_ptr + stream * steps + step, drawn, mask=stream < B)
             tl.debug_barrier()
             code = tl.load(out_ptr + (first + m) * steps + step, mask=live, other=0)
     if K_IN == 2:

@@ -50,10 +50,11 @@ print(json.dumps(rows_as_json(compile_gpu([90], models, modes))))
     rows = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(rows) == 21  # three kernels; r9y9's continuous output has no truncated mode
     for row in rows:
-        # The lone-stream kernel's variants as they run (pointers 16-byte aligned, which the compile report has
-        # asked for since the tiled kernel went to tensor cores) keep 8-40 bytes of stack for `standard` at 128
-        # registers under Triton 3.9 (none under 3.6), also with 192 allowed: a stack frame, not register spills.
-        stack = 64 if row["variant"].startswith("stream") else 0
+        # The variants as they run (pointers 16-byte aligned, which the compile report has asked for since the
+        # tiled kernel went to tensor cores) keep small stack frames under Triton 3.9, none under 3.6 (the H200
+        # machine's): the lone stream 8-40 bytes for `standard` at 128 registers (also with 192 allowed), the tile's
+        # class draw 8 bytes at 205-212 registers. Frames, not spills of registers at their ceiling.
+        stack = 0 if row["variant"].startswith("spread") else 64
         assert row["spill_bytes"] == 0 and row["stack_bytes"] <= stack, row
         assert row["shared_bytes"] <= 227 * 1024 and 0 < row["registers"] <= 255, row
         assert row["programs_per_sm"] >= 1, row
