@@ -54,7 +54,7 @@ bench() {  # bench PRESET BATCHES: the batched kernels at every batch, the sprea
 }
 export out
 export -f bench
-step "bench standard" 90 bash -c "bench standard 1,64,1024"
+step "bench standard" 90 bash -c "bench standard 1,64,1024,4096"
 step "bench r9y9-ljspeech" 90 bash -c "bench r9y9-ljspeech 1,64,512"
 
 # 4. `generate` as a user meets it: the bundled model, `auto` choosing by trial (kept per GPU and shape in the

@@ -1,9 +1,10 @@
 """The GPU kernel: one Triton launch generates (or teacher-forces) a whole chunk of steps for a batch of streams.
 
-Each program runs the time loop inside the kernel for a tile of streams: 8 or 16 of them (the tiled kernel, the
-`triton` backend), whose matrix products are outer products over the tile, so each weight row is read once per tile
-and step instead of once per stream; or one (the `triton-stream` backend), whose products are matrix-vector sums,
-for the shortest step at batch 1. The two are one source told apart by the TILE constant. Per-layer queues live in
+Each program runs the time loop inside the kernel for a tile of streams: 16 or more of them (the tiled kernel, the
+`triton` backend), whose matrix products run on tensor cores (tl.dot in 3xTF32, `_tile_dot`) in blocks of BN output
+columns, each block's epilogue (gate, residual sum, skip sum, head) applied as it leaves them, so each weight block
+is read once per tile and step instead of once per stream; or one (the `triton-stream` backend), whose products are
+matrix-vector sums, for the shortest step at batch 1. The two are one source told apart by the TILE constant. Per-layer queues live in
 GPU memory (the `queues` tensor of the state), weights are read through L2 (3.5 MB for `standard`), and each vector
 that feeds a product is staged in a per-stream scratch row so the product can walk the weight matrix in row blocks
 without holding it in registers. Sampling happens inside, from uniforms the host supplies, so a seed fixes the

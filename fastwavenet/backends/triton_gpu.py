@@ -1,6 +1,6 @@
 """`triton`, `triton-stream` and `triton-spread`: one Triton launch generates a chunk of samples for a batch of
-streams (time loop inside the kernel), in tiles of 8 or 16 streams per program (`triton`: each weight row read once
-for the tile), one stream per program (`triton-stream`: matrix-vector sums), both fastwavenet.kernels.gpu, or many
+streams (time loop inside the kernel), in tiles of 16 streams per program (`triton`: products on tensor cores, each
+weight block read once for the tile), one stream per program (`triton-stream`: matrix-vector sums), both fastwavenet.kernels.gpu, or many
 programs per stream, one per SM, meeting at barriers between layer phases (`triton-spread`,
 fastwavenet.kernels.gpu_spread: the shortest step at batch 1). Each computes a stream the same way whatever else is
 in the batch; they differ from each other by float rounding. This module is the only place that knows how those
