@@ -64,7 +64,7 @@ def main(argv=None):
 
     # (preset, batches, steps timed, tiled variants: (streams a program, warps, blocks))
     plans = [("standard", (4096, 1024), 200,
-              [(16, 8, "32x64"), (32, 8, "32x64"), (64, 8, "32x64"), (16, 4, "32x64"), (16, 8, "64x64")]),
+              [(16, 8, "32x64"), (32, 8, "32x64"), (16, 8, "32x128"), (64, 8, "32x64"), (16, 4, "32x64")]),
              ("r9y9-ljspeech", (512, 64), 60, [(16, 8, "32x64"), (32, 8, "32x64"), (16, 8, "16x128")])]
     for preset, batches, n, variants in plans:
         for batch in batches:
