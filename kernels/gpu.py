@@ -383,6 +383,7 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
                     if layer < L - 1:  # the last layer's residual output feeds nothing
                         res = xb + tl.load(ob_ptr + layer * RS + cols, mask=cols < R, other=0.0)[None, :]
                         res = _tile_dot(res, g_buf, G, live, w_out, RS, n0, G, R, False, BK, BN, TILE)
+                        tl.debug_barrier()  # every thread has read this block of x before any writes it
                         _stage(x_buf, res, m, cols, live, R, R)
                 for nb in range(0, tl.cdiv(S, BN)):
                     n0 = nb * BN
@@ -390,6 +391,7 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
                     sk = tl.load(s_buf + m[:, None] * S + cols[None, :], mask=live[:, None] & (cols[None, :] < S),
                                  other=0.0) + tl.load(ob_ptr + layer * RS + R + cols, mask=cols < S, other=0.0)[None, :]
                     sk = _tile_dot(sk, g_buf, G, live, w_out + R, RS, n0, G, S, False, BK, BN, TILE)
+                    tl.debug_barrier()  # as for x: the block is read and written in place
                     _stage(s_buf, sk, m, cols, live, S, S)
                 tl.debug_barrier()
         if TILE == 1:
