@@ -257,18 +257,18 @@ def _emit_prefetch(builder, address):
     builder.call(fn, [builder.inttoptr(address, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
-def _pin(builder, slots):
-    """An empty asm statement that reads and writes the vectors in `slots` (allocas) in registers, on x86 (elsewhere
-    nothing): what a block computes before it stays before it, what comes after stays after. `_micro(pin=True)`
-    (the panel blocks) pins each stream's sums after its fmas. Unpinned, LLVM's scheduler put every stream's
-    broadcast above the first fma, and 12 broadcasts, 24 sums and 2 weight vectors are more than 32 registers: sums
-    went to the stack and back on every iteration (the 12 x 2 block's loop: 14 stack references for an Intel target;
-    48 in two iterations for znver4, whose model spilled from 8 x 2 up; r9y9's step at 128 streams on Zen 4 ran
-    1.53x slower, docs/BENCHMARKS.md). The core reorders the loop anyway. The 4 x 4 block (24 registers) is left to
-    the scheduler: pinned, r9y9's batch 8 ran 0.88x on Zen 4."""
+def _pin(builder, slots, vec):
+    """An empty asm statement that reads and writes the vectors in `slots` (allocas of type `vec`, passed rather than
+    read from the allocas' pointer type, which llvmlite's opaque pointers will not carry) in registers, on x86
+    (elsewhere nothing): what a block computes before it stays before it, what comes after stays after.
+    `_micro(pin=True)` (the panel blocks) pins each stream's sums after its fmas. Unpinned, LLVM's scheduler put every
+    stream's broadcast above the first fma, and 12 broadcasts, 24 sums and 2 weight vectors are more than 32 registers:
+    sums went to the stack and back on every iteration (the 12 x 2 block's loop: 14 stack references for an Intel
+    target; 48 in two iterations for znver4, whose model spilled from 8 x 2 up; r9y9's step at 128 streams on Zen 4 ran
+    1.53x slower, docs/BENCHMARKS.md). The core reorders the loop anyway. The 4 x 4 block (24 registers) is left to the
+    scheduler: pinned, r9y9's batch 8 ran 0.88x on Zen 4."""
     if not _X86:
         return
-    vec = slots[0].type.pointee
     values = [builder.load(a) for a in slots]
     ties = ",".join(["=v"] * len(slots) + [str(i) for i in range(len(slots))])
     pinned = builder.asm(ir.FunctionType(ir.LiteralStructType([vec] * len(slots)), [vec] * len(slots)), "", ties,
@@ -368,7 +368,7 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = Fal
                     for v in range(nv):
                         builder.store(builder.call(fma, [splat, weights[v], builder.load(accs[s][v])]), accs[s][v])
                     if pin and s < sb - 1:
-                        _pin(builder, accs[s])
+                        _pin(builder, accs[s], vec)
             # back to column order: output j of a pair is its even vector's lane j / 2 or its odd vector's
             back = [[j // 2 + (lanes if j % 2 else 0) for j in range(half * lanes, (half + 1) * lanes)]
                     for half in (0, 1)]

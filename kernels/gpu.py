@@ -2,16 +2,16 @@
 
 Each program runs the time loop inside the kernel for a tile of streams: 16 or more of them (the tiled kernel, the
 `triton` backend), whose matrix products run on tensor cores (tl.dot in 3xTF32, `_tile_dot`) in blocks of BN output
-columns, each block's epilogue (gate, residual sum, skip sum, head) applied as it leaves them, so each weight block
-is read once per tile and step instead of once per stream; or one (the `triton-stream` backend), whose products are
-matrix-vector sums, for the shortest step at batch 1. The two are one source told apart by the TILE constant. Per-layer queues live in
-GPU memory (the `queues` tensor of the state), weights are read through L2 (3.5 MB for `standard`), and each vector
-that feeds a product is staged in a per-stream scratch row so the product can walk the weight matrix in row blocks
-without holding it in registers. Sampling happens inside, from uniforms the host supplies, so a seed fixes the
-output; each stream draws by its own rule (`StreamRules`), so a batch of mixed rules is one launch. Values written
-to memory and read back by other threads of the same program are separated by barriers: Triton's interpreter
-(TRITON_INTERPRET=1, which the tests use on the CPU) runs a program as one thread and hides missing barriers, so a
-GPU run is the final word on them.
+columns, each block's epilogue (gate, residual sum, skip sum, head) applied as it leaves them, so each weight block is
+read once per tile and step instead of once per stream; or one (the `triton-stream` backend), whose products are
+matrix-vector sums, for the shortest step at batch 1. The two are one source told apart by the TILE constant. Per-layer
+queues live in GPU memory (the `queues` tensor of the state), weights are read through L2 (3.5 MB for `standard`), and
+each vector that feeds a product is staged in a per-stream scratch row so the product can walk the weight matrix in row
+blocks without holding it in registers. Sampling happens inside, from uniforms the host supplies, so a seed fixes the
+output; each stream draws by its own rule (`StreamRules`), so a batch of mixed rules is one launch. Values written to
+memory and read back by other threads of the same program are separated by barriers: Triton's interpreter
+(TRITON_INTERPRET=1, which the tests use on the CPU) runs a program as one thread and hides missing barriers, so a GPU
+run is the final word on them.
 
 Arrays (B streams, T steps): codes (B, T) int64 (teacher forcing) or (B, 1) (the first input when generating),
 u (T, B) float32, queues (B, Q, R) float32, inputs (B, k_in - 1) int64, cond (B, T, L, 2G) float32 gate terms or

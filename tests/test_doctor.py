@@ -28,12 +28,12 @@ def test_doctor_refuses_an_unknown_target():
 
 
 def test_gpu_kernel_compiles_for_sm90_without_spills():
-    """What Triton's interpreter cannot check: the kernel compiles for a real GPU (dtypes, constexprs, layouts),
-    spills no registers and fits an SM's shared memory (227 KB a block on sm_90; Triton opts in above 48 KB), tiled
-    (tensor cores), per stream and spread, on the `standard` shape and on r9y9's LJSpeech shape (scalar input, a mixture of logistics sampled in float64, mel
-    conditioning). Four modes of the six, the conditioned ones being the largest (`fastwavenet doctor
-    --compile-gpu sm_90` compiles them all); top-k / top-p (truncated) for class outputs only. Each stream's
-    sampling rule is read at run time, so every generating variant holds the argmax and the sampled draw."""
+    """What Triton's interpreter cannot check: the kernel compiles for a real GPU (dtypes, constexprs, layouts), spills
+    no registers and fits an SM's shared memory (227 KB a block on sm_90; Triton opts in above 48 KB), tiled (tensor
+    cores), per stream and spread, on the `standard` shape and on r9y9's LJSpeech shape (scalar input, a mixture of
+    logistics sampled in float64, mel conditioning). Four modes of the six, the conditioned ones being the largest
+    (`fastwavenet doctor --compile-gpu sm_90` compiles them all); top-k / top-p (truncated) for class outputs only. Each
+    stream's sampling rule is read at run time, so every generating variant holds the argmax and the sampled draw."""
     pytest.importorskip("triton")
     script = """
 import json
