@@ -139,6 +139,24 @@ def _tile_gate_dot(za, zb, a_ptr, a_row, live, w_ptr, w_stride, col0, N_IN: tl.c
 
 
 @triton.jit
+def _input(code, prev, cols, live, embed_ptr, C: tl.constexpr, R: tl.constexpr, K_IN: tl.constexpr,
+           SCALAR: tl.constexpr):
+    """Columns `cols` of the first layer's input for a tile's streams: (TILE, len(cols)). A scalar input is value x
+    weight row + bias row; classes take one table row per tap, a tap before the start (prev -1) contributing
+    nothing."""
+    at = live[:, None] & (cols[None, :] < R)
+    if SCALAR:
+        x = code[:, None] * tl.load(embed_ptr + cols, mask=cols < R, other=0.0)[None, :] \
+            + tl.load(embed_ptr + R + cols, mask=cols < R, other=0.0)[None, :]
+    else:
+        x = tl.load(embed_ptr + ((K_IN - 1) * C + code)[:, None] * R + cols[None, :], mask=at, other=0.0)
+    if K_IN == 2:
+        tap = tl.load(embed_ptr + tl.maximum(prev, 0)[:, None] * R + cols[None, :], mask=at, other=0.0)
+        x += tl.where(prev[:, None] >= 0, tap, 0.0)
+    return x
+
+
+@triton.jit
 def _tanh(x):
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
@@ -263,7 +281,7 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
                     IN_R: tl.constexpr, IN_G: tl.constexpr, IN_S: tl.constexpr, IN_H: tl.constexpr,
                     TEACHER: tl.constexpr, TRUNCATE: tl.constexpr, HAS_COND: tl.constexpr,
                     SCALAR: tl.constexpr, DIST: tl.constexpr, TILE: tl.constexpr, BK: tl.constexpr,
-                    BN: tl.constexpr):
+                    BN: tl.constexpr, DRAW: tl.constexpr):
     # Program p runs streams p * TILE .. p * TILE + TILE - 1 (those below B: `live`). Offsets are int64 from the
     # program id on ((b * steps + step) * L * 2G for the conditioning terms passes 2**31 at batch 52 for a `standard`
     # vocoder with 16,384-step chunks); within a tile, m * (a stream's stride) stays int32 except for `cond`.
@@ -297,20 +315,19 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
         prev = tl.load(inputs_ptr + first + m, mask=live, other=-1)
     for step in range(steps):
         t = t0 + step
-        if SCALAR:  # x = value * weight row + bias row
-            x = code[:, None] * tl.load(embed_ptr + r, mask=r < R, other=0.0)[None, :] \
-                + tl.load(embed_ptr + R + r, mask=r < R, other=0.0)[None, :]
-        else:  # one table row per tap; before the start a tap contributes nothing
-            x = tl.load(embed_ptr + ((K_IN - 1) * C + code)[:, None] * R + r[None, :], mask=r_at, other=0.0)
-        if K_IN == 2:
-            tap = tl.load(embed_ptr + tl.maximum(prev, 0)[:, None] * R + r[None, :], mask=r_at, other=0.0)
-            x += tl.where(prev[:, None] >= 0, tap, 0.0)
-            prev = code
         skip = tl.zeros((TILE, S_P), tl.float32)
         tl.debug_barrier()
-        _stage(x_buf, x, m, r, live, R, R)
-        if TILE > 1:  # a tile's skip sum lives in scratch
-            _stage(s_buf, skip, m, s_idx, live, S, S)
+        if TILE == 1:
+            _stage(x_buf, _input(code, prev, r, live, embed_ptr, C, R, K_IN, SCALAR), m, r, live, R, R)
+        else:  # a block of columns at a time; a tile's skip sum lives in scratch
+            for nb in range(0, tl.cdiv(R, BN)):
+                cols = nb * BN + tl.arange(0, BN)
+                _stage(x_buf, _input(code, prev, cols, live, embed_ptr, C, R, K_IN, SCALAR), m, cols, live, R, R)
+            for nb in range(0, tl.cdiv(S, BN)):
+                cols = nb * BN + tl.arange(0, BN)
+                _stage(s_buf, tl.zeros((TILE, BN), tl.float32), m, cols, live, S, S)
+        if K_IN == 2:
+            prev = code
         tl.debug_barrier()
         for layer in range(L):
             d = tl.load(dil_ptr + layer)
@@ -433,12 +450,16 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
         else:
             tl.debug_barrier()
             if (TILE > 1) and (not SCALAR) and (not TRUNCATE):
-                # A tile's classes drawn for all its streams at once, each row reduced on its own
-                rows = tl.load(l_buf + m[:, None] * C + c[None, :], mask=live[:, None] & (c[None, :] < C), other=0.0)
-                drawn = _sample_classes(rows, c, tl.load(u_ptr + step * B + first + m, mask=live, other=0.0),
-                                        tl.load(temperature_ptr + first + m, mask=live, other=1.0),
-                                        tl.load(argmax_ptr + first + m, mask=live, other=0) != 0, C)
-                tl.store(out_ptr + (first + m) * steps + step, drawn, mask=live)
+                # A tile's classes drawn for DRAW of its streams at once, each row reduced on its own
+                for d0 in range(0, TILE, DRAW):
+                    md = d0 + tl.arange(0, DRAW)
+                    ld = first + md < B
+                    rows = tl.load(l_buf + md[:, None] * C + c[None, :], mask=ld[:, None] & (c[None, :] < C),
+                                   other=0.0)
+                    drawn = _sample_classes(rows, c, tl.load(u_ptr + step * B + first + md, mask=ld, other=0.0),
+                                            tl.load(temperature_ptr + first + md, mask=ld, other=1.0),
+                                            tl.load(argmax_ptr + first + md, mask=ld, other=0) != 0, C)
+                    tl.store(out_ptr + (first + md) * steps + step, drawn, mask=ld)
             else:
                 # Each stream draws alone from its row of logits in scratch, its reductions over (C_P,) as in a lone
                 # stream's program whatever the tile; a short last tile draws fewer. (A lone stream keeps the
@@ -512,7 +533,8 @@ def launch_constants(w: GpuWeights, teacher: bool, has_cond: bool, dist: int = S
                 IN_R=_block(G_P), IN_G=_block(max(R_P, S_P)), IN_S=_block(H_P), IN_H=_block(C_P),
                 TEACHER=bool(teacher), TRUNCATE=bool(truncate) and not teacher and dist == SOFTMAX,
                 HAS_COND=bool(has_cond), SCALAR=dist != SOFTMAX, DIST=dist, TILE=tile,
-                **dict(zip(("BK", "BN"), tile_blocks() if tile > 1 else (16, 16))))
+                **dict(zip(("BK", "BN"), tile_blocks() if tile > 1 else (16, 16))),
+                DRAW=min(tile, 16))  # a tile draws for at most 16 streams at once: a (16, C_P) block
 
 
 # The type of every runtime argument, for compiling a variant ahead of time without a GPU (`fastwavenet doctor`).

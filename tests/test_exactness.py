@@ -296,6 +296,26 @@ def test_triton_mixed_rules_in_one_launch_equal_each_stream_alone(name, backend,
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
+def test_triton_tile_of_32_draws_in_chunks_as_each_stream_alone(monkeypatch):
+    """A tile of 32 streams draws its classes 16 rows at a time: with 18 streams the second chunk has two live rows
+    and fourteen past the batch. Each stream's codes equal its codes generated alone (a tile of its own)."""
+    monkeypatch.setenv("FASTWAVENET_TILE", "32")
+    from fastwavenet.bench import random_model_file
+
+    config = preset("tiny")
+    gen = Generator(random_model_file(config, 11), backend="triton", device=DEVICE)
+    assert gen.backend.tile == 32
+    kinds = [Sampling(), Sampling(temperature=0.7), Sampling(argmax=True)]
+    rules = [kinds[i % 3] for i in range(18)]
+    steps = 5
+    u = np.random.default_rng(4).random((steps, len(rules)), dtype=np.float32)
+    together = gen.backend.generate(gen.new_state(len(rules)), steps, u, rules).cpu()
+    for i in (0, 1, 2, 15, 16, 17):
+        alone = gen.backend.generate(gen.new_state(1), steps, np.ascontiguousarray(u[:, i:i + 1]), rules[i]).cpu()
+        assert torch.equal(together[i:i + 1], alone), f"stream {i} ({rules[i]}) differs from its run alone"
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
 def test_spread_programs_each_own_gate_and_head_channels(monkeypatch):
     """The spread kernel reuses each vector's buffer from layer to layer, which is safe only if every program owns
     at least one gate channel and one head channel (kernels/gpu_spread.py): asked for more programs than that
