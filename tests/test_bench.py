@@ -168,6 +168,30 @@ def test_gpu_probe_kernels_compute_what_they_count():
     assert sums.cpu().numpy() == pytest.approx(acc.sum(axis=1), rel=1e-5)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is the interpreter's; CUDA runs the sweep itself")
+def test_gpu_tiles_sweep_runs_dry_on_the_cpu(tmp_path, monkeypatch):
+    """benchmarks/gpu_tiles_sweep.py, which only a GPU session runs for real, end to end on `tiny` under the
+    interpreter: every row measured (baselines and tile shapes), its knobs set and cleared, the JSON written."""
+    pytest.importorskip("triton")
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_tiles_sweep.py"
+    spec = importlib.util.spec_from_file_location("gpu_tiles_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    for name in sweep.KNOBS:
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "tiles.json"
+    sweep.main(["--dry-run", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["backend"], r.get("tile")) for r in rows] == [("torch", None), ("triton-stream", None),
+                                                              ("triton", 16), ("triton", 32)]
+    assert all(r["value"] > 0 for r in rows)
+    assert not any(name in os.environ for name in sweep.KNOBS)  # put back as they were: unset
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU's limits are measured on CUDA only")
 def test_bench_on_cuda_holds_rows_against_the_gpus_limits(tmp_path):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
