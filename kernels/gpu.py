@@ -157,6 +157,30 @@ def _input(code, prev, cols, live, embed_ptr, C: tl.constexpr, R: tl.constexpr, 
 
 
 @triton.jit
+def _gate_start(bias_ptr, cond_ptr, cond_row, cols, live, G: tl.constexpr, HAS_COND: tl.constexpr):
+    """The gate's two halves before the products, columns `cols` of each: the layer's biases (bias_ptr: its 2G) and,
+    with conditioning, each stream's terms (cond_row (TILE,): where a stream's 2G terms of this layer and step
+    start). Returns (za, zb), (TILE, len(cols))."""
+    ok = cols < G
+    block = tl.zeros((cond_row.shape[0], cols.shape[0]), tl.float32)
+    za = block + tl.load(bias_ptr + cols, mask=ok, other=0.0)[None, :]
+    zb = block + tl.load(bias_ptr + G + cols, mask=ok, other=0.0)[None, :]
+    if HAS_COND:
+        at = cond_ptr + cond_row[:, None] + cols[None, :]
+        c_live = live[:, None] & ok[None, :]
+        za += tl.load(at, mask=c_live, other=0.0)
+        zb += tl.load(at + G, mask=c_live, other=0.0)
+    return za, zb
+
+
+@triton.jit
+def _tap_slot(t, off, d, n, j, K: tl.constexpr):
+    """The queue row that tap j of K (oldest first) reads at time t: the input of (K - 1 - j) * d steps ago, in the
+    layer's ring of n = (K - 1) * d rows starting at `off`."""
+    return off + (t - (K - 1 - j) * d + n) % n
+
+
+@triton.jit
 def _tanh(x):
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
@@ -336,18 +360,11 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
             w_layer = dw_ptr + layer * KR * G2
             w_out = ow_ptr + layer * G * RS
             if TILE == 1:
-                za = tl.zeros((TILE, G_P), tl.float32) + tl.load(db_ptr + layer * G2 + g, mask=g < G,
-                                                                 other=0.0)[None, :]
-                zb = tl.zeros((TILE, G_P), tl.float32) + tl.load(db_ptr + layer * G2 + G + g, mask=g < G,
-                                                                 other=0.0)[None, :]
-                if HAS_COND:
-                    c_at = cond_ptr + ((first + m)[:, None] * steps + step) * L * G2 + layer * G2 + g[None, :]
-                    g_live = live[:, None] & (g[None, :] < G)
-                    za += tl.load(c_at, mask=g_live, other=0.0)
-                    zb += tl.load(c_at + G, mask=g_live, other=0.0)
+                za, zb = _gate_start(db_ptr + layer * G2, cond_ptr, ((first + m) * steps + step) * L * G2 + layer * G2,
+                                     g, live, G, HAS_COND)
                 for j in tl.static_range(K):  # tap j of K, oldest first: the queue slots, then the new input
                     if j < K - 1:
-                        taps = q_tile + (off + (t - (K - 1 - j) * d + n) % n) * R
+                        taps = q_tile + _tap_slot(t, off, d, n, j, K) * R
                     else:
                         taps = x_buf
                     za = _product(za, taps, live, w_layer + j * R * G2, G2, R, 0, G, IN_R, G_P)
@@ -373,18 +390,11 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
                 for nb in range(0, tl.cdiv(G, BN)):
                     n0 = nb * BN
                     cols = n0 + o
-                    za = tl.zeros((TILE, BN), tl.float32) + tl.load(db_ptr + layer * G2 + cols, mask=cols < G,
-                                                                    other=0.0)[None, :]
-                    zb = tl.zeros((TILE, BN), tl.float32) + tl.load(db_ptr + layer * G2 + G + cols, mask=cols < G,
-                                                                    other=0.0)[None, :]
-                    if HAS_COND:
-                        c_at = cond_ptr + ((first + m)[:, None] * steps + step) * L * G2 + layer * G2 + cols[None, :]
-                        c_live = live[:, None] & (cols[None, :] < G)
-                        za += tl.load(c_at, mask=c_live, other=0.0)
-                        zb += tl.load(c_at + G, mask=c_live, other=0.0)
+                    za, zb = _gate_start(db_ptr + layer * G2, cond_ptr,
+                                         ((first + m) * steps + step) * L * G2 + layer * G2, cols, live, G, HAS_COND)
                     for j in tl.static_range(K):  # tap j of K, oldest first: the queue slots, then the new input
                         if j < K - 1:
-                            taps, tap_row = q_tile + (off + (t - (K - 1 - j) * d + n) % n) * R, QR
+                            taps, tap_row = q_tile + _tap_slot(t, off, d, n, j, K) * R, QR
                         else:
                             taps, tap_row = x_buf, R
                         za, zb = _tile_gate_dot(za, zb, taps, tap_row, live, w_layer + j * R * G2, G2, n0, R, G, BK,
@@ -512,8 +522,11 @@ def launch_options(tile: int) -> dict:
     """Warps per program: 4 for a lone stream; 8 for a tile, whose (tile, BN) products share their BN columns among
     the warps (`fastwavenet doctor --compile-gpu sm_90`, Triton 3.6: tiles of 16 at 4 warps spilled nothing but held
     248-255 registers, tiles of 32 at 4 warps spilled; at 8 warps neither spilled). FASTWAVENET_TILE_WARPS sets a
-    tile's for measuring."""
-    return {"num_warps": 4 if tile == 1 else int(os.environ.get("FASTWAVENET_TILE_WARPS", 8))}
+    tile's for measuring. A tile also tells ptxas that every thread may take 255 registers: left to itself it held
+    `standard`'s teacher variant to 128 and spilled 88 bytes (Triton 3.6, sm_90), as it had the old tiles."""
+    if tile == 1:
+        return {"num_warps": 4}
+    return {"num_warps": int(os.environ.get("FASTWAVENET_TILE_WARPS", 8)), "maxnreg": 255}
 
 
 def launch_constants(w: GpuWeights, teacher: bool, has_cond: bool, dist: int = SOFTMAX, tile: int = 1,
