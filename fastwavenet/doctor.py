@@ -175,7 +175,7 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .kernels import gpu, gpu_spread
+    from .kernels import gpu, gpu_layers, gpu_spread
 
     if models is None:
         models = {name: PRESETS[name] for name in ("small", "standard", "large")}
@@ -220,6 +220,18 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
                 constants = gpu_spread.launch_constants(spread, programs, teacher, cond, dist, truncate)
                 signature = {**gpu_spread.argument_types(dist), **{name: "constexpr" for name in constants}}
                 compiled(model_name, label, gpu_spread._spread_kernel, signature, constants, {"num_warps": 4})
+            # The layer-phase kernels: each kernel once for each set of its own constants the modes give
+            seen = set()
+            for label, teacher, truncate, cond, _ in _variants(config, {"layers": 0}, modes):
+                for name, kernel, signature, constants, options in gpu_layers.compile_variants(
+                        shapes, teacher, cond, dist, truncate):
+                    if (name, tuple(sorted(constants.items()))) not in seen:
+                        seen.add((name, tuple(sorted(constants.items()))))
+                        # what the kernel's constants depend on: the gate on conditioning, the head on the mode
+                        mode = {"gate": "+cond" if cond else "", "head": label.split()[1].removesuffix("+cond")}
+                        mode = mode.get(name, "")
+                        compiled(model_name, f"layers-{name} {mode}".strip().replace(" +", "+"), kernel, signature,
+                                 constants, options)
     return rows
 
 

@@ -290,6 +290,130 @@ def _sample_classes(logits, c, u, temperature, argmax, C: tl.constexpr):
     return tl.where(argmax, tl.argmax(logits, axis=1).to(tl.int64), drawn)
 
 
+@triton.jit
+def _tile_scratch(scratch_ptr, SCR, R: tl.constexpr, G: tl.constexpr, S: tl.constexpr, H: tl.constexpr,
+                  TILE: tl.constexpr):
+    """Program program_id(0)'s tile: its first stream (int64) and its blocks of scratch, x (R) | gated (G) | skip
+    (S; relu(skip) for a lone stream) | head hidden (H) | head outputs (C, for the draws), each stream-major (element
+    (m, i) at m * width + i), so a tile's product reads a (TILE, BK) block of it. SCR: a stream's width in all."""
+    first = tl.program_id(0).to(tl.int64) * TILE
+    x_buf = scratch_ptr + first * SCR
+    g_buf = x_buf + R * TILE
+    s_buf = g_buf + G * TILE
+    h_buf = s_buf + S * TILE
+    return first, x_buf, g_buf, s_buf, h_buf, h_buf + H * TILE
+
+
+@triton.jit
+def _gate_block(g_buf, x_buf, q_tile, QR, cond_ptr, cond_row, b_layer, w_layer, t, off, d, n0, m, live,
+                R: tl.constexpr, G: tl.constexpr, K: tl.constexpr, HAS_COND: tl.constexpr, BK: tl.constexpr,
+                BN: tl.constexpr, TILE: tl.constexpr):
+    """Columns n0 .. n0 + BN of a layer's gated vector for a tile, into g_buf: the gate's start (biases b_layer,
+    conditioning terms from cond_row), both halves' products over the K taps (the queue's slots of dilation d from
+    `off` at time t, oldest first, then the layer's input x_buf), then tanh x sigmoid."""
+    cols = n0 + tl.arange(0, BN)
+    za, zb = _gate_start(b_layer, cond_ptr, cond_row, cols, live, G, HAS_COND)
+    for j in tl.static_range(K):
+        if j < K - 1:
+            taps, tap_row = q_tile + _tap_slot(t, off, d, (K - 1) * d, j, K) * R, QR
+        else:
+            taps, tap_row = x_buf, R
+        za, zb = _tile_gate_dot(za, zb, taps, tap_row, live, w_layer + j * R * 2 * G, 2 * G, n0, R, G, BK, BN, TILE)
+    _stage(g_buf, _tanh(za) * tl.sigmoid(zb), m, cols, live, G, G)
+
+
+@triton.jit
+def _residual_block(x_buf, g_buf, q_tile, QR, slot, b_layer, w_out, n0, m, live, keep, R: tl.constexpr,
+                    G: tl.constexpr, S: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, TILE: tl.constexpr):
+    """Columns n0 .. n0 + BN of a tile's layer input: into the queue's row `slot`, then (`keep`: a layer whose
+    residual output feeds another) the residual sum x + b + gated @ W in place."""
+    cols = n0 + tl.arange(0, BN)
+    at = live[:, None] & (cols[None, :] < R)
+    xb = tl.load(x_buf + m[:, None] * R + cols[None, :], mask=at, other=0.0)
+    tl.store(q_tile + m[:, None] * QR + slot * R + cols[None, :], xb, mask=at)
+    if keep:
+        res = xb + tl.load(b_layer + cols, mask=cols < R, other=0.0)[None, :]
+        res = _tile_dot(res, g_buf, G, live, w_out, R + S, n0, G, R, False, BK, BN, TILE)
+        tl.debug_barrier()  # every thread has read this block of x before any writes it
+        _stage(x_buf, res, m, cols, live, R, R)
+
+
+@triton.jit
+def _skip_block(s_buf, g_buf, b_layer, w_out, n0, m, live, R: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
+                BK: tl.constexpr, BN: tl.constexpr, TILE: tl.constexpr):
+    """Columns n0 .. n0 + BN of a tile's skip sum, in place: + b + gated @ W (the layer's last S columns)."""
+    cols = n0 + tl.arange(0, BN)
+    sk = tl.load(s_buf + m[:, None] * S + cols[None, :], mask=live[:, None] & (cols[None, :] < S), other=0.0) \
+        + tl.load(b_layer + R + cols, mask=cols < S, other=0.0)[None, :]
+    sk = _tile_dot(sk, g_buf, G, live, w_out + R, R + S, n0, G, S, False, BK, BN, TILE)
+    tl.debug_barrier()  # as for x: the block is read and written in place
+    _stage(s_buf, sk, m, cols, live, S, S)
+
+
+@triton.jit
+def _tile_head(s_buf, h_buf, l_buf, logits_ptr, logits_row, h1w_ptr, h1b_ptr, h2w_ptr, h2b_ptr, m, live,
+               S: tl.constexpr, H: tl.constexpr, C: tl.constexpr, TEACHER: tl.constexpr, BK: tl.constexpr,
+               BN: tl.constexpr, TILE: tl.constexpr):
+    """A tile's head: relu(relu(skip) @ W1 + b1) into h_buf, then its outputs @ W2 + b2 into the logits (TEACHER:
+    row logits_row (TILE,) of logits_ptr) or into l_buf for the draws."""
+    o = tl.arange(0, BN)
+    for nb in range(0, tl.cdiv(H, BN)):
+        cols = nb * BN + o
+        hidden = tl.zeros((TILE, BN), tl.float32) + tl.load(h1b_ptr + cols, mask=cols < H, other=0.0)[None, :]
+        hidden = _tile_dot(hidden, s_buf, S, live, h1w_ptr, H, nb * BN, S, H, True, BK, BN, TILE)
+        _stage(h_buf, tl.maximum(hidden, 0.0), m, cols, live, H, H)
+    tl.debug_barrier()
+    for nb in range(0, tl.cdiv(C, BN)):
+        cols = nb * BN + o
+        out = tl.zeros((TILE, BN), tl.float32) + tl.load(h2b_ptr + cols, mask=cols < C, other=0.0)[None, :]
+        out = _tile_dot(out, h_buf, H, live, h2w_ptr, C, nb * BN, H, C, False, BK, BN, TILE)
+        if TEACHER:
+            tl.store(logits_ptr + logits_row[:, None] * C + cols[None, :], out,
+                     mask=live[:, None] & (cols[None, :] < C))
+        else:
+            _stage(l_buf, out, m, cols, live, C, C)
+
+
+@triton.jit
+def _draw(l_buf, first, m, c, step, steps, B, u_ptr, out_ptr, temperature_ptr, top_k_ptr, top_p_ptr, argmax_ptr,
+          log_scale_min, C: tl.constexpr, SCALAR: tl.constexpr, TRUNCATE: tl.constexpr, DIST: tl.constexpr,
+          TILE: tl.constexpr, DRAW: tl.constexpr):
+    """Each of a tile's streams draws its code (or value) of this step from its row of head outputs in l_buf, by
+    its own rule, into out (B, steps)."""
+    if (TILE > 1) and (not SCALAR) and (not TRUNCATE):
+        # A tile's classes drawn for DRAW of its streams at once, each row reduced on its own
+        for d0 in range(0, TILE, DRAW):
+            md = d0 + tl.arange(0, DRAW)
+            ld = first + md < B
+            rows = tl.load(l_buf + md[:, None] * C + c[None, :], mask=ld[:, None] & (c[None, :] < C), other=0.0)
+            drawn = _sample_classes(rows, c, tl.load(u_ptr + step * B + first + md, mask=ld, other=0.0),
+                                    tl.load(temperature_ptr + first + md, mask=ld, other=1.0),
+                                    tl.load(argmax_ptr + first + md, mask=ld, other=0) != 0, C)
+            tl.store(out_ptr + (first + md) * steps + step, drawn, mask=ld)
+    else:
+        # Each stream draws alone from its row of logits in scratch, its reductions over (C_P,) as in a lone
+        # stream's program whatever the tile; a short last tile draws fewer. (A lone stream keeps the constant
+        # bound: the dynamic one cost its variants up to 16 registers.)
+        for one in range(TILE if TILE == 1 else tl.minimum(B - first, TILE)):
+            stream = first + one
+            row = tl.load(l_buf + one * C + c, mask=c < C, other=0.0)
+            row = tl.where(stream < B, row, 0.0)  # a row past B was never written
+            # This stream's sampling rule: streams of one launch may each have their own.
+            temperature = tl.load(temperature_ptr + stream, mask=stream < B, other=1.0)
+            argmax = tl.load(argmax_ptr + stream, mask=stream < B, other=0) != 0
+            if SCALAR:
+                u0 = tl.load(u_ptr + (step * B + stream) * 2, mask=stream < B, other=0.5).to(tl.float64)
+                u1 = tl.load(u_ptr + (step * B + stream) * 2 + 1, mask=stream < B, other=0.5).to(tl.float64)
+                drawn = _sample_continuous(row, c, u0, u1, temperature, argmax, log_scale_min, C,
+                                           DIST).to(tl.float32)
+            else:
+                u = tl.load(u_ptr + step * B + stream, mask=stream < B, other=0.0)
+                top_k = tl.load(top_k_ptr + stream, mask=stream < B, other=0)
+                top_p = tl.load(top_p_ptr + stream, mask=stream < B, other=1.0)
+                drawn = _sample_class(row, c, u, temperature, top_k, top_p, argmax, C, TRUNCATE)
+            tl.store(out_ptr + stream * steps + step, drawn, mask=stream < B)
+
+
 # The integers that change while a program runs (the position, the chunk's length, the batch, a teacher chunk's
 # stride) are not specialized: Triton would otherwise compile a variant apart for the value 1 and for multiples of 16,
 # so a stream paused for a compile when its position or its batch first took such a value (issue 34). Those fixed
@@ -311,7 +435,7 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
     # vocoder with 16,384-step chunks); within a tile, m * (a stream's stride) stays int32 except for `cond`.
     # Per-stream values are (TILE,) vectors, which every thread may hold whole: pointers are kept as one scalar base
     # per tile and rebuilt from m where used, so they do not occupy registers across the loops.
-    first = tl.program_id(0).to(tl.int64) * TILE
+    first, x_buf, g_buf, s_buf, h_buf, l_buf = _tile_scratch(scratch_ptr, SCR, R, G, S, H, TILE)
     m = tl.arange(0, TILE)
     live = first + m < B
     r = tl.arange(0, R_P)
@@ -323,13 +447,6 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
     KR: tl.constexpr = K * R
     G2: tl.constexpr = 2 * G
     RS: tl.constexpr = R + S
-    # The tile's scratch: x (R) | gated (G) | skip (S; relu(skip) for a lone stream) | head hidden (H) | head outputs
-    # (C), each stream-major (element (m, i) at m * width + i): a tile's product reads a (TILE, BK) block of it.
-    x_buf = scratch_ptr + first * SCR
-    g_buf = x_buf + R * TILE
-    s_buf = g_buf + G * TILE
-    h_buf = s_buf + S * TILE
-    l_buf = h_buf + H * TILE  # the head's outputs, stream-major (C per stream), for the draws
     q_tile = queues_ptr + first * Q * R
     QR = Q * R
 
@@ -386,40 +503,16 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
             else:
                 # A tile: each product in blocks of BN output columns, each block's epilogue (gate, residual sum,
                 # skip sum) applied as it leaves the tensor cores and its result put in scratch.
-                o = tl.arange(0, BN)
+                cond_row = ((first + m) * steps + step) * L * G2 + layer * G2
                 for nb in range(0, tl.cdiv(G, BN)):
-                    n0 = nb * BN
-                    cols = n0 + o
-                    za, zb = _gate_start(db_ptr + layer * G2, cond_ptr,
-                                         ((first + m) * steps + step) * L * G2 + layer * G2, cols, live, G, HAS_COND)
-                    for j in tl.static_range(K):  # tap j of K, oldest first: the queue slots, then the new input
-                        if j < K - 1:
-                            taps, tap_row = q_tile + _tap_slot(t, off, d, n, j, K) * R, QR
-                        else:
-                            taps, tap_row = x_buf, R
-                        za, zb = _tile_gate_dot(za, zb, taps, tap_row, live, w_layer + j * R * G2, G2, n0, R, G, BK,
-                                                BN, TILE)
-                    _stage(g_buf, _tanh(za) * tl.sigmoid(zb), m, cols, live, G, G)
+                    _gate_block(g_buf, x_buf, q_tile, QR, cond_ptr, cond_row, db_ptr + layer * G2, w_layer, t, off,
+                                d, nb * BN, m, live, R, G, K, HAS_COND, BK, BN, TILE)
                 tl.debug_barrier()  # the gate is whole, and every thread has read the oldest tap
                 for nb in range(0, tl.cdiv(R, BN)):  # the layer's input into its queue slot; the residual in place
-                    n0 = nb * BN
-                    cols = n0 + o
-                    at = live[:, None] & (cols[None, :] < R)
-                    xb = tl.load(x_buf + m[:, None] * R + cols[None, :], mask=at, other=0.0)
-                    tl.store(q_tile + m[:, None] * QR + (off + t % n) * R + cols[None, :], xb, mask=at)
-                    if layer < L - 1:  # the last layer's residual output feeds nothing
-                        res = xb + tl.load(ob_ptr + layer * RS + cols, mask=cols < R, other=0.0)[None, :]
-                        res = _tile_dot(res, g_buf, G, live, w_out, RS, n0, G, R, False, BK, BN, TILE)
-                        tl.debug_barrier()  # every thread has read this block of x before any writes it
-                        _stage(x_buf, res, m, cols, live, R, R)
+                    _residual_block(x_buf, g_buf, q_tile, QR, off + t % n, ob_ptr + layer * RS, w_out, nb * BN, m,
+                                    live, layer < L - 1, R, G, S, BK, BN, TILE)
                 for nb in range(0, tl.cdiv(S, BN)):
-                    n0 = nb * BN
-                    cols = n0 + o
-                    sk = tl.load(s_buf + m[:, None] * S + cols[None, :], mask=live[:, None] & (cols[None, :] < S),
-                                 other=0.0) + tl.load(ob_ptr + layer * RS + R + cols, mask=cols < S, other=0.0)[None, :]
-                    sk = _tile_dot(sk, g_buf, G, live, w_out + R, RS, n0, G, S, False, BK, BN, TILE)
-                    tl.debug_barrier()  # as for x: the block is read and written in place
-                    _stage(s_buf, sk, m, cols, live, S, S)
+                    _skip_block(s_buf, g_buf, ob_ptr + layer * RS, w_out, nb * BN, m, live, R, G, S, BK, BN, TILE)
                 tl.debug_barrier()
         if TILE == 1:
             _stage(s_buf, tl.maximum(skip, 0.0), m, s_idx, live, S, S)
@@ -436,62 +529,15 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
             else:
                 tl.store(l_buf + m[:, None] * C + c[None, :], logits, mask=live[:, None] & (c[None, :] < C))
         else:
-            o = tl.arange(0, BN)
-            for nb in range(0, tl.cdiv(H, BN)):
-                n0 = nb * BN
-                cols = n0 + o
-                hidden = tl.zeros((TILE, BN), tl.float32) + tl.load(h1b_ptr + cols, mask=cols < H, other=0.0)[None, :]
-                hidden = _tile_dot(hidden, s_buf, S, live, h1w_ptr, H, n0, S, H, True, BK, BN, TILE)
-                _stage(h_buf, tl.maximum(hidden, 0.0), m, cols, live, H, H)
-            tl.debug_barrier()
-            for nb in range(0, tl.cdiv(C, BN)):
-                n0 = nb * BN
-                cols = n0 + o
-                out = tl.zeros((TILE, BN), tl.float32) + tl.load(h2b_ptr + cols, mask=cols < C, other=0.0)[None, :]
-                out = _tile_dot(out, h_buf, H, live, h2w_ptr, C, n0, H, C, False, BK, BN, TILE)
-                if TEACHER:
-                    tl.store(logits_ptr + ((first + m) * steps + step)[:, None] * C + cols[None, :], out,
-                             mask=live[:, None] & (cols[None, :] < C))
-                else:
-                    _stage(l_buf, out, m, cols, live, C, C)
+            _tile_head(s_buf, h_buf, l_buf, logits_ptr, (first + m) * steps + step, h1w_ptr, h1b_ptr, h2w_ptr,
+                       h2b_ptr, m, live, S, H, C, TEACHER, BK, BN, TILE)
         if TEACHER:
             code = tl.load(codes_ptr + (first + m) * codes_stride + tl.minimum(step + 1, steps - 1), mask=live,
                            other=0)
         else:
             tl.debug_barrier()
-            if (TILE > 1) and (not SCALAR) and (not TRUNCATE):
-                # A tile's classes drawn for DRAW of its streams at once, each row reduced on its own
-                for d0 in range(0, TILE, DRAW):
-                    md = d0 + tl.arange(0, DRAW)
-                    ld = first + md < B
-                    rows = tl.load(l_buf + md[:, None] * C + c[None, :], mask=ld[:, None] & (c[None, :] < C),
-                                   other=0.0)
-                    drawn = _sample_classes(rows, c, tl.load(u_ptr + step * B + first + md, mask=ld, other=0.0),
-                                            tl.load(temperature_ptr + first + md, mask=ld, other=1.0),
-                                            tl.load(argmax_ptr + first + md, mask=ld, other=0) != 0, C)
-                    tl.store(out_ptr + (first + md) * steps + step, drawn, mask=ld)
-            else:
-                # Each stream draws alone from its row of logits in scratch, its reductions over (C_P,) as in a lone
-                # stream's program whatever the tile; a short last tile draws fewer. (A lone stream keeps the
-                # constant bound: the dynamic one cost its variants up to 16 registers.)
-                for one in range(TILE if TILE == 1 else tl.minimum(B - first, TILE)):
-                    stream = first + one
-                    row = tl.load(l_buf + one * C + c, mask=c < C, other=0.0)
-                    row = tl.where(stream < B, row, 0.0)  # a row past B was never written
-                    # This stream's sampling rule: streams of one launch may each have their own.
-                    temperature = tl.load(temperature_ptr + stream, mask=stream < B, other=1.0)
-                    argmax = tl.load(argmax_ptr + stream, mask=stream < B, other=0) != 0
-                    if SCALAR:
-                        u0 = tl.load(u_ptr + (step * B + stream) * 2, mask=stream < B, other=0.5).to(tl.float64)
-                        u1 = tl.load(u_ptr + (step * B + stream) * 2 + 1, mask=stream < B, other=0.5).to(tl.float64)
-                        drawn = _sample_continuous(row, c, u0, u1, temperature, argmax, log_scale_min, C,
-                                                   DIST).to(tl.float32)
-                    else:
-                        u = tl.load(u_ptr + step * B + stream, mask=stream < B, other=0.0)
-                        top_k = tl.load(top_k_ptr + stream, mask=stream < B, other=0)
-                        top_p = tl.load(top_p_ptr + stream, mask=stream < B, other=1.0)
-                        drawn = _sample_class(row, c, u, temperature, top_k, top_p, argmax, C, TRUNCATE)
-                    tl.store(out_ptr + stream * steps + step, drawn, mask=stream < B)
+            _draw(l_buf, first, m, c, step, steps, B, u_ptr, out_ptr, temperature_ptr, top_k_ptr, top_p_ptr,
+                  argmax_ptr, log_scale_min, C, SCALAR, TRUNCATE, DIST, TILE, DRAW)
             tl.debug_barrier()
             code = tl.load(out_ptr + (first + m) * steps + step, mask=live, other=0)
     if K_IN == 2:

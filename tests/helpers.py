@@ -70,11 +70,13 @@ def run_cli(*args, env=None):
 
 
 def one_triton_on_cpu(backends):
-    """backends without `triton-stream` and `triton-spread` where Triton runs under its interpreter (seconds a
-    step): they share their samplers with the tiled `triton`, and test_exactness.py holds their products to the
-    training model on every configuration and their draws to each stream's rule. Where CUDA is, all stay."""
+    """backends without `triton-stream`, `triton-spread` and `triton-layers` where Triton runs under its interpreter
+    (seconds a step): they share their samplers with the tiled `triton`, and test_exactness.py holds their products
+    to the training model on every configuration and their draws to each stream's rule. Where CUDA is, all
+    stay."""
     import torch
 
     if torch.cuda.is_available():
         return list(backends)
-    return [b for b in backends if getattr(b, "values", (b,))[0] not in ("triton-stream", "triton-spread")]
+    return [b for b in backends if getattr(b, "values", (b,))[0] not in ("triton-stream", "triton-spread",
+                                                                               "triton-layers")]

@@ -181,15 +181,16 @@ def test_gpu_tiles_sweep_runs_dry_on_the_cpu(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("gpu_tiles_sweep", path)
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
-    for name in sweep.KNOBS:
+    knobs = [name for names in sweep.KNOBS.values() for name in names]
+    for name in knobs:
         monkeypatch.delenv(name, raising=False)
     out = tmp_path / "tiles.json"
     sweep.main(["--dry-run", "--json", str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert [(r["backend"], r.get("tile")) for r in rows] == [("torch", None), ("triton-stream", None),
-                                                              ("triton", 16), ("triton", 32)]
+                                                              ("triton", 16), ("triton", 32), ("triton-layers", 16)]
     assert all(r["value"] > 0 for r in rows)
-    assert not any(name in os.environ for name in sweep.KNOBS)  # put back as they were: unset
+    assert not any(name in os.environ for name in knobs)  # put back as they were: unset
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU's limits are measured on CUDA only")

@@ -30,10 +30,11 @@ def test_doctor_refuses_an_unknown_target():
 def test_gpu_kernel_compiles_for_sm90_without_spills():
     """What Triton's interpreter cannot check: the kernel compiles for a real GPU (dtypes, constexprs, layouts), spills
     no registers and fits an SM's shared memory (227 KB a block on sm_90; Triton opts in above 48 KB), tiled (tensor
-    cores), per stream and spread, on the `standard` shape and on r9y9's LJSpeech shape (scalar input, a mixture of
-    logistics sampled in float64, mel conditioning). Four modes of the six, the conditioned ones being the largest
-    (`fastwavenet doctor --compile-gpu sm_90` compiles them all); top-k / top-p (truncated) for class outputs only. Each
-    stream's sampling rule is read at run time, so every generating variant holds the argmax and the sampled draw."""
+    cores), per stream, spread and in layer phases, on the `standard` shape and on r9y9's LJSpeech shape (scalar
+    input, a mixture of logistics sampled in float64, mel conditioning). Four modes of the six, the conditioned ones
+    being the largest (`fastwavenet doctor --compile-gpu sm_90` compiles them all); top-k / top-p (truncated) for class
+    outputs only. Each stream's sampling rule is read at run time, so every generating variant holds the argmax and
+    the sampled draw."""
     pytest.importorskip("triton")
     script = """
 import json
@@ -48,7 +49,9 @@ print(json.dumps(rows_as_json(compile_gpu([90], models, modes))))
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(rows) == 21  # three kernels; r9y9's continuous output has no truncated mode
+    # three kernels in every mode (r9y9's continuous output has no truncated mode), and the layer-phase kernels in
+    # every set of their own constants: start, out, gate with and without conditioning, head in every mode
+    assert len(rows) == 21 + 7 + 6
     for row in rows:
         # The variants as they run (pointers 16-byte aligned, which the compile report has asked for since the
         # tiled kernel went to tensor cores) keep small stack frames under Triton 3.9, none under 3.6 (the H200
@@ -156,6 +159,57 @@ def test_gpu_kernel_compiles_once_for_every_batch_and_position():
         for steps in chunks:
             generator.generate_codes(state, steps, rng=rng)
     assert len(compiled) == 1, list(compiled)
+
+
+LAYERS_SPECIALIZATION_SCRIPT = """
+import numpy as np, torch
+from triton.backends.compiler import GPUTarget
+from triton.compiler import make_backend
+from triton.runtime.jit import create_function_from_signature
+from fastwavenet import Sampling, preset
+from fastwavenet.backends.triton_gpu import TritonLayersBackend
+from fastwavenet.bench import random_model_file
+from fastwavenet.kernels import gpu_layers
+
+keys = {}
+
+class Launch:  # Triton's launcher's first step: the key of the variant it would compile or take from its cache
+    def __init__(self, name, kernel):
+        self.name, self.arg_names = name, kernel.arg_names
+        self.bind = create_function_from_signature(kernel.signature, kernel.params,
+                                                   make_backend(GPUTarget("cuda", 90, 32)))
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            _, specialization, options = self.bind(*args, **kwargs)
+            keys.setdefault(self.name, set()).add(repr((specialization, sorted(options.items()))))
+        return launch
+
+for name, kernel in gpu_layers.KERNELS.items():
+    setattr(gpu_layers, name, Launch(name, kernel))
+model = random_model_file(preset("tiny"))
+backend = TritonLayersBackend(model.config, model.weights, torch.device("cpu"))
+for batch in (1, 5, 40):
+    state = backend.new_state(batch, 0)
+    for steps in (1, 7, 33):
+        backend.generate(state, steps, np.full((steps, batch), 0.5, np.float32), Sampling())
+        backend.forward(state, torch.zeros(batch, steps, dtype=torch.int64))
+print(sorted((name, len(k)) for name, k in keys.items()))
+"""
+
+
+def test_layer_kernels_are_one_variant_for_every_batch_position_step_and_layer():
+    """A CUDA graph is captured after a chunk's first run, which must have compiled every variant the capture
+    launches: Triton's launcher (its argument binder, for sm_90) keys batches 1, 5 and 40, chunks of 1, 7 and 33
+    steps (a graph's capacity is 32), generating and teacher-forced, every step of a chunk (the first code from the
+    state, later ones from the draws) and every layer (the last keeps no residual) to one variant of each layer-phase
+    kernel, and two of the head (teacher-forced or drawing)."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", LAYERS_SPECIALIZATION_SCRIPT], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == str(
+        [("_gate_kernel", 1), ("_head_kernel", 2), ("_out_kernel", 1), ("_start_kernel", 1)])
 
 
 def test_full_fp32_turns_tf32_off_on_cuda_and_restores_the_users_settings():

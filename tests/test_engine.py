@@ -219,7 +219,7 @@ def test_streaming_conditioning_is_the_training_models_under_teacher_forcing(voc
     assert (got - expected).abs().max().item() <= 1e-4
 
 
-@pytest.mark.parametrize("backend", ["triton", "triton-spread"])
+@pytest.mark.parametrize("backend", ["triton", "triton-spread", "triton-layers"])
 def test_triton_requests_alone_or_together_are_bit_identical(backend):
     """The tiled Triton kernel computes each stream of a tile alone (products as fma chains per output, draws one
     stream at a time), and the spread kernel each stream by its own programs: under the engine (Triton's

@@ -16,7 +16,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = available_backends(DEVICE)
 if DEVICE == "cpu" and "triton" not in BACKENDS:
     BACKENDS += [pytest.param(name, marks=pytest.mark.skip(reason="triton is not installed"))
-                 for name in ("triton", "triton-stream", "triton-spread")]
+                 for name in ("triton", "triton-stream", "triton-spread", "triton-layers")]
 
 CONFIGS = {
     "tiny": preset("tiny"),
@@ -262,7 +262,7 @@ MIXED_RULES = {
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
-@pytest.mark.parametrize("backend", ["triton", "triton-spread"])
+@pytest.mark.parametrize("backend", ["triton", "triton-spread", "triton-layers"])
 @pytest.mark.parametrize("name", list(MIXED_RULES))
 def test_triton_mixed_rules_in_one_launch_equal_each_stream_alone(name, backend, monkeypatch):
     """Each stream of one Triton launch samples by its own rule (temperature, top-k, top-p, argmax, read per
@@ -273,8 +273,8 @@ def test_triton_mixed_rules_in_one_launch_equal_each_stream_alone(name, backend,
     from fastwavenet.backends.base import Backend
     from fastwavenet.bench import random_model_file
 
-    if name == "softmax-plain" and backend != "triton":
-        pytest.skip("the tile-wide draw is the tiled kernel's")
+    if name == "softmax-plain" and backend == "triton-spread":
+        pytest.skip("the tile-wide draw is the tiled kernels'")
     config = preset("tiny") if name.startswith("softmax") else WaveNetConfig(
         sample_rate=8000, residual_channels=6, gate_channels=8, skip_channels=8, head_channels=10, layers_per_stack=3,
         stacks=1, scalar_input=True, input_kernel_size=1, output=name, mixtures=3)
@@ -313,6 +313,51 @@ def test_triton_tile_of_32_draws_in_chunks_as_each_stream_alone(monkeypatch):
     for i in (0, 1, 2, 15, 16, 17):
         alone = gen.backend.generate(gen.new_state(1), steps, np.ascontiguousarray(u[:, i:i + 1]), rules[i]).cpu()
         assert torch.equal(together[i:i + 1], alone), f"stream {i} ({rules[i]}) differs from its run alone"
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
+def test_layer_phases_in_chunks_equal_one_call(monkeypatch):
+    """`triton-layers` runs a call's steps in chunks of a captured graph's capacity (4 here), the position and the
+    live steps read from the device: calls that end mid-chunk, span several chunks or follow a teacher-forced call
+    draw what one long call draws; the runners of other batches and modes are kept apart, the oldest dropped past
+    `keep`. The short last tile of 18 streams (tiles of 16) draws as each stream alone."""
+    from fastwavenet.kernels import gpu_layers
+
+    monkeypatch.setattr(gpu_layers, "CHUNK", 4)
+    monkeypatch.setenv("FASTWAVENET_LAYERS_TILE", "16")
+    config = preset("tiny")
+    # random_model's weights, under which a stream's draws depend on its past (and so on a state carried right)
+    gen = Generator(ModelFile(config, fold(random_model(config, 12))), backend="triton-layers", device=DEVICE)
+    rules = [[Sampling(), Sampling(temperature=0.7), Sampling(argmax=True)][i % 3] for i in range(18)]
+    u = np.random.default_rng(6).random((11, len(rules)), dtype=np.float32)
+    whole = gen.backend.generate(gen.new_state(len(rules)), 11, u, rules).cpu()
+    state = gen.new_state(len(rules))
+    parts = [gen.backend.generate(state, n, np.ascontiguousarray(u[a:a + n]), rules).cpu()
+             for a, n in ((0, 3), (3, 6), (9, 2))]
+    assert torch.equal(torch.cat(parts, dim=1), whole)
+    for i in (0, 1, 2, 16, 17):
+        alone = gen.backend.generate(gen.new_state(1), 11, np.ascontiguousarray(u[:, i:i + 1]), rules[i]).cpu()
+        assert torch.equal(whole[i:i + 1], alone), f"stream {i} ({rules[i]}) differs from its run alone"
+    # Six teacher-forced steps in one call (two chunks) or one at a time, then generation from there: the same.
+    codes = whole[:2, :7]
+    states = [gen.new_state(2), gen.new_state(2)]
+    gen.backend.forward(states[0], codes[:, :6])
+    for j in range(6):
+        gen.backend.forward(states[1], codes[:, j:j + 1])
+    v = np.ascontiguousarray(u[:5, :2])
+    drawn = []
+    for state in states:
+        state.last = codes[:, -1].clone().to(state.last.device)
+        drawn.append(gen.backend.generate(state, 5, v, rules[:2]).cpu())
+    assert torch.equal(drawn[0], drawn[1])
+    state = gen.new_state(2)  # one step fewer consumed: other draws (the test can tell states apart)
+    gen.backend.forward(state, codes[:, :5])
+    state.last = codes[:, -1].clone().to(state.last.device)
+    assert not torch.equal(gen.backend.generate(state, 5, v, rules[:2]).cpu(), drawn[0])
+    runners = gen.backend.runners
+    assert 1 < len(runners.runners) <= runners.keep
+    assert {r.teacher for r in runners.runners.values()} == {True, False}
+    assert all(r.capacity == 4 and r.constants["TILE"] == 16 for r in runners.runners.values())
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")

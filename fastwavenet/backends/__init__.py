@@ -8,6 +8,8 @@
             8 or 16 streams per program, each weight row read once for them
     triton-stream  the same launch with one stream per program (matrix-vector products)
     triton-spread  one stream over many SMs, a barrier between layer phases (kernels/gpu_spread.py)
+    triton-layers  one launch per layer phase over tiles of streams x column blocks, from a CUDA graph
+                   (kernels/gpu_layers.py)
     onnxruntime    the exported ONNX step (onnx_step.py) run by ONNX Runtime    backends/onnxruntime_step.py
     torch-compile  torch's step through torch.compile (and a CUDA graph on CUDA) backends/torch_compile.py
 
@@ -37,12 +39,13 @@ from .numba_cpu import NumbaBackend, NumbaSplitBackend, numba_threads, place_num
 from .onnxruntime_step import OnnxRuntimeBackend
 from .torch_compile import TorchCompileBackend
 from .torch_queues import TorchBackend
-from .triton_gpu import TritonBackend, TritonSpreadBackend, TritonStreamBackend
+from .triton_gpu import TritonBackend, TritonLayersBackend, TritonSpreadBackend, TritonStreamBackend
 
 
 def registry() -> dict[str, type[Backend]]:
     return {"naive": NaiveBackend, "torch": TorchBackend, "numba": NumbaBackend, "numba-split": NumbaSplitBackend,
             "triton": TritonBackend, "triton-stream": TritonStreamBackend, "triton-spread": TritonSpreadBackend,
+            "triton-layers": TritonLayersBackend,
             "onnxruntime": OnnxRuntimeBackend, "torch-compile": TorchCompileBackend}
 
 
@@ -62,7 +65,7 @@ def _auto_order(device: torch.device) -> list[str]:
     taken only where numba is missing; numba or numba-split by a trial. On CUDA no order has been measured, so
     `auto` times each available one and this order only breaks ties."""
     return (["numba", "numba-split", "torch"] if device.type == "cpu"
-            else ["triton", "triton-stream", "triton-spread", "torch"])
+            else ["triton", "triton-stream", "triton-spread", "triton-layers", "torch"])
 
 
 def _trial_candidates(candidates: list[str], device: torch.device, batch: int) -> list[str]:

@@ -1,8 +1,10 @@
-"""`triton`, `triton-stream` and `triton-spread`: one Triton launch generates a chunk of samples for a batch of
-streams (time loop inside the kernel), in tiles of 16 streams per program (`triton`: products on tensor cores, each
-weight block read once for the tile), one stream per program (`triton-stream`: matrix-vector sums), both fastwavenet.kernels.gpu, or many
-programs per stream, one per SM, meeting at barriers between layer phases (`triton-spread`,
-fastwavenet.kernels.gpu_spread: the shortest step at batch 1). Each computes a stream the same way whatever else is
+"""`triton`, `triton-stream`, `triton-spread` and `triton-layers`: one Triton launch generates a chunk of samples for
+a batch of streams (time loop inside the kernel), in tiles of 16 streams per program (`triton`: products on tensor
+cores, each weight block read once for the tile), one stream per program (`triton-stream`: matrix-vector sums), both
+fastwavenet.kernels.gpu, or many programs per stream, one per SM, meeting at barriers between layer phases
+(`triton-spread`, fastwavenet.kernels.gpu_spread: the shortest step at batch 1); or one launch per layer phase over
+tiles of streams x blocks of columns, replayed from a CUDA graph (`triton-layers`, fastwavenet.kernels.gpu_layers:
+every SM busy at every phase, for many streams of a large model). Each computes a stream the same way whatever else is
 in the batch; they differ from each other by float rounding. This module is the only place that knows how those
 kernels want their arrays."""
 
@@ -127,3 +129,21 @@ class TritonSpreadBackend(TritonBackend):
         from ..kernels import gpu_spread
 
         gpu_spread.launch(*args, **kwargs, programs=self.programs)
+
+
+class TritonLayersBackend(TritonBackend):
+    """`triton-layers`: a step as one launch per layer phase, each over tiles of streams x blocks of output columns
+    (fastwavenet.kernels.gpu_layers), so every SM works at every phase; a chunk's launches are captured in a CUDA
+    graph once and replayed."""
+
+    name = "triton-layers"
+    tiled = False  # the tile is gpu_layers.layer_tile(), read by the runners
+
+    def __init__(self, config, weights, device, precision="float32"):
+        super().__init__(config, weights, device, precision)
+        from ..kernels import gpu_layers
+
+        self.runners = gpu_layers.LayerRunners()
+
+    def _launch(self, *args, **kwargs):
+        self.runners.launch(*args, **kwargs)
