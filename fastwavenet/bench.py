@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .backends import available_backends
+from .backends import available_backends, registry
 from .config import WaveNetConfig
 from .errors import FastWaveNetError
 from . import files
@@ -42,7 +42,9 @@ class BenchResult:
     steps: int
     seconds: float
     of_limit: float | None = None  # samples_per_s / this machine's limit at this batch (Limits.samples_per_s)
-    bound_by: str | None = None    # the limit that binds at this batch: "weights" (their reads) or "flops"
+    # the limit that binds at this batch: "weights" (their reads), "flops" (float32 FMA; the CPU's sgemm) or "tensor"
+    # (a GPU's tensor cores, for the backends whose products run there: 3xTF32)
+    bound_by: str | None = None
     # The limits this row is held against, measured just before it (machines drift by tens of per cent in minutes)
     limit_sgemm_gflops: float | None = None
     limit_weight_passes_per_s: float | None = None
@@ -50,8 +52,10 @@ class BenchResult:
     limit_split_passes_per_s: float | None = None
     split: bool = False  # one tile split over every core (Backend.splits): held to all cores' weight passes
     # samples_per_s x FLOPs per sample / the FMA peak of numba's target code (Limits.fma_gflops): vendor-neutral
+    # (on a GPU: the FMA rate, or for tensor-core backends the tensor cores' 3xTF32 rate, limit_tensor_gflops)
     of_peak: float | None = None
     limit_fma_gflops: float | None = None
+    limit_tensor_gflops: float | None = None
     speedup_vs_r9y9: float | None = None  # over r9y9's incremental_forward (one stream), measured in the same run
     precision: str = "float32"  # of the weight matrices (bf16: rounded, and 16-bit in the numba kernel)
 
@@ -132,10 +136,11 @@ class Limits:
         passes = self.split_passes_per_s if split and self.split_passes_per_s else self.weight_passes_per_s
         return passes * _NARROW.get(precision, 1)
 
-    def samples_per_s(self, batch: int, precision: str = "float32", split: bool = False) -> float:
+    def samples_per_s(self, batch: int, precision: str = "float32", split: bool = False,
+                      tensor_cores: bool = False) -> float:
         return min(batch * self.passes_per_s(precision, split), self.batched_samples_per_s)
 
-    def bound_by(self, batch: int, precision: str = "float32", split: bool = False) -> str:
+    def bound_by(self, batch: int, precision: str = "float32", split: bool = False, tensor_cores: bool = False) -> str:
         """Which limit binds at this batch: "weights" (the batch-1 limit times the batch) or "flops" (sgemm)."""
         return "weights" if batch * self.passes_per_s(precision, split) < self.batched_samples_per_s else "flops"
 
@@ -156,13 +161,14 @@ class GpuLimits:
 
     batched: the float32 FMA rate (`gpu_limits.fma_chains_kernel`: chains of dependent fused multiply-adds in
     registers on every SM, Triton-compiled as the generation kernel is) in GFLOP/s, divided by the model's FLOPs per
-    sample. Every backend computes in float32 on CUDA cores (bf16 weights are rounded values held in float32; tensor
-    cores are off for float32 matmuls, backends.base), so this binds them all.
+    sample: the limit of the backends that compute on CUDA cores (torch with TF32 off, backends.base; triton-stream;
+    triton-spread). The backends whose products run on tensor cores (`Backend.tensor_cores`: triton, triton-layers)
+    take three TF32 products for each float32 one (3xTF32), so theirs is the tf32 matmul rate over 3.
     batch 1: passes/s over the model's weight bytes of the whole chip reading a buffer of about that size while it
-    sits in L2 (`gpu_limits.read_passes_kernel`): samples/s if each sample read every weight once at that speed.
-    A batch of B streams may reach at most min(B x that, the batched limit). The device-to-device copy bandwidth
-    (HBM) and the tensor-core matmul rates (bf16, tf32) are measured for reference: what the chip offers beyond
-    what the kernels use."""
+    sits in L2 (`gpu_limits.read_passes_kernel`): samples/s if each sample read every weight once at that speed;
+    bf16 weights, which the Triton backends hold in 16 bits, are half the bytes: twice the passes (int8 is held in
+    float32 on the GPU). A batch of B streams may reach at most min(B x that, the batched limit). The
+    device-to-device copy bandwidth (HBM) and the bf16 tensor-core rate are measured for reference."""
 
     gpu: str
     flops_per_sample: float
@@ -178,12 +184,20 @@ class GpuLimits:
     def batched_samples_per_s(self) -> float:
         return self.fma_gflops * 1e9 / self.flops_per_sample
 
-    def samples_per_s(self, batch: int, precision: str = "float32", split: bool = False) -> float:
-        """Any precision alike: on CUDA every backend reads and computes float32."""
-        return min(batch * self.weight_passes_per_s, self.batched_samples_per_s)
+    def arithmetic_gflops(self, tensor_cores: bool = False) -> float:
+        """The arithmetic rate that binds a batched row: float32 FMA, or 3xTF32 on tensor cores."""
+        return self.tf32_tflops * 1e3 / 3 if tensor_cores else self.fma_gflops
 
-    def bound_by(self, batch: int, precision: str = "float32", split: bool = False) -> str:
-        return "weights" if batch * self.weight_passes_per_s < self.batched_samples_per_s else "flops"
+    def samples_per_s(self, batch: int, precision: str = "float32", split: bool = False,
+                      tensor_cores: bool = False) -> float:
+        passes = self.weight_passes_per_s * (2 if precision == "bf16" else 1)
+        return min(batch * passes, self.arithmetic_gflops(tensor_cores) * 1e9 / self.flops_per_sample)
+
+    def bound_by(self, batch: int, precision: str = "float32", split: bool = False, tensor_cores: bool = False) -> str:
+        passes = self.weight_passes_per_s * (2 if precision == "bf16" else 1)
+        if batch * passes < self.arithmetic_gflops(tensor_cores) * 1e9 / self.flops_per_sample:
+            return "weights"
+        return "tensor" if tensor_cores else "flops"
 
     def best(self, other: "GpuLimits | None") -> "GpuLimits":
         if other is None:
@@ -517,17 +531,21 @@ def measure_rows(model: ModelFile, backends: list[str], batches: list[int], devi
 def _hold(result: BenchResult, limits: Limits | GpuLimits | None):
     """Set a result's share of the machine's limit at its batch and precision, which limit binds there, and the
     limits it is held to."""
-    limit = None if limits is None else limits.samples_per_s(result.batch, result.precision, result.split)
+    cls = registry().get(result.backend)
+    tensor = isinstance(limits, GpuLimits) and cls is not None and cls.tensor_cores
+    limit = None if limits is None else limits.samples_per_s(result.batch, result.precision, result.split, tensor)
     if limit:
         result.of_limit = result.samples_per_s / limit
-        result.bound_by = limits.bound_by(result.batch, result.precision, result.split)
+        result.bound_by = limits.bound_by(result.batch, result.precision, result.split, tensor)
         result.limit_weight_passes_per_s = limits.weight_passes_per_s
         if isinstance(limits, Limits):
             result.limit_sgemm_gflops = limits.sgemm_gflops
             result.limit_split_passes_per_s = limits.split_passes_per_s or None
     if limits is not None and limits.fma_gflops:
-        result.of_peak = result.samples_per_s * limits.flops_per_sample / (limits.fma_gflops * 1e9)
+        peak = limits.arithmetic_gflops(True) if tensor else limits.fma_gflops
+        result.of_peak = result.samples_per_s * limits.flops_per_sample / (peak * 1e9)
         result.limit_fma_gflops = limits.fma_gflops
+        result.limit_tensor_gflops = peak if tensor else None
 
 
 def resolve_backends(names: list[str], device: str) -> list[str]:
@@ -558,8 +576,10 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
                      f"per sample = {limits.batched_samples_per_s:,.0f} samples/s batched; the GPU reads the "
                      f"{limits.weight_bytes / 1e6:.2f} MB of weights ({where}, L2 {limits.l2_bytes / 1e6:.0f} MB) "
                      f"{limits.weight_passes_per_s:,.0f} times/s (batch-1 limit)")
-        lines.append(f"beyond them: device-to-device copy {limits.copy_gbps:,.0f} GB/s (read + write); tensor-core "
-                     f"matmul bf16 {limits.bf16_tflops:,.0f} TFLOP/s, tf32 {limits.tf32_tflops:,.0f} TFLOP/s")
+        lines.append(f"tensor cores: matmul tf32 {limits.tf32_tflops:,.0f} TFLOP/s, so 3xTF32 (the float32 products of "
+                     f"the tensor-core backends, whose rows are held to it) {limits.tf32_tflops / 3:,.0f}; bf16 "
+                     f"{limits.bf16_tflops:,.0f} TFLOP/s; device-to-device copy {limits.copy_gbps:,.0f} GB/s "
+                     f"(read + write)")
     elif limits is not None:
         lines.append(f"limits: sgemm {limits.sgemm_gflops:,.0f} GFLOP/s on {limits.threads} threads / "
                      f"{limits.flops_per_sample / 1e6:.2f} MFLOP per sample = {limits.batched_samples_per_s:,.0f} "

@@ -88,7 +88,7 @@ def _product(acc, x_ptr, live, w_ptr, w_stride, n_in, col0, n_out, IN_BLOCK: tl.
         i = i0 + tl.arange(0, IN_BLOCK)
         x = tl.load(x_ptr + i[None, :], mask=live[:, None] & (i[None, :] < n_in), other=0.0)
         w = tl.load(w_ptr + i[:, None] * w_stride + col0 + o[None, :],
-                    mask=(i[:, None] < n_in) & (o[None, :] < n_out), other=0.0)
+                    mask=(i[:, None] < n_in) & (o[None, :] < n_out), other=0.0).to(tl.float32)
         acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
     return acc
 
@@ -98,13 +98,15 @@ def _tile_dot(acc, a_ptr, a_row, live, w_ptr, w_stride, col0, N_IN: tl.constexpr
               RELU: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, TILE: tl.constexpr):
     """acc + A @ W[:, col0:col0 + BN] for a tile of streams, on tensor cores: acc (TILE, BN) float32; A (TILE, N_IN)
     with A[m, i] at a_ptr + m * a_row + i (rows where `live` is false read zeros; RELU: max(A, 0)); W (N_IN, N_OUT)
-    row-major with row stride w_stride, its columns from N_OUT on read as zeros; col0 a multiple of BN. K is walked
+    row-major with row stride w_stride (float32, or bf16 widened as read), its columns from N_OUT on read as zeros;
+    col0 a multiple of BN. K is walked
     in blocks of BK. (Bounds known at compile time and blocks starting at multiples of BK and BN let Triton prove
     each mask whole over a vector of floats.)
 
     3xTF32: Triton splits each float32 operand into its TF32 rounding and the TF32 rounding of the rest, and adds the
     three products that matter in float32: as close to the training model as float32 products are
-    (tests/test_tf32.py, emulated; plain TF32 is about a thousand times farther off). An output row is a sum over
+    (tests/test_tf32.py, emulated; plain TF32 is about a thousand times farther off). A bf16 weight is a TF32 value
+    already (8 bits of mantissa), so its second part is zero and the sum is the float32 product of the two. An output row is a sum over
     its own row of A only, in an order fixed by the blocks, so a stream's numbers do not depend on which streams
     share its tile."""
     m = tl.arange(0, TILE)
@@ -115,7 +117,7 @@ def _tile_dot(acc, a_ptr, a_row, live, w_ptr, w_stride, col0, N_IN: tl.constexpr
         if RELU:
             a = tl.maximum(a, 0.0)
         w = tl.load(w_ptr + k[:, None] * w_stride + o[None, :], mask=(k[:, None] < N_IN) & (o[None, :] < N_OUT),
-                    other=0.0)
+                    other=0.0).to(tl.float32)
         acc = tl.dot(a, w, acc, input_precision="tf32x3")
     return acc
 
@@ -133,8 +135,8 @@ def _tile_gate_dot(za, zb, a_ptr, a_row, live, w_ptr, w_stride, col0, N_IN: tl.c
         a = tl.load(a_ptr + m[:, None] * a_row + k[None, :], mask=live[:, None] & (k[None, :] < N_IN), other=0.0)
         at = w_ptr + k[:, None] * w_stride + o[None, :]
         w_ok = (k[:, None] < N_IN) & (o[None, :] < HALF)
-        za = tl.dot(a, tl.load(at, mask=w_ok, other=0.0), za, input_precision="tf32x3")
-        zb = tl.dot(a, tl.load(at + HALF, mask=w_ok, other=0.0), zb, input_precision="tf32x3")
+        za = tl.dot(a, tl.load(at, mask=w_ok, other=0.0).to(tl.float32), za, input_precision="tf32x3")
+        zb = tl.dot(a, tl.load(at + HALF, mask=w_ok, other=0.0).to(tl.float32), zb, input_precision="tf32x3")
     return za, zb
 
 

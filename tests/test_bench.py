@@ -193,6 +193,35 @@ def test_gpu_tiles_sweep_runs_dry_on_the_cpu(tmp_path, monkeypatch):
     assert not any(name in os.environ for name in knobs)  # put back as they were: unset
 
 
+def test_gpu_rows_are_held_to_the_units_their_products_run_on():
+    """On a GPU a backend whose products run on tensor cores (3xTF32: three TF32 products a float32 one) is held to
+    a third of the tf32 matmul rate, the others to the float32 FMA rate; bf16 weights, held in 16 bits by the Triton
+    backends, are twice the passes of float32 at batch 1."""
+    from fastwavenet import bench
+
+    limits = bench.GpuLimits(gpu="test", flops_per_sample=1e6, weight_bytes=1, l2_bytes=2, weight_passes_per_s=100.0,
+                             fma_gflops=60.0, copy_gbps=1.0, bf16_tflops=0.8, tf32_tflops=0.45)
+    # batched: 60,000 samples/s on CUDA cores, 150,000 on tensor cores
+
+    def held(backend, batch, precision="float32"):
+        result = bench.BenchResult(backend=backend, batch=batch, samples_per_s=30_000.0, realtime_factor=0.0,
+                                   speedup_vs_naive=None, first_call_s=0.0, steps=2, seconds=1.0, precision=precision)
+        bench._hold(result, limits)
+        return result
+
+    for backend in ("triton", "triton-layers"):
+        row = held(backend, 4096)
+        assert (row.bound_by, row.of_limit) == ("tensor", pytest.approx(30_000 / 150_000)), backend
+        assert row.of_peak == pytest.approx(0.2) and row.limit_tensor_gflops == pytest.approx(150.0)
+    for backend in ("torch", "triton-stream", "triton-spread"):
+        row = held(backend, 4096)
+        assert (row.bound_by, row.of_limit) == ("flops", pytest.approx(30_000 / 60_000)), backend
+        assert row.of_peak == pytest.approx(0.5) and row.limit_tensor_gflops is None
+    assert (held("triton", 1).bound_by, held("triton", 1).of_limit) == ("weights", pytest.approx(300.0))
+    assert held("triton", 1, "bf16").of_limit == pytest.approx(150.0)
+    assert held("triton", 1, "int8").of_limit == pytest.approx(300.0)  # held in float32 on the GPU
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU's limits are measured on CUDA only")
 def test_bench_on_cuda_holds_rows_against_the_gpus_limits(tmp_path):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
@@ -209,7 +238,7 @@ def test_bench_on_cuda_holds_rows_against_the_gpus_limits(tmp_path):
     for row in payload["results"]:
         if row["backend"] == "naive":
             continue
-        limit = min(row["batch"] * limits["weight_passes_per_s"], batched)
+        limit = min(row["batch"] * limits["weight_passes_per_s"], batched)  # torch and triton-stream: CUDA cores
         assert row["of_limit"] == pytest.approx(row["samples_per_s"] / limit)
         assert row["bound_by"] in ("weights", "flops") and row["first_call_s"] > 0
     assert "tensor-core" in result.stdout

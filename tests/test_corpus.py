@@ -261,7 +261,9 @@ def test_two_ranks_under_faults(models, tmp_path):
     ranks = [_launch_rank(0, port, args), _launch_rank(1, port, args)]
     try:
         made_by_one = lambda: [i.id for i in second if (out / f"{i.id}.wav").exists()]  # noqa: E731
-        deadline = time.monotonic() + 120
+        # Waits only until the first file is done; 300 s leaves room for a cold numba compile on a busy machine
+        # (120 s once ran out at the start of a CI run, both test workers compiling)
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not made_by_one() and ranks[1].poll() is None:
             time.sleep(0.01)
         ranks[1].send_signal(signal.SIGKILL)
@@ -321,7 +323,9 @@ def test_an_interrupted_run_says_one_line_and_keeps_what_it_finished(models, tmp
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        deadline = time.monotonic() + 120
+        # Waits only until the first file is done; 300 s leaves room for a cold numba compile on a busy machine
+        # (120 s once ran out at the start of a CI run, both test workers compiling)
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not started() and process.poll() is None:
             time.sleep(0.01)
         process.send_signal(sig)

@@ -34,6 +34,9 @@ class Backend:
     # What the first call does that later ones do not, said on screen by the CLI when it takes a while (None: nothing)
     first_call = None
     precisions = ("float32", "bf16", "int8")  # and w8a8 (8-bit activations too) where the backend computes it
+    # Whether its products run on tensor cores (3xTF32 on CUDA): the bench holds its GPU rows to the tensor cores'
+    # rate, not the float32 FMA rate
+    tensor_cores = False
 
     def __init__(self, config: WaveNetConfig, weights: FoldedWeights, device: torch.device,
                  precision: str = "float32"):

@@ -30,6 +30,7 @@ def _on(device: torch.device):
 class TritonBackend(Backend):
     name = "triton"
     tiled = True  # streams per program: the kernel's tile_for(weights), or one
+    tensor_cores = True  # a tile's products; a lone stream's are sums on CUDA cores
     devices = ("cuda",)
     requires = "triton"
     first_call = "compiling the GPU kernel (first run only, kept in Triton's cache)"
@@ -59,6 +60,12 @@ class TritonBackend(Backend):
             dilated_b=w.dilated_b, out_w=w.out_w, out_b=w.out_b, head1_w=w.head1_w, head1_b=w.head1_b,
             head2_w=w.head2_w, head2_b=w.head2_b, dilations=torch.from_numpy(layout.dilations).to(device),
             offsets=torch.from_numpy(layout.offsets).to(device))
+        if precision == "bf16":
+            # The Generator rounded the matrices to bf16 values: held as bf16 they read half the bytes (L2, HBM),
+            # the same numbers, widened to float32 as each block is read. (int8 stays float32: no Triton kernel
+            # widens int8 yet.)
+            self.weights = self.weights._replace(**{name: getattr(self.weights, name).to(torch.bfloat16) for name in
+                                                    ("dilated_w", "out_w", "head1_w", "head2_w")})
         self.tile = gpu.tile_for(self.weights) if self.tiled else 1
 
     def _launch(self, *args, **kwargs):
@@ -108,19 +115,20 @@ class TritonBackend(Backend):
 class TritonStreamBackend(TritonBackend):
     name = "triton-stream"
     tiled = False
+    tensor_cores = False
 
 
 class TritonSpreadBackend(TritonBackend):
     name = "triton-spread"
     tiled = False
+    tensor_cores = False
 
     def __init__(self, config, weights, device, precision="float32"):
         super().__init__(config, weights, device, precision)
         from ..kernels import gpu_spread
 
-        # bf16: the Generator rounded the weights to bf16 values; held as bf16 they read half the bytes, the same
-        # numbers. (int8 stays float32 here: no kernel of this backend widens int8 yet.) The spread layout replaces
-        # the input-major one: no second copy of the weights stays on the device.
+        # bf16: held as bf16, as TritonBackend holds them. The spread layout replaces the input-major one: no second
+        # copy of the weights stays on the device.
         self.weights = gpu_spread.spread_weights(self.weights,
                                                  torch.bfloat16 if precision == "bf16" else torch.float32)
         self.programs = gpu_spread.programs_for(self.weights)
@@ -138,6 +146,7 @@ class TritonLayersBackend(TritonBackend):
 
     name = "triton-layers"
     tiled = False  # the tile is gpu_layers.layer_tile(), read by the runners
+    tensor_cores = True
 
     def __init__(self, config, weights, device, precision="float32"):
         super().__init__(config, weights, device, precision)
