@@ -307,6 +307,19 @@ def _tile_scratch(scratch_ptr, SCR, R: tl.constexpr, G: tl.constexpr, S: tl.cons
 
 
 @triton.jit
+def _tile_start(x_buf, s_buf, code, prev, m, live, embed_ptr, C: tl.constexpr, R: tl.constexpr, S: tl.constexpr,
+                K_IN: tl.constexpr, SCALAR: tl.constexpr, BN: tl.constexpr):
+    """A tile's step begins: its first-layer input from the codes it consumes (and the ones before, `prev`) into
+    x_buf, a block of columns at a time, and its skip sums (which live in scratch) zeroed."""
+    for nb in range(0, tl.cdiv(R, BN)):
+        cols = nb * BN + tl.arange(0, BN)
+        _stage(x_buf, _input(code, prev, cols, live, embed_ptr, C, R, K_IN, SCALAR), m, cols, live, R, R)
+    for nb in range(0, tl.cdiv(S, BN)):
+        cols = nb * BN + tl.arange(0, BN)
+        _stage(s_buf, tl.zeros((m.shape[0], BN), tl.float32), m, cols, live, S, S)
+
+
+@triton.jit
 def _gate_block(g_buf, x_buf, q_tile, QR, cond_ptr, cond_row, b_layer, w_layer, t, off, d, n0, m, live,
                 R: tl.constexpr, G: tl.constexpr, K: tl.constexpr, HAS_COND: tl.constexpr, BK: tl.constexpr,
                 BN: tl.constexpr, TILE: tl.constexpr):
@@ -462,13 +475,8 @@ def _wavenet_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond
         tl.debug_barrier()
         if TILE == 1:
             _stage(x_buf, _input(code, prev, r, live, embed_ptr, C, R, K_IN, SCALAR), m, r, live, R, R)
-        else:  # a block of columns at a time; a tile's skip sum lives in scratch
-            for nb in range(0, tl.cdiv(R, BN)):
-                cols = nb * BN + tl.arange(0, BN)
-                _stage(x_buf, _input(code, prev, cols, live, embed_ptr, C, R, K_IN, SCALAR), m, cols, live, R, R)
-            for nb in range(0, tl.cdiv(S, BN)):
-                cols = nb * BN + tl.arange(0, BN)
-                _stage(s_buf, tl.zeros((TILE, BN), tl.float32), m, cols, live, S, S)
+        else:
+            _tile_start(x_buf, s_buf, code, prev, m, live, embed_ptr, C, R, S, K_IN, SCALAR, BN)
         if K_IN == 2:
             prev = code
         tl.debug_barrier()

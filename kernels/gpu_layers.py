@@ -34,8 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastwavenet.kernels.gpu import (SOFTMAX, GpuWeights, StreamRules, _draw, _gate_block, _input, _residual_block,
-                                     _skip_block, _stage, _tile_head, _tile_scratch)
+from fastwavenet.kernels.gpu import (SOFTMAX, GpuWeights, StreamRules, _draw, _gate_block, _residual_block,
+                                     _skip_block, _tile_head, _tile_scratch, _tile_start)
 
 # Steps a captured graph holds: a chunk of the caller's longer than this is replayed in pieces.
 CHUNK = 32
@@ -76,12 +76,7 @@ def _start_kernel(src_ptr, src_stride, src_col, lim_ptr, inputs_ptr, scratch_ptr
         prev = tl.full((TILE,), -1, tl.int64)
         if K_IN == 2:
             prev = tl.load(inputs_ptr + first + m, mask=live, other=-1)
-        for nb in range(0, tl.cdiv(R, BN)):
-            cols = nb * BN + tl.arange(0, BN)
-            _stage(x_buf, _input(code, prev, cols, live, embed_ptr, C, R, K_IN, SCALAR), m, cols, live, R, R)
-        for nb in range(0, tl.cdiv(S, BN)):
-            cols = nb * BN + tl.arange(0, BN)
-            _stage(s_buf, tl.zeros((TILE, BN), tl.float32), m, cols, live, S, S)
+        _tile_start(x_buf, s_buf, code, prev, m, live, embed_ptr, C, R, S, K_IN, SCALAR, BN)
         if K_IN == 2:
             tl.store(inputs_ptr + first + m, code, mask=live)
 
