@@ -40,7 +40,8 @@ step() {  # step NAME SECONDS COMMAND...: run under a time cap, say how long it 
 step "versions and device" 20 bash -c "nvidia-smi -L || true; fastwavenet doctor | tee '$out/doctor.txt'"
 
 # 2. Correctness on CUDA (conftest picks cuda when it is there; the interpreter stays off).
-step "correctness" 150 bash -c "pytest -q -n 4 -p no:cacheprovider -k 'triton or cuda or probe or compiles_once or compile or layer' \
+step "correctness" 150 bash -c "pytest -q -n 4 -p no:cacheprovider \
+  -k 'triton or cuda or probe or compiles_once or compile or layer' \
   tests/test_exactness.py tests/test_generator.py \
   tests/test_engine.py::test_triton_requests_alone_or_together_are_bit_identical tests/test_bench.py \
   tests/test_doctor.py 2>&1 | tee '$out/tests.log' | tail -15"

@@ -99,16 +99,15 @@ def _tile_dot(acc, a_ptr, a_row, live, w_ptr, w_stride, col0, N_IN: tl.constexpr
     """acc + A @ W[:, col0:col0 + BN] for a tile of streams, on tensor cores: acc (TILE, BN) float32; A (TILE, N_IN)
     with A[m, i] at a_ptr + m * a_row + i (rows where `live` is false read zeros; RELU: max(A, 0)); W (N_IN, N_OUT)
     row-major with row stride w_stride (float32, or bf16 widened as read), its columns from N_OUT on read as zeros;
-    col0 a multiple of BN. K is walked
-    in blocks of BK. (Bounds known at compile time and blocks starting at multiples of BK and BN let Triton prove
-    each mask whole over a vector of floats.)
+    col0 a multiple of BN. K is walked in blocks of BK. (Bounds known at compile time and blocks starting at
+    multiples of BK and BN let Triton prove each mask whole over a vector of floats.)
 
     3xTF32: Triton splits each float32 operand into its TF32 rounding and the TF32 rounding of the rest, and adds the
     three products that matter in float32: as close to the training model as float32 products are
     (tests/test_tf32.py, emulated; plain TF32 is about a thousand times farther off). A bf16 weight is a TF32 value
-    already (8 bits of mantissa), so its second part is zero and the sum is the float32 product of the two. An output row is a sum over
-    its own row of A only, in an order fixed by the blocks, so a stream's numbers do not depend on which streams
-    share its tile."""
+    already (8 bits of mantissa), so its second part is zero and the sum is the float32 product of the two. An
+    output row is a sum over its own row of A only, in an order fixed by the blocks, so a stream's numbers do not
+    depend on which streams share its tile."""
     m = tl.arange(0, TILE)
     o = col0 + tl.arange(0, BN)
     for kb in range(0, tl.cdiv(N_IN, BK)):
