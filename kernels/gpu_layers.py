@@ -280,7 +280,7 @@ class LayerRunners:
 
 
 # Each kernel's runtime arguments and their types, for compiling a variant ahead of time without a GPU (`fastwavenet
-# doctor`); a scalar-input model's codes and drawn values are float32 (`argument_types`).
+# doctor`); a scalar-input model's codes and drawn values are float32 (`compile_variants` says so).
 ARGUMENT_TYPES = {
     "_start_kernel": {"src_ptr": "*i64", "src_stride": "i32", "src_col": "i32", "lim_ptr": "*i64",
                       "inputs_ptr": "*i64", "scratch_ptr": "*fp32", "embed_ptr": "*fp32", "step": "i32", "B": "i32",
