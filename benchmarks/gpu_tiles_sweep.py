@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from unittest import mock
 
 import torch
 
@@ -35,19 +36,13 @@ def samples_per_s(preset: str, backend: str, batch: int, min_seconds: float, til
     from fastwavenet import preset as get_preset
     from fastwavenet.bench import measure, random_model_file
 
-    knobs = KNOBS.get(backend, ())
-    saved = {name: os.environ.pop(name, None) for name in knobs}
-    for name, value in zip(knobs, (tile, warps, blocks)):
-        if value is not None:
-            os.environ[name] = str(value)
-    try:
-        model = random_model_file(get_preset(preset), 0)
-        return max(measure(model, backend, batch, device, min_seconds).samples_per_s for _ in range(2))
-    finally:
-        for name, value in saved.items():
+    with mock.patch.dict(os.environ):
+        for name, value in zip(KNOBS.get(backend, ()), (tile, warps, blocks)):
             os.environ.pop(name, None)
             if value is not None:
-                os.environ[name] = value
+                os.environ[name] = str(value)
+        model = random_model_file(get_preset(preset), 0)
+        return max(measure(model, backend, batch, device, min_seconds).samples_per_s for _ in range(2))
 
 
 def main(argv=None):

@@ -188,16 +188,18 @@ class GpuLimits:
         """The arithmetic rate that binds a batched row: float32 FMA, or 3xTF32 on tensor cores."""
         return self.tf32_tflops * 1e3 / 3 if tensor_cores else self.fma_gflops
 
+    def _limits(self, batch: int, precision: str, tensor_cores: bool) -> tuple[float, float]:
+        """(the weights' limit at this batch, the arithmetic's), samples/s."""
+        passes = self.weight_passes_per_s * (2 if precision == "bf16" else 1)
+        return batch * passes, self.arithmetic_gflops(tensor_cores) * 1e9 / self.flops_per_sample
+
     def samples_per_s(self, batch: int, precision: str = "float32", split: bool = False,
                       tensor_cores: bool = False) -> float:
-        passes = self.weight_passes_per_s * (2 if precision == "bf16" else 1)
-        return min(batch * passes, self.arithmetic_gflops(tensor_cores) * 1e9 / self.flops_per_sample)
+        return min(self._limits(batch, precision, tensor_cores))
 
     def bound_by(self, batch: int, precision: str = "float32", split: bool = False, tensor_cores: bool = False) -> str:
-        passes = self.weight_passes_per_s * (2 if precision == "bf16" else 1)
-        if batch * passes < self.arithmetic_gflops(tensor_cores) * 1e9 / self.flops_per_sample:
-            return "weights"
-        return "tensor" if tensor_cores else "flops"
+        weights, arithmetic = self._limits(batch, precision, tensor_cores)
+        return "weights" if weights < arithmetic else "tensor" if tensor_cores else "flops"
 
     def best(self, other: "GpuLimits | None") -> "GpuLimits":
         if other is None:

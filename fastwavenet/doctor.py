@@ -225,13 +225,13 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
             for label, teacher, truncate, cond, _ in _variants(config, {"layers": 0}, modes):
                 for name, kernel, signature, constants, options in gpu_layers.compile_variants(
                         shapes, teacher, cond, dist, truncate):
-                    if (name, tuple(sorted(constants.items()))) not in seen:
-                        seen.add((name, tuple(sorted(constants.items()))))
-                        # what the kernel's constants depend on: the gate on conditioning, the head on the mode
-                        mode = {"gate": "+cond" if cond else "", "head": label.split()[1].removesuffix("+cond")}
-                        mode = mode.get(name, "")
-                        compiled(model_name, f"layers-{name} {mode}".strip().replace(" +", "+"), kernel, signature,
-                                 constants, options)
+                    key = (name, tuple(sorted(constants.items())))
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    # what the kernel's constants depend on: the gate on conditioning, the head on the mode
+                    mode = {"gate": "+cond" if cond else "", "head": " " + label.split()[1].removesuffix("+cond")}
+                    compiled(model_name, f"layers-{name}{mode.get(name, '')}", kernel, signature, constants, options)
     return rows
 
 

@@ -622,6 +622,20 @@ def argument_types(dist: int = SOFTMAX) -> dict:
     return {**ARGUMENT_TYPES, "codes_ptr": "*fp32", "out_ptr": "*fp32"}
 
 
+def plain_rules(B: int, device) -> StreamRules:
+    """Rules for B streams that draw nothing (teacher forcing): zeros, never read."""
+    return StreamRules(*(torch.zeros(B, dtype=dtype, device=device)
+                         for dtype in (torch.float64, torch.int32, torch.float32, torch.int8)))
+
+
+def tile_scratch(constants: dict, B: int, device) -> torch.Tensor:
+    """The scratch of B streams for a variant's constants: a row of R + G + S + H + C floats per stream, padded to
+    whole tiles (`_tile_scratch` lays a tile's rows out)."""
+    width = sum(constants[name] for name in ("R", "G", "S", "H", "C"))
+    tile = constants["TILE"]
+    return torch.empty(triton.cdiv(B, tile) * tile, width, device=device, dtype=torch.float32)
+
+
 def launch(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_out, teacher: bool,
            rules: StreamRules | None = None, truncate: bool = False, dist: int = SOFTMAX, log_scale_min: float = -7.0,
            tile: int = 1):
@@ -632,12 +646,8 @@ def launch(codes, t0, u, w: GpuWeights, queues, inputs, cond, logits_out, codes_
     B = queues.shape[0]
     steps = codes.shape[1] if teacher else u.shape[0]
     constants = launch_constants(w, teacher, cond is not None, dist, tile, truncate)
-    if rules is None:  # teacher forcing draws nothing: plain rules, never read
-        rules = StreamRules(*(torch.zeros(B, dtype=dtype, device=queues.device)
-                              for dtype in (torch.float64, torch.int32, torch.float32, torch.int8)))
-    width = sum(constants[name] for name in ("R", "G", "S", "H", "C"))
-    # A tile's scratch rows are its streams' rows, padded to whole tiles.
-    scratch = torch.empty(triton.cdiv(B, tile) * tile, width, device=queues.device, dtype=torch.float32)
+    rules = plain_rules(B, queues.device) if rules is None else rules  # teacher forcing draws nothing
+    scratch = tile_scratch(constants, B, queues.device)
     inputs_arg = inputs if inputs.numel() else torch.empty(B, dtype=torch.int64, device=queues.device)
     _wavenet_kernel[(triton.cdiv(B, tile),)](
         codes, codes.stride(0), u, queues, inputs_arg, queues if cond is None else cond,

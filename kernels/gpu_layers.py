@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from fastwavenet.kernels.gpu import (SOFTMAX, GpuWeights, StreamRules, _draw, _gate_block, _residual_block,
-                                     _skip_block, _tile_head, _tile_scratch, _tile_start)
+                                     _skip_block, _tile_head, _tile_scratch, _tile_start, plain_rules, tile_scratch)
 
 # Steps a captured graph holds: a chunk of the caller's longer than this is replayed in pieces.
 CHUNK = 32
@@ -141,14 +141,13 @@ def _head_kernel(lim_ptr, scratch_ptr, logits_ptr, out_ptr, u_ptr, h1w_ptr, h1b_
                   top_p_ptr, argmax_ptr, log_scale_min, C, SCALAR, TRUNCATE, DIST, TILE, DRAW)
 
 
-def launch_constants(w: GpuWeights, teacher: bool, has_cond: bool, dist: int = SOFTMAX, truncate: bool = False,
-                     tile: int | None = None) -> dict:
+def launch_constants(w: GpuWeights, teacher: bool, has_cond: bool, dist: int = SOFTMAX,
+                     truncate: bool = False) -> dict:
     """Every compile-time constant of the four kernels for one variant (each kernel takes its own of them:
     `kernel_constants`)."""
     from fastwavenet.kernels import gpu
 
-    tile = tile or layer_tile()
-    constants = gpu.launch_constants(w, teacher, has_cond, dist, tile, truncate)
+    constants = gpu.launch_constants(w, teacher, has_cond, dist, layer_tile(), truncate)
     constants["BK"], constants["BN"] = layer_blocks()
     return constants
 
@@ -172,10 +171,14 @@ class LayerRunner:
         self.w, self.queues, self.teacher, self.capacity = w, queues, teacher, capacity
         self.constants = c = launch_constants(w, teacher, cond_shape is not None, dist, truncate)
         self.log_scale_min = log_scale_min
-        tile = c["TILE"]
-        self.grid = triton.cdiv(B, tile)
-        width = sum(c[name] for name in ("R", "G", "S", "H", "C"))
-        self.scratch = torch.empty(self.grid * tile, width, device=device, dtype=torch.float32)
+        # The shape of every launch, fixed with the constants (the knobs are read once, here)
+        self.options = {"num_warps": layer_warps()}
+        self.kernel_constants = {k: kernel_constants(k, c) for k in (_start_kernel, _gate_kernel, _out_kernel,
+                                                                      _head_kernel)}
+        self.grid = triton.cdiv(B, c["TILE"])
+        self.gate_grid = (self.grid, triton.cdiv(c["G"], c["BN"]))
+        self.out_grid = (self.grid, triton.cdiv(c["R"], c["BN"]) + triton.cdiv(c["S"], c["BN"]))
+        self.scratch = tile_scratch(c, B, device)
         self.lim = torch.zeros(2, dtype=torch.int64, device=device)  # the chunk's first position, its live steps
         self.inputs = inputs if inputs.numel() else torch.empty(B, dtype=torch.int64, device=device)
         # Teacher-forced: the chunk's codes; generating: the code each stream consumes first.
@@ -184,19 +187,15 @@ class LayerRunner:
         self.logits = torch.zeros(B, capacity, c["C"], device=device) if teacher else None
         self.u = torch.zeros(capacity, B, *(() if dist == SOFTMAX else (2,)), device=device)
         self.cond = None if cond_shape is None else torch.zeros(B, capacity, *cond_shape, device=device)
-        self.rules = StreamRules(*(torch.zeros(B, dtype=dtype, device=device)
-                                   for dtype in (torch.float64, torch.int32, torch.float32, torch.int8)))
+        self.rules = plain_rules(B, device)  # each call's rules copied in
         self.graph = None
 
     def _enqueue(self, steps: int):
         """Launch every phase of steps 0 .. steps - 1 of the chunk."""
-        w, c, q, B, cap = self.w, self.constants, self.queues, self.queues.shape[0], self.capacity
+        w, q, B, cap, options = self.w, self.queues, self.queues.shape[0], self.capacity, self.options
         L, Q, SCR = w.dilated_b.shape[0], q.shape[1], self.scratch.shape[1]
-        options = {"num_warps": layer_warps()}
-        start = kernel_constants(_start_kernel, c)
-        gate, out, head = (kernel_constants(k, c) for k in (_gate_kernel, _out_kernel, _head_kernel))
-        gate_grid = (self.grid, triton.cdiv(c["G"], c["BN"]))
-        out_grid = (self.grid, triton.cdiv(c["R"], c["BN"]) + triton.cdiv(c["S"], c["BN"]))
+        start, gate, out, head = (self.kernel_constants[k] for k in (_start_kernel, _gate_kernel, _out_kernel,
+                                                                     _head_kernel))
         cond = q if self.cond is None else self.cond
         logits = self.scratch if self.logits is None else self.logits
         for step in range(steps):
@@ -209,9 +208,9 @@ class LayerRunner:
             _start_kernel[(self.grid,)](src, src_stride, src_col, self.lim, self.inputs, self.scratch, w.embed, step,
                                         B, SCR, **start, **options)
             for layer in range(L):
-                _gate_kernel[gate_grid](self.lim, q, cond, self.scratch, w.dilated_w, w.dilated_b, w.dilations,
+                _gate_kernel[self.gate_grid](self.lim, q, cond, self.scratch, w.dilated_w, w.dilated_b, w.dilations,
                                         w.offsets, step, cap, layer, B, L, Q, SCR, **gate, **options)
-                _out_kernel[out_grid](self.lim, q, self.scratch, w.out_w, w.out_b, w.dilations, w.offsets, step,
+                _out_kernel[self.out_grid](self.lim, q, self.scratch, w.out_w, w.out_b, w.dilations, w.offsets, step,
                                       layer, B, L, Q, SCR, **out, **options)
             r = self.rules
             _head_kernel[(self.grid,)](self.lim, self.scratch, logits, self.out, self.u, w.head1_w, w.head1_b,

@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastwavenet.kernels.gpu import SOFTMAX, StreamRules, _sample_class, _sample_continuous, _tanh
+from fastwavenet.kernels.gpu import SOFTMAX, StreamRules, _sample_class, _sample_continuous, _tanh, plain_rules
 
 # Polls of a vector's tags (each an L2 round trip, about half a microsecond) before a program gives up.
 SPIN_LIMIT = tl.constexpr(1 << 24)
@@ -480,9 +480,7 @@ def launch(codes, t0, u, w: SpreadWeights, queues, inputs, cond, logits_out, cod
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     constants = launch_constants(w, P, teacher, cond is not None, dist, truncate)
     device = queues.device
-    if rules is None:  # teacher forcing draws nothing: plain rules, never read
-        rules = StreamRules(*(torch.zeros(B, dtype=dtype, device=device)
-                              for dtype in (torch.float64, torch.int32, torch.float32, torch.int8)))
+    rules = plain_rules(B, device) if rules is None else rules  # teacher forcing draws nothing
     width = sum(constants[name] for name in ("R", "G", "G", "S", "H", "C"))
     talk = torch.zeros(B, width, device=device, dtype=torch.int64)  # tag 0: written by no phase
     skip = torch.empty(B, constants["S"], device=device, dtype=torch.float32)
