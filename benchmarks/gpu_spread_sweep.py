@@ -4,9 +4,9 @@
 
 On a CUDA device: for P programs handing each other tagged values `rounds` times, microseconds a hand-over; then for
 `standard` and `r9y9-ljspeech` with random weights, samples/s of `triton-spread` at batch 1 for several P
-(FASTWAVENET_SPREAD_PROGRAMS), with and without merged layers (FASTWAVENET_SPREAD_MERGED) and at 4 or 8 warps a
-program (FASTWAVENET_SPREAD_WARPS), best of three timed runs after a warm-up, beside `triton-stream`. One line per figure
-on stdout and, with --json, all of them in one file."""
+(FASTWAVENET_SPREAD_PROGRAMS), in each layer mode (FASTWAVENET_SPREAD_LAYERS: split, merged, fused) and at 4 or 8
+warps a program (FASTWAVENET_SPREAD_WARPS), best of three timed runs after a warm-up, beside `triton-stream`. One
+line per figure on stdout and, with --json, all of them in one file."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def samples_per_s(preset: str, backend: str, programs: int | None, n: int, batch
     from fastwavenet.bench import random_model_file
     from fastwavenet.distributions import uniform_shape
 
-    for name in ("FASTWAVENET_SPREAD_PROGRAMS", "FASTWAVENET_SPREAD_MERGED", "FASTWAVENET_SPREAD_WARPS"):
+    for name in ("FASTWAVENET_SPREAD_PROGRAMS", "FASTWAVENET_SPREAD_LAYERS", "FASTWAVENET_SPREAD_WARPS"):
         os.environ.pop(name, None)
     if programs:
         os.environ["FASTWAVENET_SPREAD_PROGRAMS"] = str(programs)
@@ -98,10 +98,15 @@ def main(argv=None):
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for programs in (1, 2, 8, 32, 64, 128, sms):
         say({"what": "handover", "programs": programs, "us": round(handover_us(programs), 3)})
-    # (preset, samples timed, programs per stream, extra settings: merged layers, warps per program)
-    sweeps = [("standard", 4000, (8, 16, 32, 64), {"merged": 1}), ("standard", 4000, (16, 64), {"merged": 0}),
-              ("r9y9-ljspeech", 1000, (64, 128), {"warps": 4}), ("r9y9-ljspeech", 1000, (64, 128), {"warps": 8}),
-              ("r9y9-ljspeech", 1000, (128,), {"precision": "bf16"})]  # 47 MB of weights: within L2
+    # (preset, samples timed, programs per stream, extra settings: layer mode, warps per program, precision)
+    sweeps = [("standard", 4000, (8, 16, 32), {"layers": "merged"}),
+              ("standard", 4000, (8, 16, 32), {"layers": "fused"}), ("standard", 4000, (64,), {"layers": "split"}),
+              ("r9y9-ljspeech", 1000, (64, 128), {"layers": "fused"}),
+              ("r9y9-ljspeech", 1000, (128,), {"layers": "split"}),
+              ("r9y9-ljspeech", 1000, (128,), {"layers": "fused", "warps": 8}),
+              # bf16: 47 MB of matrices (within L2) and fused layers' 25 MB of float32 fused matrices beside them
+              ("r9y9-ljspeech", 1000, (128,), {"layers": "fused", "precision": "bf16"}),
+              ("r9y9-ljspeech", 1000, (128,), {"layers": "split", "precision": "bf16"})]
     for preset in ("standard", "r9y9-ljspeech"):
         say({"what": "samples_per_s", "preset": preset, "backend": "triton-stream",
              "value": round(samples_per_s(preset, "triton-stream", None, 1000))})

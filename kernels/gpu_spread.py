@@ -13,24 +13,41 @@ each layer's work is split between them by output channel, as nv-wavenet and Dee
     draw:               every program draws the same sample from the whole output row (the same arithmetic on the
                         same numbers), so no phase waits for one program's draw; program 0 writes it.
 
+That is the "split" layer mode (`layer_mode`): two hand-overs a layer, each on the sample's critical path. Two modes
+need one:
+- "merged" (small R x G, `standard`): every program computes the whole residual output x_{l+1} itself from the
+  gated vector, then its gate channels of layer l + 1.
+- "fused" (the others: r9y9's R = 512, where every program reading the 512 KB residual matrix a layer would cost
+  more than it saves): with Wx_l the layer's weights on its input x_l (the newest tap) and Wr_l, br_l its residual
+  weights and biases, x_l = x_{l-2} + br_{l-2} + Wr_{l-2} g_{l-2} + br_{l-1} + Wr_{l-1} g_{l-1}, so
+      Wx_l x_l = Wx_l x_{l-2} + Wx_l (br_{l-2} + br_{l-1}) + F2_l g_{l-2} + F_l g_{l-1},
+      F_l = Wx_l Wr_{l-1},  F2_l = Wx_l Wr_{l-2}  (2G x G each, computed once in float64: `fused_layers`).
+  In phase l a program computes its gate channels of layer l from the queue's taps, x_{l-2} and g_{l-2} (all
+  handed over two phases ago, so all there while it waits), then takes g_{l-1} and adds F_l g_{l-1} (its rows of
+  F_l read before the wait): one small product between a hand-over and the next. Then it closes layer l - 1 in its
+  shares: x_{l-1} into the queue, x_l = x_{l-1} + br + Wr g_{l-1} handed over, its skip sums. Three buffers each for
+  x and the gated vector (a vector is read up to two phases after it is written). The weights grow by the two fused
+  matrices a layer (r9y9's shape: 94.7 MB to 119.8 MB in float32); the logits stay within float32 rounding of the
+  training model's (the sums are reassociated, not rounded more: tests/test_exactness.py).
+
 Each program's share of the weights is the same for every sample, so it stays in that SM's L1 and in L2 when it fits
 (3.5 MB of `standard` over 16 programs: 220 KB each). The weights are laid out output-major here (each output
 channel's inputs contiguous) so a share is whole rows, read in coalesced loads.
 
-The programs of a stream hand each other the vectors of each phase (x, the gated vector, the skip sum, the head's
-hidden and output vectors) with no barrier and no fence: each value travels with a tag in one 8-byte word (the
-float's bits below, the number of the phase that wrote it above), written with one store, which the GPU makes
-visible whole. A reader polls the words it needs (volatile loads, from L2) until every tag is the one it expects,
-and then has the values: one trip through L2 per phase instead of a flag's release, a fence and a second read (the
-flag barriers of the first version cost 0.9-1.1 us each on an H200, benchmarks/gpu_spread_sweep.py). A vector's
-buffer is reused from layer to layer: a writer can reach the next use of a buffer only after reading a vector from
-every program (each owns gate and head channels, `programs_for`), which each wrote after its last read of the
-buffer (the gated vector has two buffers, layer by layer, for that). The queues hold plain floats: each program fences once a step, after its last queue write and before the
-head's vectors, so a queue entry is in L2 before any reader has seen the head's vectors of its step; queue and
-activation reads use `.cg` (L2, never a stale L1 line). A reader that polls for more than SPIN_LIMIT rounds gives up
-and raises the launch's failure flag (the host raises an error) rather than hang the GPU. The P x B programs of a
-launch must all be resident at once: the host launches at most one program per SM (streams past that go in further
-launches).
+The programs of a stream hand each other the vectors of each phase (x, the gated vector, the skip sum, the head's hidden
+and output vectors) with no barrier and no fence: each value travels with a tag in one 8-byte word (the float's bits
+below, the number of the phase that wrote it above), written with one store, which the GPU makes visible whole. A reader
+polls the words it needs (volatile loads, from L2) until every tag is the one it expects, and then has the values: one
+trip through L2 per phase instead of a flag's release, a fence and a second read (the flag barriers of the first version
+cost 0.9-1.1 us each on an H200, benchmarks/gpu_spread_sweep.py). A vector's buffer is reused from layer to layer: a
+writer can reach the next use of a buffer only after reading a vector from every program (each owns gate and head
+channels, `programs_for`), which each wrote after its last read of the buffer (the gated vector has two buffers, layer
+by layer, for that; fused layers three). The queues hold plain floats: each program fences once a step, after its last
+queue write and before the head's vectors, so a queue entry is in L2 before any reader has seen the head's vectors of
+its step; queue and activation reads use `.cg` (L2, never a stale L1 line). A reader that polls for more than SPIN_LIMIT
+rounds gives up and raises the launch's failure flag (the host raises an error) rather than hang the GPU. The P x B
+programs of a launch must all be resident at once: the host launches at most one program per SM (streams past that go in
+further launches).
 
 Under Triton's interpreter, which runs a grid's programs one after another, the host launches one phase at a time
 (every tag a reader polls for was written by an earlier launch); on a GPU one launch runs a whole chunk.
@@ -53,6 +70,10 @@ from fastwavenet.kernels.gpu import SOFTMAX, StreamRules, _sample_class, _sample
 # Polls of a vector's tags (each an L2 round trip, about half a microsecond) before a program gives up.
 SPIN_LIMIT = tl.constexpr(1 << 24)
 
+# How a stream's layers run (`layer_mode`), as the kernel's LAYERS constant.
+SPLIT, MERGED, FUSED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+LAYER_MODES = {"split": 0, "merged": 1, "fused": 2}
+
 
 class SpreadWeights(NamedTuple):
     """The folded weights output-major (each output's inputs contiguous), float32 on the device."""
@@ -69,16 +90,44 @@ class SpreadWeights(NamedTuple):
     head2_b: torch.Tensor    # (O,)
     dilations: torch.Tensor  # (L,) int64
     offsets: torch.Tensor    # (L,) int64
+    fused_w: torch.Tensor | None = None  # fused layers: (L, 2G, 2G) float32, row o holds [F2_l | F_l] row o
+    fused_b: torch.Tensor | None = None  # fused layers: (L, 2G) float32, the gate biases with Wx_l's share of the
+                                         # residual biases folded in
+    layers: str = ""                     # "split", "merged" or "fused" (`layer_mode`), fixed when made
 
 
 def spread_weights(w, dtype: torch.dtype = torch.float32) -> SpreadWeights:
     """From a kernels.gpu.GpuWeights (input-major): the same numbers, output-major, the matrices in `dtype`
     (torch.bfloat16 holds weights already rounded to bf16 exactly, in half the bytes: r9y9's LJSpeech shape in 47 MB,
-    within an H200's L2)."""
+    within an H200's L2); with fused layers (`layer_mode`) their matrices and biases, float32 whatever `dtype`."""
     t = lambda a: a.transpose(-1, -2).contiguous().to(dtype)  # noqa: E731
-    return SpreadWeights(w.embed.contiguous(), t(w.dilated_w), w.dilated_b.contiguous(), t(w.out_w),
+    made = SpreadWeights(w.embed.contiguous(), t(w.dilated_w), w.dilated_b.contiguous(), t(w.out_w),
                          w.out_b.contiguous(), t(w.head1_w), w.head1_b.contiguous(), t(w.head2_w),
                          w.head2_b.contiguous(), w.dilations, w.offsets)
+    layers = layer_mode(made)
+    if layers == "fused":
+        return made._replace(**fused_layers(w), layers=layers)
+    unused = w.dilated_b.new_zeros(1)  # a pointer the kernel never reads
+    return made._replace(fused_w=unused, fused_b=unused, layers=layers)
+
+
+def fused_layers(w) -> dict:
+    """Fused layers' matrices and gate biases from a kernels.gpu.GpuWeights (input-major), computed in float64 and
+    rounded once. With Wx_l layer l's input weights (the dilated convolution's newest tap), Wr_l and br_l its
+    residual weights and biases:
+        F_l = Wx_l Wr_{l-1},  F2_l = Wx_l Wr_{l-2}  (2G x G each; zero where l - 1 or l - 2 is no layer)
+        b'_l = b_l + Wx_l (br_{l-1} + br_{l-2})     (the gate bias, each term where its layer is one)."""
+    L, G2 = w.dilated_b.shape
+    G, R = G2 // 2, w.embed.shape[2]
+    x_w = w.dilated_w[:, -R:, :].double().transpose(1, 2)  # (L, 2G, R) output-major
+    r_w = w.out_w[:, :, :R].double().transpose(1, 2)       # (L, R, G)
+    r_b = w.out_b[:, :R].double()
+    f = x_w.new_zeros(L, G2, G2)
+    b = w.dilated_b.double().clone()
+    for back, cols in ((2, slice(0, G)), (1, slice(G, G2))):
+        f[back:, :, cols] = x_w[back:] @ r_w[:L - back]
+        b[back:] += (x_w[back:] @ r_b[:L - back, :, None])[..., 0]
+    return dict(fused_w=f.float().contiguous(), fused_b=b.float().contiguous())
 
 
 @triton.jit
@@ -163,14 +212,15 @@ def _gate_start(db_ptr, cond_ptr, layer, gs, g_ok, row, L, G: tl.constexpr, HAS_
 def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_ptr, logits_ptr, out_ptr,
                    talk_ptr, skip_ptr, xown_ptr, fence_ptr, fail_ptr,
                    embed_ptr, dw_ptr, db_ptr, ow_ptr, ob_ptr, h1w_ptr, h1b_ptr, h2w_ptr, h2b_ptr, dil_ptr, off_ptr,
-                   t0, steps, phase_lo, phase_hi, first, B, L, Q,
+                   fw_ptr, fb_ptr, t0, steps, phase_lo, phase_hi, first, B, L, Q,
                    temperature_ptr, top_k_ptr, top_p_ptr, argmax_ptr, log_scale_min,
                    C: tl.constexpr, R: tl.constexpr, G: tl.constexpr, S: tl.constexpr, H: tl.constexpr,
                    K: tl.constexpr, K_IN: tl.constexpr, C_P: tl.constexpr,
                    P: tl.constexpr, GS: tl.constexpr, GS_P: tl.constexpr, OS: tl.constexpr,
                    OS_P: tl.constexpr, HS: tl.constexpr, HS_P: tl.constexpr, CS: tl.constexpr, CS_P: tl.constexpr,
                    IN_R: tl.constexpr, IN_G: tl.constexpr, IN_S: tl.constexpr, IN_H: tl.constexpr,
-                   MERGED: tl.constexpr, R_P: tl.constexpr, G_P: tl.constexpr, SS: tl.constexpr,
+                   LAYERS: tl.constexpr, XB: tl.constexpr, GB: tl.constexpr, R_P: tl.constexpr, G_P: tl.constexpr,
+                   SS: tl.constexpr,
                    SS_P: tl.constexpr, RQ: tl.constexpr, RQ_P: tl.constexpr,
                    TEACHER: tl.constexpr, TRUNCATE: tl.constexpr, HAS_COND: tl.constexpr, SCALAR: tl.constexpr,
                    DIST: tl.constexpr):
@@ -179,13 +229,15 @@ def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_
     G2: tl.constexpr = 2 * G
     RS: tl.constexpr = R + S
     KR: tl.constexpr = K * R
-    TALK: tl.constexpr = R + 2 * G + S + H + C
-    # The stream's tagged vectors (int64 words): x (R) | gated, even and odd layers (2 x G) | relu(skip) (S) | head
-    # hidden (H) | outputs (C). The gated vector alternates between two buffers: between reading layer l's in phase
-    # B and writing layer l + 1's in phase A, a program hears only from the programs that own residual channels.
+    TALK: tl.constexpr = XB * R + GB * G + S + H + C
+    # The stream's tagged vectors (int64 words): x (XB buffers of R) | gated (GB of G) | relu(skip) (S) | head
+    # hidden (H) | outputs (C). Split and merged layers: one x, and the gated vector alternating between two buffers
+    # (between reading layer l's in phase B and writing layer l + 1's in phase A, a program hears only from the
+    # programs that own residual channels). Fused layers: three of each, layer l's in buffer l % 3 (a vector is
+    # read up to two phases after it is written).
     x_talk = talk_ptr + b * TALK
-    g_talks = x_talk + R
-    s_talk = g_talks + 2 * G
+    g_talks = x_talk + XB * R
+    s_talk = g_talks + GB * G
     h_talk = s_talk + S
     o_talk = h_talk + H
     # Each program's own: its running skip sums (S floats a stream, each program its channels) and a word to fence on.
@@ -194,7 +246,7 @@ def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_
     queue = queues_ptr + b * Q * R
     # Phases a step: A and B per layer (merged: one per layer and one to close the last), two of the head, and
     # (generating) the draw.
-    if MERGED:
+    if LAYERS != SPLIT:
         HEAD = L + 1
     else:
         HEAD = 2 * L
@@ -249,7 +301,79 @@ def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_
         ph = q - step * NPH
         t = t0 + step
         tag = q + 1  # what this phase writes carries q + 1; it reads what the phase before wrote, tagged q
-        if MERGED:
+        if LAYERS == FUSED:
+            if ph <= L:
+                # Phase l < L: layer l's gate, all of it but its last product before the wait for g_{l-1}, that
+                # product alone after it; then layer l - 1 closed from g_{l-1} (this program's share of its queue
+                # write, residual and skip channels). Phase L: the last layer closed. (The module docstring has the
+                # algebra.)
+                layer = tl.minimum(ph, L - 1)
+                f_at = fw_ptr + layer * G2 * G2
+                za, zb = _gate_start(fb_ptr, cond_ptr, layer, gs, g_ok, b * steps + step, L, G, HAS_COND)
+                if ph < L:
+                    d = tl.load(dil_ptr + layer)
+                    off = tl.load(off_ptr + layer)
+                    n = (K - 1) * d
+                    w_gate = dw_ptr + layer * G2 * KR
+                    for j in tl.static_range(K - 1):
+                        slot = off + (t - (K - 1 - j) * d + n) % n
+                        x_m = tl.load(queue + slot * R + r_all, mask=r_all < R, other=0.0, cache_modifier=".cg")
+                        za = _rows(za, x_m, w_gate + j * R, gs, g_ok, KR, r_all, r_all < R)
+                        zb = _rows(zb, x_m, w_gate + j * R, G + gs, g_ok, KR, r_all, r_all < R)
+                    # x_{l-2} (for l <= 2 the step's input x_0, computed here) through the layer's input weights
+                    if ph <= 2:
+                        x_m = _input(embed_ptr, code, prev, r_all, r_all < R, C, R, K_IN, SCALAR)
+                    else:
+                        x_m = _take(x_talk + ((ph - 2) % 3) * R, r_all, r_all < R, q - 1, fail_ptr)
+                    za = _rows(za, x_m, w_gate + (K - 1) * R, gs, g_ok, KR, r_all, r_all < R)
+                    zb = _rows(zb, x_m, w_gate + (K - 1) * R, G + gs, g_ok, KR, r_all, r_all < R)
+                    if ph >= 2:  # g_{l-2} through F2_l
+                        g_m = _take(g_talks + ((ph - 2) % 3) * G, g_all, g_all < G, q - 1, fail_ptr)
+                        za = _rows(za, g_m, f_at, gs, g_ok, G2, g_all, g_all < G)
+                        zb = _rows(zb, g_m, f_at, G + gs, g_ok, G2, g_all, g_all < G)
+                if ph == 0:
+                    _give(g_talks, gs, g_ok, _tanh(za) * tl.sigmoid(zb), tag)
+                else:
+                    # F_l's rows of this program, read before the wait so that only its sums follow it (none in
+                    # phase L: the mask, as a vector, for the interpreter)
+                    f_ok = (g_ok & ((gs * 0 + ph) < L))[:, None] & (g_all < G)[None, :]
+                    f_a = tl.load(f_at + gs[:, None] * G2 + G + g_all[None, :], mask=f_ok, other=0.0)
+                    f_b = tl.load(f_at + (G + gs)[:, None] * G2 + G + g_all[None, :], mask=f_ok, other=0.0)
+                    gated = _take(g_talks + ((ph - 1) % 3) * G, g_all, g_all < G, q, fail_ptr)
+                    if ph < L:
+                        za += tl.sum(f_a * gated[None, :], axis=1)
+                        zb += tl.sum(f_b * gated[None, :], axis=1)
+                        _give(g_talks + (ph % 3) * G, gs, g_ok, _tanh(za) * tl.sigmoid(zb), tag)
+                    # Layer l - 1 closed. Its input joins its queue (this program's share), in the slot of its
+                    # oldest tap: every program has read that slot, as each has given g_{l-1} since.
+                    last = ph - 1
+                    d_last = tl.load(dil_ptr + last)
+                    slot_last = tl.load(off_ptr + last) + t % ((K - 1) * d_last)
+                    if last == 0:
+                        x_r = _input(embed_ptr, code, prev, rq, rq_ok, C, R, K_IN, SCALAR)
+                    else:  # this program's own share of x_{l-1}, given a phase ago
+                        x_r = _take(x_talk + (last % 3) * R, rq, rq_ok, q, fail_ptr)
+                    tl.store(queue + slot_last * R + rq, x_r, mask=rq_ok)
+                    w_out = ow_ptr + last * RS * G
+                    if ph < L:  # x_l, this program's share; read by its owner next phase, by all two phases on
+                        x_r = tl.load(ob_ptr + last * RS + rq, mask=rq_ok, other=0.0) + x_r
+                        x_r = _rows(x_r, gated, w_out, rq, rq_ok, G, g_all, g_all < G)
+                        _give(x_talk + (ph % 3) * R, rq, rq_ok, x_r, tag)
+                    tl.debug_barrier()  # this program's threads wrote its skip sums a phase ago
+                    skip_m = tl.zeros((SS_P,), tl.float32)
+                    if last > 0:
+                        skip_m = tl.load(skip_own + ss, mask=ss_ok, other=0.0)
+                    skip_m = _rows(skip_m, gated, w_out, R + ss, ss_ok, G, g_all, g_all < G)
+                    skip_m += tl.load(ob_ptr + last * RS + R + ss, mask=ss_ok, other=0.0)
+                    tl.debug_barrier()  # every thread has read the skip sums before any overwrites them
+                    if ph < L:
+                        tl.store(skip_own + ss, skip_m, mask=ss_ok)
+                    else:
+                        # The step's queue writes are done: fence them before the head's vectors, which every
+                        # program reads before its next step's first queue read.
+                        _fence(fence_word)
+                        _give(s_talk, ss, ss_ok, tl.maximum(skip_m, 0.0), tag)
+        elif LAYERS == MERGED:
             if ph <= L:
                 # Phase l < L: close layer l - 1 (its queue write, residual and skip channels) from the whole gated
                 # vector, then this program's gate channels of layer l. Phase L: close the last layer.
@@ -348,8 +472,8 @@ def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_
                     acc = _taken_product(acc, g_talks + (layer % 2) * G, q, fail_ptr, ow_ptr + layer * RS * G, oc,
                                          wanted, G, IN_G)
                     acc = tl.where(is_skip, acc + bias, acc)
-                    # The layer's input joins its queue, in the slot of the oldest tap: every program has read that slot,
-                    # as each has given its gated channels since.
+                    # The layer's input joins its queue, in the slot of the oldest tap: every program has read that
+                    # slot, as each has given its gated channels since.
                     tl.store(queue + (off + t % n) * R + oc, x_b, mask=is_res)
                     tl.debug_barrier()  # every thread has read the skip sums before any overwrites them
                     if layer < L - 1:
@@ -400,7 +524,7 @@ def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_
 
 def programs_for(w) -> int:
     """Programs per stream for these weights (any objects with `.shape`): a power of two, about four gate channels
-    each where layers merge (`merged_layers`) and two where they do not, at least 1, and every program owning at
+    each where layers merge (`layer_mode`) and two where they do not, at least 1, and every program owning at
     least one gate channel and one of the head's hidden channels (the kernel's reuse of its vectors' buffers rests on
     that). From benchmarks/gpu_spread_sweep.py on an H200 (docs/BENCHMARKS.md): `standard` (merged) 18,142 samples/s
     at 16 programs, 15,740 at 32; r9y9's LJSpeech shape 5,670 at 128, 4,967 at 64. Fixed by the model's shape alone,
@@ -413,7 +537,7 @@ def programs_for(w) -> int:
     if override:
         P = max(1, int(override))
     else:
-        share = max(1, G // (4 if merged_layers(w) else 2))
+        share = max(1, G // (4 if layer_mode(w) == "merged" else 2))
         P = 1 << (share.bit_length() - 1)
     owns_all = lambda n, p: (p - 1) * -(-n // p) < n  # noqa: E731
     while P > 1 and not (owns_all(G, P) and owns_all(H, P)):
@@ -421,17 +545,27 @@ def programs_for(w) -> int:
     return P
 
 
-def merged_layers(w) -> bool:
-    """Whether each program computes the whole residual output itself, one phase a layer instead of two: where the
-    residual matrix (R x G) is at most 8,192 weights (32 KB, read from L2 by every program in every layer, in flight
-    while it waits for the gated vector). FASTWAVENET_SPREAD_MERGED=0 or 1 overrides it, for measuring."""
+def layer_mode(w) -> str:
+    """How a stream's layers run (any weights with `.shape`; made weights keep the mode they were made with):
+    - "merged": one phase a layer, every program computing the whole residual output itself; where the residual
+      matrix (R x G) is at most 8,192 weights (32 KB, read from L2 by every program in every layer, in flight while
+      it waits for the gated vector);
+    - "fused": one phase a layer, each program computing its share of x_l and handing it over, the next layers'
+      gates reading x_l two phases later through matrices fused with the residual weights (`fused_layers`): the
+      others (r9y9's LJSpeech shape, R = 512);
+    - "split": two phases a layer (the gate, then the residual and skip outputs), each handing over its vector.
+    FASTWAVENET_SPREAD_LAYERS (split, merged or fused) overrides it, for measuring."""
     import os
 
-    override = os.environ.get("FASTWAVENET_SPREAD_MERGED")
-    if override in ("0", "1"):
-        return override == "1"
+    if getattr(w, "layers", ""):
+        return w.layers
+    override = os.environ.get("FASTWAVENET_SPREAD_LAYERS")
+    if override:
+        if override not in LAYER_MODES:
+            raise ValueError(f"FASTWAVENET_SPREAD_LAYERS={override!r}: one of {', '.join(LAYER_MODES)}")
+        return override
     R, G = w.embed.shape[2], w.dilated_b.shape[1] // 2
-    return triton.next_power_of_2(R) * triton.next_power_of_2(G) <= 8192
+    return "merged" if triton.next_power_of_2(R) * triton.next_power_of_2(G) <= 8192 else "fused"
 
 
 def _block(n: int, rows_p: int, budget: int = 2048) -> int:
@@ -452,8 +586,11 @@ def launch_constants(w: SpreadWeights, programs: int, teacher: bool, has_cond: b
     share = lambda n: -(-n // P)  # noqa: E731
     GS, OS, HS, CS = share(G), share(R + S), share(H), share(C)
     SS, RQ = share(S), share(R)
+    layers = LAYER_MODES[layer_mode(w)]
     return dict(C=C, R=R, G=G, S=S, H=H, K=w.dilated_w.shape[2] // R, K_IN=K_IN, C_P=p2(C), P=P,
-                MERGED=merged_layers(w), R_P=p2(R), G_P=p2(G), SS=SS, SS_P=p2(SS), RQ=RQ, RQ_P=p2(RQ),
+                LAYERS=layers, XB=3 if layers == LAYER_MODES["fused"] else 1,
+                GB=3 if layers == LAYER_MODES["fused"] else 2, R_P=p2(R), G_P=p2(G), SS=SS, SS_P=p2(SS), RQ=RQ,
+                RQ_P=p2(RQ),
                 GS=GS, GS_P=p2(GS), OS=OS, OS_P=p2(OS), HS=HS, HS_P=p2(HS), CS=CS, CS_P=p2(CS),
                 IN_R=_block(R, p2(GS)), IN_G=_block(G, p2(OS)), IN_S=_block(S, p2(HS)), IN_H=_block(H, p2(CS)),
                 TEACHER=bool(teacher), TRUNCATE=bool(truncate) and not teacher and dist == SOFTMAX,
@@ -481,7 +618,8 @@ def launch(codes, t0, u, w: SpreadWeights, queues, inputs, cond, logits_out, cod
     constants = launch_constants(w, P, teacher, cond is not None, dist, truncate)
     device = queues.device
     rules = plain_rules(B, device) if rules is None else rules  # teacher forcing draws nothing
-    width = sum(constants[name] for name in ("R", "G", "G", "S", "H", "C"))
+    width = sum(constants[name] for name in ("S", "H", "C")) + constants["XB"] * constants["R"] \
+        + constants["GB"] * constants["G"]
     talk = torch.zeros(B, width, device=device, dtype=torch.int64)  # tag 0: written by no phase
     skip = torch.empty(B, constants["S"], device=device, dtype=torch.float32)
     x_own = torch.empty(B, P, constants["R"], device=device, dtype=torch.float32)
@@ -490,7 +628,8 @@ def launch(codes, t0, u, w: SpreadWeights, queues, inputs, cond, logits_out, cod
     group = B if interpreted else max(1, resident_programs(device) // P)
     inputs_arg = inputs if inputs.numel() else torch.empty(B, dtype=torch.int64, device=device)
     layers = w.dilated_b.shape[0]
-    phases = steps * ((layers + 1 if constants["MERGED"] else 2 * layers) + (2 if teacher else 3))
+    split = constants["LAYERS"] == LAYER_MODES["split"]
+    phases = steps * ((2 * layers if split else layers + 1) + (2 if teacher else 3))
     spans = [(q, q + 1) for q in range(phases)] if interpreted else [(0, phases)]
     for first in range(0, B, group):
         for lo, hi in spans:
@@ -498,7 +637,8 @@ def launch(codes, t0, u, w: SpreadWeights, queues, inputs, cond, logits_out, cod
                 codes, codes.stride(0), u, queues, inputs_arg, queues if cond is None else cond,
                 logits_out if teacher else queues, codes_out, talk, skip, x_own, fence, fail,
                 w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b, w.head1_w, w.head1_b, w.head2_w, w.head2_b,
-                w.dilations, w.offsets, t0, steps, lo, hi, first, B, w.dilated_b.shape[0], queues.shape[1],
+                w.dilations, w.offsets, w.fused_w, w.fused_b, t0, steps, lo, hi, first, B, w.dilated_b.shape[0],
+                queues.shape[1],
                 rules.temperature, rules.top_k, rules.top_p, rules.argmax, log_scale_min, **constants,
                 num_warps=num_warps)
     if int(fail.item()):
@@ -511,7 +651,8 @@ ARGUMENT_TYPES = {"codes_ptr": "*i64", "codes_stride": "i32", "u_ptr": "*fp32", 
                   "talk_ptr": "*i64", "skip_ptr": "*fp32", "xown_ptr": "*fp32", "fence_ptr": "*i32", "fail_ptr": "*i32",
                   "embed_ptr": "*fp32", "dw_ptr": "*fp32", "db_ptr": "*fp32", "ow_ptr": "*fp32", "ob_ptr": "*fp32",
                   "h1w_ptr": "*fp32", "h1b_ptr": "*fp32", "h2w_ptr": "*fp32", "h2b_ptr": "*fp32", "dil_ptr": "*i64",
-                  "off_ptr": "*i64", "t0": "i32", "steps": "i32", "phase_lo": "i32", "phase_hi": "i32",
+                  "off_ptr": "*i64", "fw_ptr": "*fp32", "fb_ptr": "*fp32", "t0": "i32", "steps": "i32",
+                  "phase_lo": "i32", "phase_hi": "i32",
                   "first": "i32", "B": "i32", "L": "i32", "Q": "i32", "temperature_ptr": "*fp64",
                   "top_k_ptr": "*i32", "top_p_ptr": "*fp32", "argmax_ptr": "*i8", "log_scale_min": "fp32"}
 

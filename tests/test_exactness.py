@@ -230,14 +230,18 @@ def test_triton_tiles_match_training_model(monkeypatch):
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
-@pytest.mark.parametrize("name", ["k4-odd", "mel+speaker"])
-def test_spread_kernel_in_two_phases_a_layer_matches_training_model(name, monkeypatch):
-    """The spread kernel's two-phase layers (each program computes a share of the residual and skip outputs; what
-    models too large for merged layers run) give the training model's logits, as its merged layers do in
-    test_teacher_forced_logits_match_training_model (every test configuration is small enough to merge)."""
+@pytest.mark.parametrize("layers,name", [("split", "k4-odd"), ("split", "mel+speaker"), ("fused", "k4-odd"),
+                                         ("fused", "mel+speaker"), ("fused", "k3-nobias-gate")])
+def test_spread_kernel_layer_modes_match_training_model(layers, name, monkeypatch):
+    """The spread kernel's other layer modes give the training model's logits, as its merged layers do in
+    test_teacher_forced_logits_match_training_model (every test configuration is small enough to merge): two
+    phases a layer, and fused layers (r9y9's shape), whose gates read x_{l-2} and the gated vectors of the two
+    layers before through matrices fused with the residual weights: the sums reassociated, within float32
+    rounding. k3-nobias-gate has two queue taps a layer and no biases; mel+speaker conditioning; k4-odd a 2-tap
+    input and channel counts no share divides."""
     from fastwavenet.kernels import gpu_spread
 
-    monkeypatch.setenv("FASTWAVENET_SPREAD_MERGED", "0")
+    monkeypatch.setenv("FASTWAVENET_SPREAD_LAYERS", layers)
     monkeypatch.setenv("FASTWAVENET_SPREAD_PROGRAMS", "3")
     config = CONFIGS[name]
     steps = teacher_steps(config, "triton-spread")
@@ -246,9 +250,37 @@ def test_spread_kernel_in_two_phases_a_layer_matches_training_model(name, monkey
     mel, speaker = conditioning_inputs(config, 2, steps)
     expected = model_logits(model, codes, mel, speaker)
     gen = Generator(ModelFile(config, fold(model)), backend="triton-spread", device=DEVICE)
-    assert not gpu_spread.merged_layers(gen.backend.weights) and gen.backend.programs == 3
-    got = gen.forward(gen.new_state(2), codes, gen.conditioning(2, mel, speaker)).cpu()
+    assert gpu_spread.layer_mode(gen.backend.weights) == layers and gen.backend.programs == 3
+    monkeypatch.delenv("FASTWAVENET_SPREAD_LAYERS")  # made weights keep their mode
+    assert gpu_spread.layer_mode(gen.backend.weights) == layers
+    # In two calls, so the second starts mid-chunk of the queues
+    split = steps // 3
+    conditioning = gen.conditioning(2, mel, speaker)
+    state = gen.new_state(2)
+    got = torch.cat([gen.forward(state, codes[:, :split], conditioning),
+                     gen.forward(state, codes[:, split:], conditioning)], dim=1).cpu()
     assert (got - expected).abs().max().item() <= 1e-4
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
+def test_spread_kernel_fused_layers_draw_as_merged_layers(monkeypatch):
+    """Generating, fused layers draw the codes merged layers draw, stream by stream (a draw's arithmetic is shared;
+    the logits agree within float32 rounding), with the weights under which a stream's draws depend on its past;
+    a 2-tap input carries its previous code across calls."""
+    config = CONFIGS["k4-odd"]
+    model = ModelFile(config, fold(random_model(config, 13)))
+    rules = [Sampling(), Sampling(temperature=0.7), Sampling(argmax=True)]
+    u = np.random.default_rng(7).random((5, len(rules)), dtype=np.float32)
+    drawn = {}
+    monkeypatch.setenv("FASTWAVENET_SPREAD_PROGRAMS", "3")
+    for layers in ("merged", "fused"):
+        monkeypatch.setenv("FASTWAVENET_SPREAD_LAYERS", layers)
+        gen = Generator(model, backend="triton-spread", device=DEVICE)
+        state = gen.new_state(len(rules))
+        drawn[layers] = torch.cat([gen.backend.generate(state, n, np.ascontiguousarray(u[a:a + n]), rules).cpu()
+                                   for a, n in ((0, 2), (2, 3))], dim=1)
+    assert torch.equal(drawn["fused"], drawn["merged"])
+    assert len({tuple(row.tolist()) for row in drawn["fused"]}) > 1
 
 
 CONTINUOUS_RULES = [Sampling(), Sampling(temperature=0.5), Sampling(argmax=True)]
@@ -371,14 +403,35 @@ def test_spread_programs_each_own_gate_and_head_channels(monkeypatch):
     from fastwavenet.kernels import gpu_spread
 
     def shapes(gate, head):
-        return SimpleNamespace(embed=SimpleNamespace(shape=(1, 256, 16)), dilated_b=SimpleNamespace(shape=(4, 2 * gate)),
-                               head1_w=SimpleNamespace(shape=(head, 32)))
+        return SimpleNamespace(embed=SimpleNamespace(shape=(1, 256, 16)),
+                               dilated_b=SimpleNamespace(shape=(4, 2 * gate)), head1_w=SimpleNamespace(shape=(head, 32)))
 
     for gate, head, asked, expected in [(10, 64, 6, 5), (64, 10, 6, 5), (64, 64, 16, 16), (7, 11, 3, 3), (4, 4, 9, 4)]:
         monkeypatch.setenv("FASTWAVENET_SPREAD_PROGRAMS", str(asked))
         got = gpu_spread.programs_for(shapes(gate, head))
         assert got == expected, (gate, head, asked, got)
         assert all((got - 1) * -(-n // got) < n for n in (gate, head))
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
+def test_spread_layer_mode_follows_the_shape_and_the_knob(monkeypatch):
+    """Merged layers where the residual matrix is small (`standard`), fused where every program reading it would
+    cost more (r9y9's R = 512), two programs' worth of gate channels a program for fused layers as for split ones;
+    FASTWAVENET_SPREAD_LAYERS overrides the mode, and a value that is no mode is an error that names them."""
+    from fastwavenet.doctor import _Shapes, _spread_shapes
+    from fastwavenet.kernels import gpu_spread
+
+    monkeypatch.delenv("FASTWAVENET_SPREAD_LAYERS", raising=False)
+    monkeypatch.delenv("FASTWAVENET_SPREAD_PROGRAMS", raising=False)
+    standard, r9y9 = (_spread_shapes(_Shapes(preset(name))) for name in ("standard", "r9y9-ljspeech"))
+    assert gpu_spread.layer_mode(standard) == "merged" and gpu_spread.programs_for(standard) == 16
+    assert gpu_spread.layer_mode(r9y9) == "fused" and gpu_spread.programs_for(r9y9) == 128
+    assert gpu_spread.launch_constants(r9y9, 128, False, True)["LAYERS"] == gpu_spread.LAYER_MODES["fused"]
+    monkeypatch.setenv("FASTWAVENET_SPREAD_LAYERS", "split")
+    assert gpu_spread.layer_mode(standard) == "split"
+    monkeypatch.setenv("FASTWAVENET_SPREAD_LAYERS", "fast")
+    with pytest.raises(ValueError, match="split, merged, fused"):
+        gpu_spread.layer_mode(standard)
 
 
 @pytest.mark.skipif(DEVICE != "cpu" or "triton" not in BACKENDS, reason="the interpreter's check; CUDA runs the sweep")
