@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 
 import torch
 import triton
@@ -157,18 +158,34 @@ def kernel_constants(kernel, constants: dict) -> dict:
     return {name: constants[name] for name in kernel.arg_names if name in constants}
 
 
+class _Weak:
+    """A tensor held by a weak reference to the tensor that owns its memory (a view's base: the engine passes
+    views of its pool's state, made anew for each call), rebuilt on demand; None once that tensor is gone."""
+
+    def __init__(self, t: torch.Tensor):
+        self.base = weakref.ref(t if t._base is None else t._base)
+        self.view = (t.shape, t.stride(), t.storage_offset())
+
+    def __call__(self) -> torch.Tensor | None:
+        base = self.base()
+        return None if base is None else base.as_strided(*self.view)
+
+
 class LayerRunner:
     """The launches of chunks of up to `capacity` steps for one batch of streams (their queues and inputs) and one
     variant, with the arrays those launches read and write: a CUDA graph's static buffers. On CUDA the first chunk
     is launched as it goes (compiling, or loading from Triton's cache), then the launches of `capacity` steps are
-    captured in a graph that every later chunk replays; under Triton's interpreter each chunk launches them all."""
+    captured in a graph that every later chunk replays; under Triton's interpreter each chunk launches them all.
+    It holds its state's arrays (the queues, the inputs) by weak reference: a state the caller has dropped is freed,
+    and its runner with it (`alive`), instead of staying on the device for as long as the runner is kept."""
 
     def __init__(self, w: GpuWeights, queues: torch.Tensor, inputs: torch.Tensor, teacher: bool,
                  cond_shape: tuple | None, dist: int, truncate: bool, code_dtype: torch.dtype,
                  log_scale_min: float, capacity: int | None = None):
         capacity = capacity or CHUNK
         B, device = queues.shape[0], queues.device
-        self.w, self.queues, self.teacher, self.capacity = w, queues, teacher, capacity
+        self.w, self.teacher, self.capacity = w, teacher, capacity
+        self._queues = _Weak(queues)
         self.constants = c = launch_constants(w, teacher, cond_shape is not None, dist, truncate)
         self.log_scale_min = log_scale_min
         # The shape of every launch, fixed with the constants (the knobs are read once, here)
@@ -180,7 +197,11 @@ class LayerRunner:
         self.out_grid = (self.grid, triton.cdiv(c["R"], c["BN"]) + triton.cdiv(c["S"], c["BN"]))
         self.scratch = tile_scratch(c, B, device)
         self.lim = torch.zeros(2, dtype=torch.int64, device=device)  # the chunk's first position, its live steps
-        self.inputs = inputs if inputs.numel() else torch.empty(B, dtype=torch.int64, device=device)
+        if inputs.numel():  # a 2-tap input's previous codes, the state's
+            self._inputs = _Weak(inputs)
+        else:  # an array of the runner's own, never read
+            own = torch.empty(B, dtype=torch.int64, device=device)
+            self._inputs = lambda: own
         # Teacher-forced: the chunk's codes; generating: the code each stream consumes first.
         self.codes = torch.zeros(B, capacity if teacher else 1, dtype=code_dtype, device=device)
         self.out = torch.zeros(B, 1 if teacher else capacity, dtype=code_dtype, device=device)
@@ -190,9 +211,14 @@ class LayerRunner:
         self.rules = plain_rules(B, device)  # each call's rules copied in
         self.graph = None
 
+    def alive(self) -> bool:
+        """Whether the state's arrays that the launches (and a captured graph) address are still there."""
+        return self._queues() is not None and self._inputs() is not None
+
     def _enqueue(self, steps: int):
         """Launch every phase of steps 0 .. steps - 1 of the chunk."""
-        w, q, B, cap, options = self.w, self.queues, self.queues.shape[0], self.capacity, self.options
+        w, q, inputs, cap, options = self.w, self._queues(), self._inputs(), self.capacity, self.options
+        B = q.shape[0]
         L, Q, SCR = w.dilated_b.shape[0], q.shape[1], self.scratch.shape[1]
         start, gate, out, head = (self.kernel_constants[k] for k in (_start_kernel, _gate_kernel, _out_kernel,
                                                                      _head_kernel))
@@ -205,8 +231,8 @@ class LayerRunner:
                 src, src_stride, src_col = self.codes, 1, 0
             else:  # the code this stream drew a step before
                 src, src_stride, src_col = self.out, cap, step - 1
-            _start_kernel[(self.grid,)](src, src_stride, src_col, self.lim, self.inputs, self.scratch, w.embed, step,
-                                        B, SCR, **start, **options)
+            _start_kernel[(self.grid,)](src, src_stride, src_col, self.lim, inputs, self.scratch, w.embed, step, B,
+                                        SCR, **start, **options)
             for layer in range(L):
                 _gate_kernel[self.gate_grid](self.lim, q, cond, self.scratch, w.dilated_w, w.dilated_b, w.dilations,
                                         w.offsets, step, cap, layer, B, L, Q, SCR, **gate, **options)
@@ -218,7 +244,7 @@ class LayerRunner:
                                        self.log_scale_min, step, cap, B, SCR, **head, **options)
 
     def _run(self, live: int):
-        if self.queues.device.type != "cuda":
+        if self.lim.device.type != "cuda":
             self._enqueue(self.capacity)  # as a replay does: steps past the live ones return at once
         elif self.graph is None:
             self._enqueue(live)
@@ -255,7 +281,8 @@ class LayerRunner:
 
 class LayerRunners:
     """A few LayerRunners, the most recently used kept, one for each batch of streams (its state's arrays) and
-    variant; the lock keeps two threads from running one runner's buffers at once."""
+    variant, a runner dropped once its state is gone; the lock keeps two threads from running one runner's buffers
+    at once."""
 
     def __init__(self, keep: int = 4):
         self.keep, self.runners, self.lock = keep, {}, threading.Lock()
@@ -268,6 +295,8 @@ class LayerRunners:
         key = (queues.data_ptr(), tuple(queues.shape), inputs.data_ptr(), teacher, cond_shape, truncate, dist,
                codes.dtype, log_scale_min)
         with self.lock:
+            for gone in [k for k, r in self.runners.items() if not r.alive()]:
+                del self.runners[gone]
             runner = self.runners.pop(key, None)
             if runner is None:
                 runner = LayerRunner(w, queues, inputs, teacher, cond_shape, dist, truncate, codes.dtype,

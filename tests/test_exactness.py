@@ -394,6 +394,44 @@ def test_layer_phases_in_chunks_equal_one_call(monkeypatch):
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
+def test_layer_runners_share_views_and_let_a_dropped_state_go(monkeypatch):
+    """A layer runner holds its state's arrays by weak reference to the tensors that own them: views of one state
+    made anew for each call (the engine's `head(n)`) share one runner and draw what a state of their own draws, and
+    a state the caller drops is freed, its runner dropped at the next launch (a runner used to keep up to four
+    states alive: 512 MB each for r9y9's shape at 512 streams)."""
+    import gc
+    import weakref
+
+    monkeypatch.setattr(gpu_layers_module(), "CHUNK", 4)
+    config = preset("tiny")
+    gen = Generator(ModelFile(config, fold(random_model(config, 12))), backend="triton-layers", device=DEVICE)
+    rules = [Sampling(), Sampling(temperature=0.7), Sampling(argmax=True)]
+    u = np.random.default_rng(8).random((6, 3), dtype=np.float32)
+    pool = gen.new_state(5)
+    drawn = []
+    for a in (0, 3):  # two calls, each on a fresh view of the pool's first three streams
+        view = pool.head(3)
+        drawn.append(gen.backend.generate(view, 3, np.ascontiguousarray(u[a:a + 3]), rules).cpu())
+        pool.store_head(view)
+    runners = gen.backend.runners.runners
+    assert len(runners) == 1
+    assert torch.equal(torch.cat(drawn, dim=1), gen.backend.generate(gen.new_state(3), 6, u, rules).cpu())
+    freed = weakref.ref(pool.queues)
+    del pool, view
+    gc.collect()
+    assert freed() is None  # no runner kept the pool's queues
+    other = gen.new_state(2)
+    gen.backend.generate(other, 2, np.ascontiguousarray(u[:2, :2]), rules[:2])
+    assert len(runners) == 1 and all(r.alive() for r in runners.values())  # the dead runner dropped, this one kept
+
+
+def gpu_layers_module():
+    from fastwavenet.kernels import gpu_layers
+
+    return gpu_layers
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
 def test_spread_programs_each_own_gate_and_head_channels(monkeypatch):
     """The spread kernel reuses each vector's buffer from layer to layer, which is safe only if every program owns
     at least one gate channel and one head channel (kernels/gpu_spread.py): asked for more programs than that
