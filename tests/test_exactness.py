@@ -442,7 +442,8 @@ def test_spread_programs_each_own_gate_and_head_channels(monkeypatch):
 
     def shapes(gate, head):
         return SimpleNamespace(embed=SimpleNamespace(shape=(1, 256, 16)),
-                               dilated_b=SimpleNamespace(shape=(4, 2 * gate)), head1_w=SimpleNamespace(shape=(head, 32)))
+                               dilated_b=SimpleNamespace(shape=(4, 2 * gate)),
+                               head1_w=SimpleNamespace(shape=(head, 32)))
 
     for gate, head, asked, expected in [(10, 64, 6, 5), (64, 10, 6, 5), (64, 64, 16, 16), (7, 11, 3, 3), (4, 4, 9, 4)]:
         monkeypatch.setenv("FASTWAVENET_SPREAD_PROGRAMS", str(asked))
