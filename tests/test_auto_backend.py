@@ -177,3 +177,37 @@ def test_cpu_trial_stops_after_its_seconds(monkeypatch):
     calls.clear()
     assert backends.trial_rate(backend, 2, steps=64, seconds=0.0) > 0
     assert calls[calls.index(8):] == [8, 8]  # the untimed call and one timed call
+
+
+def test_triton_key_is_kept_for_the_next_process(tmp_path, monkeypatch):
+    """Triton hashes its own files (a 415 MB library among them) once a process before loading a cached kernel; a
+    CUDA Triton backend keeps that key in the cache folder beside a fingerprint of those files, so a returning
+    process reads it instead (issue 34: 0.5-0.6 s of a returning `generate` on an H200). The kept key is Triton's
+    own; a changed Triton (another fingerprint) computes it afresh; an unwritable cache folder changes nothing."""
+    cache_module = pytest.importorskip("triton.runtime.cache")
+    from fastwavenet.backends import triton_gpu
+
+    calls = []
+
+    def triton_own():
+        calls.append(1)
+        return "the key Triton computes"
+
+    monkeypatch.setenv("FASTWAVENET_CACHE_DIR", str(tmp_path / "cache"))
+    for process in range(2):  # a first process computes and keeps the key, a second reads it
+        monkeypatch.setattr(cache_module, "triton_key", triton_own)
+        triton_gpu.keep_triton_key()
+        assert cache_module.triton_key() == "the key Triton computes"
+        assert cache_module.triton_key.kept_by_fastwavenet and len(calls) == 1
+    kept = json.loads((tmp_path / "cache" / "triton-key.json").read_text())
+    assert kept["key"] == "the key Triton computes" and len(kept["fingerprint"]) == 64
+    # A Triton whose files changed: the fingerprint differs, the key is computed again
+    (tmp_path / "cache" / "triton-key.json").write_text(json.dumps({**kept, "fingerprint": "0" * 64}))
+    monkeypatch.setattr(cache_module, "triton_key", triton_own)
+    triton_gpu.keep_triton_key()
+    assert cache_module.triton_key() == "the key Triton computes" and len(calls) == 2
+    # A cache folder that cannot be written (a file where the folder should be): Triton's key all the same
+    monkeypatch.setenv("FASTWAVENET_CACHE_DIR", str(tmp_path / "cache" / "triton-key.json"))
+    monkeypatch.setattr(cache_module, "triton_key", triton_own)
+    triton_gpu.keep_triton_key()
+    assert cache_module.triton_key() == "the key Triton computes" and len(calls) == 3

@@ -22,6 +22,58 @@ from ..state import QueueState, input_dtype
 from .base import Backend
 
 
+def keep_triton_key():
+    """Let a returning process skip Triton's hash of itself. Before it can load a kernel from its cache, Triton
+    computes a key of its own files once a process (`triton.runtime.cache.triton_key`), a 415 MB library among them:
+    0.5-0.6 s of a returning `generate --device cuda` on an H200 (issue 34). The key is kept in fastwavenet's cache
+    folder beside a fingerprint of those files (each .py and .so under Triton's folder: its path, size and time), and
+    handed to Triton the way Triton hands it to its own warm-up workers (`triton.runtime.cache.triton_key = lambda:
+    key`); another or a changed Triton computes it afresh. Whatever goes wrong here leaves Triton's own function."""
+    import hashlib
+    import json
+
+    import triton
+    import triton.runtime.cache as cache
+
+    from . import cache_root
+
+    if getattr(cache.triton_key, "kept_by_fastwavenet", False):
+        return
+    original = cache.triton_key
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(cache.__file__)))
+    try:
+        stamp = hashlib.sha256(triton.__version__.encode())
+        for where, _, names in sorted(os.walk(folder)):
+            for name in sorted(n for n in names if n.endswith((".py", ".so"))):
+                st = os.stat(os.path.join(where, name))
+                stamp.update(f"{os.path.relpath(os.path.join(where, name), folder)} {st.st_size} "
+                             f"{st.st_mtime_ns}\n".encode())
+        fingerprint = stamp.hexdigest()
+        path = cache_root() / "triton-key.json"
+        try:
+            kept = json.loads(path.read_text())
+        except (OSError, ValueError):
+            kept = {}
+        key = kept.get("key") if isinstance(kept, dict) and kept.get("fingerprint") == fingerprint else None
+        if not isinstance(key, str):
+            key = original()
+            try:
+                from ..files import write_json
+
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json(path, {"fingerprint": fingerprint, "key": key})
+            except Exception:  # a read-only cache folder: this process still has the key
+                pass
+    except OSError:
+        return
+
+    def kept_key():
+        return key
+
+    kept_key.kept_by_fastwavenet = True
+    cache.triton_key = kept_key
+
+
 def _on(device: torch.device):
     """Launches go to the current CUDA device: make it the backend's (cuda:1 runs on device 1)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
@@ -53,6 +105,8 @@ class TritonBackend(Backend):
         from ..kernels import gpu
 
         self.dist = distributions.KERNEL_CODES[config.output]
+        if device.type == "cuda":  # the interpreter compiles nothing
+            keep_triton_key()
         w = weights.to(device)
         layout = config.queue_layout()
         self.weights = gpu.GpuWeights(
