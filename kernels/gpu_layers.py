@@ -158,17 +158,15 @@ def kernel_constants(kernel, constants: dict) -> dict:
     return {name: constants[name] for name in kernel.arg_names if name in constants}
 
 
-class _Weak:
-    """A tensor held by a weak reference to the tensor that owns its memory (a view's base: the engine passes
-    views of its pool's state, made anew for each call), rebuilt on demand; None once that tensor is gone."""
-
-    def __init__(self, t: torch.Tensor):
-        self.base = weakref.ref(t if t._base is None else t._base)
-        self.view = (t.shape, t.stride(), t.storage_offset())
-
-    def __call__(self) -> torch.Tensor | None:
-        base = self.base()
-        return None if base is None else base.as_strided(*self.view)
+def _memory_ref(t: torch.Tensor):
+    """A weak reference to the memory `t` lives in: its storage, one Python object for a tensor and all its views
+    (the engine passes views of its pool's state made anew for each call, in inference mode too, where a view has no
+    `_base`), alive exactly as long as the memory. Where torch makes a new storage object each time it is asked
+    (older versions), a strong hold on `t` instead, as before."""
+    storage = t.untyped_storage()
+    if storage is t.untyped_storage():
+        return weakref.ref(storage)
+    return lambda: t
 
 
 class LayerRunner:
@@ -176,8 +174,9 @@ class LayerRunner:
     variant, with the arrays those launches read and write: a CUDA graph's static buffers. On CUDA the first chunk
     is launched as it goes (compiling, or loading from Triton's cache), then the launches of `capacity` steps are
     captured in a graph that every later chunk replays; under Triton's interpreter each chunk launches them all.
-    It holds its state's arrays (the queues, the inputs) by weak reference: a state the caller has dropped is freed,
-    and its runner with it (`alive`), instead of staying on the device for as long as the runner is kept."""
+    It holds its state's memory (the queues, the inputs) by weak reference: a state the caller has dropped is freed,
+    and its runner with it (`alive`), instead of staying on the device for as long as the runner is kept. Each call
+    passes the arrays it launches on."""
 
     def __init__(self, w: GpuWeights, queues: torch.Tensor, inputs: torch.Tensor, teacher: bool,
                  cond_shape: tuple | None, dist: int, truncate: bool, code_dtype: torch.dtype,
@@ -185,7 +184,7 @@ class LayerRunner:
         capacity = capacity or CHUNK
         B, device = queues.shape[0], queues.device
         self.w, self.teacher, self.capacity = w, teacher, capacity
-        self._queues = _Weak(queues)
+        self._memory = [_memory_ref(queues)] + ([_memory_ref(inputs)] if inputs.numel() else [])
         self.constants = c = launch_constants(w, teacher, cond_shape is not None, dist, truncate)
         self.log_scale_min = log_scale_min
         # The shape of every launch, fixed with the constants (the knobs are read once, here)
@@ -197,11 +196,8 @@ class LayerRunner:
         self.out_grid = (self.grid, triton.cdiv(c["R"], c["BN"]) + triton.cdiv(c["S"], c["BN"]))
         self.scratch = tile_scratch(c, B, device)
         self.lim = torch.zeros(2, dtype=torch.int64, device=device)  # the chunk's first position, its live steps
-        if inputs.numel():  # a 2-tap input's previous codes, the state's
-            self._inputs = _Weak(inputs)
-        else:  # an array of the runner's own, never read
-            own = torch.empty(B, dtype=torch.int64, device=device)
-            self._inputs = lambda: own
+        # Where the input has one tap the state's inputs are empty: an array of the runner's own, never read
+        self.own_inputs = None if inputs.numel() else torch.empty(B, dtype=torch.int64, device=device)
         # Teacher-forced: the chunk's codes; generating: the code each stream consumes first.
         self.codes = torch.zeros(B, capacity if teacher else 1, dtype=code_dtype, device=device)
         self.out = torch.zeros(B, 1 if teacher else capacity, dtype=code_dtype, device=device)
@@ -212,13 +208,13 @@ class LayerRunner:
         self.graph = None
 
     def alive(self) -> bool:
-        """Whether the state's arrays that the launches (and a captured graph) address are still there."""
-        return self._queues() is not None and self._inputs() is not None
+        """Whether the state's memory that the launches (and a captured graph) address is still there."""
+        return all(ref() is not None for ref in self._memory)
 
-    def _enqueue(self, steps: int):
-        """Launch every phase of steps 0 .. steps - 1 of the chunk."""
-        w, q, inputs, cap, options = self.w, self._queues(), self._inputs(), self.capacity, self.options
-        B = q.shape[0]
+    def _enqueue(self, steps: int, q: torch.Tensor, inputs: torch.Tensor):
+        """Launch every phase of steps 0 .. steps - 1 of the chunk, on the state's queues and inputs."""
+        w, B, cap, options = self.w, q.shape[0], self.capacity, self.options
+        inputs = inputs if self.own_inputs is None else self.own_inputs
         L, Q, SCR = w.dilated_b.shape[0], q.shape[1], self.scratch.shape[1]
         start, gate, out, head = (self.kernel_constants[k] for k in (_start_kernel, _gate_kernel, _out_kernel,
                                                                      _head_kernel))
@@ -243,20 +239,21 @@ class LayerRunner:
                                        w.head2_w, w.head2_b, r.temperature, r.top_k, r.top_p, r.argmax,
                                        self.log_scale_min, step, cap, B, SCR, **head, **options)
 
-    def _run(self, live: int):
+    def _run(self, live: int, queues, inputs):
         if self.lim.device.type != "cuda":
-            self._enqueue(self.capacity)  # as a replay does: steps past the live ones return at once
+            self._enqueue(self.capacity, queues, inputs)  # as a replay does: steps past the live ones return at once
         elif self.graph is None:
-            self._enqueue(live)
+            self._enqueue(live, queues, inputs)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._enqueue(self.capacity)
+                self._enqueue(self.capacity, queues, inputs)
             self.graph = graph
         else:
             self.graph.replay()
 
-    def run(self, codes, t0: int, u, cond, logits_out, codes_out, rules: StreamRules | None):
-        """One call's steps, `capacity` at a time: arguments as gpu.launch's."""
+    def run(self, codes, t0: int, u, queues, inputs, cond, logits_out, codes_out, rules: StreamRules | None):
+        """One call's steps, `capacity` at a time, on the queues and inputs this runner was made for (the same
+        memory; a captured graph replays on it): arguments as gpu.launch's."""
         n = codes.shape[1] if self.teacher else u.shape[0]
         if rules is not None:
             for mine, given in zip(self.rules, rules):
@@ -272,7 +269,7 @@ class LayerRunner:
                 self.u[:live].copy_(u[c0:c0 + live])
             if self.cond is not None:
                 self.cond[:, :live].copy_(cond[:, c0:c0 + live])
-            self._run(live)
+            self._run(live, queues, inputs)
             if self.teacher:
                 logits_out[:, c0:c0 + live].copy_(self.logits[:, :live])
             else:
@@ -292,8 +289,8 @@ class LayerRunners:
                log_scale_min: float = -7.0):
         """gpu.launch's arguments and meaning."""
         cond_shape = None if cond is None else tuple(cond.shape[2:])
-        key = (queues.data_ptr(), tuple(queues.shape), inputs.data_ptr(), teacher, cond_shape, truncate, dist,
-               codes.dtype, log_scale_min)
+        key = (queues.data_ptr(), tuple(queues.shape), queues.stride(), inputs.data_ptr(), teacher, cond_shape,
+               truncate, dist, codes.dtype, log_scale_min)
         with self.lock:
             for gone in [k for k, r in self.runners.items() if not r.alive()]:
                 del self.runners[gone]
@@ -304,7 +301,7 @@ class LayerRunners:
             self.runners[key] = runner  # the newest last
             while len(self.runners) > self.keep:
                 self.runners.pop(next(iter(self.runners)))
-            runner.run(codes, t0, u, cond, logits_out, codes_out, rules)
+            runner.run(codes, t0, u, queues, inputs, cond, logits_out, codes_out, rules)
 
 
 # Each kernel's runtime arguments and their types, for compiling a variant ahead of time without a GPU (`fastwavenet

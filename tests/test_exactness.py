@@ -395,10 +395,10 @@ def test_layer_phases_in_chunks_equal_one_call(monkeypatch):
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
 def test_layer_runners_share_views_and_let_a_dropped_state_go(monkeypatch):
-    """A layer runner holds its state's arrays by weak reference to the tensors that own them: views of one state
-    made anew for each call (the engine's `head(n)`) share one runner and draw what a state of their own draws, and
-    a state the caller drops is freed, its runner dropped at the next launch (a runner used to keep up to four
-    states alive: 512 MB each for r9y9's shape at 512 streams)."""
+    """A layer runner holds its state's memory by weak reference (its storage): views of one state made anew for
+    each call (the engine's `head(n)`, in inference mode too) share one runner and draw what a state of their own
+    draws, and a state the caller drops is freed, its runner dropped at the next launch (a runner used to keep up
+    to four states alive: 512 MB each for r9y9's shape at 512 streams)."""
     import gc
     import weakref
 
@@ -407,12 +407,13 @@ def test_layer_runners_share_views_and_let_a_dropped_state_go(monkeypatch):
     gen = Generator(ModelFile(config, fold(random_model(config, 12))), backend="triton-layers", device=DEVICE)
     rules = [Sampling(), Sampling(temperature=0.7), Sampling(argmax=True)]
     u = np.random.default_rng(8).random((6, 3), dtype=np.float32)
-    pool = gen.new_state(5)
-    drawn = []
-    for a in (0, 3):  # two calls, each on a fresh view of the pool's first three streams
-        view = pool.head(3)
-        drawn.append(gen.backend.generate(view, 3, np.ascontiguousarray(u[a:a + 3]), rules).cpu())
-        pool.store_head(view)
+    with torch.inference_mode():  # where a view has no `_base`: a user's code may run so
+        pool = gen.new_state(5)
+        drawn = []
+        for a in (0, 3):  # two calls, each on a fresh view of the pool's first three streams
+            view = pool.head(3)
+            drawn.append(gen.backend.generate(view, 3, np.ascontiguousarray(u[a:a + 3]), rules).cpu())
+            pool.store_head(view)
     runners = gen.backend.runners.runners
     assert len(runners) == 1
     assert torch.equal(torch.cat(drawn, dim=1), gen.backend.generate(gen.new_state(3), 6, u, rules).cpu())
@@ -466,6 +467,12 @@ def test_spread_layer_mode_follows_the_shape_and_the_knob(monkeypatch):
     assert gpu_spread.layer_mode(standard) == "merged" and gpu_spread.programs_for(standard) == 16
     assert gpu_spread.layer_mode(r9y9) == "fused" and gpu_spread.programs_for(r9y9) == 128
     assert gpu_spread.launch_constants(r9y9, 128, False, True)["LAYERS"] == gpu_spread.LAYER_MODES["fused"]
+    # At most the programs the device runs at once (a stream's programs wait on each other): a power of two below
+    assert gpu_spread.programs_for(r9y9, 132) == 128 and gpu_spread.programs_for(r9y9, 108) == 64
+    assert gpu_spread.programs_for(standard, 132) == 16 and gpu_spread.programs_for(standard, 12) == 8
+    monkeypatch.setenv("FASTWAVENET_SPREAD_PROGRAMS", "200")
+    assert gpu_spread.programs_for(r9y9, 132) == 128  # 132 would leave a program no gate channel
+    monkeypatch.delenv("FASTWAVENET_SPREAD_PROGRAMS")
     monkeypatch.setenv("FASTWAVENET_SPREAD_LAYERS", "split")
     assert gpu_spread.layer_mode(standard) == "split"
     monkeypatch.setenv("FASTWAVENET_SPREAD_LAYERS", "fast")
@@ -488,6 +495,25 @@ def test_spread_handover_probe_counts_every_round():
     fail = torch.zeros(1, dtype=torch.int32)
     sweep.handover_kernel[(1,)](talk, fail, 5, P=1, P_P=1)
     assert int(fail) == 0 and int(talk[2]) == sum(range(1, 6))
+
+
+@pytest.mark.skipif(DEVICE != "cpu" or "triton" not in BACKENDS, reason="the interpreter's check")
+def test_spread_wait_stops_once_the_launch_has_failed():
+    """A wait for a tag that will not come ends at once when the launch's failure flag is up (a program elsewhere
+    gave up), instead of polling SPIN_LIMIT (2^24) times itself, so a failed launch ends and the host raises. Under
+    the interpreter two programs of the hand-over probe run one after the other: the first waits for a value the
+    second has not given, which never comes; with the flag up both finish their rounds at once."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_spread_sweep.py"
+    spec = importlib.util.spec_from_file_location("gpu_spread_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    talk = torch.zeros(6, dtype=torch.int64)
+    fail = torch.ones(1, dtype=torch.int32)
+    sweep.handover_kernel[(2,)](talk, fail, 3, P=2, P_P=2)
+    assert int(fail) == 1 and int(talk[2 + 1]) >> 32 == 3  # program 1 gave its last round (3, buffer 1)
 
 
 @pytest.mark.skipif("triton" not in BACKENDS or "numba" not in BACKENDS, reason="triton or numba unavailable")
