@@ -99,7 +99,8 @@ class SpreadWeights(NamedTuple):
 def spread_weights(w, dtype: torch.dtype = torch.float32) -> SpreadWeights:
     """From a kernels.gpu.GpuWeights (input-major): the same numbers, output-major, the matrices in `dtype`
     (torch.bfloat16 holds weights already rounded to bf16 exactly, in half the bytes: r9y9's LJSpeech shape in 47 MB,
-    within an H200's L2); with fused layers (`layer_mode`) their matrices and biases, float32 whatever `dtype`."""
+    within an H200's L2); with fused layers (`layer_mode`) their matrices and biases, float32 whatever `dtype` (25 MB
+    more for r9y9's shape: 72 MB at bf16, past the L2)."""
     t = lambda a: a.transpose(-1, -2).contiguous().to(dtype)  # noqa: E731
     made = SpreadWeights(w.embed.contiguous(), t(w.dilated_w), w.dilated_b.contiguous(), t(w.out_w),
                          w.out_b.contiguous(), t(w.head1_w), w.head1_b.contiguous(), t(w.head2_w),
@@ -142,15 +143,18 @@ def _give(buf, i, ok, value, tag):
 def _take(buf, i, ok, tag, fail_ptr):
     """The float32 values at buf[i] (mask ok; 0 where not), once every one carries `tag`. Volatile loads (L2, past
     L1): not acquires, which compile to an invalidation of the whole L1 (CCTL.IVALL in sm_90 SASS) and would evict
-    the program's weights at every phase."""
+    the program's weights at every phase. A program that waits SPIN_LIMIT polls raises the launch's failure flag;
+    one that waits while the flag is up (read beside each poll after the first) stops waiting, so a failed launch
+    ends within a poll a wait instead of SPIN_LIMIT polls a wait."""
     words = tl.load(buf + i, mask=ok, other=0, volatile=True)
     ready = tl.min(tl.where(ok, ((words >> 32) == tag).to(tl.int32), 1), axis=0)
     polls = 0
     while ready == 0:
         words = tl.load(buf + i, mask=ok, other=0, volatile=True)
+        failed = tl.load(fail_ptr, volatile=True)
         polls += 1
         ready = tl.min(tl.where(ok, ((words >> 32) == tag).to(tl.int32), 1), axis=0) \
-            | (polls >= SPIN_LIMIT).to(tl.int32)
+            | (polls >= SPIN_LIMIT).to(tl.int32) | (failed != 0).to(tl.int32)
     if polls >= SPIN_LIMIT:
         tl.atomic_max(fail_ptr, 1, sem="relaxed")
     return tl.where(ok, (words & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True), 0.0)
@@ -353,6 +357,7 @@ def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_
                         x_r = _input(embed_ptr, code, prev, rq, rq_ok, C, R, K_IN, SCALAR)
                     else:  # this program's own share of x_{l-1}, given a phase ago
                         x_r = _take(x_talk + (last % 3) * R, rq, rq_ok, q, fail_ptr)
+                    tl.debug_barrier()  # every thread past the wait for g_{l-1} before any writes the oldest tap
                     tl.store(queue + slot_last * R + rq, x_r, mask=rq_ok)
                     w_out = ow_ptr + last * RS * G
                     if ph < L:  # x_l, this program's share; read by its owner next phase, by all two phases on
@@ -522,14 +527,15 @@ def _spread_kernel(codes_ptr, codes_stride, u_ptr, queues_ptr, inputs_ptr, cond_
         tl.store(inputs_ptr + b, prev, mask=(p == 0) & (phase_hi == steps * NPH))
 
 
-def programs_for(w) -> int:
-    """Programs per stream for these weights (any objects with `.shape`): a power of two, about four gate channels
-    each where layers merge (`layer_mode`) and two where they do not, at least 1, and every program owning at
-    least one gate channel and one of the head's hidden channels (the kernel's reuse of its vectors' buffers rests on
-    that). From benchmarks/gpu_spread_sweep.py on an H200 (docs/BENCHMARKS.md): `standard` (merged) 18,142 samples/s
-    at 16 programs, 15,740 at 32; r9y9's LJSpeech shape 5,670 at 128, 4,967 at 64. Fixed by the model's shape alone,
-    never by the batch, so a stream's tiles and sums are the same whatever the batch (FASTWAVENET_SPREAD_PROGRAMS
-    overrides it for measuring, within the same bounds)."""
+def programs_for(w, resident: int | None = None) -> int:
+    """Programs per stream for these weights (any objects with `.shape`): a power of two, about four gate channels each
+    where layers merge (`layer_mode`) and two where they do not, at most `resident` (the programs the device surely runs
+    at once: a stream's programs wait on each other; an A100's 108 SMs take 64 of r9y9's 128), at least 1, and every
+    program owning at least one gate channel and one of the head's hidden channels (the kernel's reuse of its vectors'
+    buffers rests on that). From benchmarks/gpu_spread_sweep.py on an H200 (docs/BENCHMARKS.md): `standard` (merged)
+    18,142 samples/s at 16 programs, 15,740 at 32; r9y9's LJSpeech shape (split layers) 5,670 at 128, 4,967 at 64. Fixed
+    by the model's shape (and the device's SMs), never by the batch, so a stream's tiles and sums are the same whatever
+    the batch (FASTWAVENET_SPREAD_PROGRAMS overrides it for measuring, within the same bounds)."""
     import os
 
     G, H = w.dilated_b.shape[1] // 2, w.head1_w.shape[0]
@@ -539,6 +545,10 @@ def programs_for(w) -> int:
     else:
         share = max(1, G // (4 if layer_mode(w) == "merged" else 2))
         P = 1 << (share.bit_length() - 1)
+        if resident:
+            P = min(P, 1 << (resident.bit_length() - 1))
+    if resident:
+        P = min(P, resident)
     owns_all = lambda n, p: (p - 1) * -(-n // p) < n  # noqa: E731
     while P > 1 and not (owns_all(G, P) and owns_all(H, P)):
         P -= 1
@@ -625,6 +635,9 @@ def launch(codes, t0, u, w: SpreadWeights, queues, inputs, cond, logits_out, cod
     x_own = torch.empty(B, P, constants["R"], device=device, dtype=torch.float32)
     fence = torch.zeros(B, P, device=device, dtype=torch.int32)
     fail = torch.zeros(1, device=device, dtype=torch.int32)
+    if not interpreted and P > resident_programs(device):
+        raise RuntimeError(f"{P} programs a stream cannot all run at once on {resident_programs(device)} SMs "
+                           f"(programs_for(w, resident_programs(device)) gives a count that can)")
     group = B if interpreted else max(1, resident_programs(device) // P)
     inputs_arg = inputs if inputs.numel() else torch.empty(B, dtype=torch.int64, device=device)
     layers = w.dilated_b.shape[0]

@@ -4,6 +4,8 @@ streams than numba's threads. No GPU here: the trial's logic runs with the CPU b
 way."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,9 +183,12 @@ def test_cpu_trial_stops_after_its_seconds(monkeypatch):
 
 def test_triton_key_is_kept_for_the_next_process(tmp_path, monkeypatch):
     """Triton hashes its own files (a 415 MB library among them) once a process before loading a cached kernel; a
-    CUDA Triton backend keeps that key in the cache folder beside a fingerprint of those files, so a returning
-    process reads it instead (issue 34: 0.5-0.6 s of a returning `generate` on an H200). The kept key is Triton's
-    own; a changed Triton (another fingerprint) computes it afresh; an unwritable cache folder changes nothing."""
+    CUDA Triton backend keeps that key in the cache folder, per Triton folder, beside a fingerprint of those files, so
+    a returning process reads it instead (issue 34: 0.5-0.6 s of a returning `generate` on an H200). The kept key is
+    Triton's own; a changed Triton (another fingerprint) computes it afresh; a process that has computed the key
+    already keeps nothing; an unwritable cache folder changes nothing."""
+    import functools
+
     cache_module = pytest.importorskip("triton.runtime.cache")
     from fastwavenet.backends import triton_gpu
 
@@ -194,20 +199,30 @@ def test_triton_key_is_kept_for_the_next_process(tmp_path, monkeypatch):
         return "the key Triton computes"
 
     monkeypatch.setenv("FASTWAVENET_CACHE_DIR", str(tmp_path / "cache"))
+    kept_at = tmp_path / "cache" / "triton-key.json"
     for process in range(2):  # a first process computes and keeps the key, a second reads it
         monkeypatch.setattr(cache_module, "triton_key", triton_own)
         triton_gpu.keep_triton_key()
         assert cache_module.triton_key() == "the key Triton computes"
         assert cache_module.triton_key.kept_by_fastwavenet and len(calls) == 1
-    kept = json.loads((tmp_path / "cache" / "triton-key.json").read_text())
+    [(folder, kept)] = json.loads(kept_at.read_text()).items()
+    assert folder == str(Path(os.path.abspath(cache_module.__file__)).parents[1])
     assert kept["key"] == "the key Triton computes" and len(kept["fingerprint"]) == 64
     # A Triton whose files changed: the fingerprint differs, the key is computed again
-    (tmp_path / "cache" / "triton-key.json").write_text(json.dumps({**kept, "fingerprint": "0" * 64}))
+    kept_at.write_text(json.dumps({folder: {**kept, "fingerprint": "0" * 64}}))
     monkeypatch.setattr(cache_module, "triton_key", triton_own)
     triton_gpu.keep_triton_key()
     assert cache_module.triton_key() == "the key Triton computes" and len(calls) == 2
+    # A process whose Triton has computed its key (its files may have changed since): nothing kept, nothing replaced
+    computed = functools.lru_cache()(lambda: "the key of an older Triton")
+    computed()
+    kept_at.unlink()
+    monkeypatch.setattr(cache_module, "triton_key", computed)
+    triton_gpu.keep_triton_key()
+    assert cache_module.triton_key is computed and not kept_at.exists()
     # A cache folder that cannot be written (a file where the folder should be): Triton's key all the same
-    monkeypatch.setenv("FASTWAVENET_CACHE_DIR", str(tmp_path / "cache" / "triton-key.json"))
+    kept_at.write_text("{}")
+    monkeypatch.setenv("FASTWAVENET_CACHE_DIR", str(kept_at))
     monkeypatch.setattr(cache_module, "triton_key", triton_own)
     triton_gpu.keep_triton_key()
     assert cache_module.triton_key() == "the key Triton computes" and len(calls) == 3

@@ -26,9 +26,10 @@ def keep_triton_key():
     """Let a returning process skip Triton's hash of itself. Before it can load a kernel from its cache, Triton
     computes a key of its own files once a process (`triton.runtime.cache.triton_key`), a 415 MB library among them:
     0.5-0.6 s of a returning `generate --device cuda` on an H200 (issue 34). The key is kept in fastwavenet's cache
-    folder beside a fingerprint of those files (each .py and .so under Triton's folder: its path, size and time), and
-    handed to Triton the way Triton hands it to its own warm-up workers (`triton.runtime.cache.triton_key = lambda:
-    key`); another or a changed Triton computes it afresh. Whatever goes wrong here leaves Triton's own function."""
+    folder, per Triton folder, beside a fingerprint of that folder's files (each .py and library under it, linked
+    folders followed: its path, size, inode and times), and handed to Triton the way Triton hands it to its own
+    warm-up workers (`triton.runtime.cache.triton_key = lambda: key`); another or a changed Triton computes it
+    afresh. Whatever goes wrong here leaves Triton's own function."""
     import hashlib
     import json
 
@@ -37,34 +38,45 @@ def keep_triton_key():
 
     from . import cache_root
 
-    if getattr(cache.triton_key, "kept_by_fastwavenet", False):
-        return
     original = cache.triton_key
+    if getattr(original, "kept_by_fastwavenet", False):
+        return
+    info = getattr(original, "cache_info", None)  # Triton's is an lru_cache
+    if info is not None and info().currsize:
+        return  # this process has computed it already (and Triton's files may have changed since: keep nothing)
     folder = os.path.dirname(os.path.dirname(os.path.abspath(cache.__file__)))
-    try:
-        stamp = hashlib.sha256(triton.__version__.encode())
-        for where, _, names in sorted(os.walk(folder)):
-            for name in sorted(n for n in names if n.endswith((".py", ".so"))):
+
+    def fingerprint() -> str:
+        stamp = hashlib.sha256(f"{triton.__version__} {folder}\n".encode())
+        for where, _, names in sorted(os.walk(folder, followlinks=True)):
+            for name in sorted(n for n in names if n.endswith((".py", ".so", ".pyd", ".dll", ".dylib"))):
                 st = os.stat(os.path.join(where, name))
-                stamp.update(f"{os.path.relpath(os.path.join(where, name), folder)} {st.st_size} "
-                             f"{st.st_mtime_ns}\n".encode())
-        fingerprint = stamp.hexdigest()
+                stamp.update(os.fsencode(os.path.join(where, name)))
+                stamp.update(f" {st.st_size} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}\n".encode())
+        return stamp.hexdigest()
+
+    try:
+        before = fingerprint()
         path = cache_root() / "triton-key.json"
         try:
             kept = json.loads(path.read_text())
         except (OSError, ValueError):
             kept = {}
-        key = kept.get("key") if isinstance(kept, dict) and kept.get("fingerprint") == fingerprint else None
+        kept = kept if isinstance(kept, dict) else {}
+        mine = kept.get(folder)
+        key = mine.get("key") if isinstance(mine, dict) and mine.get("fingerprint") == before else None
         if not isinstance(key, str):
             key = original()
+            if fingerprint() != before:  # Triton changed while it hashed itself: keep nothing
+                return
             try:
                 from ..files import write_json
 
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_json(path, {"fingerprint": fingerprint, "key": key})
-            except Exception:  # a read-only cache folder: this process still has the key
+                write_json(path, {**kept, folder: {"fingerprint": before, "key": key}})
+            except Exception:  # a read-only cache folder: this process has the key all the same
                 pass
-    except OSError:
+    except Exception:
         return
 
     def kept_key():
@@ -185,7 +197,8 @@ class TritonSpreadBackend(TritonBackend):
         # copy of the weights stays on the device.
         self.weights = gpu_spread.spread_weights(self.weights,
                                                  torch.bfloat16 if precision == "bf16" else torch.float32)
-        self.programs = gpu_spread.programs_for(self.weights)
+        self.programs = gpu_spread.programs_for(
+            self.weights, gpu_spread.resident_programs(device) if device.type == "cuda" else None)
 
     def _launch(self, *args, **kwargs):
         from ..kernels import gpu_spread
