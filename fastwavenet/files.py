@@ -1,5 +1,5 @@
 """Writing files so that a reader never sees half of one: a temporary file beside the target, renamed onto it when
-complete. Every file fastwavenet writes goes through here."""
+complete. Every file fastwavenet writes goes through here; `cache_root` says where its cache folder is."""
 
 from __future__ import annotations
 
@@ -11,6 +11,15 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import FastWaveNetError
+
+
+def cache_root() -> Path:
+    """fastwavenet's folder in the user's cache: $FASTWAVENET_CACHE_DIR, else $XDG_CACHE_HOME/fastwavenet, else
+    ~/.cache/fastwavenet. `auto`'s choices, numba's compiled kernels and Triton's key of itself are kept there."""
+    root = os.environ.get("FASTWAVENET_CACHE_DIR")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastwavenet"
+    return Path(root)
 
 
 def check_writable(path: str | os.PathLike) -> Path:

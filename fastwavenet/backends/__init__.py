@@ -32,6 +32,7 @@ import torch
 
 from ..config import WaveNetConfig
 from ..errors import FastWaveNetError
+from ..files import cache_root
 from ..folded import FoldedWeights
 from .base import Backend, full_fp32, resolve_device
 from .naive import NaiveBackend
@@ -86,15 +87,6 @@ def _trial_candidates(candidates: list[str], device: torch.device, batch: int) -
 # not timed for long.
 TRIAL_STEPS = 64
 TRIAL_SECONDS = 0.5
-
-
-def cache_root() -> Path:
-    """fastwavenet's folder in the user's cache: $FASTWAVENET_CACHE_DIR, else $XDG_CACHE_HOME/fastwavenet, else
-    ~/.cache/fastwavenet. `auto`'s choices and numba's compiled kernels are kept there."""
-    root = os.environ.get("FASTWAVENET_CACHE_DIR")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastwavenet"
-    return Path(root)
 
 
 def auto_cache_path() -> Path:

@@ -25,7 +25,7 @@ _started = False
 
 
 def place_numba_cache(folder: Path):
-    """Keep numba's compiled code in `folder` (fastwavenet's user cache, backends.cache_root) instead of beside the
+    """Keep numba's compiled code in `folder` (fastwavenet's user cache, files.cache_root) instead of beside the
     kernels' source, inside the installed package: `pip uninstall` left that folder behind, and a later editable
     install then imported `fastwavenet` as an empty namespace package. A user's own NUMBA_CACHE_DIR is kept.
 

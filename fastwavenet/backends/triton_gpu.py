@@ -36,7 +36,7 @@ def keep_triton_key():
     import triton
     import triton.runtime.cache as cache
 
-    from . import cache_root
+    from ..files import cache_root, write_json
 
     original = cache.triton_key
     if getattr(original, "kept_by_fastwavenet", False):
@@ -70,8 +70,6 @@ def keep_triton_key():
             if fingerprint() != before:  # Triton changed while it hashed itself: keep nothing
                 return
             try:
-                from ..files import write_json
-
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_json(path, {**kept, folder: {"fingerprint": before, "key": key}})
             except Exception:  # a read-only cache folder: this process has the key all the same
