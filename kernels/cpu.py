@@ -84,6 +84,11 @@ class CpuWeights(NamedTuple):
     # given, dilated_w and out_w may be empty ((L, 0, 0)): the kernel then reads only these.
     dilated_p: np.ndarray  # (L, ceil(2G/P), k*R, P)
     out_p: np.ndarray      # (L, ceil((R+S)/P), G, P)
+    # Lone-stream tiles only (`strip_layout`; (L, 0, 0, 0) otherwise): dilated_w and out_w again, in their own
+    # format, in strips of a lone stream's block width S (BLOCK.nv1 vectors), each strip's rows contiguous, which
+    # `_strip_products` reads.
+    dilated_l: np.ndarray  # (L, ceil(2G/S), k*R, S)
+    out_l: np.ndarray      # (L, ceil((R+S)/S), G, S)
 
 # fastmath lets reductions reassociate (so dot products vectorize): every flag but `arcp`, with which LLVM divides
 # vectors by an approximate reciprocal and a Newton step (vrcpps) but scalars exactly (vdivss). A loop that LLVM
@@ -524,19 +529,67 @@ def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp
                 m += 1
 
 
+@njit(**_OPTIONS)
+def _strip_products(sw, row0, K, bp, sp, xp, yp, ap, first, last, zp):
+    """`_products` for one stream on weights in strips (`strip_layout`): sw (strips, rows, STRIP), the product's rows
+    row0 .. row0+K-1 of each strip, its outputs [first, last); bp, sp, xp, yp, ap, zp as there (one stream: no row
+    strides). A lone stream's block walks one strip's rows, which lie one after another here: one run of memory
+    the hardware prefetchers follow. In the natural layout they lie a row of the matrix apart (2 KB for r9y9's
+    gate), and one Zen 4 core read r9y9's products at 10-12 GB/s that way against 25-26 GB/s in strips
+    (docs/BENCHMARKS.md). The same blocks, each output the same fma chain, as `_products`: the same numbers."""
+    S, rows, esize = sw.shape[2], sw.shape[1], sw.itemsize
+    w0 = sw[0, 0, 0]
+    yp, ap = yp - 4 * first, ap - 4 * first  # so that output n is at yp + 4 * n
+    for strip in range((first // S), (last + S - 1) // S):
+        c1 = min(last, strip * S + S)
+        wp = sw.ctypes.data + esize * ((strip * rows + row0) * S - strip * S)  # column n of row i: wp + esize*(i*S + n)
+        n = max(first, strip * S)
+        if esize == 1:
+            while n + BLOCK.nv8 * _L <= c1:
+                _LONE8(w0, wp + n, S, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
+                n += BLOCK.nv8 * _L
+        else:
+            while n + BLOCK.nv1 * _L <= c1:
+                _LONE(w0, wp + esize * n, S, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
+                n += BLOCK.nv1 * _L
+        while n + BLOCK.nv * _L <= c1:
+            _ONE(w0, wp + esize * n, S, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
+            n += BLOCK.nv * _L
+        if n + 2 * _L <= c1:
+            _TWO(w0, wp + esize * n, S, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
+            n += 2 * _L
+        while n + _L <= c1:
+            _VEC(w0, wp + esize * n, S, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
+            n += _L
+        while n < c1:
+            _SCALAR(w0, wp + esize * n, S, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
+            n += 1
+
+
 # Rows of a panel each block takes in turn (32 KB of float32 at 32 columns, read from L1 by every block of streams
 # while the next chunk is prefetched).
 _PANEL_CHUNK = 256
 
 
-def panel_layout(m: np.ndarray, panel: int = BLOCK.panel) -> np.ndarray:
-    """Matrices (..., rows, N), in-major, as float32 panels of `panel` columns, each panel's rows contiguous:
+def panel_layout(m: np.ndarray, panel: int = BLOCK.panel, dtype=np.float32) -> np.ndarray:
+    """Matrices (..., rows, N), in-major, as panels of `panel` columns in `dtype`, each panel's rows contiguous:
     (..., ceil(N / panel), rows, panel), zero past column N (`CpuWeights.dilated_p`, `out_p`)."""
     *lead, rows, n = m.shape
     panels = -(-n // panel)
-    padded = np.zeros((*lead, rows, panels * panel), np.float32)
+    padded = np.zeros((*lead, rows, panels * panel), dtype)
     padded[..., :n] = m
     return np.ascontiguousarray(np.moveaxis(padded.reshape(*lead, rows, panels, panel), -2, -3))
+
+
+# Columns per strip of `strip_layout`: a lone stream's block (`_LONE`; int8's `_LONE8` blocks divide it)
+STRIP = BLOCK.nv1 * BLOCK.lanes
+
+
+def strip_layout(m: np.ndarray) -> np.ndarray:
+    """Matrices (..., rows, N), in-major, in strips of STRIP columns, in their own format (float32, bf16 bits or
+    int8), each strip's rows contiguous: (..., ceil(N / STRIP), rows, STRIP), zero past column N
+    (`CpuWeights.dilated_l`, `out_l`)."""
+    return panel_layout(m, STRIP, m.dtype)
 
 
 @njit(**_OPTIONS, inline="always")
@@ -954,7 +1007,7 @@ def _write_slot(queues, b0, nb, row, xs, c0, c1):
 
 @njit(**_OPTIONS)
 def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer,
-               vp, cp, pl, work):
+               vp, cp, pl, work, sl):
     """A layer's gate for part `part` of `parts` of its G channels (all of them for one part): the k taps' products
     into both halves of z for those channels (oldest tap first, the first starting from the bias and `ap`, the
     conditioning terms or zeros, the next from the sums so far), then the gated values. wl (k*R, 2G) the layer's
@@ -963,7 +1016,8 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
     then its sigmoid columns, each `share_span` wide. At w8a8, cp addresses the layer's 128 x column sums
     (`CpuWeights.dilated_c`), vp its weights in the w8a8 layout (`dilated_v`), and the blocks are in that layout too;
     both 0 otherwise, and work is the part's `work8`. pl: the layer's weights in panels (`CpuWeights.dilated_p`),
-    read instead of wl where given (one part only), or empty."""
+    read instead of wl where given (one part only), or empty; sl the same in strips (`dilated_l`), read instead of wl
+    where given for one stream (one part)."""
     R, G2 = xs.shape[1], z.shape[1]
     G = G2 // 2
     zc, qs0 = z.ctypes.data, queues.strides[0]
@@ -984,6 +1038,12 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
                 _products8(qp, G2, R, bias, ws, cj, work, zc, G2, ap, lda, nb, 0, G2)
             else:
                 _products8(qp, G2, R, zp, ws, cj, work, zc, G2, zc, G2, nb, 0, G2)
+            continue
+        if parts == 1 and nb == 1 and sl.shape[0] > 0:  # one stream: the weights in strips
+            if j == 0:
+                _strip_products(sl, 0, R, bias, ws, xp, zc, ap, 0, G2, zp)
+            else:
+                _strip_products(sl, j * R, R, zp, ws, xp, zc, zc, 0, G2, zp)
             continue
         if parts == 1 and pl.shape[0] > 0:  # many streams: the weights in panels
             if j == 0:
@@ -1027,14 +1087,14 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
 
 
 @njit(**_OPTIONS)
-def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp, pl, work):
+def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp, pl, work, sl):
     """A layer's 1x1 outputs for part `part` of `parts` of its residual channels (where `residual`: into xs, from
     xs) and of its skip channels (into the skip sums): ow (G, R+S), obp/osp the bias's and int8 scales' addresses.
     Split in parts, each part reads its own contiguous block, blocks[layer, part] (`split_blocks`): its residual
     columns, then from `share_span(parts, R)` on its skip columns. At w8a8, cp addresses the layer's 128 x column
     sums (`CpuWeights.out_c`), vp its weights in the w8a8 layout (`out_v`), and the blocks are in that layout too;
     both 0 otherwise, and work is the part's `work8`. pl: the layer's weights in panels (`CpuWeights.out_p`), read
-    instead of ow where given (one part only), or empty."""
+    instead of ow where given (one part only), or empty; sl the same in strips (`out_l`), for one stream."""
     R, S, G = xs.shape[1], skip.shape[1], gated.shape[1]
     gp, xp, sp = gated.ctypes.data, xs.ctypes.data, skip.ctypes.data
     if cp != 0:  # w8a8: the gated values quantized once for the residual and the skip outputs
@@ -1043,6 +1103,11 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
         if residual:
             _products8(vp, R + S, G, obp, osp, cp, work, xp, R, xp, R, nb, 0, R)
         _products8(vp, R + S, G, obp, osp, cp, work, sp, S, sp, S, nb, R, R + S)
+        return
+    if parts == 1 and nb == 1 and sl.shape[0] > 0:
+        if residual:
+            _strip_products(sl, 0, G, obp, osp, gp, xp, xp, 0, R, zp)
+        _strip_products(sl, 0, G, obp, osp, gp, sp, sp, R, R + S, zp)
         return
     if parts == 1 and pl.shape[0] > 0:
         if residual:
@@ -1177,7 +1242,7 @@ def _gate_layer(part, parts, nb, w, queues, b0, t, cond, s, layer, xs, z, gated,
     vp, cp = (w.dilated_v[layer].ctypes.data, w.dilated_c[layer].ctypes.data) if _is_w8a8(w) else (0, 0)
     _gate_part(part, parts, nb, w.dilated_w[layer], w.dilated_b[layer].ctypes.data, w.dilated_s[layer].ctypes.data,
                zp, queues, b0, w.offsets[layer], w.dilations[layer], _taps(w), t, xs, z, gated, ap, lda, blocks,
-               layer, vp, cp, w.dilated_p[layer], work)
+               layer, vp, cp, w.dilated_p[layer], work, w.dilated_l[layer])
 
 
 @njit(**_OPTIONS)
@@ -1194,7 +1259,7 @@ def _out_layer(part, parts, nb, w, queues, b0, t, layer, xs, gated, skip, zeros,
         _write_slot(queues, b0, nb, _tap_slot(w.offsets[layer], w.dilations[layer], _taps(w), 0, t), xs, r0, r1)
     vp, cp = (w.out_v[layer].ctypes.data, w.out_c[layer].ctypes.data) if _is_w8a8(w) else (0, 0)
     _out_part(part, parts, nb, w.out_w[layer], w.out_b[layer].ctypes.data, w.out_s[layer].ctypes.data, gated, xs,
-              skip, layer < L - 1, blocks, layer, zeros.ctypes.data, vp, cp, w.out_p[layer], work)
+              skip, layer < L - 1, blocks, layer, zeros.ctypes.data, vp, cp, w.out_p[layer], work, w.out_l[layer])
     if layer == L - 1:
         s0, s1 = (0, S) if parts == 1 else _share(part, parts, S)
         for bb in range(nb):

@@ -101,7 +101,7 @@ class NumbaBackend(Backend):
     def __init__(self, config, weights, device, precision="float32"):
         super().__init__(config, weights, device, precision)
         from ..folded import int8_parts
-        from ..kernels.cpu import CpuWeights, panel_layout, w8a8_layout
+        from ..kernels.cpu import CpuWeights, panel_layout, strip_layout, w8a8_layout
 
         numba_threads()  # before any parallel call, so that torch's thread count stays the caller's
 
@@ -138,13 +138,14 @@ class NumbaBackend(Backend):
                 dilated_c, out_c = np.zeros((L, 0, 0), np.int32), np.zeros((L, 0), np.int32)
                 head1_c, head2_c = np.zeros(0, np.int32), np.zeros(0, np.int32)
             no_panels = np.zeros((L, 0, 0, 0), np.float32)
+            no_strips = np.zeros((L, 0, 0, 0), dilated_w.dtype)  # the format of the strips `stripped` makes
             return CpuWeights(
                 embed=plain(weights.embed), dilated_w=dilated_w, dilated_b=plain(weights.dilated_b), out_w=out_w,
                 out_b=plain(weights.out_b), head1_w=head1_w, head1_b=plain(weights.head1_b), head2_w=head2_w,
                 head2_b=plain(weights.head2_b), dilated_s=dilated_s, out_s=out_s, head1_s=head1_s, head2_s=head2_s,
                 dilations=layout.dilations, offsets=layout.offsets, dilated_v=dilated_v, out_v=out_v,
                 head1_v=head1_v, head2_v=head2_v, dilated_c=dilated_c, out_c=out_c, head1_c=head1_c,
-                head2_c=head2_c, dilated_p=no_panels, out_p=no_panels)
+                head2_c=head2_c, dilated_p=no_panels, out_p=no_panels, dilated_l=no_strips, out_l=no_strips)
 
         def panelled():
             # float32 (the same rounded weights at bf16 and int8), the layers' matrices in panels only
@@ -153,8 +154,14 @@ class NumbaBackend(Backend):
             return w._replace(dilated_w=none, out_w=none, dilated_p=_aligned(panel_layout(w.dilated_w)),
                               out_p=_aligned(panel_layout(w.out_w)))
 
+        def stripped():
+            # the layers' matrices again, in their own format, in strips (one stream's products)
+            w = self.weights
+            return w._replace(dilated_l=_aligned(strip_layout(w.dilated_w)), out_l=_aligned(strip_layout(w.out_w)))
+
         self.weights = kernel_weights(precision)
         self._make_panelled, self._panelled, self._panel_lock = panelled, None, threading.Lock()
+        self._make_stripped, self._stripped = stripped, None
 
     # Streams per tile from which the layers' products read the weights as float32 panels (`cpu._panel_products`;
     # made at the first such tile and kept, so a float32 model then holds its layers' weights twice). Narrow
@@ -166,7 +173,18 @@ class NumbaBackend(Backend):
     # at 16-24, widened 4-12 % faster from 32, bf16 faster below 16.)
     WIDEN_FROM = 32
 
+    # A tile of one stream (batch 1; a few streams over as many threads) reads the layers' matrices in strips of its
+    # block's width, each strip's rows one run of memory (`cpu._strip_products`), made at the first such tile and
+    # kept: a model run so holds its layers' weights twice. On r9y9's shape one Zen 4 core read them at 10-12 GB/s
+    # in the natural layout (rows 2 KB apart, which the hardware prefetchers do not follow across pages) and at
+    # 25-26 GB/s in strips (docs/BENCHMARKS.md); the same numbers, bit for bit. w8a8 has its own products.
+
     def _kernel_weights(self, tile: int):
+        if tile < self.WIDEN_FROM and tile == 1 and self.precision != "w8a8":
+            with self._panel_lock:
+                if self._stripped is None:
+                    self._stripped, self._make_stripped = self._make_stripped(), None
+            return self._stripped
         if tile < self.WIDEN_FROM or self.precision == "w8a8":
             return self.weights
         with self._panel_lock:  # made once, and the closure that holds the torch weights goes
