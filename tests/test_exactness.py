@@ -158,6 +158,40 @@ def test_numba_panel_tiles_equal_natural_tiles_bit_for_bit(name, monkeypatch):
 
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
+@pytest.mark.parametrize("precision", ["float32", "bf16", "int8"])
+def test_numba_lone_stream_strips_equal_natural_layout_bit_for_bit(precision, monkeypatch):
+    """A tile of one stream reads the layers' matrices in strips of its block's width (`cpu.strip_layout`): its
+    numbers are the natural layout's, bit for bit, teacher-forced and generating, at every precision that has them
+    (the same blocks, the same fma chains), and in float32 the training model's logits. 2G = 140 and R + S = 140
+    columns leave a whole strip and a short one (128 columns with 512-bit vectors, 64 with 256-bit)."""
+    from fastwavenet.backends import NumbaBackend
+    from fastwavenet.kernels import cpu
+
+    config = WaveNetConfig(sample_rate=8000, classes=32, residual_channels=20, gate_channels=70, skip_channels=120,
+                           head_channels=16, kernel_size=3, layers_per_stack=2, stacks=1)
+    model = random_model(config, 31)
+    gen = Generator(ModelFile(config, fold(model)), backend="numba", precision=precision)
+    monkeypatch.setattr(NumbaBackend, "_tile", staticmethod(lambda batch: 1))
+    steps = config.receptive_field + 9
+    codes = torch.randint(0, config.classes, (1, steps), generator=torch.Generator().manual_seed(32))
+    runs = {}
+    for layout in ("strips", "natural"):
+        if layout == "natural":
+            monkeypatch.setattr(gen.backend, "_kernel_weights", lambda tile: gen.backend.weights)
+        state = gen.new_state(1)
+        logits = gen.forward(state, codes)
+        runs[layout] = (logits, gen.generate_codes(state, 30, rng=np.random.default_rng(33)))
+        if layout == "strips":
+            strips = gen.backend._kernel_weights(1)
+            whole = -(-140 // cpu.STRIP)
+            assert strips.dilated_l.shape[1] == strips.out_l.shape[1] == whole >= 2  # read at tile 1
+            assert strips.dilated_l.dtype == gen.backend.weights.dilated_w.dtype
+    assert torch.equal(runs["strips"][0], runs["natural"][0]) and torch.equal(runs["strips"][1], runs["natural"][1])
+    if precision == "float32":
+        assert (runs["strips"][0] - model_logits(model, codes, None, None)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
 @pytest.mark.parametrize("name,precision", [("k4-odd", "float32"), ("mel+speaker", "float32"), ("k4-odd", "int8"),
                                             ("mel+speaker", "bf16"), ("k4-odd", "w8a8"), ("mel+speaker", "w8a8")])
 def test_numba_split_products_equal_tiles_bit_for_bit(name, precision, monkeypatch):
