@@ -514,10 +514,8 @@ def test_spread_layer_mode_follows_the_shape_and_the_knob(monkeypatch):
         gpu_spread.layer_mode(standard)
 
 
-@pytest.mark.skipif(DEVICE != "cpu" or "triton" not in BACKENDS, reason="the interpreter's check; CUDA runs the sweep")
-def test_spread_handover_probe_counts_every_round():
-    """The hand-over probe (benchmarks/gpu_spread_sweep.py times it on a GPU) under the interpreter, one program:
-    each round's tagged value is taken back whole, so the sum over rounds is exact, and nothing times out."""
+def spread_sweep():
+    """benchmarks/gpu_spread_sweep.py as a module (benchmarks/ is no package): its hand-over probe."""
     import importlib.util
     from pathlib import Path
 
@@ -525,6 +523,14 @@ def test_spread_handover_probe_counts_every_round():
     spec = importlib.util.spec_from_file_location("gpu_spread_sweep", path)
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
+    return sweep
+
+
+@pytest.mark.skipif(DEVICE != "cpu" or "triton" not in BACKENDS, reason="the interpreter's check; CUDA runs the sweep")
+def test_spread_handover_probe_counts_every_round():
+    """The hand-over probe (benchmarks/gpu_spread_sweep.py times it on a GPU) under the interpreter, one program:
+    each round's tagged value is taken back whole, so the sum over rounds is exact, and nothing times out."""
+    sweep = spread_sweep()
     talk = torch.zeros(3, dtype=torch.int64)
     fail = torch.zeros(1, dtype=torch.int32)
     sweep.handover_kernel[(1,)](talk, fail, 5, P=1, P_P=1)
@@ -537,13 +543,7 @@ def test_spread_wait_stops_once_the_launch_has_failed():
     gave up), instead of polling SPIN_LIMIT (2^24) times itself, so a failed launch ends and the host raises. Under
     the interpreter two programs of the hand-over probe run one after the other: the first waits for a value the
     second has not given, which never comes; with the flag up both finish their rounds at once."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_spread_sweep.py"
-    spec = importlib.util.spec_from_file_location("gpu_spread_sweep", path)
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = spread_sweep()
     talk = torch.zeros(6, dtype=torch.int64)
     fail = torch.ones(1, dtype=torch.int32)
     sweep.handover_kernel[(2,)](talk, fail, 3, P=2, P_P=2)
