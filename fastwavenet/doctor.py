@@ -91,6 +91,9 @@ class CompileRow:
 # Per-SM limits of the architectures we compile for (CUDA programming guide, "compute capabilities").
 _SM_LIMITS = {80: dict(registers=65536, shared=167936, blocks=32), 86: dict(registers=65536, shared=102400, blocks=16),
               89: dict(registers=65536, shared=102400, blocks=24), 90: dict(registers=65536, shared=232448, blocks=32)}
+# SMs of the target's usual data-centre card (A100 108, H100 SXM / H200 132; the spread kernel's programs a stream
+# are capped by them) and of a large consumer card for 86 and 89 (RTX 3090 82, RTX 4090 128)
+_SMS = {80: 108, 86: 82, 89: 128, 90: 132}
 
 
 def parse_targets(text: str) -> list[int]:
@@ -215,7 +218,7 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
                 signature = {**gpu.argument_types(dist), **{name: "constexpr" for name in constants}}
                 compiled(model_name, label, gpu._wavenet_kernel, signature, constants, gpu.launch_options(tile))
             spread = _spread_shapes(shapes)
-            programs = gpu_spread.programs_for(spread)
+            programs = gpu_spread.programs_for(spread, _SMS[target])
             for label, teacher, truncate, cond, _ in _variants(config, {"spread": programs}, modes):
                 constants = gpu_spread.launch_constants(spread, programs, teacher, cond, dist, truncate)
                 signature = {**gpu_spread.argument_types(dist), **{name: "constexpr" for name in constants}}

@@ -85,10 +85,10 @@ class CpuWeights(NamedTuple):
     dilated_p: np.ndarray  # (L, ceil(2G/P), k*R, P)
     out_p: np.ndarray      # (L, ceil((R+S)/P), G, P)
     # Lone-stream tiles only (`strip_layout`; (L, 0, 0, 0) otherwise): dilated_w and out_w again, in their own
-    # format, in strips of a lone stream's block width S (BLOCK.nv1 vectors), each strip's rows contiguous, which
+    # format, in strips of a lone stream's block width STRIP (BLOCK.nv1 vectors), each strip's rows contiguous, which
     # `_strip_products` reads.
-    dilated_l: np.ndarray  # (L, ceil(2G/S), k*R, S)
-    out_l: np.ndarray      # (L, ceil((R+S)/S), G, S)
+    dilated_l: np.ndarray  # (L, ceil(2G/STRIP), k*R, STRIP)
+    out_l: np.ndarray      # (L, ceil((R+S)/STRIP), G, STRIP)
 
 # fastmath lets reductions reassociate (so dot products vectorize): every flag but `arcp`, with which LLVM divides
 # vectors by an approximate reciprocal and a Newton step (vrcpps) but scalars exactly (vdivss). A loop that LLVM

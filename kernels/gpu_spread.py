@@ -27,7 +27,7 @@ need one:
   F_l read before the wait): one small product between a hand-over and the next. Then it closes layer l - 1 in its
   shares: x_{l-1} into the queue, x_l = x_{l-1} + br + Wr g_{l-1} handed over, its skip sums. Three buffers each for
   x and the gated vector (a vector is read up to two phases after it is written). The weights grow by the two fused
-  matrices a layer (r9y9's shape: 94.7 MB to 119.8 MB in float32); the logits stay within float32 rounding of the
+  matrices a layer (r9y9's shape: 94.7 MB to 119.9 MB in float32); the logits stay within float32 rounding of the
   training model's (the sums are reassociated, not rounded more: tests/test_exactness.py).
 
 Each program's share of the weights is the same for every sample, so it stays in that SM's L1 and in L2 when it fits
@@ -562,7 +562,7 @@ def layer_mode(w) -> str:
       it waits for the gated vector);
     - "fused": one phase a layer, each program computing its share of x_l and handing it over, the next layers'
       gates reading x_l two phases later through matrices fused with the residual weights (`fused_layers`): the
-      others (r9y9's LJSpeech shape, R = 512);
+      others (r9y9's LJSpeech shape, R = 512) in float32; with bf16 weights "split" until measured;
     - "split": two phases a layer (the gate, then the residual and skip outputs), each handing over its vector.
     FASTWAVENET_SPREAD_LAYERS (split, merged or fused) overrides it, for measuring."""
     import os
@@ -575,7 +575,10 @@ def layer_mode(w) -> str:
             raise ValueError(f"FASTWAVENET_SPREAD_LAYERS={override!r}: one of {', '.join(LAYER_MODES)}")
         return override
     R, G = w.embed.shape[2], w.dilated_b.shape[1] // 2
-    return "merged" if triton.next_power_of_2(R) * triton.next_power_of_2(G) <= 8192 else "fused"
+    if triton.next_power_of_2(R) * triton.next_power_of_2(G) <= 8192:
+        return "merged"
+    # bf16 weights: split, until measured (fused layers' float32 matrices would take r9y9's 47 MB past the L2)
+    return "split" if getattr(w.dilated_w, "dtype", None) == torch.bfloat16 else "fused"
 
 
 def _block(n: int, rows_p: int, budget: int = 2048) -> int:
@@ -634,11 +637,13 @@ def launch(codes, t0, u, w: SpreadWeights, queues, inputs, cond, logits_out, cod
     skip = torch.empty(B, constants["S"], device=device, dtype=torch.float32)
     x_own = torch.empty(B, P, constants["R"], device=device, dtype=torch.float32)
     fence = torch.zeros(B, P, device=device, dtype=torch.int32)
-    fail = torch.zeros(1, device=device, dtype=torch.int32)
     if not interpreted and P > resident_programs(device):
         raise RuntimeError(f"{P} programs a stream cannot all run at once on {resident_programs(device)} SMs "
                            f"(programs_for(w, resident_programs(device)) gives a count that can)")
     group = B if interpreted else max(1, resident_programs(device) // P)
+    # A failure flag for each launch group, 16 bytes apart (as Triton specializes pointers, so every group's launch
+    # is the one compiled variant): a group whose programs gave up stops its own waits, not the next group's
+    fail = torch.zeros(4 * -(-B // group), device=device, dtype=torch.int32)
     inputs_arg = inputs if inputs.numel() else torch.empty(B, dtype=torch.int64, device=device)
     layers = w.dilated_b.shape[0]
     split = constants["LAYERS"] == LAYER_MODES["split"]
@@ -648,13 +653,13 @@ def launch(codes, t0, u, w: SpreadWeights, queues, inputs, cond, logits_out, cod
         for lo, hi in spans:
             _spread_kernel[(P, min(group, B - first))](
                 codes, codes.stride(0), u, queues, inputs_arg, queues if cond is None else cond,
-                logits_out if teacher else queues, codes_out, talk, skip, x_own, fence, fail,
+                logits_out if teacher else queues, codes_out, talk, skip, x_own, fence, fail[4 * (first // group):],
                 w.embed, w.dilated_w, w.dilated_b, w.out_w, w.out_b, w.head1_w, w.head1_b, w.head2_w, w.head2_b,
                 w.dilations, w.offsets, w.fused_w, w.fused_b, t0, steps, lo, hi, first, B, w.dilated_b.shape[0],
                 queues.shape[1],
                 rules.temperature, rules.top_k, rules.top_p, rules.argmax, log_scale_min, **constants,
                 num_warps=num_warps)
-    if int(fail.item()):
+    if int(fail.max().item()):
         raise RuntimeError("the spread kernel gave up waiting: its programs were not all resident at once")
 
 

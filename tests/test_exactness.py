@@ -182,6 +182,7 @@ def test_numba_lone_stream_strips_equal_natural_layout_bit_for_bit(precision, mo
         logits = gen.forward(state, codes)
         runs[layout] = (logits, gen.generate_codes(state, 30, rng=np.random.default_rng(33)))
         if layout == "strips":
+            assert gen.backend._stripped is not None  # made by the calls above, which read them
             strips = gen.backend._kernel_weights(1)
             whole = -(-140 // cpu.STRIP)
             assert strips.dilated_l.shape[1] == strips.out_l.shape[1] == whole >= 2  # read at tile 1

@@ -164,7 +164,7 @@ class NumbaBackend(Backend):
         self._make_stripped, self._stripped = stripped, None
 
     # Streams per tile from which the layers' products read the weights as float32 panels (`cpu._panel_products`;
-    # made at the first such tile and kept, so a float32 model then holds its layers' weights twice). Narrow
+    # made at the first such tile and kept, so a float32 model then holds its layers' weights again). Narrow
     # weights save the weight traffic that bounds small tiles; a tile of many streams is bound by arithmetic, where
     # widening every weight in the inner loop costs more than it saves, and the panels' blocks of 12 streams read a
     # third of the weight bytes per fma that the 4 x 4 blocks of the natural layout read. The same numbers, bit for
@@ -175,7 +175,7 @@ class NumbaBackend(Backend):
 
     # A tile of one stream (batch 1; a few streams over as many threads) reads the layers' matrices in strips of its
     # block's width, each strip's rows one run of memory (`cpu._strip_products`), made at the first such tile and
-    # kept: a model run so holds its layers' weights twice. On r9y9's shape one Zen 4 core read them at 10-12 GB/s
+    # kept: another copy (up to three with the panels). On r9y9's shape one Zen 4 core read them at 10-12 GB/s
     # in the natural layout (rows 2 KB apart, which the hardware prefetchers do not follow across pages) and at
     # 25-26 GB/s in strips (docs/BENCHMARKS.md); the same numbers, bit for bit. w8a8 has its own products.
 

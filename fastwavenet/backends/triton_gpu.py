@@ -38,8 +38,8 @@ def keep_triton_key():
 
     from ..files import cache_root, write_json
 
-    original = cache.triton_key
-    if getattr(original, "kept_by_fastwavenet", False):
+    original = getattr(cache, "triton_key", None)  # (Triton before 3.5 keeps it elsewhere: left as it is)
+    if original is None or getattr(original, "kept_by_fastwavenet", False):
         return
     info = getattr(original, "cache_info", None)  # Triton's is an lru_cache
     if info is not None and info().currsize:
