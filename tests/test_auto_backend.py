@@ -191,7 +191,7 @@ def test_triton_key_is_kept_for_the_next_process(tmp_path, monkeypatch):
 
     cache_module = pytest.importorskip("triton.runtime.cache")
     if not hasattr(cache_module, "triton_key"):
-        pytest.skip("this Triton keeps its key elsewhere (before 3.5): nothing is kept")
+        pytest.skip("this Triton keeps its key elsewhere (older versions): nothing is kept")
     from fastwavenet.backends import triton_gpu
 
     calls = []
