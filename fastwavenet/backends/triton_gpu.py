@@ -38,7 +38,8 @@ def keep_triton_key():
 
     from ..files import cache_root, write_json
 
-    original = getattr(cache, "triton_key", None)  # (older Tritons keep it in triton.compiler.compiler: left as they are)
+    # (older Tritons keep it in triton.compiler.compiler: left as they are)
+    original = getattr(cache, "triton_key", None)
     if original is None or getattr(original, "kept_by_fastwavenet", False):
         return
     info = getattr(original, "cache_info", None)  # Triton's is an lru_cache
