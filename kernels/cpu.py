@@ -499,25 +499,11 @@ def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp
                         b += sb
                     c += BLOCK.nv * _L
             n = first + span
-        elif esize == 1:
-            while n + BLOCK.nv8 * _L <= last:
-                _LONE8(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
-                       ap + 4 * (g0 * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
-                n += BLOCK.nv8 * _L
         else:
-            while n + BLOCK.nv1 * _L <= last:
-                _LONE(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
-                      ap + 4 * (g0 * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
-                n += BLOCK.nv1 * _L
-        while n + BLOCK.nv * _L <= last:  # a lone stream's last vectors
-            _ONE(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
-                 ap + 4 * (g0 * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
-            n += BLOCK.nv * _L
-        if g1 - g0 == 1 and n + 2 * _L <= last:  # two vectors in one loop, two chains at once (a split's short part)
-            _TWO(w0, wp + esize * n, ldw, xp + 4 * g0 * ldx, ldx, yp + 4 * (g0 * ldy + n), ldy,
-                 ap + 4 * (g0 * lda + n), lda, bp + 4 * n, sp + 4 * n, K)
-            n += 2 * _L
-        for b in range(g0, g1):
+            _lone_columns(w0, wp, ldw, esize, xp + 4 * g0 * ldx, yp + 4 * g0 * ldy, ap + 4 * g0 * lda, bp, sp, K,
+                          first, last)
+            continue
+        for b in range(g0, g1):  # the columns past the blocks' span, stream by stream
             m = n
             while m + _L <= last:
                 _VEC(w0, wp + esize * m, ldw, xp + 4 * b * ldx, ldx, yp + 4 * (b * ldy + m), ldy,
@@ -529,41 +515,50 @@ def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp
                 m += 1
 
 
+@njit(**_OPTIONS, inline="always")
+def _lone_columns(w0, wp, ldw, esize, xp, yp, ap, bp, sp, K, n, last):
+    """One stream's outputs n .. last - 1 of a product whose column c of row i is at wp + esize * (i * ldw + c), its
+    sums and starts at yp + 4 * c and ap + 4 * c, bias and int8 scales at bp + 4 * c and sp + 4 * c: the widest lone
+    blocks first (int8's `_LONE8`, else `_LONE`), then a block of NV vectors, two vectors in one loop (two chains at
+    once: a split's short part), one vector, single values. `_products` (a lone stream) and `_strip_products` (a
+    strip) take a lone stream's columns here."""
+    if esize == 1:
+        while n + BLOCK.nv8 * _L <= last:
+            _LONE8(w0, wp + n, ldw, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
+            n += BLOCK.nv8 * _L
+    else:
+        while n + BLOCK.nv1 * _L <= last:
+            _LONE(w0, wp + esize * n, ldw, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
+            n += BLOCK.nv1 * _L
+    while n + BLOCK.nv * _L <= last:
+        _ONE(w0, wp + esize * n, ldw, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
+        n += BLOCK.nv * _L
+    if n + 2 * _L <= last:
+        _TWO(w0, wp + esize * n, ldw, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
+        n += 2 * _L
+    while n + _L <= last:
+        _VEC(w0, wp + esize * n, ldw, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
+        n += _L
+    while n < last:
+        _SCALAR(w0, wp + esize * n, ldw, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
+        n += 1
+
+
 @njit(**_OPTIONS)
-def _strip_products(sw, row0, K, bp, sp, xp, yp, ap, first, last, zp):
+def _strip_products(sw, row0, K, bp, sp, xp, yp, ap, first, last):
     """`_products` for one stream on weights in strips (`strip_layout`): sw (strips, rows, STRIP), the product's rows
-    row0 .. row0+K-1 of each strip, its outputs [first, last); bp, sp, xp, yp, ap, zp as there (one stream: no row
+    row0 .. row0+K-1 of each strip, its outputs [first, last); bp, sp, xp, yp, ap as there (one stream: no row
     strides). A lone stream's block walks one strip's rows, which lie one after another here: one run of memory
     the hardware prefetchers follow. In the natural layout they lie a row of the matrix apart (2 KB for r9y9's
     gate), and one Zen 4 core read r9y9's products at 10-12 GB/s that way against 25-26 GB/s in strips
-    (docs/BENCHMARKS.md). The same blocks, each output the same fma chain, as `_products`: the same numbers."""
+    (docs/BENCHMARKS.md). The same blocks (`_lone_columns`), each output the same fma chain: the same numbers."""
     S, rows, esize = sw.shape[2], sw.shape[1], sw.itemsize
     w0 = sw[0, 0, 0]
     yp, ap = yp - 4 * first, ap - 4 * first  # so that output n is at yp + 4 * n
     for strip in range((first // S), (last + S - 1) // S):
         c1 = min(last, strip * S + S)
         wp = sw.ctypes.data + esize * ((strip * rows + row0) * S - strip * S)  # column n of row i: wp + esize*(i*S + n)
-        n = max(first, strip * S)
-        if esize == 1:
-            while n + BLOCK.nv8 * _L <= c1:
-                _LONE8(w0, wp + n, S, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
-                n += BLOCK.nv8 * _L
-        else:
-            while n + BLOCK.nv1 * _L <= c1:
-                _LONE(w0, wp + esize * n, S, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
-                n += BLOCK.nv1 * _L
-        while n + BLOCK.nv * _L <= c1:
-            _ONE(w0, wp + esize * n, S, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
-            n += BLOCK.nv * _L
-        if n + 2 * _L <= c1:
-            _TWO(w0, wp + esize * n, S, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
-            n += 2 * _L
-        while n + _L <= c1:
-            _VEC(w0, wp + esize * n, S, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
-            n += _L
-        while n < c1:
-            _SCALAR(w0, wp + esize * n, S, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
-            n += 1
+        _lone_columns(w0, wp, S, esize, xp, yp, ap, bp, sp, K, max(first, strip * S), c1)
 
 
 # Rows of a panel each block takes in turn (32 KB of float32 at 32 columns, read from L1 by every block of streams
@@ -1041,9 +1036,9 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
             continue
         if parts == 1 and nb == 1 and sl.shape[0] > 0:  # one stream: the weights in strips
             if j == 0:
-                _strip_products(sl, 0, R, bias, ws, xp, zc, ap, 0, G2, zp)
+                _strip_products(sl, 0, R, bias, ws, xp, zc, ap, 0, G2)
             else:
-                _strip_products(sl, j * R, R, zp, ws, xp, zc, zc, 0, G2, zp)
+                _strip_products(sl, j * R, R, zp, ws, xp, zc, zc, 0, G2)
             continue
         if parts == 1 and pl.shape[0] > 0:  # many streams: the weights in panels
             if j == 0:
@@ -1106,8 +1101,8 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
         return
     if parts == 1 and nb == 1 and sl.shape[0] > 0:
         if residual:
-            _strip_products(sl, 0, G, obp, osp, gp, xp, xp, 0, R, zp)
-        _strip_products(sl, 0, G, obp, osp, gp, sp, sp, R, R + S, zp)
+            _strip_products(sl, 0, G, obp, osp, gp, xp, xp, 0, R)
+        _strip_products(sl, 0, G, obp, osp, gp, sp, sp, R, R + S)
         return
     if parts == 1 and pl.shape[0] > 0:
         if residual:

@@ -180,17 +180,18 @@ class NumbaBackend(Backend):
     # 25-26 GB/s in strips (docs/BENCHMARKS.md); the same numbers, bit for bit. w8a8 has its own products.
 
     def _kernel_weights(self, tile: int):
-        if tile < self.WIDEN_FROM and tile == 1 and self.precision != "w8a8":
-            with self._panel_lock:
-                if self._stripped is None:
-                    self._stripped, self._make_stripped = self._make_stripped(), None
-            return self._stripped
-        if tile < self.WIDEN_FROM or self.precision == "w8a8":
+        if self.precision == "w8a8" or 1 < tile < self.WIDEN_FROM:
             return self.weights
-        with self._panel_lock:  # made once, and the closure that holds the torch weights goes
-            if self._panelled is None:
-                self._panelled, self._make_panelled = self._make_panelled(), None
-        return self._panelled
+        return self._made("_stripped" if tile < self.WIDEN_FROM else "_panelled")
+
+    def _made(self, name: str):
+        """The copy `name` (`_panelled`, `_stripped`), made by `_make` + its name the first time and kept (its maker,
+        a closure that may hold the torch weights, then goes)."""
+        with self._panel_lock:
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(self, "_make" + name)())
+                setattr(self, "_make" + name, None)
+            return getattr(self, name)
 
     def _split_parts(self, batch: int) -> int:
         """The parts each product is split in for `batch` streams: 1, tiles of streams across the threads
