@@ -12,6 +12,7 @@ nowhere, so it was settled by likelihood, with `fastwavenet score` (bits per sam
                                                                            reversed          (used)
     sample-temp1-seed100.wav (the model's own output)         13.97            13.44             4.42
     espeak-ng speech, resampled to 4 kHz                      16.32            16.51             6.69
+    LJSpeech LJ001-0032 at 4 kHz (tests/data)                 17.03            16.03             6.53
     uniform noise in [-0.5, 0.5]                              36.53            36.24            16.51
 
 (reversing only the dilated taps gave 11.40 on the model's own output).
