@@ -218,6 +218,33 @@ def test_numba_split_products_equal_tiles_bit_for_bit(name, precision, monkeypat
 
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
+@pytest.mark.parametrize("precision", ["float32", "bf16", "int8"])
+def test_numba_split_blocks_in_strips_equal_tiles_bit_for_bit(precision, monkeypatch):
+    """A split part's weight blocks lie in strips of a lone stream's block width (`cpu.split_blocks`): three streams
+    split in two parts get the numbers of one tile of three, which reads the natural layout, bit for bit. Widths
+    that give a part's gate block a whole strip and a short one (G = 300: 256 and 44 columns), its output block two
+    strips (R = 256, S = 200: 128 residual and 112 skip columns), and 128-column residual shares on which the skip
+    columns start a strip (with 512-bit vectors; with 256-bit ones, strips of 64)."""
+    from fastwavenet.backends import NumbaBackend
+    from fastwavenet.kernels import cpu
+
+    config = WaveNetConfig(sample_rate=8000, classes=32, residual_channels=256, gate_channels=600, skip_channels=200,
+                           head_channels=16, kernel_size=2, layers_per_stack=2, stacks=1)
+    gen = Generator(ModelFile(config, fold(random_model(config, 41))), backend="numba", precision=precision)
+    gate, out = cpu.split_blocks(gen.backend.weights, 2)
+    assert gate.shape[3] >= 2 and out.shape[2] >= 2  # strips
+    steps = config.receptive_field + 9
+    codes = torch.randint(0, config.classes, (3, steps), generator=torch.Generator().manual_seed(42))
+    runs = {}
+    for parts in (1, 2):
+        monkeypatch.setattr(NumbaBackend, "_split_parts", lambda self, batch, parts=parts: parts)
+        state = gen.new_state(3)
+        logits = gen.forward(state, codes)
+        runs[parts] = (logits, gen.generate_codes(state, 20, rng=np.random.default_rng(43)))
+    assert torch.equal(runs[1][0], runs[2][0]) and torch.equal(runs[1][1], runs[2][1])
+
+
+@pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
 @pytest.mark.parametrize("precision", ["float32", "int8", "w8a8"])
 def test_numba_split_backend_equals_numba_bit_for_bit(precision):
     """`numba-split` at one stream (each product split between numba's threads) gives `numba`'s numbers bit for

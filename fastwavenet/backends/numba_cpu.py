@@ -174,7 +174,7 @@ class NumbaBackend(Backend):
     WIDEN_FROM = 32
 
     # A tile of one stream (batch 1; a few streams over as many threads) reads the layers' matrices in strips of its
-    # block's width, each strip's rows one run of memory (`cpu._strip_products`), made at the first such tile and
+    # block's width, each strip's rows one run of memory (`cpu._strips`), made at the first such tile and
     # kept: another copy (up to three with the panels). On r9y9's shape one Zen 4 core read them at 10-12 GB/s
     # in the natural layout (rows 2 KB apart, which the hardware prefetchers do not follow across pages) and at
     # 25-26 GB/s in strips (docs/BENCHMARKS.md); the same numbers, bit for bit. w8a8 has its own products.
