@@ -125,9 +125,9 @@ def cmd_score(args):
     for r in results:
         print(f"{r['bits_per_sample']:8.4f} bits/sample  {r['samples']:>9} samples  {r['path']}")
     if len(results) > 1:  # the corpus's own figure: every scored sample counts once, whichever file it is in
-        samples = sum(r["samples"] for r in results)
-        bits = sum(r["bits_per_sample"] * r["samples"] for r in results) / samples
-        print(f"{bits:8.4f} bits/sample  {samples:>9} samples  all {len(results)} files")
+        samples, scored = sum(r["samples"] for r in results), sum(r["scored"] for r in results)
+        bits = sum(r["bits_per_sample"] * r["scored"] for r in results) / scored
+        print(f"{bits:8.4f} bits/sample  {samples:>9} samples  all {len(results)} files ({scored} scored)")
 
 
 def cmd_doctor(args):
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("score", help="teacher-forced bits per sample of audio files under a model, each and all together")
+    p = sub.add_parser("score", help="teacher-forced bits per sample of audio files, each and all together")
     p.add_argument("model")
     p.add_argument("audio", nargs="+")
     p.add_argument("--json", action="store_true")

@@ -65,9 +65,10 @@ def _generator_forward(model: ModelFile, precision: str):
 
 
 def score_files(model: str | os.PathLike | ModelFile, paths, precision: str = "float32") -> list[dict]:
-    """Bits per sample of each audio file (resampled to the model's rate): [{"path", "samples", "bits_per_sample"}].
-    precision "bf16" scores the model with its matrices rounded to bf16, as a bf16 generator computes; w8a8 runs
-    the numba generator teacher-forced (its 8-bit activations are that kernel's), slower than the torch forward."""
+    """Bits per sample of each audio file (resampled to the model's rate): [{"path", "samples", "scored",
+    "bits_per_sample"}], `scored` the samples predicted (all but the first receptive field, `score_codes`).
+    precision "bf16" scores the model with its matrices rounded to bf16, as a bf16 generator computes; w8a8 runs the
+    numba generator teacher-forced (its 8-bit activations are that kernel's), slower than the torch forward."""
     model = model if isinstance(model, ModelFile) else load_model(model)
     forward = _generator_forward(model, precision) if precision == "w8a8" else None
     model = ModelFile(model.config, rounded(model.weights, precision))
@@ -75,5 +76,6 @@ def score_files(model: str | os.PathLike | ModelFile, paths, precision: str = "f
     for path in paths:
         samples = audio.read(path, model.config.sample_rate)
         results.append({"path": str(path), "samples": len(samples),
+                        "scored": len(samples) - model.config.receptive_field,
                         "bits_per_sample": score_audio(model, samples, forward)})
     return results

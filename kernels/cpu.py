@@ -546,12 +546,14 @@ def _lone_columns(w0, wp, ldw, esize, xp, yp, ap, bp, sp, K, n, last):
 
 @njit(**_OPTIONS)
 def _strips(sw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
-    """`_products` on weights in strips (`strip_layout`): sw (strips, rows, STRIP), the product's rows row0 ..
+    """`_products` on weights in strips (`strip_layout`): sw (strips, rows, width), the product's rows row0 ..
     row0+K-1 of each strip, its outputs [first, last); the rest as there. A block walks one strip's rows, which lie
     one after another here: one run of memory the hardware prefetchers follow. In the natural layout they lie a row
     of the matrix apart (2 KB for r9y9's gate), and one Zen 4 core read r9y9's products at 10-12 GB/s that way
     against 25-26 GB/s in strips (docs/BENCHMARKS.md). Each strip is a product of its own, through the same blocks
-    (a lone stream's: `_lone_columns`), each output the same fma chain: the same numbers."""
+    (a lone stream's: `_lone_columns`), each output the same fma chain: the same numbers. (Tiles of several streams
+    ask for their next chunk ahead by a strip's bytes, not the whole block's (`_PREFETCH_FROM`): a split of a few
+    streams over more cores than the 2 measured may ask less than before; not measured.)"""
     S = sw.shape[2]
     for strip in range(first // S, (last + S - 1) // S):
         c0, c1 = max(first, strip * S), min(last, strip * S + S)

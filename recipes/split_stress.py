@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fastwavenet import preset
-from fastwavenet.backends.numba_cpu import NumbaBackend, numba_threads
+from fastwavenet.backends.numba_cpu import NumbaBackend, _aligned, numba_threads
 from fastwavenet.bench import random_model_file
 from fastwavenet.kernels import cpu
 from kernel_timing import load_kernel
@@ -42,13 +42,14 @@ def main():
     for precision in precisions:
         backend = NumbaBackend(config, model.weights, torch.device("cpu"), precision)
         weights = backend._kernel_weights(1)
+        blocks = tuple(_aligned(a) for a in kernel.split_blocks(backend.weights, parts))  # the kernel's own layout
 
         def run(split: bool) -> np.ndarray:
             state = backend.new_state(1, 0.0)
             out = np.zeros((1, T, config.output_channels), np.float32)
             arrays = (weights, state.queues.numpy(), state.inputs.numpy(), cond, out)
             if split:
-                kernel.teacher_forced_split(codes, True, 0, *arrays, parts, *backend._blocks(parts))
+                kernel.teacher_forced_split(codes, True, 0, *arrays, parts, *blocks)
             else:
                 kernel.teacher_forced(codes, True, 0, 1, *arrays)
             return out[0]

@@ -219,12 +219,15 @@ def test_numba_split_products_equal_tiles_bit_for_bit(name, precision, monkeypat
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
 @pytest.mark.parametrize("precision", ["float32", "bf16", "int8"])
-def test_numba_split_blocks_in_strips_equal_tiles_bit_for_bit(precision, monkeypatch):
-    """A split part's weight blocks lie in strips of a lone stream's block width (`cpu.split_blocks`): three streams
-    split in two parts get the numbers of one tile of three, which reads the natural layout, bit for bit. Widths
-    that give a part's gate block a whole strip and a short one (G = 300: 256 and 44 columns), its output block two
-    strips (R = 256, S = 200: 128 residual and 112 skip columns), and 128-column residual shares on which the skip
-    columns start a strip (with 512-bit vectors; with 256-bit ones, strips of 64)."""
+@pytest.mark.parametrize("batch", [1, 3])
+def test_numba_split_blocks_in_strips_equal_tiles_bit_for_bit(precision, batch, monkeypatch):
+    """A split part's weight blocks lie in strips of a lone stream's block width (`cpu.split_blocks`): one stream
+    (a lone stream's blocks) or three (blocks of several) split in two parts get the numbers of the numba path's
+    tiles (strips of their own for a lone stream, the natural layout for more), bit for bit. Widths that give each
+    part's gate halves several strips, whole and short (G = 600: 384 and 216 columns with 512-bit vectors, strips
+    of 128; 320 and 280 with 256-bit vectors, strips of 64), and its output block two or more (R = 256, S = 200:
+    128 residual columns, on which the skip columns start a strip, then 112 and 88 skip columns with 512-bit
+    vectors, 128 and 72 with 256-bit)."""
     from fastwavenet.backends import NumbaBackend
     from fastwavenet.kernels import cpu
 
@@ -234,11 +237,11 @@ def test_numba_split_blocks_in_strips_equal_tiles_bit_for_bit(precision, monkeyp
     gate, out = cpu.split_blocks(gen.backend.weights, 2)
     assert gate.shape[3] >= 2 and out.shape[2] >= 2  # strips
     steps = config.receptive_field + 9
-    codes = torch.randint(0, config.classes, (3, steps), generator=torch.Generator().manual_seed(42))
+    codes = torch.randint(0, config.classes, (batch, steps), generator=torch.Generator().manual_seed(42))
     runs = {}
     for parts in (1, 2):
         monkeypatch.setattr(NumbaBackend, "_split_parts", lambda self, batch, parts=parts: parts)
-        state = gen.new_state(3)
+        state = gen.new_state(batch)
         logits = gen.forward(state, codes)
         runs[parts] = (logits, gen.generate_codes(state, 20, rng=np.random.default_rng(43)))
     assert torch.equal(runs[1][0], runs[2][0]) and torch.equal(runs[1][1], runs[2][1])

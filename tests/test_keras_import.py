@@ -97,12 +97,12 @@ def test_speech_is_far_likelier_than_noise(imported, speech):
 def test_narrow_weights_cost_little_on_unseen_speech(imported, speech):
     """What bf16 and int8 weights cost on speech the model was not trained on, in bits per sample (this clip:
     float32 6.527, bf16 +0.0005, int8 +0.046; over 310 s of other speakers' speech about +0.002 and +0.05:
-    docs/BENCHMARKS.md, int8 weights). The bounds are about twice what was measured."""
+    docs/BENCHMARKS.md, int8 weights). The bounds: about twice int8's cost here, four times bf16's."""
     bits = {precision: score_files(imported, [speech], precision)[0]["bits_per_sample"]
             for precision in ("float32", "bf16", "int8")}
     assert bits["float32"] < 7.0
     assert 0 < bits["int8"] - bits["float32"] < 0.1
-    assert abs(bits["bf16"] - bits["float32"]) < 0.005
+    assert abs(bits["bf16"] - bits["float32"]) < 0.002
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

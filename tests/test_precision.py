@@ -13,7 +13,7 @@ from fastwavenet.folded import fold, unfold
 from fastwavenet.errors import FastWaveNetError
 from fastwavenet.folded import MATRICES, int8_parts, rounded
 from fastwavenet.generator import Generator
-from fastwavenet.modelfile import ModelFile
+from fastwavenet.modelfile import ModelFile, load_model
 
 from helpers import one_triton_on_cpu, random_model, run_cli, save_models
 from test_exactness import CONFIGS, conditioning_inputs, model_logits, teacher_steps
@@ -212,13 +212,17 @@ def test_generate_and_score_take_the_precision_on_the_command_line(tmp_path, sin
         scores[precision] = json.loads(result.stdout)[0]["bits_per_sample"]
     for precision in ("bf16", "int8"):
         assert scores[precision] != scores["float32"] and abs(scores[precision] - scores["float32"]) < 0.05
-    files = [sine_folder / "tone0.wav", sine_folder / "tone1.wav"]
+    files = [sine_folder / "tone0.wav", sine_folder / "stereo.flac"]  # of two lengths
     result = run_cli("score", models["tiny"], *files)
     lines = result.stdout.splitlines()
     assert result.returncode == 0 and len(lines) == 3, result.stderr
     rows = json.loads(run_cli("score", models["tiny"], *files, "--json").stdout)
-    mean = sum(r["bits_per_sample"] * r["samples"] for r in rows) / sum(r["samples"] for r in rows)
-    assert lines[2].split()[0] == f"{mean:.4f}" and lines[2].endswith("all 2 files")
+    rf = load_model(models["tiny"]).config.receptive_field
+    assert [r["scored"] for r in rows] == [r["samples"] - rf for r in rows]
+    assert rows[0]["samples"] != rows[1]["samples"]
+    scored = sum(r["scored"] for r in rows)
+    mean = sum(r["bits_per_sample"] * r["scored"] for r in rows) / scored
+    assert lines[2].split()[0] == f"{mean:.4f}" and lines[2].endswith(f"all 2 files ({scored} scored)")
     result = run_cli("generate", "--model", models["tiny"], "-o", tmp_path / "a.wav", "--seconds", "0.05",
                      "--precision", "bf16", "--quiet")
     assert result.returncode == 0, result.stderr
