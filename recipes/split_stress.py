@@ -22,10 +22,13 @@ import numpy as np
 import torch
 
 from fastwavenet import preset
-from fastwavenet.backends.numba_cpu import NumbaBackend, _aligned, numba_threads
+from fastwavenet.backends.numba_cpu import NumbaBackend, numba_threads
 from fastwavenet.bench import random_model_file
 from fastwavenet.kernels import cpu
 from kernel_timing import load_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from cpu_split import _blocks  # noqa: E402  (benchmarks/ is no package)
 
 
 def main():
@@ -42,7 +45,7 @@ def main():
     for precision in precisions:
         backend = NumbaBackend(config, model.weights, torch.device("cpu"), precision)
         weights = backend._kernel_weights(1)
-        blocks = tuple(_aligned(a) for a in kernel.split_blocks(backend.weights, parts))  # the kernel's own layout
+        blocks = _blocks(kernel, backend.weights, parts)  # the kernel's own layout
 
         def run(split: bool) -> np.ndarray:
             state = backend.new_state(1, 0.0)
