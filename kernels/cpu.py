@@ -49,9 +49,10 @@ class CpuWeights(NamedTuple):
     """The generator's weights as the CPU kernel reads them (float32 unless said; matrices in-major, (in, out), the
     folded layout of fastwavenet/folded.py). The four matrices may instead be bf16, stored as uint16 bit patterns
     (the upper half of a float32), or int8 with float32 scales per output column (folded.int8_parts, weight
-    q * scale): the kernel widens each weight to float32 in registers and accumulates in float32, so it computes
-    exactly what the float32 kernel computes on the same rounded weights, reading a half or a quarter of the bytes.
-    The scales are empty ((L, 0) or (0,)) unless the matrices are int8."""
+    q * scale): the kernel widens each weight to float32 in registers and accumulates in float32, reading a half or
+    a quarter of the bytes. At bf16 it computes exactly what the float32 kernel computes on the same rounded weights;
+    at int8 it sums x * q and multiplies by the scales once per chunk of rows (`_INT8_CHUNK`), a few float32
+    roundings from that. The scales are empty ((L, 0) or (0,)) unless the matrices are int8."""
 
     embed: np.ndarray      # (k_in, C, R) input taps as tables, j = 0 oldest; the newest holds the bias;
                            # scalar input: (1, 2, R), x = value * embed[0, 0] + embed[0, 1]
@@ -79,9 +80,9 @@ class CpuWeights(NamedTuple):
     out_c: np.ndarray      # (L, R+S)
     head1_c: np.ndarray    # (H,)
     head2_c: np.ndarray    # (O,)
-    # Many-stream tiles only (`panel_layout`; (L, 0, 0, 0) otherwise): dilated_w and out_w again, float32, in
-    # panels of BLOCK.panel columns, each panel's rows contiguous, which `_panel_products` reads. Where they are
-    # given, dilated_w and out_w may be empty ((L, 0, 0)): the kernel then reads only these.
+    # Many-stream tiles only (`panel_layout`; (L, 0, 0, 0) otherwise): dilated_w and out_w again, float32 (bf16's
+    # widened) or int8, in panels of BLOCK.panel columns, each panel's rows contiguous, which `_panel_products`
+    # reads. Where they are given, dilated_w and out_w may be empty ((L, 0, 0)): the kernel then reads only these.
     dilated_p: np.ndarray  # (L, ceil(2G/P), k*R, P)
     out_p: np.ndarray      # (L, ceil((R+S)/P), G, P)
     # Lone-stream tiles only (`strip_layout`; (L, 0, 0, 0) otherwise): dilated_w and out_w again, in their own
@@ -282,20 +283,33 @@ def _pin(builder, slots, vec):
         builder.store(builder.extract_value(pinned, i), a)
 
 
+# Rows of an int8 product per chunk: y = (a + bias), then for each chunk of rows c (rows 0-63, 64-127, .. of the
+# product) y = fma(sum_{i in c} x[i] * q[i, n], scale[n], y), each chunk's sum one fma chain in row order from -0.0.
+# Every block follows the chunks, whether it is handed all the rows (a lone stream's) or a chunk at a time (a tile's,
+# `_CHUNK`; panels', `_PANEL_CHUNK`), so a stream's numbers are the same in any of them. Against widening each weight
+# to q * scale (one multiply per weight, then the fma: exactly float32 on the rounded weights): r9y9's shape at
+# batch 1 ran 1.2x on Zen 4, where the two floating-point operations per weight bound it; the factored sums differ
+# from float32 on the rounded weights by a few float32 roundings (tests/test_precision.py).
+_INT8_CHUNK = 64
+
+
 def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = False):
     """An intrinsic computing one block: y[s, n] (s < sb, n < nv * lanes) = (a[s, n] + bias[n]) + sum_i x[s, i] *
     w[i, n], each output one fma chain over i = 0 .. k-1 starting from a + bias (a is where the sum so far lives, or
     zeros; y may be a). Arguments: a weight (its type says float32, bf16 bits (uint16) or int8, widened in
-    registers; its value is not used), then addresses and row strides in elements (intp):
-    (weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale, k). int8 weights are widened to fl(q * scale[n]), scale
-    the output columns' float32 scales (read only for int8). With `prefetch`, two more: an address ahead and a
+    registers; int32 says float32 values of int8 q, widened already; its value is not used), then addresses and row
+    strides in elements (intp): (weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale, k). int8 weights q are widened
+    to float32 exactly and their scale factored out, chunk by chunk (`_INT8_CHUNK`), scale the output columns'
+    float32 scales (read only for int8). With `prefetch`, two more: an address ahead and a
     stride in bytes: the block asks for the cache line at ahead + i * stride in iteration i, so weights to come
     arrive while these are used (a burst of prefetches before the block, measured against this, stalled it:
     docs/BENCHMARKS.md). With `pin`, each stream's sums are pinned after its fmas (`_pin`)."""
 
     def typed(weight):
         bf16 = weight == types.uint16
-        int8 = weight == types.int8
+        # int8 q (int8), or q already widened, as float32 (the type int32 says so: `_panel_products`' panels)
+        widened = weight == types.int32
+        int8 = weight == types.int8 or widened
         # bf16 in pairs of vectors: one load of 2 x lanes weights as 32-bit words, widened by a shift (the even
         # columns) and a mask (the odd ones), two plain ALU operations, where a vector at a time takes a widening
         # load (a shuffle) and a shift each. The pair's accumulators then hold its even and its odd columns, put
@@ -308,7 +322,7 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = Fal
             i64 = ir.IntType(64)
             f32 = ir.FloatType()
             vec = ir.VectorType(f32, lanes)
-            element = ir.IntType(16) if bf16 else ir.IntType(8) if int8 else f32
+            element = ir.IntType(16) if bf16 else ir.IntType(8) if int8 and not widened else f32
             name = f"llvm.fma.v{lanes}f32"
             fma = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                                                  name)
@@ -341,12 +355,14 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = Fal
                     else:
                         builder.store(starts[s][v], accs[s][v])
             wide = ir.VectorType(i32, lanes)
-            # int8: each vector's column scales, loaded once; the widened weight is the exact int -> float32
-            # conversion times its scale, one IEEE multiply (no fast-math flags), which folded.rounded computes too
+            # int8, scale factored out (`_INT8_CHUNK`): the sums of x * q start from -0.0 and, every chunk of rows,
+            # go onto the outputs as one fma by the column scales (loaded once), where a multiply per weight (the
+            # scale into the widened weight) was a second floating-point operation beside each fma
             scales = [builder.load(vector_at(sptr, ir.Constant(i64, v * lanes)), align=4) for v in range(nv)] \
                 if int8 else None
-            with cgutils.for_range(builder, k) as loop:
-                i = loop.index
+            totals = [[cgutils.alloca_once(builder, vec) for _ in range(nv)] for _ in range(sb)] if int8 else None
+
+            def rows(i):  # the fmas of row i
                 row = builder.mul(i, ldw)
                 if prefetch:
                     _emit_prefetch(builder, builder.add(args[12], builder.mul(i, args[13])))
@@ -359,11 +375,11 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = Fal
                         weights.append(builder.bitcast(builder.and_(words, ir.Constant(wide, [-65536] * lanes)), vec))
                         continue
                     at = vector_at(wptr, builder.add(row, ir.Constant(i64, v * lanes)), ir.VectorType(element, lanes))
-                    wv = builder.load(at, align=2 if bf16 else 1 if int8 else 4)
+                    wv = builder.load(at, align=2 if bf16 else 1 if element != f32 else 4)
                     if bf16:
                         wv = builder.bitcast(builder.shl(builder.zext(wv, wide), ir.Constant(wide, [16] * lanes)), vec)
-                    elif int8:
-                        wv = builder.fmul(builder.sitofp(builder.sext(wv, wide), vec), scales[v])
+                    elif int8 and not widened:  # q exactly, as float32
+                        wv = builder.sitofp(builder.sext(wv, wide), vec)
                     weights.append(wv)
                 for s in range(sb):
                     xs = builder.load(builder.gep(xptr, [builder.add(builder.mul(ir.Constant(i64, s), ldx), i)]))
@@ -374,19 +390,43 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = Fal
                         builder.store(builder.call(fma, [splat, weights[v], builder.load(accs[s][v])]), accs[s][v])
                     if pin and s < sb - 1:
                         _pin(builder, accs[s], vec)
+
+            if int8:
+                negative_zero = ir.Constant(vec, [-0.0] * lanes)
+                for s in range(sb):
+                    for v in range(nv):
+                        builder.store(builder.load(accs[s][v]), totals[s][v])
+                        builder.store(negative_zero, accs[s][v])
+                chunk = ir.Constant(i64, _INT8_CHUNK)
+                with cgutils.for_range(builder, builder.sdiv(builder.add(k, ir.Constant(i64, _INT8_CHUNK - 1)),
+                                                             chunk)) as chunks:
+                    r0 = builder.mul(chunks.index, chunk)
+                    left = builder.sub(k, r0)
+                    count = builder.select(builder.icmp_signed("<", left, chunk), left, chunk)
+                    with cgutils.for_range(builder, count) as loop:
+                        rows(builder.add(r0, loop.index))
+                    for s in range(sb):  # the chunk's sums onto the outputs, then a fresh chunk
+                        for v in range(nv):
+                            builder.store(builder.call(fma, [builder.load(accs[s][v]), scales[v],
+                                                             builder.load(totals[s][v])]), totals[s][v])
+                            builder.store(negative_zero, accs[s][v])
+            else:
+                with cgutils.for_range(builder, k) as loop:
+                    rows(loop.index)
             # back to column order: output j of a pair is its even vector's lane j / 2 or its odd vector's
             back = [[j // 2 + (lanes if j % 2 else 0) for j in range(half * lanes, (half + 1) * lanes)]
                     for half in (0, 1)]
+            sums = totals if int8 else accs
             for s in range(sb):
                 for v in range(nv):
                     offset = builder.add(builder.mul(ir.Constant(i64, s), ldy), ir.Constant(i64, v * lanes))
                     at = vector_at(yptr, offset)
                     if paired:
                         first = v - v % 2
-                        out = builder.shuffle_vector(builder.load(accs[s][first]), builder.load(accs[s][first + 1]),
+                        out = builder.shuffle_vector(builder.load(sums[s][first]), builder.load(sums[s][first + 1]),
                                                      order(back[v % 2]))
                     else:
-                        out = builder.load(accs[s][v])
+                        out = builder.load(sums[s][v])
                     builder.store(out, at, align=4)
             return context.get_dummy_value()
 
@@ -438,7 +478,7 @@ _NO_BLOCKS, _NO_GATE_BLOCKS = np.zeros((0, 0, 0, 0, 0), np.float32), np.zeros((0
 # sums so far plus -0.0 (`_scratch`'s `zeros`), an identity for every float, so each output is still the one fma
 # chain in input order it was unchunked.
 _GROUP = 64
-_CHUNK = 64
+_CHUNK = _INT8_CHUNK
 # Bytes of weights a product reads from which its chunks are prefetched: vocoder-size products (r9y9's, at every
 # precision); `standard`'s (32-256 KB, from L2) ran 10 % slower at 8 streams with the prefetches.
 _PREFETCH_FROM = 192 << 10
@@ -565,6 +605,7 @@ def _strips(sw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp)
 # Rows of a panel each block takes in turn (32 KB of float32 at 32 columns, read from L1 by every block of streams
 # while the next chunk is prefetched).
 _PANEL_CHUNK = 256
+assert _PANEL_CHUNK % _INT8_CHUNK == 0  # (so int8 panels' blocks, chunking their rows, meet `_INT8_CHUNK`'s chunks)
 
 
 def panel_layout(m: np.ndarray, panel: int = BLOCK.panel, dtype=np.float32) -> np.ndarray:
@@ -589,49 +630,62 @@ def strip_layout(m: np.ndarray, width: int = STRIP) -> np.ndarray:
 
 
 @njit(**_OPTIONS, inline="always")
-def _panel_block(d, ask, w0, wk, P, x, ldx, at, ldy, a, la, bias, kc, ahead, stride):
-    """One panel block of BLOCK.ps - d streams (d <= 4), asking for lines ahead where `ask` (`_micro`)."""
+def _panel_block(d, ask, w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc, ahead, stride):
+    """One panel block of BLOCK.ps - d streams (d <= 4), asking for lines ahead where `ask` (`_micro`); scale: an
+    int8 panel's column scales' address."""
     if ask:
         if d == 0:
-            _PA0(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, ahead, stride)
+            _PA0(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc, ahead, stride)
         elif d == 1:
-            _PA1(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, ahead, stride)
+            _PA1(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc, ahead, stride)
         elif d == 2:
-            _PA2(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, ahead, stride)
+            _PA2(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc, ahead, stride)
         elif d == 3:
-            _PA3(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, ahead, stride)
+            _PA3(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc, ahead, stride)
         else:
-            _PA4(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, ahead, stride)
+            _PA4(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc, ahead, stride)
     elif d == 0:
-        _PB0(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+        _PB0(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc)
     elif d == 1:
-        _PB1(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+        _PB1(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc)
     elif d == 2:
-        _PB2(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+        _PB2(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc)
     elif d == 3:
-        _PB3(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+        _PB3(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc)
     else:
-        _PB4(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+        _PB4(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc)
 
 
 @njit(**_OPTIONS)
-def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
+def _panel_products(pw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
     """`_products` for many streams, on float32 weights in panels (`panel_layout`): pw (panels, rows, P), the
-    product's rows row0 .. row0+K-1 of each panel, its outputs [first, last). Each panel's chunk of `_PANEL_CHUNK`
-    rows is taken by every block of streams in turn, from L1: the fewest blocks of at most PS streams (x PV vectors),
-    their sizes within one of each other and at least PS - 4 (32 streams as 11 + 11 + 10, not 12 + 12 + 4 + 4, whose
-    blocks of 4 ran at half the rate: 1.04-1.09x on r9y9's step at tiles of 32); tiles too small for that take
-    blocks of PS, then 4, then 1. For products of `_PREFETCH_FROM` bytes or more the whole blocks ask for the next
-    chunk as they go, each its share, a few bytes on every iteration (`spread`). Each output is the same fma chain
-    as in `_products` (a chunk goes on from the sums so far plus -0.0), so the layouts give the same numbers."""
+    product's rows row0 .. row0+K-1 of each panel, its outputs [first, last). Where sp (column scales) is given, pw
+    holds an int8 matrix's q as float32 (widened once, not in the loop, which at 64 streams of r9y9's shape ran
+    0.89x) and the scales are factored out as int8's are (`_INT8_CHUNK`): int8's numbers. Each panel's chunk of
+    `_PANEL_CHUNK` rows is taken by every block of streams in turn, from L1: the fewest blocks of at most PS
+    streams (x PV vectors), their sizes within one of each other and at least PS - 4 (32 streams as 11 + 11 + 10,
+    not 12 + 12 + 4 + 4, whose blocks of 4 ran at half the rate: 1.04-1.09x on r9y9's step at tiles of 32); tiles
+    too small for that take blocks of PS, then 4, then 1. For products of `_PREFETCH_FROM` bytes or more the whole
+    blocks ask for the next chunk as they go, each its share, a few bytes on every iteration (`spread`). Each
+    output is the same fma chain as in `_products` (a chunk goes on from the sums so far plus -0.0), so the layouts
+    give the same numbers."""
+    if sp != 0:  # the blocks' weight type says: widened int8 (`_micro`)
+        _panels(np.int32(0), pw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp)
+    else:
+        _panels(pw[0, 0, 0], pw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp)
+
+
+@njit(**_OPTIONS)
+def _panels(w0, pw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
+    """`_panel_products` through the blocks for weights of w0's type (`_micro`)."""
     P, rows = pw.shape[2], pw.shape[1]
     yp, ap = yp - 4 * first, ap - 4 * first  # so that output n of stream b is at yp + 4 * (b * ldy + n)
-    w0 = pw[0, 0, 0]
     ahead = 4 * K * (last - first) >= _PREFETCH_FROM
     p1 = (last + P - 1) // P
     for p in range(first // P, p1):
         c0, c1 = max(first, p * P), min(last, p * P + P)
         base = pw.ctypes.data + 4 * ((p * rows + row0) * P + c0 - p * P)
+        scale = sp + 4 * c0
         for k0 in range(0, K, _PANEL_CHUNK):
             kc = min(_PANEL_CHUNK, K - k0)
             wk = base + 4 * k0 * P
@@ -655,7 +709,7 @@ def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
                     size = nb // blocks + (1 if i < nb % blocks else 0)
                     at, x = yp + 4 * (b * ldy + c0), xp + 4 * (b * ldx + k0)
                     a, la, bias = (ap + 4 * (b * lda + c0), lda, bp + 4 * c0) if k0 == 0 else (at, ldy, zp + 4 * c0)
-                    _panel_block(BLOCK.ps - size, line < nbytes, w0, wk, P, x, ldx, at, ldy, a, la, bias, kc,
+                    _panel_block(BLOCK.ps - size, line < nbytes, w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc,
                                  nxt + line, spread)
                     line += spread * kc
                     b += size
@@ -664,25 +718,27 @@ def _panel_products(pw, row0, K, bp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
                 a, la, bias = (ap + 4 * (b * lda + c0), lda, bp + 4 * c0) if k0 == 0 else (at, ldy, zp + 4 * c0)
                 if c1 - c0 == P:
                     if b + BLOCK.ps <= nb and line < nbytes:  # (lines past the chunk: harmless)
-                        _PA0(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc, nxt + line, spread)
+                        _PA0(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc, nxt + line, spread)
                         line += spread * kc
                         b += BLOCK.ps
                     elif b + BLOCK.ps <= nb:
-                        _PB0(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+                        _PB0(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc)
                         b += BLOCK.ps
                     elif b + 4 <= nb:
-                        _PANEL4(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+                        _PANEL4(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc)
                         b += 4
                     else:
-                        _PANEL1(w0, wk, P, x, ldx, at, ldy, a, la, bias, 0, kc)
+                        _PANEL1(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc)
                         b += 1
                     continue
                 m = 0  # a panel cut by first or last: its columns vector by vector, then one by one
                 while m + _L <= c1 - c0:
-                    _VEC(w0, wk + 4 * m, P, x, ldx, at + 4 * m, ldy, a + 4 * m, la, bias + 4 * m, 0, kc)
+                    _VEC(w0, wk + 4 * m, P, x, ldx, at + 4 * m, ldy, a + 4 * m, la, bias + 4 * m, scale + 4 * m,
+                         kc)
                     m += _L
                 while m < c1 - c0:
-                    _SCALAR(w0, wk + 4 * m, P, x, ldx, at + 4 * m, ldy, a + 4 * m, la, bias + 4 * m, 0, kc)
+                    _SCALAR(w0, wk + 4 * m, P, x, ldx, at + 4 * m, ldy, a + 4 * m, la, bias + 4 * m,
+                            scale + 4 * m, kc)
                     m += 1
                 b += 1
             while line < nbytes:  # what the blocks did not ask for (few streams, a short next chunk)
@@ -1043,9 +1099,9 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
             continue
         if parts == 1 and pl.shape[0] > 0:  # many streams: the weights in panels
             if j == 0:
-                _panel_products(pl, 0, R, bias, xp, ldx, zc, G2, ap, lda, nb, 0, G2, zp)
+                _panel_products(pl, 0, R, bias, ws, xp, ldx, zc, G2, ap, lda, nb, 0, G2, zp)
             else:
-                _panel_products(pl, j * R, R, zp, xp, ldx, zc, G2, zc, G2, nb, 0, G2, zp)
+                _panel_products(pl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2, zp)
             continue
         if parts == 1:  # both halves in one product
             if j == 0:
@@ -1108,8 +1164,8 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
         return
     if parts == 1 and pl.shape[0] > 0:
         if residual:
-            _panel_products(pl, 0, G, obp, gp, G, xp, R, xp, R, nb, 0, R, zp)
-        _panel_products(pl, 0, G, obp, gp, G, sp, S, sp, S, nb, R, R + S, zp)
+            _panel_products(pl, 0, G, obp, osp, gp, G, xp, R, xp, R, nb, 0, R, zp)
+        _panel_products(pl, 0, G, obp, osp, gp, G, sp, S, sp, S, nb, R, R + S, zp)
         return
     if parts == 1:
         if residual:
@@ -1241,9 +1297,10 @@ def _gate_layer(part, parts, nb, w, queues, b0, t, cond, s, layer, xs, z, gated,
     else:
         ap, lda = zp, 0
     vp, cp = (w.dilated_v[layer].ctypes.data, w.dilated_c[layer].ctypes.data) if _is_w8a8(w) else (0, 0)
-    _gate_part(part, parts, nb, w.dilated_w[layer], w.dilated_b[layer].ctypes.data, w.dilated_s[layer].ctypes.data,
-               zp, queues, b0, w.offsets[layer], w.dilations[layer], _taps(w), t, xs, z, gated, ap, lda, blocks,
-               layer, vp, cp, w.dilated_p[layer], work, w.dilated_l[layer])
+    ws = w.dilated_s[layer].ctypes.data if w.dilated_s.shape[1] > 0 else 0  # (0: not int8, `_panel_products`)
+    _gate_part(part, parts, nb, w.dilated_w[layer], w.dilated_b[layer].ctypes.data, ws, zp, queues, b0,
+               w.offsets[layer], w.dilations[layer], _taps(w), t, xs, z, gated, ap, lda, blocks, layer, vp, cp,
+               w.dilated_p[layer], work, w.dilated_l[layer])
 
 
 @njit(**_OPTIONS)
@@ -1259,8 +1316,9 @@ def _out_layer(part, parts, nb, w, queues, b0, t, layer, xs, gated, skip, zeros,
         r0, r1 = _share(part, parts, R)
         _write_slot(queues, b0, nb, _tap_slot(w.offsets[layer], w.dilations[layer], _taps(w), 0, t), xs, r0, r1)
     vp, cp = (w.out_v[layer].ctypes.data, w.out_c[layer].ctypes.data) if _is_w8a8(w) else (0, 0)
-    _out_part(part, parts, nb, w.out_w[layer], w.out_b[layer].ctypes.data, w.out_s[layer].ctypes.data, gated, xs,
-              skip, layer < L - 1, blocks, layer, zeros.ctypes.data, vp, cp, w.out_p[layer], work, w.out_l[layer])
+    osp = w.out_s[layer].ctypes.data if w.out_s.shape[1] > 0 else 0  # (0: not int8, `_panel_products`)
+    _out_part(part, parts, nb, w.out_w[layer], w.out_b[layer].ctypes.data, osp, gated, xs, skip, layer < L - 1,
+              blocks, layer, zeros.ctypes.data, vp, cp, w.out_p[layer], work, w.out_l[layer])
     if layer == L - 1:
         s0, s1 = (0, S) if parts == 1 else _share(part, parts, S)
         for bb in range(nb):

@@ -52,12 +52,21 @@ def test_products_match_float64_and_each_stream_is_the_same_alone(k, n):
     assert np.array_equal(products(bits, bias, x, first, n)[:, first:], products(widened, bias, x, first, n)[:, first:])
 
     q = rng.integers(-127, 128, (k, n)).astype(np.int8)
-    scale = rng.random(n).astype(np.float32)  # any scale: the kernel's widening is one float32 multiply, q * scale
-    dequantized = q.astype(np.float32) * scale
+    scale = rng.random(n).astype(np.float32)
     eight = products(q, bias, x, first, n, scale=scale)
-    assert np.array_equal(eight[:, first:], products(dequantized, bias, x, first, n)[:, first:])
-    for batch in (1, 5, 17):
+    # bias + sum over chunks of 64 rows of scale * (the chunk's sum of x * q): near the float64 product with q * scale
+    reference = bias + x.astype(np.float64) @ (q.astype(np.float64) * scale)
+    assert np.abs(eight[:, first:] - reference[:, first:]).max() <= 1e-5 * (1 + np.abs(reference).max())
+    assert np.isnan(eight[:, :first]).all()
+    for batch in (1, 2, 5, 17):  # a lone stream's blocks take all the rows, a tile's a chunk at a time
         assert np.array_equal(products(q, bias, x[:batch], first, n, scale=scale), eight[:batch], equal_nan=True)
+    if k > cpu._INT8_CHUNK:  # a product split where a chunk ends is the product over all rows, bit for bit
+        c = cpu._INT8_CHUNK
+        for batch in (1, 37):
+            part = products(q[:c].copy(), bias, np.ascontiguousarray(x[:batch, :c]), 0, n, scale=scale)
+            cpu._matmul(q[c:].copy(), np.zeros(n, np.float32), np.ascontiguousarray(x[:batch, c:]), batch, part, 0,
+                        n, part, scale)
+            assert np.array_equal(part[:, first:], eight[:batch, first:]), batch
 
 
 @pytest.mark.parametrize("k, n", [(3, 5), (64, 23), (64, 320)])
@@ -86,17 +95,25 @@ def test_products_accumulate_in_place(k, n):
     assert np.array_equal(part, whole)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.int8])
 @pytest.mark.parametrize("k, n, first", [(3, 5, 0), (64, 23, 7), (300, 70, 0), (600, 100, 33), (256, 96, 32),
                                          (1000, 64, 0)])
-def test_panel_products_equal_the_natural_layout_bit_for_bit(k, n, first):
+def test_panel_products_equal_the_natural_layout_bit_for_bit(k, n, first, dtype):
     """Many-stream tiles read the layers' weights in panels (`panel_layout`, `_panel_products`): the same numbers
     as `_products` on the natural layout for every size and remainder of the panel blocks (streams, panels cut by
     first or last, rows past a chunk, chunks prefetched), from a bias and a start row shared by every stream or one
-    each, and a product over a range of rows (a tap) reads only those rows of each panel."""
+    each, and a product over a range of rows (a tap) reads only those rows of each panel; float32 weights, and
+    int8 with column scales (panels of q as float32, their blocks chunking the rows as a lone stream's do,
+    `cpu._INT8_CHUNK`), against `_products` on the int8 matrix."""
     rng = np.random.default_rng(k * 7 + n)
-    w = rng.standard_normal((k, n)).astype(np.float32)
-    panels = cpu.panel_layout(w)
+    if dtype == np.int8:
+        w = rng.integers(-127, 128, (k, n)).astype(np.int8)
+        scale = rng.random(n).astype(np.float32)
+    else:
+        w, scale = rng.standard_normal((k, n)).astype(np.float32), None
+    panels = cpu.panel_layout(w)  # float32 (int8: q, widened once; the kernel factors the scales out)
     assert panels.shape == (-(-n // cpu.BLOCK.panel), k, cpu.BLOCK.panel)
+    sp = 0 if scale is None else scale.ctypes.data
     bias = rng.standard_normal(n).astype(np.float32)
     zeros = np.full((1, n), -0.0, np.float32)
     x = rng.standard_normal((64, k)).astype(np.float32)
@@ -104,17 +121,17 @@ def test_panel_products_equal_the_natural_layout_bit_for_bit(k, n, first):
     for start, lda in ((np.zeros((1, n), np.float32), 0), (own, n)):
         for batch in (1, 3, 4, 5, 12, 13, 16, 17, 22, 32, 37, 64):  # blocks of every even size, and the rest
             y = np.full((batch, n), np.nan, np.float32)
-            cpu._panel_products(panels, 0, k, bias.ctypes.data, x.ctypes.data, k, y.ctypes.data + 4 * first, n,
+            cpu._panel_products(panels, 0, k, bias.ctypes.data, sp, x.ctypes.data, k, y.ctypes.data + 4 * first, n,
                                 start.ctypes.data + 4 * first, lda, batch, first, n, zeros.ctypes.data)
-            expected = products(w, bias, x[:batch], first, n, None if lda == 0 else start[:batch].copy())
+            expected = products(w, bias, x[:batch], first, n, None if lda == 0 else start[:batch].copy(), scale)
             assert np.array_equal(y[:, first:], expected[:, first:]), (batch, lda)
             assert np.isnan(y[:, :first]).all(), "outputs before `first` were written"
     rows = k // 2  # the second half of the rows, as a layer's later tap reads them
     y = np.full((9, n), np.nan, np.float32)
     tail = np.ascontiguousarray(x[:9, rows:])
-    cpu._panel_products(panels, rows, k - rows, bias.ctypes.data, tail.ctypes.data, k - rows, y.ctypes.data, n,
-                        zeros.ctypes.data, 0, 9, 0, n, zeros.ctypes.data)
-    assert np.array_equal(y, products(np.ascontiguousarray(w[rows:]), bias, tail, 0, n))
+    cpu._panel_products(panels, rows, k - rows, bias.ctypes.data, sp, tail.ctypes.data, k - rows, y.ctypes.data,
+                        n, zeros.ctypes.data, 0, 9, 0, n, zeros.ctypes.data)
+    assert np.array_equal(y, products(np.ascontiguousarray(w[rows:]), bias, tail, 0, n, scale=scale))
 
 
 def test_block_shape_follows_the_vector_width():
@@ -126,20 +143,23 @@ def test_block_shape_follows_the_vector_width():
 def test_panel_blocks_keep_their_sums_in_registers():
     """The widest panel block's loop, as numba compiles it for this machine, touches no stack: each stream's sums
     are pinned after its fmas (`cpu._pin`). Unpinned, LLVM hoisted every broadcast above the fmas and moved sums to
-    the stack and back on every iteration (docs/BENCHMARKS.md, "Register blocks pinned")."""
+    the stack and back on every iteration (docs/BENCHMARKS.md, "Register blocks pinned"). The same for int8's
+    panels (q widened; the int32 weight type), whose running totals wait on the stack for each chunk's end."""
     from numba import njit
 
     @njit(fastmath=cpu._FAST, error_model="numpy")
-    def block(w0, wp, ldw, xp, ldx, yp, ldy, k):
-        cpu._PB0(w0, wp, ldw, xp, ldx, yp, ldy, yp, ldy, yp, 0, k)
+    def block(w0, wp, ldw, xp, ldx, yp, ldy, sp, k):
+        cpu._PB0(w0, wp, ldw, xp, ldx, yp, ldy, yp, ldy, yp, sp, k)
 
     P, S = cpu.BLOCK.panel, cpu.BLOCK.ps
     w, x, y = np.zeros((64, P), np.float32), np.zeros((S, 64), np.float32), np.zeros((S, P), np.float32)
-    block(w[0, 0], w.ctypes.data, P, x.ctypes.data, 64, y.ctypes.data, P, 64)
-    asm = next(iter(block.inspect_asm().values()))
-    loop = max(re.split(r"\n\.LBB\S*:", asm), key=lambda part: part.count("vfmadd"))
-    assert loop.count("vfmadd") >= S * cpu.BLOCK.pv
-    assert "rsp" not in loop, loop
+    scale = np.ones(P, np.float32)
+    for w0 in (w[0, 0], np.int32(0)):
+        block(w0, w.ctypes.data, P, x.ctypes.data, 64, y.ctypes.data, P, scale.ctypes.data, 64)
+    for asm in block.inspect_asm().values():
+        loop = max(re.split(r"\n\.LBB\S*:", asm), key=lambda part: part.count("vbroadcastss"))  # the rows' loop
+        assert loop.count("vfmadd") >= S * cpu.BLOCK.pv
+        assert "rsp" not in loop, loop
 
 
 TARGETS = {256: "haswell", 128: "nehalem"}

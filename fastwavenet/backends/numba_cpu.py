@@ -148,9 +148,10 @@ class NumbaBackend(Backend):
                 head2_c=head2_c, dilated_p=no_panels, out_p=no_panels, dilated_l=no_strips, out_l=no_strips)
 
         def panelled():
-            # float32 (the same rounded weights at bf16 and int8), the layers' matrices in panels only
-            w = self.weights if precision == "float32" else kernel_weights("float32")
-            none = np.zeros((config.layers, 0, 0), np.float32)
+            # the layers' matrices in float32 panels only: bf16's rounded weights, int8's q (the kernel factors
+            # the scales out of the sums, as it does reading q as int8: the same numbers)
+            w = kernel_weights("float32") if precision == "bf16" else self.weights
+            none = np.zeros((config.layers, 0, 0), w.dilated_w.dtype)  # (int8: one compiled kernel, panels or not)
             return w._replace(dilated_w=none, out_w=none, dilated_p=_aligned(panel_layout(w.dilated_w)),
                               out_p=_aligned(panel_layout(w.out_w)))
 
@@ -166,9 +167,10 @@ class NumbaBackend(Backend):
     # Streams per tile from which the layers' products read the weights as float32 panels (`cpu._panel_products`;
     # made at the first such tile and kept, so a float32 model then holds its layers' weights again). Narrow
     # weights save the weight traffic that bounds small tiles; a tile of many streams is bound by arithmetic, where
-    # widening every weight in the inner loop costs more than it saves, and the panels' blocks of 12 streams read a
-    # third of the weight bytes per fma that the 4 x 4 blocks of the natural layout read. The same numbers, bit for
-    # bit, in every layout and precision (tests/test_precision.py, tests/test_exactness.py). w8a8 has none: its
+    # widening every weight in the inner loop costs more than it saves (int8 panels widened in the loop: 0.89x at
+    # 64 streams of r9y9's shape, Zen 4), and the panels' blocks of 12 streams read a third of the weight bytes per
+    # fma that the 4 x 4 blocks of the natural layout read. The same numbers, bit for bit, in every layout
+    # (tests/test_precision.py, tests/test_exactness.py). w8a8 has none: its
     # activations are 8-bit in every tile. (For bf16, measured before the panels in docs/BENCHMARKS.md: about even
     # at 16-24, widened 4-12 % faster from 32, bf16 faster below 16.)
     WIDEN_FROM = 32
