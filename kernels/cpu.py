@@ -225,14 +225,13 @@ def _vector_bits() -> int:
 
 class Blocks(NamedTuple):
     """Register-block shape of the matrix products: `lanes` floats per vector, SB streams x NV vectors per block
-    (SB * NV accumulators), NV1 vectors for a lone stream, NV8 for a lone stream's int8 products; PS streams x PV
-    vectors per block of the panel products (`_panel_products`), whose panels are PV vectors wide."""
+    (SB * NV accumulators), NV1 vectors for a lone stream; PS streams x PV vectors per block of the panel products
+    (`_panel_products`), whose panels are PV vectors wide."""
 
     lanes: int
     sb: int
     nv: int
     nv1: int
-    nv8: int
     ps: int
     pv: int
 
@@ -243,13 +242,14 @@ class Blocks(NamedTuple):
 
 
 # Chosen by measurement (docs/BENCHMARKS.md): 32 zmm registers hold 16 accumulators + 4 weight vectors + a
-# broadcast; 16 ymm hold 8 + 2 + 1. A lone stream wants many independent chains (fma latency) and few loads; its
-# int8 products also hold a scale vector per accumulator, which 16 ymm registers fit only 4 of (8 spilled them).
+# broadcast; 16 ymm hold 8 + 2 + 1. A lone stream wants many independent chains (fma latency) and few loads (int8's
+# too, since its scales wait for a chunk's end: 8 vectors ran 1.17x 4 with AVX2, where a scale vector per
+# accumulator had spilled 8; the same with SSE).
 # Panel blocks hold more streams on fewer vectors (32 zmm: 24 accumulators + 2 weights + a broadcast; 16 ymm: 12 +
 # 2 + 1): a third of the weight bytes per fma that 4 x 4 reads, where many streams share each weight.
-BLOCKS = {512: Blocks(lanes=16, sb=4, nv=4, nv1=8, nv8=8, ps=12, pv=2),
-          256: Blocks(lanes=8, sb=4, nv=2, nv1=8, nv8=4, ps=6, pv=2),
-          128: Blocks(lanes=4, sb=4, nv=2, nv1=8, nv8=4, ps=6, pv=2)}
+BLOCKS = {512: Blocks(lanes=16, sb=4, nv=4, nv1=8, ps=12, pv=2),
+          256: Blocks(lanes=8, sb=4, nv=2, nv1=8, ps=6, pv=2),
+          128: Blocks(lanes=4, sb=4, nv=2, nv1=8, ps=6, pv=2)}
 VECTOR_BITS = _vector_bits()
 BLOCK = BLOCKS[VECTOR_BITS]
 
@@ -460,7 +460,6 @@ _L = BLOCK.lanes
 _MAIN, _ONE, _LONE = _micro(BLOCK.sb, BLOCK.nv, _L), _micro(1, BLOCK.nv, _L), _micro(1, BLOCK.nv1, _L)
 _MAIN_AHEAD = _micro(BLOCK.sb, BLOCK.nv, _L, prefetch=True)
 _GATE, _GATE_ONE = _gate_block(_L), _gate_block(1)
-_LONE8 = _micro(1, BLOCK.nv8, _L)
 # The panel products' blocks, each a panel wide: PS - d streams for d = 0 .. 4 (`_PB*`, and the same asking for
 # lines ahead, `_PA*`: a tile's streams in blocks of even size, `_panel_products`), a few streams, one stream.
 _PB0, _PB1, _PB2, _PB3, _PB4 = (_micro(BLOCK.ps - d, BLOCK.pv, _L, pin=True) for d in range(5))
@@ -559,17 +558,12 @@ def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp
 def _lone_columns(w0, wp, ldw, esize, xp, yp, ap, bp, sp, K, n, last):
     """One stream's outputs n .. last - 1 of a product whose column c of row i is at wp + esize * (i * ldw + c), its
     sums and starts at yp + 4 * c and ap + 4 * c, bias and int8 scales at bp + 4 * c and sp + 4 * c: the widest lone
-    blocks first (int8's `_LONE8`, else `_LONE`), then a block of NV vectors, two vectors in one loop (two chains at
-    once: a split's short part), one vector, single values. `_products` takes a lone stream's columns here (also
+    blocks first (`_LONE`), then a block of NV vectors, two vectors in one loop (two chains at once: a split's short
+    part), one vector, single values. `_products` takes a lone stream's columns here (also
     for each strip of `_strips`)."""
-    if esize == 1:
-        while n + BLOCK.nv8 * _L <= last:
-            _LONE8(w0, wp + n, ldw, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
-            n += BLOCK.nv8 * _L
-    else:
-        while n + BLOCK.nv1 * _L <= last:
-            _LONE(w0, wp + esize * n, ldw, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
-            n += BLOCK.nv1 * _L
+    while n + BLOCK.nv1 * _L <= last:
+        _LONE(w0, wp + esize * n, ldw, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
+        n += BLOCK.nv1 * _L
     while n + BLOCK.nv * _L <= last:
         _ONE(w0, wp + esize * n, ldw, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
         n += BLOCK.nv * _L
@@ -618,7 +612,7 @@ def panel_layout(m: np.ndarray, panel: int = BLOCK.panel, dtype=np.float32) -> n
     return np.ascontiguousarray(np.moveaxis(padded.reshape(*lead, rows, panels, panel), -2, -3))
 
 
-# Columns per strip of `strip_layout`: a lone stream's block (`_LONE`; int8's `_LONE8` blocks divide it)
+# Columns per strip of `strip_layout`: a lone stream's block (`_LONE`)
 STRIP = BLOCK.nv1 * BLOCK.lanes
 
 
