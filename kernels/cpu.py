@@ -81,7 +81,7 @@ class CpuWeights(NamedTuple):
     head1_c: np.ndarray    # (H,)
     head2_c: np.ndarray    # (O,)
     # Many-stream tiles only (`panel_layout`; (L, 0, 0, 0) otherwise): dilated_w and out_w again, float32 (bf16's
-    # widened) or int8, in panels of BLOCK.panel columns, each panel's rows contiguous, which `_panel_products`
+    # weights widened, int8's q), in panels of BLOCK.panel columns, each panel's rows contiguous, which `_panel_products`
     # reads. Where they are given, dilated_w and out_w may be empty ((L, 0, 0)): the kernel then reads only these.
     dilated_p: np.ndarray  # (L, ceil(2G/P), k*R, P)
     out_p: np.ndarray      # (L, ceil((R+S)/P), G, P)
@@ -198,7 +198,8 @@ def fast_exp_neg(x):
 #
 # Every product is y[b, n] = (a[b, n] + bias[n]) + sum_i x[b, i] * w[i, n] with w in-major (the folded layout), a
 # the running sum it adds to (or zeros), in outer-product form: the vector dimension is the outputs n, and each
-# output's sum is one chain of fused multiply-adds over i in order, starting from a + bias. A block of SB streams x
+# output's sum is one chain of fused multiply-adds over i in order, starting from a + bias (int8: a chain per chunk
+# of 64 rows, each chunk added by one more fma with its column's scale, `_INT8_CHUNK`). A block of SB streams x
 # NV vectors of outputs keeps SB * NV accumulators in registers, loads NV weight vectors per i and broadcasts one
 # input per stream. No horizontal sums, and since every output is the same chain of fmas whatever block computes it,
 # a stream's numbers never depend on the block shape, on which streams share its tile or on how many there are: one
@@ -295,8 +296,8 @@ _INT8_CHUNK = 64
 
 def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = False):
     """An intrinsic computing one block: y[s, n] (s < sb, n < nv * lanes) = (a[s, n] + bias[n]) + sum_i x[s, i] *
-    w[i, n], each output one fma chain over i = 0 .. k-1 starting from a + bias (a is where the sum so far lives, or
-    zeros; y may be a). Arguments: a weight (its type says float32, bf16 bits (uint16) or int8, widened in
+    w[i, n], each output one fma chain over i = 0 .. k-1 starting from a + bias (int8: one per chunk, `_INT8_CHUNK`;
+    a is where the sum so far lives, or zeros; y may be a). Arguments: a weight (its type says float32, bf16 bits (uint16) or int8, widened in
     registers; int32 says float32 values of int8 q, widened already; its value is not used), then addresses and row
     strides in elements (intp): (weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale, k). int8 weights q are widened
     to float32 exactly and their scale factored out, chunk by chunk (`_INT8_CHUNK`), scale the output columns'
@@ -477,7 +478,8 @@ _NO_BLOCKS, _NO_GATE_BLOCKS = np.zeros((0, 0, 0, 0, 0), np.float32), np.zeros((0
 # sums so far plus -0.0 (`_scratch`'s `zeros`), an identity for every float, so each output is still the one fma
 # chain in input order it was unchunked.
 _GROUP = 64
-_CHUNK = _INT8_CHUNK
+_CHUNK = 64
+assert _CHUNK % _INT8_CHUNK == 0  # (a tile's int8 blocks then meet the chunks a lone stream's meet)
 # Bytes of weights a product reads from which its chunks are prefetched: vocoder-size products (r9y9's, at every
 # precision); `standard`'s (32-256 KB, from L2) ran 10 % slower at 8 streams with the prefetches.
 _PREFETCH_FROM = 192 << 10

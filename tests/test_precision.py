@@ -149,7 +149,7 @@ def test_numba_int8_is_near_float32_on_the_rounded_weights_and_the_same_in_panel
     assert 0 < (a - b).abs().max().item() <= 1e-5 * (1 + b.abs().max().item())
     narrow.backend.WIDEN_FROM = 1
     panelled = narrow.backend._kernel_weights(3)
-    assert panelled.dilated_p.shape[1] > 0 and panelled.out_w.dtype == np.int8  # float32 panels of q
+    assert panelled.dilated_p.shape[1] > 0 and panelled.dilated_p.dtype == np.float32  # panels of q
     assert torch.equal(logits(narrow), a)
 
 
@@ -167,11 +167,16 @@ def assert_alone_equals_batched(gen, config):
 
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
+@pytest.mark.parametrize("tile", [5, 2])
 @pytest.mark.parametrize("name", ["k4-odd", "mel+speaker", "wide"])
-def test_numba_int8_stream_is_the_same_alone_and_in_a_batch(name):
+def test_numba_int8_stream_is_the_same_alone_and_in_a_batch(name, tile, monkeypatch):
     """A stream's codes at int8 are bit for bit those it gets alone, in a tile of one (8-bit weights in strips) or in
-    a batch whose tile reads q in float32 panels."""
+    a batch whose tiles (of 5 or 2 streams, whatever the thread count) read q in float32 panels (5) or int8 in the
+    natural layout (2)."""
+    from fastwavenet.backends.numba_cpu import NumbaBackend
+
     config = WIDE if name == "wide" else CONFIGS[name]
+    monkeypatch.setattr(NumbaBackend, "_tile", staticmethod(lambda batch: min(batch, tile)))
     gen = Generator(ModelFile(config, fold(random_model(config, 1))), backend="numba", precision="int8")
     gen.backend.WIDEN_FROM = 3
     assert_alone_equals_batched(gen, config)
