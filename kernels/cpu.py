@@ -81,8 +81,9 @@ class CpuWeights(NamedTuple):
     head1_c: np.ndarray    # (H,)
     head2_c: np.ndarray    # (O,)
     # Many-stream tiles only (`panel_layout`; (L, 0, 0, 0) otherwise): dilated_w and out_w again, float32 (bf16's
-    # weights widened, int8's q), in panels of BLOCK.panel columns, each panel's rows contiguous, which `_panel_products`
-    # reads. Where they are given, dilated_w and out_w may be empty ((L, 0, 0)): the kernel then reads only these.
+    # weights widened, int8's q), in panels of BLOCK.panel columns, each panel's rows contiguous, which
+    # `_panel_products` reads. Where they are given, dilated_w and out_w may be empty ((L, 0, 0)): the kernel then
+    # reads only these.
     dilated_p: np.ndarray  # (L, ceil(2G/P), k*R, P)
     out_p: np.ndarray      # (L, ceil((R+S)/P), G, P)
     # Lone-stream tiles only (`strip_layout`; (L, 0, 0, 0) otherwise): dilated_w and out_w again, in their own
@@ -297,11 +298,11 @@ _INT8_CHUNK = 64
 def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = False):
     """An intrinsic computing one block: y[s, n] (s < sb, n < nv * lanes) = (a[s, n] + bias[n]) + sum_i x[s, i] *
     w[i, n], each output one fma chain over i = 0 .. k-1 starting from a + bias (int8: one per chunk, `_INT8_CHUNK`;
-    a is where the sum so far lives, or zeros; y may be a). Arguments: a weight (its type says float32, bf16 bits (uint16) or int8, widened in
-    registers; int32 says float32 values of int8 q, widened already; its value is not used), then addresses and row
-    strides in elements (intp): (weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale, k). int8 weights q are widened
-    to float32 exactly and their scale factored out, chunk by chunk (`_INT8_CHUNK`), scale the output columns'
-    float32 scales (read only for int8). With `prefetch`, two more: an address ahead and a
+    a is where the sum so far lives, or zeros; y may be a). Arguments: a weight (its type says float32, bf16 bits
+    (uint16) or int8, widened in registers; int32 says float32 values of int8 q, widened already; its value is not
+    used), then addresses and row strides in elements (intp): (weight, w, ldw, x, ldx, y, ldy, a, lda, bias, scale,
+    k). int8 weights q are widened to float32 exactly and their scale factored out, chunk by chunk (`_INT8_CHUNK`),
+    scale the output columns' float32 scales (read only for int8). With `prefetch`, two more: an address ahead and a
     stride in bytes: the block asks for the cache line at ahead + i * stride in iteration i, so weights to come
     arrive while these are used (a burst of prefetches before the block, measured against this, stalled it:
     docs/BENCHMARKS.md). With `pin`, each stream's sums are pinned after its fmas (`_pin`)."""
@@ -561,8 +562,8 @@ def _lone_columns(w0, wp, ldw, esize, xp, yp, ap, bp, sp, K, n, last):
     """One stream's outputs n .. last - 1 of a product whose column c of row i is at wp + esize * (i * ldw + c), its
     sums and starts at yp + 4 * c and ap + 4 * c, bias and int8 scales at bp + 4 * c and sp + 4 * c: the widest lone
     blocks first (`_LONE`), then a block of NV vectors, two vectors in one loop (two chains at once: a split's short
-    part), one vector, single values. `_products` takes a lone stream's columns here (also
-    for each strip of `_strips`)."""
+    part), one vector, single values. `_products` takes a lone stream's columns here (also for each strip of
+    `_strips`)."""
     while n + BLOCK.nv1 * _L <= last:
         _LONE(w0, wp + esize * n, ldw, xp, 0, yp + 4 * n, 0, ap + 4 * n, 0, bp + 4 * n, sp + 4 * n, K)
         n += BLOCK.nv1 * _L

@@ -170,9 +170,9 @@ class NumbaBackend(Backend):
     # widening every weight in the inner loop costs more than it saves (int8 panels widened in the loop: 0.89x at
     # 64 streams of r9y9's shape, Zen 4), and the panels' blocks of 12 streams read a third of the weight bytes per
     # fma that the 4 x 4 blocks of the natural layout read. The same numbers, bit for bit, in every layout
-    # (tests/test_precision.py, tests/test_exactness.py). w8a8 has none: its
-    # activations are 8-bit in every tile. (For bf16, measured before the panels in docs/BENCHMARKS.md: about even
-    # at 16-24, widened 4-12 % faster from 32, bf16 faster below 16.)
+    # (tests/test_precision.py, tests/test_exactness.py). w8a8 has none: its activations are 8-bit in every tile.
+    # (For bf16, measured before the panels in docs/BENCHMARKS.md: about even at 16-24, widened 4-12 % faster from
+    # 32, bf16 faster below 16.)
     WIDEN_FROM = 32
 
     # A tile of one stream (batch 1; a few streams over as many threads) reads the layers' matrices in strips of its
