@@ -309,9 +309,10 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = Fal
 
     def typed(weight):
         bf16 = weight == types.uint16
-        # int8 q (int8), or q already widened, as float32 (the type int32 says so: `_panel_products`' panels)
-        widened = weight == types.int32
-        int8 = weight == types.int8 or widened
+        # int8 q as bytes, widened here (`bytes8`), or q already widened, as float32 (the type int32 says so:
+        # `_panel_products`' panels); either way int8's sums (`int8`)
+        bytes8 = weight == types.int8
+        int8 = bytes8 or weight == types.int32
         # bf16 in pairs of vectors: one load of 2 x lanes weights as 32-bit words, widened by a shift (the even
         # columns) and a mask (the odd ones), two plain ALU operations, where a vector at a time takes a widening
         # load (a shuffle) and a shift each. The pair's accumulators then hold its even and its odd columns, put
@@ -324,7 +325,7 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = Fal
             i64 = ir.IntType(64)
             f32 = ir.FloatType()
             vec = ir.VectorType(f32, lanes)
-            element = ir.IntType(16) if bf16 else ir.IntType(8) if int8 and not widened else f32
+            element = ir.IntType(16) if bf16 else ir.IntType(8) if bytes8 else f32
             name = f"llvm.fma.v{lanes}f32"
             fma = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                                                  name)
@@ -347,6 +348,12 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = Fal
                 for s in range(sb):
                     at = vector_at(aptr, builder.add(builder.mul(ir.Constant(i64, s), lda), column))
                     starts[s][v] = builder.fadd(builder.load(at, align=4), bias)
+            # int8, scale factored out (`_INT8_CHUNK`): the outputs start in `totals`; the sums of x * q start from
+            # -0.0 and, every chunk of rows, go onto the outputs as one fma by the column scales (loaded once), where
+            # a multiply per weight (the scale into the widened weight) was a second floating-point operation beside
+            # each fma
+            totals = [[cgutils.alloca_once(builder, vec) for _ in range(nv)] for _ in range(sb)] if int8 else None
+            negative_zero = ir.Constant(vec, [-0.0] * lanes)
             for s in range(sb):
                 for v in range(0, nv, 2 if paired else 1):
                     if paired:  # the pair's 2 x lanes outputs held as even columns, odd columns (see `paired`)
@@ -354,15 +361,14 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = Fal
                         builder.store(builder.shuffle_vector(*pair, order(list(range(0, 2 * lanes, 2)))), accs[s][v])
                         builder.store(builder.shuffle_vector(*pair, order(list(range(1, 2 * lanes, 2)))),
                                       accs[s][v + 1])
+                    elif int8:
+                        builder.store(starts[s][v], totals[s][v])
+                        builder.store(negative_zero, accs[s][v])
                     else:
                         builder.store(starts[s][v], accs[s][v])
             wide = ir.VectorType(i32, lanes)
-            # int8, scale factored out (`_INT8_CHUNK`): the sums of x * q start from -0.0 and, every chunk of rows,
-            # go onto the outputs as one fma by the column scales (loaded once), where a multiply per weight (the
-            # scale into the widened weight) was a second floating-point operation beside each fma
             scales = [builder.load(vector_at(sptr, ir.Constant(i64, v * lanes)), align=4) for v in range(nv)] \
                 if int8 else None
-            totals = [[cgutils.alloca_once(builder, vec) for _ in range(nv)] for _ in range(sb)] if int8 else None
 
             def rows(i):  # the fmas of row i
                 row = builder.mul(i, ldw)
@@ -380,7 +386,7 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = Fal
                     wv = builder.load(at, align=2 if bf16 else 1 if element != f32 else 4)
                     if bf16:
                         wv = builder.bitcast(builder.shl(builder.zext(wv, wide), ir.Constant(wide, [16] * lanes)), vec)
-                    elif int8 and not widened:  # q exactly, as float32
+                    elif bytes8:  # q exactly, as float32
                         wv = builder.sitofp(builder.sext(wv, wide), vec)
                     weights.append(wv)
                 for s in range(sb):
@@ -394,11 +400,6 @@ def _micro(sb: int, nv: int, lanes: int, prefetch: bool = False, pin: bool = Fal
                         _pin(builder, accs[s], vec)
 
             if int8:
-                negative_zero = ir.Constant(vec, [-0.0] * lanes)
-                for s in range(sb):
-                    for v in range(nv):
-                        builder.store(builder.load(accs[s][v]), totals[s][v])
-                        builder.store(negative_zero, accs[s][v])
                 chunk = ir.Constant(i64, _INT8_CHUNK)
                 with cgutils.for_range(builder, builder.sdiv(builder.add(k, ir.Constant(i64, _INT8_CHUNK - 1)),
                                                              chunk)) as chunks:
@@ -682,7 +683,7 @@ def _panels(w0, pw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
     for p in range(first // P, p1):
         c0, c1 = max(first, p * P), min(last, p * P + P)
         base = pw.ctypes.data + 4 * ((p * rows + row0) * P + c0 - p * P)
-        scale = sp + 4 * c0
+        scale = sp + 4 * c0 if sp != 0 else 0  # (int8's column scales; float32 blocks do not read it)
         for k0 in range(0, K, _PANEL_CHUNK):
             kc = min(_PANEL_CHUNK, K - k0)
             wk = base + 4 * k0 * P
