@@ -7,9 +7,11 @@ barriers costs (`cpu._claim`, `_done`, `_wait` with nothing to do between them).
         (default r9y9-ljspeech 300 5 float32,bf16,int8,w8a8)
 
 Prints the barrier's cost, then per precision the best round of each and their ratio, and beside them the rates
-at which the kernels read their weights and at which plain passes over as many bytes stream on one thread and on
-all of them (`stream_rate`: the ceiling splitting meets where a step is bound by reading its weights). Through the
-backends that `auto` chooses between: `fastwavenet bench --backend numba,numba-split --batch 1`."""
+at which the kernels read their weights and at which the kernel's lone-stream product streams as many bytes of
+float32 on one thread and on all of them, each its own share (`bench.weight_passes`, the batch-1 limits of
+`fastwavenet bench`: the ceiling splitting meets where a step is bound by reading its weights; a plain numba loop
+over 8-byte words, used here until 2026-12-06, read a fifth of that). Through the backends that `auto` chooses
+between: `fastwavenet bench --backend numba,numba-split --batch 1`."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from numba import njit, prange
 
 from fastwavenet import distributions, preset
 from fastwavenet.backends.numba_cpu import NumbaBackend, _aligned, _no_cond, numba_threads
-from fastwavenet.bench import random_model_file
+from fastwavenet.bench import random_model_file, weight_passes
 from fastwavenet.generator import silence_code
 from fastwavenet.kernels import cpu
 
@@ -49,39 +51,6 @@ def barrier_cost(parts: int, phases: int = 200_000) -> float:
         _barriers(parts, phases, sync)
         best = min(best, (time.perf_counter() - start) / phases)
     return best * 1e6
-
-
-@njit(fastmath=True)
-def _words(a, lo, hi):
-    total = np.uint64(0)
-    for i in range(lo, hi):
-        total += a[i]
-    return total
-
-
-@njit(parallel=True)
-def _passes(a, parts, reps, out):
-    """`reps` passes over a, split in `parts` contiguous shares, one a thread."""
-    n = a.shape[0]
-    for p in prange(parts):
-        total = np.uint64(0)
-        for _ in range(reps):
-            total += _words(a, p * n // parts, (p + 1) * n // parts)
-        out[p] = total
-
-
-def stream_rate(nbytes: int, threads: int, reps: int = 10) -> float:
-    """GB/s at which `threads` threads read an array of nbytes, each its own contiguous share, over and over (a
-    plain loop of 8-byte words, no prefetches): what the cores can stream from wherever that many bytes stay."""
-    a = np.ones(max(1, nbytes // 8), np.uint64)
-    out = np.zeros(threads, np.uint64)
-    _passes(a, threads, 1, out)
-    best = 0.0
-    for _ in range(3):
-        start = time.perf_counter()
-        _passes(a, threads, reps, out)
-        best = max(best, reps * a.nbytes / (time.perf_counter() - start) / 1e9)
-    return best
 
 
 def weight_bytes(weights) -> int:
@@ -155,10 +124,10 @@ def main():
         print(f"{name} {precision} batch 1: one core {max(one):,.0f} samples/s, split over {threads} threads "
               f"{max(split):,.0f} ({max(split) / max(one):.2f}x)", flush=True)
         nbytes = weight_bytes(weights)
-        alone, together = stream_rate(nbytes, 1), stream_rate(nbytes, threads)
+        alone, together = (passes * nbytes / 1e9 for passes in weight_passes(nbytes, threads))
         print(f"    {nbytes / 1e6:.1f} MB of weights a step: the kernels read {max(one) * nbytes / 1e9:.1f} and "
-              f"{max(split) * nbytes / 1e9:.1f} GB/s; a plain pass over as many bytes streams {alone:.1f} GB/s on "
-              f"one thread, {together:.1f} on {threads} ({together / alone:.2f}x)", flush=True)
+              f"{max(split) * nbytes / 1e9:.1f} GB/s; the lone-stream product streams as many bytes at {alone:.1f} "
+              f"GB/s on one thread, {together:.1f} on {threads} ({together / alone:.2f}x)", flush=True)
 
 
 if __name__ == "__main__":

@@ -238,23 +238,31 @@ def measure_limits(model: ModelFile, seconds: float = 0.5) -> Limits:
     fma_threads = split_threads = 0
     try:
         import numba
-
-        from .limits import READ_COLUMNS, read_passes, read_passes_split
     except ImportError:  # numba missing: the batch-1 limits and the peak are not measured
         pass
     else:
         fma, fma_threads = measure_fma_peak(seconds)
-        rows = max(1, nbytes // 4 // READ_COLUMNS)
-        buffer = np.random.default_rng(0).standard_normal((rows, READ_COLUMNS)).astype(np.float32)
-        passes_per_s = _passes_per_s(lambda n: read_passes(buffer, n), seconds)
         split_threads = numba.get_num_threads()
-        if rows >= split_threads:  # each thread its share of the rows (the few left over: their part of a pass)
-            shares = buffer[:rows - rows % split_threads].reshape(split_threads, -1, READ_COLUMNS)
-            split_passes_per_s = _passes_per_s(lambda n: read_passes_split(shares, n), seconds) * shares.size / \
-                buffer.size
+        passes_per_s, split_passes_per_s = weight_passes(nbytes, split_threads, seconds)
     return Limits(sgemm_gflops=best / 1e9, threads=torch.get_num_threads(), flops_per_sample=flops_per_sample(
         model.config), weight_bytes=nbytes, weight_passes_per_s=passes_per_s, fma_gflops=fma,
         fma_threads=fma_threads, split_passes_per_s=split_passes_per_s, split_threads=split_threads)
+
+
+def weight_passes(nbytes: int, threads: int, seconds: float = 0.5) -> tuple[float, float]:
+    """Passes a second over `nbytes` of float32 through the kernel's lone-stream product (`limits.read_passes`): on
+    one core, and on `threads` numba threads at once, each reading its own share (`limits.read_passes_split`, 0.0
+    where there are fewer rows than threads). The batch-1 limits of `Limits`; numba required."""
+    from .limits import READ_COLUMNS, read_passes, read_passes_split
+
+    rows = max(1, nbytes // 4 // READ_COLUMNS)
+    buffer = np.random.default_rng(0).standard_normal((rows, READ_COLUMNS)).astype(np.float32)
+    alone = _passes_per_s(lambda n: read_passes(buffer, n), seconds)
+    together = 0.0
+    if rows >= threads:  # each thread its share of the rows (the few left over: their part of a pass)
+        shares = buffer[:rows - rows % threads].reshape(threads, -1, READ_COLUMNS)
+        together = _passes_per_s(lambda n: read_passes_split(shares, n), seconds) * shares.size / buffer.size
+    return alone, together
 
 
 def _passes_per_s(passes: Callable[[int], object], seconds: float) -> float:
