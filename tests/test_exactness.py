@@ -158,6 +158,32 @@ def test_numba_panel_tiles_equal_natural_tiles_bit_for_bit(name, monkeypatch):
 
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
+def test_numba_large_float32_layers_take_panels_from_two_streams(monkeypatch):
+    """Float32 models whose layers are large (`LARGE_TILES_FROM`; lowered here) read panels from tiles of two
+    streams (`LARGE_PANELS_FROM`), bf16 and small models from WIDEN_FROM; tiles of 2 and 3 streams give each stream
+    the natural layout's numbers, bit for bit."""
+    from fastwavenet.backends import NumbaBackend
+
+    config = CONFIGS["k4-odd"]
+    steps = config.receptive_field + 5
+    weights = fold(random_model(config, 31))
+    codes = torch.randint(0, config.classes, (5, steps), generator=torch.Generator().manual_seed(32))
+    monkeypatch.setattr(NumbaBackend, "_tile", staticmethod(lambda batch: min(batch, 3)))
+    runs = {}
+    for large_from in (10 ** 12, 0):
+        monkeypatch.setattr(NumbaBackend, "LARGE_TILES_FROM", large_from)
+        gen = Generator(ModelFile(config, weights), backend="numba")
+        assert (gen.backend._kernel_weights(2).dilated_p.shape[1] > 0) == (large_from == 0)
+        assert gen.backend._kernel_weights(1).dilated_p.shape[1] == 0  # one stream: strips
+        state = gen.new_state(5)
+        logits = gen.forward(state, codes)
+        runs[large_from] = (logits, gen.generate_codes(state, 20, rng=np.random.default_rng(33)))
+    assert torch.equal(runs[0][0], runs[10 ** 12][0]) and torch.equal(runs[0][1], runs[10 ** 12][1])
+    narrow = Generator(ModelFile(config, weights), backend="numba", precision="bf16")
+    assert narrow.backend._kernel_weights(2).dilated_p.shape[1] == 0  # bf16: its own bytes below WIDEN_FROM
+
+
+@pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
 @pytest.mark.parametrize("precision", ["float32", "bf16", "int8"])
 def test_numba_lone_stream_strips_equal_natural_layout_bit_for_bit(precision, monkeypatch):
     """A tile of one stream reads the layers' matrices in strips of its block's width (`cpu.strip_layout`): its

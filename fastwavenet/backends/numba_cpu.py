@@ -174,6 +174,13 @@ class NumbaBackend(Backend):
     # (For bf16, measured before the panels in docs/BENCHMARKS.md: about even at 16-24, widened 4-12 % faster from
     # 32, bf16 faster below 16.)
     WIDEN_FROM = 32
+    # Float32 models with large layers (LARGE_TILES_FROM) read panels from tiles of two streams: their weights come
+    # from memory, and the natural layout's 4 x 4 blocks, walking rows 2 KB apart, read them at about 10 GB/s a core.
+    # r9y9's shape, Zen 4, paired in one process, codes equal: tiles of 2-16 streams 1.24-1.53x on one thread,
+    # batch 8 in tiles of 4 on two threads 1.45x (docs/BENCHMARKS.md). Float32 panels add no bytes to float32
+    # weights, where they double bf16's and quadruple int8's. `standard`'s layers, from L2: 0.84x at 2 streams,
+    # 1.01-1.03x at 4-16, so WIDEN_FROM there.
+    LARGE_PANELS_FROM = 2
 
     # A tile of one stream (batch 1; a few streams over as many threads) reads the layers' matrices in strips of its
     # block's width, each strip's rows one run of memory (`cpu._strips`), made at the first such tile and
@@ -181,10 +188,16 @@ class NumbaBackend(Backend):
     # in the natural layout (rows 2 KB apart, which the hardware prefetchers do not follow across pages) and at
     # 25-26 GB/s in strips (docs/BENCHMARKS.md); the same numbers, bit for bit. w8a8 has its own products.
 
+    def _panels_from(self) -> int:
+        """Streams per tile from which the layers' products read float32 panels (WIDEN_FROM, LARGE_PANELS_FROM)."""
+        large = self.precision == "float32" and self._layer_bytes() >= self.LARGE_TILES_FROM
+        return self.LARGE_PANELS_FROM if large else self.WIDEN_FROM
+
     def _kernel_weights(self, tile: int):
-        if self.precision == "w8a8" or 1 < tile < self.WIDEN_FROM:
+        panels_from = self._panels_from()
+        if self.precision == "w8a8" or 1 < tile < panels_from:
             return self.weights
-        return self._made("_stripped" if tile < self.WIDEN_FROM else "_panelled")
+        return self._made("_stripped" if tile < panels_from else "_panelled")
 
     def _made(self, name: str):
         """The copy `name` (`_panelled`, `_stripped`), made by `_make` + its name the first time and kept (its maker,
@@ -220,9 +233,13 @@ class NumbaBackend(Backend):
     def _tile(self, batch: int) -> int:
         """Streams per tile: the batch spread over numba's threads, at most 64 (a tile's scratch stays in cache), or
         128 for models with large layers (LARGE_TILES_FROM)."""
+        large = self._layer_bytes() >= self.LARGE_TILES_FROM
+        return max(1, min(128 if large else 64, math.ceil(batch / numba_threads())))
+
+    def _layer_bytes(self) -> int:
+        """Float32 bytes of one layer's matrices (the gate's k taps and the 1x1 outputs)."""
         c = self.config
-        layer = 4 * c.gate_channels * (2 * c.kernel_size * c.residual_channels + c.residual_channels + c.skip_channels)
-        return max(1, min(128 if layer >= self.LARGE_TILES_FROM else 64, math.ceil(batch / numba_threads())))
+        return 4 * c.gate_channels * (2 * c.kernel_size * c.residual_channels + c.residual_channels + c.skip_channels)
 
     def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
         from ..kernels import cpu
