@@ -159,28 +159,33 @@ def test_numba_panel_tiles_equal_natural_tiles_bit_for_bit(name, monkeypatch):
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
 def test_numba_large_float32_layers_take_panels_from_two_streams(monkeypatch):
-    """Float32 models whose layers are large (`LARGE_TILES_FROM`; lowered here) read panels from tiles of two
-    streams (`LARGE_PANELS_FROM`), bf16 and small models from WIDEN_FROM; tiles of 2 and 3 streams give each stream
-    the natural layout's numbers, bit for bit."""
-    from fastwavenet.backends import NumbaBackend
+    """Float32 models whose layers are large (`LARGE_TILES_FROM`: one layer of r9y9's shape, 3.9 MB) read panels
+    from tiles of two streams (`LARGE_PANELS_FROM`): whole panels, rows past a panel chunk, the prefetches of the
+    next; tiles of 5 and 2 streams give each stream the natural layout's logits, bit for bit. bf16 keeps its own
+    bytes below WIDEN_FROM, and one stream reads strips."""
+    import dataclasses
 
-    config = CONFIGS["k4-odd"]
-    steps = config.receptive_field + 5
-    weights = fold(random_model(config, 31))
-    codes = torch.randint(0, config.classes, (5, steps), generator=torch.Generator().manual_seed(32))
-    monkeypatch.setattr(NumbaBackend, "_tile", staticmethod(lambda batch: min(batch, 3)))
+    from fastwavenet import preset
+    from fastwavenet.backends import NumbaBackend
+    from fastwavenet.bench import random_model_file
+
+    config = dataclasses.replace(preset("r9y9-ljspeech"), layers_per_stack=1, stacks=1)
+    weights = random_model_file(config, 31).weights
+    B, T = 7, 4
+    rng = np.random.default_rng(32)
+    codes = torch.from_numpy(rng.random((B, T), dtype=np.float32) * 2 - 1)
+    cond = torch.from_numpy(rng.standard_normal((B, T, config.layers, 2 * config.gate_channels)).astype(np.float32))
+    monkeypatch.setattr(NumbaBackend, "_tile", staticmethod(lambda batch: min(batch, 5)))
     runs = {}
-    for large_from in (10 ** 12, 0):
-        monkeypatch.setattr(NumbaBackend, "LARGE_TILES_FROM", large_from)
-        gen = Generator(ModelFile(config, weights), backend="numba")
-        assert (gen.backend._kernel_weights(2).dilated_p.shape[1] > 0) == (large_from == 0)
-        assert gen.backend._kernel_weights(1).dilated_p.shape[1] == 0  # one stream: strips
-        state = gen.new_state(5)
-        logits = gen.forward(state, codes)
-        runs[large_from] = (logits, gen.generate_codes(state, 20, rng=np.random.default_rng(33)))
-    assert torch.equal(runs[0][0], runs[10 ** 12][0]) and torch.equal(runs[0][1], runs[10 ** 12][1])
-    narrow = Generator(ModelFile(config, weights), backend="numba", precision="bf16")
-    assert narrow.backend._kernel_weights(2).dilated_p.shape[1] == 0  # bf16: its own bytes below WIDEN_FROM
+    for panels_from in (10 ** 9, NumbaBackend.LARGE_PANELS_FROM):
+        monkeypatch.setattr(NumbaBackend, "LARGE_PANELS_FROM", panels_from)
+        backend = NumbaBackend(config, weights, torch.device("cpu"), "float32")
+        runs[panels_from] = backend.forward(backend.new_state(B, 0.0), codes, cond)
+        assert (backend._panelled is not None) == (panels_from == 2)  # what the tiles read
+    assert torch.equal(runs[2], runs[10 ** 9])
+    assert backend._kernel_weights(1).dilated_l.shape[1] > 0  # one stream: strips
+    narrow = NumbaBackend(config, weights, torch.device("cpu"), "bf16")
+    assert narrow._kernel_weights(2).dilated_p.shape[1] == 0  # bf16: its own bytes below WIDEN_FROM
 
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")

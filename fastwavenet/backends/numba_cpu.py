@@ -179,7 +179,8 @@ class NumbaBackend(Backend):
     # r9y9's shape, Zen 4, paired in one process, codes equal: tiles of 2-16 streams 1.24-1.53x on one thread,
     # batch 8 in tiles of 4 on two threads 1.45x (docs/BENCHMARKS.md). Float32 panels add no bytes to float32
     # weights, where they double bf16's and quadruple int8's. `standard`'s layers, from L2: 0.84x at 2 streams,
-    # 1.01-1.03x at 4-16, so WIDEN_FROM there.
+    # 1.01-1.03x at 4-16, so WIDEN_FROM there. (To run such a model's small tiles on the natural layout, raise this,
+    # not WIDEN_FROM.)
     LARGE_PANELS_FROM = 2
 
     # A tile of one stream (batch 1; a few streams over as many threads) reads the layers' matrices in strips of its
