@@ -191,8 +191,7 @@ class NumbaBackend(Backend):
 
     def _panels_from(self) -> int:
         """Streams per tile from which the layers' products read float32 panels (WIDEN_FROM, LARGE_PANELS_FROM)."""
-        large = self.precision == "float32" and self._layer_bytes() >= self.LARGE_TILES_FROM
-        return self.LARGE_PANELS_FROM if large else self.WIDEN_FROM
+        return self.LARGE_PANELS_FROM if self.precision == "float32" and self._large_layers() else self.WIDEN_FROM
 
     def _kernel_weights(self, tile: int):
         panels_from = self._panels_from()
@@ -234,13 +233,13 @@ class NumbaBackend(Backend):
     def _tile(self, batch: int) -> int:
         """Streams per tile: the batch spread over numba's threads, at most 64 (a tile's scratch stays in cache), or
         128 for models with large layers (LARGE_TILES_FROM)."""
-        large = self._layer_bytes() >= self.LARGE_TILES_FROM
-        return max(1, min(128 if large else 64, math.ceil(batch / numba_threads())))
+        return max(1, min(128 if self._large_layers() else 64, math.ceil(batch / numba_threads())))
 
-    def _layer_bytes(self) -> int:
-        """Float32 bytes of one layer's matrices (the gate's k taps and the 1x1 outputs)."""
+    def _large_layers(self) -> bool:
+        """Whether one layer's matrices (the gate's k taps and the 1x1 outputs) hold LARGE_TILES_FROM float32 bytes."""
         c = self.config
-        return 4 * c.gate_channels * (2 * c.kernel_size * c.residual_channels + c.residual_channels + c.skip_channels)
+        layer = 4 * c.gate_channels * (2 * c.kernel_size * c.residual_channels + c.residual_channels + c.skip_channels)
+        return layer >= self.LARGE_TILES_FROM
 
     def forward(self, state: QueueState, codes: torch.Tensor, cond=None) -> torch.Tensor:
         from ..kernels import cpu
