@@ -467,7 +467,7 @@ _GATE, _GATE_ONE = _gate_block(_L), _gate_block(1)
 # lines ahead, `_PA*`: a tile's streams in blocks of even size, `_panel_products`), a few streams, one stream.
 _PB0, _PB1, _PB2, _PB3, _PB4 = (_micro(BLOCK.ps - d, BLOCK.pv, _L, pin=True) for d in range(5))
 _PA0, _PA1, _PA2, _PA3, _PA4 = (_micro(BLOCK.ps - d, BLOCK.pv, _L, prefetch=True, pin=True) for d in range(5))
-_PANEL4, _PANEL1 = _micro(4, BLOCK.pv, _L), _micro(1, BLOCK.pv, _L)
+_PANEL4, _PANEL2, _PANEL1 = _micro(4, BLOCK.pv, _L), _micro(2, BLOCK.pv, _L), _micro(1, BLOCK.pv, _L)
 _VEC, _SCALAR, _TWO = _micro(1, 1, _L), _micro(1, 1, 1), _micro(1, 2, _L)
 # What the tile path passes for the split path's weight blocks (`split_blocks`): nothing. (A global array of size
 # zero: numba freezes it into the code, which keeps the kernels cacheable.)
@@ -656,17 +656,18 @@ def _panel_block(d, ask, w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc, ahe
 
 @njit(**_OPTIONS)
 def _panel_products(pw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
-    """`_products` for many streams, on float32 weights in panels (`panel_layout`): pw (panels, rows, P), the
-    product's rows row0 .. row0+K-1 of each panel, its outputs [first, last). Where sp (column scales) is given, pw
-    holds an int8 matrix's q as float32 (widened once, not in the loop, which at 64 streams of r9y9's shape ran
-    0.89x) and the scales are factored out as int8's are (`_INT8_CHUNK`): int8's numbers. Each panel's chunk of
-    `_PANEL_CHUNK` rows is taken by every block of streams in turn, from L1: the fewest blocks of at most PS
-    streams (x PV vectors), their sizes within one of each other and at least PS - 4 (32 streams as 11 + 11 + 10,
-    not 12 + 12 + 4 + 4, whose blocks of 4 ran at half the rate: 1.04-1.09x on r9y9's step at tiles of 32); tiles
-    too small for that take blocks of PS, then 4, then 1. For products of `_PREFETCH_FROM` bytes or more the whole
-    blocks ask for the next chunk as they go, each its share, a few bytes on every iteration (`spread`). Each
-    output is the same fma chain as in `_products` (a chunk goes on from the sums so far plus -0.0), so the layouts
-    give the same numbers."""
+    """`_products` for many streams, on weights in panels (`panel_layout`), float32 or bf16 bits (uint16): pw
+    (panels, rows, P), the product's rows row0 .. row0+K-1 of each panel, its outputs [first, last). Where sp
+    (column scales) is given, pw holds an int8 matrix's q as float32 (widened once, not in the loop, which at 64
+    streams of r9y9's shape ran 0.89x) and the scales are factored out as int8's are (`_INT8_CHUNK`): int8's
+    numbers. Each panel's chunk of `_PANEL_CHUNK` rows is taken by every block of streams in turn, from L1: the
+    fewest blocks of at most PS streams (x PV vectors), their sizes within one of each other and at least PS - 4
+    (32 streams as 11 + 11 + 10, not 12 + 12 + 4 + 4, whose blocks of 4 ran at half the rate: 1.04-1.09x on r9y9's
+    step at tiles of 32); tiles too small for that take blocks of PS, then 4, 2 and 1 (blocks of 2 against two of
+    1: r9y9's shape in tiles of 2 1.10-1.23x, of 3, 6 and 7 1.03-1.14x). For products of `_PREFETCH_FROM` bytes or
+    more the whole blocks ask for the next chunk as they go, each its share, a few bytes on every iteration
+    (`spread`). Each output is the same fma chain as in `_products` (a chunk goes on from the sums so far plus
+    -0.0), so the layouts give the same numbers."""
     if sp != 0:  # the blocks' weight type says: widened int8 (`_micro`)
         _panels(np.int32(0), pw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp)
     else:
@@ -676,21 +677,21 @@ def _panel_products(pw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, l
 @njit(**_OPTIONS)
 def _panels(w0, pw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp):
     """`_panel_products` through the blocks for weights of w0's type (`_micro`)."""
-    P, rows = pw.shape[2], pw.shape[1]
+    P, rows, esize = pw.shape[2], pw.shape[1], pw.itemsize
     yp, ap = yp - 4 * first, ap - 4 * first  # so that output n of stream b is at yp + 4 * (b * ldy + n)
-    ahead = 4 * K * (last - first) >= _PREFETCH_FROM
+    ahead = esize * K * (last - first) >= _PREFETCH_FROM
     p1 = (last + P - 1) // P
     for p in range(first // P, p1):
         c0, c1 = max(first, p * P), min(last, p * P + P)
-        base = pw.ctypes.data + 4 * ((p * rows + row0) * P + c0 - p * P)
-        scale = sp + 4 * c0 if sp != 0 else 0  # (int8's column scales; float32 blocks do not read it)
+        base = pw.ctypes.data + esize * ((p * rows + row0) * P + c0 - p * P)
+        scale = sp + 4 * c0 if sp != 0 else 0  # (int8's column scales; other blocks do not read it)
         for k0 in range(0, K, _PANEL_CHUNK):
             kc = min(_PANEL_CHUNK, K - k0)
-            wk = base + 4 * k0 * P
+            wk = base + esize * k0 * P
             # this panel's next chunk, or the next panel's first: asked for by the first blocks, a line an fma row
-            nxt, nk = (wk + 4 * kc * P, min(_PANEL_CHUNK, K - k0 - kc)) if k0 + kc < K else \
-                (pw.ctypes.data + 4 * ((p + 1) * rows + row0) * P, min(_PANEL_CHUNK, K) if p + 1 < p1 else 0)
-            nbytes = 4 * nk * P if ahead else 0
+            nxt, nk = (wk + esize * kc * P, min(_PANEL_CHUNK, K - k0 - kc)) if k0 + kc < K else \
+                (pw.ctypes.data + esize * ((p + 1) * rows + row0) * P, min(_PANEL_CHUNK, K) if p + 1 < p1 else 0)
+            nbytes = esize * nk * P if ahead else 0
             # spread over every whole block of the chunk: the whole next chunk asked for by the first two blocks (a
             # line an iteration) kept the core's line-fill buffers full of requests to memory, where the blocks'
             # inputs from L2 then waited; spread, a few are in flight at a time (one r9y9 tap's product alone, from
@@ -725,17 +726,20 @@ def _panels(w0, pw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
                     elif b + 4 <= nb:
                         _PANEL4(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc)
                         b += 4
+                    elif b + 2 <= nb:
+                        _PANEL2(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc)
+                        b += 2
                     else:
                         _PANEL1(w0, wk, P, x, ldx, at, ldy, a, la, bias, scale, kc)
                         b += 1
                     continue
                 m = 0  # a panel cut by first or last: its columns vector by vector, then one by one
                 while m + _L <= c1 - c0:
-                    _VEC(w0, wk + 4 * m, P, x, ldx, at + 4 * m, ldy, a + 4 * m, la, bias + 4 * m, scale + 4 * m,
+                    _VEC(w0, wk + esize * m, P, x, ldx, at + 4 * m, ldy, a + 4 * m, la, bias + 4 * m, scale + 4 * m,
                          kc)
                     m += _L
                 while m < c1 - c0:
-                    _SCALAR(w0, wk + 4 * m, P, x, ldx, at + 4 * m, ldy, a + 4 * m, la, bias + 4 * m,
+                    _SCALAR(w0, wk + esize * m, P, x, ldx, at + 4 * m, ldy, a + 4 * m, la, bias + 4 * m,
                             scale + 4 * m, kc)
                     m += 1
                 b += 1

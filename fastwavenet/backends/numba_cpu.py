@@ -155,6 +155,13 @@ class NumbaBackend(Backend):
             return w._replace(dilated_w=none, out_w=none, dilated_p=_aligned(panel_layout(w.dilated_w)),
                               out_p=_aligned(panel_layout(w.out_w)))
 
+        def narrow_panelled():
+            # bf16's layers' matrices in panels of their own 16-bit patterns (a large model's small tiles)
+            w = self.weights
+            none = np.zeros((config.layers, 0, 0), w.dilated_w.dtype)
+            panels = (_aligned(panel_layout(m, dtype=np.uint16)) for m in (w.dilated_w, w.out_w))
+            return w._replace(dilated_w=none, out_w=none, **dict(zip(("dilated_p", "out_p"), panels)))
+
         def stripped():
             # the layers' matrices again, in their own format, in strips (one stream's products)
             w = self.weights
@@ -162,6 +169,7 @@ class NumbaBackend(Backend):
 
         self.weights = kernel_weights(precision)
         self._make_panelled, self._panelled, self._panel_lock = panelled, None, threading.Lock()
+        self._make_narrow_panelled, self._narrow_panelled = narrow_panelled, None
         self._make_stripped, self._stripped = stripped, None
 
     # Streams per tile from which the layers' products read the weights as float32 panels (`cpu._panel_products`;
@@ -174,13 +182,15 @@ class NumbaBackend(Backend):
     # (For bf16, measured before the panels in docs/BENCHMARKS.md: about even at 16-24, widened 4-12 % faster from
     # 32, bf16 faster below 16.)
     WIDEN_FROM = 32
-    # Float32 models with large layers (LARGE_TILES_FROM) read panels from tiles of two streams: their weights come
-    # from memory, and the natural layout's 4 x 4 blocks, walking rows 2 KB apart, read them at about 10 GB/s a core.
-    # r9y9's shape, Zen 4, paired in one process, codes equal: tiles of 2-16 streams 1.24-1.53x on one thread,
-    # batch 8 in tiles of 4 on two threads 1.45x (docs/BENCHMARKS.md). Float32 panels add no bytes to float32
-    # weights, where they double bf16's and quadruple int8's. `standard`'s layers, from L2: 0.84x at 2 streams,
-    # 1.01-1.03x at 4-16, so WIDEN_FROM there. (To run such a model's small tiles on the natural layout, raise this,
-    # not WIDEN_FROM.)
+    # Float32 and bf16 models with large layers (LARGE_TILES_FROM) read panels from tiles of two streams: their
+    # weights come from memory, and the natural layout's 4 x 4 blocks, walking rows 2 KB apart, read them at about
+    # 10 GB/s a core. Float32 panels add no bytes to float32 weights; bf16's small tiles read panels of their own
+    # 16-bit patterns (widened in registers, as the natural layout's are), float32 panels from WIDEN_FROM. r9y9's
+    # shape, Zen 4, one thread, paired in one process, codes equal: float32 tiles of 2-16 streams 1.24-1.53x, batch 8
+    # in tiles of 4 on two threads 1.45x; bf16 tiles of 2-32 1.33-1.08x (0.97x float32 panels at 32 and 64)
+    # (docs/BENCHMARKS.md). `standard`'s layers, from L2: float32 0.84x at 2 streams, 1.01-1.03x at 4-16, bf16
+    # 0.79-0.96x at 2-32, so WIDEN_FROM there. int8's 8-bit panels ran 0.70-1.22x (not taken). (To run such a model's
+    # small tiles on the natural layout, raise this, not WIDEN_FROM.)
     LARGE_PANELS_FROM = 2
 
     # A tile of one stream (batch 1; a few streams over as many threads) reads the layers' matrices in strips of its
@@ -190,14 +200,19 @@ class NumbaBackend(Backend):
     # 25-26 GB/s in strips (docs/BENCHMARKS.md); the same numbers, bit for bit. w8a8 has its own products.
 
     def _panels_from(self) -> int:
-        """Streams per tile from which the layers' products read float32 panels (WIDEN_FROM, LARGE_PANELS_FROM)."""
-        return self.LARGE_PANELS_FROM if self.precision == "float32" and self._large_layers() else self.WIDEN_FROM
+        """Streams per tile from which the layers' products read panels (WIDEN_FROM, LARGE_PANELS_FROM)."""
+        large = self.precision in ("float32", "bf16") and self._large_layers()
+        return self.LARGE_PANELS_FROM if large else self.WIDEN_FROM
 
     def _kernel_weights(self, tile: int):
-        panels_from = self._panels_from()
-        if self.precision == "w8a8" or 1 < tile < panels_from:
+        """The copy of the weights a tile of `tile` streams reads: one stream strips, a few the natural layout, many
+        panels (float32, or bf16's own below WIDEN_FROM)."""
+        if self.precision == "w8a8" or 1 < tile < self._panels_from():
             return self.weights
-        return self._made("_stripped" if tile < panels_from else "_panelled")
+        if tile == 1:
+            return self._made("_stripped")
+        narrow = self.precision == "bf16" and tile < self.WIDEN_FROM
+        return self._made("_narrow_panelled" if narrow else "_panelled")
 
     def _made(self, name: str):
         """The copy `name` (`_panelled`, `_stripped`), made by `_make` + its name the first time and kept (its maker,
