@@ -462,6 +462,7 @@ _L = BLOCK.lanes
 # The main block, a lone stream's block, one vector for one stream, one output for one stream.
 _MAIN, _ONE, _LONE = _micro(BLOCK.sb, BLOCK.nv, _L), _micro(1, BLOCK.nv, _L), _micro(1, BLOCK.nv1, _L)
 _MAIN_AHEAD = _micro(BLOCK.sb, BLOCK.nv, _L, prefetch=True)
+_PAIR = _micro(2, BLOCK.nv, _L)  # two streams (tiles of 2 or 3, what blocks of SB leave)
 _GATE, _GATE_ONE = _gate_block(_L), _gate_block(1)
 # The panel products' blocks, each a panel wide: PS - d streams for d = 0 .. 4 (`_PB*`, and the same asking for
 # lines ahead, `_PA*`: a tile's streams in blocks of even size, `_panel_products`), a few streams, one stream.
@@ -526,16 +527,19 @@ def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp
                     lines = asked
                     b = g0
                     while b < g1:
-                        sb = BLOCK.sb if b + BLOCK.sb <= g1 else 1
+                        sb = BLOCK.sb if b + BLOCK.sb <= g1 else 2 if b + 2 <= g1 else 1
                         at = yp + 4 * (b * ldy + c)
                         a, la, bias = (ap + 4 * (b * lda + c), lda, bp + 4 * c) if k0 == 0 else (at, ldy, zp + 4 * c)
-                        if sb > 1 and line < lines:
+                        if sb == BLOCK.sb and line < lines:
                             _MAIN_AHEAD(w0, wk + esize * c, ldw, xk + 4 * b * ldx, ldx, at, ldy, a, la, bias,
                                         sp + 4 * c, kc, nxt + 64 * line, esize * ldw)
                             line += 1
                         elif sb == 1:
                             _ONE(w0, wk + esize * c, ldw, xk + 4 * b * ldx, ldx, at, ldy, a, la, bias, sp + 4 * c,
                                  kc)
+                        elif sb == 2:
+                            _PAIR(w0, wk + esize * c, ldw, xk + 4 * b * ldx, ldx, at, ldy, a, la, bias, sp + 4 * c,
+                                  kc)
                         else:
                             _MAIN(w0, wk + esize * c, ldw, xk + 4 * b * ldx, ldx, at, ldy, a, la, bias, sp + 4 * c,
                                   kc)
@@ -1071,7 +1075,7 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
     (`CpuWeights.dilated_c`), vp its weights in the w8a8 layout (`dilated_v`), and the blocks are in that layout too;
     both 0 otherwise, and work is the part's `work8`. pl: the layer's weights in panels (`CpuWeights.dilated_p`),
     read instead of wl where given (one part only), or empty; sl the same in strips (`dilated_l`), read instead of wl
-    where given for one stream (one part)."""
+    where given (one part: a tile of one stream, or of a few of int8's large layers)."""
     R, G2 = xs.shape[1], z.shape[1]
     G = G2 // 2
     zc, qs0 = z.ctypes.data, queues.strides[0]
@@ -1093,11 +1097,11 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
             else:
                 _products8(qp, G2, R, zp, ws, cj, work, zc, G2, zc, G2, nb, 0, G2)
             continue
-        if parts == 1 and nb == 1 and sl.shape[0] > 0:  # one stream: the weights in strips
+        if parts == 1 and sl.shape[0] > 0:  # a few streams: the weights in strips
             if j == 0:
-                _strips(sl, 0, R, bias, ws, xp, 0, zc, 0, ap, 0, 1, 0, G2, zp)
+                _strips(sl, 0, R, bias, ws, xp, ldx, zc, G2, ap, lda, nb, 0, G2, zp)
             else:
-                _strips(sl, j * R, R, zp, ws, xp, 0, zc, 0, zc, 0, 1, 0, G2, zp)
+                _strips(sl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2, zp)
             continue
         if parts == 1 and pl.shape[0] > 0:  # many streams: the weights in panels
             if j == 0:
@@ -1149,7 +1153,7 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
     residual columns, then from `share_span(parts, R)` on its skip columns. At w8a8, cp addresses the layer's 128 x
     column sums (`CpuWeights.out_c`), vp its weights in the w8a8 layout (`out_v`), and the blocks are in that layout
     too; both 0 otherwise, and work is the part's `work8`. pl: the layer's weights in panels (`CpuWeights.out_p`), read
-    instead of ow where given (one part only), or empty; sl the same in strips (`out_l`), for one stream."""
+    instead of ow where given (one part only), or empty; sl the same in strips (`out_l`), read where given."""
     R, S, G = xs.shape[1], skip.shape[1], gated.shape[1]
     gp, xp, sp = gated.ctypes.data, xs.ctypes.data, skip.ctypes.data
     if cp != 0:  # w8a8: the gated values quantized once for the residual and the skip outputs
@@ -1159,10 +1163,10 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
             _products8(vp, R + S, G, obp, osp, cp, work, xp, R, xp, R, nb, 0, R)
         _products8(vp, R + S, G, obp, osp, cp, work, sp, S, sp, S, nb, R, R + S)
         return
-    if parts == 1 and nb == 1 and sl.shape[0] > 0:
+    if parts == 1 and sl.shape[0] > 0:
         if residual:
-            _strips(sl, 0, G, obp, osp, gp, 0, xp, 0, xp, 0, 1, 0, R, zp)
-        _strips(sl, 0, G, obp, osp, gp, 0, sp, 0, sp, 0, 1, R, R + S, zp)
+            _strips(sl, 0, G, obp, osp, gp, G, xp, R, xp, R, nb, 0, R, zp)
+        _strips(sl, 0, G, obp, osp, gp, G, sp, S, sp, S, nb, R, R + S, zp)
         return
     if parts == 1 and pl.shape[0] > 0:
         if residual:

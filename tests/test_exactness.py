@@ -158,13 +158,15 @@ def test_numba_panel_tiles_equal_natural_tiles_bit_for_bit(name, monkeypatch):
 
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
-@pytest.mark.parametrize("precision", ["float32", "bf16"])
-def test_numba_large_layers_take_panels_from_two_streams(precision, monkeypatch):
-    """Float32 and bf16 models whose layers are large (`LARGE_TILES_FROM`: one layer of r9y9's shape, 3.9 MB) read
-    panels from tiles of two streams (`LARGE_PANELS_FROM`), bf16 panels of its own 16-bit patterns below WIDEN_FROM:
-    whole panels, rows past a panel chunk, the prefetches of the next, blocks of 4, 2 and 1 streams; tiles of 5 and
-    3 streams give each stream the natural layout's logits, bit for bit. One stream reads strips, and bf16's tiles
-    of WIDEN_FROM float32 panels."""
+@pytest.mark.parametrize("precision, tile, copy", [("float32", 5, "_panelled"), ("bf16", 5, "_narrow_panelled"),
+                                                   ("int8", 3, "_stripped")])
+def test_numba_large_layers_small_tiles_equal_natural_layout_bit_for_bit(precision, tile, copy, monkeypatch):
+    """Models whose layers are large (`LARGE_TILES_FROM`: one layer of r9y9's shape, 3.9 MB) read another copy of
+    them in small tiles: float32 panels from tiles of two streams (`LARGE_PANELS_FROM`), bf16 panels of its own
+    16-bit patterns below WIDEN_FROM (whole panels, rows past a panel chunk, the prefetches of the next, blocks of
+    4, 2 and 1 streams in tiles of 5 and 3), int8 strips below BLOCK.sb streams (tiles of 3 and 2). Each stream gets
+    the natural layout's logits, bit for bit. One stream reads strips, and bf16's tiles of WIDEN_FROM float32
+    panels."""
     import dataclasses
 
     from fastwavenet import preset
@@ -177,17 +179,21 @@ def test_numba_large_layers_take_panels_from_two_streams(precision, monkeypatch)
     rng = np.random.default_rng(32)
     codes = torch.from_numpy(rng.random((B, T), dtype=np.float32) * 2 - 1)
     cond = torch.from_numpy(rng.standard_normal((B, T, config.layers, 2 * config.gate_channels)).astype(np.float32))
-    monkeypatch.setattr(NumbaBackend, "_tile", staticmethod(lambda batch: min(batch, 5)))
-    runs, read = {}, "_panelled" if precision == "float32" else "_narrow_panelled"
-    for panels_from in (10 ** 9, NumbaBackend.LARGE_PANELS_FROM):
-        monkeypatch.setattr(NumbaBackend, "LARGE_PANELS_FROM", panels_from)
+    monkeypatch.setattr(NumbaBackend, "_tile", staticmethod(lambda batch: min(batch, tile)))
+    runs = {}
+    for layout in ("natural", copy):
         backend = NumbaBackend(config, weights, torch.device("cpu"), precision)
-        runs[panels_from] = backend.forward(backend.new_state(B, 0.0), codes, cond)
-        assert (getattr(backend, read) is not None) == (panels_from == 2)  # what the tiles read
-    assert torch.equal(runs[2], runs[10 ** 9])
-    assert backend._kernel_weights(5).dilated_p.dtype == backend.weights.dilated_w.dtype
+        if layout == "natural":
+            monkeypatch.setattr(backend, "_kernel_weights", lambda tile: backend.weights)
+        runs[layout] = backend.forward(backend.new_state(B, 0.0), codes, cond)
+        assert (getattr(backend, copy) is not None) == (layout == copy)  # what the tiles read
+    assert torch.equal(runs[copy], runs["natural"])
     assert backend._kernel_weights(1).dilated_l.shape[1] > 0  # one stream: strips
-    assert backend._kernel_weights(NumbaBackend.WIDEN_FROM).dilated_p.dtype == np.float32
+    if precision != "int8":
+        assert backend._kernel_weights(5).dilated_p.dtype == backend.weights.dilated_w.dtype
+        assert backend._kernel_weights(NumbaBackend.WIDEN_FROM).dilated_p.dtype == np.float32
+    else:
+        assert backend._kernel_weights(4) is backend.weights
 
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")

@@ -198,6 +198,10 @@ class NumbaBackend(Backend):
     # kept: another copy (up to three with the panels). On r9y9's shape one Zen 4 core read them at 10-12 GB/s
     # in the natural layout (rows 2 KB apart, which the hardware prefetchers do not follow across pages) and at
     # 25-26 GB/s in strips (docs/BENCHMARKS.md); the same numbers, bit for bit. w8a8 has its own products.
+    # int8 models with large layers read them in tiles of fewer than BLOCK.sb streams too, whose blocks of one or two
+    # streams ask for no lines ahead in the natural layout: r9y9's shape, Zen 4, one thread, tiles of 2 and 3
+    # 1.64x and 1.26x, of 4-16 0.73-0.92x (the natural layout's blocks of 4 ask ahead); float32 and bf16 0.96-1.05x
+    # and 0.64-1.15x of their panels, `standard` 0.92-1.00x (docs/BENCHMARKS.md).
 
     def _panels_from(self) -> int:
         """Streams per tile from which the layers' products read panels (WIDEN_FROM, LARGE_PANELS_FROM)."""
@@ -205,11 +209,14 @@ class NumbaBackend(Backend):
         return self.LARGE_PANELS_FROM if large else self.WIDEN_FROM
 
     def _kernel_weights(self, tile: int):
-        """The copy of the weights a tile of `tile` streams reads: one stream strips, a few the natural layout, many
-        panels (float32, or bf16's own below WIDEN_FROM)."""
-        if self.precision == "w8a8" or 1 < tile < self._panels_from():
+        """The copy of the weights a tile of `tile` streams reads: one stream strips (int8's large layers up to 3), a
+        few the natural layout, many panels (float32, or bf16's own below WIDEN_FROM)."""
+        from ..kernels.cpu import BLOCK
+
+        few = tile < BLOCK.sb and self.precision == "int8" and self._large_layers()
+        if self.precision == "w8a8" or (1 < tile < self._panels_from() and not few):
             return self.weights
-        if tile == 1:
+        if tile == 1 or few:
             return self._made("_stripped")
         narrow = self.precision == "bf16" and tile < self.WIDEN_FROM
         return self._made("_narrow_panelled" if narrow else "_panelled")
