@@ -688,7 +688,7 @@ def _panels(w0, pw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
     for p in range(first // P, p1):
         c0, c1 = max(first, p * P), min(last, p * P + P)
         base = pw.ctypes.data + esize * ((p * rows + row0) * P + c0 - p * P)
-        scale = sp + 4 * c0 if sp != 0 else 0  # (int8's column scales; other blocks do not read it)
+        scale = sp + 4 * c0  # (int8's column scales; other blocks do not read it)
         for k0 in range(0, K, _PANEL_CHUNK):
             kc = min(_PANEL_CHUNK, K - k0)
             wk = base + esize * k0 * P
