@@ -194,10 +194,11 @@ class NumbaBackend(Backend):
     LARGE_PANELS_FROM = 2
 
     # A tile of one stream (batch 1; a few streams over as many threads) reads the layers' matrices in strips of its
-    # block's width, each strip's rows one run of memory (`cpu._strips`), made at the first such tile and
-    # kept: another copy (up to three with the panels). On r9y9's shape one Zen 4 core read them at 10-12 GB/s
-    # in the natural layout (rows 2 KB apart, which the hardware prefetchers do not follow across pages) and at
-    # 25-26 GB/s in strips (docs/BENCHMARKS.md); the same numbers, bit for bit. w8a8 has its own products.
+    # block's width, each strip's rows one run of memory (`cpu._strips`), made at the first such tile and kept:
+    # another copy (up to three with the panels, four for bf16 with its own panels). On r9y9's shape one Zen 4 core
+    # read them at 10-12 GB/s in the natural layout (rows 2 KB apart, which the hardware prefetchers do not follow
+    # across pages) and at 25-26 GB/s in strips (docs/BENCHMARKS.md); the same numbers, bit for bit. w8a8 has its
+    # own products.
     # int8 models with large layers read them in tiles of fewer than BLOCK.sb streams too, whose blocks of one or two
     # streams ask for no lines ahead in the natural layout: r9y9's shape, Zen 4, one thread, tiles of 2 and 3
     # 1.64x and 1.26x, of 4-16 0.73-0.92x (the natural layout's blocks of 4 ask ahead); float32 and bf16 0.96-1.05x
@@ -222,8 +223,8 @@ class NumbaBackend(Backend):
         return self._made("_narrow_panelled" if narrow else "_panelled")
 
     def _made(self, name: str):
-        """The copy `name` (`_panelled`, `_stripped`), made by `_make` + its name the first time and kept (its maker,
-        a closure that may hold the torch weights, then goes)."""
+        """The copy `name` (`_panelled`, `_narrow_panelled`, `_stripped`), made by `_make` + its name the first
+        time and kept (its maker, a closure that may hold the torch weights, then goes)."""
         with self._panel_lock:
             if getattr(self, name) is None:
                 setattr(self, name, getattr(self, "_make" + name)())
