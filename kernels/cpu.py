@@ -80,15 +80,15 @@ class CpuWeights(NamedTuple):
     out_c: np.ndarray      # (L, R+S)
     head1_c: np.ndarray    # (H,)
     head2_c: np.ndarray    # (O,)
-    # Many-stream tiles only (`panel_layout`; (L, 0, 0, 0) otherwise): dilated_w and out_w again, float32 (bf16's
-    # weights widened, int8's q), in panels of BLOCK.panel columns, each panel's rows contiguous, which
-    # `_panel_products` reads. Where they are given, dilated_w and out_w may be empty ((L, 0, 0)): the kernel then
-    # reads only these.
+    # Many-stream tiles only, and small ones of large layers (`panel_layout`; (L, 0, 0, 0) otherwise): dilated_w and
+    # out_w again, float32 (bf16's weights widened, int8's q) or bf16 bits, in panels of BLOCK.panel columns, each
+    # panel's rows contiguous, which `_panel_products` reads. Where they are given, dilated_w and out_w may be empty
+    # ((L, 0, 0)): the kernel then reads only these.
     dilated_p: np.ndarray  # (L, ceil(2G/P), k*R, P)
     out_p: np.ndarray      # (L, ceil((R+S)/P), G, P)
-    # Lone-stream tiles only (`strip_layout`; (L, 0, 0, 0) otherwise): dilated_w and out_w again, in their own
-    # format, in strips of a lone stream's block width STRIP (BLOCK.nv1 vectors), each strip's rows contiguous, which
-    # `_strips` reads.
+    # Lone-stream tiles, and int8's small tiles of large layers (`strip_layout`; (L, 0, 0, 0) otherwise): dilated_w
+    # and out_w again, in their own format, in strips of a lone stream's block width STRIP (BLOCK.nv1 vectors), each
+    # strip's rows contiguous, which `_strips` reads.
     dilated_l: np.ndarray  # (L, ceil(2G/STRIP), k*R, STRIP)
     out_l: np.ndarray      # (L, ceil((R+S)/STRIP), G, STRIP)
 

@@ -29,7 +29,9 @@ backend = NumbaBackend(config, model.weights, torch.device("cpu"), prec)
 
 for batch in (1, 8, 64) if vocoder else (1, 8, 64, 128):
     new_w = backend._kernel_weights(min(batch, 64))
-    old_w = new_w if hasattr(cpu_old, "panel_layout") else natural(new_w)
+    # (kernels before 8ba2eae read float32 panels only: bf16's own panels go to them in the natural layout)
+    float_panels = new_w.dilated_p.dtype == np.float32
+    old_w = new_w if hasattr(cpu_old, "panel_layout") and float_panels else natural(new_w)
     if not hasattr(cpu_old, "BLOCKS"):
         fields = {k: v for k, v in old_w._asdict().items() if k in cpu_old.CpuWeights._fields}
         old_w = cpu_old.CpuWeights(**{**fields, **{k: np.ascontiguousarray(fields[k].swapaxes(-1, -2))

@@ -96,23 +96,27 @@ def test_products_accumulate_in_place(k, n):
     assert np.array_equal(part, whole)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.int8])
+@pytest.mark.parametrize("dtype", [np.float32, np.int8, np.uint16])
 @pytest.mark.parametrize("k, n, first", [(3, 5, 0), (64, 23, 7), (300, 70, 0), (600, 100, 33), (256, 96, 32),
                                          (1000, 64, 0)])
 def test_panel_products_equal_the_natural_layout_bit_for_bit(k, n, first, dtype):
     """Many-stream tiles read the layers' weights in panels (`panel_layout`, `_panel_products`): the same numbers
     as `_products` on the natural layout for every size and remainder of the panel blocks (streams, panels cut by
     first or last, rows past a chunk, chunks prefetched), from a bias and a start row shared by every stream or one
-    each, and a product over a range of rows (a tap) reads only those rows of each panel; float32 weights, and
-    int8 with column scales (panels of q as float32, their blocks chunking the rows as a lone stream's do,
-    `cpu._INT8_CHUNK`), against `_products` on the int8 matrix."""
+    each, and a product over a range of rows (a tap) reads only those rows of each panel; float32 weights, bf16
+    bit patterns in panels of their own (uint16), and int8 with column scales (panels of q as float32, their blocks
+    chunking the rows as a lone stream's do, `cpu._INT8_CHUNK`), against `_products` on the int8 matrix."""
     rng = np.random.default_rng(k * 7 + n)
+    scale = None
     if dtype == np.int8:
         w = rng.integers(-127, 128, (k, n)).astype(np.int8)
         scale = rng.random(n).astype(np.float32)
+    elif dtype == np.uint16:
+        w = (rng.standard_normal((k, n)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
     else:
-        w, scale = rng.standard_normal((k, n)).astype(np.float32), None
-    panels = cpu.panel_layout(w)  # float32 (int8: q, widened once; the kernel factors the scales out)
+        w = rng.standard_normal((k, n)).astype(np.float32)
+    # float32 (int8: q, widened once; the kernel factors the scales out), bf16 bits as they are
+    panels = cpu.panel_layout(w, dtype=np.uint16 if dtype == np.uint16 else np.float32)
     assert panels.shape == (-(-n // cpu.BLOCK.panel), k, cpu.BLOCK.panel)
     sp = 0 if scale is None else scale.ctypes.data
     bias = rng.standard_normal(n).astype(np.float32)
@@ -120,7 +124,7 @@ def test_panel_products_equal_the_natural_layout_bit_for_bit(k, n, first, dtype)
     x = rng.standard_normal((64, k)).astype(np.float32)
     own = rng.standard_normal((64, n)).astype(np.float32)
     for start, lda in ((np.zeros((1, n), np.float32), 0), (own, n)):
-        for batch in (1, 3, 4, 5, 12, 13, 16, 17, 22, 32, 37, 64):  # blocks of every even size, and the rest
+        for batch in (1, 2, 3, 4, 5, 7, 12, 13, 16, 17, 22, 32, 37, 64):  # blocks of every even size, the rest
             y = np.full((batch, n), np.nan, np.float32)
             cpu._panel_products(panels, 0, k, bias.ctypes.data, sp, x.ctypes.data, k, y.ctypes.data + 4 * first, n,
                                 start.ctypes.data + 4 * first, lda, batch, first, n, zeros.ctypes.data)

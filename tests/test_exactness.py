@@ -163,8 +163,9 @@ def test_numba_panel_tiles_equal_natural_tiles_bit_for_bit(name, monkeypatch):
 def test_numba_large_layers_small_tiles_equal_natural_layout_bit_for_bit(precision, tile, copy, monkeypatch):
     """Models whose layers are large (`LARGE_TILES_FROM`: one layer of r9y9's shape, 3.9 MB) read another copy of
     them in small tiles: float32 panels from tiles of two streams (`LARGE_PANELS_FROM`), bf16 panels of its own
-    16-bit patterns below WIDEN_FROM (whole panels, rows past a panel chunk, the prefetches of the next, blocks of
-    4, 2 and 1 streams in tiles of 5 and 3), int8 strips below BLOCK.sb streams (tiles of 3 and 2). Each stream gets
+    16-bit patterns below WIDEN_FROM (whole panels, rows past a panel chunk, the prefetches of the next; with
+    512-bit vectors blocks of 4, 2 and 1 streams in tiles of 5 and 3), int8 strips below BLOCK.sb streams (tiles
+    of 3 and 2). Each stream gets
     the natural layout's logits, bit for bit. One stream reads strips, and bf16's tiles of WIDEN_FROM float32
     panels."""
     import dataclasses

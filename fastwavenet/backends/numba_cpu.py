@@ -163,7 +163,7 @@ class NumbaBackend(Backend):
             return w._replace(dilated_w=none, out_w=none, **dict(zip(("dilated_p", "out_p"), panels)))
 
         def stripped():
-            # the layers' matrices again, in their own format, in strips (one stream's products)
+            # the layers' matrices again, in their own format, in strips (one stream's products, a few of int8's)
             w = self.weights
             return w._replace(dilated_l=_aligned(strip_layout(w.dilated_w)), out_l=_aligned(strip_layout(w.out_w)))
 
@@ -215,9 +215,10 @@ class NumbaBackend(Backend):
         from ..kernels.cpu import BLOCK
 
         few = tile < BLOCK.sb and self.precision == "int8" and self._large_layers()
-        if self.precision == "w8a8" or (1 < tile < self._panels_from() and not few):
+        panels_from = self._panels_from()
+        if self.precision == "w8a8" or (1 < tile < panels_from and not few):
             return self.weights
-        if tile == 1 or few:
+        if tile < panels_from or few:
             return self._made("_stripped")
         narrow = self.precision == "bf16" and tile < self.WIDEN_FROM
         return self._made("_narrow_panelled" if narrow else "_panelled")
