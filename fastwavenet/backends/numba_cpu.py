@@ -147,20 +147,20 @@ class NumbaBackend(Backend):
                 head1_v=head1_v, head2_v=head2_v, dilated_c=dilated_c, out_c=out_c, head1_c=head1_c,
                 head2_c=head2_c, dilated_p=no_panels, out_p=no_panels, dilated_l=no_strips, out_l=no_strips)
 
-        def panelled():
-            # the layers' matrices in float32 panels only: bf16's rounded weights, int8's q (the kernel factors
-            # the scales out of the sums, as it does reading q as int8: the same numbers)
-            w = kernel_weights("float32") if precision == "bf16" else self.weights
+        def in_panels(w, dtype):
+            # w's layers' matrices in panels of `dtype` only
             none = np.zeros((config.layers, 0, 0), w.dilated_w.dtype)  # (int8: one compiled kernel, panels or not)
-            return w._replace(dilated_w=none, out_w=none, dilated_p=_aligned(panel_layout(w.dilated_w)),
-                              out_p=_aligned(panel_layout(w.out_w)))
+            return w._replace(dilated_w=none, out_w=none, dilated_p=_aligned(panel_layout(w.dilated_w, dtype=dtype)),
+                              out_p=_aligned(panel_layout(w.out_w, dtype=dtype)))
+
+        def panelled():
+            # float32 panels: bf16's rounded weights, int8's q (the kernel factors the scales out of the sums, as it
+            # does reading q as int8: the same numbers)
+            return in_panels(kernel_weights("float32") if precision == "bf16" else self.weights, np.float32)
 
         def narrow_panelled():
-            # bf16's layers' matrices in panels of their own 16-bit patterns (a large model's small tiles)
-            w = self.weights
-            none = np.zeros((config.layers, 0, 0), w.dilated_w.dtype)
-            panels = (_aligned(panel_layout(m, dtype=np.uint16)) for m in (w.dilated_w, w.out_w))
-            return w._replace(dilated_w=none, out_w=none, **dict(zip(("dilated_p", "out_p"), panels)))
+            # bf16's own 16-bit patterns in panels (a large model's small tiles)
+            return in_panels(self.weights, np.uint16)
 
         def stripped():
             # the layers' matrices again, in their own format, in strips (one stream's products, a few of int8's)
