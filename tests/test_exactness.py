@@ -165,9 +165,8 @@ def test_numba_large_layers_small_tiles_equal_natural_layout_bit_for_bit(precisi
     them in small tiles: float32 panels from tiles of two streams (`LARGE_PANELS_FROM`), bf16 panels of its own
     16-bit patterns below WIDEN_FROM (whole panels, rows past a panel chunk, the prefetches of the next; with
     512-bit vectors blocks of 4, 2 and 1 streams in tiles of 5 and 3), int8 strips below BLOCK.sb streams (tiles
-    of 3 and 2). Each stream gets
-    the natural layout's logits, bit for bit. One stream reads strips, and bf16's tiles of WIDEN_FROM float32
-    panels."""
+    of 3 and 2). Each stream gets the natural layout's logits, bit for bit. One stream reads strips, and bf16's tiles
+    of WIDEN_FROM float32 panels."""
     import dataclasses
 
     from fastwavenet import preset
