@@ -24,7 +24,8 @@ Two kinds of model share every function, told apart by two scalars:
 The weight matrices are float32, bf16 bit patterns (uint16) or int8 with column scales (see `CpuWeights`): numba
 compiles one specialization for each from the same source, the product blocks (`_micro`) widening each weight to
 float32 exactly in registers. At w8a8 the int8 weights meet 8-bit activations: integer products, VNNI where the CPU
-has it (`_products8`, the w8a8 note above it).
+has it (`_products8`, the w8a8 note above it), AMX's tiles for many streams where it has those (the note above
+`_has_amx`).
 """
 
 from __future__ import annotations
@@ -860,6 +861,159 @@ _NV8 = 8
 _SUMS8, _SUMS8_VEC, _SUMS8_ONE = _sums8(_NV8, _L, HAS_VNNI), _sums8(1, _L, HAS_VNNI), _sums8(1, 1, False)
 
 
+# ---- w8a8 on AMX: a tile of streams at a time ------------------------------------------------------------------
+#
+# Where numba's target has AMX's int8 tiles (Intel Xeon from Sapphire Rapids on) and Linux lets the process use
+# them, a w8a8 product for several streams computes its int32 sums with `tdpbusd`: 16 streams x 16 columns x 64
+# inputs (u8 x int8, four to a 32-bit lane, the layout of `w8a8_layout` and of the quantized rows) per instruction,
+# into tiles of int32 sums that go to memory, from where `_epilogue8` reads them as before. The sums are integers,
+# exact in any order, so a stream's numbers are the very ones `vpdpbusd` gives, in any batch. The tiles have 16
+# rows and read 16 rows of quantized inputs: `work8` keeps a multiple of 16 rows (past a tile's streams: stale
+# values, whose sums nobody reads). Products whose inputs are not a multiple of 64 or outputs not of 16 stay on
+# `_sums8` (none of the presets'). Measured in docs/BENCHMARKS.md.
+
+_ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
+
+
+def _has_amx() -> bool:
+    """numba's target has AMX tiles with int8 products, on 64-bit Linux x86, and the kernel grants this process the
+    tile state (arch_prctl ARCH_REQ_XCOMP_PERM, asked here once: without it the first tile instruction is fatal).
+    No switch of its own: numba's cache keys its code on the target's features, not on this module's globals, so
+    code compiled with the tiles would run where they had been switched off (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES
+    without them do switch them off, with their own cache entries)."""
+    from numba.core.registry import cpu_target
+
+    if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    features = set(cpu_target.target_context.codegen()._get_host_cpu_features().split(","))
+    if not {"+amx-tile", "+amx-int8"} <= features:
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+HAS_AMX = _has_amx()
+# A w8a8 product takes the tiles from 4 streams and 768 stream-inputs (12 streams of 64 inputs, 6 of 128, 4 of
+# 256 or more): below, a tile's 16 rows of sums cost more than `vpdpbusd` on the streams there are (one product
+# against `_sums8`, docs/BENCHMARKS.md).
+_AMX_STREAMS, _AMX_INPUTS = 4, 768
+
+
+def _amx_call(builder, name, args):
+    """A call of LLVM's x86 AMX intrinsic `name` (void, immediates as i8 constants, addresses as i8*)."""
+    fn = builder.module.globals.get(name) or ir.Function(
+        builder.module, ir.FunctionType(ir.VoidType(), [a.type for a in args]), name)
+    builder.call(fn, args)
+
+
+@intrinsic
+def _amx_begin(typingctx):
+    """Load the tile configuration every AMX product here uses: palette 1, eight tiles of 16 rows x 64 bytes
+    (0-3 int32 sums, 4-5 quantized inputs, 6-7 weight words). Nothing where there is no AMX."""
+    def codegen(context, builder, signature, args):
+        if HAS_AMX:
+            cfg = cgutils.alloca_once(builder, ir.ArrayType(ir.IntType(8), 64))
+            cfg.align = 64
+            bytes_ = [0] * 64
+            bytes_[0] = 1
+            for t in range(8):
+                bytes_[16 + 2 * t] = 64  # colsb, little-endian u16
+                bytes_[48 + t] = 16  # rows
+            builder.store(ir.Constant(ir.ArrayType(ir.IntType(8), 64), bytes_), cfg)
+            _amx_call(builder, "llvm.x86.ldtilecfg", [builder.bitcast(cfg, ir.IntType(8).as_pointer())])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def _amx_end(typingctx):
+    """Release the tiles (their state is no longer saved with the thread's)."""
+    def codegen(context, builder, signature, args):
+        if HAS_AMX:
+            _amx_call(builder, "llvm.x86.tilerelease", [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+def _amx_block(srows: int, scols: int):
+    """An intrinsic: int32 sums of 16 * srows streams x 16 * scols columns (srows, scols in 1, 2), over `chunks`
+    chunks of 64 inputs: acc[s, n] = sum_i xq[s, i] * q[i, n]. Arguments (intp): (xq, ldxq bytes, q at the block's
+    first column in row 0 of words, ldq bytes between rows of words, acc, ldacc bytes, chunks)."""
+
+    @intrinsic
+    def block(typingctx, xq, ldxq, q, ldq, acc, ldacc, chunks):
+        sig = types.void(*[types.intp] * 7)
+
+        def codegen(context, builder, signature, args):
+            if not HAS_AMX:
+                return context.get_dummy_value()
+            xq, ldxq, q, ldq, acc, ldacc, chunks = args
+            i8, i64 = ir.IntType(8), ir.IntType(64)
+            p8 = i8.as_pointer()
+
+            def at(base, offset):
+                return builder.inttoptr(builder.add(base, offset), p8)
+
+            sums = [(r, c) for r in range(srows) for c in range(scols)]
+            for r, c in sums:
+                _amx_call(builder, "llvm.x86.tilezero", [ir.Constant(i8, 2 * r + c)])
+            with cgutils.for_range(builder, chunks) as loop:
+                k = loop.index
+                for r in range(srows):  # tiles 4 + r: 16 streams' 64 inputs
+                    off = builder.add(builder.mul(k, ir.Constant(i64, 64)), builder.mul(ldxq, ir.Constant(i64, 16 * r)))
+                    _amx_call(builder, "llvm.x86.tileloadd64", [ir.Constant(i8, 4 + r), at(xq, off), ldxq])
+                for c in range(scols):  # tiles 6 + c: 16 rows of words (64 inputs) of 16 columns
+                    off = builder.add(builder.mul(k, builder.mul(ldq, ir.Constant(i64, 16))), ir.Constant(i64, 64 * c))
+                    _amx_call(builder, "llvm.x86.tileloadd64", [ir.Constant(i8, 6 + c), at(q, off), ldq])
+                for r, c in sums:
+                    _amx_call(builder, "llvm.x86.tdpbusd", [ir.Constant(i8, 2 * r + c), ir.Constant(i8, 4 + r),
+                                                           ir.Constant(i8, 6 + c)])
+            for r, c in sums:
+                off = builder.add(builder.mul(ldacc, ir.Constant(i64, 16 * r)), ir.Constant(i64, 64 * c))
+                _amx_call(builder, "llvm.x86.tilestored64", [ir.Constant(i8, 2 * r + c), at(acc, off), ldacc])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return block
+
+
+_AMX22, _AMX21, _AMX12, _AMX11 = _amx_block(2, 2), _amx_block(2, 1), _amx_block(1, 2), _amx_block(1, 1)
+
+
+@njit(**_OPTIONS)
+def _sums8_amx(qp, ldw, k4, xqp, ldxq, accp, nb, m):
+    """acc[b, n] (rows of m int32) = sum_i xq[b, i] * q[i, n] for streams b < nb (rows ldxq bytes apart, at least
+    16 ceil(nb / 16) of them readable) and columns n < m (a multiple of 16) from qp (row 0 of words, at the first
+    column; ldw words a row): `_sums8_range`'s sums, 32 x 32 at a time. k4 a multiple of 16."""
+    chunks, ldq, ldacc = k4 // 16, 4 * ldw, 4 * m
+    _amx_begin()
+    b = 0
+    while b < nb:
+        two = nb - b > 16
+        x, a = xqp + b * ldxq, accp + b * ldacc
+        n = 0
+        while n < m:
+            if n + 32 <= m and two:
+                _AMX22(x, ldxq, qp + 4 * n, ldq, a + 4 * n, ldacc, chunks)
+            elif n + 32 <= m:
+                _AMX12(x, ldxq, qp + 4 * n, ldq, a + 4 * n, ldacc, chunks)
+            elif two:
+                _AMX21(x, ldxq, qp + 4 * n, ldq, a + 4 * n, ldacc, chunks)
+            else:
+                _AMX11(x, ldxq, qp + 4 * n, ldq, a + 4 * n, ldacc, chunks)
+            n += 32
+        b += 32 if two else 16
+    _amx_end()
+
+
 @intrinsic
 def _f32_at(typingctx, address):
     """A float32 pointer at `address` (intp), for numba.carray."""
@@ -952,6 +1106,12 @@ def _products8(qp, ldw, K, bp, sp, cp, work, yp, ldy, ap, lda, nb, first, last):
     bias = carray(_f32_at(bp + 4 * first), m)
     scale = carray(_f32_at(sp + 4 * first), m)
     colsum = carray(_i32_at(cp + 4 * first), m)
+    if HAS_AMX and nb >= _AMX_STREAMS and nb * K >= _AMX_INPUTS and k4 % 16 == 0 and m % 16 == 0:  # the tiles
+        _sums8_amx(qp + 4 * first, ldw, k4, xq.ctypes.data, xq.strides[0], acc.ctypes.data, nb, m)
+        for b in range(nb):
+            _epilogue8(carray(_f32_at(yp + 4 * b * ldy), m), carray(_f32_at(ap + 4 * b * lda), m), bias, scale,
+                       colsum, acc[b * m:b * m + m], x_scale[b])
+        return
     for b in range(nb):
         _sums8_range(qp, ldw, k4, xq[b].ctypes.data, acc.ctypes.data, first, last)
         _epilogue8(carray(_f32_at(yp + 4 * b * ldy), m), carray(_f32_at(ap + 4 * b * lda), m), bias, scale, colsum,
@@ -982,9 +1142,10 @@ def work8(parts, tile, k, n):
     least tile) float32, acc (parts, at least n) int32, each part's rows on cache lines of their own (`_lines`).
     Where no product is w8a8, k = n = 0. `part8` gives one part's."""
     k64, t16, n16 = (k + 63) // 64 * 64, (tile + 15) // 16 * 16, (n + 15) // 16 * 16
-    return (_lines(parts * tile * k64).reshape((parts, tile, k64)),
+    sums = t16 * n16 if HAS_AMX else n16  # (the tiles' sums: a row per stream)
+    return (_lines(parts * t16 * k64).reshape((parts, t16, k64)),
             _floats(parts, t16),
-            _lines(4 * parts * n16).view(np.int32).reshape((parts, n16)))
+            _lines(4 * parts * sums).view(np.int32).reshape((parts, sums)))
 
 
 @njit(**_OPTIONS, inline="always")

@@ -198,3 +198,53 @@ def w8a8_logits():
     gen = Generator(ModelFile(config, fold(random_model(config, 1))), backend="numba", precision="w8a8")
     codes = torch.randint(0, config.classes, (3, 60), generator=torch.Generator().manual_seed(1))
     return gen.forward(gen.new_state(3), codes).numpy()
+
+
+def _amx_target() -> bool:
+    """numba's target has AMX's int8 tiles: the host's features, or NUMBA_CPU_FEATURES where set."""
+    if numba_config.CPU_FEATURES is not None:
+        return {"+amx-tile", "+amx-int8"} <= set(numba_config.CPU_FEATURES.split(","))
+    features = llvm.get_host_cpu_features()
+    return bool(features.get("amx-tile") and features.get("amx-int8"))
+
+
+def tile_case(k, n, streams, seed):
+    """product_case's kinds of input for any number of streams."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    q[:, 0], q[:, -1] = 127, -127
+    x = rng.standard_normal((streams, k)).astype(np.float32)
+    x[1] = 0
+    x[2, 0] = -np.abs(x[2]).max() * 2
+    return (q, rng.uniform(1e-3, 1e-2, n).astype(np.float32), rng.standard_normal(n).astype(np.float32), x,
+            rng.standard_normal((streams, n)).astype(np.float32))
+
+
+# (K, N, streams, first): products the tiles take where the CPU has them (`_products8`: inputs a multiple of 64,
+# outputs of 16, enough streams), with each remainder: 37 streams, two tiles of 16 rows and one whose 5 streams
+# leave 11 rows of stale inputs; 48 outputs, a block of 32 columns and one of 16; a first output past 0; then
+# products below the tiles' threshold or off their grid, which `vpdpbusd` takes: the same numbers either way.
+TILE_SHAPES = [(64, 48, 37, 16), (128, 64, 6, 0), (512, 96, 4, 32), (1536, 512, 19, 0), (64, 32, 11, 0),
+               (192, 40, 8, 0)]
+
+
+@pytest.mark.parametrize("k, n, streams, first", TILE_SHAPES)
+def test_w8a8_products_of_many_streams_are_the_quantized_arithmetic_bit_for_bit(k, n, streams, first):
+    """AMX's int32 sums are exact as `vpdpbusd`'s are: every stream's row the numpy reference's, and the one it gets
+    alone (one stream: `_sums8`), bit for bit; outputs before `first` untouched."""
+    q, scale, bias, x, start = tile_case(k, n, streams, k + n + streams)
+    y = w8a8_product(q, scale, bias, x, start, first)
+    np.testing.assert_array_equal(y[:, first:], quantized_reference(q, scale, bias, x, start)[:, first:])
+    np.testing.assert_array_equal(y[:, :first], start[:, :first])
+    for b in range(streams):
+        np.testing.assert_array_equal(w8a8_product(q, scale, bias, x[b:b + 1], start[b:b + 1], first), y[b:b + 1])
+
+
+@pytest.mark.skipif(not _amx_target(), reason="the CPU (or NUMBA_CPU_FEATURES) lacks AMX's int8 tiles")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the tiles are asked of Linux (arch_prctl)")
+def test_w8a8_uses_the_tiles_where_the_target_has_them():
+    """On a CPU with AMX (and a Linux that grants the tile state: 5.16 on) the products of many streams hold
+    `tdpbusd`; `w8a8_product` at 37 streams went through them (the test above)."""
+    assert cpu.HAS_AMX
+    w8a8_product(*tile_case(64, 48, 37, 0), 0)
+    assert "tdpbusd" in cpu._sums8_amx.inspect_asm(cpu._sums8_amx.signatures[0])

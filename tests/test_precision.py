@@ -281,3 +281,20 @@ def test_score_at_w8a8_runs_the_numba_generator(tmp_path, sine_folder):
     assert 0 < w8a8 < 16 and w8a8 != int8 and abs(w8a8 - int8) < 0.05 * int8
     result = run_cli("score", save_models(tmp_path)["tiny"], tone, "--precision", "w8a8")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
+def test_numba_w8a8_stream_is_the_same_alone_and_in_a_batch_of_tiles(monkeypatch):
+    """Channels of 64 and 16 streams in one tile: every product takes AMX's tiles where the CPU has them
+    (`cpu._products8`), and a stream alone takes `vpdpbusd` (or the integer fallback): the same codes."""
+    from fastwavenet.backends.numba_cpu import NumbaBackend
+
+    monkeypatch.setattr(NumbaBackend, "_tile", staticmethod(lambda batch: batch))
+    config = WaveNetConfig(sample_rate=8000, classes=64, residual_channels=64, gate_channels=64, skip_channels=64,
+                           head_channels=64, kernel_size=2, layers_per_stack=3, stacks=1)
+    gen = Generator(ModelFile(config, fold(random_model(config, 1))), backend="numba", precision="w8a8")
+    batch, steps = 16, 30
+    together = gen.generate_codes(gen.new_state(batch), steps, rng=[np.random.default_rng(i) for i in range(batch)])
+    for i in range(batch):
+        alone = gen.generate_codes(gen.new_state(1), steps, rng=[np.random.default_rng(i)])
+        assert torch.equal(together[i:i + 1], alone), i
