@@ -1067,6 +1067,17 @@ def _epilogue8(y, a, bias, scale, colsum, acc, x_scale):
         y[n] = (a[n] + bias[n]) + (x_scale * scale[n]) * np.float32(acc[n] - colsum[n])
 
 
+@njit(**_EXACT)
+def _epilogue8_rows(y, a, rows, bias, scale, colsum, acc, x_scale):
+    """`_epilogue8` for streams b < acc.shape[0] at once, the same operations on each output: y[b, n] = (a[b, n] +
+    bias[n]) + (x_scale[b] * scale[n]) * float32(acc[b, n] - colsum[n]), n < acc.shape[1]; a's row 0 for every
+    stream where not `rows` (y may be a)."""
+    for b in range(acc.shape[0]):
+        s, ar = x_scale[b], a[b if rows else 0]
+        for n in range(acc.shape[1]):
+            y[b, n] = (ar[n] + bias[n]) + (s * scale[n]) * np.float32(acc[b, n] - colsum[n])
+
+
 @njit(**_OPTIONS)
 def _sums8_range(qp, ldw, k4, xqp, accp, first, last):
     """acc[n - first] = sum_i xq[i] * q[i, n] for n in [first, last): `_sums8` blocks, vectors, then columns. qp:
@@ -1108,9 +1119,8 @@ def _products8(qp, ldw, K, bp, sp, cp, work, yp, ldy, ap, lda, nb, first, last):
     colsum = carray(_i32_at(cp + 4 * first), m)
     if HAS_AMX and nb >= _AMX_STREAMS and nb * K >= _AMX_INPUTS and k4 % 16 == 0 and m % 16 == 0:  # the tiles
         _sums8_amx(qp + 4 * first, ldw, k4, xq.ctypes.data, xq.strides[0], acc.ctypes.data, nb, m)
-        for b in range(nb):
-            _epilogue8(carray(_f32_at(yp + 4 * b * ldy), m), carray(_f32_at(ap + 4 * b * lda), m), bias, scale,
-                       colsum, acc[b * m:b * m + m], x_scale[b])
+        _epilogue8_rows(carray(_f32_at(yp), (nb, ldy)), carray(_f32_at(ap), (nb if lda else 1, max(lda, m))), lda > 0,
+                        bias, scale, colsum, acc[:nb * m].reshape((nb, m)), x_scale)
         return
     for b in range(nb):
         _sums8_range(qp, ldw, k4, xq[b].ctypes.data, acc.ctypes.data, first, last)
