@@ -866,11 +866,12 @@ _SUMS8, _SUMS8_VEC, _SUMS8_ONE = _sums8(_NV8, _L, HAS_VNNI), _sums8(1, _L, HAS_V
 # Where numba's target has AMX's int8 tiles (Intel Xeon from Sapphire Rapids on) and Linux lets the process use
 # them, a w8a8 product for several streams computes its int32 sums with `tdpbusd`: 16 streams x 16 columns x 64
 # inputs (u8 x int8, four to a 32-bit lane, the layout of `w8a8_layout` and of the quantized rows) per instruction,
-# into tiles of int32 sums that go to memory, from where `_epilogue8` reads them as before. The sums are integers,
-# exact in any order, so a stream's numbers are the very ones `vpdpbusd` gives, in any batch. The tiles have 16
-# rows and read 16 rows of quantized inputs: `work8` keeps a multiple of 16 rows (past a tile's streams: stale
-# values, whose sums nobody reads). Products whose inputs are not a multiple of 64 or outputs not of 16 stay on
-# `_sums8` (none of the presets'). Measured in docs/BENCHMARKS.md.
+# into tiles of int32 sums that go to memory, from where `_epilogue8_rows` reads them (`_epilogue8`'s operations,
+# over every stream of the product in one loop). The sums are integers, exact in any order, so a stream's numbers
+# are the very ones `vpdpbusd` gives, in any batch. The tiles have 16 rows and read 16 rows of quantized inputs:
+# `work8` keeps a multiple of 16 rows (past a tile's streams: stale values, whose sums nobody reads). Products whose
+# inputs are not a multiple of 64 or outputs not of 16 stay on `_sums8` (r9y9's last head product, 30 outputs, for
+# one). Measured in docs/BENCHMARKS.md.
 
 _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
 
