@@ -42,8 +42,9 @@ class BenchResult:
     steps: int
     seconds: float
     of_limit: float | None = None  # samples_per_s / this machine's limit at this batch (Limits.samples_per_s)
-    # the limit that binds at this batch: "weights" (their reads), "flops" (float32 FMA; the CPU's sgemm) or "tensor"
-    # (a GPU's tensor cores, for the backends whose products run there: 3xTF32)
+    # the limit that binds at this batch: "weights" (their reads), "flops" (float32 FMA; the CPU's sgemm), "int8" (w8a8
+    # rows: the kernel's int8 products in registers, Limits.int8_gops) or "tensor" (a GPU's tensor cores, for the
+    # backends whose products run there: 3xTF32)
     bound_by: str | None = None
     # The limits this row is held against, measured just before it (machines drift by tens of per cent in minutes)
     limit_sgemm_gflops: float | None = None
@@ -56,8 +57,15 @@ class BenchResult:
     of_peak: float | None = None
     limit_fma_gflops: float | None = None
     limit_tensor_gflops: float | None = None
+    limit_int8_gops: float | None = None  # w8a8 rows: their arithmetic limit and their peak (Limits.int8_gops)
     speedup_vs_r9y9: float | None = None  # over r9y9's incremental_forward (one stream), measured in the same run
     precision: str = "float32"  # of the weight matrices (bf16: rounded, and 16-bit in the numba kernel)
+
+
+def _amx() -> bool:
+    from .kernels.cpu import HAS_AMX
+
+    return HAS_AMX
 
 
 def machine() -> dict:
@@ -114,7 +122,10 @@ class Limits:
     bytes: bf16 rows are held to twice the passes, int8 and w8a8 to four times.
     peak: fused multiply-adds in registers on full vectors of numba's target ISA, on all of numba's threads
     (`limits.fma_peak`), in GFLOP/s: what no code of that ISA can beat, whoever made the CPU. A vendor's sgemm
-    need not reach it (MKL on AMD reached 40-50 % of it), so rows are held against both."""
+    need not reach it (MKL on AMD reached 40-50 % of it), so rows are held against both.
+    int8: w8a8's products are integer multiply-adds, not float32 fmas: its rows are held to the kernel's own int8
+    products in registers on all of numba's threads instead of sgemm and the FMA peak (`limits.int8_peak`: AMX's
+    tiles where the kernel uses them, else `vpdpbusd`; GOP/s, two operations a multiply-add; 0 where neither)."""
 
     sgemm_gflops: float
     threads: int
@@ -125,10 +136,18 @@ class Limits:
     fma_threads: int = 0
     split_passes_per_s: float = 0.0  # 0: not measured (numba missing)
     split_threads: int = 0
+    int8_gops: float = 0.0  # 0: not measured (numba missing, or no int8 products of the kernel's own)
+    int8_threads: int = 0
 
     @property
     def batched_samples_per_s(self) -> float:
         return self.sgemm_gflops * 1e9 / self.flops_per_sample
+
+    def arithmetic_samples_per_s(self, precision: str = "float32") -> float:
+        """The batched limit of a precision's rows: sgemm's, or for w8a8 the int8 products' where measured."""
+        if precision == "w8a8" and self.int8_gops:
+            return self.int8_gops * 1e9 / self.flops_per_sample
+        return self.batched_samples_per_s
 
     def passes_per_s(self, precision: str = "float32", split: bool = False) -> float:
         """Passes over the weights a second at batch 1, in the precision's bytes: one core's, or where `split` all
@@ -138,11 +157,14 @@ class Limits:
 
     def samples_per_s(self, batch: int, precision: str = "float32", split: bool = False,
                       tensor_cores: bool = False) -> float:
-        return min(batch * self.passes_per_s(precision, split), self.batched_samples_per_s)
+        return min(batch * self.passes_per_s(precision, split), self.arithmetic_samples_per_s(precision))
 
     def bound_by(self, batch: int, precision: str = "float32", split: bool = False, tensor_cores: bool = False) -> str:
-        """Which limit binds at this batch: "weights" (the batch-1 limit times the batch) or "flops" (sgemm)."""
-        return "weights" if batch * self.passes_per_s(precision, split) < self.batched_samples_per_s else "flops"
+        """Which limit binds at this batch: "weights" (the batch-1 limit times the batch), "flops" (sgemm) or, for
+        w8a8 where measured, "int8"."""
+        if batch * self.passes_per_s(precision, split) < self.arithmetic_samples_per_s(precision):
+            return "weights"
+        return "int8" if precision == "w8a8" and self.int8_gops else "flops"
 
     def best(self, other: "Limits | None") -> "Limits":
         """Each limit the higher of the two measurements (machines drift; best against best compares like with
@@ -152,7 +174,8 @@ class Limits:
         return replace(self, sgemm_gflops=max(self.sgemm_gflops, other.sgemm_gflops),
                        weight_passes_per_s=max(self.weight_passes_per_s, other.weight_passes_per_s),
                        fma_gflops=max(self.fma_gflops, other.fma_gflops),
-                       split_passes_per_s=max(self.split_passes_per_s, other.split_passes_per_s))
+                       split_passes_per_s=max(self.split_passes_per_s, other.split_passes_per_s),
+                       int8_gops=max(self.int8_gops, other.int8_gops))
 
 
 @dataclass
@@ -234,19 +257,21 @@ def measure_limits(model: ModelFile, seconds: float = 0.5) -> Limits:
         torch.mm(a, b)
         best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t0))
     nbytes = weight_bytes(model)
-    passes_per_s = split_passes_per_s = fma = 0.0
-    fma_threads = split_threads = 0
+    passes_per_s = split_passes_per_s = fma = int8 = 0.0
+    fma_threads = split_threads = int8_threads = 0
     try:
         import numba
     except ImportError:  # numba missing: the batch-1 limits and the peak are not measured
         pass
     else:
         fma, fma_threads = measure_fma_peak(seconds)
+        int8, int8_threads = measure_int8_peak(seconds)
         split_threads = numba.get_num_threads()
         passes_per_s, split_passes_per_s = weight_passes(nbytes, split_threads, seconds)
     return Limits(sgemm_gflops=best / 1e9, threads=torch.get_num_threads(), flops_per_sample=flops_per_sample(
         model.config), weight_bytes=nbytes, weight_passes_per_s=passes_per_s, fma_gflops=fma,
-        fma_threads=fma_threads, split_passes_per_s=split_passes_per_s, split_threads=split_threads)
+        fma_threads=fma_threads, split_passes_per_s=split_passes_per_s, split_threads=split_threads, int8_gops=int8,
+        int8_threads=int8_threads)
 
 
 def weight_passes(nbytes: int, threads: int, seconds: float = 0.5) -> tuple[float, float]:
@@ -286,21 +311,39 @@ def measure_fma_peak(seconds: float = 0.5) -> tuple[float, int]:
     from .limits import PEAK_CHAINS, fma_peak
 
     threads = numba_threads()
-    flops = 2.0 * PEAK_CHAINS * BLOCK.lanes * threads  # per iteration
-    iterations, elapsed = 1 << 12, 0.0
-    fma_peak(iterations, threads)
-    while elapsed < 0.05:  # about 50 ms a run, so that starting the threads does not count
+    return _best_rate(lambda n: fma_peak(n, threads), 2.0 * PEAK_CHAINS * BLOCK.lanes * threads, seconds), threads
+
+
+def measure_int8_peak(seconds: float = 0.5) -> tuple[float, int]:
+    """The kernel's int8 products in registers on all numba threads (GOP/s, threads; 0, 0 where it has none of its
+    own): `limits.int8_peak`, timed as `measure_fma_peak` is."""
+    from .backends.numba_cpu import numba_threads
+    from .limits import int8_macs_per_iteration, int8_peak
+
+    macs = int8_macs_per_iteration()
+    if not macs:
+        return 0.0, 0
+    threads = numba_threads()
+    return _best_rate(lambda n: int8_peak(n, threads), 2.0 * macs * threads, seconds), threads
+
+
+def _best_rate(run: Callable[[int], object], per_iteration: float, seconds: float) -> float:
+    """The best rate (in G of `per_iteration`'s unit a second) of `run(iterations)`: one call first (compile or
+    load), then runs of about 50 ms each (so that starting the threads does not count) over `seconds`."""
+    iterations, elapsed = 1 << 6, 0.0
+    run(iterations)
+    while elapsed < 0.05:
         iterations *= 4
         t0 = time.perf_counter()
-        fma_peak(iterations, threads)
+        run(iterations)
         elapsed = time.perf_counter() - t0
-    best = flops * iterations / elapsed
+    best = per_iteration * iterations / elapsed
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         t0 = time.perf_counter()
-        fma_peak(iterations, threads)
-        best = max(best, flops * iterations / (time.perf_counter() - t0))
-    return best / 1e9, threads
+        run(iterations)
+        best = max(best, per_iteration * iterations / (time.perf_counter() - t0))
+    return best / 1e9
 
 
 def _best_cuda_seconds(work: Callable[[], None], seconds: float) -> float:
@@ -551,7 +594,11 @@ def _hold(result: BenchResult, limits: Limits | GpuLimits | None):
         if isinstance(limits, Limits):
             result.limit_sgemm_gflops = limits.sgemm_gflops
             result.limit_split_passes_per_s = limits.split_passes_per_s or None
-    if limits is not None and limits.fma_gflops:
+    int8 = isinstance(limits, Limits) and result.precision == "w8a8" and limits.int8_gops
+    if int8:  # w8a8: its own arithmetic's peak
+        result.of_peak = result.samples_per_s * limits.flops_per_sample / (limits.int8_gops * 1e9)
+        result.limit_int8_gops = limits.int8_gops
+    elif limits is not None and limits.fma_gflops:
         peak = limits.arithmetic_gflops(True) if tensor else limits.fma_gflops
         result.of_peak = result.samples_per_s * limits.flops_per_sample / (peak * 1e9)
         result.limit_fma_gflops = limits.fma_gflops
@@ -602,6 +649,10 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
             lines.append(f"peak: fused multiply-adds in registers, {bits}-bit vectors (numba's target), "
                          f"{limits.fma_threads} threads: {limits.fma_gflops:,.0f} GFLOP/s (the `of peak` column: "
                          f"any vendor's CPU, any row)")
+        if limits.int8_gops:
+            lines.append(f"int8: the kernel's int8 multiply-adds in registers ({'AMX tiles' if _amx() else 'VNNI'}), "
+                         f"{limits.int8_threads} threads: {limits.int8_gops:,.0f} GOP/s (w8a8 rows' batched limit and "
+                         f"peak, in place of sgemm's and the FMA peak)")
         again = [r for r in results if r.limit_sgemm_gflops is not None]
         if again:
             sgemm = [r.limit_sgemm_gflops for r in again]

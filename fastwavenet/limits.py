@@ -10,7 +10,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .kernels.cpu import BLOCK, _matmul
+from .kernels.cpu import BLOCK, HAS_AMX, HAS_VNNI, _amx_begin, _amx_call, _amx_end, _matmul
 
 _LANES = BLOCK.lanes
 
@@ -84,4 +84,68 @@ def fma_peak(iterations, threads):
     out = np.zeros(threads, np.float32)
     for t in prange(threads):
         out[t] = _fma_chains(iterations)
+    return out.sum()
+
+
+# The int8 peak: `vpdpbusd` chains (as the FMA peak's, 4 multiply-adds a 32-bit lane), or, where the kernel has AMX,
+# four independent `tdpbusd` on tiles in registers (16 x 16 x 64 multiply-adds each).
+INT8_CHAINS = 12
+AMX_MACS = 4 * 16 * 16 * 64
+
+
+@intrinsic
+def _int8_chains(typingctx, iterations):
+    """`iterations` rounds of the kernel's int8 products in registers, no memory touched: four `tdpbusd` on tiles
+    where `HAS_AMX`, else INT8_CHAINS `vpdpbusd` on full vectors where `HAS_VNNI`, else nothing; returns a lane of
+    the sums (the tiles': 0), so that none is dead code. `int8_macs_per_iteration` says how many multiply-adds."""
+    sig = types.int32(types.intp)
+
+    def codegen(context, builder, signature, args):
+        i8, i32 = ir.IntType(8), ir.IntType(32)
+        if HAS_AMX:
+            for t in range(8):
+                _amx_call(builder, "llvm.x86.tilezero", [ir.Constant(i8, t)])
+            with cgutils.for_range(builder, args[0]):
+                for c, a, b in ((0, 4, 6), (1, 4, 7), (2, 5, 6), (3, 5, 7)):
+                    _amx_call(builder, "llvm.x86.tdpbusd", [ir.Constant(i8, c), ir.Constant(i8, a), ir.Constant(i8, b)])
+            return ir.Constant(i32, 0)
+        if not HAS_VNNI:
+            return ir.Constant(i32, 0)
+        vec = ir.VectorType(i32, _LANES)
+        name = f"llvm.x86.avx512.vpdpbusd.{32 * _LANES}"
+        dot = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vec, [vec] * 3), name)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [j] * _LANES)) for j in range(INT8_CHAINS)]
+        x, w = ir.Constant(vec, [0x01010101] * _LANES), ir.Constant(vec, [0x01FF01FF] * _LANES)  # sums stay small
+        with cgutils.for_range(builder, args[0]):
+            for acc in accs:
+                builder.store(builder.call(dot, [builder.load(acc), x, w]), acc)
+        total = builder.load(accs[0])
+        for acc in accs[1:]:
+            total = builder.add(total, builder.load(acc))
+        return builder.extract_element(total, ir.Constant(i32, 0))
+
+    return sig, codegen
+
+
+def int8_macs_per_iteration() -> int:
+    """Multiply-adds one thread makes in one iteration of `int8_peak` (0: no int8 products of their own here)."""
+    return AMX_MACS if HAS_AMX else INT8_CHAINS * _LANES * 4 if HAS_VNNI else 0
+
+
+@njit(cache=True)
+def _int8_on_thread(iterations):
+    _amx_begin()
+    out = _int8_chains(iterations)
+    _amx_end()
+    return out
+
+
+@njit(cache=True, parallel=True)
+def int8_peak(iterations, threads):
+    """Run `_int8_chains(iterations)` on each of `threads` numba threads at once (the tiles configured and released
+    on each): the int8 multiply-adds the kernel's w8a8 products are made of, in registers. The benchmark times it as
+    the limit of w8a8's batched rows, as `fma_peak` is float32's peak."""
+    out = np.zeros(threads, np.int32)
+    for t in prange(threads):
+        out[t] = _int8_on_thread(iterations)
     return out.sum()

@@ -260,6 +260,47 @@ def test_bench_measures_each_precision_against_its_own_limit(tmp_path):
     assert row["of_limit"] == pytest.approx(row["samples_per_s"] / limit)
 
 
+
+def test_w8a8_rows_are_held_to_the_int8_products_limit():
+    """w8a8's products are integer multiply-adds: its batched rows are held to the kernel's int8 products in
+    registers (Limits.int8_gops) and bound by "int8", their peak is that too; other precisions keep sgemm and the
+    FMA peak; without an int8 measurement w8a8 falls back to them."""
+    from fastwavenet import bench
+
+    limits = bench.Limits(sgemm_gflops=1.0, threads=2, flops_per_sample=1e6, weight_bytes=1, weight_passes_per_s=100.0,
+                          fma_gflops=2.0, fma_threads=2, int8_gops=8.0, int8_threads=2)  # 1,000 / 8,000 samples/s
+
+    def held(batch, precision, held_to=limits):
+        result = bench.BenchResult(backend="numba", batch=batch, samples_per_s=900.0, realtime_factor=0.0,
+                                   speedup_vs_naive=None, first_call_s=0.0, steps=2, seconds=1.0, precision=precision)
+        bench._hold(result, held_to)
+        return result
+
+    wide = held(256, "w8a8")
+    assert (wide.bound_by, wide.of_limit, wide.of_peak) == ("int8", pytest.approx(900 / 8000), pytest.approx(900 / 8000))
+    assert wide.limit_int8_gops == 8.0 and wide.limit_fma_gflops is None
+    assert (held(8, "w8a8").bound_by, held(8, "w8a8").of_limit) == ("weights", pytest.approx(900 / 3200))
+    plain = held(256, "float32")
+    assert (plain.bound_by, plain.of_limit, plain.of_peak) == ("flops", pytest.approx(0.9), pytest.approx(900 / 2000))
+    unmeasured = held(256, "w8a8", bench.Limits(sgemm_gflops=1.0, threads=2, flops_per_sample=1e6, weight_bytes=1,
+                                                weight_passes_per_s=100.0))
+    assert (unmeasured.bound_by, unmeasured.of_limit) == ("flops", pytest.approx(0.9))
+    assert limits.best(bench.Limits(**{**limits.__dict__, "int8_gops": 9.0})).int8_gops == 9.0
+
+
+def test_int8_peak_probe_runs_the_kernels_own_products():
+    """`limits.int8_peak` runs where the kernel has int8 products of its own (AMX tiles or VNNI) and counts them;
+    elsewhere it says there are none."""
+    from fastwavenet import bench, limits
+    from fastwavenet.kernels import cpu
+
+    macs = limits.int8_macs_per_iteration()
+    assert macs == (limits.AMX_MACS if cpu.HAS_AMX else limits.INT8_CHAINS * cpu.BLOCK.lanes * 4 if cpu.HAS_VNNI
+                    else 0)
+    gops, threads = bench.measure_int8_peak(0.05)
+    assert (gops > 0) == (macs > 0) and (threads > 0) == (macs > 0)
+
+
 BAD = [
     (["--batch", "0"], "positive integers"),
     (["--batch", "one"], "comma-separated integers"),
