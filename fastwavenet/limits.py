@@ -48,6 +48,17 @@ def read_passes_split(shares, passes):
 PEAK_CHAINS = 12
 
 
+def _chains(builder, step, accs, operands, iterations, add):
+    """`iterations` rounds of acc = step(acc, *operands) on every accumulator (allocas), then their sum by `add`."""
+    with cgutils.for_range(builder, iterations):
+        for acc in accs:
+            builder.store(builder.call(step, [builder.load(acc), *operands]), acc)
+    total = builder.load(accs[0])
+    for acc in accs[1:]:
+        total = add(total, builder.load(acc))
+    return total
+
+
 @intrinsic
 def _fma_chains(typingctx, iterations):
     """PEAK_CHAINS independent chains of `iterations` fused multiply-adds on full vectors of the target (acc = acc *
@@ -62,12 +73,7 @@ def _fma_chains(typingctx, iterations):
         accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [float(j)] * _LANES))
                 for j in range(PEAK_CHAINS)]
         m, c = ir.Constant(vec, [0.999] * _LANES), ir.Constant(vec, [0.001] * _LANES)
-        with cgutils.for_range(builder, args[0]):
-            for acc in accs:
-                builder.store(builder.call(fma, [builder.load(acc), m, c]), acc)
-        total = builder.load(accs[0])
-        for acc in accs[1:]:
-            total = builder.fadd(total, builder.load(acc))
+        total = _chains(builder, fma, accs, (m, c), args[0], builder.fadd)
         out = builder.extract_element(total, ir.Constant(ir.IntType(32), 0))
         for lane in range(1, _LANES):
             out = builder.fadd(out, builder.extract_element(total, ir.Constant(ir.IntType(32), lane)))
@@ -116,12 +122,7 @@ def _int8_chains(typingctx, iterations):
         dot = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vec, [vec] * 3), name)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [j] * _LANES)) for j in range(INT8_CHAINS)]
         x, w = ir.Constant(vec, [0x01010101] * _LANES), ir.Constant(vec, [0x01FF01FF] * _LANES)  # sums stay small
-        with cgutils.for_range(builder, args[0]):
-            for acc in accs:
-                builder.store(builder.call(dot, [builder.load(acc), x, w]), acc)
-        total = builder.load(accs[0])
-        for acc in accs[1:]:
-            total = builder.add(total, builder.load(acc))
+        total = _chains(builder, dot, accs, (x, w), args[0], builder.add)
         return builder.extract_element(total, ir.Constant(i32, 0))
 
     return sig, codegen
