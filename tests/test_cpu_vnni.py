@@ -242,9 +242,20 @@ def test_w8a8_products_of_many_streams_are_the_quantized_arithmetic_bit_for_bit(
 
 @pytest.mark.skipif(not _amx_target(), reason="the CPU (or NUMBA_CPU_FEATURES) lacks AMX's int8 tiles")
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the tiles are asked of Linux (arch_prctl)")
-def test_w8a8_uses_the_tiles_where_the_target_has_them():
-    """On a CPU with AMX (and a Linux that grants the tile state: 5.16 on) the products of many streams hold
-    `tdpbusd`; `w8a8_product` at 37 streams went through them (the test above)."""
+def test_w8a8_uses_the_tiles_where_the_target_has_them(tmp_path):
+    """On a CPU with AMX (and a Linux that grants the tile state: 5.16 on) the tiles' sums are numpy's for 37
+    streams and the code holds `tdpbusd`. Checked on a copy of the kernel loaded from tmp_path, so that numba
+    compiles it here: code loaded from numba's cache cannot be inspected."""
     assert cpu.HAS_AMX
-    w8a8_product(*tile_case(64, 48, 37, 0), 0)
-    assert "tdpbusd" in cpu._sums8_amx.inspect_asm(cpu._sums8_amx.signatures[0])
+    copy = tmp_path / "cpu_copy.py"
+    copy.write_text((ROOT / "kernels" / "cpu.py").read_text())
+    spec = importlib.util.spec_from_file_location("cpu_copy", copy)
+    kernel = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernel)
+    q = tile_case(64, 48, 37, 0)[0]
+    layout, _ = kernel.w8a8_layout(q)
+    xq = np.random.default_rng(1).integers(0, 256, (48, 64)).astype(np.uint8)  # 3 tiles' rows, 37 streams'
+    acc = np.zeros((48, 48), np.int32)
+    kernel._sums8_amx(layout.ctypes.data, 48, 16, xq.ctypes.data, 64, acc.ctypes.data, 37, 48)
+    np.testing.assert_array_equal(acc[:37], xq[:37].astype(np.int64) @ q.astype(np.int64))
+    assert "tdpbusd" in kernel._sums8_amx.inspect_asm(kernel._sums8_amx.signatures[0])
