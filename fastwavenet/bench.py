@@ -62,12 +62,6 @@ class BenchResult:
     precision: str = "float32"  # of the weight matrices (bf16: rounded, and 16-bit in the numba kernel)
 
 
-def _amx() -> bool:
-    from .kernels.cpu import HAS_AMX
-
-    return HAS_AMX
-
-
 def machine() -> dict:
     """What the numbers ran on: CPU model, cores and vector ISA, numba's target, GPU if any, library versions."""
     fields: dict[str, str] = {}
@@ -650,7 +644,9 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
                          f"{limits.fma_threads} threads: {limits.fma_gflops:,.0f} GFLOP/s (the `of peak` column: "
                          f"any vendor's CPU, any row)")
         if limits.int8_gops:
-            lines.append(f"int8: the kernel's int8 multiply-adds in registers ({'AMX tiles' if _amx() else 'VNNI'}), "
+            from .kernels.cpu import HAS_AMX
+
+            lines.append(f"int8: the kernel's int8 multiply-adds in registers ({'AMX tiles' if HAS_AMX else 'VNNI'}), "
                          f"{limits.int8_threads} threads: {limits.int8_gops:,.0f} GOP/s (w8a8 rows' batched limit and "
                          f"peak, in place of sgemm's and the FMA peak)")
         again = [r for r in results if r.limit_sgemm_gflops is not None]

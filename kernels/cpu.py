@@ -787,12 +787,17 @@ def _matmul(w, bias, x, nb, y, first, last, start, scale=None):
 # multiplies and adds the same sums (slower). Measured in benchmarks/cpu_vnni.py and docs/BENCHMARKS.md.
 
 
-def _has_vnni() -> bool:
-    """numba's target lists VNNI for its vector width (NUMBA_CPU_FEATURES, else the host's features, apply; a CPU
-    named by NUMBA_CPU_NAME with an empty feature list counts as without)."""
+def _target_features() -> set:
+    """numba's target's features, "+name" each: NUMBA_CPU_FEATURES, else the host's (a CPU named by NUMBA_CPU_NAME
+    with an empty feature list has none)."""
     from numba.core.registry import cpu_target
 
-    features = set(cpu_target.target_context.codegen()._get_host_cpu_features().split(","))
+    return set(cpu_target.target_context.codegen()._get_host_cpu_features().split(","))
+
+
+def _has_vnni() -> bool:
+    """numba's target lists VNNI for its vector width (`_target_features`)."""
+    features = _target_features()
     if VECTOR_BITS == 512:
         return "+avx512vnni" in features
     return VECTOR_BITS == 256 and ("+avxvnni" in features or {"+avx512vnni", "+avx512vl"} <= features)
@@ -882,12 +887,9 @@ def _has_amx() -> bool:
     No switch of its own: numba's cache keys its code on the target's features, not on this module's globals, so
     code compiled with the tiles would run where they had been switched off (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES
     without them do switch them off, with their own cache entries)."""
-    from numba.core.registry import cpu_target
-
     if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    features = set(cpu_target.target_context.codegen()._get_host_cpu_features().split(","))
-    if not {"+amx-tile", "+amx-int8"} <= features:
+    if not {"+amx-tile", "+amx-int8"} <= _target_features():
         return False
     import ctypes
 

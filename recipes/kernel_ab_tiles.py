@@ -38,6 +38,6 @@ best = {"old": 0, "new": 0}
 for _ in range(3):
     best["old"] = max(best["old"], time_generate(cpu_old, old_w, config, batch, steps, old_tile)[0])
     best["new"] = max(best["new"], time_generate(cpu_new, new_w, config, batch, steps, new_tile)[0])
-print(f"{precision} batch {batch}, {numba_threads()} threads: old (tiles of {old_tile}) {best['old']:,.0f}  new (tiles of "
-      f"{new_tile}) {best['new']:,.0f}  new/old {best['new'] / best['old']:.2f}x  (first 8 codes equal: "
+print(f"{precision} batch {batch}, {numba_threads()} threads: old (tiles of {old_tile}) {best['old']:,.0f}  "
+      f"new (tiles of {new_tile}) {best['new']:,.0f}  new/old {best['new'] / best['old']:.2f}x  (first 8 codes equal: "
       f"{np.mean(a == b):.0%})")

@@ -260,7 +260,6 @@ def test_bench_measures_each_precision_against_its_own_limit(tmp_path):
     assert row["of_limit"] == pytest.approx(row["samples_per_s"] / limit)
 
 
-
 def test_w8a8_rows_are_held_to_the_int8_products_limit():
     """w8a8's products are integer multiply-adds: its batched rows are held to the kernel's int8 products in
     registers (Limits.int8_gops) and bound by "int8", their peak is that too; other precisions keep sgemm and the

@@ -123,16 +123,18 @@ def w8a8_product(q, scale, bias, x, start, first):
     return y
 
 
-def product_case(k, n, seed):
+def product_case(k, n, seed, streams=7):
+    """int8 q (k, n) with both extremes, scales, bias, x (streams, k) and start (streams, n): stream 3 a zero
+    vector, 4 and 5 holding the extremes (taken modulo `streams`, at least 4 of them)."""
     rng = np.random.default_rng(seed)
     q = rng.integers(-127, 128, (k, n)).astype(np.int8)
     q[:, 0], q[:, -1] = 127, -127
-    x = rng.standard_normal((7, k)).astype(np.float32)
-    x[3] = 0  # a zero vector: scale 0, the product adds nothing
-    x[4, 0] = -np.abs(x[4]).max() * 2  # the extremes: xq 1 and, below, 255
-    x[5, -1] = np.abs(x[5]).max() * 2
+    x = rng.standard_normal((streams, k)).astype(np.float32)
+    x[3 % streams] = 0  # a zero vector: scale 0, the product adds nothing
+    x[4 % streams, 0] = -np.abs(x[4 % streams]).max() * 2  # the extremes: xq 1 and, below, 255
+    x[5 % streams, -1] = np.abs(x[5 % streams]).max() * 2
     return (q, rng.uniform(1e-3, 1e-2, n).astype(np.float32), rng.standard_normal(n).astype(np.float32), x,
-            rng.standard_normal((7, n)).astype(np.float32))
+            rng.standard_normal((streams, n)).astype(np.float32))
 
 
 # (K, N): 8-vector blocks, single vectors and single columns (AVX-512 and AVX2 widths), K not a multiple of 4
@@ -208,18 +210,6 @@ def _amx_target() -> bool:
     return bool(features.get("amx-tile") and features.get("amx-int8"))
 
 
-def tile_case(k, n, streams, seed):
-    """product_case's kinds of input for any number of streams."""
-    rng = np.random.default_rng(seed)
-    q = rng.integers(-127, 128, (k, n)).astype(np.int8)
-    q[:, 0], q[:, -1] = 127, -127
-    x = rng.standard_normal((streams, k)).astype(np.float32)
-    x[1] = 0
-    x[2, 0] = -np.abs(x[2]).max() * 2
-    return (q, rng.uniform(1e-3, 1e-2, n).astype(np.float32), rng.standard_normal(n).astype(np.float32), x,
-            rng.standard_normal((streams, n)).astype(np.float32))
-
-
 # (K, N, streams, first): products the tiles take where the CPU has them (`_products8`: inputs a multiple of 64,
 # outputs of 16, enough streams), with each remainder: 37 streams, two tiles of 16 rows and one whose 5 streams
 # leave 11 rows of stale inputs; 48 outputs, a block of 32 columns and one of 16; a first output past 0; then
@@ -232,7 +222,7 @@ TILE_SHAPES = [(64, 48, 37, 16), (128, 64, 6, 0), (512, 96, 4, 32), (1536, 512, 
 def test_w8a8_products_of_many_streams_are_the_quantized_arithmetic_bit_for_bit(k, n, streams, first):
     """AMX's int32 sums are exact as `vpdpbusd`'s are: every stream's row the numpy reference's, and the one it gets
     alone (one stream: `_sums8`), bit for bit; outputs before `first` untouched."""
-    q, scale, bias, x, start = tile_case(k, n, streams, k + n + streams)
+    q, scale, bias, x, start = product_case(k, n, k + n + streams, streams)
     y = w8a8_product(q, scale, bias, x, start, first)
     np.testing.assert_array_equal(y[:, first:], quantized_reference(q, scale, bias, x, start)[:, first:])
     np.testing.assert_array_equal(y[:, :first], start[:, :first])
@@ -252,7 +242,7 @@ def test_w8a8_uses_the_tiles_where_the_target_has_them(tmp_path):
     spec = importlib.util.spec_from_file_location("cpu_copy", copy)
     kernel = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kernel)
-    q = tile_case(64, 48, 37, 0)[0]
+    q = product_case(64, 48, 0, 37)[0]
     layout, _ = kernel.w8a8_layout(q)
     xq = np.random.default_rng(1).integers(0, 256, (48, 64)).astype(np.uint8)  # 3 tiles' rows, 37 streams'
     acc = np.zeros((48, 48), np.int32)
