@@ -255,9 +255,15 @@ class Conditioning:
         return cls(streams)
 
     def terms(self, start: int, n: int) -> torch.Tensor:
-        """Gate terms of steps start .. start+n-1 for every stream: (B, n, L, 2G) float32."""
+        """Gate terms of steps start .. start+n-1 for every stream: (B, n, L, 2G) float32. Where every stream shares
+        one conditioning (one mel and speaker for the whole batch), one stream's terms expanded over the batch
+        (stride 0 on its first axis: read-only, no copies); otherwise each stream's own."""
         first = self.streams[0]
         c = first.config
+        if all(s is first for s in self.streams):
+            out = torch.empty(1, n, c.layers, 2 * c.gate_channels, device=first.device)
+            first.terms(start, out[0])
+            return out.expand(self.batch, -1, -1, -1)
         out = torch.empty(self.batch, n, c.layers, 2 * c.gate_channels, device=first.device)
         done: dict = {}
         for i, s in enumerate(self.streams):

@@ -1469,11 +1469,12 @@ def _prefetch_rows(queues, w, b0, nb, layer, t):
 @njit(**_OPTIONS)
 def _gate_layer(part, parts, nb, w, queues, b0, t, cond, s, layer, xs, z, gated, zeros, blocks, work):
     """Layer `layer`'s gate, part `part` of `parts` (`_gate_part`) for streams b0 .. b0+nb-1 at time t, step s of the
-    call (its conditioning terms: cond[b, s, layer], or none where cond is empty); zeros: `_scratch`'s."""
+    call (its conditioning terms: cond[b, s, layer]; cond[0, s, layer] for every stream where cond holds one stream's;
+    none where cond is empty); zeros: `_scratch`'s."""
     zp = zeros.ctypes.data
     if cond.shape[0] > 0:  # the first tap starts from the layer's conditioning terms (and the bias)
-        ap = cond.ctypes.data + b0 * cond.strides[0] + s * cond.strides[1] + layer * cond.strides[2]
-        lda = cond.strides[0] // 4
+        lda = cond.strides[0] // 4 if cond.shape[0] > 1 else 0  # one row of terms: every stream's
+        ap = cond.ctypes.data + b0 * 4 * lda + s * cond.strides[1] + layer * cond.strides[2]
     else:
         ap, lda = zp, 0
     vp, cp = (w.dilated_v[layer].ctypes.data, w.dilated_c[layer].ctypes.data) if _is_w8a8(w) else (0, 0)
@@ -1532,9 +1533,10 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
                work):
     """Advance streams b0 .. b0+nb-1 by one step on this thread, consuming codes[0:nb] (class codes, or sample
     values when `scalar`); logits[0:nb] receive the head's outputs. w: CpuWeights. cond (B, steps, L, 2G) holds gate
-    terms, read at step s; a conditionless model passes a (0, 0, 0, 0) array. queues and cond need contiguous last
-    axes. The rest is `_scratch` (work: its `work8`, one part's). The products read a layer's taps where they lie
-    (queue slots, then the new input) and accumulate in place (`_products`)."""
+    terms, read at step s (or (1, steps, L, 2G): one stream's, read for every stream); a conditionless model passes a
+    (0, 0, 0, 0) array. queues and cond need contiguous last axes. The rest is `_scratch` (work: its `work8`, one
+    part's). The products read a layer's taps where they lie (queue slots, then the new input) and accumulate in
+    place (`_products`)."""
     _step_input(b0, nb, codes, scalar, w, inputs, xs, skip)
     for layer in range(w.dilated_b.shape[0]):
         _gate_layer(0, 1, nb, w, queues, b0, t, cond, s, layer, xs, z, gated, zeros, _NO_GATE_BLOCKS, work)
@@ -1883,8 +1885,8 @@ def _teacher_tile(b0, nb, tile, codes, scalar, t0, w, queues, inputs, cond, out_
 @njit(**_OPTIONS, parallel=True, nogil=True)
 def teacher_forced(codes, scalar, t0, tile, w, queues, inputs, cond, out_logits):
     """Consume codes (B, T) (int64 class codes, or float32 sample values when `scalar`) from time t0 with weights w
-    (CpuWeights) and gate terms cond (B, T, L, 2G) or (0, 0, 0, 0); out_logits (B, T, O) receives the head's
-    outputs after each step. Streams run in tiles of `tile`, the tiles in parallel."""
+    (CpuWeights) and gate terms cond (B, T, L, 2G), (1, T, L, 2G) for every stream, or (0, 0, 0, 0); out_logits
+    (B, T, O) receives the head's outputs after each step. Streams run in tiles of `tile`, the tiles in parallel."""
     B = codes.shape[0]
     tiles = (B + tile - 1) // tile
     for ti in prange(tiles):
@@ -1938,7 +1940,8 @@ def _generate_tile(b0, nb, tile, last, scalar, distribution, log_scale_min, t0, 
 def generate(last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax, tile, w, queues,
              inputs, cond, out_codes):
     """Generate n = u.shape[0] codes (or sample values) per stream: consume last (B,) first, then each sampled one
-    in turn, with weights w (CpuWeights) and gate terms cond (B, n, L, 2G) or (0, 0, 0, 0).
+    in turn, with weights w (CpuWeights) and gate terms cond (B, n, L, 2G), (1, n, L, 2G) for every stream, or
+    (0, 0, 0, 0).
 
     scalar, distribution, log_scale_min: the model's input and output (module docstring); last and out_codes are
     int64 for class input, float32 for scalar input;

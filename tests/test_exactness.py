@@ -109,6 +109,35 @@ def test_priming_equals_stepping(backend):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("backend,precision", [("numba", "float32"), ("numba", "w8a8"), ("torch", "float32")])
+def test_one_mel_for_every_stream_is_each_streams_own_bit_for_bit(backend, precision):
+    """A batch given one mel and speaker shares one conditioning: its terms are made once and expanded over the
+    batch (`Conditioning.terms`, stride 0; the numba kernel reads the one row for every stream). Each stream's
+    logits and draws equal those of the same mel given to each stream as its own, bit for bit, and the training
+    model's logits."""
+    if backend not in BACKENDS or DEVICE != "cpu":
+        pytest.skip(f"{backend} on the CPU is not available")
+    config = CONFIGS["mel+speaker"]
+    steps, batch = config.receptive_field + 9, 5
+    model = random_model(config, 31)
+    gen = Generator(ModelFile(config, fold(model)), backend=backend, device="cpu", precision=precision)
+    codes = torch.randint(0, config.classes, (batch, steps), generator=torch.Generator().manual_seed(32))
+    mel, _ = conditioning_inputs(config, 1, steps + 20)
+    shared = gen.conditioning(batch, mel[0], 2)
+    own = gen.conditioning(batch, mel.expand(batch, -1, -1).clone(), [2] * batch)
+    assert shared.terms(0, 4).stride(0) == 0 and own.terms(0, 4).stride(0) > 0
+    runs = []
+    for conditioning in (shared, own):
+        state = gen.new_state(batch)
+        logits = gen.forward(state, codes, conditioning)
+        drawn = gen.generate_codes(state, 20, rng=np.random.default_rng(33), conditioning=conditioning)
+        runs.append((logits, drawn))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    if precision == "float32":
+        expected = model_logits(model, codes, mel.expand(batch, -1, -1), torch.full((batch,), 2))
+        assert (runs[0][0] - expected).abs().max().item() <= 1e-4
+
+
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba backend unavailable")
 @pytest.mark.parametrize("tile", [1, 3, 4, 5, 9])
 @pytest.mark.parametrize("name", ["tiny", "k4-odd"])

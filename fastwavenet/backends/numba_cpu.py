@@ -89,6 +89,17 @@ def _no_cond() -> np.ndarray:
     return np.zeros((0, 0, 0, 0), np.float32)
 
 
+def _kernel_cond(cond: torch.Tensor | None) -> np.ndarray:
+    """Gate terms (B, n, L, 2G) as the kernel reads them: contiguous float32, or where every stream shares one
+    stream's terms (stride 0 on the first axis, `Conditioning.terms`) those alone, (1, n, L, 2G), which the kernel
+    reads for every stream."""
+    if cond is None:
+        return _no_cond()
+    if cond.shape[0] > 1 and cond.stride(0) == 0:
+        cond = cond[:1]
+    return np.ascontiguousarray(cond.cpu().numpy(), np.float32)
+
+
 class NumbaBackend(Backend):
     """The whole loop compiled with numba on the CPU, sampling included; streams in tiles across cores."""
 
@@ -269,7 +280,7 @@ class NumbaBackend(Backend):
         from ..kernels import cpu
 
         codes = np.ascontiguousarray(codes.cpu().numpy())
-        cond = _no_cond() if cond is None else np.ascontiguousarray(cond.cpu().numpy(), np.float32)
+        cond = _kernel_cond(cond)
         logits = np.empty((state.batch, codes.shape[1], self.config.output_channels), np.float32)
         tile, parts = self._tile(state.batch), self._split_parts(state.batch)
         with _parallel_guard():
@@ -286,7 +297,7 @@ class NumbaBackend(Backend):
         from ..kernels import cpu
 
         c = self.config
-        cond = _no_cond() if cond is None else np.ascontiguousarray(cond.cpu().numpy(), np.float32)
+        cond = _kernel_cond(cond)
         out = np.empty((state.batch, n), np.float32 if c.scalar_input else np.int64)
         rules = per_stream(sampling, state.batch)
         distributions.check_rules(c, rules)
