@@ -90,6 +90,35 @@ def test_conditioned_chunks_stay_within_the_memory_budget(models, monkeypatch):
     assert sum(sizes) == 420 and max(sizes) == 50
 
 
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_capped_chunks_of_whole_frames_give_the_audio_of_one_call(models, monkeypatch, backend):
+    """Where the memory budget caps a vocoder's chunk, chunks are whole mel frames ending on frame boundaries (after
+    a prime, the first one shorter), each frame's terms made straight into the chunk's; the audio is that of one
+    call, bit for bit (frames whole or cut, shared by every stream or each stream's own)."""
+    from fastwavenet import generator
+
+    gen = Generator(models["vocoder"], backend=backend)
+    hop, batch = VOCODER.hop_length, 3
+    rng = np.random.default_rng(1)
+    mels = {"own": rng.standard_normal((batch, VOCODER.n_mels, 9)).astype(np.float32),
+            "shared": rng.standard_normal((VOCODER.n_mels, 9)).astype(np.float32)}
+    prime = np.zeros(10, np.float32)
+    for name, mel in mels.items():
+        whole = np.concatenate(list(gen.stream(mel=mel, batch=batch, prime=prime, chunk=1 << 14, seed=4)), axis=1)
+        streams = 1 if name == "shared" else batch
+        per_step = 4 * streams * VOCODER.layers * 2 * VOCODER.gate_channels
+        monkeypatch.setattr(generator, "COND_TERMS_BUDGET", (hop + 5) * per_step)
+        calls = []
+        generate_codes = gen.generate_codes
+        monkeypatch.setattr(gen, "generate_codes", lambda state, n, *a: calls.append((state.t, n)) or
+                            generate_codes(state, n, *a))
+        capped = np.concatenate(list(gen.stream(mel=mel, batch=batch, prime=prime, chunk=1 << 14, seed=4)), axis=1)
+        monkeypatch.undo()
+        assert np.array_equal(capped, whole), name
+        assert calls[0] == (len(prime) - 1, hop - (len(prime) - 1))
+        assert all(t % hop == 0 and n == hop for t, n in calls[1:-1]) and len(calls) == 9, calls
+
+
 def test_vocoder_api_streams_bounded_chunks(models):
     gen = Generator(models["vocoder"], backend="torch")
     mel = np.random.default_rng(0).standard_normal((8, 12)).astype(np.float32)
