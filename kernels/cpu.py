@@ -1065,9 +1065,11 @@ def quantize8(x, xq):
 
 @njit(**_EXACT)
 def _epilogue8(y, a, bias, scale, colsum, acc, x_scale):
-    """y[n] = (a[n] + bias[n]) + (x_scale * scale[n]) * float32(acc[n] - colsum[n]) (y may be a)."""
+    """y[n] = (a[n] + bias[n]) + (x_scale * scale[n]) * float32(acc[n] - colsum[n]) (y may be a). The difference is
+    sum_i (xq[i] - 128) q[i, n], at most 127 * 128 * K in size: int32 holds it (numba would widen int32 - int32 to
+    int64, whose conversion to float32 takes twice the instructions for the same value)."""
     for n in range(y.shape[0]):
-        y[n] = (a[n] + bias[n]) + (x_scale * scale[n]) * np.float32(acc[n] - colsum[n])
+        y[n] = (a[n] + bias[n]) + (x_scale * scale[n]) * np.float32(np.int32(acc[n] - colsum[n]))
 
 
 @njit(**_EXACT)
@@ -1078,7 +1080,7 @@ def _epilogue8_rows(y, a, rows, bias, scale, colsum, acc, x_scale):
     for b in range(acc.shape[0]):
         s, ar = x_scale[b], a[b if rows else 0]
         for n in range(acc.shape[1]):
-            y[b, n] = (ar[n] + bias[n]) + (s * scale[n]) * np.float32(acc[b, n] - colsum[n])
+            y[b, n] = (ar[n] + bias[n]) + (s * scale[n]) * np.float32(np.int32(acc[b, n] - colsum[n]))
 
 
 @njit(**_OPTIONS)
