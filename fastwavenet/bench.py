@@ -438,7 +438,9 @@ def steady_state(gen: Generator, batch: int):
 
 def bench_conditioning(gen: Generator, batch: int, steps: int):
     """Conditioning that covers `steps` samples for a conditioned model (random mel frames, speaker 0), or None:
-    its gate terms are part of what generating costs."""
+    its gate terms are part of what generating costs. One mel and speaker for every stream, so the terms are made
+    once a call and read for every stream (`Conditioning.terms`); streams given their own mels cost more
+    (recipes/vocode_streams.py: 0.72x for r9y9's shape at w8a8, 0.86x in float32, 64 streams)."""
     c = gen.config
     if not c.conditioned:
         return None
@@ -619,7 +621,8 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
              f"model: {config.layers} layers, residual {config.residual_channels}, skip {config.skip_channels}, "
              + (f"{config.classes} classes" if config.output == "softmax" else
                 f"{config.output.replace('_', ' ')} ({config.output_channels} outputs)")
-             + (f", {config.n_mels} mel bands" if config.n_mels else "") + f", {config.sample_rate} Hz",
+             + (f", {config.n_mels} mel bands (one mel for every stream)" if config.n_mels else "")
+             + f", {config.sample_rate} Hz",
              *([f"sampling: {sampling}"] if sampling != Sampling() else [])]
     if isinstance(limits, GpuLimits):
         where = "in L2" if limits.weight_bytes <= limits.l2_bytes else "larger than L2: from memory"
