@@ -254,7 +254,7 @@ class Conditioning:
         self.batch = len(streams)
         covered = [s.covered for s in streams]
         self.length = None if covered[0] is None else min(covered)
-        self._kept: torch.Tensor | None = None  # `terms`' memory, with reuse
+        self._scratch = Scratch()  # `terms`' memory, with reuse
         self.shared = all(s is streams[0] for s in streams)  # one conditioning for every stream
 
     @classmethod
@@ -316,10 +316,20 @@ class Conditioning:
         return out
 
     def _memory(self, shape: tuple, device: torch.device, reuse: bool) -> torch.Tensor:
-        if not reuse:
-            return torch.empty(shape, device=device)
+        return self._scratch.get(shape, device) if reuse else torch.empty(shape, device=device)
+
+
+class Scratch:
+    """Memory for a caller's successive arrays of gate terms: one block, grown when a call asks for more, so that
+    calls after the first skip fresh pages' first touch. What `get` returns is valid until the next `get`."""
+
+    def __init__(self):
+        self._block: torch.Tensor | None = None
+        self._device: torch.device | None = None
+
+    def get(self, shape: tuple, device: torch.device) -> torch.Tensor:
+        """A float32 array of `shape` on `device`, its values left as they are."""
         size = math.prod(shape)
-        kept = self._kept
-        if kept is None or kept.numel() < size or kept.device != device:
-            self._kept = kept = torch.empty(size, device=device)
-        return kept[:size].view(shape)
+        if self._block is None or self._block.numel() < size or self._device != device:
+            self._block, self._device = torch.empty(size, device=device), device
+        return self._block[:size].view(shape)

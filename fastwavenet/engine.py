@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import distributions
-from .conditioning import Conditioning, StreamConditioning
+from .conditioning import Conditioning, Scratch, StreamConditioning
 from .errors import FastWaveNetError
 from .generator import Generator, decode, encode, silence_code
 from .request import GenerationRequest
@@ -309,6 +309,7 @@ class Engine:
         self._closing = False
         self.stopped_because: str | None = None  # set if the scheduler ever stops on a bug
         self._rates: dict[int, float] = {}  # samples per second over all streams, smoothed, by streams per round
+        self._terms = Scratch()  # each round's gate terms (its step is done before the next round's are made)
         # Counters for /metrics and `stats()`.
         self.samples_total = 0
         self._last_rate = 0.0
@@ -527,7 +528,7 @@ class Engine:
         u = np.empty((n, len(runnable)) + distributions.uniform_shape(c), np.float32)
         cond = None
         if c.conditioned:
-            cond = torch.empty(len(runnable), n, c.layers, 2 * c.gate_channels, device=self.generator.device)
+            cond = self._terms.get((len(runnable), n, c.layers, 2 * c.gate_channels), self.generator.device)
         kept = []
         for job in runnable:
             i = len(kept)
