@@ -298,11 +298,12 @@ class Conditioning:
         """Gate terms of steps start .. start+n-1 for every stream: (B, n, L, 2G) float32. Where every stream shares
         one conditioning (one mel and speaker for the whole batch), one stream's terms expanded over the batch
         (stride 0 on its first axis: read-only, no copies); otherwise each stream's own. With `reuse`, written into
-        memory kept from the last call that asked for as many or more (fresh memory costs its pages' first touch,
-        about a third of the product's time for r9y9's terms): valid until the next call (the Generator's use)."""
+        memory kept from call to call (`Scratch`: fresh memory costs its pages' first touch, about a third of the
+        product's time for r9y9's terms), valid until the next call (the Generator's use)."""
         first = self.streams[0]
         c = first.config
-        out = self._memory((1 if self.shared else self.batch, n, c.layers, 2 * c.gate_channels), first.device, reuse)
+        shape = (1 if self.shared else self.batch, n, c.layers, 2 * c.gate_channels)
+        out = self._scratch.get(shape, first.device) if reuse else torch.empty(shape, device=first.device)
         if self.shared:
             first.terms(start, out[0])
             return out.expand(self.batch, -1, -1, -1)
@@ -314,9 +315,6 @@ class Conditioning:
                 s.terms(start, out[i])
                 done[id(s)] = i
         return out
-
-    def _memory(self, shape: tuple, device: torch.device, reuse: bool) -> torch.Tensor:
-        return self._scratch.get(shape, device) if reuse else torch.empty(shape, device=device)
 
 
 class Scratch:
