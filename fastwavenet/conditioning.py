@@ -237,7 +237,7 @@ class StreamConditioning:
                 rows_of_f = self._frame_terms(f)[j0:j0 + m]
                 out[i - start:i - start + m] = rows_of_f.view(m, *out.shape[1:])
             i += m
-        if self._cached[0] >= 0 and self._cached[0] < (end - 1) // self.hop:  # behind this call: asked for no more
+        if self._cached[0] < (end - 1) // self.hop:  # a frame behind this call's last: no call asks for it again
             self._cached = (-1, None)
         if end < start + n:
             out[max(end - start, 0):].zero_()

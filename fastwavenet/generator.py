@@ -209,7 +209,6 @@ class Generator:
         the prime (`vocoded_length`)."""
         if not isinstance(chunk, int) or chunk < 1:
             raise FastWaveNetError(f"chunk must be a positive integer, got {chunk}")
-        chunk_given = chunk
         state = state if state is not None else self.new_state(batch)
         rngs = stream_rngs(seed, state.batch)
         conditioning = self.conditioning(state.batch, mel, speaker)
@@ -219,7 +218,7 @@ class Generator:
             self.prime_audio(state, prime, conditioning)
         if to_mel_end:
             total = self.vocoded_length(conditioning.length, state.t)
-        hop = 0
+        frames = 0  # where > 0, chunks end on boundaries of frames this long
         if conditioning is not None:
             # A chunk's gate terms are B x chunk x L x 2G floats (10.7 GB for 64 streams of a `standard` vocoder at
             # 16,384 steps; one stream's where all share one mel): cap the chunk so they stay within a memory budget.
@@ -228,14 +227,16 @@ class Generator:
             streams = 1 if conditioning.shared else state.batch
             per_step = 4 * streams * self.config.layers * 2 * self.config.gate_channels
             frame = self.config.hop_length if self.config.n_mels else 0
-            if COND_TERMS_BUDGET // per_step < chunk:
-                chunk = max(1, COND_TERMS_BUDGET // per_step)
-                if frame and frame * per_step <= 4 * COND_TERMS_BUDGET and chunk_given >= frame:
-                    chunk, hop = max(chunk // frame, 1) * frame, frame
+            cap = max(1, COND_TERMS_BUDGET // per_step)
+            if cap < chunk:
+                if frame and frame * per_step <= 4 * COND_TERMS_BUDGET and chunk >= frame:
+                    chunk, frames = max(cap // frame, 1) * frame, frame
+                else:
+                    chunk = cap
         done = 0
         while done < total:
             n = min(chunk, total - done)
-            over = (state.t + n) % hop if hop else 0
+            over = (state.t + n) % frames if frames else 0
             if n > over > 0:  # end on a frame boundary (the first chunk after a prime, then every one)
                 n -= over
             codes = self.generate_codes(state, n, sampling, rngs, conditioning)
