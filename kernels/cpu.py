@@ -103,6 +103,12 @@ class CpuWeights(NamedTuple):
 # cache=True keeps the compiled code between runs.
 _FAST = {"nnan", "ninf", "nsz", "contract", "afn", "reassoc"}
 _OPTIONS = dict(fastmath=_FAST, error_model="numpy", cache=True)
+# The functions between a step and its products (`_generate_tile`, `_tile_step`, a layer's gate and outputs) are
+# inlined into their callers by numba (its IR, before typing) rather than compiled on their own: numba turns every
+# @njit function it compiles into machine code of its own, with everything it calls linked in and optimized again,
+# so each of these had the whole kernel optimized and emitted once more. A first `generate` for `tiny` compiled in
+# 94 s, 62 s inlined (the same codes; `standard` and the vocoder shape ran 1.00-1.05x; docs/BENCHMARKS.md).
+_INLINED = dict(_OPTIONS, inline="always")
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 # Eigen's rational approximation of tanh for float32 (max abs error 3.4e-7 against float64 tanh). libm's tanh is
@@ -1239,7 +1245,7 @@ def _write_slot(queues, b0, nb, row, xs, c0, c1):
             queues[b0 + bb, row, c] = xs[bb, c]
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINED)
 def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, z, gated, ap, lda, blocks, layer,
                vp, cp, pl, work, sl):
     """A layer's gate for part `part` of `parts` of its G channels (all of them for one part): the k taps' products
@@ -1321,7 +1327,7 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
             c += 1
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINED)
 def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, layer, zp, vp, cp, pl, work, sl):
     """A layer's 1x1 outputs for part `part` of `parts` of its residual channels (where `residual`: into xs, from
     xs) and of its skip channels (into the skip sums): ow (G, R+S), obp/osp the bias's and int8 scales' addresses.
@@ -1468,7 +1474,7 @@ def _prefetch_rows(queues, w, b0, nb, layer, t):
                 _prefetch(row + bb * qs0 + line)
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINED)
 def _gate_layer(part, parts, nb, w, queues, b0, t, cond, s, layer, xs, z, gated, zeros, blocks, work):
     """Layer `layer`'s gate, part `part` of `parts` (`_gate_part`) for streams b0 .. b0+nb-1 at time t, step s of the
     call (its conditioning terms: cond[b, s, layer]; cond[0, s, layer] for every stream where cond holds one stream's;
@@ -1486,7 +1492,7 @@ def _gate_layer(part, parts, nb, w, queues, b0, t, cond, s, layer, xs, z, gated,
                w.dilated_p[layer], work, w.dilated_l[layer])
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINED)
 def _out_layer(part, parts, nb, w, queues, b0, t, layer, xs, gated, skip, zeros, blocks, work):
     """Layer `layer`'s outputs, part `part` of `parts`, for streams b0 .. b0+nb-1 at time t: first the part's share
     of the layer's input channels into the queue slot for time t (after the gate's products, which with k = 2 read
@@ -1530,7 +1536,7 @@ def _head_part(part, parts, stage, nb, w, skip, hidden, logits, zeros, work):
                 y[bb, c] = max(y[bb, c], np.float32(0.0))
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINED)
 def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gated, skip, hidden, logits, zeros,
                work):
     """Advance streams b0 .. b0+nb-1 by one step on this thread, consuming codes[0:nb] (class codes, or sample
@@ -1869,7 +1875,7 @@ def sample_continuous(y, u0, u1, distribution, temperature, argmax, log_scale_mi
     return min(max(x, -1.0), 1.0)
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINED)
 def _teacher_tile(b0, nb, tile, codes, scalar, t0, w, queues, inputs, cond, out_logits):
     """`teacher_forced` for streams b0 .. b0+nb-1 (nb <= tile)."""
     T = codes.shape[1]
@@ -1920,7 +1926,7 @@ def teacher_forced_split(codes, scalar, t0, w, queues, inputs, cond, out_logits,
             out_logits[b, T - 1, :] = logits[b, :]
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINED)
 def _generate_tile(b0, nb, tile, last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax,
                    w, queues, inputs, cond, out_codes):
     """`generate` for streams b0 .. b0+nb-1 (nb <= tile)."""
