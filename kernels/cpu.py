@@ -103,11 +103,12 @@ class CpuWeights(NamedTuple):
 # cache=True keeps the compiled code between runs.
 _FAST = {"nnan", "ninf", "nsz", "contract", "afn", "reassoc"}
 _OPTIONS = dict(fastmath=_FAST, error_model="numpy", cache=True)
-# The functions between a step and its products (`_generate_tile`, `_tile_step`, a layer's gate and outputs) are
-# inlined into their callers by numba (its IR, before typing) rather than compiled on their own: numba turns every
-# @njit function it compiles into machine code of its own, with everything it calls linked in and optimized again,
-# so each of these had the whole kernel optimized and emitted once more. A first `generate` for `tiny` compiled in
-# 94 s, 62 s inlined (the same codes; `standard` and the vocoder shape ran 1.00-1.05x; docs/BENCHMARKS.md).
+# The functions between a step and its products (`_generate_tile`, `_tile_step`, a layer's gate and outputs; the split
+# path's `_split_layers` and `_phase_part`) are inlined into their callers by numba (its IR, before typing) rather
+# than compiled on their own: numba turns every @njit function it compiles into machine code of its own, with
+# everything it calls linked in and optimized again, so each of these had the whole kernel optimized and emitted once
+# more. A first `generate` for `tiny` compiled in 94 s, 62 s inlined (the same codes; `standard` and the vocoder shape
+# ran 1.00-1.05x), a first `generate_split` in 68 s against 78 with the split path's two (docs/BENCHMARKS.md).
 _INLINED = dict(_OPTIONS, inline="always")
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
@@ -1660,7 +1661,7 @@ def _wait(sync, parts, phase):
                 _yield_core()
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINED)
 def _phase_part(kind, part, parts, layer, nb, t, s, w, queues, cond, xs, z, gated, skip, hidden, logits, zeros,
                 work, gate_blocks, out_blocks):
     """Part `part` of a split phase of streams 0 .. nb-1: kind 0 layer `layer`'s gate, 1 its outputs, 2 and 3 the
@@ -1674,7 +1675,7 @@ def _phase_part(kind, part, parts, layer, nb, t, s, w, queues, cond, xs, z, gate
         _head_part(part, parts, kind - 1, nb, w, skip, hidden, logits, zeros, part8(work, part))
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINED)
 def _split_layers(tid, parts, sync, phase, nb, t, s, w, queues, cond, xs, z, gated, skip, hidden, logits, zeros,
                   work, gate_blocks, out_blocks):
     """Thread `tid`'s share of one step's layers and head for streams 0 .. nb-1 (input in xs, outputs into logits),
