@@ -315,8 +315,8 @@ class Engine:
         self._last_rate = 0.0
         self.finished_total = collections.Counter()
         self.first_audio_recent: collections.deque = collections.deque(maxlen=1000)
-        if warm_up:  # with the rule requests get where they name none: the model file's default
-            generator.warm_up(generator.sampling, prime=True)
+        if warm_up:  # with the rule requests get where they name none (the model file's default), and the others
+            generator.warm_up(generator.sampling, prime=True, every_rule=True)
         self._thread = threading.Thread(target=self._run, name="fastwavenet-engine", daemon=True)
         self._thread.start()
 

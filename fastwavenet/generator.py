@@ -114,11 +114,11 @@ class Generator:
         self.check_batch(batch)
         return self.backend.new_state(batch, silence_code(self.config))
 
-    def warm_up(self, sampling: Sampling = Sampling(), prime: bool = False):
+    def warm_up(self, sampling: Sampling = Sampling(), prime: bool = False, every_rule: bool = False):
         """Compile (or load from the cache) what generating, and priming if `prime`, will run, so that the first
-        chunk does not pay for it."""
+        chunk does not pay for it; with `every_rule`, also what batches of other sampling rules will (a server)."""
         with full_fp32(self.device):
-            self.backend.warm_up(sampling, teacher=prime)
+            self.backend.warm_up(sampling, teacher=prime, every_rule=every_rule)
 
     def conditioning(self, batch: int = 1, mel=None, speaker=None) -> Conditioning | None:
         """Conditioning for `batch` streams: mel (n_mels, frames) or (B, n_mels, frames) log-mel frames as

@@ -64,8 +64,8 @@ print(json.dumps(rows_as_json(compile_gpu([90], models, modes))))
 
 
 def test_limit_probes_compile_for_sm90_to_fused_multiply_adds():
-    """The GPU limits' probes (fastwavenet/gpu_limits.py) compile for a real GPU without one; the FMA probe's chains are fused
-    multiply-adds in registers (16 chains a thread x 8 per loop iteration, and one each to start), nothing spilled."""
+    """The GPU limits' probes (fastwavenet/gpu_limits.py) compile for a real GPU without one; the FMA probe's chains
+    are fused multiply-adds in registers (16 chains a thread x 8 per loop iteration, and one each to start), nothing spilled."""
     pytest.importorskip("triton")
     script = """
 import json
@@ -210,6 +210,71 @@ def test_layer_kernels_are_one_variant_for_every_batch_position_step_and_layer()
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == str(
         [("_gate_kernel", 1), ("_head_kernel", 2), ("_out_kernel", 1), ("_start_kernel", 1)])
+
+
+ENGINE_WARM_UP_SCRIPT = """
+import numpy as np, torch
+from triton.backends.compiler import GPUTarget
+from triton.compiler import make_backend
+from triton.runtime.jit import create_function_from_signature
+from fastwavenet import Sampling, preset
+from fastwavenet.backends import registry
+from fastwavenet.bench import random_model_file
+from fastwavenet.kernels import gpu, gpu_layers, gpu_spread
+
+keys = set()
+
+class Launch:  # Triton's launcher's first step: the key of the variant it would compile or take from its cache
+    def __init__(self, name, kernel):
+        self.name, self.arg_names = name, kernel.arg_names
+        self.bind = create_function_from_signature(kernel.signature, kernel.params,
+                                                   make_backend(GPUTarget("cuda", 90, 32)))
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            _, specialization, options = self.bind(*args, **kwargs)
+            keys.add(repr((self.name, specialization, sorted(options.items()))))
+        return launch
+
+for module, name in [(gpu, "_wavenet_kernel"), (gpu_spread, "_spread_kernel")] + [(gpu_layers, n)
+                                                                                   for n in gpu_layers.KERNELS]:
+    setattr(module, name, Launch(name, getattr(module, name)))
+gpu_spread.resident_programs = lambda device: 132  # an H100's SMs
+model = random_model_file(preset("tiny"))
+rules = [Sampling(), Sampling(top_k=3), Sampling(top_p=0.5), Sampling(argmax=True), Sampling(temperature=0.7)]
+for name in ("triton", "triton-stream", "triton-spread", "triton-layers"):
+    for default in (Sampling(), Sampling(top_p=0.9)):
+        for every_rule in (False, True):
+            backend = registry()[name](model.config, model.weights, torch.device("cpu"))
+            keys.clear()
+            backend.warm_up(default, teacher=True, every_rule=every_rule)
+            warm = set(keys)
+            for batch in (1, 3, 17):
+                state = backend.new_state(batch, 0)
+                for i, rule in enumerate(rules * 2):
+                    mixed = [rules[(i + b) % len(rules)] for b in range(batch)] if i >= len(rules) else rule
+                    backend.generate(state, 5, np.full((5, batch), 0.5, np.float32), mixed)
+                backend.forward(state, torch.zeros(batch, 7, dtype=torch.int64))
+            print(name, default.truncates, every_rule, len(warm), len(keys - warm))
+"""
+
+
+def test_a_server_warm_up_compiles_every_triton_variant_its_requests_reach():
+    """Issue 34 item 1 for the server: a Triton kernel is compiled apart for launches where some stream truncates
+    (top-k, top-p) and for those where none does. The engine warmed up with the model's default rule only, so the
+    first request with another compiled its variant in the middle of every stream's round. Without a GPU, Triton's
+    launcher (its argument binder, for sm_90) keys every launch of each Triton backend: after a warm-up for every
+    rule, requests of five rules, alone and mixed in batches of 1, 3 and 17, generating and teacher-forced, reach no
+    variant it did not make; a warm-up for the default rule alone misses one."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", ENGINE_WARM_UP_SCRIPT], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.strip().splitlines()]
+    assert len(rows) == 16, result.stdout
+    for name, truncates, every_rule, warm, missed in rows:
+        assert int(warm) > 0
+        assert int(missed) == (0 if every_rule == "True" else 1), (name, truncates, every_rule, missed)
 
 
 def test_full_fp32_turns_tf32_off_on_cuda_and_restores_the_users_settings():

@@ -277,10 +277,11 @@ def test_warm_up_uses_the_model_files_default_sampling():
     gen = Generator(ModelFile(config, fold(random_model(config, 1)), default), backend="numba")
     seen = []
     original = gen.warm_up
-    gen.warm_up = lambda sampling=Sampling(), prime=False: (seen.append(sampling), original(sampling, prime))
+    gen.warm_up = lambda sampling=Sampling(), prime=False, every_rule=False: (
+        seen.append((sampling, prime, every_rule)), original(sampling, prime, every_rule))
     with Engine(gen, max_active=1):
         pass
-    assert seen == [default]
+    assert seen == [(default, True, True)]
 
 
 @pytest.mark.parametrize("backend", ["naive", "torch", "numba", "numba-split", "triton", "triton-stream",

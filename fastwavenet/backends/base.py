@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import threading
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -81,14 +82,19 @@ class Backend:
     def forward(self, state, codes: torch.Tensor, cond=None) -> torch.Tensor:
         raise NotImplementedError
 
-    def warm_up(self, sampling: Sampling, teacher: bool = False):
+    def warm_up(self, sampling: Sampling, teacher: bool = False, every_rule: bool = False):
         """Do what the first call of generate (and of forward, with `teacher`) would: compile kernels or load them
-        from the cache, capture graphs. One step on a throwaway state of one stream."""
+        from the cache, capture graphs. One step on a throwaway state of one stream. `every_rule`: also what a
+        batch of other rules would (a server's): a Triton kernel is compiled apart for launches where some stream
+        truncates (top-k, top-p) and for those where none does, so both are made here, not mid-stream."""
         c = self.config
         state = self.new_state(1, 0)
         cond = torch.zeros(1, 1, c.layers, 2 * c.gate_channels) if c.conditioned else None
         u = np.full((1, 1) + distributions.uniform_shape(c), 0.5, np.float32)
         self.generate(state, 1, u, sampling, cond)
+        if every_rule and c.output == "softmax":  # only classes truncate
+            other = replace(sampling, top_k=0, top_p=1.0) if sampling.truncates else replace(sampling, top_p=0.9)
+            self.generate(state, 1, u, other, cond)
         if teacher:
             self.forward(state, state.last.reshape(1, 1), cond)
 
