@@ -6,11 +6,11 @@ Streams are processed in tiles of `tile` streams; the matrix products are regist
 of outputs x block of streams, see `_matmul`) whose block shape follows the target's vector registers, and every
 output is one fma chain in a fixed order, so a stream's arithmetic never depends on which streams share its tile,
 how many there are or where it sits (a request's audio is the same alone or beside 100 others). Tiles run in
-parallel (numba prange), each through all its steps, so one call opens one parallel region however many steps it
-makes. With fewer streams than threads, `generate_split` and `teacher_forced_split` run every stream as one tile and
-split each layer's outputs between the threads instead, each thread streaming its own block of the weights, the
-threads inside one parallel region for the whole call and meeting at a barrier between phases (the note above
-`_claim`). Measured effects of these choices are in docs/BENCHMARKS.md.
+parallel on numba's thread count of threads (`run_shares`), each through all its steps, so one call starts its
+threads once however many steps it makes. With fewer streams than threads, `generate_split` and
+`teacher_forced_split` run every stream as one tile and split each layer's outputs between the threads instead, each
+thread streaming its own block of the weights, the threads running through the whole call and meeting at a barrier
+between phases (the note above `_claim`). Measured effects of these choices are in docs/BENCHMARKS.md.
 
 Shapes (B streams, T or n steps, L layers, R/G/S/H/O channels, k taps, k_in input taps, Q queue slots): see
 `CpuWeights`; queues (B, Q, R) float32, inputs (B, k_in-1) int64 (-1: before the start).
@@ -30,14 +30,18 @@ has it (`_products8`, the w8a8 note above it), AMX's tiles for many streams wher
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import os
 import platform
 import sys
+import threading
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import carray, njit, prange, types
+from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -1556,14 +1560,14 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
 
 # ---- one stream on every core: the threads meet at barriers inside one region ----------------------------------
 #
-# `generate_split` and `teacher_forced_split` run one tile of every stream on `parts` threads that stay inside one
-# parallel region for the whole call. A step is a sequence of phases (a layer's gate, its outputs, each head
+# `generate_split` and `teacher_forced_split` run one tile of every stream on `parts` threads that run through the
+# whole call (`run_shares`). A step is a sequence of phases (a layer's gate, its outputs, each head
 # product: `parts` parts each, one per thread's share of the outputs; the sampling and the next input: one part),
 # and a phase starts when every part of the one before is done. Each part of each phase is done exactly once, by
 # whichever thread claims it: a thread first claims the part with its own number (so in the usual case a thread
 # always reads the same weight blocks), then any other part not yet claimed, and only then waits for the phase to
-# end. So a thread that is late (descheduled on a busy machine, or never started because the threading layer ran
-# the region's iterations one after another) costs time, never a deadlock: the others do its parts. sync
+# end. So a thread that is late (descheduled on a busy machine, or never started because the pool's threads were
+# busy with another call) costs time, never a deadlock: the others do its parts. sync
 # (parts, 16) int64, -1 at first: [p, 0] the last phase part p was claimed in, [p, 8] the last it was done in (a
 # cache line apart). Waits spin with the CPU's pause hint, then yield the core (`_SPINS`). Every part computes the
 # same fma chains in the same order whichever thread runs it, so a stream's numbers do not depend on the number of
@@ -1659,6 +1663,95 @@ def _wait(sync, parts, phase):
                 spins += 1
             else:
                 _yield_core()
+
+
+@intrinsic
+def _borrowed(typingctx, value):
+    """`value` (an array, or a tuple or NamedTuple of arrays and scalars, nested) with every array's memory owner
+    dropped: numba counts references to an array's owner at every view it takes (a row, a slice, a tuple unpacked),
+    atomically, and two threads working on the same arrays passed that counter's cache line to and fro at every
+    one (the split path's share on `standard` at batch 1 ran 0.64x the `prange` kernel, whose loop body gets its
+    arrays without an owner, as these). The caller holds the arrays for the whole call (`run_shares`)."""
+    def strip(context, builder, typ, val):
+        if isinstance(typ, types.Array):
+            array = context.make_array(typ)(context, builder, value=val)
+            array.meminfo = cgutils.get_null_value(array.meminfo.type)
+            return array._getvalue()
+        if isinstance(typ, types.BaseTuple):
+            items = [strip(context, builder, t, builder.extract_value(val, i)) for i, t in enumerate(typ)]
+            return context.make_tuple(builder, typ, items)
+        return val
+
+    def codegen(context, builder, signature, args):
+        return strip(context, builder, signature.args[0], args[0])
+
+    return value(value), codegen
+
+
+def _share_kernel(function):
+    """@njit for a thread's share of a call (`run_shares`): the GIL released; the share passes its arrays on
+    `_borrowed`."""
+    return njit(**_OPTIONS, nogil=True)(function)
+
+
+def _claim_tiles(n: int) -> np.ndarray:
+    """A `_claim` array for n parts (tiles, or a split's parts), -1 at first, each row on cache lines of its own."""
+    raw = np.empty(n * 128 + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    sync = raw[start:start + n * 128].view(np.int64).reshape(n, 16)
+    sync[:] = -1
+    return sync
+
+
+# ---- the threads ------------------------------------------------------------------------------------------------
+#
+# A call's work runs on threads of our own rather than in a numba `prange` region: numba compiled each parallel
+# function's loop body into three more functions (the gufunc and its wrappers), each with the whole kernel inlined,
+# optimized and emitted again, 16 s of a 62 s first compile for `tiny` (docs/BENCHMARKS.md). Each share is a
+# `nogil` kernel called from Python; share 0 runs on the caller's thread, the others on a pool of threads kept for
+# the process. Every share takes its work by `_claim` (tiles for `generate`, parts of each phase for the split
+# path), so a share that starts late, or never (its thread busy with another call), costs time, not a lost tile:
+# the caller, done with what it could claim, takes back the shares that never started and waits for the rest.
+
+_POOL: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None  # (the process that made it, the pool)
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The process's pool of kernel threads, numba's most threads less the caller's (a forked child makes its own)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            workers = max(1, numba.config.NUMBA_NUM_THREADS - 1)
+            _POOL = (os.getpid(), concurrent.futures.ThreadPoolExecutor(workers, "fastwavenet-kernel"))
+        return _POOL[1]
+
+
+def run_shares(shares: int, kernel, *args):
+    """kernel(share, shares, *args) for share 0 .. shares-1, share 0 on this thread, the others on the pool's;
+    returns when every share that started has ended. The shares write into the caller's arrays, so a Ctrl-C (which
+    Python sees only between the kernels' calls) waits for them and is raised after; a share's error is raised."""
+    if shares <= 1:
+        kernel(0, 1, *args)
+        return
+    pool = _pool()
+    futures = [pool.submit(kernel, share, shares, *args) for share in range(1, shares)]
+    interrupted = None
+    try:
+        kernel(0, shares, *args)
+    finally:
+        running = [f for f in futures if not f.cancel()]  # a share not yet started: its work was claimed by others
+        while running:
+            try:
+                concurrent.futures.wait(running)
+                running = []
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+    for f in futures:
+        if not f.cancelled():
+            f.result()
+    if interrupted is not None:
+        raise interrupted
 
 
 @njit(**_INLINED)
@@ -1891,40 +1984,61 @@ def _teacher_tile(b0, nb, tile, codes, scalar, t0, w, queues, inputs, cond, out_
             out_logits[b0 + bb, s, :] = logits[bb, :]
 
 
-@njit(**_OPTIONS, parallel=True, nogil=True)
+@_share_kernel
+def _teacher_share(share, shares, claims, codes, scalar, t0, tile, w, queues, inputs, cond, out_logits):
+    """One thread's share of `teacher_forced`: the tiles it claims (`_claim_tiles`)."""
+    claims, codes, w, queues, inputs, cond, out_logits = _borrowed((claims, codes, w, queues, inputs, cond, out_logits))
+    B = codes.shape[0]
+    tiles = (B + tile - 1) // tile
+    start = share * tiles // shares
+    for j in range(tiles):
+        ti = (start + j) % tiles
+        if _claim(claims, ti, 0):
+            b0 = ti * tile
+            _teacher_tile(b0, min(tile, B - b0), tile, codes, scalar, t0, w, queues, inputs, cond, out_logits)
+
+
 def teacher_forced(codes, scalar, t0, tile, w, queues, inputs, cond, out_logits):
     """Consume codes (B, T) (int64 class codes, or float32 sample values when `scalar`) from time t0 with weights w
     (CpuWeights) and gate terms cond (B, T, L, 2G), (1, T, L, 2G) for every stream, or (0, 0, 0, 0); out_logits
-    (B, T, O) receives the head's outputs after each step. Streams run in tiles of `tile`, the tiles in parallel."""
-    B = codes.shape[0]
-    tiles = (B + tile - 1) // tile
-    for ti in prange(tiles):
-        b0 = ti * tile
-        _teacher_tile(b0, min(tile, B - b0), tile, codes, scalar, t0, w, queues, inputs, cond, out_logits)
+    (B, T, O) receives the head's outputs after each step. Streams run in tiles of `tile`, the tiles on numba's
+    thread count of threads (`run_shares`)."""
+    tiles = (codes.shape[0] + tile - 1) // tile
+    run_shares(min(tiles, numba.get_num_threads()), _teacher_share, _claim_tiles(tiles), codes, scalar, t0, tile, w,
+               queues, inputs, cond, out_logits)
 
 
-@njit(**_OPTIONS, parallel=True, nogil=True)
-def teacher_forced_split(codes, scalar, t0, w, queues, inputs, cond, out_logits, parts, gate_blocks, out_blocks):
-    """`teacher_forced` as one tile of every stream on `parts` threads inside one region (the note above), each
-    layer's outputs split in `parts`, each part reading its own weight blocks (`split_blocks(w, parts)`)."""
+@_share_kernel
+def _teacher_split_share(tid, parts, scratch, sync, codes, scalar, t0, w, queues, inputs, cond, out_logits,
+                         gate_blocks, out_blocks):
+    """Thread `tid`'s share of `teacher_forced_split` (the note above `_claim`); the last step's logits are left in
+    the scratch's."""
+    scratch, sync, codes, w, queues, inputs, cond, out_logits, gate_blocks, out_blocks = _borrowed(
+        (scratch, sync, codes, w, queues, inputs, cond, out_logits, gate_blocks, out_blocks))
     B, T = codes.shape
-    xs, z, gated, skip, hidden, logits, zeros, work = _scratch(B, w, parts)
-    sync = np.full((parts, 16), -1, np.int64)
-    for tid in prange(parts):
-        phase = 0
-        for s in range(T):
-            if _claim(sync, 0, phase):  # the last step's logits out, this step's input in
-                if s > 0:
-                    for b in range(B):
-                        out_logits[b, s - 1, :] = logits[b, :]
-                _step_input(0, B, codes[:, s], scalar, w, inputs, xs, skip)
-                _done(sync, 0, phase)
-            _wait(sync, 1, phase)
-            phase = _split_layers(tid, parts, sync, phase + 1, B, t0 + s, s, w, queues, cond, xs, z, gated, skip,
-                                  hidden, logits, zeros, work, gate_blocks, out_blocks)
+    xs, z, gated, skip, hidden, logits, zeros, work = scratch
+    phase = 0
+    for s in range(T):
+        if _claim(sync, 0, phase):  # the last step's logits out, this step's input in
+            if s > 0:
+                for b in range(B):
+                    out_logits[b, s - 1, :] = logits[b, :]
+            _step_input(0, B, codes[:, s], scalar, w, inputs, xs, skip)
+            _done(sync, 0, phase)
+        _wait(sync, 1, phase)
+        phase = _split_layers(tid, parts, sync, phase + 1, B, t0 + s, s, w, queues, cond, xs, z, gated, skip,
+                              hidden, logits, zeros, work, gate_blocks, out_blocks)
+
+
+def teacher_forced_split(codes, scalar, t0, w, queues, inputs, cond, out_logits, parts, gate_blocks, out_blocks):
+    """`teacher_forced` as one tile of every stream on `parts` threads meeting at barriers (the note above `_claim`),
+    each layer's outputs split in `parts`, each part reading its own weight blocks (`split_blocks(w, parts)`)."""
+    B, T = codes.shape
+    scratch = _scratch(B, w, parts)
+    run_shares(parts, _teacher_split_share, scratch, _claim_tiles(parts), codes, scalar, t0, w, queues, inputs, cond,
+               out_logits, gate_blocks, out_blocks)
     if T > 0:
-        for b in range(B):
-            out_logits[b, T - 1, :] = logits[b, :]
+        out_logits[:, T - 1, :] = scratch[5][:B]
 
 
 @njit(**_INLINED)
@@ -1945,7 +2059,23 @@ def _generate_tile(b0, nb, tile, last, scalar, distribution, log_scale_min, t0, 
         last[b0 + bb] = step_codes[bb]
 
 
-@njit(**_OPTIONS, parallel=True, nogil=True)
+@_share_kernel
+def _generate_share(share, shares, claims, last, scalar, distribution, log_scale_min, t0, u, temperature, top_k,
+                    top_p, argmax, tile, w, queues, inputs, cond, out_codes):
+    """One thread's share of `generate`: the tiles it claims (`_claim_tiles`)."""
+    claims, last, u, temperature, top_k, top_p, argmax, w, queues, inputs, cond, out_codes = _borrowed(
+        (claims, last, u, temperature, top_k, top_p, argmax, w, queues, inputs, cond, out_codes))
+    B = u.shape[1]
+    tiles = (B + tile - 1) // tile
+    start = share * tiles // shares
+    for j in range(tiles):
+        ti = (start + j) % tiles
+        if _claim(claims, ti, 0):
+            b0 = ti * tile
+            _generate_tile(b0, min(tile, B - b0), tile, last, scalar, distribution, log_scale_min, t0, u,
+                           temperature, top_k, top_p, argmax, w, queues, inputs, cond, out_codes)
+
+
 def generate(last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax, tile, w, queues,
              inputs, cond, out_codes):
     """Generate n = u.shape[0] codes (or sample values) per stream: consume last (B,) first, then each sampled one
@@ -1960,39 +2090,50 @@ def generate(last, scalar, distribution, log_scale_min, t0, u, temperature, top_
     sample differently (top_k and top_p apply to SOFTMAX only);
     out_codes (B, n) receives what was drawn; last is updated to the final one.
     """
-    B = u.shape[1]
-    tiles = (B + tile - 1) // tile
-    for ti in prange(tiles):
-        b0 = ti * tile
-        _generate_tile(b0, min(tile, B - b0), tile, last, scalar, distribution, log_scale_min, t0, u, temperature,
-                       top_k, top_p, argmax, w, queues, inputs, cond, out_codes)
+    tiles = (u.shape[1] + tile - 1) // tile
+    run_shares(min(tiles, numba.get_num_threads()), _generate_share, _claim_tiles(tiles), last, scalar, distribution,
+               log_scale_min, t0, u, temperature, top_k, top_p, argmax, tile, w, queues, inputs, cond, out_codes)
 
 
-@njit(**_OPTIONS, parallel=True, nogil=True)
+@_share_kernel
+def _generate_split_share(tid, parts, scratch, sampling, sync, scalar, distribution, log_scale_min, t0, u,
+                          temperature, top_k, top_p, argmax, w, queues, inputs, cond, out_codes, gate_blocks,
+                          out_blocks):
+    """Thread `tid`'s share of `generate_split` (the note above `_claim`); the last step's draw is left to the
+    caller (`generate_split`)."""
+    scratch, sampling, sync, u, temperature, top_k, top_p, argmax, w, queues, inputs, cond, out_codes = _borrowed(
+        (scratch, sampling, sync, u, temperature, top_k, top_p, argmax, w, queues, inputs, cond, out_codes))
+    gate_blocks, out_blocks = _borrowed((gate_blocks, out_blocks))
+    n, B = u.shape[0], u.shape[1]
+    xs, z, gated, skip, hidden, logits, zeros, work = scratch
+    p, p64, order, step_codes = sampling
+    phase = 0
+    for s in range(n):
+        if _claim(sync, 0, phase):  # the last step's draw, this step's input
+            if s > 0:
+                _sample_tile(0, B, s - 1, logits, distribution, log_scale_min, u, temperature, top_k, top_p,
+                             argmax, step_codes, out_codes, p, p64, order)
+            _step_input(0, B, step_codes, scalar, w, inputs, xs, skip)
+            _done(sync, 0, phase)
+        _wait(sync, 1, phase)
+        phase = _split_layers(tid, parts, sync, phase + 1, B, t0 + s, s, w, queues, cond, xs, z, gated, skip,
+                              hidden, logits, zeros, work, gate_blocks, out_blocks)
+
+
 def generate_split(last, scalar, distribution, log_scale_min, t0, u, temperature, top_k, top_p, argmax, w, queues,
                    inputs, cond, out_codes, parts, gate_blocks, out_blocks):
-    """`generate` as one tile of every stream on `parts` threads inside one region (the note above), each layer's
-    outputs split in `parts`, each part reading its own weight blocks (`split_blocks(w, parts)`): for fewer streams
-    than threads on models whose weights are worth splitting (backends/numba_cpu.py decides)."""
+    """`generate` as one tile of every stream on `parts` threads meeting at barriers (the note above `_claim`), each
+    layer's outputs split in `parts`, each part reading its own weight blocks (`split_blocks(w, parts)`): for fewer
+    streams than threads on models whose weights are worth splitting (backends/numba_cpu.py decides)."""
     n, B = u.shape[0], u.shape[1]
     C = w.head2_w.shape[1]
-    xs, z, gated, skip, hidden, logits, zeros, work = _scratch(B, w, parts)
-    p, p64, order = np.empty(C, np.float32), np.empty(C, np.float64), np.empty(C, np.int64)
-    step_codes = last.copy()
-    sync = np.full((parts, 16), -1, np.int64)
-    for tid in prange(parts):
-        phase = 0
-        for s in range(n):
-            if _claim(sync, 0, phase):  # the last step's draw, this step's input
-                if s > 0:
-                    _sample_tile(0, B, s - 1, logits, distribution, log_scale_min, u, temperature, top_k, top_p,
-                                 argmax, step_codes, out_codes, p, p64, order)
-                _step_input(0, B, step_codes, scalar, w, inputs, xs, skip)
-                _done(sync, 0, phase)
-            _wait(sync, 1, phase)
-            phase = _split_layers(tid, parts, sync, phase + 1, B, t0 + s, s, w, queues, cond, xs, z, gated, skip,
-                                  hidden, logits, zeros, work, gate_blocks, out_blocks)
+    scratch = _scratch(B, w, parts)
+    sampling = (np.empty(C, np.float32), np.empty(C, np.float64), np.empty(C, np.int64), last.copy())
+    run_shares(parts, _generate_split_share, scratch, sampling, _claim_tiles(parts), scalar, distribution,
+               log_scale_min, t0, u, temperature, top_k, top_p, argmax, w, queues, inputs, cond, out_codes,
+               gate_blocks, out_blocks)
+    p, p64, order, step_codes = sampling
     if n > 0:
-        _sample_tile(0, B, n - 1, logits, distribution, log_scale_min, u, temperature, top_k, top_p, argmax,
+        _sample_tile(0, B, n - 1, scratch[5], distribution, log_scale_min, u, temperature, top_k, top_p, argmax,
                      step_codes, out_codes, p, p64, order)
     last[:] = step_codes

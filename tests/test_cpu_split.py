@@ -1,9 +1,9 @@
 """The split kernel's barrier (kernels/cpu.py, the note above `_claim`): every part of every phase is done exactly
 once, by whichever thread claims it, and a phase starts only when every part of the one before is done, however
-many threads run the region (more parts than threads: one thread does the parts of another that never started)."""
+many threads run the call (more parts than threads: one thread does the parts of another that never started)."""
 import numpy as np
 import pytest
-from numba import njit, prange
+from numba import njit
 
 from fastwavenet.kernels import cpu
 
@@ -19,23 +19,22 @@ def test_a_part_is_claimed_once_a_phase_and_waits_end_at_done():
     assert sync[0, 0] == 3 and sync[0, 8] == 0 and sync[1, 8] == 0
 
 
-@njit(parallel=True)
-def _chain(parts, phases, sync, values, runs):
-    """Phase ph, part p: values[ph % 2, p] from the sum of phase ph - 1's values and p; runs[ph, p] counts its
-    runs. Some phases have part 0 alone, as the split kernel's sampling does."""
-    for tid in prange(parts):
-        for ph in range(phases):
-            m = parts if ph % 3 else 1
-            for j in range(m):
-                p = (tid + j) % m
-                if cpu._claim(sync, p, ph):
-                    total = 0
-                    for q in range(parts):
-                        total += values[(ph + 1) % 2, q]
-                    values[ph % 2, p] = (total * 31 + p) % 1000003
-                    runs[ph, p] += 1
-                    cpu._done(sync, p, ph)
-            cpu._wait(sync, m, ph)
+@njit(nogil=True)
+def _chain(tid, parts, phases, sync, values, runs):
+    """Thread tid's share. Phase ph, part p: values[ph % 2, p] from the sum of phase ph - 1's values and p;
+    runs[ph, p] counts its runs. Some phases have part 0 alone, as the split kernel's sampling does."""
+    for ph in range(phases):
+        m = parts if ph % 3 else 1
+        for j in range(m):
+            p = (tid + j) % m
+            if cpu._claim(sync, p, ph):
+                total = 0
+                for q in range(parts):
+                    total += values[(ph + 1) % 2, q]
+                values[ph % 2, p] = (total * 31 + p) % 1000003
+                runs[ph, p] += 1
+                cpu._done(sync, p, ph)
+        cpu._wait(sync, m, ph)
 
 
 @pytest.mark.parametrize("parts", [1, 2, 5])
@@ -43,7 +42,7 @@ def test_every_part_of_every_phase_runs_once_and_in_order(parts):
     phases = 3000
     sync = np.full((parts, 16), -1, np.int64)
     values, runs = np.zeros((2, parts), np.int64), np.zeros((phases, parts), np.int64)
-    _chain(parts, phases, sync, values, runs)
+    cpu.run_shares(parts, _chain, phases, sync, values, runs)  # on the kernels' threads (fewer than 5 here)
     expected, want = np.zeros((2, parts), np.int64), np.zeros((phases, parts), np.int64)
     for ph in range(phases):
         m = parts if ph % 3 else 1

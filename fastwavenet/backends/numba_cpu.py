@@ -4,7 +4,6 @@ streams than cores. This module is the only place that knows how that kernel wan
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -19,7 +18,6 @@ from ..sampling import per_stream
 from ..state import QueueState
 from .base import Backend
 
-_PARALLEL_LOCK = threading.Lock()
 _START_LOCK = threading.Lock()
 _started = False
 
@@ -59,20 +57,6 @@ def numba_threads() -> int:
                     torch.set_num_threads(before)
                 _started = True
     return numba.get_num_threads()
-
-
-def _parallel_guard():
-    """numba's `workqueue` threading layer, used where neither OpenMP nor TBB is found (many macOS installs, for
-    one), ends the process if two threads run parallel code at once. Calls are serialized unless the layer in use is
-    one that is safe across threads (known after the first parallel call)."""
-    import numba
-
-    try:
-        if numba.threading_layer() in ("omp", "tbb"):
-            return contextlib.nullcontext()
-    except ValueError:  # no parallel call yet
-        pass
-    return _PARALLEL_LOCK
 
 
 def _aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
@@ -283,13 +267,12 @@ class NumbaBackend(Backend):
         cond = _kernel_cond(cond)
         logits = np.empty((state.batch, codes.shape[1], self.config.output_channels), np.float32)
         tile, parts = self._tile(state.batch), self._split_parts(state.batch)
-        with _parallel_guard():
-            if parts > 1:
-                cpu.teacher_forced_split(codes, self.config.scalar_input, state.t, self.weights, state.queues.numpy(),
-                                         state.inputs.numpy(), cond, logits, parts, *self._blocks(parts))
-            else:
-                cpu.teacher_forced(codes, self.config.scalar_input, state.t, tile, self._kernel_weights(tile),
-                                   state.queues.numpy(), state.inputs.numpy(), cond, logits)
+        if parts > 1:
+            cpu.teacher_forced_split(codes, self.config.scalar_input, state.t, self.weights, state.queues.numpy(),
+                                     state.inputs.numpy(), cond, logits, parts, *self._blocks(parts))
+        else:
+            cpu.teacher_forced(codes, self.config.scalar_input, state.t, tile, self._kernel_weights(tile),
+                               state.queues.numpy(), state.inputs.numpy(), cond, logits)
         state.t += codes.shape[1]
         return torch.from_numpy(logits)
 
@@ -310,11 +293,10 @@ class NumbaBackend(Backend):
                 state.t, np.ascontiguousarray(u, np.float32).reshape(n, state.batch, -1), temperature, top_k, top_p,
                 argmax)
         arrays = (state.queues.numpy(), state.inputs.numpy(), cond, out)
-        with _parallel_guard():
-            if parts > 1:  # a few streams, the narrow weights (the batch stays below WIDEN_FROM)
-                cpu.generate_split(*args, self.weights, *arrays, parts, *self._blocks(parts))
-            else:
-                cpu.generate(*args, tile, self._kernel_weights(tile), *arrays)
+        if parts > 1:  # a few streams, the narrow weights (the batch stays below WIDEN_FROM)
+            cpu.generate_split(*args, self.weights, *arrays, parts, *self._blocks(parts))
+        else:
+            cpu.generate(*args, tile, self._kernel_weights(tile), *arrays)
         state.t += n
         return torch.from_numpy(out)
 
@@ -323,7 +305,7 @@ class NumbaSplitBackend(NumbaBackend):
     """`numba` with one tile whose every layer is split between numba's threads (`cpu.generate_split`) where the
     batch has fewer streams than threads, instead of leaving threads idle; from as many streams as threads, numba's
     own tiles. A stream's numbers are numba's, bit for bit, call after call (tests/test_cpu_split.py, and
-    recipes/split_stress.py for r9y9's shape). The threads stay in one parallel region for a call and
+    recipes/split_stress.py for r9y9's shape). The threads run through a whole call (`cpu.run_shares`) and
     meet at a barrier 2L + 3 times a step (about 0.3 us each on two cores, plus the layer's values crossing between
     the cores): worth it where a step streams megabytes of weights (r9y9's LJSpeech shape at every precision;
     `standard` in float32, not with its narrow weights: docs/BENCHMARKS.md). A thread that other work keeps off its
