@@ -1558,7 +1558,7 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
     _head_part(0, 1, 2, nb, w, skip, hidden, logits, zeros, work)
 
 
-# ---- one stream on every core: the threads meet at barriers inside one region ----------------------------------
+# ---- one stream on every core: the threads meet at barriers throughout a call ----------------------------------
 #
 # `generate_split` and `teacher_forced_split` run one tile of every stream on `parts` threads that run through the
 # whole call (`run_shares`). A step is a sequence of phases (a layer's gate, its outputs, each head
@@ -1689,8 +1689,8 @@ def _borrowed(typingctx, value):
 
 
 def _share_kernel(function):
-    """@njit for a thread's share of a call (`run_shares`): the GIL released; the share passes its arrays on
-    `_borrowed`."""
+    """@njit for a thread's share of a call (`run_shares`), the GIL released; each share first drops the owners of
+    the arrays it was given (`_borrowed`)."""
     return njit(**_OPTIONS, nogil=True)(function)
 
 
