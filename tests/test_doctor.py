@@ -91,28 +91,35 @@ print(json.dumps([_resources(read.asm["cubin"]), _resources(fma.asm["cubin"]), f
     assert ffma == 16 * 8 + 16
 
 
-SPECIALIZATION_SCRIPT = """
-import numpy as np, torch
+# Triton's launcher's first step for sm_90 in place of a kernel: `keys` collects (kernel, the key of the variant it
+# would compile or take from its cache) for every launch.
+KEYED_LAUNCHES = """
 from triton.backends.compiler import GPUTarget
 from triton.compiler import make_backend
 from triton.runtime.jit import create_function_from_signature
+
+keys = set()
+
+class Launch:
+    def __init__(self, name, kernel):
+        self.name, self.arg_names = name, kernel.arg_names
+        self.bind = create_function_from_signature(kernel.signature, kernel.params,
+                                                   make_backend(GPUTarget("cuda", 90, 32)))
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            _, specialization, options = self.bind(*args, **kwargs)
+            keys.add((self.name, repr((specialization, sorted(options.items())))))
+        return launch
+"""
+
+SPECIALIZATION_SCRIPT = KEYED_LAUNCHES + """
+import numpy as np, torch
 from fastwavenet import Sampling, preset
 from fastwavenet.backends.triton_gpu import TritonStreamBackend
 from fastwavenet.bench import random_model_file
 from fastwavenet.kernels import gpu
 
-kernel = gpu._wavenet_kernel
-bind = create_function_from_signature(kernel.signature, kernel.params, make_backend(GPUTarget("cuda", 90, 32)))
-keys = set()
-
-class Launch:  # what Triton's launcher computes first: the key of the variant it would compile or take from cache
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            _, specialization, options = bind(*args, **kwargs)
-            keys.add(repr((specialization, sorted(options.items()))))
-        return launch
-
-gpu._wavenet_kernel = Launch()
+gpu._wavenet_kernel = Launch("_wavenet_kernel", gpu._wavenet_kernel)
 model = random_model_file(preset("tiny"))
 backend = TritonStreamBackend(model.config, model.weights, torch.device("cpu"))
 for batch in (1, 5, 16):
@@ -161,28 +168,12 @@ def test_gpu_kernel_compiles_once_for_every_batch_and_position():
     assert len(compiled) == 1, list(compiled)
 
 
-LAYERS_SPECIALIZATION_SCRIPT = """
+LAYERS_SPECIALIZATION_SCRIPT = KEYED_LAUNCHES + """
 import numpy as np, torch
-from triton.backends.compiler import GPUTarget
-from triton.compiler import make_backend
-from triton.runtime.jit import create_function_from_signature
 from fastwavenet import Sampling, preset
 from fastwavenet.backends.triton_gpu import TritonLayersBackend
 from fastwavenet.bench import random_model_file
 from fastwavenet.kernels import gpu_layers
-
-keys = {}
-
-class Launch:  # Triton's launcher's first step: the key of the variant it would compile or take from its cache
-    def __init__(self, name, kernel):
-        self.name, self.arg_names = name, kernel.arg_names
-        self.bind = create_function_from_signature(kernel.signature, kernel.params,
-                                                   make_backend(GPUTarget("cuda", 90, 32)))
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            _, specialization, options = self.bind(*args, **kwargs)
-            keys.setdefault(self.name, set()).add(repr((specialization, sorted(options.items()))))
-        return launch
 
 for name, kernel in gpu_layers.KERNELS.items():
     setattr(gpu_layers, name, Launch(name, kernel))
@@ -193,7 +184,7 @@ for batch in (1, 5, 40):
     for steps in (1, 7, 33):
         backend.generate(state, steps, np.full((steps, batch), 0.5, np.float32), Sampling())
         backend.forward(state, torch.zeros(batch, steps, dtype=torch.int64))
-print(sorted((name, len(k)) for name, k in keys.items()))
+print(sorted((name, sum(1 for n, _ in keys if n == name)) for name in {n for n, _ in keys}))
 """
 
 
@@ -212,28 +203,12 @@ def test_layer_kernels_are_one_variant_for_every_batch_position_step_and_layer()
         [("_gate_kernel", 1), ("_head_kernel", 2), ("_out_kernel", 1), ("_start_kernel", 1)])
 
 
-ENGINE_WARM_UP_SCRIPT = """
+ENGINE_WARM_UP_SCRIPT = KEYED_LAUNCHES + """
 import numpy as np, torch
-from triton.backends.compiler import GPUTarget
-from triton.compiler import make_backend
-from triton.runtime.jit import create_function_from_signature
 from fastwavenet import Sampling, preset
 from fastwavenet.backends import registry
 from fastwavenet.bench import random_model_file
 from fastwavenet.kernels import gpu, gpu_layers, gpu_spread
-
-keys = set()
-
-class Launch:  # Triton's launcher's first step: the key of the variant it would compile or take from its cache
-    def __init__(self, name, kernel):
-        self.name, self.arg_names = name, kernel.arg_names
-        self.bind = create_function_from_signature(kernel.signature, kernel.params,
-                                                   make_backend(GPUTarget("cuda", 90, 32)))
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            _, specialization, options = self.bind(*args, **kwargs)
-            keys.add(repr((self.name, specialization, sorted(options.items()))))
-        return launch
 
 for module, name in [(gpu, "_wavenet_kernel"), (gpu_spread, "_spread_kernel")] + [(gpu_layers, n)
                                                                                    for n in gpu_layers.KERNELS]:
