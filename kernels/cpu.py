@@ -114,6 +114,11 @@ _OPTIONS = dict(fastmath=_FAST, error_model="numpy", cache=True)
 # more. A first `generate` for `tiny` compiled in 94 s, 62 s inlined (the same codes; `standard` and the vocoder shape
 # ran 1.00-1.05x), a first `generate_split` in 68 s against 78 with the split path's two (docs/BENCHMARKS.md).
 _INLINED = dict(_OPTIONS, inline="always")
+# Integer constants passed to the compiled (not inlined) functions, as int64 values rather than literals: numba
+# compiles a function called with a literal 0 (or 1, 2) apart from the same function called with a variable, each
+# version with all it calls, so one float32 `generate` built `_products` and `_panels` in 8 versions each, `_strips`
+# and `_panel_products` in 4 (`recipes/compile_time.py`; docs/BENCHMARKS.md, the first section).
+_0, _1, _2 = np.int64(0), np.int64(1), np.int64(2)
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 # Eigen's rational approximation of tanh for float32 (max abs error 3.4e-7 against float64 tanh). libm's tanh is
@@ -772,7 +777,7 @@ def _matmul_with(w, bias, x, nb, y, first, last, start, scale, zeros):
     (1, >= N): -0.0 (`_products`)."""
     lda = start.shape[1] if start.shape[0] > 1 else 0
     sp = 0 if scale.shape[0] == 0 else scale.ctypes.data
-    _products(w, 0, w.shape[0], bias.ctypes.data, sp, x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first,
+    _products(w, _0, w.shape[0], bias.ctypes.data, sp, x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first,
               y.shape[1], start.ctypes.data + 4 * first, lda, nb, first, last, zeros.ctypes.data)
 
 
@@ -1280,27 +1285,27 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
         if parts == 1 and cp != 0:  # w8a8, both halves in one product: tap j's rows of words
             qp = vp + j * ((R + 3) // 4) * 4 * G2
             if j == 0:
-                _products8(qp, G2, R, bias, ws, cj, work, zc, G2, ap, lda, nb, 0, G2)
+                _products8(qp, G2, R, bias, ws, cj, work, zc, G2, ap, lda, nb, _0, G2)
             else:
-                _products8(qp, G2, R, zp, ws, cj, work, zc, G2, zc, G2, nb, 0, G2)
+                _products8(qp, G2, R, zp, ws, cj, work, zc, G2, zc, G2, nb, _0, G2)
             continue
         if parts == 1 and sl.shape[0] > 0:  # a few streams: the weights in strips
             if j == 0:
-                _strips(sl, 0, R, bias, ws, xp, ldx, zc, G2, ap, lda, nb, 0, G2, zp)
+                _strips(sl, _0, R, bias, ws, xp, ldx, zc, G2, ap, lda, nb, _0, G2, zp)
             else:
-                _strips(sl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2, zp)
+                _strips(sl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, _0, G2, zp)
             continue
         if parts == 1 and pl.shape[0] > 0:  # many streams: the weights in panels
             if j == 0:
-                _panel_products(pl, 0, R, bias, ws, xp, ldx, zc, G2, ap, lda, nb, 0, G2, zp)
+                _panel_products(pl, _0, R, bias, ws, xp, ldx, zc, G2, ap, lda, nb, _0, G2, zp)
             else:
-                _panel_products(pl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2, zp)
+                _panel_products(pl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, _0, G2, zp)
             continue
         if parts == 1:  # both halves in one product
             if j == 0:
-                _products(wl, 0, R, bias, ws, xp, ldx, zc, G2, ap, lda, nb, 0, G2, zp)
+                _products(wl, _0, R, bias, ws, xp, ldx, zc, G2, ap, lda, nb, _0, G2, zp)
             else:  # go on from the taps so far
-                _products(wl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, 0, G2, zp)
+                _products(wl, j * R, R, zp, ws, xp, ldx, zc, G2, zc, G2, nb, _0, G2, zp)
             continue
         for half in range(2):
             wb = blocks[layer, part, half]
@@ -1316,10 +1321,10 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
                     _products8(qp, ldw, R, zp + shift, ws + shift, cj + shift, work, zc + 4 * g0, G2, zc + 4 * g0,
                                G2, nb, 0, c1 - c0)
             elif c0 < c1 and j == 0:
-                _strips(wb, 0, R, bias + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, ap + 4 * g0, lda, nb, 0,
+                _strips(wb, _0, R, bias + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, ap + 4 * g0, lda, nb, _0,
                         c1 - c0, zp)
             elif c0 < c1:
-                _strips(wb, j * R, R, zp + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, zc + 4 * g0, G2, nb, 0,
+                _strips(wb, j * R, R, zp + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, zc + 4 * g0, G2, nb, _0,
                         c1 - c0, zp)
     gc, zs, gs = gated.ctypes.data, z.strides[0], gated.strides[0]
     for bb in range(nb):  # vectors, then single values: the same operations (`_gate_block`)
@@ -1347,23 +1352,23 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
         _quantize_rows(gp, G, G, nb, work)
     if parts == 1 and cp != 0:
         if residual:
-            _products8(vp, R + S, G, obp, osp, cp, work, xp, R, xp, R, nb, 0, R)
+            _products8(vp, R + S, G, obp, osp, cp, work, xp, R, xp, R, nb, _0, R)
         _products8(vp, R + S, G, obp, osp, cp, work, sp, S, sp, S, nb, R, R + S)
         return
     if parts == 1 and sl.shape[0] > 0:
         if residual:
-            _strips(sl, 0, G, obp, osp, gp, G, xp, R, xp, R, nb, 0, R, zp)
-        _strips(sl, 0, G, obp, osp, gp, G, sp, S, sp, S, nb, R, R + S, zp)
+            _strips(sl, _0, G, obp, osp, gp, G, xp, R, xp, R, nb, _0, R, zp)
+        _strips(sl, _0, G, obp, osp, gp, G, sp, S, sp, S, nb, R, R + S, zp)
         return
     if parts == 1 and pl.shape[0] > 0:
         if residual:
-            _panel_products(pl, 0, G, obp, osp, gp, G, xp, R, xp, R, nb, 0, R, zp)
-        _panel_products(pl, 0, G, obp, osp, gp, G, sp, S, sp, S, nb, R, R + S, zp)
+            _panel_products(pl, _0, G, obp, osp, gp, G, xp, R, xp, R, nb, _0, R, zp)
+        _panel_products(pl, _0, G, obp, osp, gp, G, sp, S, sp, S, nb, R, R + S, zp)
         return
     if parts == 1:
         if residual:
-            _products(ow, 0, G, obp, osp, gp, G, xp, R, xp, R, nb, 0, R, zp)
-        _products(ow, 0, G, obp, osp, gp, G, sp, S, sp, S, nb, R, R + S, zp)
+            _products(ow, _0, G, obp, osp, gp, G, xp, R, xp, R, nb, _0, R, zp)
+        _products(ow, _0, G, obp, osp, gp, G, sp, S, sp, S, nb, R, R + S, zp)
         return
     wb = blocks[layer, part]
     r0, r1 = _share(part, parts, R)
@@ -1372,10 +1377,10 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
     if residual and r0 < r1:  # block columns [0, r1 - r0) are outputs r0 ..
         shift = 4 * r0
         if cp != 0:
-            _products8(qp, ldw, G, obp + shift, osp + shift, cp + shift, work, xp + 4 * r0, R, xp + 4 * r0, R, nb, 0,
+            _products8(qp, ldw, G, obp + shift, osp + shift, cp + shift, work, xp + 4 * r0, R, xp + 4 * r0, R, nb, _0,
                        r1 - r0)
         else:
-            _strips(wb, 0, G, obp + shift, osp + shift, gp, G, xp + 4 * r0, R, xp + 4 * r0, R, nb, 0, r1 - r0, zp)
+            _strips(wb, _0, G, obp + shift, osp + shift, gp, G, xp + 4 * r0, R, xp + 4 * r0, R, nb, _0, r1 - r0, zp)
     if s0 < s1:  # block columns lf .. are outputs R + s0 ..
         lf = share_span(parts, R)
         shift = 4 * (R + s0 - lf)
@@ -1383,7 +1388,7 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
             _products8(qp, ldw, G, obp + shift, osp + shift, cp + shift, work, sp + 4 * s0, S, sp + 4 * s0, S, nb, lf,
                        lf + s1 - s0)
         else:
-            _strips(wb, 0, G, obp + shift, osp + shift, gp, G, sp + 4 * s0, S, sp + 4 * s0, S, nb, lf, lf + s1 - s0,
+            _strips(wb, _0, G, obp + shift, osp + shift, gp, G, sp + 4 * s0, S, sp + 4 * s0, S, nb, lf, lf + s1 - s0,
                     zp)
 
 
@@ -1554,8 +1559,8 @@ def _tile_step(b0, nb, codes, scalar, t, w, queues, inputs, cond, s, xs, z, gate
     for layer in range(w.dilated_b.shape[0]):
         _gate_layer(0, 1, nb, w, queues, b0, t, cond, s, layer, xs, z, gated, zeros, _NO_GATE_BLOCKS, work)
         _out_layer(0, 1, nb, w, queues, b0, t, layer, xs, gated, skip, zeros, _NO_BLOCKS, work)
-    _head_part(0, 1, 1, nb, w, skip, hidden, logits, zeros, work)
-    _head_part(0, 1, 2, nb, w, skip, hidden, logits, zeros, work)
+    _head_part(_0, _1, _1, nb, w, skip, hidden, logits, zeros, work)
+    _head_part(_0, _1, _2, nb, w, skip, hidden, logits, zeros, work)
 
 
 # ---- one stream on every core: the threads meet at barriers throughout a call ----------------------------------
@@ -1816,7 +1821,7 @@ def _scratch(tile, w, parts):
     R, G2, S, H = w.embed.shape[2], w.dilated_b.shape[1], w.head1_w.shape[0], w.head1_w.shape[1]
     wide = max(G2, w.out_b.shape[1], H, w.head2_w.shape[1])
     w8a8 = _is_w8a8(w)
-    zeros = _floats(1, wide)
+    zeros = _floats(_1, wide)
     zeros[:] = -0.0
     return (_floats(tile, R), _floats(tile, G2), _floats(tile, G2 // 2), _floats(tile, S), _floats(tile, H),
             _floats(tile, w.head2_w.shape[1]), zeros,

@@ -2,7 +2,8 @@
 `generate` (or `generate_split` on two parts) timed on the `tiny` shape in float32, with numba's finalization of each
 library it builds (LLVM's module passes, then machine code) timed too, the slowest listed. numba builds every @njit
 function it compiles into machine code of its own with all it calls linked in, so a function whose library is the
-whole kernel shows up here once per level of the call chain (docs/BENCHMARKS.md, "Compiling the CPU kernel").
+whole kernel shows up here once per level of the call chain (docs/BENCHMARKS.md, "Compiling the CPU kernel"); then
+the functions compiled in more than one signature.
 
 Run: python recipes/compile_time.py [KERNEL_SOURCE] [split]
 (KERNEL_SOURCE: a kernels/cpu.py, e.g. from `git show REV:kernels/cpu.py > /tmp/cpu_rev.py`; the package's by
@@ -18,6 +19,7 @@ os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp()  # before numba is imported: 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from numba.core import codegen  # noqa: E402
+from numba.core.registry import CPUDispatcher  # noqa: E402
 
 from fastwavenet import preset  # noqa: E402
 from fastwavenet.backends.numba_cpu import NumbaBackend, _aligned  # noqa: E402
@@ -60,3 +62,10 @@ print(f"{source}: first {'generate_split' if split else 'generate'} of tiny (flo
       f"{len(finalized)} libraries finalized in {sum(s for s, _ in finalized):.1f} s, the slowest:")
 for seconds, name in sorted(finalized, reverse=True)[:10]:
     print(f"  {seconds:6.2f} s  {name[:70]}")
+# Each signature of a compiled (not inlined) function is built again with all it calls: where argument types differ
+# between call sites (a literal 0 against an int64, an address as uint64 against float64), that is paid once more.
+print("compiled in more than one signature:")
+for name in sorted(dir(kernel)):
+    function = getattr(kernel, name)
+    if isinstance(function, CPUDispatcher) and len(function.signatures) > 1:
+        print(f"  {name}: {len(function.signatures)}")
