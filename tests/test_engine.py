@@ -53,6 +53,25 @@ def test_batched_stream_i_is_seed_plus_i_alone_at_any_thread_count(tiny):
         numba.set_num_threads(before)
 
 
+def test_the_scheduler_thread_keeps_its_creators_numba_thread_count(tiny):
+    """numba keeps a thread count per thread, and a new thread gets numba's default: corpus ranks sharing a machine
+    set theirs (`corpus._share_cores`) and then generated on every core from the engine's thread."""
+    before = numba.get_num_threads()
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one thread: nothing to tell apart")
+    seen = []
+    generate = tiny.backend.generate
+    tiny.backend.generate = lambda *args, **kwargs: (seen.append(numba.get_num_threads()), generate(*args, **kwargs))[1]
+    try:
+        numba.set_num_threads(1)
+        with Engine(tiny, max_active=2, warm_up=False) as engine:
+            engine.submit(samples=50, seed=0).result()
+    finally:
+        numba.set_num_threads(before)
+        del tiny.backend.generate
+    assert seen and set(seen) == {1}, seen
+
+
 def test_requests_alone_or_together_are_bit_identical(tiny):
     """Nine requests with their own lengths, seeds and sampling rules, three at a time (so they join and leave at
     different clocks, their rings rotated on joining), and one primed with audio: each equals itself run alone,
