@@ -317,11 +317,8 @@ class Engine:
         self.first_audio_recent: collections.deque = collections.deque(maxlen=1000)
         if warm_up:  # with the rule requests get where they name none (the model file's default), and the others
             generator.warm_up(generator.sampling, prime=True, every_rule=True)
-        # numba keeps a thread count for each thread (`numba.set_num_threads`, as corpus ranks sharing a machine set
-        # theirs), and a thread started later has numba's default: the scheduler thread takes its creator's
-        from .backends.numba_cpu import NumbaBackend, numba_threads
-
-        self._numba_threads = numba_threads() if isinstance(generator.backend, NumbaBackend) else None
+        # the scheduler thread computes as its creator would (`Backend.thread_setup`: numba's thread count)
+        self._thread_setup = generator.backend.thread_setup()
         self._thread = threading.Thread(target=self._run, name="fastwavenet-engine", daemon=True)
         self._thread.start()
 
@@ -433,10 +430,8 @@ class Engine:
         request alone. Should anything still escape a round (a bug in the engine or a backend), it says why on every
         request, in `stats()` and on stderr, and the engine refuses new requests: nobody waits forever."""
         try:
-            if self._numba_threads is not None:
-                import numba
-
-                numba.set_num_threads(self._numba_threads)
+            if self._thread_setup is not None:
+                self._thread_setup()
             self._loop()
         except BaseException as exc:  # noqa: BLE001
             self.stopped_because = f"{type(exc).__name__}: {exc}"

@@ -82,6 +82,11 @@ class Backend:
     def forward(self, state, codes: torch.Tensor, cond=None) -> torch.Tensor:
         raise NotImplementedError
 
+    def thread_setup(self):
+        """What another thread runs before it generates on this backend, so that it computes as the calling thread
+        would (a function of no arguments), or None where nothing is kept per thread."""
+        return None
+
     def warm_up(self, sampling: Sampling, teacher: bool = False, every_rule: bool = False):
         """Do what the first call of generate (and of forward, with `teacher`) would: compile kernels or load them
         from the cache, capture graphs. One step on a throwaway state of one stream. `every_rule`: also what a

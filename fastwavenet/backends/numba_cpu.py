@@ -227,6 +227,14 @@ class NumbaBackend(Backend):
                 setattr(self, "_make" + name, None)
             return getattr(self, name)
 
+    def thread_setup(self):
+        """numba keeps its thread count per thread (`numba.set_num_threads`, as corpus ranks sharing a machine set
+        theirs), and a thread started later gets numba's default: this thread's count, for that one to take."""
+        import numba
+
+        count = numba_threads()
+        return lambda: numba.set_num_threads(count)
+
     def _split_parts(self, batch: int) -> int:
         """The parts each product is split in for `batch` streams: 1, tiles of streams across the threads
         (`NumbaSplitBackend` splits)."""
