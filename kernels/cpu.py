@@ -119,6 +119,9 @@ _INLINED = dict(_OPTIONS, inline="always")
 # version with all it calls, so one float32 `generate` built `_products` and `_panels` in 8 versions each, `_strips`
 # and `_panel_products` in 4 (`recipes/compile_time.py`; docs/BENCHMARKS.md, the first section).
 _0, _1, _2 = np.int64(0), np.int64(1), np.int64(2)
+# A thread's share of a call (`run_shares`): the GIL released. Each share first drops the owners of the arrays it
+# was given (`_borrowed`).
+_SHARE = dict(_OPTIONS, nogil=True)
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 # Eigen's rational approximation of tanh for float32 (max abs error 3.4e-7 against float64 tanh). libm's tanh is
@@ -1693,13 +1696,7 @@ def _borrowed(typingctx, value):
     return value(value), codegen
 
 
-def _share_kernel(function):
-    """@njit for a thread's share of a call (`run_shares`), the GIL released; each share first drops the owners of
-    the arrays it was given (`_borrowed`)."""
-    return njit(**_OPTIONS, nogil=True)(function)
-
-
-def _claim_tiles(n: int) -> np.ndarray:
+def _claims(n: int) -> np.ndarray:
     """A `_claim` array for n parts (tiles, or a split's parts), -1 at first, each row on cache lines of its own."""
     raw = np.empty(n * 128 + 64, np.uint8)
     start = -raw.ctypes.data % 64
@@ -1989,16 +1986,23 @@ def _teacher_tile(b0, nb, tile, codes, scalar, t0, w, queues, inputs, cond, out_
             out_logits[b0 + bb, s, :] = logits[bb, :]
 
 
-@_share_kernel
+@njit(**_INLINED)
+def _claimed_tile(claims, share, shares, tiles, j):
+    """The j-th tile of share `share`'s turn (each share starts at its own part of the tiles and goes round), if
+    this share claims it (`_claims`), else -1: another share has it."""
+    ti = (share * tiles // shares + j) % tiles
+    return ti if _claim(claims, ti, 0) else -1
+
+
+@njit(**_SHARE)
 def _teacher_share(share, shares, claims, codes, scalar, t0, tile, w, queues, inputs, cond, out_logits):
-    """One thread's share of `teacher_forced`: the tiles it claims (`_claim_tiles`)."""
+    """One thread's share of `teacher_forced`: the tiles it claims (`_claims`)."""
     claims, codes, w, queues, inputs, cond, out_logits = _borrowed((claims, codes, w, queues, inputs, cond, out_logits))
     B = codes.shape[0]
     tiles = (B + tile - 1) // tile
-    start = share * tiles // shares
     for j in range(tiles):
-        ti = (start + j) % tiles
-        if _claim(claims, ti, 0):
+        ti = _claimed_tile(claims, share, shares, tiles, j)
+        if ti >= 0:
             b0 = ti * tile
             _teacher_tile(b0, min(tile, B - b0), tile, codes, scalar, t0, w, queues, inputs, cond, out_logits)
 
@@ -2009,11 +2013,11 @@ def teacher_forced(codes, scalar, t0, tile, w, queues, inputs, cond, out_logits)
     (B, T, O) receives the head's outputs after each step. Streams run in tiles of `tile`, the tiles on numba's
     thread count of threads (`run_shares`)."""
     tiles = (codes.shape[0] + tile - 1) // tile
-    run_shares(min(tiles, numba.get_num_threads()), _teacher_share, _claim_tiles(tiles), codes, scalar, t0, tile, w,
+    run_shares(min(tiles, numba.get_num_threads()), _teacher_share, _claims(tiles), codes, scalar, t0, tile, w,
                queues, inputs, cond, out_logits)
 
 
-@_share_kernel
+@njit(**_SHARE)
 def _teacher_split_share(tid, parts, scratch, sync, codes, scalar, t0, w, queues, inputs, cond, out_logits,
                          gate_blocks, out_blocks):
     """Thread `tid`'s share of `teacher_forced_split` (the note above `_claim`); the last step's logits are left in
@@ -2040,7 +2044,7 @@ def teacher_forced_split(codes, scalar, t0, w, queues, inputs, cond, out_logits,
     each layer's outputs split in `parts`, each part reading its own weight blocks (`split_blocks(w, parts)`)."""
     B, T = codes.shape
     scratch = _scratch(B, w, parts)
-    run_shares(parts, _teacher_split_share, scratch, _claim_tiles(parts), codes, scalar, t0, w, queues, inputs, cond,
+    run_shares(parts, _teacher_split_share, scratch, _claims(parts), codes, scalar, t0, w, queues, inputs, cond,
                out_logits, gate_blocks, out_blocks)
     if T > 0:
         out_logits[:, T - 1, :] = scratch[5][:B]
@@ -2064,18 +2068,17 @@ def _generate_tile(b0, nb, tile, last, scalar, distribution, log_scale_min, t0, 
         last[b0 + bb] = step_codes[bb]
 
 
-@_share_kernel
+@njit(**_SHARE)
 def _generate_share(share, shares, claims, last, scalar, distribution, log_scale_min, t0, u, temperature, top_k,
                     top_p, argmax, tile, w, queues, inputs, cond, out_codes):
-    """One thread's share of `generate`: the tiles it claims (`_claim_tiles`)."""
+    """One thread's share of `generate`: the tiles it claims (`_claims`)."""
     claims, last, u, temperature, top_k, top_p, argmax, w, queues, inputs, cond, out_codes = _borrowed(
         (claims, last, u, temperature, top_k, top_p, argmax, w, queues, inputs, cond, out_codes))
     B = u.shape[1]
     tiles = (B + tile - 1) // tile
-    start = share * tiles // shares
     for j in range(tiles):
-        ti = (start + j) % tiles
-        if _claim(claims, ti, 0):
+        ti = _claimed_tile(claims, share, shares, tiles, j)
+        if ti >= 0:
             b0 = ti * tile
             _generate_tile(b0, min(tile, B - b0), tile, last, scalar, distribution, log_scale_min, t0, u,
                            temperature, top_k, top_p, argmax, w, queues, inputs, cond, out_codes)
@@ -2096,11 +2099,11 @@ def generate(last, scalar, distribution, log_scale_min, t0, u, temperature, top_
     out_codes (B, n) receives what was drawn; last is updated to the final one.
     """
     tiles = (u.shape[1] + tile - 1) // tile
-    run_shares(min(tiles, numba.get_num_threads()), _generate_share, _claim_tiles(tiles), last, scalar, distribution,
+    run_shares(min(tiles, numba.get_num_threads()), _generate_share, _claims(tiles), last, scalar, distribution,
                log_scale_min, t0, u, temperature, top_k, top_p, argmax, tile, w, queues, inputs, cond, out_codes)
 
 
-@_share_kernel
+@njit(**_SHARE)
 def _generate_split_share(tid, parts, scratch, sampling, sync, scalar, distribution, log_scale_min, t0, u,
                           temperature, top_k, top_p, argmax, w, queues, inputs, cond, out_codes, gate_blocks,
                           out_blocks):
@@ -2134,7 +2137,7 @@ def generate_split(last, scalar, distribution, log_scale_min, t0, u, temperature
     C = w.head2_w.shape[1]
     scratch = _scratch(B, w, parts)
     sampling = (np.empty(C, np.float32), np.empty(C, np.float64), np.empty(C, np.int64), last.copy())
-    run_shares(parts, _generate_split_share, scratch, sampling, _claim_tiles(parts), scalar, distribution,
+    run_shares(parts, _generate_split_share, scratch, sampling, _claims(parts), scalar, distribution,
                log_scale_min, t0, u, temperature, top_k, top_p, argmax, w, queues, inputs, cond, out_codes,
                gate_blocks, out_blocks)
     p, p64, order, step_codes = sampling
