@@ -124,6 +124,16 @@ _0, _1, _2 = np.int64(0), np.int64(1), np.int64(2)
 _SHARE = dict(_OPTIONS, nogil=True)
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
+
+# Addresses as int64 (`_at`), not numba's uint64 `ctypes.data`: numba makes uint64 + int64 a float64, and a literal 0
+# unified with a uint64 one too, so the product functions, taking addresses from sums and from `0 if ... else`, were
+# compiled in a version for each mix of the three types (`_products` in 7 in one float32 `generate`).
+@njit(**_INLINED)
+def _at(a):
+    """The address of a's first element, an int64."""
+    return np.int64(a.ctypes.data)
+
+
 # Eigen's rational approximation of tanh for float32 (max abs error 3.4e-7 against float64 tanh). libm's tanh is
 # not vectorized and cost more than the matrix work at these sizes.
 _CLAMP = np.float32(7.90531110763549805)
@@ -518,7 +528,7 @@ def _products(w, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last, zp
     them. See the note above `_vector_bits` for why every block gives every stream the same numbers."""
     ldw = w.shape[1]
     esize = w.itemsize
-    wp = w.ctypes.data + esize * row0 * ldw
+    wp = _at(w) + esize * row0 * ldw
     yp, ap = yp - 4 * first, ap - 4 * first  # so that output n of stream b is at yp + 4 * (b * ldy + n)
     w0 = w[0, 0]  # its type picks the blocks' weight format
     for g0 in range(0, nb, _GROUP):
@@ -707,14 +717,14 @@ def _panels(w0, pw, row0, K, bp, sp, xp, ldx, yp, ldy, ap, lda, nb, first, last,
     p1 = (last + P - 1) // P
     for p in range(first // P, p1):
         c0, c1 = max(first, p * P), min(last, p * P + P)
-        base = pw.ctypes.data + esize * ((p * rows + row0) * P + c0 - p * P)
+        base = _at(pw) + esize * ((p * rows + row0) * P + c0 - p * P)
         scale = sp + 4 * c0  # (int8's column scales; other blocks do not read it)
         for k0 in range(0, K, _PANEL_CHUNK):
             kc = min(_PANEL_CHUNK, K - k0)
             wk = base + esize * k0 * P
             # this panel's next chunk, or the next panel's first: asked for by the first blocks, a line an fma row
             nxt, nk = (wk + esize * kc * P, min(_PANEL_CHUNK, K - k0 - kc)) if k0 + kc < K else \
-                (pw.ctypes.data + esize * ((p + 1) * rows + row0) * P, min(_PANEL_CHUNK, K) if p + 1 < p1 else 0)
+                (_at(pw) + esize * ((p + 1) * rows + row0) * P, min(_PANEL_CHUNK, K) if p + 1 < p1 else 0)
             nbytes = esize * nk * P if ahead else 0
             # spread over every whole block of the chunk: the whole next chunk asked for by the first two blocks (a
             # line an iteration) kept the core's line-fill buffers full of requests to memory, where the blocks'
@@ -779,9 +789,9 @@ def _matmul_with(w, bias, x, nb, y, first, last, start, scale, zeros):
     for a plain product); y may be start. scale (N,): an int8 w's column scales (an empty array otherwise). zeros
     (1, >= N): -0.0 (`_products`)."""
     lda = start.shape[1] if start.shape[0] > 1 else 0
-    sp = 0 if scale.shape[0] == 0 else scale.ctypes.data
-    _products(w, _0, w.shape[0], bias.ctypes.data, sp, x.ctypes.data, x.shape[1], y.ctypes.data + 4 * first,
-              y.shape[1], start.ctypes.data + 4 * first, lda, nb, first, last, zeros.ctypes.data)
+    sp = 0 if scale.shape[0] == 0 else _at(scale)
+    _products(w, _0, w.shape[0], _at(bias), sp, _at(x), x.shape[1], _at(y) + 4 * first,
+              y.shape[1], _at(start) + 4 * first, lda, nb, first, last, _at(zeros))
 
 
 @njit(**_OPTIONS)
@@ -1142,12 +1152,12 @@ def _products8(qp, ldw, K, bp, sp, cp, work, yp, ldy, ap, lda, nb, first, last):
     scale = carray(_f32_at(sp + 4 * first), m)
     colsum = carray(_i32_at(cp + 4 * first), m)
     if HAS_AMX and nb >= _AMX_STREAMS and nb * K >= _AMX_INPUTS and k4 % 16 == 0 and m % 16 == 0:  # the tiles
-        _sums8_amx(qp + 4 * first, ldw, k4, xq.ctypes.data, xq.strides[0], acc.ctypes.data, nb, m)
+        _sums8_amx(qp + 4 * first, ldw, k4, _at(xq), xq.strides[0], _at(acc), nb, m)
         _epilogue8_rows(carray(_f32_at(yp), (nb, ldy)), carray(_f32_at(ap), (nb if lda else 1, max(lda, m))), lda > 0,
                         bias, scale, colsum, acc[:nb * m].reshape((nb, m)), x_scale)
         return
     for b in range(nb):
-        _sums8_range(qp, ldw, k4, xq[b].ctypes.data, acc.ctypes.data, first, last)
+        _sums8_range(qp, ldw, k4, _at(xq[b]), _at(acc), first, last)
         _epilogue8(carray(_f32_at(yp + 4 * b * ldy), m), carray(_f32_at(ap + 4 * b * lda), m), bias, scale, colsum,
                    acc[:m], x_scale[b])
 
@@ -1159,7 +1169,7 @@ def _lines(nbytes):
     split's scratch: w8a8 1.07-1.10x, docs/BENCHMARKS.md); with every part's bound at a multiple of 64
     bytes (`share_span`: whole vectors) from an array that starts on a line, none do."""
     raw = np.zeros(nbytes + 64, np.uint8)
-    skip = -raw.ctypes.data % 64
+    skip = -_at(raw) % 64
     return raw[skip:skip + nbytes]
 
 
@@ -1194,16 +1204,16 @@ def _matmul8_with(v, bias, scale, colsum, x, nb, y, first, last, start, work):
     int32 (128 x column sums), x (>= nb, K), y (>= nb, N), start (>= nb, N) or (1, N) (every stream's); work: one
     part's `work8`."""
     lda = start.shape[1] if start.shape[0] > 1 else 0
-    _quantize_rows(x.ctypes.data, x.shape[1], x.shape[1], nb, work)
-    _products8(v.ctypes.data, v.shape[1] // 4, x.shape[1], bias.ctypes.data, scale.ctypes.data, colsum.ctypes.data,
-               work, y.ctypes.data + 4 * first, y.shape[1], start.ctypes.data + 4 * first, lda, nb, first, last)
+    _quantize_rows(_at(x), x.shape[1], x.shape[1], nb, work)
+    _products8(_at(v), v.shape[1] // 4, x.shape[1], _at(bias), _at(scale), _at(colsum),
+               work, _at(y) + 4 * first, y.shape[1], _at(start) + 4 * first, lda, nb, first, last)
 
 
 @njit(**_OPTIONS)
 def _matmul8(v, bias, scale, colsum, x, nb, y, first, last, start):
     """`_matmul8_with` with work arrays of its own."""
     _matmul8_with(v, bias, scale, colsum, x, nb, y, first, last, start,
-                  part8(work8(1, max(nb, 1), x.shape[1], v.shape[1] // 4), 0))
+                  part8(work8(_1, max(nb, 1), x.shape[1], v.shape[1] // 4), 0))
 
 
 def w8a8_layout(q: np.ndarray, taps: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -1230,7 +1240,7 @@ def _tap_slot(offset, d, k, j, t):
 @njit(**_OPTIONS, inline="always")
 def _tap_row(queues, b0, offset, d, k, j, t):
     """Address of stream b0's queue row `_tap_slot`. Stream b0 + i's is strides[0] * i on."""
-    return queues.ctypes.data + b0 * queues.strides[0] + _tap_slot(offset, d, k, j, t) * queues.strides[1]
+    return _at(queues) + b0 * queues.strides[0] + _tap_slot(offset, d, k, j, t) * queues.strides[1]
 
 
 @njit(**_OPTIONS)
@@ -1250,9 +1260,11 @@ def _share(part, parts, n):
     return first, min(n, first + span)
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINED)
 def _write_slot(queues, b0, nb, row, xs, c0, c1):
-    """Channels [c0, c1) of the layer's input xs into queue row `row` of streams b0 .. b0+nb-1."""
+    """Channels [c0, c1) of the layer's input xs into queue row `row` of streams b0 .. b0+nb-1. Inlined: the tile
+    path's c0 is a constant 0 there, and compiled apart with c0 an argument the tile path's steps ran 2-4 % slower
+    at 8-128 streams of `standard`."""
     for bb in range(nb):
         for c in range(c0, c1):
             queues[b0 + bb, row, c] = xs[bb, c]
@@ -1273,7 +1285,7 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
     where given (one part: a tile of one stream, or of a few of int8's large layers)."""
     R, G2 = xs.shape[1], z.shape[1]
     G = G2 // 2
-    zc, qs0 = z.ctypes.data, queues.strides[0]
+    zc, qs0 = _at(z), queues.strides[0]
     c0, c1 = (0, G) if parts == 1 else _share(part, parts, G)
     for j in range(k):  # tap j of k, oldest first: the queue slots, then the new input
         if parts == 1 and j == 1:  # tap 0's slot, read, is where the input goes (`_out_layer` says why here)
@@ -1281,7 +1293,7 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
         if j < k - 1:
             xp, ldx = _tap_row(queues, b0, off, d, k, j, t), qs0 // 4
         else:
-            xp, ldx = xs.ctypes.data, R
+            xp, ldx = _at(xs), R
         cj = cp + 4 * j * G2  # w8a8: tap j's column sums
         if cp != 0 and c0 < c1:  # w8a8: the tap quantized once for both halves
             _quantize_rows(xp, ldx, R, nb, work)
@@ -1316,20 +1328,20 @@ def _gate_part(part, parts, nb, wl, bias, ws, zp, queues, b0, off, d, k, t, xs, 
             shift = 4 * g0  # so that the block's column i reads bias[g0 + i] and scale[g0 + i]
             if c0 < c1 and cp != 0:  # w8a8: tap j's rows of words (one block, not strips)
                 ldw = wb.shape[2] // 4
-                qp = wb.ctypes.data + j * ((R + 3) // 4) * 4 * ldw
+                qp = _at(wb) + j * ((R + 3) // 4) * 4 * ldw
                 if j == 0:
                     _products8(qp, ldw, R, bias + shift, ws + shift, cj + shift, work, zc + 4 * g0, G2, ap + 4 * g0,
-                               lda, nb, 0, c1 - c0)
+                               lda, nb, _0, c1 - c0)
                 else:
                     _products8(qp, ldw, R, zp + shift, ws + shift, cj + shift, work, zc + 4 * g0, G2, zc + 4 * g0,
-                               G2, nb, 0, c1 - c0)
+                               G2, nb, _0, c1 - c0)
             elif c0 < c1 and j == 0:
                 _strips(wb, _0, R, bias + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, ap + 4 * g0, lda, nb, _0,
                         c1 - c0, zp)
             elif c0 < c1:
                 _strips(wb, j * R, R, zp + shift, ws + shift, xp, ldx, zc + 4 * g0, G2, zc + 4 * g0, G2, nb, _0,
                         c1 - c0, zp)
-    gc, zs, gs = gated.ctypes.data, z.strides[0], gated.strides[0]
+    gc, zs, gs = _at(gated), z.strides[0], gated.strides[0]
     for bb in range(nb):  # vectors, then single values: the same operations (`_gate_block`)
         c = c0
         while c + _L <= c1:
@@ -1350,7 +1362,7 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
     too; both 0 otherwise, and work is the part's `work8`. pl: the layer's weights in panels (`CpuWeights.out_p`), read
     instead of ow where given (one part only), or empty; sl the same in strips (`out_l`), read where given."""
     R, S, G = xs.shape[1], skip.shape[1], gated.shape[1]
-    gp, xp, sp = gated.ctypes.data, xs.ctypes.data, skip.ctypes.data
+    gp, xp, sp = _at(gated), _at(xs), _at(skip)
     if cp != 0:  # w8a8: the gated values quantized once for the residual and the skip outputs
         _quantize_rows(gp, G, G, nb, work)
     if parts == 1 and cp != 0:
@@ -1376,7 +1388,7 @@ def _out_part(part, parts, nb, ow, obp, osp, gated, xs, skip, residual, blocks, 
     wb = blocks[layer, part]
     r0, r1 = _share(part, parts, R)
     s0, s1 = _share(part, parts, S)
-    qp, ldw = wb.ctypes.data, wb.shape[2] // 4  # (w8a8 blocks: one, not strips)
+    qp, ldw = _at(wb), wb.shape[2] // 4  # (w8a8 blocks: one, not strips)
     if residual and r0 < r1:  # block columns [0, r1 - r0) are outputs r0 ..
         shift = 4 * r0
         if cp != 0:
@@ -1492,15 +1504,15 @@ def _gate_layer(part, parts, nb, w, queues, b0, t, cond, s, layer, xs, z, gated,
     """Layer `layer`'s gate, part `part` of `parts` (`_gate_part`) for streams b0 .. b0+nb-1 at time t, step s of the
     call (its conditioning terms: cond[b, s, layer]; cond[0, s, layer] for every stream where cond holds one stream's;
     none where cond is empty); zeros: `_scratch`'s."""
-    zp = zeros.ctypes.data
+    zp = _at(zeros)
     if cond.shape[0] > 0:  # the first tap starts from the layer's conditioning terms (and the bias)
         lda = cond.strides[0] // 4 if cond.shape[0] > 1 else 0  # one row of terms: every stream's
-        ap = cond.ctypes.data + b0 * 4 * lda + s * cond.strides[1] + layer * cond.strides[2]
+        ap = _at(cond) + b0 * 4 * lda + s * cond.strides[1] + layer * cond.strides[2]
     else:
         ap, lda = zp, 0
-    vp, cp = (w.dilated_v[layer].ctypes.data, w.dilated_c[layer].ctypes.data) if _is_w8a8(w) else (0, 0)
-    ws = w.dilated_s[layer].ctypes.data if w.dilated_s.shape[1] > 0 else 0  # (0: not int8, `_panel_products`)
-    _gate_part(part, parts, nb, w.dilated_w[layer], w.dilated_b[layer].ctypes.data, ws, zp, queues, b0,
+    vp, cp = (_at(w.dilated_v[layer]), _at(w.dilated_c[layer])) if _is_w8a8(w) else (0, 0)
+    ws = _at(w.dilated_s[layer]) if w.dilated_s.shape[1] > 0 else 0  # (0: not int8, `_panel_products`)
+    _gate_part(part, parts, nb, w.dilated_w[layer], _at(w.dilated_b[layer]), ws, zp, queues, b0,
                w.offsets[layer], w.dilations[layer], _taps(w), t, xs, z, gated, ap, lda, blocks, layer, vp, cp,
                w.dilated_p[layer], work, w.dilated_l[layer])
 
@@ -1517,10 +1529,10 @@ def _out_layer(part, parts, nb, w, queues, b0, t, layer, xs, gated, skip, zeros,
     if parts > 1:
         r0, r1 = _share(part, parts, R)
         _write_slot(queues, b0, nb, _tap_slot(w.offsets[layer], w.dilations[layer], _taps(w), 0, t), xs, r0, r1)
-    vp, cp = (w.out_v[layer].ctypes.data, w.out_c[layer].ctypes.data) if _is_w8a8(w) else (0, 0)
-    osp = w.out_s[layer].ctypes.data if w.out_s.shape[1] > 0 else 0  # (0: not int8, `_panel_products`)
-    _out_part(part, parts, nb, w.out_w[layer], w.out_b[layer].ctypes.data, osp, gated, xs, skip, layer < L - 1,
-              blocks, layer, zeros.ctypes.data, vp, cp, w.out_p[layer], work, w.out_l[layer])
+    vp, cp = (_at(w.out_v[layer]), _at(w.out_c[layer])) if _is_w8a8(w) else (0, 0)
+    osp = _at(w.out_s[layer]) if w.out_s.shape[1] > 0 else 0  # (0: not int8, `_panel_products`)
+    _out_part(part, parts, nb, w.out_w[layer], _at(w.out_b[layer]), osp, gated, xs, skip, layer < L - 1,
+              blocks, layer, _at(zeros), vp, cp, w.out_p[layer], work, w.out_l[layer])
     if layer == L - 1:
         s0, s1 = (0, S) if parts == 1 else _share(part, parts, S)
         for bb in range(nb):
@@ -1537,7 +1549,7 @@ def _head_part(part, parts, stage, nb, w, skip, hidden, logits, zeros, work):
     else:
         x, y, m, v, bias, scale, colsum = hidden, logits, w.head2_w, w.head2_v, w.head2_b, w.head2_s, w.head2_c
     N = m.shape[1]
-    f, end = (0, N) if parts == 1 else _share(part, parts, N)
+    f, end = (_0, N) if parts == 1 else _share(part, parts, N)
     if f < end:
         if _is_w8a8(w):
             _matmul8_with(v, bias, scale, colsum, x, nb, y, f, end, zeros, work)
@@ -1644,7 +1656,7 @@ def _yield_core(typingctx):
 @njit(**_OPTIONS)
 def _claim(sync, part, phase):
     """Claim part `part` of phase `phase` (true: this thread does it; false: another thread has)."""
-    address = sync[part].ctypes.data
+    address = _at(sync[part])
     seen = _load_acquire(address)
     while seen < phase:
         if _compare_exchange(address, seen, phase):
@@ -1656,7 +1668,7 @@ def _claim(sync, part, phase):
 @njit(**_OPTIONS)
 def _done(sync, part, phase):
     """Part `part` of phase `phase` is done (its results visible to whoever sees this)."""
-    _store_release(sync[part].ctypes.data + 64, phase)
+    _store_release(_at(sync[part]) + 64, phase)
 
 
 @njit(**_OPTIONS)
@@ -1664,7 +1676,7 @@ def _wait(sync, parts, phase):
     """Wait until parts 0 .. parts-1 of phase `phase` are done."""
     spins = 0
     for part in range(parts):
-        address = sync[part].ctypes.data + 64
+        address = _at(sync[part]) + 64
         while _load_acquire(address) < phase:
             if spins < _SPINS:
                 _pause()
@@ -1699,7 +1711,7 @@ def _borrowed(typingctx, value):
 def _claims(n: int) -> np.ndarray:
     """A `_claim` array for n parts (tiles, or a split's parts), -1 at first, each row on cache lines of its own."""
     raw = np.empty(n * 128 + 64, np.uint8)
-    start = -raw.ctypes.data % 64
+    start = -_at(raw) % 64
     sync = raw[start:start + n * 128].view(np.int64).reshape(n, 16)
     sync[:] = -1
     return sync
@@ -1975,7 +1987,7 @@ def sample_continuous(y, u0, u1, distribution, temperature, argmax, log_scale_mi
 def _teacher_tile(b0, nb, tile, codes, scalar, t0, w, queues, inputs, cond, out_logits):
     """`teacher_forced` for streams b0 .. b0+nb-1 (nb <= tile)."""
     T = codes.shape[1]
-    xs, z, gated, skip, hidden, logits, zeros, work = _scratch(tile, w, 1)
+    xs, z, gated, skip, hidden, logits, zeros, work = _scratch(tile, w, _1)
     step_codes = np.empty(tile, codes.dtype)
     for s in range(T):
         for bb in range(nb):
@@ -1991,7 +2003,7 @@ def _claimed_tile(claims, share, shares, tiles, j):
     """The j-th tile of share `share`'s turn (each share starts at its own part of the tiles and goes round), if
     this share claims it (`_claims`), else -1: another share has it."""
     ti = (share * tiles // shares + j) % tiles
-    return ti if _claim(claims, ti, 0) else -1
+    return ti if _claim(claims, ti, _0) else -1
 
 
 @njit(**_SHARE)
@@ -2026,15 +2038,15 @@ def _teacher_split_share(tid, parts, scratch, sync, codes, scalar, t0, w, queues
         (scratch, sync, codes, w, queues, inputs, cond, out_logits, gate_blocks, out_blocks))
     B, T = codes.shape
     xs, z, gated, skip, hidden, logits, zeros, work = scratch
-    phase = 0
+    phase = _0
     for s in range(T):
-        if _claim(sync, 0, phase):  # the last step's logits out, this step's input in
+        if _claim(sync, _0, phase):  # the last step's logits out, this step's input in
             if s > 0:
                 for b in range(B):
                     out_logits[b, s - 1, :] = logits[b, :]
             _step_input(0, B, codes[:, s], scalar, w, inputs, xs, skip)
-            _done(sync, 0, phase)
-        _wait(sync, 1, phase)
+            _done(sync, _0, phase)
+        _wait(sync, _1, phase)
         phase = _split_layers(tid, parts, sync, phase + 1, B, t0 + s, s, w, queues, cond, xs, z, gated, skip,
                               hidden, logits, zeros, work, gate_blocks, out_blocks)
 
@@ -2056,7 +2068,7 @@ def _generate_tile(b0, nb, tile, last, scalar, distribution, log_scale_min, t0, 
     """`generate` for streams b0 .. b0+nb-1 (nb <= tile)."""
     n = u.shape[0]
     C = w.head2_w.shape[1]
-    xs, z, gated, skip, hidden, logits, zeros, work = _scratch(tile, w, 1)
+    xs, z, gated, skip, hidden, logits, zeros, work = _scratch(tile, w, _1)
     p, p64, order = np.empty(C, np.float32), np.empty(C, np.float64), np.empty(C, np.int64)
     step_codes = last[b0:b0 + nb].copy()
     for s in range(n):
@@ -2115,15 +2127,15 @@ def _generate_split_share(tid, parts, scratch, sampling, sync, scalar, distribut
     n, B = u.shape[0], u.shape[1]
     xs, z, gated, skip, hidden, logits, zeros, work = scratch
     p, p64, order, step_codes = sampling
-    phase = 0
+    phase = _0
     for s in range(n):
-        if _claim(sync, 0, phase):  # the last step's draw, this step's input
+        if _claim(sync, _0, phase):  # the last step's draw, this step's input
             if s > 0:
-                _sample_tile(0, B, s - 1, logits, distribution, log_scale_min, u, temperature, top_k, top_p,
+                _sample_tile(_0, B, s - 1, logits, distribution, log_scale_min, u, temperature, top_k, top_p,
                              argmax, step_codes, out_codes, p, p64, order)
             _step_input(0, B, step_codes, scalar, w, inputs, xs, skip)
-            _done(sync, 0, phase)
-        _wait(sync, 1, phase)
+            _done(sync, _0, phase)
+        _wait(sync, _1, phase)
         phase = _split_layers(tid, parts, sync, phase + 1, B, t0 + s, s, w, queues, cond, xs, z, gated, skip,
                               hidden, logits, zeros, work, gate_blocks, out_blocks)
 
@@ -2142,6 +2154,6 @@ def generate_split(last, scalar, distribution, log_scale_min, t0, u, temperature
                gate_blocks, out_blocks)
     p, p64, order, step_codes = sampling
     if n > 0:
-        _sample_tile(0, B, n - 1, scratch[5], distribution, log_scale_min, u, temperature, top_k, top_p, argmax,
+        _sample_tile(_0, B, n - 1, scratch[5], distribution, log_scale_min, u, temperature, top_k, top_p, argmax,
                      step_codes, out_codes, p, p64, order)
     last[:] = step_codes
