@@ -90,7 +90,7 @@ class NumbaBackend(Backend):
     name = "numba"
     devices = ("cpu",)
     requires = "numba"
-    first_call = "compiling the CPU kernels for this machine (first run only, kept in numba's cache; about a minute)"
+    first_call = "compiling the CPU kernels for this machine (first run only, kept in numba's cache; under a minute)"
     precisions = ("float32", "bf16", "int8", "w8a8")
 
     def __init__(self, config, weights, device, precision="float32"):
