@@ -297,6 +297,9 @@ class NumbaBackend(Backend):
         top_p = np.array([r.top_p for r in rules], np.float32)
         argmax = np.array([r.argmax for r in rules], np.bool_)
         tile, parts = self._tile(state.batch), self._split_parts(state.batch)
+        # The kernel updates `last` in place; a strided one (a column of a code matrix, assigned by a caller) would
+        # be another signature for numba to compile the whole kernel for.
+        state.last = state.last.contiguous()
         args = (state.last.numpy(), c.scalar_input, distributions.KERNEL_CODES[c.output], float(c.log_scale_min),
                 state.t, np.ascontiguousarray(u, np.float32).reshape(n, state.batch, -1), temperature, top_k, top_p,
                 argmax)
