@@ -2044,7 +2044,7 @@ def _teacher_split_share(tid, parts, scratch, sync, codes, scalar, t0, w, queues
             if s > 0:
                 for b in range(B):
                     out_logits[b, s - 1, :] = logits[b, :]
-            _step_input(0, B, codes[:, s], scalar, w, inputs, xs, skip)
+            _step_input(_0, B, codes[:, s], scalar, w, inputs, xs, skip)
             _done(sync, _0, phase)
         _wait(sync, _1, phase)
         phase = _split_layers(tid, parts, sync, phase + 1, B, t0 + s, s, w, queues, cond, xs, z, gated, skip,
@@ -2133,7 +2133,7 @@ def _generate_split_share(tid, parts, scratch, sampling, sync, scalar, distribut
             if s > 0:
                 _sample_tile(_0, B, s - 1, logits, distribution, log_scale_min, u, temperature, top_k, top_p,
                              argmax, step_codes, out_codes, p, p64, order)
-            _step_input(0, B, step_codes, scalar, w, inputs, xs, skip)
+            _step_input(_0, B, step_codes, scalar, w, inputs, xs, skip)
             _done(sync, _0, phase)
         _wait(sync, _1, phase)
         phase = _split_layers(tid, parts, sync, phase + 1, B, t0 + s, s, w, queues, cond, xs, z, gated, skip,
