@@ -157,7 +157,6 @@ def test_long_prime_after_generation_equals_stepping(tiny_file, backend):
     assert torch.equal(gen.forward(primed, more), gen.forward(stepped, more))
 
 
-
 def test_a_strided_last_code_is_generated_from_without_another_compile(tiny_file):
     """A caller may set a state's `last` to a column of a code matrix (a strided tensor). The numba kernel updates
     `last` in place, and numba compiles the whole kernel once more for a strided array (about 20 s): the backend
@@ -176,6 +175,7 @@ def test_a_strided_last_code_is_generated_from_without_another_compile(tiny_file
     layouts = {a.layout for signature in cpu._generate_share.signatures for a in signature
                if isinstance(a, types.Array)}
     assert layouts == {"C"}
+
 
 def test_default_chunk_keeps_chunks_short_for_many_streams():
     from fastwavenet.generator import default_chunk
