@@ -316,7 +316,7 @@ def test_every_backend_serves_requests_that_join_at_different_times(backend):
     config = preset("tiny")
     gen = Generator(ModelFile(config, fold(random_model(config, 3))), backend=backend)
     prime = np.sin(np.arange(90) / 5.0) * 0.5
-    lengths = [60, 25, 40] if backend.startswith("triton") else [300, 120, 200]
+    lengths = [30, 12, 20] if backend.startswith("triton") else [300, 120, 200]
     expected = [alone(gen, 10 + i, n, RULES[i], prime=prime if i == 1 else None) for i, n in enumerate(lengths)]
     with Engine(gen, max_active=2, round_seconds=0.001, warm_up=False) as engine:
         requests = [engine.submit(samples=n, seed=10 + i, sampling=RULES[i], prime=prime if i == 1 else None)
