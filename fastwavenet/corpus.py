@@ -29,7 +29,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -319,12 +321,24 @@ def _remove_partials(out_dir: Path, items: list[Item]) -> set[str]:
 
 def _run_to_the_end(main):
     """Run the coroutine `main` on a new event loop, as asyncio.run does, except that when Ctrl-C or SIGTERM stops
-    the loop (raised wherever it lands), `main` is cancelled and its cleanup runs before the loop closes. (With
-    asyncio.run, SIGTERM landing inside a task left that task's exception unretrieved, logged with a traceback.)"""
+    the loop, `main` is cancelled and its cleanup runs before the loop closes, then the signal's own Python handler
+    raises (KeyboardInterrupt; the CLI's `Terminated`). (With asyncio.run, SIGTERM landing inside a task left that
+    task's exception unretrieved, logged with a traceback.) In the main thread the loop takes the signals itself
+    (`_stop_on_signals`); elsewhere, or for a signal whose handler is not Python's, they are raised wherever they
+    land, as before."""
     loop = asyncio.new_event_loop()
     task = loop.create_task(main)
+    caught = []  # (the signal's Python handler, the signal), when one stopped the loop
     try:
-        loop.run_until_complete(task)
+        with _stop_on_signals(loop, task, caught):
+            try:
+                loop.run_until_complete(task)
+            except asyncio.CancelledError:
+                if not caught:
+                    raise
+        if caught:
+            handler, signum = caught[0]
+            handler(signum, None)  # raises what the signal raises outside the loop
     finally:
         try:
             if not task.done():
@@ -336,6 +350,31 @@ def _run_to_the_end(main):
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
             loop.close()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(loop, task, caught):
+    """While `loop` runs `task` in the main thread, Ctrl-C and SIGTERM cancel the task from within the loop (noting
+    the signal and its Python handler in `caught`) instead of raising wherever the main thread happens to be: an
+    interrupt that landed in a weakref callback or a __del__ was printed as ignored and lost there, and a corpus run
+    went on to its end after Ctrl-C (seen once in CI, in asyncio's WeakSet of tasks). Signals whose handler is not
+    a Python function (SIG_DFL, SIG_IGN) are left alone."""
+    taken = []
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                def stop(signum=signum, handler=handler):
+                    caught.append((handler, signum))
+                    task.cancel()
+                loop.add_signal_handler(signum, stop)
+                taken.append((signum, handler))
+    try:
+        yield
+    finally:
+        for signum, handler in taken:
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, handler)
 
 
 async def _run_all(engine, todo, out_dir, report, bar, max_loaded):

@@ -302,6 +302,50 @@ def test_two_ranks_under_faults(models, tmp_path):
     assert summary["items_failed"] == 0 and [r["rank"] for r in summary["ranks"]] == [0, 1]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_landing_in_a_weakref_callback_still_stops_a_corpus_run(sig):
+    """Raised by Python's handler, an interrupt that lands in a weakref callback (asyncio keeps its tasks in a
+    WeakSet) is printed as ignored and lost, and a corpus run went on to its end after Ctrl-C. The corpus loop
+    takes the signals itself: the run's coroutine is cancelled, its cleanup runs, then the signal's own handler
+    raises."""
+    import asyncio
+    import threading
+    import weakref
+
+    from fastwavenet.corpus import _run_to_the_end
+
+    class Interrupted(Exception):
+        pass
+
+    def raise_interrupted(signum, frame):
+        raise Interrupted(signum)
+
+    def signal_me_inside():  # a weakref callback during which the signal arrives
+        threading.Thread(target=os.kill, args=(os.getpid(), sig)).start()
+        time.sleep(0.5)
+
+    cleaned = []
+
+    async def main():
+        try:
+            thing = Interrupted()
+            ref = weakref.ref(thing, lambda _: signal_me_inside())
+            del thing
+            await asyncio.sleep(10)
+        finally:
+            cleaned.append(ref() is None)
+
+    previous = signal.signal(sig, raise_interrupted)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Interrupted):
+            _run_to_the_end(main())
+        assert time.monotonic() - started < 5 and cleaned == [True]
+        assert signal.getsignal(sig) is raise_interrupted  # handed back
+    finally:
+        signal.signal(sig, previous)
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
 @pytest.mark.parametrize("command", ["corpus", "vocode"])
 def test_an_interrupted_run_says_one_line_and_keeps_what_it_finished(models, tmp_path, command, sig, code):
