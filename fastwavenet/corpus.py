@@ -321,24 +321,23 @@ def _remove_partials(out_dir: Path, items: list[Item]) -> set[str]:
 
 def _run_to_the_end(main):
     """Run the coroutine `main` on a new event loop, as asyncio.run does, except that when Ctrl-C or SIGTERM stops
-    the loop, `main` is cancelled and its cleanup runs before the loop closes, then the signal's own Python handler
-    raises (KeyboardInterrupt; the CLI's `Terminated`). (With asyncio.run, SIGTERM landing inside a task left that
-    task's exception unretrieved, logged with a traceback.) In the main thread the loop takes the signals itself
-    (`_stop_on_signals`); elsewhere, or for a signal whose handler is not Python's, they are raised wherever they
+    the loop, `main` is cancelled and its cleanup runs before the loop closes, then what the signal's handler raised
+    (KeyboardInterrupt; the CLI's `Terminated`) is raised. (With asyncio.run, SIGTERM landing inside a task left that
+    task's exception unretrieved, logged with a traceback.) In the main thread the loop calls the signals' handlers
+    itself (`_stop_on_signals`); elsewhere, or for a signal whose handler is not Python's, they raise wherever they
     land, as before."""
     loop = asyncio.new_event_loop()
     task = loop.create_task(main)
-    caught = []  # (the signal's Python handler, the signal), when one stopped the loop
+    raised = []  # what a signal's handler raised, which stopped the run
     try:
-        with _stop_on_signals(loop, task, caught):
+        with _stop_on_signals(loop, task, raised):
             try:
                 loop.run_until_complete(task)
             except asyncio.CancelledError:
-                if not caught:
+                if not raised:
                     raise
-        if caught:
-            handler, signum = caught[0]
-            handler(signum, None)  # raises what the signal raises outside the loop
+        if raised:
+            raise raised[0]
     finally:
         try:
             if not task.done():
@@ -353,21 +352,25 @@ def _run_to_the_end(main):
 
 
 @contextlib.contextmanager
-def _stop_on_signals(loop, task, caught):
-    """While `loop` runs `task` in the main thread, Ctrl-C and SIGTERM cancel the task from within the loop (noting
-    the signal and its Python handler in `caught`) instead of raising wherever the main thread happens to be: an
-    interrupt that landed in a weakref callback or a __del__ was printed as ignored and lost there, and a corpus run
-    went on to its end after Ctrl-C (seen once in CI, in asyncio's WeakSet of tasks). Signals whose handler is not
-    a Python function (SIG_DFL, SIG_IGN) are left alone."""
+def _stop_on_signals(loop, task, raised):
+    """While `loop` runs `task` in the main thread, the Python handlers of Ctrl-C and SIGTERM run as the loop's
+    callbacks, not wherever the main thread happens to be: an interrupt raised in a weakref callback or a __del__ is
+    printed as ignored and lost, and a corpus run went on to its end after Ctrl-C (seen once in CI, in asyncio's
+    WeakSet of tasks). What a handler raises is kept in `raised` and the task cancelled; a handler that raises
+    nothing lets the run go on, as it would have. Signals whose handler is not a Python function (SIG_DFL, SIG_IGN)
+    are left alone."""
     taken = []
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             handler = signal.getsignal(signum)
             if callable(handler):
-                def stop(signum=signum, handler=handler):
-                    caught.append((handler, signum))
-                    task.cancel()
-                loop.add_signal_handler(signum, stop)
+                def call(signum=signum, handler=handler):
+                    try:
+                        handler(signum, None)
+                    except BaseException as exc:  # (KeyboardInterrupt, the CLI's Terminated): the run stops with it
+                        raised.append(exc)
+                        task.cancel()
+                loop.add_signal_handler(signum, call)
                 taken.append((signum, handler))
     try:
         yield

@@ -306,15 +306,15 @@ def test_two_ranks_under_faults(models, tmp_path):
 def test_a_signal_landing_in_a_weakref_callback_still_stops_a_corpus_run(sig):
     """Raised by Python's handler, an interrupt that lands in a weakref callback (asyncio keeps its tasks in a
     WeakSet) is printed as ignored and lost, and a corpus run went on to its end after Ctrl-C. The corpus loop
-    takes the signals itself: the run's coroutine is cancelled, its cleanup runs, then the signal's own handler
-    raises."""
+    calls the signals' handlers itself: what one raises cancels the run's coroutine, its cleanup runs, then that is
+    raised; a handler that raises nothing lets the run go on."""
     import asyncio
     import threading
     import weakref
 
     from fastwavenet.corpus import _run_to_the_end
 
-    class Interrupted(Exception):
+    class Interrupted(KeyboardInterrupt):
         pass
 
     def raise_interrupted(signum, frame):
@@ -342,6 +342,16 @@ def test_a_signal_landing_in_a_weakref_callback_still_stops_a_corpus_run(sig):
             _run_to_the_end(main())
         assert time.monotonic() - started < 5 and cleaned == [True]
         assert signal.getsignal(sig) is raise_interrupted  # handed back
+
+        async def brief():
+            threading.Timer(0.1, os.kill, (os.getpid(), sig)).start()
+            await asyncio.sleep(0.5)
+            cleaned.append("ran to the end")
+
+        calls = []
+        signal.signal(sig, lambda signum, frame: calls.append(signum))
+        _run_to_the_end(brief())
+        assert calls == [sig] and cleaned[-1] == "ran to the end"
     finally:
         signal.signal(sig, previous)
 
