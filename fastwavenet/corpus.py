@@ -328,9 +328,8 @@ def _run_to_the_end(main):
     land, as before."""
     loop = asyncio.new_event_loop()
     task = loop.create_task(main)
-    raised = []  # what a signal's handler raised, which stopped the run
     try:
-        with _stop_on_signals(loop, task, raised):
+        with _stop_on_signals(loop, task) as raised:
             try:
                 loop.run_until_complete(task)
             except asyncio.CancelledError:
@@ -352,14 +351,14 @@ def _run_to_the_end(main):
 
 
 @contextlib.contextmanager
-def _stop_on_signals(loop, task, raised):
+def _stop_on_signals(loop, task):
     """While `loop` runs `task` in the main thread, the Python handlers of Ctrl-C and SIGTERM run as the loop's
     callbacks, not wherever the main thread happens to be: an interrupt raised in a weakref callback or a __del__ is
     printed as ignored and lost, and a corpus run went on to its end after Ctrl-C (seen once in CI, in asyncio's
-    WeakSet of tasks). What a handler raises is kept in `raised` and the task cancelled; a handler that raises
-    nothing lets the run go on, as it would have. Signals whose handler is not a Python function (SIG_DFL, SIG_IGN)
-    are left alone."""
-    taken = []
+    WeakSet of tasks). Yields a list that receives what a handler raises, the task then cancelled; a handler that
+    raises nothing lets the run go on, as it would have. Signals whose handler is not a Python function (SIG_DFL,
+    SIG_IGN) are left alone."""
+    raised, taken = [], []
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             handler = signal.getsignal(signum)
@@ -373,7 +372,7 @@ def _stop_on_signals(loop, task, raised):
                 loop.add_signal_handler(signum, call)
                 taken.append((signum, handler))
     try:
-        yield
+        yield raised
     finally:
         for signum, handler in taken:
             loop.remove_signal_handler(signum)

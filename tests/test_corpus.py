@@ -332,15 +332,15 @@ def test_a_signal_landing_in_a_weakref_callback_still_stops_a_corpus_run(sig):
             ref = weakref.ref(thing, lambda _: signal_me_inside())
             del thing
             await asyncio.sleep(10)
+            cleaned.append("slept to the end")
         finally:
             cleaned.append(ref() is None)
 
     previous = signal.signal(sig, raise_interrupted)
     try:
-        started = time.monotonic()
         with pytest.raises(Interrupted):
             _run_to_the_end(main())
-        assert time.monotonic() - started < 5 and cleaned == [True]
+        assert cleaned == [True]  # cancelled in its sleep, its `finally` run
         assert signal.getsignal(sig) is raise_interrupted  # handed back
 
         async def brief():
