@@ -64,7 +64,8 @@ def read_bytes(data: bytes, sample_rate: int, what: str = "audio",
                 samples[made:made + len(block)] = block.mean(axis=1)
                 made += len(block)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise FastWaveNetError(f"cannot read {what}: {exc}") from None
+        # libsndfile's own words: the whole message would name the BytesIO by its address
+        raise FastWaveNetError(f"cannot read {what}: {getattr(exc, 'error_string', exc)}") from None
     return _checked(samples[:made], rate, sample_rate, what)
 
 

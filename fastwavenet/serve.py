@@ -22,7 +22,9 @@ The audio is mono, 16-bit, at the model's rate, in the format the request names 
   samples (at most `--max-seconds` x rate of them per request), is encoded on one of DECODERS threads, and is sent in
   pieces of WRITE_BYTES, each within the write timeout; a request that fails before its file is sent gets a JSON 500.
 The format is chosen by the body's or the query's `format` only (the Accept header is not read).
-Errors are JSON {"error": "..."} with a 4xx status (503 when the engine is full).
+Errors are JSON {"error": "..."} with a 4xx status (503 when the engine is full), aiohttp's own refusals too (404 for
+an unknown path, 405 for a method a path does not take); only a request aiohttp's parser cannot read as HTTP (it
+never reaches the application) gets aiohttp's plain-text 400, logged as one line.
 Options are read as fastwavenet.request reads them: strict types (no bool for a number, no string for a bool), finite
 numbers, unknown keys refused, and the same bounds as every other way in.
 
@@ -55,7 +57,9 @@ import dataclasses
 import concurrent.futures
 import importlib.util
 import io
+import logging
 import math
+import re
 import socket
 import struct
 from dataclasses import dataclass
@@ -177,8 +181,9 @@ def _npy(raw: bytes) -> np.ndarray:
             raise ValueError(f"version {version[0]}.{version[1]} is not read here")
         read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, _, dtype = read_header(f)
-    except (ValueError, EOFError) as exc:
-        raise _BadRequest(400, f"malformed .npy: {exc}") from None
+    except (ValueError, EOFError) as exc:  # (numpy names a header's bad expression by its object's address)
+        raise _BadRequest(400, "malformed .npy: " + re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>", "an expression",
+                                                           str(exc))) from None
     if not np.issubdtype(dtype, np.floating) and not np.issubdtype(dtype, np.integer):
         raise _BadRequest(400, f"mel frames must be numbers, got dtype {dtype}")
     claimed, held = math.prod(shape) * dtype.itemsize, len(raw) - f.tell()
@@ -191,9 +196,12 @@ def _npy(raw: bytes) -> np.ndarray:
         raise _BadRequest(400, f"malformed .npy: {exc}") from None
 
 
-def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 10.0):
-    """The aiohttp application. On shutdown (aiohttp closes the listening socket and idle connections first) requests
-    in flight get `drain_seconds` to finish; the rest are cut. The caller closes the engine."""
+def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 10.0, connections=None):
+    """The aiohttp application. On shutdown (aiohttp closes the listening socket first) requests in flight get
+    `drain_seconds` to finish; the rest are cut. The caller closes the engine. connections: a function listing the
+    server's connections (aiohttp's RequestHandlers; `serve` passes its runner's), so that the drain closes at once
+    those with no request in flight: aiohttp 3.14 asks them to close, but one still waiting for its first request
+    keeps its socket open until the drain ends, and a request sent on it meanwhile is never answered."""
     from aiohttp import web
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -211,13 +219,14 @@ def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 1
     first_audio = Histogram("fastwavenet_time_to_first_audio_seconds", "From a request's arrival to its first audio",
                             buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10), registry=registry)
 
-    def error(endpoint: str, status: int, message: str):
+    def error(endpoint: str, status: int, message: str, headers: dict | None = None):
         requests.labels(endpoint, str(status)).inc()
-        headers = {"Retry-After": "1"} if status == 503 else None
+        if status == 503:
+            headers = {"Retry-After": "1"}
         return web.json_response({"error": message}, status=status, headers=headers)
 
     decoders = concurrent.futures.ThreadPoolExecutor(DECODERS, thread_name_prefix="fastwavenet-decode")
-    handlers: set[asyncio.Task] = set()  # requests being answered, for the drain
+    handlers: dict[asyncio.Task, object] = {}  # requests being answered, for the drain: their connections
     closing: set = set()  # transports of cut streams still sending what they hold
     stopping = False
 
@@ -231,6 +240,8 @@ def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 1
             raise _BadRequest(413, f"body over the limit of {limits.max_body_bytes} bytes") from None
         except TimeoutError:
             raise _BadRequest(408, f"the body was not received within {limits.read_timeout:g} s") from None
+        except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode, a broken chunked body
+            raise _BadRequest(400, f"the body cannot be read: {_parser_message(exc)}") from None
 
     async def sent(write):
         """A write the client must take within the write timeout (TimeoutError otherwise)."""
@@ -328,6 +339,9 @@ def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 1
 
     async def generate(request):
         try:
+            if request.query:
+                raise _BadRequest(400, f"/generate takes its options as a JSON body, not in the query (got "
+                                       f"{', '.join(sorted(request.query))[:80]})")
             raw = await body(request)
             if config.n_mels:
                 raise _BadRequest(400, "this model is a vocoder: POST mel frames or audio to /vocode")
@@ -376,17 +390,41 @@ def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 1
         return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
 
     @web.middleware
+    async def json_errors(request, handler):
+        """aiohttp's own refusals as JSON errors, counted like the others (under endpoint "other" for a path that is
+        none of ours, so that a scan of paths adds no series to the metrics)."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            known = request.path.strip("/")
+            endpoint = known if known in ("generate", "vocode", "health", "metrics") else "other"
+            if isinstance(exc, web.HTTPNotFound):
+                return error(endpoint, 404, "no such path; the paths are POST /generate, POST /vocode, GET /health "
+                                            "and GET /metrics")
+            if isinstance(exc, web.HTTPMethodNotAllowed):
+                allowed = ", ".join(sorted(exc.allowed_methods))
+                return error(endpoint, 405, f"{request.path} takes {allowed}", headers={"Allow": allowed})
+            return error(endpoint, exc.status, exc.reason)
+
+    @web.middleware
     async def tracked(request, handler):
         task = asyncio.current_task()
-        handlers.add(task)
+        handlers[task] = request.protocol
         try:
             return await handler(request)
         finally:
-            handlers.discard(task)
+            handlers.pop(task, None)
 
     async def drain(app):
         nonlocal stopping
         stopping = True
+        if connections is not None:
+            in_use = set(handlers.values())
+            for connection in connections():
+                if connection not in in_use:
+                    connection.force_close()
         if handlers and drain_seconds > 0:
             await asyncio.wait(set(handlers), timeout=drain_seconds)
         cut = [task for task in handlers if not task.done()]
@@ -400,7 +438,7 @@ def make_app(engine: Engine, limits: Limits = Limits(), drain_seconds: float = 1
     async def stop_decoding(app):
         decoders.shutdown(wait=False, cancel_futures=True)
 
-    app = web.Application(client_max_size=limits.max_body_bytes, middlewares=[tracked])
+    app = web.Application(client_max_size=limits.max_body_bytes, middlewares=[json_errors, tracked])
     app.add_routes([web.post("/generate", generate), web.post("/vocode", vocode), web.get("/health", health),
                     web.get("/metrics", metrics)])
     app.on_shutdown.append(drain)
@@ -435,7 +473,7 @@ async def _serve(engine, host, port, limits, drain_seconds, quiet):
 
     from aiohttp import web
 
-    app = make_app(engine, limits, drain_seconds)
+    app = make_app(engine, limits, drain_seconds, connections=lambda: runner.server.connections)
 
     async def stop_engine(app):
         await asyncio.get_running_loop().run_in_executor(None, lambda: engine.close(cancel=True))
@@ -451,6 +489,8 @@ async def _serve(engine, host, port, limits, drain_seconds, quiet):
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    one_line = _OneLine()
+    logging.getLogger("aiohttp.server").addFilter(one_line)
     try:
         site = web.TCPSite(runner, host, port)
         try:
@@ -465,3 +505,30 @@ async def _serve(engine, host, port, limits, drain_seconds, quiet):
             print(f"fastwavenet: stopping; requests in flight get up to {drain_seconds:g} s", flush=True)
     finally:
         await runner.cleanup()
+        logging.getLogger("aiohttp.server").removeFilter(one_line)
+
+
+def _parser_message(exc: BaseException) -> str:
+    """What aiohttp's HTTP parser said of a request, on one line, without its status code: "Can not decode
+    content-encoding: gzip"."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    while not isinstance(exc, HttpProcessingError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # a body's error arrives as a RequestPayloadError caused by the parser's
+    return " ".join(str(getattr(exc, "message", exc)).split())
+
+
+class _OneLine(logging.Filter):
+    """A request aiohttp's parser could not read (it answers 400 itself), or whose body did not decode (aiohttp logs
+    that again when it reads the rest of the body before closing), is the client's mistake, not the server's: one
+    line in the log, not a traceback, so that a client sending garbage cannot fill the log with them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+        from aiohttp.web import RequestPayloadError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
+            record.msg, record.args = f"{record.getMessage()}: {_parser_message(exc)}", ()
+            record.exc_info, record.exc_text = None, None
+        return True

@@ -173,6 +173,50 @@ def test_values_that_got_through_or_made_a_500_get_a_400(server, body, message):
     assert message in json.loads(payload)["error"]
 
 
+def exchange(port: int, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+    """One request by http.client, whatever its method, path and headers: (status, headers, body)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("method,path,body,headers,status,message", [
+    # a body that does not decode was a 500 with two tracebacks in the log
+    ("POST", "/generate", b'{"seconds": 0.1}', {"Content-Encoding": "gzip"}, 400, "content-encoding: gzip"),
+    ("POST", "/generate", b'{"seconds": 0.1}', {"Content-Encoding": "deflate"}, 400, "content-encoding: deflate"),
+    ("POST", "/generate?format=flac", b'{"seconds": 0.1}', {}, 400, "not in the query (got format)"),  # was ignored
+    ("GET", "/nowhere", b"", {}, 404, "the paths are POST /generate"),      # aiohttp's plain text before
+    ("POST", "/generate/", b"{}", {}, 404, "no such path"),
+    ("GET", "/generate", b"", {}, 405, "/generate takes POST"),
+    ("POST", "/health", b"", {}, 405, "/health takes GET"),
+])
+def test_what_aiohttp_refused_in_plain_text_or_let_through_gets_a_json_4xx(server, method, path, body, headers,
+                                                                         status, message):
+    got, answer_headers, payload = exchange(server.port, method, path, body, headers)
+    assert got == status and answer_headers["Content-Type"].startswith("application/json")
+    assert message in json.loads(payload)["error"]
+    if status == 405:
+        assert answer_headers["Allow"] in ("GET, HEAD", "POST")
+    assert "Traceback" not in server.log()
+
+
+def test_a_request_aiohttp_cannot_parse_is_logged_as_one_line(server):
+    before = len(server.log().splitlines())
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        assert b" 400 Bad Request" in read_to_end(sock, 30)
+    assert wait_until(lambda: len(server.log().splitlines()) > before)
+    time.sleep(0.5)  # anything more the log would get
+    added = server.log().splitlines()[before:]
+    assert len(added) == 1 and "Error handling request" in added[0] and "Traceback" not in server.log(), added
+
+
 def test_a_full_server_refuses_at_once_and_a_disconnect_frees_the_slot(server):
     """Three running (ten minutes of audio each), one waiting: the fifth is refused with 503; when the clients go
     away their requests are cancelled and the server is empty again."""
@@ -269,10 +313,15 @@ def test_a_client_that_leaves_before_its_flac_is_made_cancels_it(server):
 
 @pytest.mark.parametrize("body,message", [
     (b"\x93NUMPY\x01\x00garbage", "malformed .npy"), (b"", "empty body"), (b"not audio at all", "cannot read"),
+    # messages that named a Python object by its address
+    (b"RIFF" + bytes(40), "cannot read upload: Format not recognised"),
+    (b"\x93NUMPY\x01\x00\x3f\x00{'descr': '<f4', 'fortran_order': False, 'shape': (f(),), }   \n",
+     "malformed node or string on line 1: an expression"),
 ])
 def test_vocode_refuses_malformed_bodies(vocoder_server, body, message):
     status, _, payload = vocoder_server.request("/vocode", body, "application/octet-stream")
-    assert status == 400 and message in json.loads(payload)["error"]
+    error = json.loads(payload)["error"]
+    assert status == 400 and message in error and " at 0x" not in error
 
 
 def npy_header(shape, dtype="<f4") -> bytes:
@@ -298,7 +347,8 @@ def test_vocode_refuses_bad_options_and_npy_headers_with_a_400(vocoder_server, q
         np.save(buffer, np.zeros((8, 20), np.float32))
         body = buffer.getvalue()
     status, _, payload = vocoder_server.request("/vocode" + query, body, "application/octet-stream")
-    assert status == 400 and message in json.loads(payload)["error"]
+    error = json.loads(payload)["error"]
+    assert status == 400 and message in error and " at 0x" not in error
 
 
 def test_vocode_refuses_mel_of_the_wrong_shape_and_the_wrong_endpoint(vocoder_server, server):
@@ -326,6 +376,25 @@ def test_sigterm_cuts_requests_in_flight_after_the_drain_and_exits(models):
     finally:
         sock.close()
         s.stop()
+
+
+def test_sigterm_closes_a_connection_that_has_sent_no_request_while_others_drain(models):
+    """A connection that had sent nothing when SIGTERM came was held open through the whole drain (aiohttp asks it to
+    close, but it waits for a request it will never answer): it is closed at once, while a stream in flight drains."""
+    s = Server(models["tiny"], "--drain-seconds", 20, "--max-seconds", 600)
+    streaming = s.raw({"seconds": 600, "seed": 0})
+    idle = socket.create_connection(("127.0.0.1", s.port))
+    try:
+        assert wait_until(lambda: s.health()["active"] == 1)
+        s.process.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: "stopping" in s.log())
+        assert read_to_end(idle, 10) == b""  # closed: a socket.timeout had it been held for the drain's 20 s
+        assert s.process.poll() is None  # the stream still drains
+    finally:
+        idle.close()
+        streaming.close()
+        s.stop()
+    assert "Traceback" not in s.log()
 
 
 # ---- resources a client can hold (issue 37) ------------------------------------------------------------------------
