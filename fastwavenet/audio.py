@@ -11,7 +11,7 @@ import numpy as np
 import soundfile
 
 from .errors import FastWaveNetError
-from .files import check_writable, fsync_path, temporary_beside
+from .files import check_writable, fsync_path, temporary_beside, write_failed
 
 # The highest sample rate an upload may have: with the length limit, it bounds what one decoding holds.
 UPLOAD_MAX_RATE = 384_000
@@ -26,6 +26,8 @@ def read(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     Unreadable, empty or non-finite audio raises FastWaveNetError.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FastWaveNetError(f"{path} is a folder, not an audio file")
     if not path.is_file():
         raise FastWaveNetError(f"no such audio file: {path}")
     try:
@@ -142,15 +144,22 @@ class WavStream:
         self.frames = 0
 
     def write(self, samples: np.ndarray):
-        self._file.write(np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0))
+        try:
+            self._file.write(np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0))
+        except (soundfile.LibsndfileError, OSError) as exc:
+            raise write_failed(self.path, exc) from None
         self.frames += len(samples)
 
     def close(self):
         if self._file.closed:
             return
-        self._file.close()
-        fsync_path(self._tmp)
-        os.replace(self._tmp, self.path)
+        try:
+            self._file.close()
+            fsync_path(self._tmp)
+            os.replace(self._tmp, self.path)
+        except (soundfile.LibsndfileError, OSError) as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise write_failed(self.path, exc) from None
 
     def discard(self):
         if not self._file.closed:

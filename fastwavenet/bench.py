@@ -430,6 +430,7 @@ def steady_state(gen: Generator, batch: int):
         c = gen.config
         state.history = torch.full((batch, c.receptive_field - 1), state.last[0].item(), dtype=state.last.dtype,
                                    device=state.history.device)
+        state.valid = torch.ones(batch, c.receptive_field - 1, dtype=torch.bool, device=state.history.device)
         if c.conditioned:
             state.cond = torch.zeros(batch, c.layers, 2 * c.gate_channels, c.receptive_field - 1,
                                      device=state.history.device)

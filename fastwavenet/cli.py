@@ -85,6 +85,8 @@ def _run_manifest(args, vocode: bool):
 def cmd_generate(args):
     if args.manifest:
         return _run_manifest(args, vocode=False)
+    if args.out_dir:
+        raise FastWaveNetError("--out-dir goes with --manifest (a folder of items); one set of files is -o OUTPUT")
     _wrote(generate_files(args.model, args.output, GenerationRequest.from_args(args), batch=args.batch,
                           prime=args.prime, backend=args.backend, device=args.device, precision=args.precision,
                           progress=not args.quiet))
@@ -92,11 +94,16 @@ def cmd_generate(args):
 
 def cmd_vocode(args):
     if args.model is not None and args.input is None and not args.manifest:
+        if args.model.endswith(".safetensors"):
+            raise FastWaveNetError(f"{args.model} is a model file: give the input to vocode after it (fastwavenet "
+                                   f"vocode MODEL INPUT -o OUT)")
         args.model, args.input = None, args.model  # one positional: the input, for the bundled vocoder
     if args.model is None:
         args.model = str(demo_vocoder_path())
     if args.manifest:
         return _run_manifest(args, vocode=True)
+    if args.out_dir:
+        raise FastWaveNetError("--out-dir goes with --manifest (a folder of items); one file is -o OUTPUT")
     if not args.input or not args.output:
         raise FastWaveNetError("vocode needs INPUT and -o OUTPUT (or --manifest and --out-dir)")
     _wrote(generate_files(args.model, args.output, GenerationRequest.from_args(args), features=args.input,

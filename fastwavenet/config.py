@@ -241,9 +241,15 @@ class WaveNetConfig:
     def from_file(cls, path: str) -> "WaveNetConfig":
         try:
             with open(path, encoding="utf-8") as f:
-                return cls.from_json(f.read())
+                text = f.read()
         except OSError as exc:
             raise FastWaveNetError(f"cannot read config {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise FastWaveNetError(f"cannot read config {path}: not UTF-8 text (a JSON file is)") from None
+        try:
+            return cls.from_json(text)
+        except FastWaveNetError as exc:
+            raise FastWaveNetError(f"{path}: {exc}") from None
 
     def replace(self, **changes) -> "WaveNetConfig":
         return dataclasses.replace(self, **changes)

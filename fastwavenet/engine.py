@@ -69,6 +69,7 @@ class _Job:
         self.buffered = 0
         self.async_waiters: list = []
         self.made = 0
+        self.taken = 0                        # samples the owner has read
         self.status = "waiting"               # waiting, running, done, cancelled, failed
         self.error: BaseException | None = None
         self.cancelled = False
@@ -105,6 +106,7 @@ class _Job:
             return None
         chunk = self.chunks.popleft()
         self.buffered -= len(chunk)
+        self.taken += len(chunk)
         self.last_read = time.monotonic()
         return chunk
 
@@ -200,6 +202,9 @@ class Request:
         job = self._job
         if job.cond is None or not job.engine.config.n_mels:
             raise FastWaveNetError("this request takes no mel frames")
+        if (job.cancelled or job.finished) and not job.cond.closed:  # (frames it would never use; closed: cond says)
+            raise FastWaveNetError(f"request {job.id} is {'cancelled' if job.cancelled else job.status}: it takes no "
+                                   f"more mel frames")
         job.cond.feed(frames)
         job.engine._wake()
 
@@ -258,7 +263,11 @@ class Request:
                 self.cancel()
 
     def result(self) -> np.ndarray:
-        """Wait for the whole audio: (samples,) float32."""
+        """Wait for the whole audio: (samples,) float32. Each chunk is handed out once: after result() or an
+        iteration has taken some, this is an error (it would return what is left, or nothing)."""
+        if self._job.taken:
+            raise FastWaveNetError(f"request {self._job.id}'s audio was read already (result() and iterating hand "
+                                   f"each chunk out once)")
         chunks = list(self)
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 
 from .config import WaveNetConfig
-from .errors import FastWaveNetError
+from .errors import FastWaveNetError, shown
 
 
 def log_mel(samples: np.ndarray, config: WaveNetConfig) -> np.ndarray:
@@ -46,20 +48,28 @@ def load_features(path, config: WaveNetConfig) -> np.ndarray:
     imported from r9y9/wavenet_vocoder reads its features as r9y9's preprocessing writes them: (frames, n_mels).
     Returns (n_mels, frames) float32."""
     try:
-        data = np.load(path, allow_pickle=False)
-        if isinstance(data, np.lib.npyio.NpzFile):
-            with data:
+        with open(path, "rb") as f:  # (np.load given a path left it open when a zip was truncated)
+            data = np.load(f, allow_pickle=False)
+            if isinstance(data, np.lib.npyio.NpzFile):
                 if "mel" not in data:
                     raise FastWaveNetError(f"features {path} hold no 'mel' array")
                 for key in ("hop_length", "sample_rate"):
-                    if key in data and int(data[key]) != getattr(config, key):
-                        raise FastWaveNetError(f"features {path} were made with {key} {int(data[key])}; the model "
-                                               f"uses {getattr(config, key)}")
+                    if key in data:
+                        value = data[key]
+                        if value.ndim != 0 or not np.issubdtype(value.dtype, np.number) or value != int(value):
+                            raise FastWaveNetError(f"features {path}: {key} must be one whole number, got "
+                                                   f"{shown(value)}")
+                        if int(value) != getattr(config, key):
+                            raise FastWaveNetError(f"features {path} were made with {key} {int(value)}; the "
+                                                   f"model uses {getattr(config, key)}")
                 mel = data["mel"]
-        else:
-            mel = data
-    except (OSError, ValueError, EOFError) as exc:
+            else:
+                mel = data
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise FastWaveNetError(f"cannot read features {path}: {exc}") from None
+    if not isinstance(mel, np.ndarray) or mel.dtype == bool or not (np.issubdtype(mel.dtype, np.floating)
+                                                                     or np.issubdtype(mel.dtype, np.integer)):
+        raise FastWaveNetError(f"features {path} must be real numbers, got dtype {getattr(mel, 'dtype', None)}")
     shape = mel.shape
     mel = bands_first(mel, config)
     if mel.ndim != 2 or mel.shape[0] != config.n_mels:

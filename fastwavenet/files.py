@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -36,8 +37,12 @@ def check_writable(path: str | os.PathLike) -> Path:
 
 
 def temporary_beside(path: Path) -> Path:
-    """A new empty file in `path`'s folder, hidden and marked .partial, with the mode a plain open() would give."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    """A new empty file in `path`'s folder, hidden and marked .partial, with the mode a plain open() would give.
+    A folder that refuses new files (where os.access said yes: /sys, a full disk) is a one-line error."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise FastWaveNetError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     give_default_mode(Path(tmp))
     return Path(tmp)
@@ -51,6 +56,18 @@ def partial_target(name: str) -> str | None:
         return None
     target, dot, random_part = name[1:-len(".partial")].rpartition(".")
     return target if dot and target and random_part else None
+
+
+def write_failed(path: Path, exc: Exception) -> FastWaveNetError:
+    """The one-line error for a write to `path` that failed with `exc`: an OSError, or a library's own error, which
+    may name no cause (libsndfile's "System error.", torch.save's "unexpected pos"): a full disk is checked for."""
+    reason = getattr(exc, "strerror", None) or getattr(exc, "error_string", None) or str(exc)
+    try:
+        if shutil.disk_usage(path.parent if str(path.parent) else ".").free < 1 << 20:
+            reason = "no space left on the device"
+    except OSError:
+        pass
+    return FastWaveNetError(f"cannot write {path}: {reason}")
 
 
 def give_default_mode(path: Path):
@@ -83,7 +100,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fsync_path(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        raise FastWaveNetError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise write_failed(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -21,11 +21,12 @@ from . import audio, distributions, mulaw
 from .backends import backend_choices, full_fp32, make_backend, resolve_device
 from .conditioning import Conditioning
 from .config import WaveNetConfig, check_memory
-from .errors import FastWaveNetError
+from .errors import FastWaveNetError, shown
 from .folded import add_precision_argument, rounded
 from .modelfile import ModelFile, load_model
 from .request import GenerationRequest, add_request_arguments, arg_number, arg_positive_integer
 from .sampling import Sampling
+from .state import input_dtype
 
 
 # Bytes of per-layer gate terms one chunk of a conditioned model may hold.
@@ -45,6 +46,13 @@ def stream_rngs(seed: int | None, batch: int) -> list[np.random.Generator]:
     backend). Without a seed, each stream gets fresh entropy."""
     seed = check_seed(seed)
     return [np.random.default_rng(None if seed is None else seed + i) for i in range(batch)]
+
+
+def check_count(name: str, value) -> int:
+    """A number of steps or samples: an integer >= 0 (numpy's too), else a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise FastWaveNetError(f"{name} must be an integer >= 0, got {shown(value)}")
+    return int(value)
 
 
 def silence_code(config: WaveNetConfig):
@@ -102,17 +110,28 @@ class Generator:
     def sample_rate(self) -> int:
         return self.config.sample_rate
 
-    def check_batch(self, batch: int):
-        """Refuse a batch that is not a positive integer or whose state would not fit in memory."""
-        if not isinstance(batch, int) or batch < 1:
-            raise FastWaveNetError(f"batch must be a positive integer, got {batch}")
+    def check_batch(self, batch: int) -> int:
+        """batch as an int; refused if it is not a positive integer or its state would not fit in memory."""
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise FastWaveNetError(f"batch must be a positive integer, got {shown(batch)}")
+        batch = int(batch)
         c = self.config
         check_memory(4.0 * batch * max(c.queue_length * c.residual_channels, c.receptive_field * c.input_channels),
                      f"the state of {batch:,} streams")
+        return batch
 
     def new_state(self, batch: int = 1):
-        self.check_batch(batch)
-        return self.backend.new_state(batch, silence_code(self.config))
+        return self.backend.new_state(self.check_batch(batch), silence_code(self.config))
+
+    def _check_state(self, state):
+        """A one-line error unless `state` is one this Generator's backend runs: made by its new_state (or a copy or
+        head of one), its arrays of this model's shapes, its codes in range. The kernels index the arrays by the
+        model's shape, so another model's state would be read and written out of bounds."""
+        kind = self.backend.state_type
+        if not isinstance(state, kind):
+            raise FastWaveNetError(f"state must be a {kind.__name__}, as this Generator's new_state makes (backend "
+                                   f"{self.backend.name!r}), got {type(state).__name__}")
+        state.check(self.config, self.device)
 
     def warm_up(self, sampling: Sampling = Sampling(), prime: bool = False, every_rule: bool = False):
         """Compile (or load from the cache) what generating, and priming if `prime`, will run, so that the first
@@ -132,6 +151,12 @@ class Generator:
             if self.config.conditioned:
                 raise FastWaveNetError("this model is conditioned: pass conditioning (mel and/or speaker)")
             return None
+        if not isinstance(conditioning, Conditioning):
+            raise FastWaveNetError(f"conditioning must be what Generator.conditioning makes, got "
+                                   f"{type(conditioning).__name__}")
+        if conditioning.streams[0].config != self.config:
+            raise FastWaveNetError("this conditioning was made for another model (Generator.conditioning of this one "
+                                   "makes its own)")
         if conditioning.batch != state.batch:
             raise FastWaveNetError(f"conditioning is for {conditioning.batch} streams, the state has {state.batch}")
         return conditioning.terms(state.t, n, reuse=True)
@@ -139,6 +164,7 @@ class Generator:
     def forward(self, state, codes, conditioning: Conditioning | None = None) -> torch.Tensor:
         """Teacher forcing: consume codes (B, T) (sample values for scalar input) and return the head's outputs after
         each, (B, T, O) float32: logits over classes, or a continuous distribution's parameters."""
+        self._check_state(state)
         codes = self.check_codes(codes, state.batch)
         if codes.shape[1] == 0:
             return torch.empty(state.batch, 0, self.config.output_channels)
@@ -153,6 +179,7 @@ class Generator:
         field of them is stepped through: what a state holds at time t (each layer's inputs over its queue, the
         input taps) depends on the codes of t - (receptive_field - 1) .. t - 1 alone, so older codes are skipped by
         advancing the clock, and the rings end up in the same slots with the same values."""
+        self._check_state(state)
         codes = self.check_codes(codes, state.batch)
         if codes.shape[1] == 0:
             raise FastWaveNetError("cannot prime with an empty sequence")
@@ -167,6 +194,12 @@ class Generator:
 
     def prime_audio(self, state, audio: np.ndarray, conditioning: Conditioning | None = None):
         """Prime every stream with the same mono audio (float, at the model's rate)."""
+        try:
+            audio = np.asarray(audio, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise FastWaveNetError(f"prime audio must be an array of samples, got {shown(audio)}") from None
+        if audio.ndim != 1:
+            raise FastWaveNetError(f"prime audio must be mono, one dimension (samples,), got shape {audio.shape}")
         codes = encode(audio, self.config)
         self.prime(state, np.broadcast_to(codes, (state.batch, len(codes))), conditioning)
 
@@ -181,22 +214,51 @@ class Generator:
         takes two uniforms per sample, u (steps, B, 2). sampling None: the model's default (`self.sampling`)."""
         sampling = self.sampling if sampling is None else sampling
         rng = rng if rng is not None else np.random.default_rng()
+        self._check_state(state)
+        steps = check_count("steps", steps)
         terms = self._terms(state, steps, conditioning)
         per_sample = distributions.uniform_shape(self.config)
         if isinstance(rng, np.random.Generator):
             u = rng.random((steps, state.batch) + per_sample, dtype=np.float32)
         else:
+            if not isinstance(rng, (list, tuple)) or not all(isinstance(r, np.random.Generator) for r in rng):
+                raise FastWaveNetError(f"rng must be a numpy Generator, or a list of one per stream, got {shown(rng)}")
             if len(rng) != state.batch:
                 raise FastWaveNetError(f"{len(rng)} random generators for {state.batch} streams")
             u = np.stack([r.random((steps,) + per_sample, dtype=np.float32) for r in rng], axis=1)
-        return self.step(state, steps, u, sampling, terms)
+        return self._step(state, steps, u, sampling, terms)
 
     def step(self, state, n: int, uniforms: np.ndarray, sampling: Sampling | list[Sampling],
              terms: torch.Tensor | None = None) -> torch.Tensor:
         """The batched step every caller shares: n codes for each of the B streams of `state`, consuming
         `state.last` first, from given uniforms (n, B) float32 in [0, 1) ((n, B, 2) for a continuous output) and, for a
-        conditioned model, given gate terms (B, n, L, 2G). sampling: one rule, or one per stream. Returns (B, n) on
-        the CPU (int64 codes, or float32 sample values for scalar input)."""
+        conditioned model, given gate terms (B, n, L, 2G) float32 (None for a plain model). sampling: one rule, or one
+        per stream. Returns (B, n) on the CPU (int64 codes, or float32 sample values for scalar input). Each argument
+        is checked first (a one-line error): the kernels read them by the shapes they are told."""
+        self._check_state(state)
+        n = check_count("n", n)
+        shape = (n, state.batch) + distributions.uniform_shape(self.config)
+        u = uniforms
+        if not isinstance(u, np.ndarray) or u.dtype != np.float32 or u.shape != shape:
+            raise FastWaveNetError(f"uniforms must be a float32 numpy array of shape {shape}, got "
+                                   f"{getattr(u, 'dtype', type(u).__name__)} {getattr(u, 'shape', '')}")
+        if u.size and not (u.min() >= 0 and u.max() < 1):  # (NaN fails both)
+            raise FastWaveNetError("uniforms must lie in [0, 1)")
+        c = self.config
+        if c.conditioned:
+            want = (state.batch, n, c.layers, 2 * c.gate_channels)
+            if (not isinstance(terms, torch.Tensor) or tuple(terms.shape) != want or terms.dtype != torch.float32
+                    or terms.device.type != self.device.type):
+                raise FastWaveNetError(f"this model is conditioned: terms must be a float32 tensor {want} on "
+                                       f"{self.device.type} (Conditioning.terms makes them), got "
+                                       f"{getattr(terms, 'shape', terms)}")
+        elif terms is not None:
+            raise FastWaveNetError("this model has no conditioning: terms must be None")
+        return self._step(state, n, np.ascontiguousarray(u), sampling, terms)
+
+    def _step(self, state, n: int, uniforms: np.ndarray, sampling, terms) -> torch.Tensor:
+        if n == 0:
+            return torch.empty(state.batch, 0, dtype=input_dtype(self.config))
         with full_fp32(self.device):
             return self.backend.generate(state, n, uniforms, sampling, terms).cpu()
 
@@ -209,6 +271,8 @@ class Generator:
         the prime (`vocoded_length`)."""
         if not isinstance(chunk, int) or chunk < 1:
             raise FastWaveNetError(f"chunk must be a positive integer, got {chunk}")
+        if state is not None:
+            self._check_state(state)
         state = state if state is not None else self.new_state(batch)
         rngs = stream_rngs(seed, state.batch)
         conditioning = self.conditioning(state.batch, mel, speaker)
@@ -278,6 +342,9 @@ class Generator:
             if codes.numel() and not (torch.isfinite(codes).all() and codes.abs().max() <= 1):
                 raise FastWaveNetError("sample values must lie in [-1, 1]")
             return codes.contiguous()
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise FastWaveNetError(f"codes must be integers (class indices), got {codes.dtype}; to continue audio, "
+                                   f"prime_audio encodes it")
         codes = codes.to(torch.int64)
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.classes):
             raise FastWaveNetError(f"codes must lie in [0, {self.config.classes - 1}]")
@@ -321,12 +388,13 @@ def generate_to_wav(generator: Generator, out: str | os.PathLike, seconds: float
                                f"{audio.WAV_MAX_FRAMES / rate:,.0f} s at this rate, 16-bit)")
     paths = output_paths(out, batch)
     chunk = chunk or default_chunk(generator.sample_rate, batch)
-    bar = None
-    if progress:
-        from .progress import progress_bar
-
-        bar = progress_bar(total=total, unit="sample", unit_scale=True, dynamic_ncols=True)
     with contextlib.ExitStack() as stack:
+        bar = None
+        if progress:
+            from .progress import progress_bar
+
+            # closed however the block ends, so that a message after it (an error, Ctrl-C) has a line of its own
+            bar = stack.enter_context(progress_bar(total=total, unit="sample", unit_scale=True, dynamic_ncols=True))
         streams = [stack.enter_context(audio.WavStream(p, generator.sample_rate)) for p in paths]
         start = time.perf_counter()
         done = 0
@@ -339,8 +407,6 @@ def generate_to_wav(generator: Generator, out: str | os.PathLike, seconds: float
                 rate = done / (time.perf_counter() - start)
                 bar.set_postfix(samples_s=f"{rate * batch:,.0f}", rtf=f"{rate / generator.sample_rate:.2f}x")
                 bar.update(block.shape[1])
-    if bar is not None:
-        bar.close()
     return paths
 
 
@@ -360,6 +426,10 @@ def generate_files(model, output: str | os.PathLike, request, batch: int = 1, pr
     from .files import check_writable
 
     check_writable(output)
+    if str(output).endswith(("/", os.sep)) or Path(output).suffix.lower() not in ("", ".wav"):
+        raise FastWaveNetError(f"the output is WAV: name a .wav file, got {output}")
+    if model is not None and Path(output).resolve() == Path(model).resolve():
+        raise FastWaveNetError(f"the output {output} is the model file")
     generator = Generator(model, backend=backend, device=device, precision=precision, expected_batch=batch)
     sampling = request.sampling(generator.sampling)
     if features is None and generator.config.n_mels:

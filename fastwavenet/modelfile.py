@@ -15,7 +15,7 @@ import torch
 from .config import WaveNetConfig
 from .distributions import check_rules
 from .errors import FastWaveNetError
-from .files import atomic_path
+from .files import atomic_path, write_failed
 from .folded import FoldedWeights, expected_shapes
 from .sampling import Sampling
 
@@ -55,13 +55,22 @@ def save_model(path: str | os.PathLike, config: WaveNetConfig, weights: FoldedWe
         if tuple(tensor.shape) != shapes[name]:
             raise FastWaveNetError(f"weights {name} have shape {tuple(tensor.shape)}, config wants {shapes[name]}")
     tensors = {k: v.contiguous().cpu() for k, v in weights.tensors().items()}
+    for name, tensor in tensors.items():  # load_model refuses them: a file that could never be loaded is not written
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise FastWaveNetError(f"weights {name} hold NaN or infinite values (did the training diverge?); "
+                                   f"not written")
     metadata = {"format": MODEL_FORMAT, "format_version": MODEL_VERSION, "config": config.to_json(),
                 "sha256": checksum(tensors)}
     if sampling is not None:
         check_rules(config, [sampling])
         metadata["sampling"] = json.dumps(sampling.to_dict(), sort_keys=True)
+    from safetensors import SafetensorError
+
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # (an I/O error inside it, a full disk: not an OSError)
+            raise write_failed(Path(path), exc) from None
 
 
 def load_model(path: str | os.PathLike) -> ModelFile:

@@ -85,10 +85,11 @@ def per_stream(sampling: "Sampling | Sequence[Sampling]", batch: int) -> list[Sa
     """One Sampling per stream: a single one shared by all, or a sequence of `batch` of them."""
     if isinstance(sampling, Sampling):
         return [sampling] * batch
-    sampling = list(sampling)
-    if len(sampling) != batch or not all(isinstance(s, Sampling) for s in sampling):
+    if not isinstance(sampling, (list, tuple)) or not all(isinstance(s, Sampling) for s in sampling):
+        raise FastWaveNetError(f"sampling must be a Sampling, or a list of one per stream, got {shown(sampling)}")
+    if len(sampling) != batch:
         raise FastWaveNetError(f"sampling: give one Sampling or one per stream ({batch}), got {len(sampling)}")
-    return sampling
+    return list(sampling)
 
 
 def sample_streams(logits: torch.Tensor, u: torch.Tensor, samplings: Sequence[Sampling]) -> torch.Tensor:

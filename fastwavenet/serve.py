@@ -73,7 +73,7 @@ from .engine import Engine, EngineClosed, EngineFull
 from .errors import FastWaveNetError
 from .features import bands_first, log_mel
 from .request import (GenerationRequest, Limits as RequestLimits, arg_nonnegative_number, arg_nonnegative_integer,
-                      arg_positive_integer, arg_positive_number, parse_json)
+                      arg_positive_integer, arg_positive_number, arg_type, parse_json)
 
 
 # The kernel's send buffer of a stream's socket. Autotuned, loopback's grows to 4 MB: a client that never reads
@@ -120,7 +120,8 @@ class ServerOptions:
 
     model: str | None = _flag(None, None, "model file (default: the bundled piano demo)")
     host: str = _flag("127.0.0.1", None, "address to bind (default 127.0.0.1, this machine only)")
-    port: int = _flag(8000, arg_nonnegative_integer, "port (default 8000; 0: any free port)")
+    port: int = _flag(8000, arg_type(int, lambda v: 0 <= v <= 65535, "a port in 0..65535"),
+                      "port (default 8000; 0: any free port)")
     backend: str = _flag("auto", None, backend_choices())
     device: str = _flag("cpu", None, "cpu or cuda")
     max_active: int = _flag(64, arg_positive_integer, "requests generated at once (default 64)")

@@ -9,6 +9,7 @@ reaches into its tensors:
     swap_rows(i, j)                       streams i and j trade places
     head(n) / store_head(view)            the first n streams as a state of their own, and back after a step
     relayout_row(i, shift)                stream i was laid out for a clock `shift` steps earlier than t
+    check(config, device)                 a one-line error unless this is a state of that model's on that device
 """
 
 from __future__ import annotations
@@ -18,11 +19,43 @@ from dataclasses import dataclass
 import torch
 
 from .config import WaveNetConfig
+from .errors import FastWaveNetError
 
 
 def input_dtype(config: WaveNetConfig) -> torch.dtype:
     """What a stream consumes and generates: int64 class codes, or float32 sample values for scalar input."""
     return torch.float32 if config.scalar_input else torch.int64
+
+
+def _check_tensor(name: str, tensor, shape: tuple, dtype: torch.dtype, device: torch.device):
+    """A state's array as this model's kernels read it, or a one-line error: they index it by the model's shape, so a
+    state of another model, or an array a caller replaced, would be read out of bounds."""
+    if not isinstance(tensor, torch.Tensor):
+        raise FastWaveNetError(f"state.{name} must be a torch tensor, got {type(tensor).__name__}")
+    if tuple(tensor.shape) != shape or tensor.dtype != dtype or tensor.device.type != device.type:
+        raise FastWaveNetError(f"state.{name} is {tuple(tensor.shape)} {tensor.dtype} on {tensor.device.type}; this "
+                               f"model's is {shape} {dtype} on {device.type}: make states with its new_state")
+
+
+def _check_clock_and_last(state, config: WaveNetConfig, device: torch.device):
+    """`t` a step count, `last` (B,) codes of this model (sample values in [-1, 1] for scalar input): a code past the
+    classes would index past the input table."""
+    if isinstance(state.t, bool) or not isinstance(state.t, int) or state.t < 0:
+        raise FastWaveNetError(f"state.t must be a step count (an int >= 0), got {state.t!r}")
+    _check_tensor("last", state.last, tuple(state.last.shape[:1]) if isinstance(state.last, torch.Tensor) else (),
+                  input_dtype(config), device)
+    last = state.last
+    if last.ndim != 1:
+        raise FastWaveNetError(f"state.last must be (batch,), got shape {tuple(last.shape)}")
+    if not last.numel():
+        return
+    values = last.tolist() if last.numel() <= 64 else [v.item() for v in torch.aminmax(last)]  # (a list: quicker)
+    low, high = min(values), max(values)
+    if config.scalar_input:
+        if not (-1 <= low and high <= 1):  # (NaN fails both)
+            raise FastWaveNetError("state.last must hold sample values in [-1, 1]")
+    elif low < 0 or high >= config.classes:
+        raise FastWaveNetError(f"state.last must hold codes in [0, {config.classes - 1}]")
 
 
 def _swap(tensor: torch.Tensor, i: int, j: int):
@@ -94,6 +127,12 @@ class QueueState:
     def store_head(self, view: "QueueState"):
         """After a step on head(n): nothing to copy back (shared memory); the clock is the view's."""
         self.t = view.t
+
+    def check(self, config: WaveNetConfig, device: torch.device):
+        _check_clock_and_last(self, config, device)
+        b = self.batch
+        _check_tensor("queues", self.queues, (b, config.queue_length, config.residual_channels), torch.float32, device)
+        _check_tensor("inputs", self.inputs, (b, config.input_kernel_size - 1), torch.int64, device)
 
     def relayout_row(self, i: int, shift: int):
         """Stream i's rings were written under a clock `shift` steps earlier than this state's: the value of time
@@ -205,6 +244,16 @@ class HistoryState:
         self.valid[:n, -w:] = view.valid
         if self.cond is not None:
             self.cond[:n, ..., -w:] = view.cond
+
+    def check(self, config: WaveNetConfig, device: torch.device):
+        _check_clock_and_last(self, config, device)
+        b, w = self.batch, self.history.shape[-1] if isinstance(self.history, torch.Tensor) else 0
+        _check_tensor("history", self.history, (b, w), input_dtype(config), device)
+        _check_tensor("valid", self.valid, (b, w), torch.bool, device)
+        if config.conditioned:
+            _check_tensor("cond", self.cond, (b, config.layers, 2 * config.gate_channels, w), torch.float32, device)
+        elif self.cond is not None:
+            raise FastWaveNetError("state.cond must be None for a model without conditioning")
 
     def relayout_row(self, i: int, shift: int):
         """Nothing to do: a history is indexed by each stream's own past, not by a clock."""

@@ -20,6 +20,7 @@ linearly over a run's first N steps) keeps those first steps small.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -36,7 +37,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .config import WaveNetConfig, check_memory, preset
 from .data import CropDataset, load_corpus, speaker_names, split_by_file, validation_crops
 from .errors import FastWaveNetError
-from .files import atomic_path, write_json
+from .files import atomic_path, write_failed, write_json
 from .model import WaveNet, check_trainable, loss_bits
 
 CHECKPOINT_FORMAT = "fastwavenet-checkpoint"
@@ -72,6 +73,8 @@ class TrainOptions:
             raise FastWaveNetError(f"--warmup must be an integer >= 0, got {self.warmup}")
         if not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
             raise FastWaveNetError(f"--ema must be a decay in [0, 1) (0: no average), got {self.ema}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise FastWaveNetError(f"--seed must be an integer in 0..2**63 - 1, got {self.seed}")
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------------
@@ -81,7 +84,10 @@ def _save(path: Path, model: WaveNet, step: int, **extra):
     payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "config": model.config.to_json(),
                "step": step, "model": model.state_dict(), **extra}
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as exc:  # torch's writer fails so on a full disk
+            raise write_failed(path, exc) from None
 
 
 def save_checkpoint(path: Path, model: WaveNet, optimizer, step: int, averaged=None):
@@ -203,18 +209,33 @@ class _Run:
 
 def _start_or_resume(run_dir: Path, data, config, options, resume: bool, init=None) -> _Run:
     if resume:
-        checkpoint = load_checkpoint(run_dir)
-        saved = json.loads((run_dir / "train.json").read_text())
+        if not (run_dir / "train.json").is_file():
+            raise FastWaveNetError(f"--resume takes a run folder (what --out named); {run_dir} holds no train.json")
+        try:
+            saved = json.loads((run_dir / "train.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise FastWaveNetError(f"cannot read {run_dir / 'train.json'}: {exc}") from None
         base = dict(saved["options"])
         if options is not None:
             base["steps"] = options.steps
-        config = checkpoint["config"]
+        if (run_dir / "checkpoint.pt").exists():
+            checkpoint = load_checkpoint(run_dir)
+            config = checkpoint["config"]
+        else:  # stopped before its first checkpoint: it starts again from its beginning, as it was set up
+            checkpoint, config = None, WaveNetConfig.from_file(run_dir / "config.json")
         speakers = saved.get("speakers") if config.speakers else None
         return _Run(config, TrainOptions(**base), data or saved["data"], speakers, checkpoint, saved.get("init"))
     if config is None or options is None or not data:
         raise FastWaveNetError("train needs data, a config and options")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FastWaveNetError(f"--out names a run folder; {run_dir} is a file")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FastWaveNetError(f"{run_dir} already holds files; pass --resume {run_dir} to continue it")
+    above = run_dir  # (made once the data is loaded: a run refused before then leaves nothing behind)
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir() or not os.access(above, os.W_OK):
+        raise FastWaveNetError(f"cannot make the run folder {run_dir}: {above} is not a folder this user can write")
     return _Run(config, options, data, speaker_names(data) if config.speakers else None, None,
                 None if init is None else str(init))
 
@@ -392,7 +413,10 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
     is_main = placed.rank == 0
     if is_main:
         log_rows = _read_log(run_dir, step) if resume else []
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FastWaveNetError(f"cannot make the run folder {run_dir}: {exc.strerror or exc}") from None
         write_json(run_dir / "config.json", json.loads(config.to_json()))
         write_json(run_dir / "train.json", {"data": [str(d) for d in run.data], "speakers": run.speakers,
                                             "init": run.init, "options": dataclasses.asdict(options)},
@@ -423,7 +447,10 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
             lr = options.lr * min(1.0, (step + 1) / options.warmup) if options.warmup else options.lr
             for group in optimizer.param_groups:  # a function of the step alone, so a resumed run follows it too
                 group["lr"] = lr
-            torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            if not torch.isfinite(norm):  # (the same all-reduced norm on every rank: they all stop here)
+                raise FastWaveNetError(f"training diverged at step {step + 1}: its gradients are not finite (loss "
+                                       f"{loss.item():g} bits; try a lower --lr); the run keeps its last checkpoint")
             optimizer.step()
             if averaged is not None:
                 averaged.update_parameters(model)
@@ -452,6 +479,8 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
                 if step % options.checkpoint_every == 0 or step == options.steps:
                     log.flush()
                     save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, step, averaged)
+        if is_main:
+            log.close()  # (here, where a failed flush is this run's error, not one hiding another)
         if placed.world > 1:
             dist.barrier()  # no rank leaves before the main rank has written the last checkpoint
     except KeyboardInterrupt:
@@ -459,11 +488,14 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
         if bar is not None:
             bar.write(f"interrupted at step {step}; the last checkpoint is kept in {run_dir}")
         raise
+    except OSError as exc:  # the log's writes (the checkpoints' are FastWaveNetError already): a full disk
+        raise FastWaveNetError(f"cannot write in {run_dir}: {exc.strerror or exc}") from None
     finally:
         if bar is not None:
             bar.close()
-        if is_main:
-            log.close()
+        if is_main and not log.closed:
+            with contextlib.suppress(OSError):  # what failed is on its way out already
+                log.close()
 
 
 def _moving_average(model: WaveNet, decay: float, checkpoint: dict | None):

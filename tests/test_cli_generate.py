@@ -99,6 +99,9 @@ BAD = [
     (["--model", "{model_file}", "--prime", "{tmp_path}/nope.wav"], "no such audio file"),
     (["--model", "{model_file}", "--prime", "{empty_wav}"], "empty"),
     (["--model", "{model_file}", "-o", "{tmp_path}/no/such/folder/x.wav"], "does not exist"),
+    (["--model", "{model_file}", "-o", "{tmp_path}/newdir/"], "name a .wav file"),  # wrote a file named newdir
+    (["--model", "{model_file}", "-o", "{tmp_path}/out.flac"], "name a .wav file"),  # wrote WAV data as .flac
+    (["--model", "{model_file}", "--out-dir", "{tmp_path}/d"], "--out-dir goes with --manifest"),  # was ignored
     (["--model", "{model_file}", "--device", "cuda"], "CUDA is not available"),
     (["--model", "{model_file}", "--backend", "triton"], "not available"),
     (["--model", "{model_file}", "--backend", "magic"], "unknown backend"),

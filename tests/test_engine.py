@@ -222,6 +222,20 @@ def test_streaming_vocoding_equals_the_whole_mel_at_once(vocoder):
         streamed.feed(mel[:, :1])
 
 
+def test_a_finished_request_takes_no_frames_and_hands_its_audio_out_once(vocoder, tiny):
+    """feed() after cancel() took frames nobody would use, and a second result() returned an empty array."""
+    with Engine(vocoder, max_active=1, round_seconds=0.001) as engine:
+        streamed = engine.submit(seed=1, speaker=0, stream_mel=True)
+        streamed.cancel()
+        with pytest.raises(FastWaveNetError, match="cancelled: it takes no more mel frames"):
+            streamed.feed(np.zeros((8, 2), np.float32))
+    with Engine(tiny, max_active=1, round_seconds=0.001) as engine:
+        request = engine.submit(samples=300, seed=2)
+        assert len(request.result()) == 300
+        with pytest.raises(FastWaveNetError, match="read already"):
+            request.result()
+
+
 def test_streaming_conditioning_is_the_training_models_under_teacher_forcing(vocoder):
     """1e-4 on logits: the generator's forward pass on terms from frames fed one at a time against the training
     model on the whole mel."""

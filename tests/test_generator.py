@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -105,6 +107,100 @@ def test_prime_audio_and_stream_with_prime(tiny_file):
 def test_bad_generator_calls(tiny_file, call, words):
     with pytest.raises(FastWaveNetError, match=words):
         call(Generator(tiny_file, backend="torch"))
+
+
+@pytest.fixture(scope="module")
+def other_files(tmp_path_factory):
+    """A plain model of another shape than `tiny`, and two vocoders of different shapes."""
+    from helpers import vocoder_config
+
+    folder = tmp_path_factory.mktemp("others")
+    configs = {"plain": dataclasses.replace(preset("tiny"), residual_channels=16), "vocoder": vocoder_config(),
+               "vocoder-wider": vocoder_config(residual_channels=16)}
+    for name, config in configs.items():
+        save_model(folder / f"{name}.safetensors", config, fold(random_model(config, 5)))
+    return {name: folder / f"{name}.safetensors" for name in configs}
+
+
+def _set(state, **fields):
+    for name, value in fields.items():
+        setattr(state, name, value)
+    return state
+
+
+U5 = np.full((5, 2), 0.5, np.float32)  # uniforms of 5 steps of 2 streams
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])  # (naive's state holds codes alone: any model's fits)
+@pytest.mark.parametrize("call", [
+    lambda g, o: g.generate_codes(o.new_state(2), 50),
+    lambda g, o: g.prime(o.new_state(2), np.full((2, 40), 127)),
+    lambda g, o: list(g.stream(samples=100, state=o.new_state(1))),
+])
+def test_another_models_state_is_refused(tiny_file, other_files, backend, call):
+    """The numba kernels read and wrote another model's state out of bounds: a segfault."""
+    with pytest.raises(FastWaveNetError, match="state.queues is .* make states with its new_state"):
+        call(Generator(tiny_file, backend=backend), Generator(other_files["plain"], backend=backend))
+
+
+def test_another_backends_state_is_refused(tiny_file):
+    naive, numba = Generator(tiny_file, backend="naive"), Generator(tiny_file, backend="numba")
+    with pytest.raises(FastWaveNetError, match="state must be a QueueState"):
+        numba.generate_codes(naive.new_state(1), 5)
+    with pytest.raises(FastWaveNetError, match="state must be a HistoryState"):
+        naive.generate_codes(numba.new_state(1), 5)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("call, words", [
+    # fields a caller set: a code past the classes indexed past the input table
+    (lambda g, o: g.generate_codes(_set(g.new_state(1), last=torch.tensor([10**9])), 5), r"codes in \[0, 255\]"),
+    (lambda g, o: g.generate_codes(_set(g.new_state(2), last=torch.tensor([7])), 5), r"state\.\w+ is"),
+    (lambda g, o: g.generate_codes(_set(g.new_state(1), t=-1), 5), "step count"),
+    # step's own arguments
+    (lambda g, o: g.step(g.new_state(2), 5, U5.T.copy(), Sampling()), r"uniforms must be .* \(5, 2\)"),
+    (lambda g, o: g.step(g.new_state(2), 5, U5.astype(np.int64), Sampling()), "float32"),
+    (lambda g, o: g.step(g.new_state(2), 5, U5 * np.nan, Sampling()), r"\[0, 1\)"),
+    (lambda g, o: g.step(g.new_state(2), 5, U5 + 1, Sampling()), r"\[0, 1\)"),
+    (lambda g, o: g.step(g.new_state(2), 5, U5, Sampling(), torch.zeros(2, 5, 6, 16)), "no conditioning"),
+    (lambda g, o: g.step(g.new_state(2), 5, U5, "argmax"), "sampling must be a Sampling"),
+    (lambda g, o: g.generate_codes(g.new_state(1), -1), "steps must be an integer >= 0"),
+    (lambda g, o: g.generate_codes(g.new_state(1), 5, rng=0), "rng must be"),
+    (lambda g, o: g.forward(g.new_state(1), np.zeros((1, 3), np.int64), conditioning="x"), "conditioning must"),
+    # what was taken for something else
+    (lambda g, o: g.prime(g.new_state(1), np.array([0.5, -0.3, 0.2])), "codes must be integers"),  # was truncated
+    (lambda g, o: g.prime_audio(g.new_state(1), np.zeros((2, 10))), "mono"),
+    (lambda g, o: g.generate(samples=5, prime="x.wav"), "prime audio must be an array"),
+    (lambda g, o: g.generate(samples=5, batch=True), "batch must be a positive integer"),
+    (lambda g, o: g.generate(samples=10, sampling="x"), "sampling must be a Sampling"),
+])
+def test_a_callers_mistake_with_states_and_steps_is_a_one_line_error(tiny_file, other_files, backend, call, words):
+    with pytest.raises(FastWaveNetError, match=words):
+        call(Generator(tiny_file, backend=backend), Generator(other_files["plain"], backend=backend))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_a_vocoders_step_is_given_terms_of_its_own(other_files, backend):
+    gen = Generator(other_files["vocoder"], backend=backend)
+    wider = Generator(other_files["vocoder-wider"], backend=backend)
+    mel = np.zeros((8, 4), np.float32)
+    state = gen.new_state(2)
+    with pytest.raises(FastWaveNetError, match="this model is conditioned: terms"):
+        gen.step(state, 5, U5, Sampling())  # the conditioning was ignored
+    with pytest.raises(FastWaveNetError, match="terms must be"):
+        gen.step(state, 5, U5, Sampling(), torch.zeros(2, 1, 8, 16))  # 1 step's terms for 5 (read past the end)
+    with pytest.raises(FastWaveNetError, match="another model"):
+        gen.generate_codes(state, 5, conditioning=wider.conditioning(2, mel))
+    terms = gen.conditioning(2, mel).terms(0, 5)
+    assert gen.step(state, 5, U5, Sampling(), terms).shape == (2, 5)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_numbers_of_numpy_types_and_zero_steps_are_taken(tiny_file, backend):
+    gen = Generator(tiny_file, backend=backend)
+    assert gen.generate(samples=np.int64(5), batch=np.int64(2), seed=0).shape == (2, 5)
+    state = gen.new_state(np.int64(3))
+    assert gen.generate_codes(state, 0).shape == (3, 0) and state.t == 0  # numba's raised a reshape error
 
 
 def test_backend_choice_errors(tiny_file):
@@ -370,6 +466,25 @@ def test_files_are_synced_once_each_when_finished(tiny_file, tmp_path, monkeypat
     assert len(flushed) == 3 and len(set(flushed)) == 3  # at close only: 20 chunks each made 20 before
     assert len(synced) == 3  # the finished file, header included, before the rename
     assert len(paths) == 3 and all(soundfile.info(p).frames == 1000 for p in paths)
+
+
+@pytest.mark.parametrize("fails", ["write", "close"])
+def test_a_write_that_fails_midway_is_one_line_and_leaves_no_file(tiny_file, tmp_path, monkeypatch, fails):
+    """A full disk made libsndfile raise "System error." through generate as a traceback."""
+    import shutil
+
+    import soundfile
+
+    from fastwavenet.generator import generate_to_wav
+
+    def full(*args, **kwargs):
+        raise soundfile.LibsndfileError(2)  # libsndfile's "System error." (what a full disk gives)
+
+    monkeypatch.setattr(soundfile.SoundFile, fails, full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 30, 1 << 30, 0))
+    with pytest.raises(FastWaveNetError, match="cannot write .*x.wav: no space left on the device"):
+        generate_to_wav(Generator(tiny_file, backend="numba"), tmp_path / "x.wav", 500 / 4410, seed=1, chunk=100)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS + OPTIONAL_BACKENDS)

@@ -274,7 +274,12 @@ def test_init_with_more_stacks_starts_from_the_smaller_models_function(sine_fold
     (["train", "{audio}", "--preset", "tiny", "--out", "{tmp}/r", "--lr", "nan"], "positive number"),
     (["train", "{audio}", "--config", "{badconfig}", "--out", "{tmp}/r"], "kernel_size"),
     (["train", "{audio}", "--preset", "huge", "--out", "{tmp}/r"], "unknown preset"),
-    (["train", "--resume", "{tmp}/nothing"], "no checkpoint"),
+    (["train", "--resume", "{tmp}/nothing"], "--resume takes a run folder"),
+    (["train", "--resume", "{audio}"], "holds no train.json"),  # a folder, not a run's: was a FileNotFoundError
+    (["train", "{audio}", "--preset", "tiny", "--out", "{tmp}/r", "--seed", "-1"], "--seed must be"),  # was a
+    # ValueError from the data loader, after the run folder was made
+    (["train", "{audio}", "--config", "{binary}", "--out", "{tmp}/r"], "not UTF-8 text"),  # UnicodeDecodeError
+    (["train", "{audio}", "--preset", "tiny", "--out", "{binary}"], "is a file"),  # was a NotADirectoryError
     (["train", "{audio}", "--preset", "tiny", "--out", "{tmp}/r", "--batch-size", "100000000"], "GiB"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, words, sine_folder, tmp_path):
@@ -282,13 +287,25 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, words, sine_folder, tmp_path
     empty.mkdir()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"kernel_size": 1}))
-    filled = [a.format(tmp=tmp_path, empty=empty, audio=sine_folder, badconfig=bad) for a in args]
+    binary = tmp_path / "binary.wav"
+    binary.write_bytes(bytes(range(256)))
+    filled = [a.format(tmp=tmp_path, empty=empty, audio=sine_folder, badconfig=bad, binary=binary) for a in args]
     result = run_cli(*filled)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists(), "a failed run left files behind"
+
+
+def test_a_diverging_run_stops_in_one_line(sine_folder, tmp_path):
+    """--lr 1e30 trained on NaN weights to the end (exit 0), and export then wrote a model file load refused (save_model
+    now refuses such weights: test_modelfile)."""
+    result = run_cli("train", sine_folder, "--preset", "tiny", "--steps", "3", "--lr", "1e30", "--out",
+                     tmp_path / "r", "--quiet")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "training diverged at step" in lines[0], result.stderr
 
 
 def _free_port() -> int:

@@ -134,6 +134,10 @@ def _bad(tmp_path, models):
     np.save(tmp_path / "empty.npy", np.zeros((8, 0), np.float32))
     soundfile.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 4410)
     soundfile.write(tmp_path / "short.wav", np.zeros(10, np.float32), 4410)
+    np.save(tmp_path / "strings.npy", np.full((8, 10), "a"))
+    np.savez(tmp_path / "hop-array.npz", mel=np.zeros((8, 10), np.float32), hop_length=np.array([32, 32]))
+    np.savez(tmp_path / "hop-half.npz", mel=np.zeros((8, 10), np.float32), hop_length=32.5)
+    (tmp_path / "truncated.npz").write_bytes((tmp_path / "hop.npz").read_bytes()[:100])
     return {"tmp": tmp_path, **models}
 
 
@@ -143,6 +147,12 @@ def _bad(tmp_path, models):
     (["vocode", "{vocoder}", "{tmp}/empty.npy"], "no frames"),
     (["vocode", "{vocoder}", "{tmp}/empty.wav"], "empty"),
     (["vocode", "{vocoder}", "{tmp}/short.wav"], "too short"),
+    # tracebacks before: numpy's TypeError, zipfile's BadZipFile, int() of an array; 32.5 was taken as 32
+    (["vocode", "{vocoder}", "{tmp}/strings.npy"], "must be real numbers"),
+    (["vocode", "{vocoder}", "{tmp}/truncated.npz"], "cannot read features"),
+    (["vocode", "{vocoder}", "{tmp}/hop-array.npz"], "hop_length must be one whole number"),
+    (["vocode", "{vocoder}", "{tmp}/hop-half.npz"], "hop_length must be one whole number"),
+    (["vocode", "{vocoder}"], "is a model file: give the input to vocode"),  # was read as audio
     (["vocode", "{speakers}", "{tmp}/short.wav"], "not a vocoder"),
     (["generate", "--model", "{vocoder}"], "use fastwavenet vocode"),
     (["generate", "--model", "{speakers}", "--speaker", "5"], "speaker id out of range"),

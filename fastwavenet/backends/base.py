@@ -31,6 +31,7 @@ from ..state import QueueState, input_dtype
 class Backend:
     name = "?"
     devices = ("cpu",)
+    state_type = QueueState  # what new_state makes and the other methods take
     requires: str | None = None  # the module this backend's kernel needs, if any beyond torch
     # What the first call does that later ones do not, said on screen by the CLI when it takes a while (None: nothing)
     first_call = None
@@ -71,8 +72,8 @@ class Backend:
         """None if this backend handles models of this shape, else why not."""
         return None
 
-    def new_state(self, batch: int, silence) -> QueueState:
-        return QueueState.new(self.config, batch, silence, self.device)
+    def new_state(self, batch: int, silence):
+        return self.state_type.new(self.config, batch, silence, self.device)
 
     def splits(self, batch: int) -> bool:
         """Whether `batch` streams run as one tile split over every core (numba-split below its thread count), so

@@ -14,14 +14,12 @@ class NaiveBackend(Backend):
     """Runs the whole-sequence forward (`folded.convolve`) over the last receptive field for every sample."""
 
     name = "naive"
+    state_type = HistoryState
     devices = ("cpu", "cuda")
 
     def __init__(self, config, weights, device, precision="float32"):
         super().__init__(config, weights, device, precision)
         self.weights = weights.to(device)
-
-    def new_state(self, batch: int, silence) -> HistoryState:
-        return HistoryState.new(self.config, batch, silence, self.device)
 
     @torch.no_grad()
     def forward(self, state: HistoryState, codes: torch.Tensor, cond=None) -> torch.Tensor:

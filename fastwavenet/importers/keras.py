@@ -51,6 +51,8 @@ def config_from_keras(path: str | os.PathLike) -> WaveNetConfig:
         raw = json.loads(Path(path).read_text())
     except OSError as exc:
         raise FastWaveNetError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise FastWaveNetError(f"config {path} is not UTF-8 text (a JSON file is)") from None
     except json.JSONDecodeError:
         raise FastWaveNetError(f"config {path} is not valid JSON") from None
     if not isinstance(raw, dict):

@@ -73,6 +73,8 @@ def _read_hparams(path) -> dict:
         raw = json.loads(Path(path).read_text())
     except OSError as exc:
         raise FastWaveNetError(f"cannot read hparams {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise FastWaveNetError(f"hparams {path} are not UTF-8 text (a JSON file is)") from None
     except json.JSONDecodeError as exc:
         raise FastWaveNetError(f"hparams {path} are not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(raw, dict):
