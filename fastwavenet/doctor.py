@@ -43,7 +43,10 @@ def report() -> dict:
         from .backends.numba_cpu import numba_threads
 
         info["numba_threads"] = numba_threads()
-        info["numba_threading_layer"] = numba.config.THREADING_LAYER  # chosen among these at the first parallel call
+        try:  # the layer in use, once a parallel function has run (bench's limit probes are the only ones)
+            info["numba_threading_layer"] = numba.threading_layer()
+        except ValueError:
+            info["numba_threading_layer"] = f"{numba.config.THREADING_LAYER} (chosen at the first parallel call)"
         info["numba_cache"] = numba.config.CACHE_DIR or "beside the kernels' source (numba's default)"
     info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     info["backends"] = {}
@@ -166,10 +169,10 @@ def _spread_shapes(shapes: _Shapes):
 
 
 def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = None,
-                modes: set[str] | None = None) -> list[CompileRow]:
+                modes: set[str] | None = None, progress: bool = False) -> list[CompileRow]:
     """Compile every variant of the Triton kernels that the backends can launch, for each target and model shape;
     `modes` (say {"teacher+cond", "generate"}) keeps those modes alone, each for the tiled, the lone-stream and the
-    spread kernel."""
+    spread kernel. `progress`: a line on stderr as each model's variants are done (all of them take minutes)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise FastWaveNetError("unset TRITON_INTERPRET to compile for a GPU (the interpreter compiles nothing)")
     if importlib.util.find_spec("triton") is None:
@@ -210,6 +213,9 @@ def compile_gpu(targets: list[int], models: dict[str, WaveNetConfig] | None = No
         for model_name, config in models.items():
             if gpu.unsupported_reason(config.input_kernel_size):
                 continue
+            if progress:
+                print(f"fastwavenet: compiling for sm_{target}: {model_name} ({len(rows)} variants done)",
+                      file=sys.stderr, flush=True)
             dist = KERNEL_CODES[config.output]
             shapes = _Shapes(config)
             tiles = {"tiled": gpu.tile_for(shapes), "stream": 1}
@@ -265,7 +271,7 @@ def diagnose(compile_targets: str | None = None, json_path: str | os.PathLike | 
     rows = []
     if targets:
         print()
-        rows = compile_gpu(targets)
+        rows = compile_gpu(targets, progress=True)
         print(format_compile(rows))
     result = {"report": info, "gpu_compile": rows_as_json(rows)}
     if json_path:
