@@ -120,7 +120,8 @@ class StreamConditioning:
                                                                               device=device),
                                                  weights.speaker_w.to(device))
         elif speaker is not None:
-            raise FastWaveNetError("this model takes no speaker id")
+            raise FastWaveNetError("this model takes no global features" if isinstance(speaker, np.ndarray)
+                                   else "this model takes no speaker id")
 
     @property
     def frames(self) -> int:

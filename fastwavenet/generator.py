@@ -428,12 +428,16 @@ def generate_files(model, output: str | os.PathLike, request, batch: int = 1, pr
     check_writable(output)
     if str(output).endswith(("/", os.sep)) or Path(output).suffix.lower() not in ("", ".wav"):
         raise FastWaveNetError(f"the output is WAV: name a .wav file, got {output}")
-    if model is not None and Path(output).resolve() == Path(model).resolve():
+    if isinstance(model, (str, os.PathLike)) and Path(output).resolve() == Path(model).resolve():
         raise FastWaveNetError(f"the output {output} is the model file")
+    if not isinstance(model, ModelFile):  # read first: what it is decides before `auto` times backends for it
+        from .demo import demo_model_path
+
+        model = load_model(model if model is not None else demo_model_path())
+    if features is None and model.config.n_mels:
+        raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode MODEL INPUT")
     generator = Generator(model, backend=backend, device=device, precision=precision, expected_batch=batch)
     sampling = request.sampling(generator.sampling)
-    if features is None and generator.config.n_mels:
-        raise FastWaveNetError("this model is a vocoder: use fastwavenet vocode MODEL INPUT")
     generator.check_batch(batch)
     for path in output_paths(output, batch):
         check_writable(path)

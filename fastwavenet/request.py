@@ -179,7 +179,8 @@ class GenerationRequest:
                 raise FastWaveNetError(f"this model takes global features: a vector of {config.speaker_channels} "
                                        f"finite values, got {got}")
         elif speaker is not None:
-            raise FastWaveNetError("this model takes no speaker id")
+            raise FastWaveNetError("this model takes no global features" if isinstance(speaker, np.ndarray)
+                                   else "this model takes no speaker id")
 
     # ---- the doors ------------------------------------------------------------------------------------------------
     @classmethod
