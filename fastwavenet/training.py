@@ -25,6 +25,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,6 +439,11 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
 
         bar = progress_bar(total=options.steps, initial=step, unit="step", dynamic_ncols=True)
     placed.ddp_model.train()
+    # One process: Ctrl-C or SIGTERM stops the run after the step under way, its checkpoint written. (Ranks of a
+    # DDP run could stop at different steps and wait for each other: they stop where the signal lands, as before.)
+    between_steps = _stop_between_steps() if placed.world == 1 else contextlib.nullcontext([])
+    stack = contextlib.ExitStack()
+    requested = stack.enter_context(between_steps)
     try:
         for batch in loader:
             t0 = time.perf_counter()
@@ -476,9 +483,15 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
                         bar.write(f"step {step}: validation {val:.4f} bits/sample" + (" (best so far: best.pt)"
                                                                                        if improved else ""))
                     model.train()
-                if step % options.checkpoint_every == 0 or step == options.steps:
+                if step % options.checkpoint_every == 0 or step == options.steps or requested:
                     log.flush()
                     save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, step, averaged)
+            if requested:
+                signum, handler = requested.pop()
+                handler(signum, None)  # KeyboardInterrupt, the CLI's Terminated; a handler that raises nothing: go on
+        if requested:  # (it came after the last step's checkpoint)
+            signum, handler = requested.pop()
+            handler(signum, None)
         if is_main:
             log.close()  # (here, where a failed flush is this run's error, not one hiding another)
         if placed.world > 1:
@@ -491,11 +504,39 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
     except OSError as exc:  # the log's writes (the checkpoints' are FastWaveNetError already): a full disk
         raise FastWaveNetError(f"cannot write in {run_dir}: {exc.strerror or exc}") from None
     finally:
+        stack.close()
         if bar is not None:
             bar.close()
         if is_main and not log.closed:
             with contextlib.suppress(OSError):  # what failed is on its way out already
                 log.close()
+
+
+@contextlib.contextmanager
+def _stop_between_steps():
+    """While training in the main thread, the first Ctrl-C or SIGTERM is only noted (as (signal, its handler) in the
+    list yielded), so that the loop stops after the step under way with a checkpoint of it: raised wherever it
+    landed, an interrupt lost up to a checkpoint interval of steps. The handlers are put back at once, so a second
+    signal acts where it lands. Signals whose handler is not a Python function (SIG_DFL, SIG_IGN) are left alone."""
+    requested, taken = [], []
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                taken.append((signum, handler))
+
+        def note(signum, frame):
+            requested.append((signum, dict(taken)[signum]))
+            for number, original in taken:
+                signal.signal(number, original)
+
+        for signum, _ in taken:
+            signal.signal(signum, note)
+    try:
+        yield requested
+    finally:
+        for signum, handler in taken:
+            signal.signal(signum, handler)
 
 
 def _moving_average(model: WaveNet, decay: float, checkpoint: dict | None):
