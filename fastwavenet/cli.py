@@ -44,6 +44,12 @@ def cmd_train(args):
     if args.resume and args.init:
         raise FastWaveNetError("--init starts a new run; --resume continues one: pass one of them")
     if args.resume:
+        setup = [flag for flag in ("out", "preset", "config", "sample_rate", "n_mels", "hop_length", "n_fft", "fmin",
+                                   "fmax") if getattr(args, flag) is not None]
+        if setup or args.speakers_from_folders:
+            flags = [f"--{flag.replace('_', '-')}" for flag in setup] + ["--speakers-from-folders"] * bool(
+                args.speakers_from_folders)
+            raise FastWaveNetError(f"--resume continues a run as it was set up: drop {', '.join(flags)}")
         options = TrainOptions(steps=args.steps) if args.steps else None
         train(args.data or None, args.resume, options=options, resume=True, progress=not args.quiet)
         return
@@ -51,6 +57,8 @@ def cmd_train(args):
         raise FastWaveNetError("train needs at least one audio file or folder (or --resume RUN_DIR)")
     if not args.out:
         raise FastWaveNetError("train needs --out RUN_DIR")
+    if args.preset is not None and args.config:
+        raise FastWaveNetError("give --preset or --config, not both")
     changes = {name: getattr(args, name) for name in ("sample_rate", "n_mels", "hop_length", "n_fft", "fmin", "fmax")
                if getattr(args, name) is not None}
     config = new_run_config(args.data, args.preset, args.config, args.init, changes, args.speakers_from_folders)
@@ -193,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=arg_nonnegative_integer, default=0, metavar="STEPS",
                    help="raise the learning rate linearly over the run's first STEPS steps (default 0: none)")
     p.add_argument("--validation-files", help="comma-separated file names to hold out")
-    p.add_argument("--validation-count", type=int, default=1, help="hold out this many files (default 1)")
+    p.add_argument("--validation-count", type=arg_nonnegative_integer, default=1,
+                   help="hold out this many files (default 1; 0: no validation)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("conditioning (override the config)")
     g.add_argument("--n-mels", type=arg_positive_integer, help="train a vocoder on log-mel frames of this many bands")

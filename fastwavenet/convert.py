@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from .errors import FastWaveNetError
 from .files import check_writable
 from .folded import fold
 from .modelfile import ModelFile, save_model
@@ -33,12 +34,14 @@ def export_model(source: str | os.PathLike, out: str | os.PathLike, request=None
     from .request import SAMPLING_FIELDS
     from .sampling import Sampling
 
+    given = request is not None and any(getattr(request, name) is not None for name in SAMPLING_FIELDS)
     if str(out).endswith(".onnx"):
+        if given:
+            raise FastWaveNetError("an .onnx step holds no sampling (its caller samples): drop the sampling options")
         from .onnx_step import export_step
 
         export_step(source, out)
         return None
-    given = request is not None and any(getattr(request, name) is not None for name in SAMPLING_FIELDS)
     if str(source).endswith(".safetensors"):
         check_writable(out)
         loaded = load_model(source)

@@ -319,7 +319,12 @@ def new_run_config(data, preset_name: str | None = None, config_path=None, init=
             check_growth(config, grown, init)
             config = config.replace(stacks=grown.stacks)
     else:
-        config = WaveNetConfig.from_file(config_path) if config_path else preset(preset_name or "small")
+        config = WaveNetConfig.from_file(config_path) if config_path else preset(
+            "small" if preset_name is None else preset_name)
+    mel_options = [name for name in ("hop_length", "n_fft", "fmin", "fmax") if name in changes]
+    if mel_options and not changes.get("n_mels", config.n_mels):
+        raise FastWaveNetError(f"{', '.join('--' + n.replace('_', '-') for n in mel_options)} shape(s) a vocoder's "
+                               f"mel frames: add --n-mels, or train from a vocoder's config")
     if speakers_from_folders:
         changes["speakers"] = len(speaker_names(data))
     return config.replace(**changes)

@@ -281,6 +281,10 @@ def test_init_with_more_stacks_starts_from_the_smaller_models_function(sine_fold
     # ValueError from the data loader, after the run folder was made
     (["train", "{audio}", "--config", "{binary}", "--out", "{tmp}/r"], "not UTF-8 text"),  # UnicodeDecodeError
     (["train", "{audio}", "--preset", "tiny", "--out", "{binary}"], "is a file"),  # was a NotADirectoryError
+    # options that were dropped without a word
+    (["train", "{audio}", "--preset", "tiny", "--config", "{badconfig}", "--out", "{tmp}/r"], "not both"),
+    (["train", "{audio}", "--preset", "tiny", "--hop-length", "64", "--out", "{tmp}/r"], "add --n-mels"),
+    (["train", "--resume", "{tmp}/nothing", "--preset", "large", "--out", "{tmp}/r"], "drop --out, --preset"),
     (["train", "{audio}", "--preset", "tiny", "--out", "{tmp}/r", "--batch-size", "100000000"], "GiB"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, words, sine_folder, tmp_path):
