@@ -95,6 +95,8 @@ def cmd_generate(args):
         return _run_manifest(args, vocode=False)
     if args.out_dir:
         raise FastWaveNetError("--out-dir goes with --manifest (a folder of items); one set of files is -o OUTPUT")
+    args.seconds = 4.0 if args.seconds is None else args.seconds
+    args.output = "out.wav" if args.output is None else args.output
     _wrote(generate_files(args.model, args.output, GenerationRequest.from_args(args), batch=args.batch,
                           prime=args.prime, backend=args.backend, device=args.device, precision=args.precision,
                           progress=not args.quiet))

@@ -245,9 +245,11 @@ def check_manifest_args(args):
     manifest's line sets for its own item instead. One-line FastWaveNetError."""
     if not args.out_dir:
         raise FastWaveNetError("--manifest needs --out-dir")
-    per_line = [name for name, default in (("seed", None), ("speaker", None), ("global_features", None),
-                                           ("prime", None), ("temperature", None), ("top_k", None),
-                                           ("top_p", None), ("argmax", False), ("batch", 1))
+    if getattr(args, "output", None) is not None:
+        raise FastWaveNetError("with --manifest, each item's file goes to --out-dir: drop -o")
+    per_line = [name for name, default in (("seconds", None), ("seed", None), ("speaker", None),
+                                           ("global_features", None), ("prime", None), ("temperature", None),
+                                           ("top_k", None), ("top_p", None), ("argmax", False), ("batch", 1))
                 if getattr(args, name, default) != default]
     if per_line:
         raise FastWaveNetError(f"with --manifest, {', '.join('--' + n.replace('_', '-') for n in per_line)} "

@@ -460,8 +460,10 @@ def generate_files(model, output: str | os.PathLike, request, batch: int = 1, pr
 def add_generate_arguments(parser):
     """`fastwavenet generate`'s flags for one set of files: `generate_files`'s arguments and a request's fields."""
     parser.add_argument("--model", help="model file (default: the bundled piano demo)")
-    parser.add_argument("--seconds", type=arg_number, default=4.0, help="length of each file (default 4)")
-    parser.add_argument("-o", "--output", default="out.wav", help="WAV path; with --batch N, N files NAME-i.wav")
+    # (no argparse defaults: with --manifest, a given --seconds or -o is refused, not ignored; cmd_generate's are 4
+    # and out.wav)
+    parser.add_argument("--seconds", type=arg_number, help="length of each file (default 4)")
+    parser.add_argument("-o", "--output", help="WAV path (default out.wav); with --batch N, N files NAME-i.wav")
     parser.add_argument("--batch", type=arg_positive_integer, default=1, help="independent streams (files) at once")
     parser.add_argument("--prime", help="audio to continue (resampled to the model's rate)")
     _add_shared_arguments(parser)

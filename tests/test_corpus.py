@@ -150,11 +150,15 @@ def test_sharding_balances_length_and_every_rank_agrees():
     assert shares == [shard(items, rank, 3) for rank in range(3)]
 
 
-@pytest.mark.parametrize("option", [["--seed", "3"], ["--temperature", "0.5"], ["--batch", "2"]])
-def test_per_item_options_belong_in_the_manifest(models, tmp_path, option):
+@pytest.mark.parametrize("option, words", [
+    (["--seed", "3"], "each line of the manifest"), (["--temperature", "0.5"], "each line of the manifest"),
+    (["--batch", "2"], "each line of the manifest"),
+    (["--seconds", "2"], "each line of the manifest"), (["-o", "x.wav"], "drop -o"),  # these two were ignored
+])
+def test_per_item_options_belong_in_the_manifest(models, tmp_path, option, words):
     manifest = write_manifest(tmp_path, [{"id": "a", "seconds": 0.1}])
     result = run_cli("generate", "--model", models["tiny"], "--manifest", manifest, "--out-dir", tmp_path, *option)
-    assert result.returncode == 2 and "each line of the manifest" in result.stderr
+    assert result.returncode == 2 and words in result.stderr, result.stderr
 
 
 def test_manifest_lines_refused_that_got_through_or_stopped_the_run(tmp_path):
