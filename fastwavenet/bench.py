@@ -732,7 +732,7 @@ def plot(path, results: list[BenchResult], title: str, limits: Limits | GpuLimit
 def _batch_sizes(text: str) -> list[int]:
     """--batch: comma-separated positive integers."""
     try:
-        values = [int(v) for v in text.split(",") if v]
+        values = [int(v) for v in text.split(",")]  # ("1,,2" is a typo, not 1 and 2)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
@@ -787,6 +787,9 @@ def benchmark(model: str | os.PathLike | None = None, preset: str = "standard", 
         require_matplotlib()
     model_file = load_model(model) if model else random_model_file(named_preset(preset))
     backends = resolve_backends(list(backends), device)
+    if backends == ["naive"] and min(batches) > NAIVE_MAX_BATCH:
+        raise FastWaveNetError(f"nothing to measure: naive runs at batches up to {NAIVE_MAX_BATCH} only (a step past "
+                               f"that takes minutes)")
     info = machine()
     # The machine's own limits, measured in this run (on the CPU again before each row, since a CPU's speed drifts),
     # so figures from different machines can be compared.
