@@ -311,6 +311,8 @@ BAD = [
     (["--precision", "float32,fp8"], "unknown precision 'fp8'"),
     (["--json", "{tmp}/missing/b.json"], "does not exist"),
     (["--plot", "{tmp}/missing/b.png"], "does not exist"),
+    (["--batch", "1,,2"], "comma-separated integers"),  # the empty entry was dropped
+    (["--backend", "naive", "--batch", "64"], "nothing to measure"),  # an empty table, exit 0
 ]
 if not torch.cuda.is_available():
     BAD.append((["--device", "cuda"], "CUDA"))
