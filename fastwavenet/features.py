@@ -49,6 +49,10 @@ def load_features(path, config: WaveNetConfig) -> np.ndarray:
     Returns (n_mels, frames) float32."""
     try:
         with open(path, "rb") as f:  # (np.load given a path left it open when a zip was truncated)
+            magic = f.read(6)  # (anything else np.load reads as a pickle, and names allow_pickle in its refusal)
+            if not (magic == b"\x93NUMPY" or magic.startswith(b"PK\x03\x04")):
+                raise FastWaveNetError(f"features {path} are neither .npy nor .npz data")
+            f.seek(0)
             data = np.load(f, allow_pickle=False)
             if isinstance(data, np.lib.npyio.NpzFile):
                 if "mel" not in data:

@@ -138,6 +138,7 @@ def _bad(tmp_path, models):
     np.savez(tmp_path / "hop-array.npz", mel=np.zeros((8, 10), np.float32), hop_length=np.array([32, 32]))
     np.savez(tmp_path / "hop-half.npz", mel=np.zeros((8, 10), np.float32), hop_length=32.5)
     (tmp_path / "truncated.npz").write_bytes((tmp_path / "hop.npz").read_bytes()[:100])
+    (tmp_path / "wav.npy").write_bytes((tmp_path / "short.wav").read_bytes())
     return {"tmp": tmp_path, **models}
 
 
@@ -150,6 +151,7 @@ def _bad(tmp_path, models):
     # tracebacks before: numpy's TypeError, zipfile's BadZipFile, int() of an array; 32.5 was taken as 32
     (["vocode", "{vocoder}", "{tmp}/strings.npy"], "must be real numbers"),
     (["vocode", "{vocoder}", "{tmp}/truncated.npz"], "cannot read features"),
+    (["vocode", "{vocoder}", "{tmp}/wav.npy"], "neither .npy nor .npz data"),  # numpy named allow_pickle
     (["vocode", "{vocoder}", "{tmp}/hop-array.npz"], "hop_length must be one whole number"),
     (["vocode", "{vocoder}", "{tmp}/hop-half.npz"], "hop_length must be one whole number"),
     (["vocode", "{vocoder}"], "is a model file: give the input to vocode"),  # was read as audio

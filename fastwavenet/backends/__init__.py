@@ -189,7 +189,6 @@ def choose_by_trial(candidates: list[str], config: WaveNetConfig, weights: Folde
     chosen = max(candidates, key=lambda name: rates.get(name, -1.0))  # max keeps the first of equals
     _trials[key] = chosen
     said = ", ".join(f"{name} {rates[name]:,.0f}" for name in candidates if name in rates)
-    print(f"fastwavenet: auto: {said} samples/s at batch {batch} -> {chosen} (kept in {path})", file=sys.stderr)
     try:
         from ..files import write_json
 
@@ -197,8 +196,10 @@ def choose_by_trial(candidates: list[str], config: WaveNetConfig, weights: Folde
         cache = _read_cache(path)
         cache[key] = {"backend": chosen, "samples_per_s": rates, "date": time.strftime("%Y-%m-%d")}
         write_json(path, cache)
+        kept = f"kept in {path}"
     except (OSError, FastWaveNetError) as exc:  # no place to keep it: this process still remembers
-        print(f"fastwavenet: auto: cannot keep the choice in {path} ({exc})", file=sys.stderr)
+        kept = f"not kept in {path}: {exc.strerror if isinstance(exc, OSError) else exc}"
+    print(f"fastwavenet: auto: {said} samples/s at batch {batch} -> {chosen} ({kept})", file=sys.stderr)
     return chosen
 
 
