@@ -158,8 +158,9 @@ class WavStream:
             fsync_path(self._tmp)
             os.replace(self._tmp, self.path)
         except (soundfile.LibsndfileError, OSError) as exc:
+            error = write_failed(self.path, exc)  # (before the file goes: it is what fills the disk)
             self._tmp.unlink(missing_ok=True)
-            raise write_failed(self.path, exc) from None
+            raise error from None
 
     def discard(self):
         if not self._file.closed:

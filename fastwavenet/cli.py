@@ -38,6 +38,11 @@ class _Parser(argparse.ArgumentParser):
 
 # ---- commands ----------------------------------------------------------------------------------------------------
 
+# train's flags that are TrainOptions fields of the same name. No argparse defaults (TrainOptions has them), so that
+# `--resume`, which continues a run as it was set up, can refuse one given instead of ignoring it.
+_TRAINING_OPTIONS = ("batch_size", "lr", "seed", "target_length", "validate_every", "checkpoint_every", "ema", "warmup")
+
+
 def cmd_train(args):
     from .training import TrainOptions, new_run_config, train
 
@@ -45,7 +50,8 @@ def cmd_train(args):
         raise FastWaveNetError("--init starts a new run; --resume continues one: pass one of them")
     if args.resume:
         setup = [flag for flag in ("out", "preset", "config", "sample_rate", "n_mels", "hop_length", "n_fft", "fmin",
-                                   "fmax") if getattr(args, flag) is not None]
+                                   "fmax", *_TRAINING_OPTIONS, "validation_files", "validation_count")
+                 if getattr(args, flag) is not None]
         if setup or args.speakers_from_folders:
             flags = [f"--{flag.replace('_', '-')}" for flag in setup] + ["--speakers-from-folders"] * bool(
                 args.speakers_from_folders)
@@ -62,10 +68,12 @@ def cmd_train(args):
     changes = {name: getattr(args, name) for name in ("sample_rate", "n_mels", "hop_length", "n_fft", "fmin", "fmax")
                if getattr(args, name) is not None}
     config = new_run_config(args.data, args.preset, args.config, args.init, changes, args.speakers_from_folders)
-    validation = args.validation_files.split(",") if args.validation_files else args.validation_count
-    given = ("batch_size", "lr", "seed", "target_length", "validate_every", "checkpoint_every", "ema", "warmup")
-    options = TrainOptions(steps=args.steps or 1000, validation_files=validation,
-                           **{name: getattr(args, name) for name in given})
+    given = {name: getattr(args, name) for name in _TRAINING_OPTIONS if getattr(args, name) is not None}
+    if args.validation_files:
+        given["validation_files"] = args.validation_files.split(",")
+    elif args.validation_count is not None:
+        given["validation_files"] = args.validation_count
+    options = TrainOptions(steps=args.steps or 1000, **given)  # (TrainOptions' defaults for the flags not given)
     train(args.data, args.out, config, options, progress=not args.quiet, init=args.init)
 
 
@@ -190,20 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "step 0; its shape is the run's; --n-mels or --speakers-from-folders add conditioning to an "
                    "unconditioned model, and --config with more stacks adds layers, all starting at zero)")
     p.add_argument("--steps", type=arg_positive_integer, help="train until this step (default 1000)")
-    p.add_argument("--batch-size", type=arg_positive_integer, default=8)
-    p.add_argument("--lr", type=arg_positive_number, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target-length", type=arg_positive_integer, default=1024,
+    p.add_argument("--batch-size", type=arg_positive_integer, help="crops a step (default 8)")
+    p.add_argument("--lr", type=arg_positive_number, help="Adam's learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, help="of the weights and the crops (default 0)")
+    p.add_argument("--target-length", type=arg_positive_integer,
                    help="predicted samples per crop, after the receptive field (default 1024)")
-    p.add_argument("--validate-every", type=arg_positive_integer, default=200)
-    p.add_argument("--checkpoint-every", type=arg_positive_integer, default=200)
-    p.add_argument("--ema", type=arg_type(float, lambda v: 0 <= v < 1, "a decay in [0, 1)"), default=0.0,
+    p.add_argument("--validate-every", type=arg_positive_integer, help="steps (default 200)")
+    p.add_argument("--checkpoint-every", type=arg_positive_integer, help="steps (default 200)")
+    p.add_argument("--ema", type=arg_type(float, lambda v: 0 <= v < 1, "a decay in [0, 1)"),
                    metavar="DECAY", help="keep an exponential moving average of the weights (e.g. 0.999 per step); "
                    "validation, best.pt and export use it (default 0: none)")
-    p.add_argument("--warmup", type=arg_nonnegative_integer, default=0, metavar="STEPS",
+    p.add_argument("--warmup", type=arg_nonnegative_integer, metavar="STEPS",
                    help="raise the learning rate linearly over the run's first STEPS steps (default 0: none)")
     p.add_argument("--validation-files", help="comma-separated file names to hold out")
-    p.add_argument("--validation-count", type=arg_nonnegative_integer, default=1,
+    p.add_argument("--validation-count", type=arg_nonnegative_integer,
                    help="hold out this many files (default 1; 0: no validation)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("conditioning (override the config)")

@@ -60,7 +60,9 @@ def load_features(path, config: WaveNetConfig) -> np.ndarray:
                 for key in ("hop_length", "sample_rate"):
                     if key in data:
                         value = data[key]
-                        if value.ndim != 0 or not np.issubdtype(value.dtype, np.number) or value != int(value):
+                        whole = value.ndim == 0 and (np.issubdtype(value.dtype, np.integer) or (
+                            np.issubdtype(value.dtype, np.floating) and np.isfinite(value) and value == int(value)))
+                        if not whole:
                             raise FastWaveNetError(f"features {path}: {key} must be one whole number, got "
                                                    f"{shown(value)}")
                         if int(value) != getattr(config, key):

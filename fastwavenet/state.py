@@ -32,9 +32,19 @@ def _check_tensor(name: str, tensor, shape: tuple, dtype: torch.dtype, device: t
     state of another model, or an array a caller replaced, would be read out of bounds."""
     if not isinstance(tensor, torch.Tensor):
         raise FastWaveNetError(f"state.{name} must be a torch tensor, got {type(tensor).__name__}")
-    if tuple(tensor.shape) != shape or tensor.dtype != dtype or tensor.device.type != device.type:
-        raise FastWaveNetError(f"state.{name} is {tuple(tensor.shape)} {tensor.dtype} on {tensor.device.type}; this "
-                               f"model's is {shape} {dtype} on {device.type}: make states with its new_state")
+    if device.type == "cuda" and device.index is None:  # (the kernels launch on the current GPU)
+        device = torch.device("cuda", torch.cuda.current_device())
+    if tuple(tensor.shape) != shape or tensor.dtype != dtype or tensor.device.type != device.type or (
+            device.type == "cuda" and tensor.device.index != device.index):
+        raise FastWaveNetError(f"state.{name} is {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}; this "
+                               f"model's is {shape} {dtype} on {device}: make states with its new_state")
+
+
+def _values(tensor: torch.Tensor) -> list:
+    """A tensor's values, or its least and greatest (NaN if any is), to judge a range by: a list is quicker for a few."""
+    if tensor.numel() <= 64:
+        return tensor.flatten().tolist()
+    return [v.item() for v in torch.aminmax(tensor)]
 
 
 def _check_clock_and_last(state, config: WaveNetConfig, device: torch.device):
@@ -49,12 +59,10 @@ def _check_clock_and_last(state, config: WaveNetConfig, device: torch.device):
         raise FastWaveNetError(f"state.last must be (batch,), got shape {tuple(last.shape)}")
     if not last.numel():
         return
-    values = last.tolist() if last.numel() <= 64 else [v.item() for v in torch.aminmax(last)]  # (a list: quicker)
-    low, high = min(values), max(values)
     if config.scalar_input:
-        if not (-1 <= low and high <= 1):  # (NaN fails both)
+        if not all(-1 <= v <= 1 for v in _values(last)):  # (NaN fails)
             raise FastWaveNetError("state.last must hold sample values in [-1, 1]")
-    elif low < 0 or high >= config.classes:
+    elif not all(0 <= v < config.classes for v in _values(last)):
         raise FastWaveNetError(f"state.last must hold codes in [0, {config.classes - 1}]")
 
 
@@ -133,6 +141,11 @@ class QueueState:
         b = self.batch
         _check_tensor("queues", self.queues, (b, config.queue_length, config.residual_channels), torch.float32, device)
         _check_tensor("inputs", self.inputs, (b, config.input_kernel_size - 1), torch.int64, device)
+        # the input taps' past codes index the input table too (-1: before the start)
+        if self.inputs.numel() and not config.scalar_input and not all(-1 <= v < config.classes
+                                                                        for v in _values(self.inputs)):
+            raise FastWaveNetError(f"state.inputs must hold codes in [0, {config.classes - 1}], or -1 before the "
+                                   f"start")
 
     def relayout_row(self, i: int, shift: int):
         """Stream i's rings were written under a clock `shift` steps earlier than this state's: the value of time

@@ -461,12 +461,15 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
                 group["lr"] = lr
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
             if not torch.isfinite(norm):  # (the same all-reduced norm on every rank: they all stop here)
+                kept = ("its last checkpoint is kept" if (run_dir / "checkpoint.pt").exists()
+                        else "no checkpoint was written yet")
                 raise FastWaveNetError(f"training diverged at step {step + 1}: its gradients are not finite (loss "
-                                       f"{loss.item():g} bits; try a lower --lr); the run keeps its last checkpoint")
+                                       f"{loss.item():g} bits; try a lower --lr); {kept}")
             optimizer.step()
             if averaged is not None:
                 averaged.update_parameters(model)
             step += 1
+            stop = bool(requested)  # read once: a signal landing after this is seen after the next step
             value = loss.item()
             if is_main:
                 log.write(json.dumps({"step": step, "loss_bits": value}) + "\n")
@@ -488,15 +491,12 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
                         bar.write(f"step {step}: validation {val:.4f} bits/sample" + (" (best so far: best.pt)"
                                                                                        if improved else ""))
                     model.train()
-                if step % options.checkpoint_every == 0 or step == options.steps or requested:
+                if step % options.checkpoint_every == 0 or step == options.steps or stop:
                     log.flush()
                     save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, step, averaged)
-            if requested:
+            if stop:
                 signum, handler = requested.pop()
                 handler(signum, None)  # KeyboardInterrupt, the CLI's Terminated; a handler that raises nothing: go on
-        if requested:  # (it came after the last step's checkpoint)
-            signum, handler = requested.pop()
-            handler(signum, None)
         if is_main:
             log.close()  # (here, where a failed flush is this run's error, not one hiding another)
         if placed.world > 1:
@@ -505,6 +505,8 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
         # Keep what was finished: the last checkpoint stays, and --resume continues from it.
         if bar is not None:
             bar.write(f"interrupted at step {step}; the last checkpoint is kept in {run_dir}")
+        raise
+    except BrokenPipeError:  # stdout's reader went away (the CLI stops quietly)
         raise
     except OSError as exc:  # the log's writes (the checkpoints' are FastWaveNetError already): a full disk
         raise FastWaveNetError(f"cannot write in {run_dir}: {exc.strerror or exc}") from None
@@ -515,6 +517,9 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
         if is_main and not log.closed:
             with contextlib.suppress(OSError):  # what failed is on its way out already
                 log.close()
+    if requested:  # a signal after the last step's look (the run is complete; its handlers are back in place now)
+        signum, handler = requested.pop()
+        handler(signum, None)
 
 
 @contextlib.contextmanager

@@ -143,6 +143,14 @@ def test_another_models_state_is_refused(tiny_file, other_files, backend, call):
         call(Generator(tiny_file, backend=backend), Generator(other_files["plain"], backend=backend))
 
 
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_input_taps_past_the_classes_are_refused(tiny_file, backend):
+    """The numba kernel indexed its input table with them: a segfault (naive's state has no taps)."""
+    gen = Generator(tiny_file, backend=backend)
+    with pytest.raises(FastWaveNetError, match=r"state\.inputs must hold codes in \[0, 255\], or -1"):
+        gen.generate_codes(_set(gen.new_state(1), inputs=torch.full((1, 1), 1 << 40)), 5)
+
+
 def test_another_backends_state_is_refused(tiny_file):
     naive, numba = Generator(tiny_file, backend="naive"), Generator(tiny_file, backend="numba")
     with pytest.raises(FastWaveNetError, match="state must be a QueueState"):

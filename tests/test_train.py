@@ -285,6 +285,7 @@ def test_init_with_more_stacks_starts_from_the_smaller_models_function(sine_fold
     (["train", "{audio}", "--preset", "tiny", "--config", "{badconfig}", "--out", "{tmp}/r"], "not both"),
     (["train", "{audio}", "--preset", "tiny", "--hop-length", "64", "--out", "{tmp}/r"], "add --n-mels"),
     (["train", "--resume", "{tmp}/nothing", "--preset", "large", "--out", "{tmp}/r"], "drop --out, --preset"),
+    (["train", "--resume", "{tmp}/nothing", "--lr", "1e-5", "--batch-size", "4"], "drop --batch-size, --lr"),
     (["train", "{audio}", "--preset", "tiny", "--out", "{tmp}/r", "--batch-size", "100000000"], "GiB"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, words, sine_folder, tmp_path):

@@ -137,6 +137,7 @@ def _bad(tmp_path, models):
     np.save(tmp_path / "strings.npy", np.full((8, 10), "a"))
     np.savez(tmp_path / "hop-array.npz", mel=np.zeros((8, 10), np.float32), hop_length=np.array([32, 32]))
     np.savez(tmp_path / "hop-half.npz", mel=np.zeros((8, 10), np.float32), hop_length=32.5)
+    np.savez(tmp_path / "hop-inf.npz", mel=np.zeros((8, 10), np.float32), hop_length=np.inf)
     (tmp_path / "truncated.npz").write_bytes((tmp_path / "hop.npz").read_bytes()[:100])
     (tmp_path / "wav.npy").write_bytes((tmp_path / "short.wav").read_bytes())
     return {"tmp": tmp_path, **models}
@@ -154,6 +155,7 @@ def _bad(tmp_path, models):
     (["vocode", "{vocoder}", "{tmp}/wav.npy"], "neither .npy nor .npz data"),  # numpy named allow_pickle
     (["vocode", "{vocoder}", "{tmp}/hop-array.npz"], "hop_length must be one whole number"),
     (["vocode", "{vocoder}", "{tmp}/hop-half.npz"], "hop_length must be one whole number"),
+    (["vocode", "{vocoder}", "{tmp}/hop-inf.npz"], "hop_length must be one whole number"),
     (["vocode", "{vocoder}"], "is a model file: give the input to vocode"),  # was read as audio
     (["vocode", "{speakers}", "{tmp}/short.wav"], "not a vocoder"),
     (["generate", "--model", "{vocoder}"], "use fastwavenet vocode"),
