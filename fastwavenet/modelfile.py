@@ -32,6 +32,21 @@ class ModelFile:
     weights: FoldedWeights
     sampling: Sampling | None = None
 
+    def __post_init__(self):
+        # (one made in code, not read from a file: the kernels take their shapes from the config)
+        check_weights(self.config, self.weights)
+
+
+def check_weights(config: WaveNetConfig, weights: FoldedWeights):
+    """A one-line error unless `weights` are folded weights of `config`'s shapes."""
+    if not isinstance(config, WaveNetConfig) or not isinstance(weights, FoldedWeights):
+        raise FastWaveNetError(f"a model is a WaveNetConfig and its FoldedWeights, got {type(config).__name__} and "
+                               f"{type(weights).__name__}")
+    shapes = expected_shapes(config)
+    for name, tensor in weights.tensors().items():
+        if tuple(tensor.shape) != shapes[name]:
+            raise FastWaveNetError(f"weights {name} have shape {tuple(tensor.shape)}, config wants {shapes[name]}")
+
 
 def checksum(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over every tensor's name, shape and bytes, in name order. safetensors checks a file's header, not its
@@ -50,10 +65,7 @@ def save_model(path: str | os.PathLike, config: WaveNetConfig, weights: FoldedWe
     given, the default sampling (metadata "sampling": JSON of its fields)."""
     from safetensors.torch import save_file
 
-    shapes = expected_shapes(config)
-    for name, tensor in weights.tensors().items():
-        if tuple(tensor.shape) != shapes[name]:
-            raise FastWaveNetError(f"weights {name} have shape {tuple(tensor.shape)}, config wants {shapes[name]}")
+    check_weights(config, weights)
     tensors = {k: v.contiguous().cpu() for k, v in weights.tensors().items()}
     for name, tensor in tensors.items():  # load_model refuses them: a file that could never be loaded is not written
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():

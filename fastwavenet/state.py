@@ -41,7 +41,7 @@ def _check_tensor(name: str, tensor, shape: tuple, dtype: torch.dtype, device: t
 
 
 def _values(tensor: torch.Tensor) -> list:
-    """A tensor's values, or its least and greatest (NaN if any is), to judge a range by: a list is quicker for a few."""
+    """A tensor's values, or its least and greatest (NaN if any is), to judge a range by (a list: quicker for a few)."""
     if tensor.numel() <= 64:
         return tensor.flatten().tolist()
     return [v.item() for v in torch.aminmax(tensor)]

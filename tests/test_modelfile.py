@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from fastwavenet import FastWaveNetError, preset
 from fastwavenet.folded import fold
 from fastwavenet.folded import FoldedWeights
-from fastwavenet.modelfile import MODEL_FORMAT, MODEL_VERSION, checksum, load_model, save_model
+from fastwavenet.modelfile import MODEL_FORMAT, MODEL_VERSION, ModelFile, checksum, load_model, save_model
 
 from helpers import random_model
 
@@ -59,6 +59,18 @@ def test_non_finite_weights_are_refused(weights, tmp_path):
                                          "config": preset("tiny").to_json(), "sha256": checksum(data)})
     with pytest.raises(FastWaveNetError, match="head2_b holds NaN or infinite values"):
         load_model(path)
+
+
+def test_a_model_made_in_code_must_match_its_config(weights):
+    """A ModelFile built from a config and another shape's weights generated without a word (the kernels take their
+    shapes from the config)."""
+    import dataclasses
+
+    wider = dataclasses.replace(preset("tiny"), residual_channels=16)
+    with pytest.raises(FastWaveNetError, match=r"weights embed have shape \(2, 256, 8\), config wants \(2, 256, 16\)"):
+        ModelFile(wider, weights)
+    with pytest.raises(FastWaveNetError, match="a model is a WaveNetConfig and its FoldedWeights"):
+        ModelFile(preset("tiny"), weights.tensors())
 
 
 def test_a_file_without_a_checksum_loads_with_a_warning(weights, tmp_path):
