@@ -476,6 +476,30 @@ def test_files_are_synced_once_each_when_finished(tiny_file, tmp_path, monkeypat
     assert len(paths) == 3 and all(soundfile.info(p).frames == 1000 for p in paths)
 
 
+def test_torch_compile_allows_its_recompiles_in_every_thread_that_steps(tiny_file):
+    """torch 2.13 keeps dynamo's settings per thread: the limit the backend raised in the thread that built it was
+    the default 8 in an engine's scheduler thread, which failed ("Hard failure due to fullgraph=True") once the
+    process had compiled eight variants of the step (test_precision's, then test_engine's, in one worker)."""
+    import threading
+
+    from fastwavenet.backends import registry
+    from fastwavenet.backends.torch_compile import RECOMPILE_LIMIT
+
+    if registry()["torch-compile"].unavailable_reason(torch.device("cpu")):
+        pytest.skip("torch-compile does not run here")
+    gen = Generator(tiny_file, backend="torch-compile")
+    seen = []
+
+    def other_thread():
+        gen.generate(samples=5, seed=0)
+        seen.append(torch._dynamo.config.recompile_limit)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join(300)
+    assert seen and seen[0] >= RECOMPILE_LIMIT, seen
+
+
 @pytest.mark.parametrize("fails", ["write", "close"])
 def test_a_write_that_fails_midway_is_one_line_and_leaves_no_file(tiny_file, tmp_path, monkeypatch, fails):
     """A full disk made libsndfile raise "System error." through generate as a traceback."""

@@ -35,12 +35,15 @@ class TorchCompileBackend(TorchBackend):
         super().__init__(config, weights, device, precision)
         # Every instance compiles the same code object (TorchBackend._step), and dynamo caches per code object: its
         # default of 8 entries is reached by a process holding a few models or batch sizes, after which fullgraph
-        # fails. Allow more (a process-wide setting, only raised).
+        # fails. Allow more (only raised). Dynamo's settings are kept per thread, a new thread reading the default
+        # (an engine's scheduler failed with "Hard failure due to fullgraph=True" once the process had compiled
+        # eight variants): each thread that steps raises its own.
         dynamo = torch._dynamo.config
-        dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
         compiled = torch.compile(self._step, fullgraph=True)
 
         def step(queues, inputs, codes, t, cond=None):
+            if dynamo.recompile_limit < RECOMPILE_LIMIT:
+                dynamo.recompile_limit = RECOMPILE_LIMIT
             # Contiguous copies: the callers' slices of a chunk have strides that vary with the chunk's length, and
             # each new stride would compile the step again. A second batch size compiles once more, for any batch.
             return compiled(queues, inputs, codes.contiguous(), t, None if cond is None else cond.contiguous())
