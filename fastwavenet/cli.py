@@ -49,13 +49,12 @@ def cmd_train(args):
     if args.resume and args.init:
         raise FastWaveNetError("--init starts a new run; --resume continues one: pass one of them")
     if args.resume:
-        setup = [flag for flag in ("out", "preset", "config", "sample_rate", "n_mels", "hop_length", "n_fft", "fmin",
-                                   "fmax", *_TRAINING_OPTIONS, "validation_files", "validation_count")
-                 if getattr(args, flag) is not None]
-        if setup or args.speakers_from_folders:
-            flags = [f"--{flag.replace('_', '-')}" for flag in setup] + ["--speakers-from-folders"] * bool(
-                args.speakers_from_folders)
-            raise FastWaveNetError(f"--resume continues a run as it was set up: drop {', '.join(flags)}")
+        setup = ("out", "preset", "config", "sample_rate", "n_mels", "hop_length", "n_fft", "fmin", "fmax",
+                 "speakers_from_folders", *_TRAINING_OPTIONS, "validation_files", "validation_count")
+        setup = [f"--{flag.replace('_', '-')}" for flag in setup  # (not given: None, or False for a switch)
+                 if getattr(args, flag) is not None and getattr(args, flag) is not False]
+        if setup:
+            raise FastWaveNetError(f"--resume continues a run as it was set up: drop {', '.join(setup)}")
         options = TrainOptions(steps=args.steps) if args.steps else None
         train(args.data or None, args.resume, options=options, resume=True, progress=not args.quiet)
         return

@@ -42,7 +42,7 @@ def temporary_beside(path: Path) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     except OSError as exc:
-        raise FastWaveNetError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise write_failed(path, exc) from None
     os.close(fd)
     give_default_mode(Path(tmp))
     return Path(tmp)

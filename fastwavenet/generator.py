@@ -165,7 +165,10 @@ class Generator:
         """Teacher forcing: consume codes (B, T) (sample values for scalar input) and return the head's outputs after
         each, (B, T, O) float32: logits over classes, or a continuous distribution's parameters."""
         self._check_state(state)
-        codes = self.check_codes(codes, state.batch)
+        return self._forward(state, self.check_codes(codes, state.batch), conditioning)
+
+    def _forward(self, state, codes: torch.Tensor, conditioning: Conditioning | None) -> torch.Tensor:
+        """`forward` on a checked state and checked codes."""
         if codes.shape[1] == 0:
             return torch.empty(state.batch, 0, self.config.output_channels)
         terms = self._terms(state, codes.shape[1], conditioning)
@@ -189,7 +192,7 @@ class Generator:
             state.t += skip
             consume = consume[:, skip:]
         if consume.shape[1] > 0:
-            self.forward(state, consume, conditioning)
+            self._forward(state, consume, conditioning)
         state.last = codes[:, -1].to(state.last.device).clone()
 
     def prime_audio(self, state, audio: np.ndarray, conditioning: Conditioning | None = None):

@@ -63,6 +63,7 @@ def save_model(path: str | os.PathLike, config: WaveNetConfig, weights: FoldedWe
                sampling: Sampling | None = None):
     """Write a model file atomically: safetensors, with the format, its version, the config, the checksum and, if
     given, the default sampling (metadata "sampling": JSON of its fields)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     check_weights(config, weights)
@@ -76,8 +77,6 @@ def save_model(path: str | os.PathLike, config: WaveNetConfig, weights: FoldedWe
     if sampling is not None:
         check_rules(config, [sampling])
         metadata["sampling"] = json.dumps(sampling.to_dict(), sort_keys=True)
-    from safetensors import SafetensorError
-
     with atomic_path(path) as tmp:
         try:
             save_file(tensors, str(tmp), metadata=metadata)

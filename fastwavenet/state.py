@@ -27,13 +27,17 @@ def input_dtype(config: WaveNetConfig) -> torch.dtype:
     return torch.float32 if config.scalar_input else torch.int64
 
 
+def _resolved(device: torch.device) -> torch.device:
+    """A bare `cuda` as the GPU the kernels launch on: the current one."""
+    return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" and device.index is None \
+        else device
+
+
 def _check_tensor(name: str, tensor, shape: tuple, dtype: torch.dtype, device: torch.device):
     """A state's array as this model's kernels read it, or a one-line error: they index it by the model's shape, so a
-    state of another model, or an array a caller replaced, would be read out of bounds."""
+    state of another model, or an array a caller replaced, would be read out of bounds. device: `_resolved`."""
     if not isinstance(tensor, torch.Tensor):
         raise FastWaveNetError(f"state.{name} must be a torch tensor, got {type(tensor).__name__}")
-    if device.type == "cuda" and device.index is None:  # (the kernels launch on the current GPU)
-        device = torch.device("cuda", torch.cuda.current_device())
     if tuple(tensor.shape) != shape or tensor.dtype != dtype or tensor.device.type != device.type or (
             device.type == "cuda" and tensor.device.index != device.index):
         raise FastWaveNetError(f"state.{name} is {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}; this "
@@ -52,11 +56,10 @@ def _check_clock_and_last(state, config: WaveNetConfig, device: torch.device):
     classes would index past the input table."""
     if isinstance(state.t, bool) or not isinstance(state.t, int) or state.t < 0:
         raise FastWaveNetError(f"state.t must be a step count (an int >= 0), got {state.t!r}")
-    _check_tensor("last", state.last, tuple(state.last.shape[:1]) if isinstance(state.last, torch.Tensor) else (),
-                  input_dtype(config), device)
     last = state.last
-    if last.ndim != 1:
-        raise FastWaveNetError(f"state.last must be (batch,), got shape {tuple(last.shape)}")
+    if not isinstance(last, torch.Tensor) or last.ndim != 1:
+        raise FastWaveNetError(f"state.last must be a (batch,) tensor, got {getattr(last, 'shape', type(last))}")
+    _check_tensor("last", last, (len(last),), input_dtype(config), device)
     if not last.numel():
         return
     if config.scalar_input:
@@ -137,6 +140,7 @@ class QueueState:
         self.t = view.t
 
     def check(self, config: WaveNetConfig, device: torch.device):
+        device = _resolved(device)
         _check_clock_and_last(self, config, device)
         b = self.batch
         _check_tensor("queues", self.queues, (b, config.queue_length, config.residual_channels), torch.float32, device)
@@ -259,6 +263,7 @@ class HistoryState:
             self.cond[:n, ..., -w:] = view.cond
 
     def check(self, config: WaveNetConfig, device: torch.device):
+        device = _resolved(device)
         _check_clock_and_last(self, config, device)
         b, w = self.batch, self.history.shape[-1] if isinstance(self.history, torch.Tensor) else 0
         _check_tensor("history", self.history, (b, w), input_dtype(config), device)

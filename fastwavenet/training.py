@@ -446,9 +446,8 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
     placed.ddp_model.train()
     # One process: Ctrl-C or SIGTERM stops the run after the step under way, its checkpoint written. (Ranks of a
     # DDP run could stop at different steps and wait for each other: they stop where the signal lands, as before.)
-    between_steps = _stop_between_steps() if placed.world == 1 else contextlib.nullcontext([])
     stack = contextlib.ExitStack()
-    requested = stack.enter_context(between_steps)
+    requested = stack.enter_context(_stop_between_steps(placed.world == 1))
     try:
         for batch in loader:
             t0 = time.perf_counter()
@@ -523,13 +522,14 @@ def _loop(run: _Run, run_dir: Path, train_set, val_batch, model, optimizer, step
 
 
 @contextlib.contextmanager
-def _stop_between_steps():
-    """While training in the main thread, the first Ctrl-C or SIGTERM is only noted (as (signal, its handler) in the
-    list yielded), so that the loop stops after the step under way with a checkpoint of it: raised wherever it
-    landed, an interrupt lost up to a checkpoint interval of steps. The handlers are put back at once, so a second
-    signal acts where it lands. Signals whose handler is not a Python function (SIG_DFL, SIG_IGN) are left alone."""
+def _stop_between_steps(enabled: bool = True):
+    """While training in the main thread (and `enabled`), the first Ctrl-C or SIGTERM is only noted (as (signal, its
+    handler) in the list yielded), so that the loop stops after the step under way with a checkpoint of it: raised
+    wherever it landed, an interrupt lost up to a checkpoint interval of steps. The handlers are put back at once, so a
+    second signal acts where it lands. Signals whose handler is not a Python function (SIG_DFL, SIG_IGN) are left
+    alone."""
     requested, taken = [], []
-    if threading.current_thread() is threading.main_thread():
+    if enabled and threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             handler = signal.getsignal(signum)
             if callable(handler):

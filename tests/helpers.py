@@ -1,6 +1,7 @@
 """Helpers the tests share, imported as `from helpers import ...`: pytest puts tests/ on sys.path (its default
 "prepend" import mode, as for conftest.py), from the repository root or anywhere else. conftest.py keeps only
 fixtures and hooks."""
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -67,6 +68,25 @@ def run_cli(*args, env=None):
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "fastwavenet", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=600)
+
+
+@contextlib.contextmanager
+def interruptible_cli(*args):
+    """`python -m fastwavenet ARGS` as a child process (stdout and stderr piped, text) that Ctrl-C reaches: a test
+    runner started as a background job of a non-interactive shell passes SIGINT on ignored, and a child that ignored
+    it would run to its end, so its default disposition is restored. Killed on every way out of the block."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "fastwavenet", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def one_triton_on_cpu(backends):

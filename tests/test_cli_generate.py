@@ -13,7 +13,7 @@ from fastwavenet import preset
 from fastwavenet.folded import fold
 from fastwavenet.modelfile import save_model
 
-from helpers import run_cli
+from helpers import interruptible_cli, run_cli
 from helpers import random_model
 
 
@@ -139,13 +139,9 @@ def test_readonly_folder_is_refused(model_file, tmp_path):
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
 def test_interrupt_keeps_a_valid_wav(model_file, tmp_path, sig, code):
     out = tmp_path / "long.wav"
-    # A test runner started as a background job of a non-interactive shell passes SIGINT on ignored, and a child
-    # that ignores it would generate its 3000 s to the end: restore the default disposition in the child.
-    proc = subprocess.Popen([sys.executable, "-m", "fastwavenet", "generate", "--model", str(model_file),
-                             "--seconds", "3000", "-o", str(out), "--backend", "torch", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
+    # (never left running on a way out of the test: a 3000 s generation)
+    with interruptible_cli("generate", "--model", model_file, "--seconds", "3000", "-o", out, "--backend", "torch",
+                           "--quiet") as proc:
         deadline = time.time() + 60
         while time.time() < deadline:
             partial = list(tmp_path.glob(".long.wav.*.partial"))
@@ -158,10 +154,6 @@ def test_interrupt_keeps_a_valid_wav(model_file, tmp_path, sig, code):
             _, stderr = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             pytest.fail(f"generate did not stop within 60 s of {sig.name}")
-    finally:
-        if proc.poll() is None:  # on every way out of the test: never leave a 3000 s generation running
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     x, rate = soundfile.read(out)

@@ -18,7 +18,7 @@ from fastwavenet import FastWaveNetError, preset
 from fastwavenet.corpus import Item, derived_seed, read_manifest, shard
 from fastwavenet.sampling import Sampling
 
-from helpers import run_cli, save_models
+from helpers import interruptible_cli, run_cli, save_models
 
 pytest.importorskip("numba")
 
@@ -374,13 +374,8 @@ def test_an_interrupted_run_says_one_line_and_keeps_what_it_finished(models, tmp
         out.mkdir()
         args = ["vocode", models["vocoder"], tmp_path / "long.npy", "-o", out / "voc.wav"]
         started = lambda: [p for p in out.glob(".voc.wav.*.partial") if p.stat().st_size > 44 + 2 * 2000]  # noqa
-    # The child's SIGINT restored: a test runner in the background of a shell passes it on ignored. numba named:
-    # `auto`'s first trial at fewer streams than threads would say its choice on stderr too.
-    process = subprocess.Popen([sys.executable, "-m", "fastwavenet", *map(str, args), "--quiet", "--backend",
-                                "numba"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
+    # numba named: `auto`'s first trial at fewer streams than threads would say its choice on stderr too.
+    with interruptible_cli(*args, "--quiet", "--backend", "numba") as process:
         # Waits only until the first file is done; 300 s leaves room for a cold numba compile on a busy machine
         # (120 s once ran out at the start of a CI run, both test workers compiling)
         deadline = time.monotonic() + 300
@@ -388,10 +383,6 @@ def test_an_interrupted_run_says_one_line_and_keeps_what_it_finished(models, tmp
             time.sleep(0.01)
         process.send_signal(sig)
         _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == code, stderr
     assert stderr.strip() in ("fastwavenet: interrupted", "fastwavenet: terminated"), stderr
     wavs = list(out.glob("*.wav"))

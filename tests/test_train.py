@@ -13,7 +13,7 @@ import torch
 from fastwavenet import FastWaveNetError, preset
 from fastwavenet.training import TrainOptions, load_checkpoint, model_from_checkpoint, train
 
-from helpers import run_cli, wait_until
+from helpers import interruptible_cli, run_cli, wait_until
 
 OPTIONS = dict(batch_size=2, target_length=64, validate_every=2, checkpoint_every=2, seed=7, validation_files=1)
 
@@ -319,20 +319,13 @@ def test_an_interrupted_run_keeps_its_last_step_and_resumes_from_it(sine_folder,
     """Ctrl-C or SIGTERM stops the run after the step under way, with a checkpoint of it: the steps since the last
     checkpoint (up to --checkpoint-every) were lost, and a run stopped before its first could not be resumed."""
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "fastwavenet", "train", str(sine_folder), "--preset", "tiny",
-                             "--steps", "100000", "--checkpoint-every", "100000", "--validate-every", "100000",
-                             "--batch-size", "2", "--target-length", "64", "--out", str(run), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (see test_cli_generate)
-    try:
+    with interruptible_cli("train", sine_folder, "--preset", "tiny", "--steps", "100000", "--checkpoint-every",
+                           "100000", "--validate-every", "100000", "--batch-size", "2", "--target-length", "64",
+                           "--out", run, "--quiet") as proc:
         assert wait_until(lambda: (run / "log.jsonl").exists() and len((run / "log.jsonl").read_text().splitlines())
                           >= 3, seconds=120)
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == code and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert load_checkpoint(run)["step"] == steps[-1] >= 3
