@@ -613,8 +613,14 @@ def resolve_backends(names: list[str], device: str) -> list[str]:
     return names if "naive" in names else ["naive", *names]
 
 
+def row_name(backend: str, precision: str) -> str:
+    return backend if precision == "float32" else f"{backend}/{precision}"
+
+
 def table(results: list[BenchResult], config: WaveNetConfig, info: dict, sampling: Sampling = Sampling(),
-          limits: Limits | GpuLimits | None = None) -> str:
+          limits: Limits | GpuLimits | None = None, names: list[str] = ()) -> str:
+    """The run's header lines and its rows; `names`: every row name the run will print, so that a table printed a
+    row at a time keeps its columns in line."""
     lines = [f"machine: {info['cpu']}, {info['cores']} cores, {info.get('isa', '?')}"
              + (f" (numba target {info['numba_cpu_name']})" if info.get("numba_cpu_name", "host") != "host" else "")
              + (f", numba kernel {info['numba_vector_bits']}-bit vectors" if "numba_vector_bits" in info else "")
@@ -663,11 +669,11 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
                          f"{min(sgemm):,.0f}-{max(sgemm):,.0f} GFLOP/s, weights {min(passes):,.0f}-"
                          f"{max(passes):,.0f} passes/s"
                          + (f", peak {min(peaks):,.0f}-{max(peaks):,.0f} GFLOP/s" if peaks else ""))
-    names = [r.backend if r.precision == "float32" else f"{r.backend}/{r.precision}" for r in results]
-    width = max([10, *map(len, names)])  # `numba-split/int8` and `triton-stream` keep the columns in line
+    labels = [row_name(r.backend, r.precision) for r in results]
+    width = max([10, *map(len, names), *map(len, labels)])  # `numba-split/int8`, `triton-stream` keep the columns
     lines.append(f"{'backend':<{width}} {'batch':>6} {'samples/s':>14} {'x realtime':>11} {'vs naive':>10} "
                  f"{'of limit':>9} {'bound by':>8} {'of peak':>8} {'first call':>11}")
-    for r, name in zip(results, names):
+    for r, name in zip(results, labels):
         speedup = f"{r.speedup_vs_naive:,.0f}x" if r.speedup_vs_naive else "-"
         share = f"{100 * r.of_limit:.0f} %" if r.of_limit is not None else "-"
         peak = f"{100 * r.of_peak:.0f} %" if r.of_peak is not None else "-"
@@ -795,14 +801,16 @@ def benchmark(model: str | os.PathLike | None = None, preset: str = "standard", 
     # so figures from different machines can be compared.
     on_cpu = torch.device(device).type == "cpu"
     limits = measure_limits(model_file) if on_cpu else measure_gpu_limits(model_file, device)
-    print(table([], model_file.config, info, sampling, limits))
+    names = [row_name(b, p) for b in backends for p in precisions]  # the header's and every row's column widths
+    print(table([], model_file.config, info, sampling, limits, names))
     remeasure = (lambda: measure_limits(model_file, 0.25)) if on_cpu else None
     results = measure_rows(model_file, backends, list(batches), device, min_seconds=min_seconds, sampling=sampling,
                   limits=limits, precisions=list(precisions), remeasure=remeasure, repeat=repeat,
-                  progress=lambda r: print(table([r], model_file.config, info).splitlines()[-1], flush=True))
+                  progress=lambda r: print(table([r], model_file.config, info, names=names).splitlines()[-1],
+                                           flush=True))
     if r9y9:
         theirs = measure_r9y9(model_file.config, min_seconds=min_seconds)
-        print(table([theirs], model_file.config, info).splitlines()[-1], flush=True)
+        print(table([theirs], model_file.config, info, names=names).splitlines()[-1], flush=True)
         for r in results:
             if r.backend == "naive" and r.batch == 1:
                 theirs.speedup_vs_naive = theirs.samples_per_s / r.samples_per_s
@@ -810,7 +818,7 @@ def benchmark(model: str | os.PathLike | None = None, preset: str = "standard", 
                 r.speedup_vs_r9y9 = r.samples_per_s / theirs.samples_per_s
         results.append(theirs)
     print()
-    print(table(results, model_file.config, info, sampling, limits))
+    print(table(results, model_file.config, info, sampling, limits, names))
     for r in results:
         if r.speedup_vs_r9y9:
             print(f"{r.backend} at batch {r.batch}: {r.speedup_vs_r9y9:,.1f}x r9y9's incremental_forward "

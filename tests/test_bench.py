@@ -55,6 +55,25 @@ def test_bench_table_json_and_plot(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.png"], "temporary files left behind"
 
 
+def test_rows_printed_as_they_are_measured_line_up_with_the_header():
+    """bench prints its header first and each row as it is measured: every line keeps the widest row name's
+    columns (`numba-split/int8` pushed its own row's columns out of line)."""
+    from fastwavenet import bench
+
+    def row(backend, precision):
+        return bench.BenchResult(backend=backend, batch=64, samples_per_s=1234.0, realtime_factor=0.1,
+                                 speedup_vs_naive=None, first_call_s=0.5, steps=2, seconds=1.0, precision=precision)
+
+    info = {"cpu": "a CPU", "cores": 2}
+    names = [bench.row_name(b, p) for b in ("naive", "numba-split") for p in ("float32", "int8")]
+    assert names == ["naive", "naive/int8", "numba-split", "numba-split/int8"]
+    header = bench.table([], preset("tiny"), info, names=names).splitlines()[-1]
+    end = header.index("batch") + len("batch")
+    for backend, precision in (("naive", "float32"), ("numba-split", "int8")):
+        line = bench.table([row(backend, precision)], preset("tiny"), info, names=names).splitlines()[-1]
+        assert line[:end].endswith(" 64") and len(line) == len(header), (header, line)
+
+
 def test_bench_repeat_keeps_each_rows_best_against_the_best_limits(monkeypatch):
     """--repeat N: N rounds over the rows (naive once), each row's best kept, held against the best limits
     measured before its own runs; the first call is the first round's."""
