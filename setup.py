@@ -38,5 +38,5 @@ setup(
         "plot": ["matplotlib>=3.7"],
         "serve": ["aiohttp>=3.14.4", "prometheus-client>=0.17"],
     },
-    entry_points={"console_scripts": ["fastwavenet=fastwavenet.cli:main"]},
+    entry_points={"console_scripts": ["fastwavenet=fastwavenet.__main__:run"]},
 )

@@ -7,32 +7,37 @@ The public API:
     Engine(model, max_active=...): submit(...) -> Request (iterate, async iterate, cancel, feed/close mel); many
         independent requests batched together
     WaveNetConfig, preset, PRESETS; load_model, save_model, ModelFile; FastWaveNetError
-    train, TrainOptions, export (the training side: imported on first use, so generating never loads it)
+    train, TrainOptions, export (the training side)
 """
 
 __version__ = "0.1.0"
 
-from .config import PRESETS, WaveNetConfig, preset  # noqa: E402
-from .engine import Engine  # noqa: E402
-from .errors import FastWaveNetError  # noqa: E402
-from .generator import Generator, generate_to_wav  # noqa: E402
-from .modelfile import ModelFile, load_model, save_model  # noqa: E402
-from .sampling import Sampling  # noqa: E402
-
-# The training side, loaded when first named (PEP 562), so that a service that only generates never imports it.
-_TRAINING = {"train": "training", "TrainOptions": "training", "export": "convert"}
+# Every name is imported when first used (PEP 562): `import fastwavenet` costs nothing (the `fastwavenet` command
+# imports torch inside its own handling of Ctrl-C), and a service that only generates never imports the training side.
+_WHERE = {"PRESETS": "config", "WaveNetConfig": "config", "preset": "config", "Engine": "engine",
+          "FastWaveNetError": "errors", "Generator": "generator", "generate_to_wav": "generator",
+          "ModelFile": "modelfile", "load_model": "modelfile", "save_model": "modelfile", "Sampling": "sampling",
+          "train": "training", "TrainOptions": "training", "export": "convert"}
 
 
 def __getattr__(name):
-    if name in _TRAINING:
+    if name in _WHERE:
         import importlib
 
-        return getattr(importlib.import_module(f".{_TRAINING[name]}", __name__), name)
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value  # once
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load(model=None, backend: str = "auto", device: str = "cpu") -> Generator:
+def __dir__():
+    return sorted([*globals(), *_WHERE])
+
+
+def load(model=None, backend: str = "auto", device: str = "cpu"):
     """A Generator for a model file (None: the bundled demo model) on `device` with `backend`."""
+    from .generator import Generator
+
     return Generator(model, backend=backend, device=device)
 
 

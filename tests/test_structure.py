@@ -203,6 +203,52 @@ def test_the_training_side_is_still_reachable_from_the_package():
     assert fastwavenet.TrainOptions().steps > 0
 
 
+def test_importing_the_package_costs_nothing_and_every_public_name_is_there():
+    """`import fastwavenet` imports neither torch nor numba (names load on first use), and every name of __all__
+    is reachable."""
+    script = """
+import sys
+import fastwavenet
+print(sorted(m for m in ("torch", "numba", "fastwavenet.generator") if m in sys.modules))
+missing = [n for n in fastwavenet.__all__ if getattr(fastwavenet, n, None) is None]
+print(missing, set(fastwavenet.__all__) <= set(dir(fastwavenet)))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "[] True"], out.stdout
+
+
+def test_ctrl_c_while_the_command_imports_torch_is_one_line():
+    """A Ctrl-C in the first second of any command lands while torch is being imported: one line and exit 130,
+    not a traceback. The child sends itself SIGINT at the moment the import of torch begins."""
+    script = """
+import os, signal, sys
+
+class InterruptAtTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, InterruptAtTorch())
+sys.argv = ["fastwavenet", "doctor"]
+from fastwavenet.__main__ import run
+sys.exit(run())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (out.returncode, out.stderr) == (130, "fastwavenet: interrupted\n")
+
+
+def test_the_command_is_the_guarded_entry_point():
+    """setup.py's console script starts at __main__.run, which holds the CLI's imports inside its Ctrl-C
+    handling."""
+    from fastwavenet.__main__ import run
+
+    assert '"fastwavenet=fastwavenet.__main__:run"' in (ROOT / "setup.py").read_text()
+    assert callable(run)
+
+
 def test_every_package_folder_is_installed():
     """setup.py finds packages by their __init__.py: a folder of modules without one would be left out of a
     non-editable install (as fastwavenet.importers once was; editable installs hide it)."""
