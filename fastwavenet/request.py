@@ -85,6 +85,11 @@ class GenerationRequest:
         if self.seed is not None:
             self._set("seed", _integer("seed", self.seed, 0, SEED_MAX, "an integer in 0..2**63 - 1"))
         Sampling(**self._sampling_fields())  # its checks, field by field
+        shaping = [k for k in SAMPLING_FIELDS[:3] if getattr(self, k) is not None]
+        if self.argmax and shaping:
+            shaping = " and ".join(shaping)
+            raise FastWaveNetError(f"argmax takes the likeliest class, so {shaping} would not apply: give argmax or "
+                                   f"{shaping}, not both")
         if self.speaker is not None:
             if isinstance(self.speaker, np.ndarray):
                 if self.speaker.ndim != 1 or not _numeric(self.speaker) or not np.isfinite(self.speaker).all():
@@ -118,8 +123,12 @@ class GenerationRequest:
         return {k: getattr(self, k) for k in SAMPLING_FIELDS if getattr(self, k) is not None}
 
     def sampling(self, default: Sampling) -> Sampling:
-        """`default` (a model's default rule) with this request's sampling fields on top."""
-        return default.overridden(**self._sampling_fields())
+        """`default` (a model's default rule) with this request's sampling fields on top; a temperature, top-k or
+        top-p asked of a model whose default is argmax samples with it (argmax would ignore it)."""
+        fields = self._sampling_fields()
+        if default.argmax and "argmax" not in fields and fields:
+            fields["argmax"] = False
+        return default.overridden(**fields)
 
     def length(self, config: WaveNetConfig) -> int | None:
         """Samples asked for: samples, or seconds at the model's rate, or for a vocoder given no length, what its
@@ -197,7 +206,7 @@ class GenerationRequest:
             both = [k for k in SAMPLING_FIELDS if kwargs.get(k) is not None]
             if both:
                 raise FastWaveNetError(f"give sampling or {', '.join(both)}, not both")
-            kwargs.update(sampling.to_dict())
+            kwargs.update({"argmax": True} if sampling.argmax else sampling.to_dict())  # argmax ignores the rest
         return cls(**kwargs)
 
     @classmethod

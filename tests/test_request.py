@@ -46,9 +46,27 @@ def test_sampling_fields_go_on_top_of_the_default_field_by_field():
     request = GenerationRequest.from_kwargs(samples=10, sampling=Sampling(top_k=3))
     assert (request.temperature, request.top_k, request.top_p, request.argmax) == (1.0, 3, 1.0, False)
     assert request.sampling(default) == Sampling(top_k=3)
+    assert GenerationRequest.from_kwargs(samples=10, sampling=Sampling(argmax=True)).sampling(default).argmax
     refused("give sampling or top_k, not both", lambda: GenerationRequest.from_kwargs(sampling=Sampling(), top_k=3))
     refused("sampling must be a fastwavenet.Sampling", lambda: GenerationRequest.from_kwargs(sampling={"top_k": 3}))
     refused("unknown argument.*volume", lambda: GenerationRequest.from_kwargs(seconds=1, volume=11))
+
+
+def test_argmax_with_a_temperature_top_k_or_top_p_is_refused_and_those_sample_where_argmax_is_the_default():
+    """argmax ignores the other three fields, so a request giving both had one of its wishes dropped silently (the
+    CLI's `--argmax --temperature 0.8`, the same in JSON or a manifest line); and a temperature asked of a model
+    whose stored default is argmax was ignored the same way: it samples now."""
+    refused("argmax takes the likeliest class, so temperature would not apply: give argmax or temperature, not both",
+            lambda: GenerationRequest(argmax=True, temperature=0.8))
+    refused("so top_k and top_p would not apply: give argmax or top_k and top_p, not both",
+            lambda: GenerationRequest(argmax=True, top_k=5, top_p=0.9))
+    refused("argmax takes", lambda: GenerationRequest.from_json({"seconds": 1, "argmax": True, "top_p": 0.5}))
+    refused("argmax takes", lambda: GenerationRequest.from_args(argparse.Namespace(argmax=True, top_k=3)))
+    assert GenerationRequest(argmax=False, temperature=0.8).sampling(Sampling()) == Sampling(temperature=0.8)
+    greedy = Sampling(temperature=0.9, argmax=True)  # a model file's stored default
+    assert GenerationRequest(top_k=4).sampling(greedy) == Sampling(temperature=0.9, top_k=4)
+    assert GenerationRequest(seconds=1).sampling(greedy) == greedy
+    assert GenerationRequest(argmax=True).sampling(Sampling(temperature=0.7)) == Sampling(temperature=0.7, argmax=True)
 
 
 @pytest.mark.parametrize("fields,message", [
