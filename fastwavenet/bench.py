@@ -748,8 +748,9 @@ def _batch_sizes(text: str) -> list[int]:
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser):
     """`fastwavenet bench`'s flags: `benchmark`'s arguments (the backends and precisions comma-separated)."""
-    parser.add_argument("--preset", default="standard", help="model shape, randomly initialized (default standard)")
-    parser.add_argument("--model", help="a model file instead of a preset")
+    shape = parser.add_mutually_exclusive_group()  # both given: one would be ignored
+    shape.add_argument("--preset", default="standard", help="model shape, randomly initialized (default standard)")
+    shape.add_argument("--model", help="a model file instead of a preset")
     parser.add_argument("--backend", default="all", help="all, or a comma-separated list (naive is always included)")
     parser.add_argument("--batch", type=_batch_sizes, default=[1, 8, 64],
                         help="comma-separated batch sizes (default 1,8,64)")

@@ -332,6 +332,7 @@ BAD = [
     (["--plot", "{tmp}/missing/b.png"], "does not exist"),
     (["--batch", "1,,2"], "comma-separated integers"),  # the empty entry was dropped
     (["--backend", "naive", "--batch", "64"], "nothing to measure"),  # an empty table, exit 0
+    (["--model", "{tmp}/m.safetensors"], "not allowed with argument --preset"),  # the model file won, silently
 ]
 if not torch.cuda.is_available():
     BAD.append((["--device", "cuda"], "CUDA"))
