@@ -48,7 +48,7 @@ _OPTIONS = dict(fastmath=True, error_model="numpy")
 # cycles, one issued a cycle); half blocks and one-vector pieces for the rest.
 _LANES, _NV = {512: 16, 256: 8}[cpu.VECTOR_BITS], 8
 # The kernel's own VNNI sums (`kernels.cpu._sums8`, the vpdpbusd form), on this probe's layouts.
-_BLOCK, _HALF, _PIECE = (cpu._sums8(nv, _LANES, True) for nv in (_NV, _NV // 2, 1))
+_BLOCK, _HALF, _PIECE = (cpu._sums8(nv, _LANES, "vnni") for nv in (_NV, _NV // 2, 1))
 
 
 @njit(**_OPTIONS)
@@ -61,13 +61,13 @@ def vnni_sums(wq, xq, acc):
         wp, ap = wq.ctypes.data + p * k4 * width * 4, acc.ctypes.data + 4 * p * width
         n = 0
         while n + _LANES * _NV <= width:
-            _BLOCK(wp + 4 * n, width, xp, ap + 4 * n, k4)
+            _BLOCK(wp + 4 * n, width, xp, ap + 4 * n, k4, 0)
             n += _LANES * _NV
         while n + _LANES * _NV // 2 <= width:
-            _HALF(wp + 4 * n, width, xp, ap + 4 * n, k4)
+            _HALF(wp + 4 * n, width, xp, ap + 4 * n, k4, 0)
             n += _LANES * _NV // 2
         while n < width:
-            _PIECE(wp + 4 * n, width, xp, ap + 4 * n, k4)
+            _PIECE(wp + 4 * n, width, xp, ap + 4 * n, k4, 0)
             n += _LANES
 
 

@@ -10,7 +10,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .kernels.cpu import BLOCK, HAS_AMX, HAS_VNNI, _amx_begin, _amx_call, _amx_end, _matmul
+from .kernels.cpu import BLOCK, HAS_AMX, HAS_VNNI, SUMS8_KIND, _amx_begin, _amx_call, _amx_end, _matmul
 
 _LANES = BLOCK.lanes
 
@@ -93,8 +93,9 @@ def fma_peak(iterations, threads):
     return out.sum()
 
 
-# The int8 peak: `vpdpbusd` chains (as the FMA peak's, 4 multiply-adds a 32-bit lane), or, where the kernel has AMX,
-# four independent `tdpbusd` on tiles in registers (16 x 16 x 64 multiply-adds each).
+# The int8 peak: `vpdpbusd` chains (as the FMA peak's, 4 multiply-adds a 32-bit lane), or AVX2's byte pairs where the
+# kernel sums by them (`kernels.cpu.SUMS8_KIND`: vpsignb, vpmaddubsw, vpmaddwd, vpaddd, the same 4 a lane), or, where
+# the kernel has AMX, four independent `tdpbusd` on tiles in registers (16 x 16 x 64 multiply-adds each).
 INT8_CHAINS = 12
 AMX_MACS = 4 * 16 * 16 * 64
 
@@ -102,8 +103,9 @@ AMX_MACS = 4 * 16 * 16 * 64
 @intrinsic
 def _int8_chains(typingctx, iterations):
     """`iterations` rounds of the kernel's int8 products in registers, no memory touched: four `tdpbusd` on tiles
-    where `HAS_AMX`, else INT8_CHAINS `vpdpbusd` on full vectors where `HAS_VNNI`, else nothing; returns a lane of
-    the sums (the tiles': 0), so that none is dead code. `int8_macs_per_iteration` says how many multiply-adds."""
+    where `HAS_AMX`, else INT8_CHAINS `vpdpbusd` on full vectors where `HAS_VNNI`, else INT8_CHAINS of byte pairs
+    where the kernel sums by them, else nothing; returns a lane of the sums (the tiles': 0), so that none is dead
+    code. `int8_macs_per_iteration` says how many multiply-adds."""
     sig = types.int32(types.intp)
 
     def codegen(context, builder, signature, args):
@@ -115,6 +117,12 @@ def _int8_chains(typingctx, iterations):
                 for c, a, b in ((0, 4, 6), (1, 4, 7), (2, 5, 6), (3, 5, 7)):
                     _amx_call(builder, "llvm.x86.tdpbusd", [ir.Constant(i8, c), ir.Constant(i8, a), ir.Constant(i8, b)])
             return ir.Constant(i32, 0)
+        if SUMS8_KIND == "pairs":
+            vec = ir.VectorType(i32, _LANES)
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [j] * _LANES)) for j in range(INT8_CHAINS)]
+            w = ir.Constant(vec, [0x01FF01FF] * _LANES)
+            total = _chains(builder, _pairs_step(builder.module, vec), accs, (w,), args[0], builder.add)
+            return builder.extract_element(total, ir.Constant(i32, 0))
         if not HAS_VNNI:
             return ir.Constant(i32, 0)
         vec = ir.VectorType(i32, _LANES)
@@ -128,9 +136,35 @@ def _int8_chains(typingctx, iterations):
     return sig, codegen
 
 
+def _pairs_step(module, vec):
+    """acc + the kernel's byte-pair sums of acc's own bytes (as u8, and as the signs put on w): a function, so that
+    `_chains` calls it as it calls an intrinsic; its inputs come from the chain, so nothing folds to a constant."""
+    name = "fastwavenet_pairs_step"
+    if name in module.globals:
+        return module.globals[name]
+    i1, i8, i16 = ir.IntType(1), ir.IntType(8), ir.IntType(16)
+    nbytes, halves = ir.VectorType(i8, 4 * vec.count), ir.VectorType(i16, 2 * vec.count)
+
+    def function(name, result, operands):
+        return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, operands), name)
+
+    ubsw = function("llvm.x86.avx2.pmadd.ub.sw", halves, [nbytes, nbytes])
+    wd = function("llvm.x86.avx2.pmadd.wd", vec, [halves, halves])
+    sign = function("llvm.x86.avx2.psign.b", nbytes, [nbytes, nbytes])
+    step = ir.Function(module, ir.FunctionType(vec, [vec, vec]), name)
+    step.linkage = "internal"
+    step.attributes.add("alwaysinline")
+    b = ir.IRBuilder(step.append_basic_block())
+    acc, w = step.args
+    x = b.bitcast(acc, nbytes)
+    pairs = b.call(ubsw, [x, b.call(sign, [b.bitcast(w, nbytes), x])])
+    b.ret(b.add(acc, b.call(wd, [pairs, ir.Constant(halves, [1] * (2 * vec.count))])))
+    return step
+
+
 def int8_macs_per_iteration() -> int:
     """Multiply-adds one thread makes in one iteration of `int8_peak` (0: no int8 products of their own here)."""
-    return AMX_MACS if HAS_AMX else INT8_CHAINS * _LANES * 4 if HAS_VNNI else 0
+    return AMX_MACS if HAS_AMX else INT8_CHAINS * _LANES * 4 if HAS_VNNI or SUMS8_KIND == "pairs" else 0
 
 
 @njit(cache=True)

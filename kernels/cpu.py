@@ -237,21 +237,33 @@ def fast_exp_neg(x):
 # request, one answer holds by construction, and the block shapes are free to follow the register file.
 
 
-def _vector_bits() -> int:
-    """The widest vector registers of numba's target (512, 256 or 128 bits): LLVM asked to add two 16-float
-    vectors on that target, and its assembly read (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES apply, as for every kernel)."""
+def _target_assembly(element: ir.Type, count: int) -> str:
+    """The assembly numba's target makes of adding two vectors of `count` `element`s (NUMBA_CPU_NAME /
+    NUMBA_CPU_FEATURES apply, as for every kernel)."""
     import llvmlite.binding as llvm
     from numba.core.registry import cpu_target
 
     probe = ir.Module(name="fastwavenet_vector_probe")
     probe.triple = llvm.get_process_triple()
-    vec = ir.VectorType(ir.FloatType(), 16)
-    fn = ir.Function(probe, ir.FunctionType(ir.VoidType(), [vec.as_pointer()] * 2), "add16")
+    vec = ir.VectorType(element, count)
+    fn = ir.Function(probe, ir.FunctionType(ir.VoidType(), [vec.as_pointer()] * 2), "add")
     b = ir.IRBuilder(fn.append_basic_block())
-    b.store(b.fadd(b.load(fn.args[0]), b.load(fn.args[1])), fn.args[1])
+    add = b.fadd if isinstance(element, ir.FloatType) else b.add
+    b.store(add(b.load(fn.args[0]), b.load(fn.args[1])), fn.args[1])
     b.ret_void()
-    parsed = llvm.parse_assembly(str(probe))
-    asm = cpu_target.target_context.codegen()._tm.emit_assembly(parsed)
+    return cpu_target.target_context.codegen()._tm.emit_assembly(llvm.parse_assembly(str(probe)))
+
+
+def _vector_bits() -> int:
+    """The widest vector registers of numba's target (512, 256 or 128 bits): LLVM asked to add two 16-float
+    vectors on that target, and its assembly read."""
+    asm = _target_assembly(ir.FloatType(), 16)
+    return 512 if "zmm" in asm else 256 if "ymm" in asm else 128
+
+
+def _integer_vector_bits() -> int:
+    """The same for integers (AVX has 256-bit float vectors only; AVX2 integer ones too)."""
+    asm = _target_assembly(ir.IntType(32), 16)
     return 512 if "zmm" in asm else 256 if "ymm" in asm else 128
 
 
@@ -835,30 +847,62 @@ def _has_vnni() -> bool:
 HAS_VNNI = _has_vnni()
 
 
-def _sums8(nv: int, lanes: int, vnni: bool):
+# Without VNNI, AVX2 still multiplies u8 x int8 bytes in pairs (`vpmaddubsw`: two products summed to int16, saturating)
+# and sums int16 pairs to int32 (`vpmaddwd` by ones): the four products of a 32-bit lane in two instructions, where
+# widening each byte to int32 takes a dozen. To keep the int16 sums from saturating, each pair is |s| * (q * sign s)
+# with s = xq - 128 in [-128, 127] (`vpabsb` once per input word, `vpsignb` per weight vector): |s| <= 128 and
+# |q| <= 127, so a pair's sum is at most 2 * 128 * 127 = 32512 < 2**15. Those are sum (xq - 128) q; the accumulators
+# start from the column's 128 x sum of q (`CpuWeights`' colsum), so the block ends on sum xq q, every other variant's
+# exact int32 sums.
+SUMS8_KINDS = ("vnni", "pairs", "widen")
+
+
+def _sums8(nv: int, lanes: int, kind: str):
     """An intrinsic: acc[n] (int32, n < nv * lanes) = sum_{i < 4 * k4} xq[i] * q[i, n], xq uint8, q int8 in the
     layout of `w8a8_layout` (four consecutive inputs of a column in one 32-bit word, rows of ldw words), nv chains of
-    `lanes` int32 lanes: `vpdpbusd` where `vnni`, else each byte widened to int32, multiplied, the four of a word
-    added (the same sums). Arguments, addresses and the row stride in words (intp): (q, ldw, xq, acc, k4), q at
-    column n0's word of row 0, acc at acc[n0]."""
+    `lanes` int32 lanes: `vpdpbusd` where `kind` is "vnni", byte pairs where "pairs" (AVX2's 8 lanes: the note
+    above), else ("widen") each byte widened to int32, multiplied, the four of a word added (the same sums).
+    Arguments, addresses and the row stride in words (intp): (q, ldw, xq, acc, k4, c), q at column n0's word of row
+    0, acc at acc[n0], c at the 128 x column sums' c[n0] (read by "pairs" only)."""
+    assert kind in SUMS8_KINDS and (kind != "pairs" or lanes == 8)
 
     @intrinsic
-    def block(typingctx, q, ldw, xq, acc, k4):
-        sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp)
+    def block(typingctx, q, ldw, xq, acc, k4, c):
+        sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
-            qp, ldw, xp, accp, k4 = args
-            i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+            qp, ldw, xp, accp, k4, cp = args
+            i1, i8, i16, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
             vec = ir.VectorType(i32, lanes)
-            if vnni:
-                name = f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"  # (acc, u8 x 4 a lane, int8 x 4 a lane)
-                fn = builder.module.globals.get(name) or ir.Function(builder.module,
-                                                                     ir.FunctionType(vec, [vec] * 3), name)
+            nbytes = ir.VectorType(i8, 4 * lanes)
+
+            def function(name, result, operands):
+                return builder.module.globals.get(name) or ir.Function(builder.module,
+                                                                       ir.FunctionType(result, operands), name)
+
+            if kind == "vnni":
+                fn = function(f"llvm.x86.avx512.vpdpbusd.{32 * lanes}", vec, [vec] * 3)  # (acc, u8 x 4, int8 x 4)
 
                 def dot(a, x, w):
                     return builder.call(fn, [a, x, w])
+            elif kind == "pairs":
+                halves = ir.VectorType(i16, 2 * lanes)
+                ubsw = function("llvm.x86.avx2.pmadd.ub.sw", halves, [nbytes, nbytes])
+                wd = function("llvm.x86.avx2.pmadd.wd", vec, [halves, halves])
+                sign = function("llvm.x86.avx2.psign.b", nbytes, [nbytes, nbytes])
+                absolute = function(f"llvm.abs.v{4 * lanes}i8", nbytes, [nbytes, i1])
+                ones = ir.Constant(halves, [1] * (2 * lanes))
+
+                def centred(x):  # (|s|, s) for the word's four inputs, s = xq - 128 (xor of the top bit)
+                    s = builder.xor(builder.bitcast(x, nbytes), ir.Constant(nbytes, [-128] * (4 * lanes)))
+                    return builder.call(absolute, [s, ir.Constant(i1, 0)]), s
+
+                def dot(a, x, w):
+                    size, s = x
+                    pairs = builder.call(ubsw, [size, builder.call(sign, [builder.bitcast(w, nbytes), s])])
+                    return builder.add(a, builder.call(wd, [pairs, ones]))
             else:
-                nbytes, wide = ir.VectorType(i8, 4 * lanes), ir.VectorType(i32, 4 * lanes)
+                wide = ir.VectorType(i32, 4 * lanes)
                 picks = [ir.Constant(vec, [4 * m + r for m in range(lanes)]) for r in range(4)]
 
                 def dot(a, x, w):
@@ -868,18 +912,23 @@ def _sums8(nv: int, lanes: int, vnni: bool):
                                       for pick in picks)
                     return builder.add(a, builder.add(builder.add(r0, r1), builder.add(r2, r3)))
             wptr, xptr = builder.inttoptr(qp, i32.as_pointer()), builder.inttoptr(xp, i32.as_pointer())
-            aptr = builder.inttoptr(accp, i32.as_pointer())
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * lanes)) for _ in range(nv)]
+            aptr, cptr = builder.inttoptr(accp, i32.as_pointer()), builder.inttoptr(cp, i32.as_pointer())
+            if kind == "pairs":
+                accs = [cgutils.alloca_once_value(builder, builder.load(builder.bitcast(
+                    builder.gep(cptr, [ir.Constant(i64, lanes * v)]), vec.as_pointer()), align=4)) for v in range(nv)]
+            else:
+                accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * lanes)) for _ in range(nv)]
             with cgutils.for_range(builder, k4) as loop:
                 i = loop.index
                 word = builder.load(builder.gep(xptr, [i]), align=4)  # 4 u8 inputs, the same for every column
                 one = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(i32, 0))
                 splat = builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), ir.Constant(vec, [0] * lanes))
+                x = centred(splat) if kind == "pairs" else splat
                 row = builder.mul(i, ldw)
                 for v in range(nv):
                     at = builder.bitcast(builder.gep(wptr, [builder.add(row, ir.Constant(i64, lanes * v))]),
                                          vec.as_pointer())
-                    builder.store(dot(builder.load(accs[v]), splat, builder.load(at, align=4)), accs[v])
+                    builder.store(dot(builder.load(accs[v]), x, builder.load(at, align=4)), accs[v])
             for v in range(nv):
                 at = builder.bitcast(builder.gep(aptr, [ir.Constant(i64, lanes * v)]), vec.as_pointer())
                 builder.store(builder.load(accs[v]), at, align=4)
@@ -892,7 +941,8 @@ def _sums8(nv: int, lanes: int, vnni: bool):
 
 # 8 chains cover vpdpbusd's latency (5 cycles, one issued a cycle); then single vectors, then single columns.
 _NV8 = 8
-_SUMS8, _SUMS8_VEC, _SUMS8_ONE = _sums8(_NV8, _L, HAS_VNNI), _sums8(1, _L, HAS_VNNI), _sums8(1, 1, False)
+SUMS8_KIND = "vnni" if HAS_VNNI else "pairs" if VECTOR_BITS == _integer_vector_bits() == 256 else "widen"
+_SUMS8, _SUMS8_VEC, _SUMS8_ONE = _sums8(_NV8, _L, SUMS8_KIND), _sums8(1, _L, SUMS8_KIND), _sums8(1, 1, "widen")
 
 
 # ---- w8a8 on AMX: a tile of streams at a time ------------------------------------------------------------------
@@ -1113,18 +1163,18 @@ def _epilogue8_rows(y, a, rows, bias, scale, colsum, acc, x_scale):
 
 
 @njit(**_OPTIONS)
-def _sums8_range(qp, ldw, k4, xqp, accp, first, last):
+def _sums8_range(qp, ldw, k4, xqp, accp, first, last, cp):
     """acc[n - first] = sum_i xq[i] * q[i, n] for n in [first, last): `_sums8` blocks, vectors, then columns. qp:
-    the product's first row of words, ldw its row stride in words."""
+    the product's first row of words, ldw its row stride in words; cp: its 128 x column sums (int32), column 0's."""
     n = first
     while n + _NV8 * _L <= last:
-        _SUMS8(qp + 4 * n, ldw, xqp, accp + 4 * (n - first), k4)
+        _SUMS8(qp + 4 * n, ldw, xqp, accp + 4 * (n - first), k4, cp + 4 * n)
         n += _NV8 * _L
     while n + _L <= last:
-        _SUMS8_VEC(qp + 4 * n, ldw, xqp, accp + 4 * (n - first), k4)
+        _SUMS8_VEC(qp + 4 * n, ldw, xqp, accp + 4 * (n - first), k4, cp + 4 * n)
         n += _L
     while n < last:
-        _SUMS8_ONE(qp + 4 * n, ldw, xqp, accp + 4 * (n - first), k4)
+        _SUMS8_ONE(qp + 4 * n, ldw, xqp, accp + 4 * (n - first), k4, cp + 4 * n)
         n += 1
 
 
@@ -1157,7 +1207,7 @@ def _products8(qp, ldw, K, bp, sp, cp, work, yp, ldy, ap, lda, nb, first, last):
                         bias, scale, colsum, acc[:nb * m].reshape((nb, m)), x_scale)
         return
     for b in range(nb):
-        _sums8_range(qp, ldw, k4, _at(xq[b]), _at(acc), first, last)
+        _sums8_range(qp, ldw, k4, _at(xq[b]), _at(acc), first, last, cp)
         _epilogue8(carray(_f32_at(yp + 4 * b * ldy), m), carray(_f32_at(ap + 4 * b * lda), m), bias, scale, colsum,
                    acc[:m], x_scale[b])
 

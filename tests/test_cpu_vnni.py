@@ -154,6 +154,71 @@ def test_w8a8_products_are_the_quantized_arithmetic_bit_for_bit(k, n):
         np.testing.assert_array_equal(w8a8_product(q, scale, bias, x[b:b + 1], start[b:b + 1], first), y[b:b + 1])
 
 
+def _kinds_here():
+    """The `_sums8` kinds numba's target can run: the integer fallback anywhere, byte pairs with AVX2's integer
+    vectors, vpdpbusd with VNNI."""
+    kinds = ["widen"]
+    if cpu._integer_vector_bits() == 256:
+        kinds.append("pairs")
+    if cpu.HAS_VNNI:
+        kinds.append("vnni")
+    return kinds
+
+
+@pytest.mark.parametrize("kind", ["widen", "pairs", "vnni"])
+def test_every_kind_of_int8_sums_is_exact_at_the_extremes(kind):
+    """Each `_sums8` kind the target runs, in 8-vector blocks and single vectors of 8 lanes (AVX2's width; 16 for
+    VNNI on AVX-512), gives numpy's int64 sums of xq (uint8) x q (int8): 0 and 255 against +-127 in every word (the
+    pairs' int16 sums at their largest, 2 * 128 * 127), K not a multiple of 4."""
+    if kind not in _kinds_here():
+        pytest.skip(f"numba's target cannot run {kind!r} sums")
+    from numba import njit
+
+    lanes = cpu._L if kind == "vnni" else 8
+    blocks = [(nv, cpu._sums8(nv, lanes, kind)) for nv in (8, 1)]
+    big, one = blocks[0][1], blocks[1][1]
+
+    @njit
+    def sums(v, xq, colsum, acc):
+        k4, width = v.shape[0], v.shape[1] // 4
+        n = 0
+        while n + 8 * lanes <= width:
+            big(v.ctypes.data + 4 * n, width, xq.ctypes.data, acc.ctypes.data + 4 * n, k4, colsum.ctypes.data + 4 * n)
+            n += 8 * lanes
+        while n + lanes <= width:
+            one(v.ctypes.data + 4 * n, width, xq.ctypes.data, acc.ctypes.data + 4 * n, k4, colsum.ctypes.data + 4 * n)
+            n += lanes
+
+    rng = np.random.default_rng(38)
+    k, n = 1030, 9 * lanes
+    q = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    q[:, 0], q[:, 1], q[:8, 2], q[8:, 2] = 127, -127, 127, -127
+    xq = rng.integers(0, 256, 4 * (-(-k // 4))).astype(np.uint8)
+    xq[:8], xq[8:16] = 255, 0
+    v, colsum = cpu.w8a8_layout(q)
+    acc = np.zeros(n, np.int32)
+    sums(v, xq, colsum[0], acc)
+    np.testing.assert_array_equal(acc, xq[:k].astype(np.int64) @ q.astype(np.int64))
+
+
+def test_w8a8_sums_by_byte_pairs_where_the_target_has_avx2_and_not_vnni():
+    assert cpu.SUMS8_KIND == ("vnni" if cpu.HAS_VNNI else "pairs" if cpu.VECTOR_BITS == 256 and
+                              cpu._integer_vector_bits() == 256 else "widen")
+    if cpu.SUMS8_KIND == "pairs":
+        from numba import njit
+
+        @njit
+        def block(v, xq, acc, colsum):  # the kernel's own 8-vector block
+            cpu._SUMS8(v.ctypes.data, 64, xq.ctypes.data, acc.ctypes.data, v.shape[0], colsum.ctypes.data)
+
+        v, colsum = cpu.w8a8_layout(np.ones((8, 64), np.int8))
+        acc = np.zeros(64, np.int32)
+        block(v, np.full(8, 3, np.uint8), acc, colsum[0])
+        assert (acc == 24).all()
+        code = "".join(block.inspect_asm().values())
+        assert "vpmaddubsw" in code and "vpsignb" in code and "vpmaddwd" in code
+
+
 def test_w8a8_uses_vnni_where_the_target_has_it():
     if cpu.VECTOR_BITS != 512:
         pytest.skip("checked for 512-bit targets (AVX-512 VNNI)")
