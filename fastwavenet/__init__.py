@@ -10,7 +10,27 @@ The public API:
     train, TrainOptions, export (the training side)
 """
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
+
+from typing import TYPE_CHECKING
+
+from .files import cache_root as _cache_root, place_numba_cache as _place_numba_cache
+
+# numba's compiled kernels go to the user's cache, not beside the installed source: set before any kernel module
+# (`fastwavenet.kernels.cpu` and the rest are decorated with cache=True) can be imported.
+_place_numba_cache(_cache_root() / "numba")
+
+if TYPE_CHECKING:  # the names below, for type checkers and editors; at run time each loads on first use
+    from .config import PRESETS, WaveNetConfig, preset
+    from .convert import export
+    from .engine import Engine
+    from .errors import FastWaveNetError
+    from .generator import Generator, generate_to_wav
+    from .modelfile import ModelFile, load_model, save_model
+    from .sampling import Sampling
+    from .training import TrainOptions, train
 
 # Every name is imported when first used (PEP 562): `import fastwavenet` costs nothing (the `fastwavenet` command
 # imports torch inside its own handling of Ctrl-C), and a service that only generates never imports the training side.
@@ -31,10 +51,10 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted([*globals(), *_WHERE])
+    return sorted({*globals(), *_WHERE})
 
 
-def load(model=None, backend: str = "auto", device: str = "cpu"):
+def load(model=None, backend: str = "auto", device: str = "cpu") -> Generator:
     """A Generator for a model file (None: the bundled demo model) on `device` with `backend`."""
     from .generator import Generator
 

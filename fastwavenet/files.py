@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +22,22 @@ def cache_root() -> Path:
     if not root:
         root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastwavenet"
     return Path(root)
+
+
+def place_numba_cache(folder: Path):
+    """Keep numba's compiled code in `folder` (fastwavenet's user cache, files.cache_root) instead of beside the
+    kernels' source, inside the installed package: `pip uninstall` left that folder behind, and a later editable
+    install then imported `fastwavenet` as an empty namespace package. A user's own NUMBA_CACHE_DIR is kept.
+
+    numba reads NUMBA_CACHE_DIR when it is first imported and places a function's cache when the function is
+    decorated, so this runs when fastwavenet is imported (its __init__), before any kernel module (and sets numba's
+    setting too if numba came first). numba has one cache folder per process: other numba code in the process caches there too."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    os.environ["NUMBA_CACHE_DIR"] = str(folder)
+    config = sys.modules.get("numba.core.config")
+    if config is not None and not config.CACHE_DIR:
+        config.CACHE_DIR = str(folder)
 
 
 def check_writable(path: str | os.PathLike) -> Path:

@@ -35,7 +35,7 @@ from ..files import cache_root
 from ..folded import FoldedWeights
 from .base import Backend, full_fp32, resolve_device
 from .naive import NaiveBackend
-from .numba_cpu import NumbaBackend, NumbaSplitBackend, numba_threads, place_numba_cache
+from .numba_cpu import NumbaBackend, NumbaSplitBackend, numba_threads
 from .onnxruntime_step import OnnxRuntimeBackend
 from .torch_compile import TorchCompileBackend
 from .torch_queues import TorchBackend
@@ -91,10 +91,6 @@ TRIAL_SECONDS = 0.5
 def auto_cache_path() -> Path:
     """Where `auto`'s trial results are kept: auto-backend.json in `cache_root()`."""
     return cache_root() / "auto-backend.json"
-
-
-# Importing fastwavenet imports this module before any kernel module: numba's cache is placed now (numba_cpu).
-place_numba_cache(cache_root() / "numba")
 
 
 def _trial_key(config: WaveNetConfig, device: torch.device, precision: str, batch: int) -> str:

@@ -5,10 +5,7 @@ streams than cores. This module is the only place that knows how that kernel wan
 from __future__ import annotations
 
 import math
-import os
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,22 +17,6 @@ from .base import Backend
 
 _START_LOCK = threading.Lock()
 _started = False
-
-
-def place_numba_cache(folder: Path):
-    """Keep numba's compiled code in `folder` (fastwavenet's user cache, files.cache_root) instead of beside the
-    kernels' source, inside the installed package: `pip uninstall` left that folder behind, and a later editable
-    install then imported `fastwavenet` as an empty namespace package. A user's own NUMBA_CACHE_DIR is kept.
-
-    numba reads NUMBA_CACHE_DIR when it is first imported and places a function's cache when the function is
-    decorated, so this runs when fastwavenet is imported, before any kernel module (and sets numba's setting too if
-    numba came first). numba has one cache folder per process: other numba code in the process caches there too."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return
-    os.environ["NUMBA_CACHE_DIR"] = str(folder)
-    config = sys.modules.get("numba.core.config")
-    if config is not None and not config.CACHE_DIR:
-        config.CACHE_DIR = str(folder)
 
 
 def numba_threads() -> int:
