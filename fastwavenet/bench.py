@@ -654,9 +654,10 @@ def table(results: list[BenchResult], config: WaveNetConfig, info: dict, samplin
                          f"{limits.fma_threads} threads: {limits.fma_gflops:,.0f} GFLOP/s (the `of peak` column: "
                          f"any vendor's CPU, any row)")
         if limits.int8_gops:
-            from .kernels.cpu import HAS_AMX
+            from .kernels.cpu import HAS_AMX, HAS_VNNI
 
-            lines.append(f"int8: the kernel's int8 multiply-adds in registers ({'AMX tiles' if HAS_AMX else 'VNNI'}), "
+            kind = "AMX tiles" if HAS_AMX else "VNNI" if HAS_VNNI else "AVX2's byte pairs"
+            lines.append(f"int8: the kernel's int8 multiply-adds in registers ({kind}), "
                          f"{limits.int8_threads} threads: {limits.int8_gops:,.0f} GOP/s (w8a8 rows' batched limit and "
                          f"peak, in place of sgemm's and the FMA peak)")
         again = [r for r in results if r.limit_sgemm_gflops is not None]

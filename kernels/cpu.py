@@ -824,8 +824,9 @@ def _matmul(w, bias, x, nb, y, first, last, start, scale=None):
 # the same ones; then y[n] = (a[n] + bias[n]) + (x_scale * w_scale[n]) * float32(acc[n] - 128 * colsum[n]), float32
 # operations in that order with no fast-math (`_quantize8`, `_epilogue8`), so a stream's numbers are the same alone,
 # in any batch, on any CPU. Where numba's target has VNNI (AVX-512 VNNI, or AVX-VNNI for 256-bit vectors) each
-# 32-bit lane gathers four u8 x int8 products per `vpdpbusd`; elsewhere LLVM IR widens the bytes to int32 lanes,
-# multiplies and adds the same sums (slower). Measured in benchmarks/cpu_vnni.py and docs/BENCHMARKS.md.
+# 32-bit lane gathers four u8 x int8 products per `vpdpbusd`; with AVX2 alone, byte pairs (`_sums8`'s "pairs", the
+# note above SUMS8_KINDS); elsewhere LLVM IR widens the bytes to int32 lanes, multiplies and adds the same sums
+# (slowest). Measured in benchmarks/cpu_vnni.py and docs/BENCHMARKS.md.
 
 
 def _target_features() -> set:
@@ -1273,6 +1274,8 @@ def w8a8_layout(q: np.ndarray, taps: int = 1) -> tuple[np.ndarray, np.ndarray]:
     *lead, rows, n = q.shape
     k = rows // taps
     k4 = -(-k // 4)
+    if q.size and q.min() < -127:  # `_sums8`'s byte pairs are exact for q in [-127, 127] (int8_parts' range)
+        raise ValueError("w8a8 weights must lie in [-127, 127]")
     padded = np.zeros((*lead, taps, 4 * k4, n), np.int8)
     padded[..., :k, :] = q.reshape(*lead, taps, k, n)
     words = padded.reshape(*lead, taps, k4, 4, n).swapaxes(-1, -2)  # (..., taps, k4, n, 4)

@@ -158,7 +158,7 @@ def _kinds_here():
     """The `_sums8` kinds numba's target can run: the integer fallback anywhere, byte pairs with AVX2's integer
     vectors, vpdpbusd with VNNI."""
     kinds = ["widen"]
-    if cpu._integer_vector_bits() == 256:
+    if cpu._integer_vector_bits() >= 256:  # AVX2's integer vectors (AVX-512 has them too)
         kinds.append("pairs")
     if cpu.HAS_VNNI:
         kinds.append("vnni")
@@ -229,19 +229,20 @@ def test_w8a8_uses_vnni_where_the_target_has_it():
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
                     reason="the target without VNNI is reached through numba's x86 CPU names")
 def test_w8a8_without_vnni_gives_the_same_numbers(tmp_path):
-    """Compiled for a CPU without VNNI (haswell, 256-bit vectors, in a subprocess: numba reads its target once), the
-    integer fallback gives the same products and the same teacher-forced logits bit for bit."""
+    """Compiled for a CPU without VNNI or AVX2 (sandybridge: 256-bit float vectors, 128-bit integer ones; in a
+    subprocess: numba reads its target once), the widening integer fallback gives the same products and the same
+    teacher-forced logits bit for bit as this process's sums (VNNI, or on an AVX2 machine byte pairs)."""
     script = f"""
 import sys, numpy as np, torch
 sys.path.insert(0, {str(ROOT / "tests")!r})
 from fastwavenet.kernels import cpu
 from test_cpu_vnni import PRODUCT_SHAPES, product_case, w8a8_product, w8a8_logits
-assert not cpu.HAS_VNNI and cpu.VECTOR_BITS == 256
+assert not cpu.HAS_VNNI and cpu.VECTOR_BITS == 256 and cpu.SUMS8_KIND == "widen"
 out = {{f"p{{k}}x{{n}}": w8a8_product(*product_case(k, n, k + n), 1) for k, n in PRODUCT_SHAPES}}
 out["logits"] = w8a8_logits()
 np.savez({str(tmp_path / "child.npz")!r}, **out)
 """
-    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "FASTWAVENET_VNNI_CHILD": "1"}
+    env = {**os.environ, "NUMBA_CPU_NAME": "sandybridge", "NUMBA_CPU_FEATURES": "", "FASTWAVENET_VNNI_CHILD": "1"}
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
