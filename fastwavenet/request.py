@@ -85,7 +85,8 @@ class GenerationRequest:
         if self.seed is not None:
             self._set("seed", _integer("seed", self.seed, 0, SEED_MAX, "an integer in 0..2**63 - 1"))
         Sampling(**self._sampling_fields())  # its checks, field by field
-        shaping = [k for k in SAMPLING_FIELDS[:3] if getattr(self, k) is not None]
+        neutral = Sampling()  # temperature 1, top-k 0, top-p 1 change nothing (`info --json` shows them beside argmax)
+        shaping = [k for k in SAMPLING_FIELDS[:3] if getattr(self, k) not in (None, getattr(neutral, k))]
         if self.argmax and shaping:
             shaping = " and ".join(shaping)
             raise FastWaveNetError(f"argmax takes the likeliest class, so {shaping} would not apply: give argmax or "

@@ -46,7 +46,8 @@ def test_sampling_fields_go_on_top_of_the_default_field_by_field():
     request = GenerationRequest.from_kwargs(samples=10, sampling=Sampling(top_k=3))
     assert (request.temperature, request.top_k, request.top_p, request.argmax) == (1.0, 3, 1.0, False)
     assert request.sampling(default) == Sampling(top_k=3)
-    assert GenerationRequest.from_kwargs(samples=10, sampling=Sampling(argmax=True)).sampling(default).argmax
+    greedy = GenerationRequest.from_kwargs(samples=10, sampling=Sampling(argmax=True))
+    assert greedy.sampling(default) == default.overridden(argmax=True)
     refused("give sampling or top_k, not both", lambda: GenerationRequest.from_kwargs(sampling=Sampling(), top_k=3))
     refused("sampling must be a fastwavenet.Sampling", lambda: GenerationRequest.from_kwargs(sampling={"top_k": 3}))
     refused("unknown argument.*volume", lambda: GenerationRequest.from_kwargs(seconds=1, volume=11))
@@ -63,6 +64,8 @@ def test_argmax_with_a_temperature_top_k_or_top_p_is_refused_and_those_sample_wh
     refused("argmax takes", lambda: GenerationRequest.from_json({"seconds": 1, "argmax": True, "top_p": 0.5}))
     refused("argmax takes", lambda: GenerationRequest.from_args(argparse.Namespace(argmax=True, top_k=3)))
     assert GenerationRequest(argmax=False, temperature=0.8).sampling(Sampling()) == Sampling(temperature=0.8)
+    # the neutral values change nothing, so a model's whole default rule (as `info --json` shows it) is taken back
+    assert GenerationRequest(argmax=True, temperature=1.0, top_k=0, top_p=1.0).argmax
     greedy = Sampling(temperature=0.9, argmax=True)  # a model file's stored default
     assert GenerationRequest(top_k=4).sampling(greedy) == Sampling(temperature=0.9, top_k=4)
     assert GenerationRequest(seconds=1).sampling(greedy) == greedy
