@@ -173,7 +173,7 @@ TARGETS = {256: "haswell", 128: "nehalem"}
 @pytest.mark.skipif(os.environ.get("FASTWAVENET_BLOCKS_CHILD") == "1", reason="already a child run")
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
                     reason="the other x86 vector widths are reached through numba's x86 CPU names")
-@pytest.mark.parametrize("bits", [b for b in cpu.BLOCKS if b != cpu.VECTOR_BITS])
+@pytest.mark.parametrize("bits", [b for b in cpu.BLOCKS if b < cpu.VECTOR_BITS])  # (a CPU runs narrower code only)
 def test_other_vector_widths_in_a_subprocess(bits):
     env = dict(os.environ, NUMBA_CPU_NAME=TARGETS[bits], NUMBA_CPU_FEATURES="", FASTWAVENET_BLOCKS_CHILD="1",
                FASTWAVENET_EXPECT_VECTOR_BITS=str(bits))  # numba keys its cache by target: no clash
