@@ -31,7 +31,8 @@ def place_numba_cache(folder: Path):
 
     numba reads NUMBA_CACHE_DIR when it is first imported and places a function's cache when the function is
     decorated, so this runs when fastwavenet is imported (its __init__), before any kernel module (and sets numba's
-    setting too if numba came first). numba has one cache folder per process: other numba code in the process caches there too."""
+    setting too if numba came first). numba has one cache folder per process: other numba code in the process caches
+    there too."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return
     os.environ["NUMBA_CACHE_DIR"] = str(folder)
