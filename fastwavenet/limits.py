@@ -10,7 +10,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .kernels.cpu import BLOCK, HAS_AMX, HAS_VNNI, SUMS8_KIND, _amx_begin, _amx_call, _amx_end, _matmul
+from .kernels.cpu import (BLOCK, HAS_AMX, HAS_VNNI, SUMS8_KIND, _amx_begin, _amx_call, _amx_end, _matmul,
+                          _pair_sums)
 
 _LANES = BLOCK.lanes
 
@@ -137,28 +138,19 @@ def _int8_chains(typingctx, iterations):
 
 
 def _pairs_step(module, vec):
-    """acc + the kernel's byte-pair sums of acc's own bytes (as u8, and as the signs put on w): a function, so that
-    `_chains` calls it as it calls an intrinsic; its inputs come from the chain, so nothing folds to a constant."""
+    """acc + the kernel's byte-pair sums (`kernels.cpu._pair_sums`) of acc's own bytes (as u8, and as the signs put
+    on w): a function, so that `_chains` calls it as it calls an intrinsic; its inputs come from the chain, so
+    nothing folds to a constant."""
     name = "fastwavenet_pairs_step"
     if name in module.globals:
         return module.globals[name]
-    i1, i8, i16 = ir.IntType(1), ir.IntType(8), ir.IntType(16)
-    nbytes, halves = ir.VectorType(i8, 4 * vec.count), ir.VectorType(i16, 2 * vec.count)
-
-    def function(name, result, operands):
-        return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, operands), name)
-
-    ubsw = function("llvm.x86.avx2.pmadd.ub.sw", halves, [nbytes, nbytes])
-    wd = function("llvm.x86.avx2.pmadd.wd", vec, [halves, halves])
-    sign = function("llvm.x86.avx2.psign.b", nbytes, [nbytes, nbytes])
     step = ir.Function(module, ir.FunctionType(vec, [vec, vec]), name)
     step.linkage = "internal"
     step.attributes.add("alwaysinline")
     b = ir.IRBuilder(step.append_basic_block())
     acc, w = step.args
-    x = b.bitcast(acc, nbytes)
-    pairs = b.call(ubsw, [x, b.call(sign, [b.bitcast(w, nbytes), x])])
-    b.ret(b.add(acc, b.call(wd, [pairs, ir.Constant(halves, [1] * (2 * vec.count))])))
+    x = b.bitcast(acc, ir.VectorType(ir.IntType(8), 4 * vec.count))
+    b.ret(_pair_sums(b, acc, x, x, w))
     return step
 
 

@@ -254,16 +254,11 @@ def _target_assembly(element: ir.Type, count: int) -> str:
     return cpu_target.target_context.codegen()._tm.emit_assembly(llvm.parse_assembly(str(probe)))
 
 
-def _vector_bits() -> int:
-    """The widest vector registers of numba's target (512, 256 or 128 bits): LLVM asked to add two 16-float
-    vectors on that target, and its assembly read."""
-    asm = _target_assembly(ir.FloatType(), 16)
-    return 512 if "zmm" in asm else 256 if "ymm" in asm else 128
-
-
-def _integer_vector_bits() -> int:
-    """The same for integers (AVX has 256-bit float vectors only; AVX2 integer ones too)."""
-    asm = _target_assembly(ir.IntType(32), 16)
+def _vector_bits(element: ir.Type = ir.FloatType()) -> int:
+    """The widest vector registers numba's target uses for `element`s (512, 256 or 128 bits): LLVM asked to add two
+    16-element vectors on that target, and its assembly read (AVX has 256-bit float vectors only; AVX2 integer ones
+    too)."""
+    asm = _target_assembly(element, 16)
     return 512 if "zmm" in asm else 256 if "ymm" in asm else 128
 
 
@@ -858,6 +853,26 @@ HAS_VNNI = _has_vnni()
 SUMS8_KINDS = ("vnni", "pairs", "widen")
 
 
+def _declare(module, name: str, result: ir.Type, operands: list) -> ir.Function:
+    """The function `name` of `module` (an LLVM intrinsic), declared on first use."""
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, operands), name)
+
+
+def _pair_sums(builder, acc, size, signs, w):
+    """acc + AVX2's byte-pair sums (`_sums8`'s "pairs"): for each 32-bit lane of the int32 vector acc, the four
+    products size[i] (u8) x (w[i] (int8) signed by signs[i]), summed in int16 pairs (`vpmaddubsw`) and then to int32
+    (`vpmaddwd` by ones). size, signs: byte vectors of acc's width; w: an int32 vector, read as bytes."""
+    vec = acc.type
+    nbytes, halves = ir.VectorType(ir.IntType(8), 4 * vec.count), ir.VectorType(ir.IntType(16), 2 * vec.count)
+    module = builder.module
+    signed = builder.call(_declare(module, "llvm.x86.avx2.psign.b", nbytes, [nbytes, nbytes]),
+                          [builder.bitcast(w, nbytes), signs])
+    pairs = builder.call(_declare(module, "llvm.x86.avx2.pmadd.ub.sw", halves, [nbytes, nbytes]), [size, signed])
+    sums = builder.call(_declare(module, "llvm.x86.avx2.pmadd.wd", vec, [halves, halves]),
+                        [pairs, ir.Constant(halves, [1] * (2 * vec.count))])
+    return builder.add(acc, sums)
+
+
 def _sums8(nv: int, lanes: int, kind: str):
     """An intrinsic: acc[n] (int32, n < nv * lanes) = sum_{i < 4 * k4} xq[i] * q[i, n], xq uint8, q int8 in the
     layout of `w8a8_layout` (four consecutive inputs of a column in one 32-bit word, rows of ldw words), nv chains of
@@ -873,35 +888,23 @@ def _sums8(nv: int, lanes: int, kind: str):
 
         def codegen(context, builder, signature, args):
             qp, ldw, xp, accp, k4, cp = args
-            i1, i8, i16, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+            i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
             vec = ir.VectorType(i32, lanes)
             nbytes = ir.VectorType(i8, 4 * lanes)
-
-            def function(name, result, operands):
-                return builder.module.globals.get(name) or ir.Function(builder.module,
-                                                                       ir.FunctionType(result, operands), name)
-
             if kind == "vnni":
-                fn = function(f"llvm.x86.avx512.vpdpbusd.{32 * lanes}", vec, [vec] * 3)  # (acc, u8 x 4, int8 x 4)
+                fn = _declare(builder.module, f"llvm.x86.avx512.vpdpbusd.{32 * lanes}", vec, [vec] * 3)  # (acc, u8, i8)
 
                 def dot(a, x, w):
                     return builder.call(fn, [a, x, w])
             elif kind == "pairs":
-                halves = ir.VectorType(i16, 2 * lanes)
-                ubsw = function("llvm.x86.avx2.pmadd.ub.sw", halves, [nbytes, nbytes])
-                wd = function("llvm.x86.avx2.pmadd.wd", vec, [halves, halves])
-                sign = function("llvm.x86.avx2.psign.b", nbytes, [nbytes, nbytes])
-                absolute = function(f"llvm.abs.v{4 * lanes}i8", nbytes, [nbytes, i1])
-                ones = ir.Constant(halves, [1] * (2 * lanes))
+                absolute = _declare(builder.module, f"llvm.abs.v{4 * lanes}i8", nbytes, [nbytes, i1])
 
                 def centred(x):  # (|s|, s) for the word's four inputs, s = xq - 128 (xor of the top bit)
                     s = builder.xor(builder.bitcast(x, nbytes), ir.Constant(nbytes, [-128] * (4 * lanes)))
                     return builder.call(absolute, [s, ir.Constant(i1, 0)]), s
 
                 def dot(a, x, w):
-                    size, s = x
-                    pairs = builder.call(ubsw, [size, builder.call(sign, [builder.bitcast(w, nbytes), s])])
-                    return builder.add(a, builder.call(wd, [pairs, ones]))
+                    return _pair_sums(builder, a, *x, w)
             else:
                 wide = ir.VectorType(i32, 4 * lanes)
                 picks = [ir.Constant(vec, [4 * m + r for m in range(lanes)]) for r in range(4)]
@@ -942,7 +945,7 @@ def _sums8(nv: int, lanes: int, kind: str):
 
 # 8 chains cover vpdpbusd's latency (5 cycles, one issued a cycle); then single vectors, then single columns.
 _NV8 = 8
-SUMS8_KIND = "vnni" if HAS_VNNI else "pairs" if VECTOR_BITS == _integer_vector_bits() == 256 else "widen"
+SUMS8_KIND = "vnni" if HAS_VNNI else "pairs" if VECTOR_BITS == _vector_bits(ir.IntType(32)) == 256 else "widen"
 _SUMS8, _SUMS8_VEC, _SUMS8_ONE = _sums8(_NV8, _L, SUMS8_KIND), _sums8(1, _L, SUMS8_KIND), _sums8(1, 1, "widen")
 
 

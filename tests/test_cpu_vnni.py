@@ -158,7 +158,7 @@ def _kinds_here():
     """The `_sums8` kinds numba's target can run: the integer fallback anywhere, byte pairs with AVX2's integer
     vectors, vpdpbusd with VNNI."""
     kinds = ["widen"]
-    if cpu._integer_vector_bits() >= 256:  # AVX2's integer vectors (AVX-512 has them too)
+    if cpu._vector_bits(cpu.ir.IntType(32)) >= 256:  # AVX2's integer vectors (AVX-512 has them too)
         kinds.append("pairs")
     if cpu.HAS_VNNI:
         kinds.append("vnni")
@@ -203,7 +203,7 @@ def test_every_kind_of_int8_sums_is_exact_at_the_extremes(kind):
 
 def test_w8a8_sums_by_byte_pairs_where_the_target_has_avx2_and_not_vnni():
     assert cpu.SUMS8_KIND == ("vnni" if cpu.HAS_VNNI else "pairs" if cpu.VECTOR_BITS == 256 and
-                              cpu._integer_vector_bits() == 256 else "widen")
+                              cpu._vector_bits(cpu.ir.IntType(32)) == 256 else "widen")
     if cpu.SUMS8_KIND == "pairs":
         from numba import njit
 
